@@ -1,0 +1,1 @@
+//! IP address classification (owned by the IP helper; stub until it lands).

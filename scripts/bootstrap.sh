@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Installs every prerequisite tollgate needs on a fresh Debian 12 machine (run as root).
+# Idempotent: each step checks first, so a second run on a ready machine takes well under a second.
+set -euo pipefail
+
+NIGHTLY=nightly-2026-05-20       # rustc 1.97 / LLVM 22: the toolchain bpf-linker 0.10 loads
+BPF_LINKER_VERSION=0.10.0        # newer releases need a system LLVM 23
+APT_PACKAGES=(
+  nftables        # the second wall inside each sandbox namespace (and `nft` for inspection)
+  iproute2        # tests build upstream hosts in their own namespaces with `ip netns` + veth
+  ca-certificates # system roots for upstream TLS and the sandbox CA bundle
+  curl            # a real client inside sandboxes in the test suite
+  python3         # /usr/bin/python3: a real client inside sandboxes (root's pyenv shim is unusable there)
+  bubblewrap      # startup benchmark baseline
+  hyperfine       # startup benchmark
+  openssl         # test certificates for upstream HTTPS servers
+)
+
+log() { printf 'bootstrap: %s\n' "$*" >&2; }
+
+if [ "$(id -u)" -ne 0 ]; then
+  log "must run as root (it installs Debian packages and tollgate needs root to build sandboxes)"
+  exit 1
+fi
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if [ ! -x /usr/bin/node ]; then
+  log "installing nodejs (a real client inside sandboxes in the test suite)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs >/dev/null
+fi
+
+if ! command -v rustup >/dev/null 2>&1; then
+  if [ -x "$HOME/.cargo/bin/rustup" ]; then export PATH="$HOME/.cargo/bin:$PATH"; else
+    log "rustup not found: install a Rust toolchain with rustup first"; exit 1; fi
+fi
+if ! rustup run "$NIGHTLY" rustc --print sysroot >/dev/null 2>&1 \
+   || [ ! -d "$(rustup run "$NIGHTLY" rustc --print sysroot)/lib/rustlib/src/rust/library" ]; then
+  log "installing Rust $NIGHTLY with rust-src (builds the eBPF programs)"
+  rustup toolchain install "$NIGHTLY" --profile minimal -c rust-src >/dev/null
+fi
+if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
+  log "installing bpf-linker $BPF_LINKER_VERSION (about 2 minutes)"
+  cargo install "bpf-linker@$BPF_LINKER_VERSION" --locked --quiet
+fi
+log "ready"

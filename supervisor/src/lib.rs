@@ -1,0 +1,4 @@
+//! tollgate's supervisor library: the CLI commands, the sandbox runtime and the egress proxy.
+//!
+//! The binary in `main.rs` is thin glue over this library, so tests and embedders can drive
+//! every piece in-process.
