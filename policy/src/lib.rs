@@ -1,7 +1,22 @@
 //! tollgate's team policy: the schema, its validation, URL and IP rules, and every decision.
 //!
 //! Pure functions and types: no sockets, no threads. The supervisor's proxy asks this crate
-//! whether a request may leave, and which addresses it may be dialed at.
+//! whether a request may leave, and at which addresses it may be dialed. Reading order:
+//! [`schema`] (the YAML) → [`validate`] → [`model`] → [`url`] and [`ip`] (the parsers and the
+//! address classes) → [`decision`] (the pipeline) → `rego/tollgate.rego` (the verdict).
 
+pub mod decision;
+pub mod error;
 pub mod ip;
+mod load;
+pub mod locate;
+pub mod model;
+pub mod rego;
+pub mod schema;
+pub mod units;
 pub mod url;
+pub mod validate;
+
+pub use decision::{Decision, Destination, Request};
+pub use error::{PolicyError, PolicyErrors};
+pub use load::Policy;

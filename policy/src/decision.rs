@@ -1,0 +1,338 @@
+//! One decision: may this request leave, and to which addresses?
+//!
+//! The pipeline reads top to bottom: [`Policy::match_request`] finds the allow entry natively,
+//! [`facts`] turns the request, the match and the classified addresses into the Rego input,
+//! the built-in module decides, the team module may only add denials or header edits, and
+//! [`explain`] writes the one sentence the sandboxed code sees.
+
+use crate::ip::{self, AddressClass};
+use crate::model::{AllowEntry, NearMiss};
+use crate::rego::TeamOutcome;
+use crate::url::NormalizedUrl;
+use crate::Policy;
+use regorus::Value;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+/// The request being decided, after URL normalisation.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    /// Uppercase method; `CONNECT` for a tunnel.
+    pub method: &'a str,
+    pub url: &'a NormalizedUrl,
+    /// A CONNECT tunnel is decided on host and port only.
+    pub connect: bool,
+    /// Lowercase header names, for team rules.
+    pub header_names: &'a [String],
+    /// The provider named in `Tollgate-Auth`, if any.
+    pub credential: Option<&'a str>,
+}
+
+/// Where the request would be dialed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// Not looked up yet: the decision stops before the address checks (`not_resolved`), so
+    /// no DNS query is ever made for a request the policy refuses anyway.
+    Unresolved,
+    /// Every address the name resolved to (empty: it did not resolve).
+    Resolved(Vec<IpAddr>),
+}
+
+/// The verdict, with everything an audit record or an error body needs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Decision {
+    pub allow: bool,
+    /// Machine reason: `allowed`, `host_not_allowed`, `private_address`, … (docs/policy.md).
+    pub reason: String,
+    /// The policy rule that decided, e.g. `network.allow[2]` or `network.allow[2].deny_rules[0]`.
+    pub rule: Option<String>,
+    /// One sentence saying what happened and what to change.
+    pub message: String,
+    #[serde(skip)]
+    pub entry: Option<usize>,
+    pub addresses: Vec<IpAddr>,
+    pub classes: Vec<AddressClass>,
+    /// The address that caused an address refusal.
+    pub address: Option<IpAddr>,
+    /// Header edits from team rules (applied only when allowed).
+    #[serde(skip)]
+    pub team: TeamOutcome,
+}
+
+impl Decision {
+    /// The request passed every check that does not need addresses: resolve and decide again.
+    pub fn needs_resolution(&self) -> bool {
+        self.reason == "not_resolved"
+    }
+
+    /// The most severe class among the addresses.
+    pub fn worst_class(&self) -> Option<AddressClass> {
+        self.classes.iter().copied().max()
+    }
+}
+
+/// The native half of a decision: which allow entry matched, and how.
+#[derive(Debug, Clone, Default)]
+pub struct Match<'p> {
+    pub index: Option<usize>,
+    pub entry: Option<&'p AllowEntry>,
+    pub near_miss: Option<(NearMiss, &'p AllowEntry)>,
+    pub l7_allow: Option<String>,
+    pub l7_deny: Option<String>,
+    pub encoded_slash_refused: bool,
+}
+
+impl Policy {
+    /// Finds the first allow entry admitting the request, matching in Rust (the parser every
+    /// decision shares), and the L7 rules of that entry that apply.
+    pub fn match_request(&self, request: &Request) -> Match<'_> {
+        let mut found = Match::default();
+        let Some(network) = &self.network else {
+            return found;
+        };
+        for (index, entry) in network.entries.iter().enumerate() {
+            match entry.matches(request.url, request.connect) {
+                Ok(()) => {
+                    found.index = Some(index);
+                    found.entry = Some(entry);
+                    break;
+                }
+                Err(Some(miss)) if found.near_miss.is_none() => {
+                    found.near_miss = Some((miss, entry))
+                }
+                Err(_) => {}
+            }
+        }
+        let Some(entry) = found.entry else {
+            return found;
+        };
+        if request.connect {
+            return found;
+        }
+        let path = request.url.path.as_str();
+        found.l7_deny = entry
+            .deny_rules
+            .iter()
+            .position(|rule| rule.matches(request.method, path))
+            .map(|i| format!("{}.deny_rules[{i}]", entry.rule));
+        found.l7_allow = entry
+            .rules
+            .iter()
+            .position(|rule| rule.matches(request.method, path))
+            .map(|i| format!("{}.rules[{i}]", entry.rule));
+        found.encoded_slash_refused = request.url.encoded_slash && !entry.allow_encoded_slash;
+        found
+    }
+
+    /// Decides `request` going to `destination`.
+    pub fn decide(&self, request: &Request, destination: &Destination) -> Decision {
+        let matched = self.match_request(request);
+        let addresses = match destination {
+            Destination::Resolved(addresses) => addresses.clone(),
+            Destination::Unresolved => vec![],
+        };
+        let classes: Vec<AddressClass> = addresses.iter().map(|a| ip::classify(*a)).collect();
+        let covered: Vec<bool> = addresses
+            .iter()
+            .map(|a| {
+                matched
+                    .entry
+                    .is_some_and(|e| ip::covered_by(*a, &e.allowed_ips))
+            })
+            .collect();
+        let input = facts(self, request, &matched, destination, &classes, &covered);
+        let mut decision = match self.rules.builtin(input.clone()) {
+            Ok(output) => from_output(&output),
+            Err(error) => refusal("policy_error", format!("built-in rules failed: {error}")),
+        };
+        decision.entry = matched.index;
+        decision.addresses = addresses;
+        decision.classes = classes;
+        if decision.allow && self.rules.has_team_rules() {
+            match self.rules.team(input) {
+                Ok(outcome) if !outcome.denials.is_empty() => {
+                    decision.allow = false;
+                    decision.reason = "team_rule".into();
+                    decision.rule = Some("rego".into());
+                    decision.message = outcome.denials.join("; ");
+                    return decision;
+                }
+                Ok(outcome) => decision.team = outcome,
+                Err(_) => {
+                    decision.allow = false;
+                    decision.reason = "team_rule_error".into();
+                    decision.rule = Some("rego".into());
+                }
+            }
+        }
+        decision.message = explain(self, request, &decision, &matched);
+        decision
+    }
+}
+
+fn refusal(reason: &str, message: String) -> Decision {
+    Decision {
+        allow: false,
+        reason: reason.into(),
+        rule: None,
+        message,
+        entry: None,
+        addresses: vec![],
+        classes: vec![],
+        address: None,
+        team: TeamOutcome::default(),
+    }
+}
+
+fn object<const N: usize>(pairs: [(&str, Value); N]) -> Value {
+    Value::from(
+        pairs
+            .into_iter()
+            .map(|(k, v)| (Value::from(k), v))
+            .collect::<BTreeMap<Value, Value>>(),
+    )
+}
+
+fn optional(value: Option<String>) -> Value {
+    value.map(Value::from).unwrap_or(Value::Null)
+}
+
+fn strings<'a>(items: impl IntoIterator<Item = &'a str>) -> Value {
+    Value::from(items.into_iter().map(Value::from).collect::<Vec<_>>())
+}
+
+/// The Rego input document (schema in docs/policy.md).
+fn facts(
+    policy: &Policy,
+    request: &Request,
+    matched: &Match,
+    destination: &Destination,
+    classes: &[AddressClass],
+    covered: &[bool],
+) -> Value {
+    let url = request.url;
+    let request_doc = object([
+        ("method", Value::from(request.method)),
+        ("scheme", Value::from(url.scheme.as_str())),
+        ("host", Value::from(url.host_str())),
+        ("port", Value::from(u32::from(url.port))),
+        ("path", Value::from(url.path.as_str())),
+        (
+            "query_keys",
+            Value::from(
+                url.query_keys()
+                    .into_iter()
+                    .map(Value::from)
+                    .collect::<Vec<_>>(),
+            ),
+        ),
+        (
+            "header_names",
+            strings(request.header_names.iter().map(String::as_str)),
+        ),
+        ("connect", Value::from(request.connect)),
+    ]);
+    let (resolved, addresses) = match destination {
+        Destination::Unresolved => (false, vec![]),
+        Destination::Resolved(list) => (
+            true,
+            list.iter().map(|a| Value::from(a.to_string())).collect(),
+        ),
+    };
+    let destination_doc = object([
+        ("resolved", Value::from(resolved)),
+        ("addresses", Value::from(addresses)),
+        ("classes", strings(classes.iter().map(|c| c.as_str()))),
+        (
+            "covered",
+            Value::from(covered.iter().map(|c| Value::from(*c)).collect::<Vec<_>>()),
+        ),
+    ]);
+    let match_doc = object([
+        (
+            "entry",
+            matched.index.map(Value::from).unwrap_or(Value::Null),
+        ),
+        ("rule", optional(matched.entry.map(|e| e.rule.clone()))),
+        (
+            "near_miss",
+            optional(matched.near_miss.map(|(m, _)| m.as_str().to_owned())),
+        ),
+        (
+            "near_miss_rule",
+            optional(matched.near_miss.map(|(_, e)| e.rule.clone())),
+        ),
+        ("l7_allow", optional(matched.l7_allow.clone())),
+        ("l7_deny", optional(matched.l7_deny.clone())),
+        (
+            "encoded_slash_refused",
+            Value::from(matched.encoded_slash_refused),
+        ),
+    ]);
+    object([
+        ("team", Value::from(policy.team.as_str())),
+        ("request", request_doc),
+        ("destination", destination_doc),
+        (
+            "credential",
+            object([("provider", optional(request.credential.map(str::to_owned)))]),
+        ),
+        ("match", match_doc),
+    ])
+}
+
+fn from_output(output: &Value) -> Decision {
+    let field = |name: &str| output[name].clone();
+    let allow = field("allow").as_bool().copied().unwrap_or(false);
+    let reason = field("reason")
+        .as_string()
+        .map(|s| s.to_string())
+        .unwrap_or_else(|_| "policy_error".into());
+    let mut decision = refusal(&reason, String::new());
+    decision.allow = allow && reason == "allowed";
+    decision.rule = field("rule").as_string().ok().map(|s| s.to_string());
+    decision.address = field("address")
+        .as_string()
+        .ok()
+        .and_then(|s| s.parse().ok());
+    decision
+}
+
+/// The sentence the sandboxed code and the operator read: what was refused and what to change.
+fn explain(policy: &Policy, request: &Request, decision: &Decision, matched: &Match) -> String {
+    let team = &policy.team;
+    let host = request.url.host_str();
+    let rule = decision.rule.as_deref().unwrap_or("the policy");
+    let address = decision.address.map(|a| a.to_string()).unwrap_or_default();
+    match decision.reason.as_str() {
+        "allowed" => format!("allowed by {rule}"),
+        "network_disabled" => format!("network access is disabled for team {team} (its policy has no `network` section)"),
+        "host_not_allowed" => format!("host {host} is not in team {team}'s allow list"),
+        "port_not_allowed" => {
+            let ports = matched.near_miss.map(|(_, e)| e.ports()).unwrap_or_default();
+            let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+            format!("port {} of {host} is not allowed for team {team} ({rule} allows port {})", request.url.port, ports.join(", "))
+        }
+        "scheme_not_allowed" => format!("{} to {host} is not allowed for team {team} ({rule} lists another scheme)", request.url.scheme),
+        "path_not_allowed" => format!("path {} on {host} is outside team {team}'s allowed URL prefixes", request.url.path),
+        "method_not_allowed" => {
+            let access = matched.entry.map(|e| e.access.as_str()).unwrap_or("restricted");
+            format!("method {} is not allowed on {host}: {rule} is {access}", request.method)
+        }
+        "encoded_slash" => format!("the path to {host} contains an encoded slash (%2F), which {rule} does not allow (set allow_encoded_slash: true to permit it)"),
+        "l7_denied" => format!("{} {} on {host} is refused by {rule}", request.method, request.url.path),
+        "l7_not_matched" => format!("{} {} on {host} matches none of the rules of {rule}", request.method, request.url.path),
+        "not_resolved" => format!("{host} has not been resolved yet"),
+        "cannot_resolve" => format!("host {host} does not resolve"),
+        "address_blocked" => {
+            let why = decision.address.and_then(ip::reason).unwrap_or("blocked");
+            format!("{host} resolves to {address}, a {why} address that tollgate never dials")
+        }
+        "private_address" => format!(
+            "{host} resolves to {address}, a private address: list it in `allowed_ips` of the allow entry for {host} to reach it"
+        ),
+        "team_rule_error" => format!("team {team}'s Rego rules failed to evaluate, so the request is refused"),
+        other => format!("refused by team {team}'s policy ({other})"),
+    }
+}

@@ -1,0 +1,225 @@
+//! Loading a policy: YAML text → schema → validated model → compiled Rego, or every error
+//! with its `FILE:LINE:COL`.
+
+use crate::error::{PolicyError, PolicyErrors};
+use crate::locate::LocationIndex;
+use crate::model::*;
+use crate::rego::CompiledRules;
+use crate::schema::PolicyFile;
+use crate::validate;
+use regorus::Value;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Policy files are small; anything larger is a mistake or an attack on the parser.
+const MAX_POLICY_BYTES: usize = 1024 * 1024;
+
+/// A team policy, validated and compiled: ready to decide requests.
+#[derive(Clone)]
+pub struct Policy {
+    pub team: String,
+    /// `None`: the network is disabled.
+    pub network: Option<Network>,
+    pub limits: Limits,
+    pub retry: Retry,
+    pub providers: Vec<AuthProvider>,
+    pub credentials: Vec<UrlCredential>,
+    pub placeholders: Vec<Placeholder>,
+    pub bot_auth: Option<BotAuth>,
+    pub(crate) rules: CompiledRules,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("team", &self.team)
+            .field("network", &self.network)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Policy {
+    /// Reads and loads the policy file at `path`.
+    pub fn load(path: &Path) -> Result<Policy, PolicyErrors> {
+        let name = path.display().to_string();
+        let text = std::fs::read(path)
+            .map_err(|e| single(&name, format!("cannot read the policy file: {e}")))?;
+        if text.len() > MAX_POLICY_BYTES {
+            return Err(single(&name, "the policy file is larger than 1 MiB"));
+        }
+        let text = String::from_utf8(text)
+            .map_err(|_| single(&name, "the policy file is not UTF-8 text"))?;
+        Policy::from_yaml(&name, &text)
+    }
+
+    /// Loads a policy from YAML text; `name` is used in error messages.
+    pub fn from_yaml(name: &str, text: &str) -> Result<Policy, PolicyErrors> {
+        if text.len() > MAX_POLICY_BYTES {
+            return Err(single(name, "the policy file is larger than 1 MiB"));
+        }
+        let file: PolicyFile = serde_yaml::from_str(text).map_err(|e| syntax_error(name, &e))?;
+        let validated = validate::validate(&file).map_err(|problems| {
+            let index = LocationIndex::build(text);
+            PolicyErrors {
+                file: name.to_owned(),
+                errors: problems
+                    .0
+                    .into_iter()
+                    .map(|(path, message)| {
+                        let location = index.find(&path);
+                        PolicyError {
+                            line: location.map(|l| l.line),
+                            column: location.map(|l| l.column),
+                            path,
+                            message,
+                        }
+                    })
+                    .collect(),
+            }
+        })?;
+        let data = data_document(&validated);
+        let rules = CompiledRules::compile(data, file.rego.as_deref()).map_err(|e| {
+            // Point into the YAML: the module's line 1 is the line after `rego: |`.
+            let index = LocationIndex::build(text);
+            let start = index.find("rego").map(|l| l.line).unwrap_or(0);
+            let block = text
+                .lines()
+                .nth(start.saturating_sub(1))
+                .is_some_and(|l| l.trim_end().ends_with(['|', '>', '-', '+']));
+            let offset = if block {
+                start
+            } else {
+                start.saturating_sub(1)
+            };
+            PolicyErrors {
+                file: name.to_owned(),
+                errors: vec![PolicyError {
+                    path: "rego".into(),
+                    line: e.line.map(|l| l + offset),
+                    column: e.column,
+                    message: e.message,
+                }],
+            }
+        })?;
+        Ok(Policy {
+            team: validated.team,
+            network: validated.network,
+            limits: validated.limits,
+            retry: validated.retry,
+            providers: validated.providers,
+            credentials: validated.credentials,
+            placeholders: validated.placeholders,
+            bot_auth: validated.bot_auth,
+            rules,
+        })
+    }
+
+    pub fn network_enabled(&self) -> bool {
+        self.network.is_some()
+    }
+
+    /// The static pin for a host (`network.hosts`), looked up before DNS.
+    pub fn pinned_address(&self, host: &crate::url::UrlHost) -> Option<std::net::IpAddr> {
+        self.network.as_ref().and_then(|n| pinned_address(n, host))
+    }
+
+    /// The allow entry at `index` (from [`crate::Decision::entry`]).
+    pub fn entry(&self, index: usize) -> Option<&AllowEntry> {
+        self.network.as_ref().and_then(|n| n.entries.get(index))
+    }
+
+    /// A provider of this team by exact name.
+    pub fn provider(&self, name: &str) -> Option<&AuthProvider> {
+        self.providers.iter().find(|p| p.name == name)
+    }
+}
+
+fn single(file: &str, message: impl Into<String>) -> PolicyErrors {
+    PolicyErrors {
+        file: file.to_owned(),
+        errors: vec![PolicyError {
+            path: String::new(),
+            line: None,
+            column: None,
+            message: message.into(),
+        }],
+    }
+}
+
+fn syntax_error(file: &str, error: &serde_yaml::Error) -> PolicyErrors {
+    let location = error.location();
+    // serde_yaml appends " at line L column C"; the location is printed in front instead.
+    let mut message = error.to_string();
+    if let Some(cut) = message.find(" at line ") {
+        message.truncate(cut);
+    }
+    PolicyErrors {
+        file: file.to_owned(),
+        errors: vec![PolicyError {
+            path: String::new(),
+            line: location.as_ref().map(|l| l.line()),
+            column: location.as_ref().map(|l| l.column()),
+            message,
+        }],
+    }
+}
+
+/// The policy as Rego data (`data.policy`): what the built-in module needs about each entry,
+/// and what team rules may want to read. Secrets are references only, never values.
+fn data_document(policy: &validate::Validated) -> Value {
+    let mut doc = BTreeMap::new();
+    let mut put = |key: &str, value: Value| {
+        doc.insert(Value::from(key), value);
+    };
+    put("team", Value::from(policy.team.as_str()));
+    put("network", Value::from(policy.network.is_some()));
+    let network = policy.network.as_ref();
+    put(
+        "allow_all",
+        Value::from(network.is_some_and(|n| n.allow_all)),
+    );
+    put(
+        "block_private_ips",
+        Value::from(network.is_none_or(|n| n.block_private_ips)),
+    );
+    let entries = network
+        .map(|n| n.entries.iter().map(entry_document).collect::<Vec<_>>())
+        .unwrap_or_default();
+    put("entries", Value::from(entries));
+    put(
+        "providers",
+        Value::from(
+            policy
+                .providers
+                .iter()
+                .map(|p| Value::from(p.name.as_str()))
+                .collect::<Vec<_>>(),
+        ),
+    );
+    let mut root = BTreeMap::new();
+    root.insert(Value::from("policy"), Value::from(doc));
+    Value::from(root)
+}
+
+fn entry_document(entry: &AllowEntry) -> Value {
+    let mut doc = BTreeMap::new();
+    doc.insert(Value::from("rule"), Value::from(entry.rule.as_str()));
+    doc.insert(Value::from("host"), Value::from(entry.host_display()));
+    doc.insert(Value::from("access"), Value::from(entry.access.as_str()));
+    doc.insert(Value::from("tls"), Value::from(entry.tls.as_str()));
+    doc.insert(
+        Value::from("has_rules"),
+        Value::from(!entry.rules.is_empty()),
+    );
+    doc.insert(
+        Value::from("ports"),
+        Value::from(
+            entry
+                .ports()
+                .into_iter()
+                .map(|p| Value::from(u32::from(p)))
+                .collect::<Vec<_>>(),
+        ),
+    );
+    Value::from(doc)
+}

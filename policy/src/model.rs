@@ -1,0 +1,229 @@
+//! The validated policy: what decisions are made from, after every check in `validate` passed.
+
+use crate::schema::{Access, ProviderKind, Scheme, SecretRef, TlsMode};
+use crate::url::{HostPattern, NormalizedUrl, PathPattern, UrlHost, UrlPrefix};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Outbound access of one team. `None` in [`crate::Policy::network`] means disabled.
+#[derive(Debug, Clone)]
+pub struct Network {
+    pub allow_all: bool,
+    pub block_private_ips: bool,
+    pub entries: Vec<AllowEntry>,
+    pub hosts: BTreeMap<String, IpAddr>,
+    pub upstream_ca: Option<PathBuf>,
+}
+
+/// One allow-list entry, short or long form.
+#[derive(Debug, Clone)]
+pub struct AllowEntry {
+    /// Where it came from, e.g. `network.allow[2]`: named in every decision it makes.
+    pub rule: String,
+    pub target: EntryTarget,
+    pub access: Access,
+    pub rules: Vec<L7Rule>,
+    pub deny_rules: Vec<L7Rule>,
+    pub tls: TlsMode,
+    pub allowed_ips: Vec<ipnet::IpNet>,
+    pub allow_encoded_slash: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum EntryTarget {
+    /// Short form: a URL prefix.
+    Prefix(UrlPrefix),
+    /// Long form: a host pattern with the schemes and ports it may be reached on.
+    Host {
+        pattern: HostPattern,
+        schemes: Vec<Scheme>,
+        ports: Vec<u16>,
+    },
+}
+
+/// Why an entry whose host matched still did not match the request: the most specific
+/// reason is reported, so the team learns what to change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NearMiss {
+    Scheme,
+    Port,
+    Path,
+}
+
+impl NearMiss {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NearMiss::Scheme => "scheme",
+            NearMiss::Port => "port",
+            NearMiss::Path => "path",
+        }
+    }
+}
+
+impl AllowEntry {
+    /// Whether the entry admits this URL; `connect` requests are matched on host and port
+    /// only, since neither scheme nor path is known before the tunnel opens.
+    pub fn matches(&self, url: &NormalizedUrl, connect: bool) -> Result<(), Option<NearMiss>> {
+        match &self.target {
+            EntryTarget::Prefix(prefix) => {
+                if prefix.host != url.host {
+                    return Err(None);
+                }
+                if connect {
+                    return if prefix.port == url.port {
+                        Ok(())
+                    } else {
+                        Err(Some(NearMiss::Port))
+                    };
+                }
+                if prefix.scheme != url.scheme {
+                    Err(Some(NearMiss::Scheme))
+                } else if prefix.port != url.port {
+                    Err(Some(NearMiss::Port))
+                } else if !prefix.matches(url) {
+                    Err(Some(NearMiss::Path))
+                } else {
+                    Ok(())
+                }
+            }
+            EntryTarget::Host {
+                pattern,
+                schemes,
+                ports,
+            } => {
+                if !pattern.matches(&url.host) {
+                    return Err(None);
+                }
+                if !connect && !schemes.iter().any(|s| s.as_str() == url.scheme) {
+                    Err(Some(NearMiss::Scheme))
+                } else if !ports.contains(&url.port) {
+                    Err(Some(NearMiss::Port))
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// The ports this entry allows, for messages.
+    pub fn ports(&self) -> Vec<u16> {
+        match &self.target {
+            EntryTarget::Prefix(prefix) => vec![prefix.port],
+            EntryTarget::Host { ports, .. } => ports.clone(),
+        }
+    }
+
+    /// The host part of the entry, for messages.
+    pub fn host_display(&self) -> String {
+        match &self.target {
+            EntryTarget::Prefix(prefix) => prefix.host.to_string(),
+            EntryTarget::Host { pattern, .. } => pattern.to_string(),
+        }
+    }
+
+    /// Whether a URL prefix (a provider scope or credential pattern) lies inside this entry.
+    pub fn covers_prefix(&self, prefix: &UrlPrefix) -> bool {
+        let probe = NormalizedUrl {
+            scheme: prefix.scheme.clone(),
+            host: prefix.host.clone(),
+            port: prefix.port,
+            path: prefix.path.clone(),
+            query: None,
+            had_userinfo: false,
+            encoded_slash: false,
+        };
+        self.matches(&probe, false).is_ok()
+    }
+}
+
+/// An L7 rule: a method (or any) and a path pattern.
+#[derive(Debug, Clone)]
+pub struct L7Rule {
+    pub method: Option<String>,
+    pub path: PathPattern,
+}
+
+impl L7Rule {
+    pub fn matches(&self, method: &str, path: &str) -> bool {
+        self.method.as_deref().is_none_or(|m| m == method) && self.path.matches(path)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub max_requests: u64,
+    pub default_timeout: Duration,
+    pub max_timeout: Duration,
+    pub max_request_bytes: u64,
+    pub max_response_bytes: u64,
+    pub max_connections: u32,
+}
+
+impl Limits {
+    /// The timeout for a request that asked for `requested` (the `Tollgate-Timeout` header):
+    /// clamped to [1s, max_timeout] so sandboxed code can neither hang the proxy nor ask for
+    /// a zero timeout.
+    pub fn clamp_timeout(&self, requested: Option<Duration>) -> Duration {
+        match requested {
+            None => self.default_timeout,
+            Some(asked) => asked.clamp(
+                Duration::from_secs(1),
+                self.max_timeout.max(Duration::from_secs(1)),
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retry {
+    pub attempts: u32,
+    pub initial_wait: Duration,
+    pub max_wait: Duration,
+    pub on_status: Vec<u16>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthProvider {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub header: Option<String>,
+    pub username: Option<String>,
+    pub secret: Option<SecretRef>,
+    pub headers: Vec<(String, SecretRef)>,
+    pub scope: Vec<UrlPrefix>,
+}
+
+impl AuthProvider {
+    pub fn in_scope(&self, url: &NormalizedUrl) -> bool {
+        self.scope.iter().any(|prefix| prefix.matches(url))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct UrlCredential {
+    pub pattern: UrlPrefix,
+    pub provider: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Placeholder {
+    pub env: String,
+    pub provider: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct BotAuth {
+    pub key: SecretRef,
+    pub signature_agent: String,
+    pub validity: Duration,
+}
+
+/// Static pins are looked up by the normalised host name.
+pub fn pinned_address(network: &Network, host: &UrlHost) -> Option<IpAddr> {
+    match host {
+        UrlHost::Domain(name) => network.hosts.get(name).copied(),
+        UrlHost::Ip(_) => None,
+    }
+}

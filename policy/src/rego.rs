@@ -1,0 +1,219 @@
+//! The Rego half of a decision: the built-in module and the team's own module, compiled once
+//! per policy load with regorus and evaluated per request without reparsing.
+//!
+//! The team module lives in package `tollgate.team` and is evaluated in its own engine, after
+//! the built-in decision allowed the request. Its only outputs are denials and header edits,
+//! combined in Rust, so no team rule can turn a built-in refusal into an allow.
+
+use regorus::{CompiledPolicy, Engine, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::num::NonZeroU32;
+use std::sync::Once;
+use std::time::Duration;
+
+pub const BUILTIN_MODULE: &str = include_str!("../rego/tollgate.rego");
+const BUILTIN_ENTRYPOINT: &str = "data.tollgate.decision";
+pub const TEAM_PACKAGE: &str = "data.tollgate.team";
+const TEAM_MODULE_FILE: &str = "team.rego";
+
+/// Collects the team module's outputs into one value, so one evaluation answers everything
+/// and a team module that defines none of them yields empty collections.
+const TEAM_RESULT_MODULE: &str = r#"
+package tollgate.team_result
+import rego.v1
+deny := {msg | some msg in data.tollgate.team.deny}
+set_headers := {name: value | some name, value in data.tollgate.team.set_headers}
+remove_headers := {name | some name in data.tollgate.team.remove_headers}
+result := {"deny": deny, "set_headers": set_headers, "remove_headers": remove_headers}
+"#;
+const TEAM_ENTRYPOINT: &str = "data.tollgate.team_result.result";
+
+/// A Rego rule that runs longer than this is stopped and the request refused: a team module
+/// must not be able to stall the proxy.
+const EVALUATION_LIMIT: Duration = Duration::from_millis(250);
+
+/// A compile error in the team's module, with its position inside the module.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegoCompileError {
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+}
+
+#[derive(Clone)]
+pub(crate) struct CompiledRules {
+    builtin: CompiledPolicy,
+    team: Option<CompiledPolicy>,
+}
+
+/// What the team module asked for on one request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TeamOutcome {
+    pub denials: Vec<String>,
+    pub set_headers: BTreeMap<String, String>,
+    pub remove_headers: BTreeSet<String>,
+}
+
+fn set_evaluation_limit() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        regorus::utils::limits::set_fallback_execution_timer_config(Some(
+            regorus::utils::limits::ExecutionTimerConfig {
+                limit: EVALUATION_LIMIT,
+                check_interval: NonZeroU32::new(64).unwrap_or(NonZeroU32::MIN),
+            },
+        ));
+    });
+}
+
+impl CompiledRules {
+    pub(crate) fn compile(
+        data: Value,
+        team_module: Option<&str>,
+    ) -> Result<Self, RegoCompileError> {
+        set_evaluation_limit();
+        let mut engine = Engine::new();
+        engine
+            .add_data(data.clone())
+            .and_then(|_| engine.add_policy("tollgate.rego".into(), BUILTIN_MODULE.into()))
+            .map_err(|e| internal(format!("built-in Rego failed to load: {e}")))?;
+        let builtin = engine
+            .compile_with_entrypoint(&BUILTIN_ENTRYPOINT.into())
+            .map_err(|e| internal(format!("built-in Rego failed to compile: {e}")))?;
+        let team = team_module
+            .map(|text| compile_team(data, text))
+            .transpose()?;
+        Ok(CompiledRules { builtin, team })
+    }
+
+    pub(crate) fn builtin(&self, input: Value) -> Result<Value, String> {
+        self.builtin
+            .eval_with_input(input)
+            .map_err(|e| e.to_string())
+    }
+
+    pub(crate) fn has_team_rules(&self) -> bool {
+        self.team.is_some()
+    }
+
+    pub(crate) fn team(&self, input: Value) -> Result<TeamOutcome, String> {
+        let Some(team) = &self.team else {
+            return Ok(TeamOutcome::default());
+        };
+        let result = team.eval_with_input(input).map_err(|e| e.to_string())?;
+        team_outcome(&result)
+    }
+}
+
+fn internal(message: String) -> RegoCompileError {
+    RegoCompileError {
+        line: None,
+        column: None,
+        message,
+    }
+}
+
+fn compile_team(data: Value, text: &str) -> Result<CompiledPolicy, RegoCompileError> {
+    let mut engine = Engine::new();
+    engine
+        .add_data(data)
+        .map_err(|e| internal(format!("policy data failed to load into Rego: {e}")))?;
+    let package = engine
+        .add_policy(TEAM_MODULE_FILE.into(), text.into())
+        .map_err(|e| located(&e.to_string()))?;
+    if package != TEAM_PACKAGE {
+        return Err(RegoCompileError {
+            line: Some(1),
+            column: None,
+            message: format!(
+                "the team module must declare `package tollgate.team`, not `package {}`",
+                package.trim_start_matches("data.")
+            ),
+        });
+    }
+    engine
+        .add_policy("team_result.rego".into(), TEAM_RESULT_MODULE.into())
+        .map_err(|e| internal(format!("team result module failed to load: {e}")))?;
+    engine
+        .compile_with_entrypoint(&TEAM_ENTRYPOINT.into())
+        .map_err(|e| located(&e.to_string()))
+}
+
+/// regorus messages look like `team.rego:3:5: error: …` followed by a source excerpt; keep
+/// the position and the first line of the message.
+fn located(message: &str) -> RegoCompileError {
+    let mut line = None;
+    let mut column = None;
+    if let Some(start) = message.find(&format!("{TEAM_MODULE_FILE}:")) {
+        let mut numbers = message[start + TEAM_MODULE_FILE.len() + 1..]
+            .split(|c: char| !c.is_ascii_digit())
+            .take(2)
+            .map(|n| n.parse::<usize>().ok());
+        line = numbers.next().flatten();
+        column = numbers.next().flatten();
+    }
+    let summary = message
+        .lines()
+        .find(|l| l.contains("error:"))
+        .map(|l| {
+            l[l.find("error:").unwrap_or(0)..]
+                .trim_start_matches("error:")
+                .trim()
+        })
+        .filter(|l| !l.is_empty())
+        .unwrap_or_else(|| message.lines().next().unwrap_or("invalid Rego"));
+    RegoCompileError {
+        line,
+        column,
+        message: format!("invalid Rego: {summary}"),
+    }
+}
+
+fn team_outcome(result: &Value) -> Result<TeamOutcome, String> {
+    let object = result
+        .as_object()
+        .map_err(|_| "team rules produced no result".to_owned())?;
+    let mut outcome = TeamOutcome::default();
+    if let Some(deny) = object.get(&Value::from("deny")) {
+        for message in deny
+            .as_set()
+            .map_err(|_| "`deny` must be a set of strings")?
+            .iter()
+        {
+            let text = message
+                .as_string()
+                .map_err(|_| "`deny` must contain strings")?;
+            outcome.denials.push(text.to_string());
+        }
+    }
+    if let Some(headers) = object.get(&Value::from("set_headers")) {
+        for (name, value) in headers
+            .as_object()
+            .map_err(|_| "`set_headers` must be an object")?
+            .iter()
+        {
+            let name = name
+                .as_string()
+                .map_err(|_| "`set_headers` keys must be strings")?;
+            let value = value
+                .as_string()
+                .map_err(|_| "`set_headers` values must be strings")?;
+            outcome
+                .set_headers
+                .insert(name.to_string(), value.to_string());
+        }
+    }
+    if let Some(names) = object.get(&Value::from("remove_headers")) {
+        for name in names
+            .as_set()
+            .map_err(|_| "`remove_headers` must be a set")?
+            .iter()
+        {
+            let name = name
+                .as_string()
+                .map_err(|_| "`remove_headers` must contain strings")?;
+            outcome.remove_headers.insert(name.to_string());
+        }
+    }
+    Ok(outcome)
+}

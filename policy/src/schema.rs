@@ -1,0 +1,441 @@
+//! The team policy file as it is written: the serde/JSON-Schema shape of the YAML.
+//!
+//! These types only describe syntax. Every cross-field rule (unknown providers, wildcard
+//! hosts, `allowed_ips` ranges, Rego that compiles) is checked by `validate`, which turns a
+//! [`PolicyFile`] into the [`crate::Policy`] the decisions use. Unknown keys are errors
+//! everywhere, so a misspelt safety setting can never be silently ignored.
+
+use crate::units::{ByteSize, Span};
+use schemars::JsonSchema;
+use serde::{de, Deserialize, Deserializer, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// One team's policy file.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    /// Schema version; must be 1.
+    pub version: u32,
+    /// The team this policy belongs to: `[a-z0-9][a-z0-9-]*`.
+    pub team: String,
+    /// Outbound HTTP access. Omitted: the network is disabled and nothing is reachable.
+    #[serde(default)]
+    pub network: Option<NetworkSection>,
+    /// Per-execution limits.
+    #[serde(default)]
+    pub limits: LimitsSection,
+    /// Retries of failed upstream attempts.
+    #[serde(default)]
+    pub retry: RetrySection,
+    /// Named credentials. Their secrets stay in the supervisor.
+    #[serde(default)]
+    pub auth_providers: Vec<AuthProviderSection>,
+    /// Automatic credential injection by URL prefix, in list order.
+    #[serde(default)]
+    pub credentials: Vec<CredentialSection>,
+    /// Environment variables that the sandbox sees as random stand-ins for a provider's secret.
+    #[serde(default)]
+    pub placeholders: Vec<PlaceholderSection>,
+    /// Web Bot Auth signing of every outgoing request.
+    #[serde(default)]
+    pub bot_auth: Option<BotAuthSection>,
+    /// Team Rego module (package `tollgate.team`), evaluated after the built-in rules. It can
+    /// add denials and header edits, never widen access.
+    #[serde(default)]
+    pub rego: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSection {
+    /// Any public destination is allowed (private ranges stay blocked). Exclusive with `allow`.
+    #[serde(default)]
+    pub allow_all: bool,
+    /// Internal-class addresses need an `allowed_ips` entry. Default true.
+    #[serde(default = "yes")]
+    pub block_private_ips: bool,
+    /// Allowed destinations. An empty list blocks everything.
+    #[serde(default)]
+    pub allow: Vec<AllowItem>,
+    /// Static name -> address pins, used before DNS (like curl --resolve).
+    #[serde(default)]
+    pub hosts: BTreeMap<String, IpAddr>,
+    /// Extra CA certificates (PEM) trusted for upstream TLS, e.g. an internal CA.
+    #[serde(default)]
+    pub upstream_ca: Option<FileRef>,
+}
+
+/// An allow-list entry: a URL prefix string, or the long form.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum AllowItem {
+    /// `https://api.openai.com/v1`: scheme, host and port equal; path prefix on a segment boundary.
+    Prefix(String),
+    Entry(AllowEntrySection),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AllowEntrySection {
+    /// Exact host, `*.example.com` (one extra label) or `**.example.com` (any depth).
+    pub host: String,
+    /// Allowed ports. Default: 80 and 443.
+    #[serde(default)]
+    pub ports: Option<Vec<u16>>,
+    /// Allowed schemes. Default: http and https.
+    #[serde(default)]
+    pub schemes: Option<Vec<Scheme>>,
+    /// Which methods are allowed. Default: full.
+    #[serde(default)]
+    pub access: Access,
+    /// L7 rules: when present, a request must match one of them.
+    #[serde(default)]
+    pub rules: Vec<L7RuleSection>,
+    /// L7 denials: a matching request is refused even if a rule allows it.
+    #[serde(default)]
+    pub deny_rules: Vec<L7RuleSection>,
+    /// Intercept TLS (default) so each request is decided, or pass the tunnel through.
+    #[serde(default)]
+    pub tls: TlsMode,
+    /// Private (internal-class) networks this entry may reach.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub allowed_ips: Vec<ipnet::IpNet>,
+    /// Allow `%2F` (an encoded slash) inside a path segment. Default false.
+    #[serde(default)]
+    pub allow_encoded_slash: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Access {
+    /// GET, HEAD, OPTIONS.
+    ReadOnly,
+    /// read-only plus POST, PUT, PATCH.
+    ReadWrite,
+    /// Every method.
+    #[default]
+    Full,
+}
+
+impl Access {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::ReadOnly => "read-only",
+            Access::ReadWrite => "read-write",
+            Access::Full => "full",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    #[default]
+    Intercept,
+    Passthrough,
+}
+
+impl TlsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::Intercept => "intercept",
+            TlsMode::Passthrough => "passthrough",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct L7RuleSection {
+    /// An HTTP method or `*`.
+    pub method: String,
+    /// A path pattern: `*` is one segment, `**` any number of segments.
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Upstream attempts per execution, retries included.
+    #[serde(default = "default_max_requests")]
+    pub max_requests: u64,
+    #[serde(default = "default_timeout")]
+    pub default_timeout: Span,
+    /// A request may ask for another timeout, clamped to [1s, max_timeout].
+    #[serde(default = "default_max_timeout")]
+    pub max_timeout: Span,
+    #[serde(default = "default_max_request_bytes")]
+    pub max_request_bytes: ByteSize,
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: ByteSize,
+    /// Concurrent client connections to the proxy per execution.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            max_requests: default_max_requests(),
+            default_timeout: default_timeout(),
+            max_timeout: default_max_timeout(),
+            max_request_bytes: default_max_request_bytes(),
+            max_response_bytes: default_max_response_bytes(),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySection {
+    /// Total attempts, the first included. 1 disables retries.
+    #[serde(default = "default_attempts")]
+    pub attempts: u32,
+    #[serde(default = "default_initial_wait")]
+    pub initial_wait: Span,
+    #[serde(default = "default_max_wait")]
+    pub max_wait: Span,
+    /// Upstream statuses that are retried.
+    #[serde(default = "default_retry_statuses")]
+    pub on_status: Vec<u16>,
+}
+
+impl Default for RetrySection {
+    fn default() -> Self {
+        RetrySection {
+            attempts: default_attempts(),
+            initial_wait: default_initial_wait(),
+            max_wait: default_max_wait(),
+            on_status: default_retry_statuses(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuthProviderSection {
+    /// The name sandboxed code uses in `Tollgate-Auth: <name>`.
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: ProviderKind,
+    /// The header an `api_key` provider sets.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// The user name of `basic` and `commcare` providers (not a secret).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The secret: password, key or token.
+    #[serde(default)]
+    pub secret: Option<SecretRef>,
+    /// The headers a `headers` provider sets, each with its own secret value.
+    #[serde(default)]
+    pub headers: Vec<HeaderSecretSection>,
+    /// URL prefixes this credential may be sent to. Required.
+    pub scope: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// `Authorization: Basic base64(username:secret)`
+    Basic,
+    /// `<header>: <secret>`
+    ApiKey,
+    /// `Authorization: Bearer <secret>`
+    Bearer,
+    /// `Authorization: ApiKey <username>:<secret>`
+    Commcare,
+    /// A list of `name: secret` headers.
+    Headers,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Basic => "basic",
+            ProviderKind::ApiKey => "api_key",
+            ProviderKind::Bearer => "bearer",
+            ProviderKind::Commcare => "commcare",
+            ProviderKind::Headers => "headers",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderSecretSection {
+    pub name: String,
+    pub secret: SecretRef,
+}
+
+/// Where a secret comes from. Inline secret strings are refused on purpose: a policy file is
+/// code that gets reviewed, copied and logged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SecretRef {
+    /// An environment variable of the supervisor (removed from the child's environment).
+    Env(String),
+    /// A file readable by the supervisor only (not group- or world-readable).
+    File(String),
+}
+
+/// A file reference: `{file: /path}`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileRef {
+    pub file: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialSection {
+    /// URL prefix (short allow-entry form).
+    pub pattern: String,
+    pub provider: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceholderSection {
+    /// The child environment variable that receives the placeholder.
+    pub env: String,
+    pub provider: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BotAuthSection {
+    /// The Ed25519 seed (32 bytes, base64url).
+    pub key: SecretRef,
+    /// The https URL published in `Signature-Agent`.
+    pub signature_agent: String,
+    /// Lifetime of each signature. Default 300s.
+    #[serde(default = "default_validity")]
+    pub validity: Span,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_max_requests() -> u64 {
+    10
+}
+fn default_timeout() -> Span {
+    Span(Duration::from_secs(5))
+}
+fn default_max_timeout() -> Span {
+    Span(Duration::from_secs(30))
+}
+fn default_max_request_bytes() -> ByteSize {
+    ByteSize(512 * 1024)
+}
+fn default_max_response_bytes() -> ByteSize {
+    ByteSize(1024 * 1024)
+}
+fn default_max_connections() -> u32 {
+    64
+}
+fn default_attempts() -> u32 {
+    3
+}
+fn default_initial_wait() -> Span {
+    Span(Duration::from_secs(1))
+}
+fn default_max_wait() -> Span {
+    Span(Duration::from_secs(10))
+}
+fn default_retry_statuses() -> Vec<u16> {
+    vec![429, 502, 503, 504]
+}
+fn default_validity() -> Span {
+    Span(Duration::from_secs(300))
+}
+
+/// A string is the short form; a mapping is the long form. Written by hand rather than
+/// `#[serde(untagged)]` so that an error inside a long-form entry keeps its own message and
+/// location instead of "did not match any variant".
+impl<'de> Deserialize<'de> for AllowItem {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> de::Visitor<'de> for Visitor {
+            type Value = AllowItem;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a URL prefix string or a mapping with `host`")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<AllowItem, E> {
+                Ok(AllowItem::Prefix(v.to_owned()))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<AllowItem, A::Error> {
+                AllowEntrySection::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(AllowItem::Entry)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// `{env: NAME}` or `{file: PATH}`; a bare string is an inline secret and is refused with a
+/// message that says what to write instead.
+impl<'de> Deserialize<'de> for SecretRef {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> de::Visitor<'de> for Visitor {
+            type Value = SecretRef;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a secret reference: {env: NAME} or {file: PATH}")
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<SecretRef, E> {
+                // The value itself is never echoed: it may be the secret.
+                Err(E::custom(
+                    "inline secrets are not allowed: reference the secret with {env: NAME} or {file: PATH}",
+                ))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<SecretRef, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<SecretRef, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<SecretRef, A::Error> {
+                let key: String = map
+                    .next_key()?
+                    .ok_or_else(|| de::Error::custom("a secret reference needs `env` or `file`"))?;
+                let value: String = map.next_value()?;
+                if map.next_key::<String>()?.is_some() {
+                    return Err(de::Error::custom(
+                        "a secret reference has exactly one key: `env` or `file`",
+                    ));
+                }
+                match key.as_str() {
+                    "env" => Ok(SecretRef::Env(value)),
+                    "file" => Ok(SecretRef::File(value)),
+                    other => Err(de::Error::custom(format!(
+                        "unknown secret source `{other}`: use `env` or `file`"
+                    ))),
+                }
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs every prerequisite, builds tollgate, and shows it deciding requests against the
+# shipped example policy (examples/policies/allowlist.yaml).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+cargo build --release --quiet
+tollgate=target/release/tollgate
+policy=examples/policies/allowlist.yaml
+
+"$tollgate" policy check examples/policies/*.yaml
+show() {
+  printf '\n$ tollgate policy eval %s %s %s\n' "$policy" "$*"
+  "$tollgate" policy eval "$policy" "$@" && echo "(exit 0: allowed)" || echo "(exit $?: denied)"
+}
+# --resolve pins names to documentation-free public addresses so the demo needs no DNS.
+show GET https://api.github.com/repos/rust-lang/rust --resolve api.github.com=140.82.112.5
+show POST https://api.openai.com/v1/chat/completions --resolve api.openai.com=104.18.7.192
+show GET https://api.openai.com/v2/models
+show GET http://api.github.com/ --resolve api.github.com=140.82.112.5
+show GET https://docs.example.com/repos/x --resolve docs.example.com=93.184.216.34
+show POST https://docs.example.com/repos/x
+show GET https://api.github.com/ --resolve api.github.com=10.0.0.7
+show GET 'http://0x7f.1/latest'
+show DELETE https://api.github.com/repos/x --resolve api.github.com=140.82.112.5
