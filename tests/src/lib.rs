@@ -1,1 +1,73 @@
-//! Helpers shared by the end-to-end tests: locating the built binary, temp files, test namespaces.
+//! Shared harness for the end-to-end tests: the built `tollgate` binary, scratch files, and
+//! (for the sandbox and proxy suites) upstream hosts in network namespaces the tests create.
+//!
+//! The tests drive the binary that `cargo test` builds at the workspace root
+//! (`target/<profile>/tollgate`), so they exercise exactly what ships.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Path of the `tollgate` binary built next to this test executable.
+pub fn tollgate_path() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/tollgate
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    let binary = profile_dir.join("tollgate");
+    assert!(
+        binary.exists(),
+        "{} is missing: run `cargo test` from the workspace root so the binary is built",
+        binary.display()
+    );
+    binary
+}
+
+/// A `tollgate` command with a clean, predictable environment.
+pub fn tollgate() -> Command {
+    let mut command = Command::new(tollgate_path());
+    command.env_remove("TOLLGATE_LOG").env_remove("RUST_LOG");
+    command
+}
+
+/// Repository root, for shipped files such as `examples/policies`.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// A scratch directory removed on drop.
+pub struct Scratch {
+    pub dir: PathBuf,
+}
+
+impl Scratch {
+    pub fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "tollgate-test-{tag}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
+        std::fs::create_dir_all(&dir).expect("create scratch dir");
+        Scratch { dir }
+    }
+
+    /// Writes `text` to `name` inside the scratch dir and returns its path.
+    pub fn file(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.join(name);
+        std::fs::write(&path, text).expect("write scratch file");
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

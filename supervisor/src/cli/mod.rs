@@ -1,0 +1,43 @@
+//! The `tollgate` command line: argument definitions (clap) and dispatch to each command.
+
+pub mod policy;
+
+use clap::{Parser, Subcommand};
+
+/// Exit status for usage errors and invalid policies (clap uses 2 for usage errors too).
+pub const EXIT_USAGE: i32 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "Run untrusted code in a sandbox whose only way out is a policy-enforcing HTTP proxy",
+    long_about = None,
+    after_help = "Logs go to stderr; set TOLLGATE_LOG (or RUST_LOG) to e.g. debug or tollgate=trace."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate team policies, evaluate a request against one, print the policy schema.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+}
+
+/// Runs the parsed command and returns the process exit status.
+pub fn run(cli: Cli) -> i32 {
+    match cli.command {
+        Command::Policy(command) => policy::run(command),
+    }
+}
+
+/// Writes one line to stdout. A closed pipe (`tollgate policy schema | head`) is not an
+/// error worth a panic: the reader has what it wanted.
+pub fn print(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}");
+}

@@ -1,0 +1,175 @@
+//! `tollgate policy check | eval | schema`: the policy author's tools.
+
+use crate::resolve;
+use clap::{Args, Subcommand};
+use serde_json::json;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use tollgate_policy::url::{NormalizedUrl, UrlHost};
+use tollgate_policy::{Destination, Policy, Request};
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate policy files: prints `FILE: ok` or each error as `FILE:LINE:COL: message`.
+    /// Exits 0 when every file is valid, 2 otherwise.
+    Check {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+    /// Decide one request against a policy and print the decision as JSON.
+    /// Exits 0 when allowed, 1 when denied, 2 on a usage or policy error.
+    Eval(EvalArgs),
+    /// Print the JSON Schema of the policy file (for editor validation and completion).
+    Schema,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    #[arg(value_name = "FILE")]
+    pub policy: PathBuf,
+    /// HTTP method, e.g. GET, or CONNECT to decide a tunnel to URL's host and port.
+    #[arg(value_name = "METHOD")]
+    pub method: String,
+    #[arg(value_name = "URL")]
+    pub url: String,
+    /// Use IP for HOST instead of the policy's `hosts` pins and DNS (repeatable).
+    #[arg(long = "resolve", value_name = "HOST=IP", value_parser = parse_resolve)]
+    pub resolve: Vec<(String, IpAddr)>,
+    /// A request header, `Name: value` (repeatable). `Tollgate-Auth` names a provider.
+    #[arg(long = "header", short = 'H', value_name = "NAME: VALUE", value_parser = parse_header)]
+    pub headers: Vec<(String, String)>,
+}
+
+fn parse_resolve(text: &str) -> Result<(String, IpAddr), String> {
+    let (host, ip) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not HOST=IP (e.g. api.example.com=203.0.113.7)"))?;
+    let ip: IpAddr = ip
+        .trim_matches(['[', ']'])
+        .parse()
+        .map_err(|_| format!("`{ip}` is not an IP address"))?;
+    Ok((host.trim_end_matches('.').to_ascii_lowercase(), ip))
+}
+
+fn parse_header(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text
+        .split_once(':')
+        .ok_or_else(|| format!("`{text}` is not a header: write 'Name: value'"))?;
+    let name = name.trim();
+    if name.is_empty() || name.contains(char::is_whitespace) {
+        return Err(format!("`{name}` is not a header name"));
+    }
+    Ok((name.to_owned(), value.trim().to_owned()))
+}
+
+pub fn run(command: PolicyCommand) -> i32 {
+    match command {
+        PolicyCommand::Check { files } => check(&files),
+        PolicyCommand::Eval(args) => eval(&args),
+        PolicyCommand::Schema => schema(),
+    }
+}
+
+fn check(files: &[PathBuf]) -> i32 {
+    let mut status = 0;
+    for file in files {
+        match Policy::load(file) {
+            Ok(_) => super::print(&format!("{}: ok", file.display())),
+            Err(errors) => {
+                super::print(&errors.to_string());
+                status = super::EXIT_USAGE;
+            }
+        }
+    }
+    status
+}
+
+fn eval(args: &EvalArgs) -> i32 {
+    let policy = match Policy::load(&args.policy) {
+        Ok(policy) => policy,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return super::EXIT_USAGE;
+        }
+    };
+    let method = args.method.to_ascii_uppercase();
+    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
+        eprintln!(
+            "tollgate: `{}` is not an HTTP method (e.g. GET, POST, CONNECT)",
+            args.method
+        );
+        return super::EXIT_USAGE;
+    }
+    let connect = method == "CONNECT";
+    let parsed = if connect && !args.url.contains("://") {
+        NormalizedUrl::from_parts("https", &args.url, "/")
+    } else {
+        NormalizedUrl::parse(&args.url)
+    };
+    let url = match parsed {
+        Ok(url) => url,
+        Err(error) => {
+            let output =
+                json!({"allow": false, "reason": "invalid_url", "message": error.to_string()});
+            println!("{output}");
+            return 1;
+        }
+    };
+    let header_names: Vec<String> = args
+        .headers
+        .iter()
+        .map(|(n, _)| n.to_ascii_lowercase())
+        .collect();
+    let credential = args
+        .headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("tollgate-auth"))
+        .map(|(_, v)| v.as_str());
+    let request = Request {
+        method: &method,
+        url: &url,
+        connect,
+        header_names: &header_names,
+        credential,
+    };
+    // An IP literal needs no lookup: decide on it directly so the output shows its class.
+    let first = match url.host {
+        UrlHost::Ip(ip) => Destination::Resolved(vec![ip]),
+        UrlHost::Domain(_) => Destination::Unresolved,
+    };
+    let mut decision = policy.decide(&request, &first);
+    if decision.needs_resolution() {
+        let addresses = resolve::resolve_for_eval(&policy, &url.host, &args.resolve);
+        decision = policy.decide(&request, &Destination::Resolved(addresses));
+    }
+    let output = json!({
+        "allow": decision.allow,
+        "reason": decision.reason,
+        "message": decision.message,
+        "rule": decision.rule,
+        "url": url.redacted(),
+        "addresses": decision.addresses,
+        "class": decision.worst_class(),
+        "classes": decision.classes,
+    });
+    super::print(&output.to_string());
+    if decision.allow {
+        0
+    } else {
+        1
+    }
+}
+
+fn schema() -> i32 {
+    let schema = schemars::schema_for!(tollgate_policy::schema::PolicyFile);
+    match serde_json::to_string_pretty(&schema) {
+        Ok(text) => {
+            super::print(&text);
+            0
+        }
+        Err(error) => {
+            eprintln!("tollgate: cannot render the schema: {error}");
+            125
+        }
+    }
+}
