@@ -29,14 +29,6 @@ refuse_address(reason, i) := {
 	"address": input.destination.addresses[i],
 }
 
-# The first index whose address has `class` and is not let in by the entry's allowed_ips.
-first_address(class) := min({i |
-	input.destination.classes[i] == class
-	not input.destination.covered[i]
-})
-
-first_blocked := min({i | input.destination.classes[i] == "always_blocked"})
-
 decision := refuse("network_disabled", null) if {
 	not data.policy.network
 } else := refuse("host_not_allowed", null) if {
@@ -64,12 +56,26 @@ decision := refuse("network_disabled", null) if {
 	not input.destination.resolved
 } else := refuse("cannot_resolve", input.match.rule) if {
 	count(input.destination.addresses) == 0
-} else := refuse_address("address_blocked", first_blocked) if {
-	first_blocked
-} else := refuse_address("private_address", first_address("internal")) if {
+} else := refuse_address("address_blocked", input.destination.first_blocked) if {
+	input.destination.first_blocked != null
+} else := refuse_address("private_address", input.destination.first_uncovered_internal) if {
 	data.policy.block_private_ips
-	first_address("internal")
-} else := {"allow": true, "reason": "allowed", "rule": rule_allowing}
+	input.destination.first_uncovered_internal != null
+} else := {"allow": true, "reason": "allowed", "rule": rule_allowing} if {
+	# Fail closed: the allow is reached only when every fact it rests on is present and
+	# says yes. A missing fact makes every refusal above undefined; it must not allow.
+	data.policy.network == true
+	input.destination.resolved == true
+	count(input.destination.addresses) > 0
+	input.destination.first_blocked == null
+	private_addresses_ok
+	input.match.l7_deny == null
+	input.match.encoded_slash_refused == false
+} else := refuse("policy_error", null)
+
+private_addresses_ok if not data.policy.block_private_ips
+
+private_addresses_ok if input.destination.first_uncovered_internal == null
 
 rule_allowing := input.match.rule if input.match.entry != null
 

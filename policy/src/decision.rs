@@ -202,6 +202,13 @@ fn strings<'a>(items: impl IntoIterator<Item = &'a str>) -> Value {
     Value::from(items.into_iter().map(Value::from).collect::<Vec<_>>())
 }
 
+fn first_index(mut flags: impl Iterator<Item = bool>) -> Value {
+    flags
+        .position(|f| f)
+        .map(Value::from)
+        .unwrap_or(Value::Null)
+}
+
 /// The Rego input document (schema in docs/policy.md).
 fn facts(
     policy: &Policy,
@@ -247,6 +254,19 @@ fn facts(
         (
             "covered",
             Value::from(covered.iter().map(|c| Value::from(*c)).collect::<Vec<_>>()),
+        ),
+        (
+            "first_blocked",
+            first_index(classes.iter().map(|c| *c == AddressClass::AlwaysBlocked)),
+        ),
+        (
+            "first_uncovered_internal",
+            first_index(
+                classes
+                    .iter()
+                    .zip(covered)
+                    .map(|(c, covered)| *c == AddressClass::Internal && !covered),
+            ),
         ),
     ]);
     let match_doc = object([
