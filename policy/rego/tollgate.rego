@@ -2,8 +2,11 @@
 #
 # Rust computes the facts (URL normalisation, host/port/path matching, L7 pattern matching,
 # address classification) because parsing is where bypasses hide; this module turns those
-# facts into one decision with a reason, in a fixed order that reads as the security model.
-# Input and output are documented in docs/policy.md.
+# facts into one decision. Input and output are documented in docs/policy.md.
+#
+# The allow is one conjunction of positive checks, so a missing or malformed fact can only
+# ever refuse. When it does not hold, the chain below names the first reason, in an order
+# that reads as the security model; if no reason matches, the refusal is `policy_error`.
 package tollgate
 
 import rego.v1
@@ -12,13 +15,63 @@ read_only_methods := {"GET", "HEAD", "OPTIONS"}
 
 read_write_methods := read_only_methods | {"POST", "PUT", "PATCH"}
 
-method_allowed("full", _) if true
-
-method_allowed("read-write", method) if method in read_write_methods
-
-method_allowed("read-only", method) if method in read_only_methods
-
 entry := data.policy.entries[input.match.entry]
+
+# --- the checks an allow needs -------------------------------------------------------------
+
+destination_listed if input.match.entry != null
+
+destination_listed if {
+	input.match.entry == null
+	data.policy.allow_all == true
+}
+
+method_ok if input.request.connect == true
+
+method_ok if {
+	input.match.entry == null
+	data.policy.allow_all == true
+}
+
+method_ok if entry.access == "full"
+
+method_ok if {
+	entry.access == "read-write"
+	input.request.method in read_write_methods
+}
+
+method_ok if {
+	entry.access == "read-only"
+	input.request.method in read_only_methods
+}
+
+l7_ok if input.request.connect == true
+
+l7_ok if {
+	input.match.entry == null
+	data.policy.allow_all == true
+}
+
+l7_ok if {
+	entry.has_rules == false
+	input.match.l7_deny == null
+}
+
+l7_ok if {
+	entry.has_rules == true
+	input.match.l7_deny == null
+	input.match.l7_allow != null
+}
+
+private_addresses_ok if data.policy.block_private_ips == false
+
+private_addresses_ok if input.destination.first_uncovered_internal == null
+
+rule_allowing := input.match.rule if input.match.entry != null
+
+else := "network.allow_all"
+
+# --- the decision ---------------------------------------------------------------------------
 
 refuse(reason, rule) := {"allow": false, "reason": reason, "rule": rule}
 
@@ -29,54 +82,38 @@ refuse_address(reason, i) := {
 	"address": input.destination.addresses[i],
 }
 
-decision := refuse("network_disabled", null) if {
+decision := {"allow": true, "reason": "allowed", "rule": rule_allowing} if {
+	data.policy.network == true
+	destination_listed
+	method_ok
+	input.match.encoded_slash_refused == false
+	l7_ok
+	input.destination.resolved == true
+	count(input.destination.addresses) > 0
+	input.destination.first_blocked == null
+	private_addresses_ok
+} else := refuse("network_disabled", null) if {
 	not data.policy.network
 } else := refuse("host_not_allowed", null) if {
-	input.match.entry == null
-	not data.policy.allow_all
+	not destination_listed
 	input.match.near_miss == null
 } else := refuse(sprintf("%s_not_allowed", [input.match.near_miss]), input.match.near_miss_rule) if {
-	input.match.entry == null
-	not data.policy.allow_all
+	not destination_listed
 } else := refuse("method_not_allowed", input.match.rule) if {
-	not input.request.connect
-	input.match.entry != null
-	not method_allowed(entry.access, input.request.method)
+	not method_ok
 } else := refuse("encoded_slash", input.match.rule) if {
-	input.match.encoded_slash_refused
+	input.match.encoded_slash_refused == true
 } else := refuse("l7_denied", input.match.l7_deny) if {
 	input.match.l7_deny != null
 } else := refuse("l7_not_matched", input.match.rule) if {
-	not input.request.connect
-	input.match.entry != null
-	entry.has_rules
-	input.match.l7_allow == null
+	not l7_ok
 } else := refuse("not_resolved", input.match.rule) if {
-	# Fail closed: a caller that skipped resolution never gets an allow.
+	# The caller decides before resolving, so refused names are never looked up.
 	not input.destination.resolved
 } else := refuse("cannot_resolve", input.match.rule) if {
 	count(input.destination.addresses) == 0
 } else := refuse_address("address_blocked", input.destination.first_blocked) if {
 	input.destination.first_blocked != null
 } else := refuse_address("private_address", input.destination.first_uncovered_internal) if {
-	data.policy.block_private_ips
-	input.destination.first_uncovered_internal != null
-} else := {"allow": true, "reason": "allowed", "rule": rule_allowing} if {
-	# Fail closed: the allow is reached only when every fact it rests on is present and
-	# says yes. A missing fact makes every refusal above undefined; it must not allow.
-	data.policy.network == true
-	input.destination.resolved == true
-	count(input.destination.addresses) > 0
-	input.destination.first_blocked == null
-	private_addresses_ok
-	input.match.l7_deny == null
-	input.match.encoded_slash_refused == false
+	not private_addresses_ok
 } else := refuse("policy_error", null)
-
-private_addresses_ok if not data.policy.block_private_ips
-
-private_addresses_ok if input.destination.first_uncovered_internal == null
-
-rule_allowing := input.match.rule if input.match.entry != null
-
-else := "network.allow_all"
