@@ -2,3 +2,7 @@
 //!
 //! The binary in `main.rs` is thin glue over this library, so tests and embedders can drive
 //! every piece in-process.
+
+pub mod cli;
+pub mod resolve;
+pub mod sandbox;
