@@ -11,6 +11,7 @@ APT_PACKAGES=(
   ca-certificates # system roots for upstream TLS and the sandbox CA bundle
   curl            # a real client inside sandboxes in the test suite
   python3         # /usr/bin/python3: a real client inside sandboxes (root's pyenv shim is unusable there)
+  libclang-dev    # bindgen, used by rustables (nftables over netlink) at build time
   bubblewrap      # startup benchmark baseline
   hyperfine       # startup benchmark
   openssl         # test certificates for upstream HTTPS servers

@@ -1,6 +1,7 @@
 //! The `tollgate` command line: argument definitions (clap) and dispatch to each command.
 
 pub mod policy;
+pub mod run;
 
 use clap::{Parser, Subcommand};
 
@@ -25,12 +26,15 @@ pub enum Command {
     /// Validate team policies, evaluate a request against one, print the policy schema.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Run a command in a sandbox whose only way out is the policy-enforcing proxy.
+    Run(run::RunArgs),
 }
 
 /// Runs the parsed command and returns the process exit status.
 pub fn run(cli: Cli) -> i32 {
     match cli.command {
         Command::Policy(command) => policy::run(command),
+        Command::Run(args) => run::run(args),
     }
 }
 

@@ -6,6 +6,11 @@
 
 pub mod bpf;
 pub mod cgroup;
+pub mod command;
+pub mod layers;
+pub mod netns;
+pub mod nft;
+pub mod spawn;
 
 use std::{io, path::PathBuf, time::Duration};
 
@@ -17,6 +22,16 @@ const DOCTOR: &str = "run `tollgate doctor` to check this host";
 /// Every message names what failed and how to fix it, so the CLI can print it as is.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
+    #[error(
+        "cannot build the sandbox network namespace ({step}): {detail}; tollgate needs root \
+         (CAP_SYS_ADMIN, CAP_NET_ADMIN); {DOCTOR}"
+    )]
+    Netns { step: &'static str, detail: String },
+    #[error(
+        "cannot install the nftables wall in the sandbox namespace: {detail}; the kernel needs \
+         nf_tables (CONFIG_NF_TABLES, nft_reject_inet); {DOCTOR}"
+    )]
+    Nftables { detail: String },
     #[error(
         "cannot read /proc/self/mountinfo to find the cgroup v2 hierarchy: {source}; {DOCTOR}"
     )]

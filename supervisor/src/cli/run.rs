@@ -1,0 +1,136 @@
+//! `tollgate run`: the command-line face of [`crate::run`].
+
+use crate::run::{self, RunOptions, NOBODY};
+use clap::Args;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Exit status: the command's own; 128+N if it was killed by signal N; 124 when \
+                  --timeout expired; 125 when tollgate failed; 126 when the command cannot be \
+                  executed; 127 when it was not found."
+)]
+pub struct RunArgs {
+    /// Team policy file. Without a policy (or without its `network` section) the sandbox has
+    /// loopback only and no proxy.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["team", "policy_dir"])]
+    pub policy: Option<PathBuf>,
+    /// Team name: reads DIR/NAME.yaml from --policy-dir.
+    #[arg(long, value_name = "NAME", requires = "policy_dir")]
+    pub team: Option<String>,
+    /// Directory of team policies, for --team.
+    #[arg(long, value_name = "DIR", requires = "team")]
+    pub policy_dir: Option<PathBuf>,
+    /// Kill the whole sandbox after this long (e.g. 30s, 5m); exit status 124.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// User (and group) the command runs as: a number or a name. Default 65534:65534.
+    #[arg(long, value_name = "UID[:GID]", value_parser = parse_user)]
+    pub user: Option<(u32, u32)>,
+    /// Allow --user 0. Root could leave its cgroup; use only for trusted commands.
+    #[arg(long)]
+    pub allow_root: bool,
+    /// Working directory of the command (default /tmp).
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<PathBuf>,
+    /// Set an environment variable in the sandbox (repeatable).
+    #[arg(long = "env", value_name = "K=V", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// Copy a variable from tollgate's environment into the sandbox (repeatable).
+    #[arg(long = "pass-env", value_name = "NAME")]
+    pub pass_env: Vec<String>,
+    /// Write the audit log (JSON Lines) here.
+    #[arg(long, value_name = "FILE")]
+    pub audit: Option<PathBuf>,
+    /// Write a JSON summary of the execution here when it ends.
+    #[arg(long, value_name = "FILE")]
+    pub summary: Option<PathBuf>,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let span = tollgate_policy::units::Span::parse(text)?;
+    if span.as_duration().is_zero() {
+        return Err("the timeout must be longer than zero".into());
+    }
+    Ok(span.as_duration())
+}
+
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not K=V"))?;
+    if name.is_empty() || name.contains('\0') || value.contains('\0') {
+        return Err(format!("`{text}` is not a valid environment assignment"));
+    }
+    Ok((name.to_owned(), value.to_owned()))
+}
+
+fn parse_user(text: &str) -> Result<(u32, u32), String> {
+    let (user, group) = match text.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (text, None),
+    };
+    let (uid, primary) = match user.parse::<u32>() {
+        Ok(uid) => (uid, None),
+        Err(_) => match nix::unistd::User::from_name(user) {
+            Ok(Some(found)) => (found.uid.as_raw(), Some(found.gid.as_raw())),
+            _ => {
+                return Err(format!(
+                    "no user named `{user}`: give a name from /etc/passwd or a number"
+                ))
+            }
+        },
+    };
+    let gid = match group {
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => match nix::unistd::Group::from_name(g) {
+                Ok(Some(found)) => found.gid.as_raw(),
+                _ => {
+                    return Err(format!(
+                        "no group named `{g}`: give a name from /etc/group or a number"
+                    ))
+                }
+            },
+        },
+        None => primary.unwrap_or(uid),
+    };
+    Ok((uid, gid))
+}
+
+pub fn run(args: RunArgs) -> i32 {
+    let policy = match (&args.policy, &args.team, &args.policy_dir) {
+        (Some(file), _, _) => Some(file.clone()),
+        (None, Some(team), Some(dir)) => {
+            if !team
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                || team.is_empty()
+            {
+                eprintln!("tollgate: `{team}` is not a team name ([a-z0-9-])");
+                return run::status::TOLLGATE_ERROR;
+            }
+            Some(dir.join(format!("{team}.yaml")))
+        }
+        _ => None,
+    };
+    let (uid, gid) = args.user.unwrap_or((NOBODY, NOBODY));
+    run::run(RunOptions {
+        policy,
+        timeout: args.timeout,
+        uid,
+        gid,
+        allow_root: args.allow_root,
+        cwd: args.cwd,
+        env: args.env,
+        pass_env: args.pass_env,
+        audit: args.audit,
+        summary: args.summary,
+        command: args.command,
+    })
+}

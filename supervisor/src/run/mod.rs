@@ -1,0 +1,404 @@
+//! One execution, end to end: load the policy, build the walls, start the proxy, spawn the
+//! command inside, wait, tear everything down, report.
+//!
+//! ```text
+//! policy → cgroup → eBPF wall → namespace (+ nftables, + proxy listener) → proxy
+//!        → child (join cgroup → setns → drop privileges → exec) → wait / timeout / signal
+//!        → kill cgroup → detach wall → stop proxy → audit + summary → exit status
+//! ```
+//! Every wall that cannot be built stops the run with exit status 125 and the reason; nothing
+//! ever runs with a wall missing. Teardown runs on every path, including errors.
+
+mod env;
+mod summary;
+
+use crate::audit::{now_rfc3339, AuditLog};
+use crate::sandbox::bpf::{AttachedWall, EgressPrograms};
+use crate::sandbox::cgroup::{self, ExecutionCgroup};
+use crate::sandbox::command::{self, CommandProblem};
+use crate::sandbox::layers::Layers;
+use crate::sandbox::netns::{self, NamespaceWalls, SandboxNet};
+use crate::sandbox::spawn::{self, ChildSetup};
+use serde_json::json;
+use std::ffi::OsString;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+pub use summary::Summary;
+use tollgate_policy::Policy;
+
+/// Exit statuses of `tollgate run` besides the command's own.
+pub mod status {
+    pub const TIMEOUT: i32 = 124;
+    pub const TOLLGATE_ERROR: i32 = 125;
+}
+
+/// The default sandbox user and group: nobody/nogroup.
+pub const NOBODY: u32 = 65534;
+
+/// Everything `tollgate run` was asked to do.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub policy: Option<PathBuf>,
+    pub timeout: Option<Duration>,
+    pub uid: u32,
+    pub gid: u32,
+    pub allow_root: bool,
+    pub cwd: Option<PathBuf>,
+    pub env: Vec<(String, String)>,
+    pub pass_env: Vec<String>,
+    pub audit: Option<PathBuf>,
+    pub summary: Option<PathBuf>,
+    pub command: Vec<OsString>,
+}
+
+/// A failure of tollgate itself (exit 125), or a command that cannot run (126/127).
+struct Refusal {
+    status: i32,
+    message: String,
+}
+
+impl Refusal {
+    fn tollgate(message: impl Into<String>) -> Self {
+        Refusal {
+            status: status::TOLLGATE_ERROR,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<crate::sandbox::SandboxError> for Refusal {
+    fn from(error: crate::sandbox::SandboxError) -> Self {
+        Refusal::tollgate(error.to_string())
+    }
+}
+
+/// Runs one execution and returns the exit status for `tollgate run`.
+pub fn run(options: RunOptions) -> i32 {
+    match execute(options) {
+        Ok(status) => status,
+        Err(refusal) => {
+            eprintln!("tollgate: {}", refusal.message);
+            refusal.status
+        }
+    }
+}
+
+/// How the command ended.
+struct Ending {
+    status: std::process::ExitStatus,
+    timed_out: bool,
+    /// A signal sent to tollgate that ended the run (SIGINT, SIGTERM, SIGHUP).
+    interrupted_by: Option<i32>,
+}
+
+fn execute(options: RunOptions) -> Result<i32, Refusal> {
+    let started = Instant::now();
+    if options.uid == 0 && !options.allow_root {
+        return Err(Refusal::tollgate(
+            "refusing to run the command as root (--user 0): a root process could leave its \
+             cgroup and its walls; use an unprivileged user, or pass --allow-root if you must",
+        ));
+    }
+    let policy = match &options.policy {
+        Some(path) => Some(Policy::load(path).map_err(|errors| {
+            Refusal::tollgate(format!(
+                "the policy is invalid; fix it (`tollgate policy check`):\n{errors}"
+            ))
+        })?),
+        None => None,
+    };
+    let network = policy.as_ref().is_some_and(Policy::network_enabled);
+    let program = options
+        .command
+        .first()
+        .ok_or_else(|| Refusal::tollgate("no command given: write it after `--`"))?;
+    let program = command::resolve(program, env::SANDBOX_PATH, options.uid, options.gid).map_err(
+        |problem| Refusal {
+            status: problem.exit_status(),
+            message: match &problem {
+                CommandProblem::NotFound(m) | CommandProblem::NotExecutable(m) => m.clone(),
+            },
+        },
+    )?;
+    let audit = match &options.audit {
+        Some(path) => AuditLog::create(path).map_err(|e| {
+            Refusal::tollgate(format!(
+                "cannot create the audit log {}: {e}",
+                path.display()
+            ))
+        })?,
+        None => AuditLog::disabled(),
+    };
+    let cwd = options.cwd.clone().unwrap_or_else(|| PathBuf::from("/tmp"));
+    if !cwd.is_dir() {
+        return Err(Refusal::tollgate(format!(
+            "--cwd {} is not a directory",
+            cwd.display()
+        )));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("tollgate-proxy")
+        .build()
+        .map_err(|e| Refusal::tollgate(format!("cannot start the async runtime: {e}")))?;
+
+    let layers = Layers::for_this_build();
+    if let Err(error) = cgroup::gc_stale() {
+        tracing::warn!("cannot reap stale executions: {error}");
+    }
+    let execution = cgroup::new_execution_id()?;
+    let team = policy.as_ref().map(|p| p.team.clone());
+    let walls = Walls::build(&execution, layers, network)?;
+    let proxy_address = walls.net.as_ref().and_then(SandboxNet::proxy_address);
+    let environment = env::child_environment(
+        policy.as_ref(),
+        &options.pass_env,
+        &options.env,
+        proxy_address,
+        "/tmp",
+    )
+    .map_err(Refusal::tollgate)?;
+
+    let ending = runtime.block_on(supervise(&options, &program, &cwd, environment, &walls));
+    let report = walls.tear_down(&audit, &execution, team.as_deref());
+    let ending = ending?;
+
+    let (exit_status, signal) = exit_status_of(&ending);
+    if let Some(path) = &options.summary {
+        let summary = Summary {
+            execution: execution.clone(),
+            team,
+            command: options
+                .command
+                .first()
+                .map(|c| c.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            network,
+            exit_status,
+            signal,
+            timed_out: ending.timed_out,
+            duration_ms: started.elapsed().as_millis() as u64,
+            bypass_attempts: report.denied,
+            bypass_reports_dropped: report.dropped,
+            proxy: None,
+        };
+        if let Err(error) = summary.write(path) {
+            eprintln!(
+                "tollgate: cannot write the summary {}: {error}",
+                path.display()
+            );
+        }
+    }
+    Ok(exit_status)
+}
+
+/// The status `tollgate run` exits with, and the signal that ended the command.
+fn exit_status_of(ending: &Ending) -> (i32, Option<i32>) {
+    let signal = ending.status.signal();
+    if ending.timed_out {
+        return (status::TIMEOUT, signal);
+    }
+    if let Some(by) = ending.interrupted_by {
+        return (128 + by, signal);
+    }
+    match (ending.status.code(), signal) {
+        (Some(code), _) => (code, None),
+        (None, Some(signal)) => (128 + signal, Some(signal)),
+        (None, None) => (status::TOLLGATE_ERROR, None),
+    }
+}
+
+/// The walls of one execution, torn down in `tear_down` (and, for what the drop guards own,
+/// on any early return).
+struct Walls {
+    cgroup: ExecutionCgroup,
+    wall: Option<AttachedWall>,
+    net: Option<SandboxNet>,
+}
+
+/// What the eBPF wall saw, for the summary.
+#[derive(Default)]
+struct WallTotals {
+    denied: u64,
+    dropped: u64,
+}
+
+impl Walls {
+    fn build(execution: &str, layers: Layers, network: bool) -> Result<Walls, Refusal> {
+        let cgroup = ExecutionCgroup::create(execution)?;
+        let wall = if layers.bpf {
+            Some(EgressPrograms::load_or_reuse()?.attach(&cgroup)?)
+        } else {
+            None
+        };
+        let net = if layers.netns {
+            Some(netns::create(NamespaceWalls {
+                nftables: layers.nftables,
+                listener: network,
+            })?)
+        } else {
+            None
+        };
+        Ok(Walls { cgroup, wall, net })
+    }
+
+    /// Kills what is left, detaches the programs, records what they saw.
+    fn tear_down(self, audit: &AuditLog, execution: &str, team: Option<&str>) -> WallTotals {
+        let Walls { cgroup, wall, net } = self;
+        if let Err(error) = cgroup.kill_and_remove() {
+            eprintln!("tollgate: {error}");
+        }
+        let mut totals = WallTotals::default();
+        if let Some(wall) = wall {
+            let report = wall.detach();
+            for attempt in &report.events {
+                audit.record(&bypass_record(execution, team, attempt));
+            }
+            totals.denied = report.denied;
+            totals.dropped = report.dropped;
+        }
+        drop(net);
+        totals
+    }
+}
+
+fn bypass_record(
+    execution: &str,
+    team: Option<&str>,
+    attempt: &crate::sandbox::bpf::BypassAttempt,
+) -> serde_json::Value {
+    let mut record = json!({
+        "type": "bypass_attempt",
+        "time": now_rfc3339(),
+        "execution": execution,
+        "team": team,
+        "decision": "deny",
+    });
+    if let (Some(object), Ok(serde_json::Value::Object(fields))) =
+        (record.as_object_mut(), serde_json::to_value(attempt))
+    {
+        object.extend(fields);
+    }
+    record
+}
+
+/// Spawns the command inside the walls and waits for it, a timeout or a signal.
+async fn supervise(
+    options: &RunOptions,
+    program: &std::path::Path,
+    cwd: &std::path::Path,
+    environment: std::collections::BTreeMap<String, String>,
+    walls: &Walls,
+) -> Result<Ending, Refusal> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let foreground = is_foreground_terminal();
+    let setup = ChildSetup {
+        joiner: Some(walls.cgroup.joiner()?),
+        netns: walls.net.as_ref().map(|n| n.netns.as_raw_fd()),
+        uid: options.uid,
+        gid: options.gid,
+        foreground,
+        cap_last: spawn::cap_last_cap(),
+        parent: std::process::id() as libc::pid_t,
+    };
+    let mut command = tokio::process::Command::new(program);
+    command
+        .arg0(&options.command[0])
+        .args(&options.command[1..])
+        .env_clear()
+        .envs(&environment)
+        .current_dir(cwd)
+        .kill_on_drop(true);
+    // SAFETY: `apply` makes only async-signal-safe system calls (see sandbox::spawn).
+    unsafe {
+        command.pre_exec(move || setup.apply());
+    }
+    let mut interrupt =
+        signal(SignalKind::interrupt()).map_err(|e| Refusal::tollgate(e.to_string()))?;
+    let mut terminate =
+        signal(SignalKind::terminate()).map_err(|e| Refusal::tollgate(e.to_string()))?;
+    let mut hangup = signal(SignalKind::hangup()).map_err(|e| Refusal::tollgate(e.to_string()))?;
+    let mut child = command.spawn().map_err(|e| spawn_refusal(program, &e))?;
+    let stop_events = Arc::new(AtomicBool::new(false));
+    let timeout = options.timeout.unwrap_or(Duration::MAX);
+    let deadline = tokio::time::sleep(timeout.min(Duration::from_secs(365 * 86_400)));
+    tokio::pin!(deadline);
+    let mut timed_out = false;
+    let mut interrupted_by = None;
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status,
+            _ = &mut deadline, if !timed_out => {
+                timed_out = true;
+                kill_sandbox(walls);
+            }
+            _ = interrupt.recv() => { interrupted_by = Some(libc::SIGINT); kill_sandbox(walls); }
+            _ = terminate.recv() => { interrupted_by = Some(libc::SIGTERM); kill_sandbox(walls); }
+            _ = hangup.recv() => { interrupted_by = Some(libc::SIGHUP); kill_sandbox(walls); }
+        }
+    };
+    stop_events.store(true, Ordering::Relaxed);
+    if foreground {
+        reclaim_terminal();
+    }
+    let status =
+        status.map_err(|e| Refusal::tollgate(format!("cannot wait for the command: {e}")))?;
+    Ok(Ending {
+        status,
+        timed_out,
+        interrupted_by,
+    })
+}
+
+fn spawn_refusal(program: &std::path::Path, error: &std::io::Error) -> Refusal {
+    match error.raw_os_error() {
+        Some(libc::ENOENT) => Refusal {
+            status: 127,
+            message: format!("command not found: {}", program.display()),
+        },
+        Some(libc::EACCES) | Some(libc::ENOEXEC) | Some(libc::EISDIR) => Refusal {
+            status: 126,
+            message: format!(
+                "{} cannot be executed by the sandbox user: {error}",
+                program.display()
+            ),
+        },
+        _ => Refusal::tollgate(format!(
+            "cannot start {} in the sandbox: {error}",
+            program.display()
+        )),
+    }
+}
+
+/// Kills every process of the execution at once (the whole tree, whatever it ignores).
+fn kill_sandbox(walls: &Walls) {
+    let kill = walls.cgroup.path().join("cgroup.kill");
+    if let Err(error) = std::fs::write(&kill, "1") {
+        eprintln!(
+            "tollgate: cannot kill the sandbox ({}): {error}",
+            kill.display()
+        );
+    }
+}
+
+/// Whether stdin is a terminal whose foreground process group is ours.
+fn is_foreground_terminal() -> bool {
+    // SAFETY: queries on fd 0 only.
+    unsafe { libc::isatty(0) == 1 && libc::tcgetpgrp(0) == libc::getpgrp() }
+}
+
+/// Takes the terminal back after the child's process group had it.
+fn reclaim_terminal() {
+    // SAFETY: SIGTTOU is ignored around tcsetpgrp so a background supervisor may take the
+    // terminal back; the previous disposition is restored.
+    unsafe {
+        let previous = libc::signal(libc::SIGTTOU, libc::SIG_IGN);
+        libc::tcsetpgrp(0, libc::getpgrp());
+        libc::signal(libc::SIGTTOU, previous);
+    }
+}

@@ -1,0 +1,123 @@
+//! The network namespace wall: a fresh namespace with loopback only, and the proxy's listening
+//! socket bound inside it.
+//!
+//! A dedicated thread enters the new namespace (`unshare(CLONE_NEWNET)` affects only the
+//! calling thread), brings `lo` up over rtnetlink, installs the nftables wall, binds the
+//! listener on 127.0.0.1 and returns a descriptor of the namespace. The supervisor's other
+//! threads stay in the host namespace, so the proxy accepts inside the sandbox and dials out
+//! from the host. There is no veth, no address, no route but loopback, and nothing is
+//! bind-mounted: the namespace dies with the last process or descriptor holding it.
+
+use super::SandboxError;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::os::fd::OwnedFd;
+
+/// Which walls to build inside the namespace.
+#[derive(Debug, Clone, Copy)]
+pub struct NamespaceWalls {
+    pub nftables: bool,
+    /// Bind the proxy listener (network enabled).
+    pub listener: bool,
+}
+
+/// A sandbox network namespace.
+#[derive(Debug)]
+pub struct SandboxNet {
+    /// Keeps the namespace alive until the child has entered it.
+    pub netns: OwnedFd,
+    /// The proxy's listener on 127.0.0.1 inside the namespace (network enabled only).
+    pub listener: Option<TcpListener>,
+}
+
+impl SandboxNet {
+    pub fn proxy_address(&self) -> Option<SocketAddr> {
+        self.listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+}
+
+/// Builds the namespace on a short-lived thread and hands back its descriptor.
+pub fn create(walls: NamespaceWalls) -> Result<SandboxNet, SandboxError> {
+    std::thread::Builder::new()
+        .name("tollgate-netns".into())
+        .spawn(move || build_in_new_namespace(walls))
+        .map_err(|e| SandboxError::Netns {
+            step: "start the namespace thread",
+            detail: e.to_string(),
+        })?
+        .join()
+        .map_err(|_| SandboxError::Netns {
+            step: "build the namespace",
+            detail: "the setup thread panicked".into(),
+        })?
+}
+
+fn build_in_new_namespace(walls: NamespaceWalls) -> Result<SandboxNet, SandboxError> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| SandboxError::Netns {
+        step: "unshare(CLONE_NEWNET)",
+        detail: e.to_string(),
+    })?;
+    let netns: OwnedFd = std::fs::File::open("/proc/thread-self/ns/net")
+        .map_err(|e| SandboxError::Netns {
+            step: "open /proc/thread-self/ns/net",
+            detail: e.to_string(),
+        })?
+        .into();
+    loopback_up()?;
+    if walls.nftables {
+        super::nft::install_loopback_only().map_err(|detail| SandboxError::Nftables { detail })?;
+    }
+    let listener = if walls.listener {
+        let listener =
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| SandboxError::Netns {
+                step: "bind the proxy listener on 127.0.0.1",
+                detail: e.to_string(),
+            })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| SandboxError::Netns {
+                step: "configure the proxy listener",
+                detail: e.to_string(),
+            })?;
+        Some(listener)
+    } else {
+        None
+    };
+    Ok(SandboxNet { netns, listener })
+}
+
+/// `lo` is index 1 in every new namespace; it starts down.
+const LOOPBACK_INDEX: u32 = 1;
+
+fn loopback_up() -> Result<(), SandboxError> {
+    let failed = |detail: String| SandboxError::Netns {
+        step: "bring lo up over rtnetlink",
+        detail,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(|e| failed(e.to_string()))?;
+    runtime.block_on(async {
+        // The netlink socket is created here, on this thread, so it talks to the new namespace.
+        let (connection, handle, _) =
+            rtnetlink::new_connection().map_err(|e| failed(e.to_string()))?;
+        let driver = tokio::spawn(connection);
+        let result = handle
+            .link()
+            .set(
+                rtnetlink::LinkUnspec::new_with_index(LOOPBACK_INDEX)
+                    .up()
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(|e| failed(e.to_string()));
+        driver.abort();
+        result
+    })
+}
+
+/// The address a sandboxed client uses to reach the proxy.
+pub fn proxy_url(address: SocketAddr) -> String {
+    format!("http://{address}")
+}

@@ -1,0 +1,127 @@
+//! Starting the child inside the walls: join the cgroup, enter the namespace, drop every
+//! privilege, then exec.
+//!
+//! The order is the point. The child joins the execution's cgroup before anything else, so no
+//! socket it creates escapes the eBPF programs; it enters the sandbox namespace before it can
+//! open a socket in the host's; it drops the capability bounding set while it still holds
+//! CAP_SETPCAP, then switches user, clears every capability set and sets no_new_privs, so
+//! nothing it execs can regain a privilege. Code in `pre_exec` runs after fork in a
+//! multi-threaded process, so it only makes raw system calls: no allocation, no locks.
+
+use super::cgroup::CgroupJoiner;
+use std::io;
+use std::os::fd::RawFd;
+
+/// What the child must do between fork and exec.
+pub struct ChildSetup {
+    pub joiner: Option<CgroupJoiner>,
+    /// The sandbox network namespace (kept open by the caller until the child has started).
+    pub netns: Option<RawFd>,
+    pub uid: u32,
+    pub gid: u32,
+    /// Make the child the terminal's foreground process group (stdin is a terminal).
+    pub foreground: bool,
+    /// Highest capability number of this kernel (/proc/sys/kernel/cap_last_cap).
+    pub cap_last: u32,
+    /// The supervisor's pid, to notice it died before PR_SET_PDEATHSIG took effect.
+    pub parent: libc::pid_t,
+}
+
+fn check(result: libc::c_int) -> io::Result<()> {
+    if result == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Highest capability number the running kernel knows.
+pub fn cap_last_cap() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(63)
+}
+
+impl ChildSetup {
+    /// Runs in the child after fork. Async-signal-safe system calls only.
+    pub fn apply(&self) -> io::Result<()> {
+        // SAFETY: plain system calls on values owned by this process; no allocation.
+        unsafe {
+            check(libc::setpgid(0, 0))?;
+            if self.foreground {
+                // A background group may not take the terminal unless SIGTTOU is blocked.
+                let mut block: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut block);
+                libc::sigaddset(&mut block, libc::SIGTTOU);
+                let mut old: libc::sigset_t = std::mem::zeroed();
+                libc::sigprocmask(libc::SIG_BLOCK, &block, &mut old);
+                let _ = libc::tcsetpgrp(0, libc::getpid());
+                libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+            }
+            check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0))?;
+            if libc::getppid() != self.parent {
+                // The supervisor died before the death signal was armed.
+                return Err(io::Error::other("the supervisor exited during start-up"));
+            }
+        }
+        if let Some(joiner) = &self.joiner {
+            joiner.join_current_process()?;
+        }
+        unsafe {
+            if let Some(netns) = self.netns {
+                check(libc::setns(netns, libc::CLONE_NEWNET))?;
+            }
+            for cap in 0..=self.cap_last {
+                // EINVAL for capabilities this kernel does not have is fine.
+                libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0);
+            }
+            check(libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ))?;
+            check(libc::setgroups(0, std::ptr::null()))?;
+            check(libc::setresgid(self.gid, self.gid, self.gid))?;
+            check(libc::setresuid(self.uid, self.uid, self.uid))?;
+            clear_capabilities()?;
+            check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
+        }
+        Ok(())
+    }
+}
+
+/// capset(2) with empty effective, permitted and inheritable sets (version 3 ABI).
+unsafe fn clear_capabilities() -> io::Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    let header = Header {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let data = [Data {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: header and data follow the kernel's capset ABI for version 3.
+    let result = unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) };
+    if result == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
