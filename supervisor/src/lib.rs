@@ -3,6 +3,8 @@
 //! The binary in `main.rs` is thin glue over this library, so tests and embedders can drive
 //! every piece in-process.
 
+pub mod audit;
 pub mod cli;
 pub mod resolve;
+pub mod run;
 pub mod sandbox;
