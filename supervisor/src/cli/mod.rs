@@ -1,5 +1,6 @@
 //! The `tollgate` command line: argument definitions (clap) and dispatch to each command.
 
+mod maintenance;
 pub mod policy;
 pub mod run;
 
@@ -28,6 +29,10 @@ pub enum Command {
     Policy(policy::PolicyCommand),
     /// Run a command in a sandbox whose only way out is the policy-enforcing proxy.
     Run(run::RunArgs),
+    /// Remove what killed supervisors left behind (cgroups, eBPF map entries).
+    Gc,
+    /// Check that this host can build every wall, and say how to fix what it cannot.
+    Doctor,
 }
 
 /// Runs the parsed command and returns the process exit status.
@@ -35,6 +40,8 @@ pub fn run(cli: Cli) -> i32 {
     match cli.command {
         Command::Policy(command) => policy::run(command),
         Command::Run(args) => run::run(args),
+        Command::Gc => maintenance::gc(),
+        Command::Doctor => maintenance::doctor(),
     }
 }
 

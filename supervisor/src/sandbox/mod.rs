@@ -7,6 +7,7 @@
 pub mod bpf;
 pub mod cgroup;
 pub mod command;
+pub mod doctor;
 pub mod layers;
 pub mod netns;
 pub mod nft;

@@ -1,0 +1,78 @@
+//! `tollgate gc` and `tollgate doctor`: the operator's commands.
+
+use crate::sandbox::bpf::{EgressPrograms, DEFAULT_PIN_ROOT};
+use crate::sandbox::{cgroup, doctor};
+use std::path::Path;
+
+/// Removes what killed supervisors left behind: their cgroups (killing what still runs in
+/// them), their eBPF map entries, and abandoned half-loaded pin directories.
+pub fn gc() -> i32 {
+    let report = match cgroup::gc_stale() {
+        Ok(report) => report,
+        Err(error) => {
+            eprintln!("tollgate: {error}");
+            return 125;
+        }
+    };
+    for path in &report.removed {
+        super::print(&format!(
+            "removed stale execution cgroup {}",
+            path.display()
+        ));
+    }
+    for (path, why) in &report.failed {
+        eprintln!("tollgate: cannot remove {}: {why}", path.display());
+    }
+    let mut status = if report.failed.is_empty() { 0 } else { 1 };
+    if Path::new(DEFAULT_PIN_ROOT).exists() {
+        match EgressPrograms::load_or_reuse() {
+            Ok(programs) => match programs.gc_stale_registrations() {
+                Ok(n) if n > 0 => {
+                    super::print(&format!("removed {n} stale eBPF event registrations"))
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    eprintln!("tollgate: {error}");
+                    status = 1;
+                }
+            },
+            Err(error) => {
+                eprintln!("tollgate: {error}");
+                status = 1;
+            }
+        }
+        for path in EgressPrograms::gc_stale_pins(Path::new(DEFAULT_PIN_ROOT)) {
+            super::print(&format!(
+                "removed abandoned pin directory {}",
+                path.display()
+            ));
+        }
+    }
+    super::print(&format!(
+        "gc: {} removed, {} still running, {} failed",
+        report.removed.len(),
+        report.live.len(),
+        report.failed.len()
+    ));
+    status
+}
+
+/// Prints each check with `ok` or `FAIL` and the fix; exits 1 if any failed.
+pub fn doctor() -> i32 {
+    let mut failed = 0;
+    for check in doctor::run_checks() {
+        match check.result {
+            Ok(detail) => super::print(&format!("ok    {}: {detail}", check.name)),
+            Err(fix) => {
+                failed += 1;
+                super::print(&format!("FAIL  {}: {fix}", check.name));
+            }
+        }
+    }
+    if failed == 0 {
+        super::print("tollgate can build every wall on this host");
+        0
+    } else {
+        1
+    }
+}
