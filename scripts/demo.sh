@@ -24,3 +24,21 @@ show POST https://docs.example.com/repos/x
 show GET https://api.github.com/ --resolve api.github.com=10.0.0.7
 show GET 'http://0x7f.1/latest'
 show DELETE https://api.github.com/repos/x --resolve api.github.com=140.82.112.5
+
+# Inside the sandbox: the command sees loopback only and a proxy; direct sockets are refused
+# by the walls before any packet is routed (nothing here leaves the machine).
+printf '\n$ tollgate run --policy %s -- /usr/bin/python3 probe.py\n' "$policy"
+"$tollgate" run --policy "$policy" --audit /tmp/tollgate-demo-audit.jsonl --summary /tmp/tollgate-demo-summary.json -- \
+  /usr/bin/python3 -c '
+import os, socket
+print("user", os.getuid(), "proxy", os.environ.get("HTTPS_PROXY"))
+for host, port in [("10.0.0.1", 80), ("169.254.169.254", 80), ("8.8.8.8", 53)]:
+    s = socket.socket(); s.settimeout(2)
+    try:
+        s.connect((host, port)); print("connected to", host, "(unexpected)")
+    except OSError as e:
+        print(f"direct connect to {host}:{port} refused: {e.strerror}")
+'
+echo "exit status $?"
+echo "audit log (bypass attempts):"; cat /tmp/tollgate-demo-audit.jsonl
+echo "summary:"; cat /tmp/tollgate-demo-summary.json
