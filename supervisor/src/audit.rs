@@ -24,15 +24,24 @@ impl AuditLog {
     /// Creates (truncates) `path`, readable by root only: records name destinations.
     pub fn create(path: &Path) -> std::io::Result<Self> {
         use std::os::unix::fs::OpenOptionsExt;
+        // Append mode: the proxy writes records through its own handle on the same file, and
+        // with O_APPEND each record lands whole at the end, whoever writes it.
         let file = std::fs::OpenOptions::new()
-            .write(true)
+            .append(true)
             .create(true)
-            .truncate(true)
             .mode(0o600)
             .open(path)?;
+        file.set_len(0)?;
         Ok(AuditLog {
             sink: Some(Arc::new(Mutex::new(BufWriter::new(file)))),
         })
+    }
+
+    /// Another handle on the audit file, for the proxy's own writer.
+    pub fn writer(&self) -> Option<File> {
+        let sink = self.sink.as_ref()?;
+        let writer = sink.lock().ok()?;
+        writer.get_ref().try_clone().ok()
     }
 
     pub fn is_enabled(&self) -> bool {

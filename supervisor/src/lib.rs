@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod cli;
+pub mod proxy;
 pub mod resolve;
 pub mod run;
 pub mod sandbox;

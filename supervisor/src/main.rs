@@ -11,6 +11,18 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
-    let cli = tollgate::cli::Cli::parse();
+    let cli = match tollgate::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            // `tollgate run` reserves small exit statuses for the command; its own usage errors
+            // are tollgate errors (125), like GNU timeout's and env's.
+            let is_run = std::env::args().nth(1).as_deref() == Some("run");
+            if is_run && error.use_stderr() {
+                let _ = error.print();
+                std::process::exit(tollgate::run::status::TOLLGATE_ERROR);
+            }
+            error.exit();
+        }
+    };
     std::process::exit(tollgate::cli::run(cli));
 }

@@ -4,6 +4,11 @@
 //! The tests drive the binary that `cargo test` builds at the workspace root
 //! (`target/<profile>/tollgate`), so they exercise exactly what ships.
 
+pub mod leaks;
+pub mod netns;
+pub mod probes;
+pub mod sandbox;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

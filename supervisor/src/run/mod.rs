@@ -13,6 +13,7 @@ mod env;
 mod summary;
 
 use crate::audit::{now_rfc3339, AuditLog};
+use crate::proxy::Proxy;
 use crate::sandbox::bpf::{AttachedWall, EgressPrograms};
 use crate::sandbox::cgroup::{self, ExecutionCgroup};
 use crate::sandbox::command::{self, CommandProblem};
@@ -105,8 +106,22 @@ fn execute(options: RunOptions) -> Result<i32, Refusal> {
     }
     let policy = match &options.policy {
         Some(path) => Some(Policy::load(path).map_err(|errors| {
+            // One line: the first problem, and where to see all of them.
+            let first = errors
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            let more = errors.errors.len().saturating_sub(1);
+            let more = if more > 0 {
+                format!(" (and {more} more)")
+            } else {
+                String::new()
+            };
             Refusal::tollgate(format!(
-                "the policy is invalid; fix it (`tollgate policy check`):\n{errors}"
+                "invalid policy: {first}{more}; `tollgate policy check {}` lists every problem",
+                path.display()
             ))
         })?),
         None => None,
@@ -153,8 +168,8 @@ fn execute(options: RunOptions) -> Result<i32, Refusal> {
     }
     let execution = cgroup::new_execution_id()?;
     let team = policy.as_ref().map(|p| p.team.clone());
-    let walls = Walls::build(&execution, layers, network)?;
-    let proxy_address = walls.net.as_ref().and_then(SandboxNet::proxy_address);
+    let mut walls = Walls::build(&execution, layers, network)?;
+    let proxy_address = walls.listener.as_ref().and_then(|l| l.local_addr().ok());
     let environment = env::child_environment(
         policy.as_ref(),
         &options.pass_env,
@@ -164,8 +179,26 @@ fn execute(options: RunOptions) -> Result<i32, Refusal> {
     )
     .map_err(Refusal::tollgate)?;
 
+    let proxy = match (&policy, walls.listener.take()) {
+        (Some(policy), Some(listener)) if network => {
+            let mut builder =
+                Proxy::builder(Arc::new(policy.clone())).execution_id(execution.clone());
+            if let Some(writer) = audit.writer() {
+                builder = builder.audit(writer);
+            }
+            Some(
+                builder
+                    .build()
+                    .start(runtime.handle(), listener)
+                    .map_err(|e| Refusal::tollgate(format!("cannot start the proxy: {e}")))?,
+            )
+        }
+        _ => None,
+    };
+
     let ending = runtime.block_on(supervise(&options, &program, &cwd, environment, &walls));
     let report = walls.tear_down(&audit, &execution, team.as_deref());
+    let proxy_stats = proxy.map(|handle| runtime.block_on(handle.shutdown()));
     let ending = ending?;
 
     let (exit_status, signal) = exit_status_of(&ending);
@@ -185,7 +218,7 @@ fn execute(options: RunOptions) -> Result<i32, Refusal> {
             duration_ms: started.elapsed().as_millis() as u64,
             bypass_attempts: report.denied,
             bypass_reports_dropped: report.dropped,
-            proxy: None,
+            proxy: proxy_stats.and_then(|stats| serde_json::to_value(stats).ok()),
         };
         if let Err(error) = summary.write(path) {
             eprintln!(
@@ -219,6 +252,9 @@ struct Walls {
     cgroup: ExecutionCgroup,
     wall: Option<AttachedWall>,
     net: Option<SandboxNet>,
+    /// The proxy's listener: bound inside the sandbox namespace (in test builds without the
+    /// namespace wall, on the supervisor's own loopback).
+    listener: Option<std::net::TcpListener>,
 }
 
 /// What the eBPF wall saw, for the summary.
@@ -236,20 +272,34 @@ impl Walls {
         } else {
             None
         };
-        let net = if layers.netns {
-            Some(netns::create(NamespaceWalls {
+        let (net, listener) = if layers.netns {
+            let mut net = netns::create(NamespaceWalls {
                 nftables: layers.nftables,
                 listener: network,
-            })?)
+            })?;
+            let listener = net.listener.take();
+            (Some(net), listener)
+        } else if network {
+            (None, Some(netns::bind_proxy_listener()?))
         } else {
-            None
+            (None, None)
         };
-        Ok(Walls { cgroup, wall, net })
+        Ok(Walls {
+            cgroup,
+            wall,
+            net,
+            listener,
+        })
     }
 
     /// Kills what is left, detaches the programs, records what they saw.
     fn tear_down(self, audit: &AuditLog, execution: &str, team: Option<&str>) -> WallTotals {
-        let Walls { cgroup, wall, net } = self;
+        let Walls {
+            cgroup,
+            wall,
+            net,
+            listener,
+        } = self;
         if let Err(error) = cgroup.kill_and_remove() {
             eprintln!("tollgate: {error}");
         }
@@ -262,6 +312,7 @@ impl Walls {
             totals.denied = report.denied;
             totals.dropped = report.dropped;
         }
+        drop(listener);
         drop(net);
         totals
     }

@@ -67,22 +67,27 @@ fn build_in_new_namespace(walls: NamespaceWalls) -> Result<SandboxNet, SandboxEr
         super::nft::install_loopback_only().map_err(|detail| SandboxError::Nftables { detail })?;
     }
     let listener = if walls.listener {
-        let listener =
-            TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| SandboxError::Netns {
-                step: "bind the proxy listener on 127.0.0.1",
-                detail: e.to_string(),
-            })?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| SandboxError::Netns {
-                step: "configure the proxy listener",
-                detail: e.to_string(),
-            })?;
-        Some(listener)
+        Some(bind_proxy_listener()?)
     } else {
         None
     };
     Ok(SandboxNet { netns, listener })
+}
+
+/// Binds the proxy's listener on 127.0.0.1 in the calling thread's network namespace.
+pub fn bind_proxy_listener() -> Result<TcpListener, SandboxError> {
+    let listener =
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| SandboxError::Netns {
+            step: "bind the proxy listener on 127.0.0.1",
+            detail: e.to_string(),
+        })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| SandboxError::Netns {
+            step: "configure the proxy listener",
+            detail: e.to_string(),
+        })?;
+    Ok(listener)
 }
 
 /// `lo` is index 1 in every new namespace; it starts down.

@@ -5,7 +5,9 @@
 //! socket it creates escapes the eBPF programs; it enters the sandbox namespace before it can
 //! open a socket in the host's; it drops the capability bounding set while it still holds
 //! CAP_SETPCAP, then switches user, clears every capability set and sets no_new_privs, so
-//! nothing it execs can regain a privilege. Code in `pre_exec` runs after fork in a
+//! nothing it execs can regain a privilege; only then is the parent-death signal armed (a
+//! credential change clears it). Every descriptor above stderr is marked close-on-exec, so
+//! nothing the caller leaked crosses into the sandbox. Code in `pre_exec` runs after fork in a
 //! multi-threaded process, so it only makes raw system calls: no allocation, no locks.
 
 use super::cgroup::CgroupJoiner;
@@ -59,11 +61,15 @@ impl ChildSetup {
                 let _ = libc::tcsetpgrp(0, libc::getpid());
                 libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
             }
-            check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0))?;
-            if libc::getppid() != self.parent {
-                // The supervisor died before the death signal was armed.
-                return Err(io::Error::other("the supervisor exited during start-up"));
-            }
+            // Nothing the supervisor's caller left open may cross into the sandbox: an
+            // inherited socket would be a door past every wall. Marked close-on-exec rather
+            // than closed, so the descriptors used below stay usable until exec.
+            check(libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            ) as libc::c_int)?;
         }
         if let Some(joiner) = &self.joiner {
             joiner.join_current_process()?;
@@ -87,6 +93,13 @@ impl ChildSetup {
             check(libc::setresgid(self.gid, self.gid, self.gid))?;
             check(libc::setresuid(self.uid, self.uid, self.uid))?;
             clear_capabilities()?;
+            // After the credential change: the kernel clears the parent-death signal when
+            // credentials change, so arming it earlier would be silently undone.
+            check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0))?;
+            if libc::getppid() != self.parent {
+                // The supervisor died before the death signal was armed.
+                return Err(io::Error::other("the supervisor exited during start-up"));
+            }
             check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
         }
         Ok(())

@@ -1,0 +1,269 @@
+//! The upstream attempts of one decided request: take a budgeted attempt, reuse a pooled
+//! connection to a decided address or dial one, exchange, and decide whether to retry
+//! (retryable status, refused or reset connection, connect timeout) and how long to wait.
+
+use super::audit::AuditRecord;
+use super::errors::{ErrorCode, ProxyError};
+use super::forward::Outgoing;
+use super::transport::{DialError, DialTarget};
+use super::{exchange, pool, retry, Shared};
+use bytes::Bytes;
+use http::{Method, Request, Response, Version};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::time::Instant as Deadline;
+use tollgate_policy::url::NormalizedUrl;
+
+/// The final attempt's response, to be relayed.
+pub(crate) struct Sent {
+    pub response: Response<Incoming>,
+    pub peer: SocketAddr,
+    pub connection: (pool::Key, pool::Sender),
+    pub attempt: u32,
+    pub started: Instant,
+    pub deadline: Deadline,
+}
+
+/// Why an attempt produced no response.
+enum Failure {
+    Dial(DialError),
+    /// The upstream closed or reset the connection before a response head.
+    Reset(SocketAddr, hyper::Error),
+    /// The upstream sent something that is not an HTTP response.
+    Invalid(SocketAddr, hyper::Error),
+    /// No response head before the deadline.
+    HeadTimeout(SocketAddr),
+}
+
+impl Failure {
+    fn retryable(&self) -> bool {
+        matches!(self, Failure::Dial(_) | Failure::Reset(..))
+    }
+
+    fn peer(&self) -> Option<SocketAddr> {
+        match self {
+            Failure::Dial(_) => None,
+            Failure::Reset(peer, _) | Failure::Invalid(peer, _) | Failure::HeadTimeout(peer) => {
+                Some(*peer)
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Failure::Dial(DialError::TimedOut) => "connect timeout".into(),
+            Failure::Dial(DialError::Failed(e)) => format!("connect failed: {e}"),
+            Failure::Reset(_, e) => format!("connection closed before a response: {e}"),
+            Failure::Invalid(_, e) => format!("invalid response: {e}"),
+            Failure::HeadTimeout(_) => "no response before the timeout".into(),
+        }
+    }
+
+    fn into_error(self, url: &NormalizedUrl, timeout: Duration) -> ProxyError {
+        let host = url.authority();
+        match self {
+            Failure::Dial(DialError::TimedOut) | Failure::HeadTimeout(_) => ProxyError::new(
+                ErrorCode::Timeout,
+                format!("{host} did not answer within {timeout:?}; send Tollgate-Timeout: <seconds> to wait longer (up to limits.max_timeout)"),
+            ),
+            Failure::Dial(DialError::Failed(e)) => ProxyError::new(
+                ErrorCode::ConnectError,
+                format!("could not connect to {host}: {e}"),
+            ),
+            Failure::Reset(_, e) => ProxyError::new(
+                ErrorCode::ConnectError,
+                format!("{host} closed the connection before responding: {e}"),
+            ),
+            Failure::Invalid(_, e) => ProxyError::new(
+                ErrorCode::ConnectError,
+                format!("{host} sent an invalid HTTP response: {e}"),
+            ),
+        }
+    }
+}
+
+/// Attempts until a response worth relaying, retrying what the policy retries.
+pub(crate) async fn attempts(
+    shared: &Arc<Shared>,
+    outgoing: &Outgoing,
+    record: &mut AuditRecord,
+) -> Result<Sent, ProxyError> {
+    let retry = &shared.policy.retry;
+    let line = format!("{} {}", outgoing.method, outgoing.url.redacted());
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        record.attempt = Some(attempt);
+        record.address = None;
+        shared
+            .budget
+            .take()
+            .map_err(|e| e.with_reason("max_requests"))?;
+        shared.stats.attempt(&outgoing.origin, attempt > 1);
+        let started = Instant::now();
+        let deadline = Deadline::now() + outgoing.timeout;
+        let last = attempt >= retry.attempts;
+        let ms = |s: Instant| u64::try_from(s.elapsed().as_millis()).unwrap_or(u64::MAX);
+        match one_attempt(shared, outgoing, deadline).await {
+            Ok(Exchanged {
+                response,
+                peer,
+                connection,
+            }) => {
+                let status = response.status();
+                record.address = Some(peer.to_string());
+                if last || !retry::retryable_status(retry, status) {
+                    return Ok(Sent {
+                        response,
+                        peer,
+                        connection,
+                        attempt,
+                        started,
+                        deadline,
+                    });
+                }
+                let wait = retry::wait_before(retry, attempt + 1, Some(response.headers()));
+                drop(response);
+                tracing::info!(
+                    "{line} -> {} ({}ms), retrying (attempt {}/{}) in {}ms",
+                    status.as_u16(),
+                    ms(started),
+                    attempt + 1,
+                    retry.attempts,
+                    wait.as_millis()
+                );
+                let mut retried = record.clone();
+                retried.address = Some(peer.to_string());
+                retried.status = Some(status.as_u16());
+                retried.outcome = "retrying";
+                retried.duration_ms = ms(started);
+                write_audit(shared, retried);
+                tokio::time::sleep(wait).await;
+            }
+            Err(failure) => {
+                record.address = failure.peer().map(|p| p.to_string());
+                if last || !failure.retryable() {
+                    return Err(failure.into_error(&outgoing.url, outgoing.timeout));
+                }
+                let wait = retry::wait_before(retry, attempt + 1, None);
+                tracing::info!(
+                    "{line} -> {} ({}ms), retrying (attempt {}/{}) in {}ms",
+                    failure.describe(),
+                    ms(started),
+                    attempt + 1,
+                    retry.attempts,
+                    wait.as_millis()
+                );
+                let mut retried = record.clone();
+                retried.outcome = "retrying";
+                retried.error = Some(ErrorCode::ConnectError.as_str());
+                retried.reason = failure.describe();
+                retried.duration_ms = ms(started);
+                write_audit(shared, retried);
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+fn write_audit(shared: &Shared, record: AuditRecord) {
+    if let Some(audit) = &shared.audit {
+        audit.write(record);
+    }
+}
+
+/// A response head and the connection it came on (kept for reuse if its body completes).
+pub(crate) struct Exchanged {
+    pub response: Response<Incoming>,
+    pub peer: SocketAddr,
+    pub connection: (pool::Key, pool::Sender),
+}
+
+/// Methods a client may expect to be repeated (RFC 9110 §9.2.2): a request that failed on a
+/// reused keep-alive connection is sent again on a fresh one only if it is idempotent.
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+fn upstream_request(outgoing: &Outgoing) -> Request<Full<Bytes>> {
+    let mut request = Request::new(Full::new(outgoing.body.clone()));
+    *request.method_mut() = outgoing.method.clone();
+    *request.uri_mut() = outgoing.target.clone();
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = outgoing.headers.clone();
+    request
+}
+
+fn classify(peer: SocketAddr, error: hyper::Error) -> Failure {
+    if error.is_parse() || error.is_parse_status() {
+        Failure::Invalid(peer, error)
+    } else {
+        Failure::Reset(peer, error)
+    }
+}
+
+/// A pooled connection to a decided address, else dial one → send → response head, all
+/// before `deadline`.
+async fn one_attempt(
+    shared: &Shared,
+    outgoing: &Outgoing,
+    deadline: Deadline,
+) -> Result<Exchanged, Failure> {
+    let addresses = &outgoing.decision.addresses;
+    let port = outgoing.url.port;
+    if let Some((key, mut sender)) = shared.pool.take(&outgoing.origin, port, addresses).await {
+        let peer = key.peer;
+        let sent = exchange::send(&mut sender, upstream_request(outgoing));
+        match tokio::time::timeout_at(deadline, sent).await {
+            Err(_) => return Err(Failure::HeadTimeout(peer)),
+            Ok(Ok(response)) => {
+                return Ok(Exchanged {
+                    response,
+                    peer,
+                    connection: (key, sender),
+                })
+            }
+            // The upstream closed the idle connection as it was reused: try a fresh one.
+            Ok(Err(error)) if error.is_canceled() || idempotent(&outgoing.method) => {
+                tracing::debug!("pooled connection to {peer} failed ({error}); dialing afresh");
+            }
+            Ok(Err(error)) => return Err(classify(peer, error)),
+        }
+    }
+    let remaining = deadline.saturating_duration_since(Deadline::now());
+    let host = outgoing.url.host_str();
+    let target = DialTarget {
+        host: &host,
+        port,
+        addresses,
+        connect_timeout: shared.settings.connect_timeout.min(remaining),
+    };
+    let dialed = shared.transport.dial(target).await.map_err(Failure::Dial)?;
+    let peer = dialed.peer;
+    let exchanged = async {
+        let mut sender = exchange::handshake(dialed.stream).await?;
+        let response = exchange::send(&mut sender, upstream_request(outgoing)).await?;
+        Ok::<_, hyper::Error>((response, sender))
+    };
+    match tokio::time::timeout_at(deadline, exchanged).await {
+        Err(_) => Err(Failure::HeadTimeout(peer)),
+        Ok(Err(error)) => Err(classify(peer, error)),
+        Ok(Ok((response, sender))) => Ok(Exchanged {
+            response,
+            peer,
+            connection: (
+                pool::Key {
+                    origin: outgoing.origin.clone(),
+                    peer,
+                },
+                sender,
+            ),
+        }),
+    }
+}

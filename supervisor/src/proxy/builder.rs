@@ -1,0 +1,179 @@
+//! Building a proxy for one execution: the policy, the execution id, and the pluggable parts
+//! (transport, resolver, hooks, audit writer), plus the connection-level settings.
+
+use super::audit::AuditLog;
+use super::hooks::{AfterHttp, BeforeHttp};
+use super::listener::{self, ProxyHandle};
+use super::resolve::{Resolver, SystemResolver};
+use super::stats::ProxyStats;
+use super::transport::{DirectTransport, Transport};
+use super::{limits, stats, Shared};
+use std::future::Future;
+use std::io::{self, Write};
+use std::sync::Arc;
+use std::time::Duration;
+use tollgate_policy::Policy;
+
+/// Connection-level protections that are not part of a team policy.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// A client must send a complete request head within this time, and an idle keep-alive
+    /// connection is closed after it. Default 10 s.
+    pub header_read_timeout: Duration,
+    /// A CONNECT tunnel with no bytes moving either way is closed after this. Default 60 s.
+    pub idle_timeout: Duration,
+    /// Each TCP connect to an upstream address (never longer than the request timeout).
+    /// Default 10 s.
+    pub connect_timeout: Duration,
+    /// One DNS lookup. Default 5 s.
+    pub resolve_timeout: Duration,
+    /// Concurrent client connections; `None` takes the policy's `limits.max_connections`.
+    pub max_connections: Option<u32>,
+    /// How long shutdown waits for in-flight requests before dropping them. Default 2 s.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(10),
+            resolve_timeout: Duration::from_secs(5),
+            max_connections: None,
+            shutdown_grace: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Configures a [`Proxy`]; see the module documentation for the order things run in.
+pub struct ProxyBuilder {
+    policy: Arc<Policy>,
+    execution: String,
+    transport: Arc<dyn Transport>,
+    resolver: Arc<dyn Resolver>,
+    before: Vec<Arc<dyn BeforeHttp>>,
+    after: Vec<Arc<dyn AfterHttp>>,
+    audit: Option<Box<dyn Write + Send>>,
+    settings: Settings,
+}
+
+impl ProxyBuilder {
+    /// The id shown in every error body and audit record.
+    pub fn execution_id(mut self, id: impl Into<String>) -> Self {
+        self.execution = id.into();
+        self
+    }
+
+    /// Replaces the upstream transport (default: [`DirectTransport`]).
+    pub fn transport(mut self, transport: impl Transport) -> Self {
+        self.transport = Arc::new(transport);
+        self
+    }
+
+    /// Shares a transport the caller keeps a handle to (e.g. a mock it inspects).
+    pub fn shared_transport(mut self, transport: Arc<dyn Transport>) -> Self {
+        self.transport = transport;
+        self
+    }
+
+    /// Replaces the DNS resolver (default: [`SystemResolver`]). Pins still come first.
+    pub fn resolver(mut self, resolver: impl Resolver) -> Self {
+        self.resolver = Arc::new(resolver);
+        self
+    }
+
+    /// Shares a resolver the caller keeps a handle to.
+    pub fn shared_resolver(mut self, resolver: Arc<dyn Resolver>) -> Self {
+        self.resolver = resolver;
+        self
+    }
+
+    /// Adds a hook run before each forwarded request (in registration order).
+    pub fn before_http(mut self, hook: impl BeforeHttp) -> Self {
+        self.before.push(Arc::new(hook));
+        self
+    }
+
+    /// Adds a hook run on each relayed response head (in registration order).
+    pub fn after_http(mut self, hook: impl AfterHttp) -> Self {
+        self.after.push(Arc::new(hook));
+        self
+    }
+
+    /// Writes the audit log (JSON Lines) to `writer`.
+    pub fn audit(mut self, writer: impl Write + Send + 'static) -> Self {
+        self.audit = Some(Box::new(writer));
+        self
+    }
+
+    pub fn settings(mut self, settings: Settings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    pub fn build(self) -> Proxy {
+        let budget = limits::Budget::new(self.policy.limits.max_requests);
+        Proxy {
+            shared: Arc::new(Shared {
+                policy: self.policy,
+                execution: self.execution,
+                transport: self.transport,
+                resolver: self.resolver,
+                before: self.before,
+                after: self.after,
+                audit: self.audit.map(AuditLog::new),
+                stats: stats::Stats::default(),
+                budget,
+                pool: Default::default(),
+                settings: self.settings,
+            }),
+        }
+    }
+}
+
+/// One execution's egress proxy, built and not yet serving.
+pub struct Proxy {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Proxy {
+    pub fn builder(policy: Arc<Policy>) -> ProxyBuilder {
+        ProxyBuilder {
+            policy,
+            execution: String::from("-"),
+            transport: Arc::new(DirectTransport),
+            resolver: Arc::new(SystemResolver),
+            before: Vec::new(),
+            after: Vec::new(),
+            audit: None,
+            settings: Settings::default(),
+        }
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> ProxyStats {
+        self.shared.stats.snapshot()
+    }
+
+    /// Serves `listener` on `runtime` until [`ProxyHandle::shutdown`].
+    pub fn start(
+        self,
+        runtime: &tokio::runtime::Handle,
+        listener: std::net::TcpListener,
+    ) -> io::Result<ProxyHandle> {
+        listener::start(self.shared, runtime, listener)
+    }
+
+    /// Serves `listener` on the current runtime until `shutdown` resolves, then returns the
+    /// final counters.
+    pub async fn serve(
+        self,
+        listener: std::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> io::Result<ProxyStats> {
+        let handle = listener::start(self.shared, &tokio::runtime::Handle::current(), listener)?;
+        shutdown.await;
+        Ok(handle.shutdown().await)
+    }
+}

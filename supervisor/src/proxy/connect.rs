@@ -1,0 +1,196 @@
+//! CONNECT tunnels: decided on `{host, port}` when the tunnel is asked for, then relayed
+//! byte for byte until either side closes, the tunnel idles out, or the proxy shuts down.
+//!
+//! Each tunnel is one request against `max_requests` and one audit record (written when it
+//! closes, with the bytes each way). Until TLS interception lands every tunnel is a
+//! passthrough; `tunnel_mode` is the seam where `tls: intercept` entries will be
+//! terminated and their inner requests sent through the forward pipeline.
+
+use super::activity::{Activity, Counted, Side};
+use super::audit::AuditRecord;
+use super::body::{self, ProxyBody};
+use super::errors::{ErrorCode, ProxyError};
+use super::transport::{DialError, DialTarget, Dialed};
+use super::{gate, headers, refuse, ConnContext, Shared};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+use tollgate_policy::model::AllowEntry;
+use tollgate_policy::schema::TlsMode;
+use tollgate_policy::url::NormalizedUrl;
+use tollgate_policy::Decision;
+
+/// How an allowed tunnel is carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TunnelMode {
+    /// Bytes are relayed untouched.
+    Passthrough,
+    /// TLS is terminated with the execution's CA and each inner request is decided
+    /// (next issue; until then handled as a passthrough).
+    Intercept,
+}
+
+/// The mode the matching allow entry asks for (`tls: intercept` is the policy default).
+pub(crate) fn tunnel_mode(entry: Option<&AllowEntry>) -> TunnelMode {
+    match entry.map(|e| e.tls) {
+        Some(TlsMode::Passthrough) => TunnelMode::Passthrough,
+        Some(TlsMode::Intercept) | None => TunnelMode::Intercept,
+    }
+}
+
+/// Handles `CONNECT host:port`.
+pub(crate) async fn tunnel(
+    conn: ConnContext,
+    mut request: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let shared = conn.shared.clone();
+    let mut record = AuditRecord::new(
+        &shared.execution,
+        &shared.policy.team,
+        "connect",
+        "CONNECT",
+        None,
+    );
+    let dialed = match open(&shared, &request, &mut record).await {
+        Ok(dialed) => dialed,
+        Err(error) => return refuse(&shared, record, &error, started),
+    };
+    let upgrade = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        let ConnContext {
+            shared,
+            guard,
+            mut shutdown,
+            slot,
+            ..
+        } = conn;
+        let client = match upgrade.await {
+            Ok(upgraded) => TokioIo::new(upgraded),
+            Err(error) => {
+                tracing::debug!("CONNECT upgrade failed: {error}");
+                return;
+            }
+        };
+        let activity = Activity::new();
+        let mut client = Counted::new(client, activity.clone(), Side::Client);
+        let mut upstream = Counted::new(dialed.stream, activity.clone(), Side::Upstream);
+        let idle = shared.settings.idle_timeout;
+        let outcome = tokio::select! {
+            result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match result {
+                Ok(_) => "closed",
+                Err(_) => "reset",
+            },
+            _ = activity.idle_for(idle) => "idle_timeout",
+            _ = super::stopped(&mut shutdown) => "shutdown",
+        };
+        close(&shared, record, &activity, outcome, started);
+        drop(slot);
+        drop(guard);
+    });
+    let mut response = Response::new(body::empty());
+    *response.status_mut() = StatusCode::OK;
+    response
+}
+
+/// parse → decide → resolve → decide → mode → budget → dial.
+async fn open(
+    shared: &Shared,
+    request: &Request<Incoming>,
+    record: &mut AuditRecord,
+) -> Result<Dialed, ProxyError> {
+    let url = target(request)?;
+    record.scheme = "connect".into();
+    record.host = url.host_str();
+    record.port = url.port;
+    let names = headers::names(request.headers());
+    let decision: Decision = gate::clear(shared, "CONNECT", &url, true, &names).await?;
+    record.decision = "allow";
+    record.reason = decision.reason.clone();
+    record.rule = decision.rule.clone();
+    let entry = decision.entry.and_then(|i| shared.policy.entry(i));
+    match tunnel_mode(entry) {
+        TunnelMode::Passthrough => {}
+        TunnelMode::Intercept => {
+            // TLS interception (next issue) terminates the tunnel here with the execution's
+            // CA and sends each inner request through `forward`. Until then: passthrough.
+        }
+    }
+    shared
+        .budget
+        .take()
+        .map_err(|e| e.with_reason("max_requests"))?;
+    record.attempt = Some(1);
+    shared
+        .stats
+        .attempt(&format!("connect://{}:{}", url.host, url.port), false);
+    let timeout = shared
+        .policy
+        .limits
+        .clamp_timeout(headers::requested_timeout(request.headers())?);
+    let host = url.host_str();
+    let target = DialTarget {
+        host: &host,
+        port: url.port,
+        addresses: &decision.addresses,
+        connect_timeout: shared.settings.connect_timeout.min(timeout),
+    };
+    let dialed = shared.transport.dial(target).await.map_err(|e| match e {
+        DialError::TimedOut => ProxyError::new(
+            ErrorCode::Timeout,
+            format!(
+                "{}:{} did not accept the connection within {timeout:?}",
+                url.host, url.port
+            ),
+        ),
+        DialError::Failed(e) => ProxyError::new(
+            ErrorCode::ConnectError,
+            format!("could not connect to {}:{}: {e}", url.host, url.port),
+        ),
+    })?;
+    record.address = Some(dialed.peer.to_string());
+    record.status = Some(200);
+    Ok(dialed)
+}
+
+/// The CONNECT target: `host:port` with an explicit port (RFC 9110 §9.3.6).
+fn target(request: &Request<Incoming>) -> Result<NormalizedUrl, ProxyError> {
+    let invalid = |m: &str| ProxyError::new(ErrorCode::InvalidUrl, m);
+    let authority = request
+        .uri()
+        .authority()
+        .ok_or_else(|| invalid("CONNECT needs a host:port target"))?;
+    if authority.port_u16().is_none() {
+        return Err(invalid("CONNECT needs an explicit port: CONNECT host:443"));
+    }
+    NormalizedUrl::from_parts("https", authority.as_str(), "/")
+        .map_err(|e| ProxyError::new(ErrorCode::InvalidUrl, e.to_string()))
+}
+
+fn close(
+    shared: &Arc<Shared>,
+    mut record: AuditRecord,
+    activity: &Activity,
+    outcome: &'static str,
+    started: Instant,
+) {
+    let bytes_up = activity.up.load(Ordering::Relaxed);
+    let bytes_down = activity.down.load(Ordering::Relaxed);
+    record.bytes_up = bytes_up;
+    record.bytes_down = bytes_down;
+    record.outcome = outcome;
+    record.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    shared.stats.bytes(bytes_up, bytes_down);
+    tracing::info!(
+        "CONNECT {}:{} -> {outcome} ({}ms, {bytes_up} bytes up, {bytes_down} bytes down)",
+        record.host,
+        record.port,
+        record.duration_ms
+    );
+    if let Some(audit) = &shared.audit {
+        audit.write(record);
+    }
+}

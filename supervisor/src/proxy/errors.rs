@@ -1,0 +1,155 @@
+//! The refusals the sandbox sees: one error code per failure class, each an HTTP response
+//! with a `Tollgate-Error` header and a JSON body.
+//!
+//! Every message is one sentence saying what happened and what to change. Messages are built
+//! from normalised, redacted parts only (never a query string or a header value), so they are
+//! safe to return to the sandbox and to write to the audit log.
+
+use super::body::{self, ProxyBody};
+use http::{header, HeaderValue, Response, StatusCode};
+use tollgate_policy::Decision;
+
+/// The header naming the error code on every response tollgate itself generates.
+pub const ERROR_HEADER: &str = "tollgate-error";
+
+/// Why tollgate answered instead of the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The team policy refuses the destination, method or path (or a hook cancelled it).
+    PolicyDenied,
+    /// The destination resolves to an address that may not be dialed.
+    SsrfDenied,
+    /// The request target is not an absolute `http://` URL tollgate can parse.
+    InvalidUrl,
+    /// The request is malformed in a way that could smuggle a second request.
+    InvalidRequest,
+    /// The execution's `max_requests` budget is used up.
+    RequestLimitExceeded,
+    /// The request body is larger than `max_request_bytes`.
+    RequestTooLarge,
+    /// The response body is larger than `max_response_bytes`.
+    ResponseTooLarge,
+    /// The upstream could not be resolved, reached, or sent no valid response.
+    ConnectError,
+    /// The upstream did not answer within the request's timeout.
+    Timeout,
+    /// The client did not send its request body in time.
+    ClientTimeout,
+    /// The execution already has `max_connections` connections open to the proxy.
+    TooManyConnections,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::PolicyDenied => "policy_denied",
+            ErrorCode::SsrfDenied => "ssrf_denied",
+            ErrorCode::InvalidUrl => "invalid_url",
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::RequestLimitExceeded => "request_limit_exceeded",
+            ErrorCode::RequestTooLarge => "request_too_large",
+            ErrorCode::ResponseTooLarge => "response_too_large",
+            ErrorCode::ConnectError => "connect_error",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::ClientTimeout => "client_timeout",
+            ErrorCode::TooManyConnections => "too_many_connections",
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorCode::PolicyDenied | ErrorCode::SsrfDenied => StatusCode::FORBIDDEN,
+            ErrorCode::InvalidUrl | ErrorCode::InvalidRequest => StatusCode::BAD_REQUEST,
+            ErrorCode::RequestLimitExceeded => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::ResponseTooLarge | ErrorCode::ConnectError => StatusCode::BAD_GATEWAY,
+            ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorCode::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
+            ErrorCode::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// A refusal: the code, the sentence, and the policy reason and rule for the audit record.
+#[derive(Debug, Clone)]
+pub struct ProxyError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// The machine reason (`host_not_allowed`, `private_address`, `budget`, …).
+    pub reason: String,
+    /// The policy rule that decided, when there was one.
+    pub rule: Option<String>,
+}
+
+impl ProxyError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ProxyError {
+        ProxyError {
+            code,
+            message: message.into(),
+            reason: code.as_str().to_owned(),
+            rule: None,
+        }
+    }
+
+    pub fn with_reason(mut self, reason: impl Into<String>) -> ProxyError {
+        self.reason = reason.into();
+        self
+    }
+
+    /// The refusal for a policy decision that did not allow the request.
+    pub fn from_decision(decision: &Decision) -> ProxyError {
+        let code = match decision.reason.as_str() {
+            "private_address" | "address_blocked" => ErrorCode::SsrfDenied,
+            "cannot_resolve" => ErrorCode::ConnectError,
+            _ => ErrorCode::PolicyDenied,
+        };
+        let message = if code == ErrorCode::ConnectError {
+            format!("{}, so the request was not sent", decision.message)
+        } else {
+            decision.message.clone()
+        };
+        ProxyError {
+            code,
+            message,
+            reason: decision.reason.clone(),
+            rule: decision.rule.clone(),
+        }
+    }
+
+    /// The response the sandbox receives.
+    pub fn to_response(&self, execution: &str) -> Response<ProxyBody> {
+        error_response(self.code, &self.message, execution)
+    }
+}
+
+impl std::fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code.as_str(), self.message)
+    }
+}
+
+impl std::error::Error for ProxyError {}
+
+/// `{"error", "message", "execution"}` with `Tollgate-Error: <code>`.
+pub fn error_response(code: ErrorCode, message: &str, execution: &str) -> Response<ProxyBody> {
+    let json = serde_json::json!({
+        "error": code.as_str(),
+        "message": message,
+        "execution": execution,
+    })
+    .to_string();
+    let mut response = Response::new(body::full(json));
+    *response.status_mut() = code.status();
+    let headers = response.headers_mut();
+    headers.insert(ERROR_HEADER, HeaderValue::from_static(code.as_str()));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::VIA, HeaderValue::from_static(super::headers::VIA));
+    if code == ErrorCode::InvalidRequest {
+        // The client's framing cannot be trusted any more: do not read another request.
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}

@@ -1,0 +1,194 @@
+//! Header hygiene between the sandbox and the upstream: hop-by-hop removal (RFC 9110
+//! §7.6.1), request-smuggling refusals, `Host` regeneration, `Via`, and tollgate's own
+//! request headers (`Tollgate-Timeout`), which are read here and never forwarded.
+
+use super::errors::{ErrorCode, ProxyError};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use std::time::Duration;
+use tollgate_policy::url::NormalizedUrl;
+
+/// The `Via` value tollgate adds in both directions.
+pub const VIA: &str = "1.1 tollgate";
+
+/// The request header with which sandboxed code asks for another timeout, in seconds.
+pub const TIMEOUT_HEADER: &str = "tollgate-timeout";
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
+/// proxy's own credentials and `Expect`, which tollgate satisfies itself (it buffers the
+/// request body, so the upstream never needs to answer 100-continue).
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+    header::TRANSFER_ENCODING,
+];
+
+/// Refuses requests whose framing or target is ambiguous: two `Host` headers, a `Host` that
+/// names another authority than the absolute URI, or both `Content-Length` and
+/// `Transfer-Encoding` (hyper drops the former; `witness` reports it).
+pub fn refuse_smuggling(headers: &HeaderMap, url: &NormalizedUrl) -> Result<(), ProxyError> {
+    let invalid = |message: &str| Err(ProxyError::new(ErrorCode::InvalidRequest, message));
+    if headers.contains_key(header::CONTENT_LENGTH)
+        && headers.contains_key(header::TRANSFER_ENCODING)
+    {
+        return Err(both_lengths());
+    }
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let Some(host) = hosts.next() else {
+        return Ok(());
+    };
+    if hosts.next().is_some() {
+        return invalid("the request has two Host headers; send exactly one");
+    }
+    let same = host
+        .to_str()
+        .ok()
+        .and_then(|h| NormalizedUrl::from_parts(&url.scheme, h, "/").ok())
+        .is_some_and(|h| h.host == url.host && h.port == url.port);
+    if !same {
+        return Err(ProxyError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "the Host header does not name {}, the authority of the request URL; send a matching Host or none",
+                url.authority()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The refusal of a request with both `Content-Length` and `Transfer-Encoding`.
+pub fn both_lengths() -> ProxyError {
+    ProxyError::new(
+        ErrorCode::InvalidRequest,
+        "the request has both Content-Length and Transfer-Encoding, which tollgate refuses because it can smuggle a second request",
+    )
+}
+
+/// Reads `Tollgate-Timeout: <seconds>` (a positive number, fractions allowed).
+pub fn requested_timeout(headers: &HeaderMap) -> Result<Option<Duration>, ProxyError> {
+    let Some(value) = headers.get(TIMEOUT_HEADER) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ProxyError::new(
+                ErrorCode::InvalidRequest,
+                "Tollgate-Timeout must be a number of seconds, e.g. `Tollgate-Timeout: 20`",
+            )
+        })
+}
+
+/// Removes hop-by-hop headers (and every header `Connection` names) in place.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// The request headers as they leave for the upstream: hop-by-hop, `Expect`, `Host` and
+/// every `Tollgate-*` header removed (the caller sets `Host` from the decided URL).
+pub fn sanitise_request(headers: &mut HeaderMap) {
+    remove_hop_by_hop(headers);
+    headers.remove(header::EXPECT);
+    headers.remove(header::HOST);
+    let own: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("tollgate-"))
+        .cloned()
+        .collect();
+    for name in own {
+        headers.remove(name);
+    }
+}
+
+/// `Host` from the normalised URL (the port only when it is not the scheme default).
+pub fn set_host(headers: &mut HeaderMap, url: &NormalizedUrl) -> Result<(), ProxyError> {
+    let host = HeaderValue::from_str(&url.authority()).map_err(|_| {
+        ProxyError::new(
+            ErrorCode::InvalidUrl,
+            "the URL host cannot be sent as a Host header",
+        )
+    })?;
+    headers.insert(header::HOST, host);
+    Ok(())
+}
+
+/// Appends `1.1 tollgate` to `Via`.
+pub fn add_via(headers: &mut HeaderMap) {
+    headers.append(header::VIA, HeaderValue::from_static(VIA));
+}
+
+/// Lowercase, de-duplicated header names, for team rules.
+pub fn names(headers: &HeaderMap) -> Vec<String> {
+    let mut names: Vec<String> = headers.keys().map(|n| n.as_str().to_owned()).collect();
+    names.dedup();
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(s: &str) -> NormalizedUrl {
+        NormalizedUrl::parse(s).expect("test URL")
+    }
+
+    #[test]
+    fn connection_named_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, X-Secret-Hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(names(&h), vec!["x-kept".to_owned()]);
+    }
+
+    #[test]
+    fn host_must_match_the_uri() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("Example.COM:80"));
+        assert!(refuse_smuggling(&h, &url("http://example.com/x")).is_ok());
+        h.insert(header::HOST, HeaderValue::from_static("evil.com"));
+        assert!(refuse_smuggling(&h, &url("http://example.com/x")).is_err());
+        h.insert(header::HOST, HeaderValue::from_static("example.com:8080"));
+        assert!(refuse_smuggling(&h, &url("http://example.com/x")).is_err());
+    }
+
+    #[test]
+    fn timeout_header_parses_seconds() {
+        let mut h = HeaderMap::new();
+        assert_eq!(requested_timeout(&h).ok(), Some(None));
+        h.insert(TIMEOUT_HEADER, HeaderValue::from_static("2.5"));
+        assert_eq!(
+            requested_timeout(&h).ok(),
+            Some(Some(Duration::from_millis(2500)))
+        );
+        h.insert(TIMEOUT_HEADER, HeaderValue::from_static("soon"));
+        assert!(requested_timeout(&h).is_err());
+        h.insert(TIMEOUT_HEADER, HeaderValue::from_static("-1"));
+        assert!(requested_timeout(&h).is_err());
+    }
+}

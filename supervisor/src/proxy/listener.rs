@@ -1,0 +1,215 @@
+//! Accepting the sandbox's connections: the concurrent-connection cap, one hyper HTTP/1.1
+//! server per connection (header read timeout, 16 KiB header limit, keep-alive, CONNECT
+//! upgrades), and an orderly shutdown that waits briefly for in-flight work.
+
+use super::body::ProxyBody;
+use super::errors::ErrorCode;
+use super::stats::ProxyStats;
+use super::witness::Witnessed;
+use super::{connect, forward, ConnContext, Shared};
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinHandle;
+
+/// Request heads (request line and headers) larger than this get 431.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// A running proxy.
+pub struct ProxyHandle {
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+    local: SocketAddr,
+}
+
+impl ProxyHandle {
+    /// The address the listener is bound to (inside the sandbox's namespace).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> ProxyStats {
+        self.shared.stats.snapshot()
+    }
+
+    /// Waits until every audit record so far is written (for readers of a live audit log).
+    pub fn sync_audit(&self) {
+        if let Some(audit) = &self.shared.audit {
+            audit.sync();
+        }
+    }
+
+    /// Stops accepting, gives in-flight requests `shutdown_grace` to finish, closes tunnels,
+    /// flushes the audit log and returns the final counters.
+    pub async fn shutdown(self) -> ProxyStats {
+        let _ = self.stop.send(true);
+        if let Err(error) = self.task.await {
+            tracing::error!("the proxy task ended abnormally: {error}");
+        }
+        self.shared.pool.clear();
+        if let Some(audit) = &self.shared.audit {
+            audit.close();
+        }
+        self.shared.stats.snapshot()
+    }
+}
+
+pub(crate) fn start(
+    shared: Arc<Shared>,
+    runtime: &tokio::runtime::Handle,
+    listener: std::net::TcpListener,
+) -> io::Result<ProxyHandle> {
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+    let listener = {
+        let _entered = runtime.enter();
+        TcpListener::from_std(listener)?
+    };
+    let (stop, stopped) = watch::channel(false);
+    let task = runtime.spawn(accept_loop(shared.clone(), listener, stopped));
+    Ok(ProxyHandle {
+        shared,
+        stop,
+        task,
+        local,
+    })
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    let slots = shared
+        .settings
+        .max_connections
+        .unwrap_or(shared.policy.limits.max_connections)
+        .max(1);
+    let slots = Arc::new(Semaphore::new(slots as usize));
+    // Every connection and tunnel holds a clone of `guard`; shutdown waits for all of them.
+    let (guard, mut all_done) = mpsc::channel::<()>(1);
+    loop {
+        let accepted = tokio::select! {
+            _ = super::stopped(&mut stop) => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!("proxy accept failed: {error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let context = ConnContext {
+            shared: shared.clone(),
+            guard: guard.clone(),
+            shutdown: stop.clone(),
+            framing: Default::default(),
+            slot: None,
+        };
+        match slots.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let context = ConnContext {
+                    slot: Some(Arc::new(permit)),
+                    ..context
+                };
+                tokio::spawn(serve_connection(context, stream));
+            }
+            Err(_) => {
+                tokio::spawn(refuse_connection(context, stream));
+            }
+        }
+    }
+    drop(listener);
+    drop(guard);
+    let grace = shared.settings.shutdown_grace + Duration::from_millis(500);
+    let _ = tokio::time::timeout(grace, all_done.recv()).await;
+}
+
+async fn serve_connection(context: ConnContext, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let settings = context.shared.settings.clone();
+    let mut stop = context.shutdown.clone();
+    let guard = context.guard.clone();
+    let stream = Witnessed::new(stream, context.framing.clone());
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let context = context.clone();
+        async move { Ok::<_, Infallible>(route(context, request).await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .max_header_size(MAX_HEADER_BYTES)
+        .keep_alive(true);
+    let connection = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(error) = result {
+                tracing::debug!("client connection ended: {error}");
+            }
+        }
+        _ = super::stopped(&mut stop) => {
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(settings.shutdown_grace, connection).await;
+        }
+    }
+    drop(guard);
+}
+
+async fn route(context: ConnContext, request: Request<Incoming>) -> Response<ProxyBody> {
+    let ambiguous = context.framing.next() == Some(true);
+    if request.method() == Method::CONNECT {
+        connect::tunnel(context, request).await
+    } else {
+        forward::forward(context.shared.clone(), request, ambiguous).await
+    }
+}
+
+/// Over the connection cap: a short 503 with the error body, then close.
+async fn refuse_connection(context: ConnContext, mut stream: TcpStream) {
+    let shared = &context.shared;
+    shared.stats.denied();
+    let limit = shared
+        .settings
+        .max_connections
+        .unwrap_or(shared.policy.limits.max_connections);
+    let message = format!(
+        "this execution already has {limit} open connections to the proxy (limits.max_connections); close idle connections or reuse them"
+    );
+    tracing::warn!("connection refused: {message}");
+    let code = ErrorCode::TooManyConnections;
+    let body = serde_json::json!({
+        "error": code.as_str(),
+        "message": message,
+        "execution": shared.execution,
+    })
+    .to_string();
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ntollgate-error: {}\r\ncontent-length: {}\r\nconnection: close\r\nvia: {}\r\n\r\n",
+        code.as_str(),
+        body.len(),
+        super::headers::VIA
+    );
+    let write = async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body.as_bytes()).await?;
+        stream.shutdown().await?;
+        // Drain what the client sent so closing does not reset the connection under it.
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, io::Error>(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+}

@@ -1,0 +1,161 @@
+//! The egress proxy: every HTTP request and CONNECT tunnel that leaves a sandbox passes here.
+//!
+//! It serves one execution: a listener that `tollgate run` bound inside the sandbox's network
+//! namespace, a compiled team policy, per-execution limits and an audit log. Upstream
+//! connections are dialed by the runtime's threads, which stay in the host namespace.
+//!
+//! # Using it from `run`
+//!
+//! ```no_run
+//! # async fn example(policy: tollgate_policy::Policy, listener: std::net::TcpListener,
+//! #                  audit: std::fs::File) -> std::io::Result<()> {
+//! use std::sync::Arc;
+//! use tollgate::proxy::Proxy;
+//!
+//! let proxy = Proxy::builder(Arc::new(policy))
+//!     .execution_id("exec-1234")
+//!     .audit(audit)
+//!     .build();
+//! // On a runtime whose worker threads live in the host network namespace:
+//! let handle = proxy.start(&tokio::runtime::Handle::current(), listener)?;
+//! // … the child runs …
+//! let stats = handle.shutdown().await; // requests, denied, retried, bytes, destinations
+//! # let _ = stats; Ok(()) }
+//! ```
+//!
+//! # One request, step by step
+//!
+//! [`listener`] accepts (connection cap, header timeout, 16 KiB header limit; `witness`
+//! follows the raw request framing) → [`forward`]: parse and normalise the absolute URL →
+//! [`headers`] (smuggling refusals, hop-by-hop) → [`gate`]: decide → [`resolve`] once →
+//! decide on the addresses → [`hooks`] → [`limits`] (body size, request budget) → a pooled
+//! connection to a decided address or [`transport`] dials one → [`exchange`] → [`retry`] →
+//! [`relay`] the response under its limits → [`audit`]. CONNECT takes the same gate, then
+//! [`connect`] relays the tunnel.
+//!
+//! # What the sandbox sees when refused
+//!
+//! An HTTP response with `Tollgate-Error: <code>` and `{"error", "message", "execution"}`
+//! ([`errors`]); the only exceptions are hyper's own bare 431 (header block over 16 KiB) and
+//! 400 (unparseable request), which it sends before tollgate sees a request.
+
+pub mod activity;
+mod attempt;
+pub mod audit;
+pub mod body;
+mod builder;
+pub mod connect;
+pub mod errors;
+pub mod exchange;
+pub mod forward;
+pub mod gate;
+pub mod headers;
+pub mod hooks;
+pub mod limits;
+pub mod listener;
+mod pool;
+pub mod relay;
+pub mod resolve;
+pub mod retry;
+pub mod stats;
+pub mod testing;
+pub mod transport;
+mod witness;
+
+pub use builder::{Proxy, ProxyBuilder, Settings};
+pub use errors::{ErrorCode, ProxyError};
+pub use hooks::{AfterHttp, BeforeHttp, HookRequest, HookResponse, HookVerdict};
+pub use listener::ProxyHandle;
+pub use resolve::{Resolver, SystemResolver};
+pub use stats::{DestinationStats, ProxyStats};
+pub use transport::{DialError, DialTarget, Dialed, DirectTransport, Transport, Upstream};
+
+use audit::{AuditLog, AuditRecord};
+use body::ProxyBody;
+use http::Response;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+use tollgate_policy::Policy;
+
+/// A boxed, sendable future: the return type of the pluggable traits.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Everything one execution's proxy shares across connections.
+pub(crate) struct Shared {
+    pub policy: Arc<Policy>,
+    pub execution: String,
+    pub transport: Arc<dyn Transport>,
+    pub resolver: Arc<dyn Resolver>,
+    pub before: Vec<Arc<dyn BeforeHttp>>,
+    pub after: Vec<Arc<dyn AfterHttp>>,
+    pub audit: Option<AuditLog>,
+    pub stats: stats::Stats,
+    pub budget: limits::Budget,
+    pub pool: pool::Pool,
+    pub settings: Settings,
+}
+
+/// What a request handler needs beyond [`Shared`]: a guard that keeps shutdown waiting for
+/// the connection (and any tunnel it opens), and the shutdown signal.
+#[derive(Clone)]
+pub(crate) struct ConnContext {
+    pub shared: Arc<Shared>,
+    pub guard: tokio::sync::mpsc::Sender<()>,
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// What the framing witness saw in each request head on this connection.
+    pub framing: Arc<witness::Verdicts>,
+    /// The connection's place under `max_connections`; a tunnel keeps it until it closes.
+    pub slot: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
+}
+
+/// Resolves when the shutdown signal is set (or its sender is gone).
+pub(crate) async fn stopped(signal: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = signal.wait_for(|stop| *stop).await;
+}
+
+/// Answers with `error`, writing its audit record and operator log line.
+pub(crate) fn refuse(
+    shared: &Shared,
+    mut record: AuditRecord,
+    error: &ProxyError,
+    started: Instant,
+) -> Response<ProxyBody> {
+    let denial = !matches!(
+        error.code,
+        ErrorCode::ConnectError | ErrorCode::Timeout | ErrorCode::ClientTimeout
+    );
+    if record.decision == "deny" || denial {
+        record.decision = "deny";
+        record.reason = error.reason.clone();
+        record.rule = error.rule.clone();
+    }
+    if denial {
+        shared.stats.denied();
+    }
+    record.error = Some(error.code.as_str());
+    record.status = Some(error.code.status().as_u16());
+    record.outcome = if denial { "refused" } else { "failed" };
+    record.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let target = if record.host.is_empty() {
+        "<invalid target>".to_owned()
+    } else {
+        format!(
+            "{}://{}:{}{}",
+            record.scheme, record.host, record.port, record.path
+        )
+    };
+    tracing::info!(
+        "{} {target} -> {} {} ({}ms): {}",
+        record.method,
+        error.code.status().as_u16(),
+        error.code.as_str(),
+        record.duration_ms,
+        error.message
+    );
+    if let Some(audit) = &shared.audit {
+        audit.write(record);
+    }
+    error.to_response(&shared.execution)
+}
