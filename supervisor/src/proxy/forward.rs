@@ -2,7 +2,7 @@
 //!
 //! parse → normalise → refuse smuggling → decide → resolve → decide on the addresses →
 //! hooks (a rewritten URL goes through the gate again) → read the body under its limit →
-//! attempts (budget, dial a decided address, exchange, retry) → relay the response → audit.
+//! attempts (`attempt`: budget, connection, exchange, retry) → relay the response → audit.
 
 use super::audit::AuditRecord;
 use super::body::ProxyBody;
@@ -11,13 +11,11 @@ use super::hooks::{HookRequest, HookResponse, HookVerdict};
 use super::relay::{Finish, RelayBody};
 use super::{attempt, gate, headers, limits, refuse, Shared};
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, Version};
-use http_body_util::{BodyExt, Full};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::time::Instant as Deadline;
 use tollgate_policy::url::NormalizedUrl;
 use tollgate_policy::Decision;
 
