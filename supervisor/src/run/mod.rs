@@ -10,6 +10,7 @@
 //! ever runs with a wall missing. Teardown runs on every path, including errors.
 
 mod env;
+mod events;
 mod summary;
 
 use crate::audit::{now_rfc3339, AuditLog};
@@ -25,7 +26,6 @@ use std::ffi::OsString;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 pub use summary::Summary;
@@ -196,6 +196,10 @@ fn execute(options: RunOptions) -> Result<i32, Refusal> {
         _ => None,
     };
 
+    walls.pump = walls
+        .wall
+        .take()
+        .map(|wall| events::EventPump::start(wall, audit.clone(), execution.clone(), team.clone()));
     let ending = runtime.block_on(supervise(&options, &program, &cwd, environment, &walls));
     let report = walls.tear_down(&audit, &execution, team.as_deref());
     let proxy_stats = proxy.map(|handle| runtime.block_on(handle.shutdown()));
@@ -251,6 +255,8 @@ fn exit_status_of(ending: &Ending) -> (i32, Option<i32>) {
 struct Walls {
     cgroup: ExecutionCgroup,
     wall: Option<AttachedWall>,
+    /// The wall, once its reports stream to the audit log (see `events`).
+    pump: Option<events::EventPump>,
     net: Option<SandboxNet>,
     /// The proxy's listener: bound inside the sandbox namespace (in test builds without the
     /// namespace wall, on the supervisor's own loopback).
@@ -287,6 +293,7 @@ impl Walls {
         Ok(Walls {
             cgroup,
             wall,
+            pump: None,
             net,
             listener,
         })
@@ -297,6 +304,7 @@ impl Walls {
         let Walls {
             cgroup,
             wall,
+            pump,
             net,
             listener,
         } = self;
@@ -304,11 +312,20 @@ impl Walls {
             eprintln!("tollgate: {error}");
         }
         let mut totals = WallTotals::default();
-        if let Some(wall) = wall {
-            let report = wall.detach();
-            for attempt in &report.events {
-                audit.record(&bypass_record(execution, team, attempt));
+        // The pump detaches the wall and writes the last reports; a wall never handed to a
+        // pump (an early error) is detached here.
+        let report = match (pump, wall) {
+            (Some(pump), _) => pump.finish(),
+            (None, Some(wall)) => {
+                let report = wall.detach();
+                for attempt in &report.events {
+                    audit.record(&bypass_record(execution, team, attempt));
+                }
+                Some(report)
             }
+            (None, None) => None,
+        };
+        if let Some(report) = report {
             totals.denied = report.denied;
             totals.dropped = report.dropped;
         }
@@ -375,7 +392,6 @@ async fn supervise(
         signal(SignalKind::terminate()).map_err(|e| Refusal::tollgate(e.to_string()))?;
     let mut hangup = signal(SignalKind::hangup()).map_err(|e| Refusal::tollgate(e.to_string()))?;
     let mut child = command.spawn().map_err(|e| spawn_refusal(program, &e))?;
-    let stop_events = Arc::new(AtomicBool::new(false));
     let timeout = options.timeout.unwrap_or(Duration::MAX);
     let deadline = tokio::time::sleep(timeout.min(Duration::from_secs(365 * 86_400)));
     tokio::pin!(deadline);
@@ -393,7 +409,6 @@ async fn supervise(
             _ = hangup.recv() => { interrupted_by = Some(libc::SIGHUP); kill_sandbox(walls); }
         }
     };
-    stop_events.store(true, Ordering::Relaxed);
     if foreground {
         reclaim_terminal();
     }
