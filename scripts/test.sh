@@ -11,4 +11,4 @@ cargo fmt --all -- --check
 echo "== lint"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "== tests"
-cargo test --quiet 2>&1
+cargo test --quiet --no-fail-fast 2>&1
