@@ -20,6 +20,7 @@ use crate::sandbox::cgroup::{self, ExecutionCgroup};
 use crate::sandbox::command::{self, CommandProblem};
 use crate::sandbox::layers::Layers;
 use crate::sandbox::netns::{self, NamespaceWalls, SandboxNet};
+use crate::sandbox::seccomp::ChildFilters;
 use crate::sandbox::spawn::{self, ChildSetup};
 use serde_json::json;
 use std::ffi::OsString;
@@ -373,6 +374,8 @@ async fn supervise(
         foreground,
         cap_last: spawn::cap_last_cap(),
         parent: std::process::id() as libc::pid_t,
+        filters: ChildFilters::compile()
+            .map_err(|e| Refusal::tollgate(format!("cannot compile the seccomp filter: {e}")))?,
     };
     let mut command = tokio::process::Command::new(program);
     command

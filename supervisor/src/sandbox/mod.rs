@@ -11,6 +11,7 @@ pub mod doctor;
 pub mod layers;
 pub mod netns;
 pub mod nft;
+pub mod seccomp;
 pub mod spawn;
 
 use std::{io, path::PathBuf, time::Duration};

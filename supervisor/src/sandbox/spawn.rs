@@ -7,7 +7,8 @@
 //! CAP_SETPCAP, then switches user, clears every capability set and sets no_new_privs, so
 //! nothing it execs can regain a privilege; only then is the parent-death signal armed (a
 //! credential change clears it). Every descriptor above stderr is marked close-on-exec, so
-//! nothing the caller leaked crosses into the sandbox. Code in `pre_exec` runs after fork in a
+//! nothing the caller leaked crosses into the sandbox. Last, a seccomp filter limits socket
+//! families (see `seccomp`). Code in `pre_exec` runs after fork in a
 //! multi-threaded process, so it only makes raw system calls: no allocation, no locks.
 
 use super::cgroup::CgroupJoiner;
@@ -27,6 +28,8 @@ pub struct ChildSetup {
     pub cap_last: u32,
     /// The supervisor's pid, to notice it died before PR_SET_PDEATHSIG took effect.
     pub parent: libc::pid_t,
+    /// Socket-family and io_uring filters, installed last (see [`super::seccomp`]).
+    pub filters: super::seccomp::ChildFilters,
 }
 
 fn check(result: libc::c_int) -> io::Result<()> {
@@ -102,7 +105,7 @@ impl ChildSetup {
             }
             check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
         }
-        Ok(())
+        self.filters.apply()
     }
 }
 

@@ -1,0 +1,85 @@
+//! A seccomp filter on the child's `socket()` families and io_uring.
+//!
+//! The cgroup `sock_create` hook sees only IPv4/IPv6 sockets, so address families such as
+//! `AF_VSOCK` (a path to the hypervisor host on VMs) would otherwise pass every wall. The
+//! child may create Unix, IPv4, IPv6 and netlink sockets (glibc's resolver and `getifaddrs`
+//! use netlink; it can only see the sandbox namespace); any other family fails with
+//! EAFNOSUPPORT, which programs already handle as "not available here". io_uring is refused
+//! with ENOSYS because its socket operations bypass the `socket()` system call (programs fall
+//! back to ordinary system calls). Filters are compiled in the supervisor before fork; the
+//! child only installs them, after `no_new_privs`.
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+use std::collections::BTreeMap;
+
+/// Address families the sandbox may create sockets in.
+pub const ALLOWED_FAMILIES: [libc::c_int; 4] = [
+    libc::AF_UNIX,
+    libc::AF_INET,
+    libc::AF_INET6,
+    libc::AF_NETLINK,
+];
+
+/// The compiled filters, ready to install in the child.
+pub struct ChildFilters {
+    programs: Vec<BpfProgram>,
+}
+
+impl ChildFilters {
+    pub fn compile() -> Result<ChildFilters, String> {
+        let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|e| e.to_string())?;
+        Ok(ChildFilters {
+            programs: vec![socket_families(arch)?, io_uring(arch)?],
+        })
+    }
+
+    /// Installs the filters on the calling thread. Runs after fork: no allocation on success.
+    pub fn apply(&self) -> std::io::Result<()> {
+        for program in &self.programs {
+            seccompiler::apply_filter(program).map_err(|_| std::io::Error::last_os_error())?;
+        }
+        Ok(())
+    }
+}
+
+/// `socket(domain, …)` with a domain outside [`ALLOWED_FAMILIES`] → EAFNOSUPPORT.
+fn socket_families(arch: TargetArch) -> Result<BpfProgram, String> {
+    let conditions = ALLOWED_FAMILIES
+        .iter()
+        .map(|family| {
+            SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, *family as u64)
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    let rule = SeccompRule::new(conditions).map_err(|e| e.to_string())?;
+    let rules = BTreeMap::from([(libc::SYS_socket, vec![rule])]);
+    compile(rules, libc::EAFNOSUPPORT, arch)
+}
+
+/// Every io_uring system call → ENOSYS.
+fn io_uring(arch: TargetArch) -> Result<BpfProgram, String> {
+    let rules = BTreeMap::from([
+        (libc::SYS_io_uring_setup, vec![]),
+        (libc::SYS_io_uring_enter, vec![]),
+        (libc::SYS_io_uring_register, vec![]),
+    ]);
+    compile(rules, libc::ENOSYS, arch)
+}
+
+fn compile(
+    rules: BTreeMap<i64, Vec<SeccompRule>>,
+    errno: i32,
+    arch: TargetArch,
+) -> Result<BpfProgram, String> {
+    SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(errno as u32),
+        arch,
+    )
+    .and_then(BpfProgram::try_from)
+    .map_err(|e| e.to_string())
+}
