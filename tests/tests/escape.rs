@@ -15,7 +15,9 @@
 //!   loopback, so its presence is checked directly (`nft list tables` in the namespace) rather
 //!   than through an errno;
 //! - capabilities / credentials (no `CAP_NET_RAW`, `CAP_SYS_ADMIN`, uid 65534): `EPERM` /
-//!   `EACCES` from the kernel's own checks, whatever the walls.
+//!   `EACCES` from the kernel's own checks, whatever the walls;
+//! - the child's seccomp filter: `EAFNOSUPPORT` for socket families other than Unix, inet and
+//!   netlink (see `escape_families.rs`).
 
 use std::{
     collections::BTreeSet,
@@ -50,6 +52,7 @@ const SWITCH_HINT: &str = " (if every variant looks like all walls are up, targe
      root, which enables it through tests/Cargo.toml)";
 
 const EPERM: i32 = 1;
+const EAFNOSUPPORT: i32 = 97;
 const ENOENT: i32 = 2;
 const EACCES: i32 = 13;
 const ENETUNREACH: i32 = 101;
@@ -440,7 +443,10 @@ fn check(tag: &str, walls: Walls, run: &Escape) {
     );
 
     // Capabilities, credentials and the cgroup, whatever the network walls.
-    for spec in ["packet:", "rawicmp:", "rawicmp6:"] {
+    // AF_PACKET is outside the seccomp filter's families (EAFNOSUPPORT) and needs
+    // CAP_NET_RAW besides; raw inet sockets pass the filter and fail on the capability.
+    fails_with(tag, run, "packet:", &[EAFNOSUPPORT], "seccomp family filter");
+    for spec in ["rawicmp:", "rawicmp6:"] {
         fails_with(tag, run, spec, &[EPERM], "no CAP_NET_RAW");
     }
     fails_with(
