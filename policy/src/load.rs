@@ -132,6 +132,28 @@ impl Policy {
     pub fn provider(&self, name: &str) -> Option<&AuthProvider> {
         self.providers.iter().find(|p| p.name == name)
     }
+
+    /// The provider sandboxed code named in `Tollgate-Auth`: surrounding whitespace ignored,
+    /// letter case ignored (names are unique regardless of case, so this never picks
+    /// between two).
+    pub fn provider_named(&self, name: &str) -> Option<&AuthProvider> {
+        let name = name.trim();
+        self.provider(name).or_else(|| {
+            self.providers
+                .iter()
+                .find(|p| p.name.eq_ignore_ascii_case(name))
+        })
+    }
+
+    /// The URL credentials whose pattern matches `url`, in list order.
+    pub fn credentials_for<'a>(
+        &'a self,
+        url: &'a crate::url::NormalizedUrl,
+    ) -> impl Iterator<Item = &'a UrlCredential> + 'a {
+        self.credentials
+            .iter()
+            .filter(move |credential| credential.pattern.matches(url))
+    }
 }
 
 fn single(file: &str, message: impl Into<String>) -> PolicyErrors {

@@ -17,6 +17,28 @@ pub struct Network {
     pub upstream_ca: Option<PathBuf>,
 }
 
+impl Network {
+    /// The names an interception CA for this network may certify, as name-constraint
+    /// subtrees (a domain covers its subdomains): one per allow entry, duplicates removed.
+    /// `None` with `allow_all`, where any public name may be reached.
+    pub fn certificate_subtrees(&self) -> Option<Vec<UrlHost>> {
+        if self.allow_all {
+            return None;
+        }
+        let mut names: Vec<UrlHost> = Vec::new();
+        for entry in &self.entries {
+            let name = match &entry.target {
+                EntryTarget::Prefix(prefix) => prefix.host.clone(),
+                EntryTarget::Host { pattern, .. } => pattern.subtree(),
+            };
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        Some(names)
+    }
+}
+
 /// One allow-list entry, short or long form.
 #[derive(Debug, Clone)]
 pub struct AllowEntry {
@@ -225,5 +247,38 @@ pub fn pinned_address(network: &Network, host: &UrlHost) -> Option<IpAddr> {
     match host {
         UrlHost::Domain(name) => network.hosts.get(name).copied(),
         UrlHost::Ip(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::url::UrlHost;
+    use crate::Policy;
+
+    fn subtrees(allow: &str) -> Option<Vec<String>> {
+        let yaml = format!("version: 1\nteam: acme\nnetwork:\n{allow}");
+        let policy = Policy::from_yaml("t.yaml", &yaml).expect("policy");
+        policy
+            .network
+            .expect("network")
+            .certificate_subtrees()
+            .map(|names| names.iter().map(UrlHost::to_string).collect())
+    }
+
+    #[test]
+    fn certificate_subtrees_cover_every_entry_host() {
+        assert_eq!(
+            subtrees(
+                "  allow:\n    - https://API.example.com/v1\n    - host: '*.svc.example.org'\n    - host: '**.deep.example.net'\n    - https://api.example.com/v2\n    - host: 10.1.2.3\n      allowed_ips: [10.1.2.0/24]\n"
+            ),
+            Some(vec![
+                "api.example.com".to_owned(),
+                "svc.example.org".to_owned(),
+                "deep.example.net".to_owned(),
+                "10.1.2.3".to_owned(),
+            ])
+        );
+        assert_eq!(subtrees("  allow_all: true\n"), None);
+        assert_eq!(subtrees("  allow: []\n"), Some(vec![]));
     }
 }

@@ -628,6 +628,16 @@ impl UrlPrefix {
     }
 }
 
+impl UrlPrefix {
+    /// Whether every URL `other` matches is also matched by `self`: same scheme, host and
+    /// port, and `other`'s path under `self`'s on a segment boundary. Used to check that a
+    /// credential pattern lies inside its provider's scope.
+    pub fn contains(&self, other: &UrlPrefix) -> bool {
+        self.matches_authority(&other.scheme, &other.host, other.port)
+            && path_prefix_matches(&self.path, &other.path)
+    }
+}
+
 fn path_prefix_matches(prefix: &str, path: &str) -> bool {
     // Tolerate a hand-built prefix with a trailing slash; parse() never produces one.
     let prefix = match prefix.strip_suffix('/') {
@@ -799,6 +809,18 @@ impl HostPattern {
 
     pub fn is_wildcard(&self) -> bool {
         !matches!(self.kind, HostPatternKind::Exact(_))
+    }
+
+    /// The smallest X.509 name-constraint subtree holding every host this pattern matches:
+    /// the domain itself for an exact name, the suffix for `*.`/`**.` (a dNSName subtree
+    /// covers the domain and all its subdomains, RFC 5280 §4.2.1.10), the address for an IP.
+    pub fn subtree(&self) -> UrlHost {
+        match &self.kind {
+            HostPatternKind::Exact(host) => host.clone(),
+            HostPatternKind::OneLabel(suffix) | HostPatternKind::AnyDepth(suffix) => {
+                UrlHost::Domain(suffix.clone())
+            }
+        }
     }
 }
 
@@ -1038,6 +1060,20 @@ mod tests {
 
     fn u(s: &str) -> NormalizedUrl {
         NormalizedUrl::parse(s).unwrap_or_else(|e| panic!("{s:?} should parse: {e}"))
+    }
+
+    #[test]
+    fn prefix_containment_follows_matching() {
+        let p = |s: &str| UrlPrefix::parse(s).expect("prefix");
+        let scope = p("https://api.example.com/v1");
+        assert!(scope.contains(&p("https://api.example.com/v1")));
+        assert!(scope.contains(&p("https://API.example.com:443/v1/x/")));
+        assert!(!scope.contains(&p("https://api.example.com/v10")));
+        assert!(!scope.contains(&p("https://api.example.com/")));
+        assert!(!scope.contains(&p("http://api.example.com/v1")));
+        assert!(!scope.contains(&p("https://api.example.com:8443/v1")));
+        assert!(!scope.contains(&p("https://other.example.com/v1")));
+        assert!(p("https://api.example.com").contains(&scope));
     }
 
     fn err(s: &str) -> UrlError {

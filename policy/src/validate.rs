@@ -28,6 +28,31 @@ pub const RESERVED_HEADERS: &[&str] = &[
     "via",
 ];
 
+/// Environment variables tollgate sets in the child itself (proxy settings, CA bundle
+/// locations, the helper's `PYTHONPATH`, the basics): a placeholder may not take one of them.
+pub const RESERVED_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "LANG",
+    "TERM",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "NODE_EXTRA_CA_CERTS",
+    "GIT_SSL_CAINFO",
+    "PIP_CERT",
+    "DENO_CERT",
+    "CARGO_HTTP_CAINFO",
+    "PYTHONPATH",
+    "LD_PRELOAD",
+    "LD_LIBRARY_PATH",
+];
+
 /// Collects errors by YAML path; the loader turns paths into locations.
 #[derive(Default)]
 pub(crate) struct Problems(pub(crate) Vec<(String, String)>);
@@ -76,6 +101,7 @@ pub(crate) fn validate(file: &PolicyFile) -> Result<Validated, Problems> {
     let names: HashSet<&str> = providers.iter().map(|p| p.name.as_str()).collect();
     let credentials =
         validate_credentials(&file.credentials, &names, network.as_ref(), &mut problems);
+    check_credentials_in_scope(&credentials, &providers, &mut problems);
     let placeholders = validate_placeholders(&file.placeholders, &names, &mut problems);
     let bot_auth = file
         .bot_auth
@@ -532,6 +558,37 @@ fn validate_credentials(
     credentials
 }
 
+/// A URL credential injects its provider only where the provider may go: its pattern
+/// must lie inside one of the provider's scope prefixes (else every request it matched
+/// would be refused with `credential_scope_denied`).
+fn check_credentials_in_scope(
+    credentials: &[UrlCredential],
+    providers: &[AuthProvider],
+    problems: &mut Problems,
+) {
+    for (i, credential) in credentials.iter().enumerate() {
+        let Some(provider) = providers.iter().find(|p| p.name == credential.provider) else {
+            continue; // reported as an unknown provider
+        };
+        if !provider
+            .scope
+            .iter()
+            .any(|scope| scope.contains(&credential.pattern))
+        {
+            let scope: Vec<String> = provider.scope.iter().map(ToString::to_string).collect();
+            problems.add(
+                format!("credentials[{i}].pattern"),
+                format!(
+                    "credential pattern {} is outside the scope of provider `{}` ({}): narrow the pattern or widen the scope",
+                    credential.pattern,
+                    provider.name,
+                    scope.join(", ")
+                ),
+            );
+        }
+    }
+}
+
 fn check_provider_reference(
     path: &str,
     name: &str,
@@ -581,6 +638,14 @@ fn validate_placeholders(
                     format!("{path}.env"),
                     format!(
                         "`{}` is not an environment variable name: use A-Z, 0-9 and _",
+                        section.env
+                    ),
+                );
+            } else if RESERVED_ENV.contains(&section.env.as_str()) {
+                problems.add(
+                    format!("{path}.env"),
+                    format!(
+                        "`{}` is set by tollgate itself in the sandbox; choose another variable for the placeholder",
                         section.env
                     ),
                 );

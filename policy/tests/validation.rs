@@ -130,6 +130,43 @@ fn unknown_providers_are_rejected() {
 }
 
 #[test]
+fn credential_patterns_must_lie_inside_their_providers_scope() {
+    let base = format!(
+        "{HEAD}network:\n  allow: [https://api.example.com]\nauth_providers:\n  - name: K\n    type: bearer\n    secret: {{env: K}}\n    scope: [https://api.example.com/v1]\n"
+    );
+    let rendered = assert_error_at(
+        &format!("{base}credentials:\n  - {{pattern: https://api.example.com/v2, provider: K}}\n"),
+        11,
+        "outside the scope of provider `K`",
+    );
+    assert!(
+        rendered.contains("https://api.example.com/v1"),
+        "{rendered}"
+    );
+    assert!(Policy::from_yaml(
+        "team.yaml",
+        &format!(
+            "{base}credentials:\n  - {{pattern: https://api.example.com/v1/x, provider: K}}\n"
+        )
+    )
+    .is_ok());
+}
+
+#[test]
+fn placeholders_cannot_take_variables_tollgate_sets() {
+    let base = format!(
+        "{HEAD}network:\n  allow: [https://api.example.com]\nauth_providers:\n  - name: K\n    type: bearer\n    secret: {{env: K}}\n    scope: [https://api.example.com]\n"
+    );
+    for name in ["SSL_CERT_FILE", "HTTPS_PROXY", "PATH", "PYTHONPATH"] {
+        assert_error_at(
+            &format!("{base}placeholders:\n  - {{env: {name}, provider: K}}\n"),
+            11,
+            "set by tollgate itself",
+        );
+    }
+}
+
+#[test]
 fn allow_all_with_allow_is_rejected() {
     assert_error_at(
         &format!("{HEAD}network:\n  allow_all: true\n  allow: [https://a.example.com]\n"),

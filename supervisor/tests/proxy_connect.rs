@@ -80,13 +80,22 @@ async fn curl_tunnels_plain_http_through_connect() {
         (200, "tunnelled /inner"),
         "{got:?}"
     );
-    // Until TLS interception lands, `tls: intercept` entries (the default) pass through too.
+    // A `tls: intercept` entry (the default) carries TLS only: plain bytes in its tunnel get
+    // a 400 naming the reason, and nothing is dialed.
     let intercepting = policy(&format!(
         "version: 1\nteam: acme\nnetwork:\n  hosts:\n    api.test: {PINNED}\n  allow:\n    - host: api.test\n      allowed_ips: [198.51.100.0/24]\n"
     ));
-    let proxy = start(Proxy::builder(intercepting).transport(remap_to(up.addr)));
+    let remap = std::sync::Arc::new(remap_to(up.addr));
+    let proxy = start(Proxy::builder(intercepting).shared_transport(remap.clone()));
     let got = curl(proxy.addr, &["-p", "http://api.test:443/inner"]).await;
-    assert_eq!(got.status, 200, "{got:?}");
+    assert_eq!(got.status, 400, "{got:?}");
+    assert!(got.body_text().contains("only TLS"), "{got:?}");
+    assert!(remap.dials().is_empty());
+    let records = proxy.records();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["outcome"], "not_tls");
+    assert_eq!(records[0]["tls"], "intercept");
+    assert_eq!(proxy.handle.stats().requests, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

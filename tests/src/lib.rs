@@ -8,6 +8,7 @@ pub mod leaks;
 pub mod netns;
 pub mod probes;
 pub mod sandbox;
+pub mod upstream;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -445,7 +445,13 @@ fn check(tag: &str, walls: Walls, run: &Escape) {
     // Capabilities, credentials and the cgroup, whatever the network walls.
     // AF_PACKET is outside the seccomp filter's families (EAFNOSUPPORT) and needs
     // CAP_NET_RAW besides; raw inet sockets pass the filter and fail on the capability.
-    fails_with(tag, run, "packet:", &[EAFNOSUPPORT], "seccomp family filter");
+    fails_with(
+        tag,
+        run,
+        "packet:",
+        &[EAFNOSUPPORT],
+        "seccomp family filter",
+    );
     for spec in ["rawicmp:", "rawicmp6:"] {
         fails_with(tag, run, spec, &[EPERM], "no CAP_NET_RAW");
     }

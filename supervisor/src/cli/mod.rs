@@ -1,5 +1,6 @@
 //! The `tollgate` command line: argument definitions (clap) and dispatch to each command.
 
+mod bot_auth;
 mod maintenance;
 pub mod policy;
 pub mod run;
@@ -33,6 +34,9 @@ pub enum Command {
     Gc,
     /// Check that this host can build every wall, and say how to fix what it cannot.
     Doctor,
+    /// Web Bot Auth: print the public key directory of a team's signing key.
+    #[command(subcommand, name = "bot-auth")]
+    BotAuth(bot_auth::BotAuthCommand),
 }
 
 /// Runs the parsed command and returns the process exit status.
@@ -42,6 +46,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Run(args) => run::run(args),
         Command::Gc => maintenance::gc(),
         Command::Doctor => maintenance::doctor(),
+        Command::BotAuth(command) => bot_auth::run(command),
     }
 }
 

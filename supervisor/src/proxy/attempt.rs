@@ -1,11 +1,13 @@
 //! The upstream attempts of one decided request: take a budgeted attempt, reuse a pooled
-//! connection to a decided address or dial one, exchange, and decide whether to retry
-//! (retryable status, refused or reset connection, connect timeout) and how long to wait.
+//! connection to a decided address or dial one (TLS on top for `https`), sign it when the
+//! team has Web Bot Auth, exchange, and decide whether to retry (retryable status, refused
+//! or reset connection, connect timeout) and how long to wait.
 
 use super::audit::AuditRecord;
 use super::errors::{ErrorCode, ProxyError};
-use super::forward::Outgoing;
-use super::transport::{DialError, DialTarget};
+use super::pipeline::Outgoing;
+use super::transport::{DialError, DialTarget, Upstream};
+use super::upstream_tls::HandshakeError;
 use super::{exchange, pool, retry, Shared};
 use bytes::Bytes;
 use http::{Method, Request, Response, Version};
@@ -36,19 +38,28 @@ enum Failure {
     Invalid(SocketAddr, hyper::Error),
     /// No response head before the deadline.
     HeadTimeout(SocketAddr),
+    /// The upstream's TLS refused (certificate, protocol): not retried.
+    Tls(SocketAddr, String),
+    /// The connection broke during the TLS handshake: retried like a reset.
+    TlsReset(SocketAddr, std::io::Error),
 }
 
 impl Failure {
     fn retryable(&self) -> bool {
-        matches!(self, Failure::Dial(_) | Failure::Reset(..))
+        matches!(
+            self,
+            Failure::Dial(_) | Failure::Reset(..) | Failure::TlsReset(..)
+        )
     }
 
     fn peer(&self) -> Option<SocketAddr> {
         match self {
             Failure::Dial(_) => None,
-            Failure::Reset(peer, _) | Failure::Invalid(peer, _) | Failure::HeadTimeout(peer) => {
-                Some(*peer)
-            }
+            Failure::Reset(peer, _)
+            | Failure::Invalid(peer, _)
+            | Failure::HeadTimeout(peer)
+            | Failure::Tls(peer, _)
+            | Failure::TlsReset(peer, _) => Some(*peer),
         }
     }
 
@@ -59,6 +70,8 @@ impl Failure {
             Failure::Reset(_, e) => format!("connection closed before a response: {e}"),
             Failure::Invalid(_, e) => format!("invalid response: {e}"),
             Failure::HeadTimeout(_) => "no response before the timeout".into(),
+            Failure::Tls(_, reason) => format!("TLS failed: {reason}"),
+            Failure::TlsReset(_, e) => format!("connection closed during the TLS handshake: {e}"),
         }
     }
 
@@ -80,6 +93,14 @@ impl Failure {
             Failure::Invalid(_, e) => ProxyError::new(
                 ErrorCode::ConnectError,
                 format!("{host} sent an invalid HTTP response: {e}"),
+            ),
+            Failure::Tls(_, reason) => ProxyError::new(
+                ErrorCode::UpstreamTlsError,
+                format!("the TLS connection to {host} failed: {reason}"),
+            ),
+            Failure::TlsReset(_, e) => ProxyError::new(
+                ErrorCode::ConnectError,
+                format!("{host} closed the connection during the TLS handshake: {e}"),
             ),
         }
     }
@@ -191,12 +212,16 @@ fn idempotent(method: &Method) -> bool {
     )
 }
 
-fn upstream_request(outgoing: &Outgoing) -> Request<Full<Bytes>> {
+/// The request as it goes out on this attempt (signed afresh: each attempt its own nonce).
+fn upstream_request(shared: &Shared, outgoing: &Outgoing) -> Request<Full<Bytes>> {
     let mut request = Request::new(Full::new(outgoing.body.clone()));
     *request.method_mut() = outgoing.method.clone();
     *request.uri_mut() = outgoing.target.clone();
     *request.version_mut() = Version::HTTP_11;
     *request.headers_mut() = outgoing.headers.clone();
+    if let Some(signer) = shared.credentials.bot() {
+        signer.sign(request.headers_mut(), &outgoing.url.authority());
+    }
     request
 }
 
@@ -219,7 +244,7 @@ async fn one_attempt(
     let port = outgoing.url.port;
     if let Some((key, mut sender)) = shared.pool.take(&outgoing.origin, port, addresses).await {
         let peer = key.peer;
-        let sent = exchange::send(&mut sender, upstream_request(outgoing));
+        let sent = exchange::send(&mut sender, upstream_request(shared, outgoing));
         match tokio::time::timeout_at(deadline, sent).await {
             Err(_) => return Err(Failure::HeadTimeout(peer)),
             Ok(Ok(response)) => {
@@ -246,9 +271,18 @@ async fn one_attempt(
     };
     let dialed = shared.transport.dial(target).await.map_err(Failure::Dial)?;
     let peer = dialed.peer;
+    let stream = if outgoing.url.scheme == "https" {
+        let handshake = secure(shared, &outgoing.url, dialed.stream, peer);
+        match tokio::time::timeout_at(deadline, handshake).await {
+            Err(_) => return Err(Failure::HeadTimeout(peer)),
+            Ok(stream) => stream?,
+        }
+    } else {
+        dialed.stream
+    };
     let exchanged = async {
-        let mut sender = exchange::handshake(dialed.stream).await?;
-        let response = exchange::send(&mut sender, upstream_request(outgoing)).await?;
+        let mut sender = exchange::handshake(stream).await?;
+        let response = exchange::send(&mut sender, upstream_request(shared, outgoing)).await?;
         Ok::<_, hyper::Error>((response, sender))
     };
     match tokio::time::timeout_at(deadline, exchanged).await {
@@ -265,5 +299,23 @@ async fn one_attempt(
                 sender,
             ),
         }),
+    }
+}
+
+/// TLS over a dialed stream, verified for the URL's host.
+async fn secure(
+    shared: &Shared,
+    url: &NormalizedUrl,
+    stream: Box<dyn Upstream>,
+    peer: SocketAddr,
+) -> Result<Box<dyn Upstream>, Failure> {
+    let tls = shared
+        .tls
+        .as_ref()
+        .map_err(|reason| Failure::Tls(peer, reason.clone()))?;
+    match tls.upstream().connect(&url.host, stream).await {
+        Ok(stream) => Ok(Box::new(stream)),
+        Err(HandshakeError::Tls(reason)) => Err(Failure::Tls(peer, reason)),
+        Err(HandshakeError::Io(error)) => Err(Failure::TlsReset(peer, error)),
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! A record carries what an operator needs to reconstruct an execution's traffic (who, where,
 //! which rule, which address was dialed, status, timing, bytes) and nothing that could be a
-//! secret: the path without its query string, no header names or values at all.
+//! secret: the path without its query string, no header names or values at all (provider
+//! names, never their secrets).
 
 use serde::Serialize;
 use std::io::Write;
@@ -43,6 +44,17 @@ pub struct AuditRecord {
     pub duration_ms: u64,
     pub bytes_up: u64,
     pub bytes_down: u64,
+    /// Auth providers whose credentials went out with this request (names only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub credentials: Vec<String>,
+    /// Something an operator should look at: `placeholder_outside_scope` (a placeholder
+    /// sent where its provider may not go), `secret_echoed` (an upstream echoed a secret,
+    /// redacted before the sandbox saw it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finding: Option<&'static str>,
+    /// For tunnels: `intercept` or `passthrough`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<&'static str>,
 }
 
 impl AuditRecord {
@@ -75,6 +87,9 @@ impl AuditRecord {
             duration_ms: 0,
             bytes_up: 0,
             bytes_down: 0,
+            credentials: Vec::new(),
+            finding: None,
+            tls: None,
         }
     }
 }

@@ -1,11 +1,14 @@
-//! Building a proxy for one execution: the policy, the execution id, and the pluggable parts
-//! (transport, resolver, hooks, audit writer), plus the connection-level settings.
+//! Building a proxy for one execution: the policy, the execution id, the team's credentials
+//! and TLS interception, the pluggable parts (transport, resolver, hooks, audit writer), plus
+//! the connection-level settings.
 
 use super::audit::AuditLog;
+use super::credentials::Credentials;
 use super::hooks::{AfterHttp, BeforeHttp};
 use super::listener::{self, ProxyHandle};
 use super::resolve::{Resolver, SystemResolver};
 use super::stats::ProxyStats;
+use super::tls::Interception;
 use super::transport::{DirectTransport, Transport};
 use super::{limits, stats, Shared};
 use std::future::Future;
@@ -56,9 +59,25 @@ pub struct ProxyBuilder {
     after: Vec<Arc<dyn AfterHttp>>,
     audit: Option<Box<dyn Write + Send>>,
     settings: Settings,
+    credentials: Option<Credentials>,
+    tls: Option<Arc<Interception>>,
 }
 
 impl ProxyBuilder {
+    /// The team's loaded credentials ([`Credentials::load`]); without this call the proxy
+    /// has none, and a request naming a provider is refused.
+    pub fn credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = Some(credentials);
+        self
+    }
+
+    /// The execution's CA and upstream trust (its CA is what the sandbox must trust).
+    /// Without this call, [`build`](Self::build) makes one valid for 24 hours.
+    pub fn interception(mut self, interception: Arc<Interception>) -> Self {
+        self.tls = Some(interception);
+        self
+    }
+
     /// The id shown in every error body and audit record.
     pub fn execution_id(mut self, id: impl Into<String>) -> Self {
         self.execution = id.into();
@@ -114,6 +133,19 @@ impl ProxyBuilder {
 
     pub fn build(self) -> Proxy {
         let budget = limits::Budget::new(self.policy.limits.max_requests);
+        let tls = match self.tls {
+            Some(tls) => Ok(tls),
+            None => Interception::for_policy(
+                &self.policy,
+                &self.execution,
+                std::time::Duration::from_secs(24 * 3600),
+            )
+            .map(Arc::new)
+            .map_err(|e| {
+                tracing::error!("TLS interception is unavailable: {e}");
+                e.to_string()
+            }),
+        };
         Proxy {
             shared: Arc::new(Shared {
                 policy: self.policy,
@@ -127,6 +159,8 @@ impl ProxyBuilder {
                 budget,
                 pool: Default::default(),
                 settings: self.settings,
+                credentials: self.credentials.unwrap_or_default(),
+                tls,
             }),
         }
     }
@@ -148,7 +182,18 @@ impl Proxy {
             after: Vec::new(),
             audit: None,
             settings: Settings::default(),
+            credentials: None,
+            tls: None,
         }
+    }
+
+    /// The execution's CA certificate (PEM) the sandbox must trust for intercepted tunnels.
+    pub fn ca_certificate_pem(&self) -> Option<String> {
+        self.shared
+            .tls
+            .as_ref()
+            .ok()
+            .map(|tls| tls.ca().certificate_pem().to_owned())
     }
 
     /// The counters so far.

@@ -1,17 +1,20 @@
-//! CONNECT tunnels: decided on `{host, port}` when the tunnel is asked for, then relayed
-//! byte for byte until either side closes, the tunnel idles out, or the proxy shuts down.
+//! CONNECT tunnels: decided on `{host, port}` when the tunnel is asked for, then carried the
+//! way the matching allow entry says (`tunnel_mode`).
 //!
-//! Each tunnel is one request against `max_requests` and one audit record (written when it
-//! closes, with the bytes each way). Until TLS interception lands every tunnel is a
-//! passthrough; `tunnel_mode` is the seam where `tls: intercept` entries will be
-//! terminated and their inner requests sent through the forward pipeline.
+//! - `tls: passthrough`: relayed byte for byte until either side closes, the tunnel idles
+//!   out, or the proxy shuts down; one request against `max_requests`.
+//! - `tls: intercept` (the default): terminated with the execution's CA (`intercept`); the
+//!   tunnel itself dials nothing and counts nothing, each HTTP request inside goes through
+//!   the pipeline and is counted, decided and audited on its own.
+//!
+//! Either way the tunnel has one audit record, written when it closes.
 
 use super::activity::{Activity, Counted, Side};
 use super::audit::AuditRecord;
 use super::body::{self, ProxyBody};
 use super::errors::{ErrorCode, ProxyError};
 use super::transport::{DialError, DialTarget, Dialed};
-use super::{gate, headers, refuse, ConnContext, Shared};
+use super::{gate, headers, intercept, refuse, ConnContext, Shared};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -28,8 +31,7 @@ use tollgate_policy::Decision;
 pub(crate) enum TunnelMode {
     /// Bytes are relayed untouched.
     Passthrough,
-    /// TLS is terminated with the execution's CA and each inner request is decided
-    /// (next issue; until then handled as a passthrough).
+    /// TLS is terminated with the execution's CA and each inner request is decided.
     Intercept,
 }
 
@@ -55,70 +57,101 @@ pub(crate) async fn tunnel(
         "CONNECT",
         None,
     );
-    let dialed = match open(&shared, &request, &mut record).await {
-        Ok(dialed) => dialed,
+    let opened = match open(&shared, &request, &mut record).await {
+        Ok(opened) => opened,
         Err(error) => return refuse(&shared, record, &error, started),
     };
     let upgrade = hyper::upgrade::on(&mut request);
-    tokio::spawn(async move {
-        let ConnContext {
-            shared,
-            guard,
-            mut shutdown,
-            slot,
-            ..
-        } = conn;
-        let client = match upgrade.await {
-            Ok(upgraded) => TokioIo::new(upgraded),
-            Err(error) => {
-                tracing::debug!("CONNECT upgrade failed: {error}");
-                return;
-            }
-        };
-        let activity = Activity::new();
-        let mut client = Counted::new(client, activity.clone(), Side::Client);
-        let mut upstream = Counted::new(dialed.stream, activity.clone(), Side::Upstream);
-        let idle = shared.settings.idle_timeout;
-        let outcome = tokio::select! {
-            result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match result {
-                Ok(_) => "closed",
-                Err(_) => "reset",
-            },
-            _ = activity.idle_for(idle) => "idle_timeout",
-            _ = super::stopped(&mut shutdown) => "shutdown",
-        };
-        close(&shared, record, &activity, outcome, started);
-        drop(slot);
-        drop(guard);
-    });
+    match opened {
+        Opened::Intercept(url) => {
+            tokio::spawn(intercept::serve(conn, upgrade, url, record, started));
+        }
+        Opened::Passthrough(dialed) => {
+            tokio::spawn(passthrough(conn, upgrade, dialed, record, started));
+        }
+    }
     let mut response = Response::new(body::empty());
     *response.status_mut() = StatusCode::OK;
     response
 }
 
-/// parse → decide → resolve → decide → mode → budget → dial.
+/// Relays a passthrough tunnel until it closes, idles out or the proxy stops.
+async fn passthrough(
+    conn: ConnContext,
+    upgrade: hyper::upgrade::OnUpgrade,
+    dialed: Dialed,
+    record: AuditRecord,
+    started: Instant,
+) {
+    let ConnContext {
+        shared,
+        guard,
+        mut shutdown,
+        slot,
+        ..
+    } = conn;
+    let client = match upgrade.await {
+        Ok(upgraded) => TokioIo::new(upgraded),
+        Err(error) => {
+            tracing::debug!("CONNECT upgrade failed: {error}");
+            return;
+        }
+    };
+    let activity = Activity::new();
+    let mut client = Counted::new(client, activity.clone(), Side::Client);
+    let mut upstream = Counted::new(dialed.stream, activity.clone(), Side::Upstream);
+    let idle = shared.settings.idle_timeout;
+    let outcome = tokio::select! {
+        result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match result {
+            Ok(_) => "closed",
+            Err(_) => "reset",
+        },
+        _ = activity.idle_for(idle) => "idle_timeout",
+        _ = super::stopped(&mut shutdown) => "shutdown",
+    };
+    close(&shared, record, &activity, outcome, started);
+    drop(slot);
+    drop(guard);
+}
+
+/// How an allowed tunnel goes on.
+enum Opened {
+    Passthrough(Dialed),
+    /// Terminated locally; the URL carries the tunnel's scheme, host and port.
+    Intercept(NormalizedUrl),
+}
+
+/// parse → decide → resolve → decide → mode → (passthrough: budget → dial).
 async fn open(
     shared: &Shared,
     request: &Request<Incoming>,
     record: &mut AuditRecord,
-) -> Result<Dialed, ProxyError> {
+) -> Result<Opened, ProxyError> {
     let url = target(request)?;
     record.scheme = "connect".into();
     record.host = url.host_str();
     record.port = url.port;
     let names = headers::names(request.headers());
-    let decision: Decision = gate::clear(shared, "CONNECT", &url, true, &names).await?;
+    let decision: Decision = gate::clear(shared, "CONNECT", &url, true, &names, None).await?;
     record.decision = "allow";
     record.reason = decision.reason.clone();
     record.rule = decision.rule.clone();
     let entry = decision.entry.and_then(|i| shared.policy.entry(i));
-    match tunnel_mode(entry) {
-        TunnelMode::Passthrough => {}
-        TunnelMode::Intercept => {
-            // TLS interception (next issue) terminates the tunnel here with the execution's
-            // CA and sends each inner request through `forward`. Until then: passthrough.
+    if tunnel_mode(entry) == TunnelMode::Intercept {
+        record.tls = Some("intercept");
+        if let Err(reason) = &shared.tls {
+            return Err(ProxyError::new(
+                ErrorCode::UpstreamTlsError,
+                format!(
+                    "{} needs TLS interception, which is not available: {reason}",
+                    url.authority()
+                ),
+            ));
         }
+        record.status = Some(200);
+        return Ok(Opened::Intercept(url));
     }
+    record.tls = Some("passthrough");
     shared
         .budget
         .take()
@@ -153,7 +186,7 @@ async fn open(
     })?;
     record.address = Some(dialed.peer.to_string());
     record.status = Some(200);
-    Ok(dialed)
+    Ok(Opened::Passthrough(dialed))
 }
 
 /// The CONNECT target: `host:port` with an explicit port (RFC 9110 §9.3.6).

@@ -37,6 +37,14 @@ pub enum ErrorCode {
     ClientTimeout,
     /// The execution already has `max_connections` connections open to the proxy.
     TooManyConnections,
+    /// `Tollgate-Auth` names a provider the team does not have (or it has none).
+    AuthProviderError,
+    /// A credential was asked for (or matched) a destination outside its provider's scope.
+    CredentialScopeDenied,
+    /// A placeholder was sent where its provider may not go (or sent twice in a header).
+    CredentialPlaceholderMismatch,
+    /// The TLS connection to the upstream failed (certificate, handshake).
+    UpstreamTlsError,
 }
 
 impl ErrorCode {
@@ -53,16 +61,26 @@ impl ErrorCode {
             ErrorCode::Timeout => "timeout",
             ErrorCode::ClientTimeout => "client_timeout",
             ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::AuthProviderError => "auth_provider_error",
+            ErrorCode::CredentialScopeDenied => "credential_scope_denied",
+            ErrorCode::CredentialPlaceholderMismatch => "credential_placeholder_mismatch",
+            ErrorCode::UpstreamTlsError => "upstream_tls_error",
         }
     }
 
     pub fn status(self) -> StatusCode {
         match self {
-            ErrorCode::PolicyDenied | ErrorCode::SsrfDenied => StatusCode::FORBIDDEN,
+            ErrorCode::PolicyDenied
+            | ErrorCode::SsrfDenied
+            | ErrorCode::AuthProviderError
+            | ErrorCode::CredentialScopeDenied
+            | ErrorCode::CredentialPlaceholderMismatch => StatusCode::FORBIDDEN,
             ErrorCode::InvalidUrl | ErrorCode::InvalidRequest => StatusCode::BAD_REQUEST,
             ErrorCode::RequestLimitExceeded => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::ResponseTooLarge | ErrorCode::ConnectError => StatusCode::BAD_GATEWAY,
+            ErrorCode::ResponseTooLarge | ErrorCode::ConnectError | ErrorCode::UpstreamTlsError => {
+                StatusCode::BAD_GATEWAY
+            }
             ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
@@ -152,4 +170,26 @@ pub fn error_response(code: ErrorCode, message: &str, execution: &str) -> Respon
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
+}
+
+/// The same refusal as raw HTTP/1.1 bytes (`Connection: close`), for the places that answer
+/// on a stream hyper does not serve: connections over the cap, non-TLS bytes in an
+/// intercepted tunnel.
+pub fn raw_response(code: ErrorCode, message: &str, execution: &str) -> Vec<u8> {
+    let body = serde_json::json!({
+        "error": code.as_str(),
+        "message": message,
+        "execution": execution,
+    })
+    .to_string();
+    let status = code.status();
+    format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ntollgate-error: {}\r\ncontent-length: {}\r\nconnection: close\r\nvia: {}\r\n\r\n{body}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        code.as_str(),
+        body.len(),
+        super::headers::VIA
+    )
+    .into_bytes()
 }

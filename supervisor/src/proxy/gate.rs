@@ -11,12 +11,14 @@ use tollgate_policy::url::NormalizedUrl;
 use tollgate_policy::{Decision, Destination, Request};
 
 /// Decides `url`, resolving it if the policy allows the name; `Ok` only when allowed.
+/// `credential` is the provider named in `Tollgate-Auth` (team rules may refuse on it).
 pub(crate) async fn clear(
     shared: &Shared,
     method: &str,
     url: &NormalizedUrl,
     connect: bool,
     header_names: &[String],
+    credential: Option<&str>,
 ) -> Result<Decision, ProxyError> {
     let policy = &shared.policy;
     let request = Request {
@@ -24,7 +26,7 @@ pub(crate) async fn clear(
         url,
         connect,
         header_names,
-        credential: None,
+        credential,
     };
     // An IP literal or a pin needs no DNS: one decision on the known address.
     if let Some(address) = known_without_dns(policy, &url.host) {

@@ -1,6 +1,7 @@
 //! Header hygiene between the sandbox and the upstream: hop-by-hop removal (RFC 9110
 //! §7.6.1), request-smuggling refusals, `Host` regeneration, `Via`, and tollgate's own
-//! request headers (`Tollgate-Timeout`), which are read here and never forwarded.
+//! request headers (`Tollgate-Timeout`, `Tollgate-Auth`), which are read here and never
+//! forwarded.
 
 use super::errors::{ErrorCode, ProxyError};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -12,6 +13,9 @@ pub const VIA: &str = "1.1 tollgate";
 
 /// The request header with which sandboxed code asks for another timeout, in seconds.
 pub const TIMEOUT_HEADER: &str = "tollgate-timeout";
+
+/// The request header naming the auth provider whose credentials the request should carry.
+pub const AUTH_HEADER: &str = "tollgate-auth";
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
 /// proxy's own credentials and `Expect`, which tollgate satisfies itself (it buffers the
@@ -90,6 +94,28 @@ pub fn requested_timeout(headers: &HeaderMap) -> Result<Option<Duration>, ProxyE
         })
 }
 
+/// Reads `Tollgate-Auth: <provider name>` (one header, one name).
+pub fn requested_provider(headers: &HeaderMap) -> Result<Option<String>, ProxyError> {
+    let mut values = headers.get_all(AUTH_HEADER).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    let refuse = |message: &str| {
+        Err(ProxyError::new(ErrorCode::AuthProviderError, message).with_reason("bad_auth_header"))
+    };
+    if values.next().is_some() {
+        return refuse("send one Tollgate-Auth header naming one auth provider");
+    }
+    let Ok(name) = std::str::from_utf8(value.as_bytes()) else {
+        return refuse("the Tollgate-Auth header is not UTF-8 text");
+    };
+    let name = name.trim();
+    if name.is_empty() {
+        return refuse("the Tollgate-Auth header is empty: name an auth provider");
+    }
+    Ok(Some(name.to_owned()))
+}
+
 /// Removes hop-by-hop headers (and every header `Connection` names) in place.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
@@ -110,6 +136,12 @@ pub fn sanitise_request(headers: &mut HeaderMap) {
     remove_hop_by_hop(headers);
     headers.remove(header::EXPECT);
     headers.remove(header::HOST);
+    remove_own(headers);
+}
+
+/// Removes every `Tollgate-*` header: tollgate's own, which an upstream must not be able
+/// to forge in a response (a `Tollgate-Error` would pass for a refusal).
+pub fn remove_own(headers: &mut HeaderMap) {
     let own: Vec<HeaderName> = headers
         .keys()
         .filter(|name| name.as_str().starts_with("tollgate-"))

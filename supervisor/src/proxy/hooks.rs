@@ -4,8 +4,10 @@
 //! they may rewrite the URL or the headers, or cancel the request with a reason. A rewritten
 //! URL is decided again from scratch (policy, resolution, address checks), so a hook can
 //! never route a request around the policy. `after_http` hooks see the upstream status and
-//! headers. Hooks run once per request (not per retry) and not for CONNECT tunnels, which
-//! carry no visible HTTP until TLS interception lands.
+//! headers. Hooks run once per request (not per retry), for forward-proxied requests and
+//! for each request inside an intercepted TLS tunnel; never for a passthrough tunnel, whose
+//! HTTP tollgate cannot see. They see requests before credentials are attached (no hook
+//! ever sees a secret) and responses after echoed secrets are redacted.
 //!
 //! A closure is a synchronous hook; implement the trait on a type for an asynchronous one.
 

@@ -84,3 +84,33 @@ pub(crate) async fn read_body(body: Incoming, limit: u64) -> Result<Bytes, Proxy
     }
     Ok(buffer.freeze())
 }
+
+/// Reads a whole response body (to search it for echoed secrets), at most `limit` bytes.
+pub(crate) async fn read_response(
+    body: Incoming,
+    limit: u64,
+    authority: &str,
+) -> Result<Bytes, ProxyError> {
+    let mut body = body;
+    let mut buffer = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ProxyError::new(
+                ErrorCode::ConnectError,
+                format!("the response body from {authority} broke off: {e}"),
+            )
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if (buffer.len() as u64).saturating_add(data.len() as u64) > limit {
+                return Err(ProxyError::new(
+                    ErrorCode::ResponseTooLarge,
+                    format!(
+                        "the response from {authority} is larger than the {limit}-byte limit (limits.max_response_bytes)"
+                    ),
+                ));
+            }
+            buffer.extend_from_slice(&data);
+        }
+    }
+    Ok(buffer.freeze())
+}

@@ -1,9 +1,10 @@
 //! Accepting the sandbox's connections: the concurrent-connection cap, one hyper HTTP/1.1
 //! server per connection (header read timeout, 16 KiB header limit, keep-alive, CONNECT
-//! upgrades), and an orderly shutdown that waits briefly for in-flight work.
+//! upgrades; the same server runs inside intercepted tunnels), and an orderly shutdown that
+//! waits briefly for in-flight work.
 
 use super::body::ProxyBody;
-use super::errors::ErrorCode;
+use super::errors::{raw_response, ErrorCode};
 use super::stats::ProxyStats;
 use super::witness::Witnessed;
 use super::{connect, forward, ConnContext, Shared};
@@ -11,11 +12,12 @@ use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
@@ -136,13 +138,28 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, mut stop: watch
 
 async fn serve_connection(context: ConnContext, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
+    serve_http(context, stream, route).await;
+}
+
+/// Serves HTTP/1.1 on `stream` until it closes or the proxy shuts down: hyper with the
+/// header read timeout (also the keep-alive idle timeout) and the 16 KiB header limit,
+/// the framing witness on the raw bytes. `route(context, request, ambiguous_framing)`
+/// answers each request.
+pub(crate) async fn serve_http<S, R, F>(context: ConnContext, stream: S, route: R)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    R: Fn(ConnContext, Request<Incoming>, bool) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
     let settings = context.shared.settings.clone();
     let mut stop = context.shutdown.clone();
     let guard = context.guard.clone();
     let stream = Witnessed::new(stream, context.framing.clone());
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let context = context.clone();
-        async move { Ok::<_, Infallible>(route(context, request).await) }
+        let ambiguous = context.framing.next() == Some(true);
+        let answer = route(context, request, ambiguous);
+        async move { Ok::<_, Infallible>(answer.await) }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -168,8 +185,12 @@ async fn serve_connection(context: ConnContext, stream: TcpStream) {
     drop(guard);
 }
 
-async fn route(context: ConnContext, request: Request<Incoming>) -> Response<ProxyBody> {
-    let ambiguous = context.framing.next() == Some(true);
+/// A request on the sandbox's connection to the proxy: CONNECT or absolute form.
+async fn route(
+    context: ConnContext,
+    request: Request<Incoming>,
+    ambiguous: bool,
+) -> Response<ProxyBody> {
     if request.method() == Method::CONNECT {
         connect::tunnel(context, request).await
     } else {
@@ -189,22 +210,9 @@ async fn refuse_connection(context: ConnContext, mut stream: TcpStream) {
         "this execution already has {limit} open connections to the proxy (limits.max_connections); close idle connections or reuse them"
     );
     tracing::warn!("connection refused: {message}");
-    let code = ErrorCode::TooManyConnections;
-    let body = serde_json::json!({
-        "error": code.as_str(),
-        "message": message,
-        "execution": shared.execution,
-    })
-    .to_string();
-    let head = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ntollgate-error: {}\r\ncontent-length: {}\r\nconnection: close\r\nvia: {}\r\n\r\n",
-        code.as_str(),
-        body.len(),
-        super::headers::VIA
-    );
+    let answer = raw_response(ErrorCode::TooManyConnections, &message, &shared.execution);
     let write = async {
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(body.as_bytes()).await?;
+        stream.write_all(&answer).await?;
         stream.shutdown().await?;
         // Drain what the client sent so closing does not reset the connection under it.
         let mut sink = [0u8; 4096];

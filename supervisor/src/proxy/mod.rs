@@ -26,12 +26,19 @@
 //! # One request, step by step
 //!
 //! [`listener`] accepts (connection cap, header timeout, 16 KiB header limit; `witness`
-//! follows the raw request framing) → [`forward`]: parse and normalise the absolute URL →
-//! [`headers`] (smuggling refusals, hop-by-hop) → [`gate`]: decide → [`resolve`] once →
-//! decide on the addresses → [`hooks`] → [`limits`] (body size, request budget) → a pooled
-//! connection to a decided address or [`transport`] dials one → [`exchange`] → [`retry`] →
-//! [`relay`] the response under its limits → [`audit`]. CONNECT takes the same gate, then
-//! [`connect`] relays the tunnel.
+//! follows the raw request framing) → [`forward`] parses and normalises the absolute URL
+//! (or [`intercept`] builds it from the tunnel's origin) → [`pipeline`]: [`headers`]
+//! (smuggling refusals, hop-by-hop, `Tollgate-*`) → [`gate`]: decide → [`resolve`] once →
+//! decide on the addresses → [`hooks`] → [`limits`] (body size) → [`credentials`]
+//! (placeholders, `Tollgate-Auth`, URL credentials) → `attempt`: the request budget, a
+//! pooled connection to a decided address or [`transport`] dials one ([`upstream_tls`] for
+//! https), [`bot_auth`] signs, [`exchange`] → [`retry`] → [`relay`] the response under its
+//! limits ([`redact`] removes echoed secrets) → [`audit`].
+//!
+//! CONNECT takes the same gate, then [`connect`] either relays a `tls: passthrough` tunnel
+//! byte for byte (one counted request) or hands a `tls: intercept` tunnel to [`intercept`],
+//! which terminates TLS with a leaf certificate from the execution's CA ([`ca`], [`tls`])
+//! and serves every request inside through the pipeline above.
 //!
 //! # What the sandbox sees when refused
 //!
@@ -43,31 +50,43 @@ pub mod activity;
 mod attempt;
 pub mod audit;
 pub mod body;
+pub mod bot_auth;
 mod builder;
+pub mod ca;
 pub mod connect;
+pub mod credentials;
 pub mod errors;
 pub mod exchange;
 pub mod forward;
 pub mod gate;
 pub mod headers;
 pub mod hooks;
+pub mod intercept;
 pub mod limits;
 pub mod listener;
+pub mod pipeline;
 mod pool;
+pub mod redact;
 pub mod relay;
 pub mod resolve;
 pub mod retry;
+pub mod secrets;
 pub mod stats;
 pub mod testing;
+pub mod tls;
 pub mod transport;
+pub mod upstream_tls;
 mod witness;
 
+pub use bot_auth::BotSigner;
 pub use builder::{Proxy, ProxyBuilder, Settings};
+pub use credentials::{CredentialError, Credentials};
 pub use errors::{ErrorCode, ProxyError};
 pub use hooks::{AfterHttp, BeforeHttp, HookRequest, HookResponse, HookVerdict};
 pub use listener::ProxyHandle;
 pub use resolve::{Resolver, SystemResolver};
 pub use stats::{DestinationStats, ProxyStats};
+pub use tls::{Interception, TlsSetupError};
 pub use transport::{DialError, DialTarget, Dialed, DirectTransport, Transport, Upstream};
 
 use audit::{AuditLog, AuditRecord};
@@ -95,6 +114,10 @@ pub(crate) struct Shared {
     pub budget: limits::Budget,
     pub pool: pool::Pool,
     pub settings: Settings,
+    /// The team's secrets, placeholders and signing key (loaded once per execution).
+    pub credentials: Credentials,
+    /// The execution's CA and upstream trust, or why there is none.
+    pub tls: Result<Arc<Interception>, String>,
 }
 
 /// What a request handler needs beyond [`Shared`]: a guard that keeps shutdown waiting for
@@ -124,7 +147,10 @@ pub(crate) fn refuse(
 ) -> Response<ProxyBody> {
     let denial = !matches!(
         error.code,
-        ErrorCode::ConnectError | ErrorCode::Timeout | ErrorCode::ClientTimeout
+        ErrorCode::ConnectError
+            | ErrorCode::Timeout
+            | ErrorCode::ClientTimeout
+            | ErrorCode::UpstreamTlsError
     );
     if record.decision == "deny" || denial {
         record.decision = "deny";

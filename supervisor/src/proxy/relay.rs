@@ -30,7 +30,13 @@ pub(crate) struct Finish {
 }
 
 impl Finish {
-    fn write(mut self, outcome: &'static str, bytes_down: u64) {
+    /// Drops the upstream connection without writing anything: the caller refuses the
+    /// request instead, and that refusal is the record.
+    pub fn abandon(self) {}
+
+    /// Writes the record and log line with `outcome`; a complete body returns the
+    /// connection to the pool.
+    pub fn write(mut self, outcome: &'static str, bytes_down: u64) {
         if outcome == "complete" {
             if let Some((key, sender)) = self.reuse.take() {
                 self.shared.pool.put(key, sender);

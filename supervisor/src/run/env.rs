@@ -1,7 +1,17 @@
-//! The child's environment: clean by default, never holding a secret.
+//! The child's environment: clean by default, never holding a secret; with the network on,
+//! the proxy settings, the trust bundle for the execution's CA, the placeholders and the
+//! Python helper, which live in the execution's runtime directory.
+//!
+//! The runtime directory (`/run/tollgate/<execution-id>/`, root-owned, world-readable, no
+//! secret in it) holds the CA bundle and `tollgate_http.py`. Its guard removes it on every
+//! exit path; `gc_runtime_dirs` removes those of supervisors that were killed (a runtime
+//! directory whose execution cgroup is gone).
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 use tollgate_policy::schema::SecretRef;
 use tollgate_policy::Policy;
 
@@ -9,17 +19,52 @@ use tollgate_policy::Policy;
 /// /root, which the sandbox user cannot enter).
 pub const SANDBOX_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
+/// Where executions' runtime directories live.
+pub const RUNTIME_ROOT: &str = "/run/tollgate";
+
+/// The variables that name the CA bundle, one per client family: OpenSSL (Python's `ssl`,
+/// curl, git, Ruby…), requests, curl, Node (added to its own roots), git, pip, Deno, Cargo.
+pub const CA_VARIABLES: [&str; 8] = [
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "NODE_EXTRA_CA_CERTS",
+    "GIT_SSL_CAINFO",
+    "PIP_CERT",
+    "DENO_CERT",
+    "CARGO_HTTP_CAINFO",
+];
+
+/// The seed's Python API (`from tollgate_http import http`), shipped inside the binary.
+const PYTHON_HELPER: &str = include_str!("../../../clients/python/tollgate_http.py");
+
+/// What the child gets when its network is on.
+#[derive(Debug, Clone)]
+pub struct NetworkEnv {
+    /// The proxy listener, inside the sandbox's namespace.
+    pub proxy: SocketAddr,
+    /// The CA bundle the sandbox trusts.
+    pub ca_bundle: PathBuf,
+    /// The directory holding `tollgate_http.py`, first on `PYTHONPATH`.
+    pub python_path: PathBuf,
+    /// `(variable, placeholder)` pairs.
+    pub placeholders: Vec<(String, String)>,
+}
+
 /// Builds the child's environment from the clean defaults, `--pass-env`, `--env` and, when
-/// the network is enabled, the proxy settings. Refuses to pass a variable that holds a
-/// provider's secret.
+/// the network is enabled, the proxy, CA and helper settings and the placeholders. Refuses
+/// to pass a variable that holds a provider's secret or that a placeholder takes.
 pub fn child_environment(
     policy: Option<&Policy>,
     pass: &[String],
     set: &[(String, String)],
-    proxy: Option<SocketAddr>,
+    network: Option<&NetworkEnv>,
     home: &str,
 ) -> Result<BTreeMap<String, String>, String> {
     let secret_vars = secret_variables(policy);
+    let placeholder_vars: Vec<&str> = policy
+        .map(|p| p.placeholders.iter().map(|ph| ph.env.as_str()).collect())
+        .unwrap_or_default();
     let mut env = BTreeMap::new();
     env.insert("PATH".to_owned(), SANDBOX_PATH.to_owned());
     env.insert("HOME".to_owned(), home.to_owned());
@@ -38,6 +83,12 @@ pub fn child_environment(
                 policy.map(|p| p.team.as_str()).unwrap_or("?")
             ));
         }
+        if placeholder_vars.contains(&name.as_str()) {
+            return Err(format!(
+                "--pass-env {name} names a variable that holds a credential placeholder; \
+                 tollgate sets it itself"
+            ));
+        }
         if let Ok(value) = std::env::var(name) {
             env.insert(name.clone(), value);
         }
@@ -48,10 +99,16 @@ pub fn child_environment(
                 "--env {name} names a provider secret variable; choose another name"
             ));
         }
+        if placeholder_vars.contains(&name.as_str()) {
+            return Err(format!(
+                "--env {name} names a variable that holds a credential placeholder; \
+                 tollgate sets it itself"
+            ));
+        }
         env.insert(name.clone(), value.clone());
     }
-    if let Some(address) = proxy {
-        let url = format!("http://{address}");
+    if let Some(network) = network {
+        let url = format!("http://{}", network.proxy);
         for name in [
             "HTTP_PROXY",
             "HTTPS_PROXY",
@@ -64,6 +121,19 @@ pub fn child_environment(
         }
         for name in ["NO_PROXY", "no_proxy"] {
             env.insert(name.to_owned(), "localhost,127.0.0.1,::1".to_owned());
+        }
+        let bundle = network.ca_bundle.display().to_string();
+        for name in CA_VARIABLES {
+            env.insert(name.to_owned(), bundle.clone());
+        }
+        let helper = network.python_path.display().to_string();
+        let python_path = match env.get("PYTHONPATH") {
+            Some(theirs) if !theirs.is_empty() => format!("{helper}:{theirs}"),
+            _ => helper,
+        };
+        env.insert("PYTHONPATH".to_owned(), python_path);
+        for (name, value) in &network.placeholders {
+            env.insert(name.clone(), value.clone());
         }
     }
     Ok(env)
@@ -86,4 +156,169 @@ fn secret_variables(policy: Option<&Policy>) -> Vec<String> {
         push(&bot.key);
     }
     names
+}
+
+/// `/run/tollgate/<execution-id>/`: files the sandbox reads, removed when dropped.
+#[derive(Debug)]
+pub struct RuntimeDir {
+    path: PathBuf,
+}
+
+impl RuntimeDir {
+    /// Creates the directory (0755, root's) with the CA bundle (`ca-bundle.pem`, 0644) and
+    /// the Python helper (`python/tollgate_http.py`, 0644).
+    pub fn create(execution: &str, ca_bundle: &[u8]) -> Result<RuntimeDir, String> {
+        RuntimeDir::create_under(Path::new(RUNTIME_ROOT), execution, ca_bundle)
+    }
+
+    pub fn create_under(
+        root: &Path,
+        execution: &str,
+        ca_bundle: &[u8],
+    ) -> Result<RuntimeDir, String> {
+        let failed = |what: &Path, e: std::io::Error| {
+            format!(
+                "cannot create the execution's runtime directory ({}): {e}",
+                what.display()
+            )
+        };
+        let mut dirs = std::fs::DirBuilder::new();
+        dirs.mode(0o755).recursive(true);
+        dirs.create(root).map_err(|e| failed(root, e))?;
+        let path = root.join(execution);
+        std::fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&path)
+            .map_err(|e| failed(&path, e))?;
+        // From here on the guard removes whatever was made.
+        let dir = RuntimeDir { path };
+        let python = dir.path.join("python");
+        std::fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&python)
+            .map_err(|e| failed(&python, e))?;
+        write_public(&dir.ca_bundle(), ca_bundle).map_err(|e| failed(&dir.ca_bundle(), e))?;
+        let helper = python.join("tollgate_http.py");
+        write_public(&helper, PYTHON_HELPER.as_bytes()).map_err(|e| failed(&helper, e))?;
+        Ok(dir)
+    }
+
+    #[cfg(test)]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn ca_bundle(&self) -> PathBuf {
+        self.path.join("ca-bundle.pem")
+    }
+
+    pub fn python_path(&self) -> PathBuf {
+        self.path.join("python")
+    }
+}
+
+impl Drop for RuntimeDir {
+    fn drop(&mut self) {
+        if let Err(error) = std::fs::remove_dir_all(&self.path) {
+            if error.kind() != std::io::ErrorKind::NotFound {
+                eprintln!(
+                    "tollgate: cannot remove the runtime directory {}: {error}",
+                    self.path.display()
+                );
+            }
+        }
+    }
+}
+
+/// A new file, 0644 whatever the umask, never following a planted symlink.
+fn write_public(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    file.write_all(data)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o644))
+}
+
+/// Removes runtime directories of executions whose cgroup is gone (their supervisor was
+/// killed before its teardown); run after the cgroup gc. A live execution creates its cgroup
+/// before its runtime directory and removes it only after its child is dead.
+pub fn gc_runtime_dirs(cgroup_root: &Path) {
+    let Ok(entries) = std::fs::read_dir(RUNTIME_ROOT) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(id) = name.to_str() else { continue };
+        if crate::sandbox::cgroup::validate_execution_id(id).is_err() {
+            continue;
+        }
+        if !cgroup_root.join(id).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_runtime_dir_is_public_and_removed_on_drop() {
+        use std::os::unix::fs::PermissionsExt;
+        let root =
+            std::env::temp_dir().join(format!("tollgate-runtime-test-{}", std::process::id()));
+        let dir = RuntimeDir::create_under(&root, "exec-1", b"PEM").expect("create");
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode(dir.path()), 0o755);
+        assert_eq!(mode(&dir.ca_bundle()), 0o644);
+        assert_eq!(std::fs::read(dir.ca_bundle()).expect("read"), b"PEM");
+        let helper = dir.python_path().join("tollgate_http.py");
+        assert!(std::fs::read_to_string(helper)
+            .expect("helper")
+            .contains("class HttpError"));
+        let path = dir.path().to_owned();
+        drop(dir);
+        assert!(!path.exists());
+        let _ = std::fs::remove_dir_all(root);
+    }
+
+    #[test]
+    fn placeholders_and_ca_variables_are_set_and_not_overridable() {
+        let policy = Policy::from_yaml(
+            "t.yaml",
+            "version: 1\nteam: acme\nnetwork:\n  allow: [https://api.example.com]\nauth_providers:\n  - name: K\n    type: bearer\n    secret: {env: K_SECRET}\n    scope: [https://api.example.com]\nplaceholders:\n  - {env: API_KEY, provider: K}\n",
+        )
+        .expect("policy");
+        let network = NetworkEnv {
+            proxy: "127.0.0.1:3128".parse().expect("addr"),
+            ca_bundle: "/run/tollgate/x/ca-bundle.pem".into(),
+            python_path: "/run/tollgate/x/python".into(),
+            placeholders: vec![("API_KEY".into(), "tollgate_ph_0123".into())],
+        };
+        let env = child_environment(
+            Some(&policy),
+            &[],
+            &[("PYTHONPATH".into(), "/mine".into())],
+            Some(&network),
+            "/tmp",
+        )
+        .expect("env");
+        for name in CA_VARIABLES {
+            assert_eq!(env[name], "/run/tollgate/x/ca-bundle.pem");
+        }
+        assert_eq!(env["PYTHONPATH"], "/run/tollgate/x/python:/mine");
+        assert_eq!(env["API_KEY"], "tollgate_ph_0123");
+        let refused = child_environment(
+            Some(&policy),
+            &[],
+            &[("API_KEY".into(), "x".into())],
+            Some(&network),
+            "/tmp",
+        );
+        assert!(refused.is_err());
+    }
 }

@@ -8,16 +8,11 @@
 use super::bypass_record;
 use crate::audit::AuditLog;
 use crate::sandbox::bpf::{AttachedWall, WallReport};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 /// Individual `bypass_attempt` records written per execution at most.
 pub const MAX_RECORDS: usize = 1000;
-
-/// How long one wait for events lasts before the stop flag is checked again.
-const POLL: Duration = Duration::from_millis(100);
 
 struct Writer {
     audit: AuditLog,
@@ -44,7 +39,9 @@ impl Writer {
 
 /// The thread draining one wall; [`EventPump::finish`] detaches the wall and returns its report.
 pub struct EventPump {
-    stop: Arc<AtomicBool>,
+    /// Dropping it wakes the thread (the read end sees POLLHUP): no polling interval, so
+    /// stopping costs nothing at teardown.
+    stop: OwnedFd,
     thread: JoinHandle<(AttachedWall, Writer)>,
 }
 
@@ -54,9 +51,8 @@ impl EventPump {
         audit: AuditLog,
         execution: String,
         team: Option<String>,
-    ) -> EventPump {
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
+    ) -> std::io::Result<EventPump> {
+        let (stopped, stop) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         let mut writer = Writer {
             audit,
             execution,
@@ -64,25 +60,55 @@ impl EventPump {
             written: 0,
         };
         let thread = std::thread::spawn(move || {
-            while !stopping.load(Ordering::Relaxed) {
-                // A poll error only delays reports: they are read again at detach.
-                if wall.wait_for_events(POLL).unwrap_or(false) {
-                    let attempts = wall.drain_events();
-                    writer.write(&attempts);
-                }
+            while wait(&wall, &stopped) {
+                let attempts = wall.drain_events();
+                writer.write(&attempts);
             }
             (wall, writer)
         });
-        EventPump { stop, thread }
+        Ok(EventPump { stop, thread })
     }
 
     /// Stops the thread, detaches the wall (killing what is left in the cgroup first) and
     /// writes the last reports.
     pub fn finish(self) -> Option<WallReport> {
-        self.stop.store(true, Ordering::Relaxed);
+        drop(self.stop);
         let (wall, mut writer) = self.thread.join().ok()?;
         let report = wall.detach();
         writer.write(&report.events);
         Some(report)
+    }
+}
+
+/// Blocks until the ring has events (true) or the pump is stopped (false).
+fn wait(wall: &AttachedWall, stopped: &OwnedFd) -> bool {
+    let mut fds = [
+        libc::pollfd {
+            fd: wall.events_fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: stopped.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    loop {
+        // SAFETY: two valid pollfds on descriptors this thread owns or borrows.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if ready < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            // Reports are read again at detach; nothing is lost by stopping early.
+            return false;
+        }
+        if fds[1].revents != 0 {
+            return false;
+        }
+        if fds[0].revents != 0 {
+            return true;
+        }
     }
 }

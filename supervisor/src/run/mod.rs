@@ -14,7 +14,7 @@ mod events;
 mod summary;
 
 use crate::audit::{now_rfc3339, AuditLog};
-use crate::proxy::Proxy;
+use crate::proxy::{Credentials, Interception, Proxy};
 use crate::sandbox::bpf::{AttachedWall, EgressPrograms};
 use crate::sandbox::cgroup::{self, ExecutionCgroup};
 use crate::sandbox::command::{self, CommandProblem};
@@ -40,6 +40,10 @@ pub mod status {
 
 /// The default sandbox user and group: nobody/nogroup.
 pub const NOBODY: u32 = 65534;
+
+/// How long the execution's CA is valid when the run has no `--timeout` (with one, the CA
+/// lives as long as the timeout, plus a margin).
+const CA_LIFETIME_WITHOUT_TIMEOUT: Duration = Duration::from_secs(7 * 86_400);
 
 /// Everything `tollgate run` was asked to do.
 #[derive(Debug, Clone)]
@@ -128,6 +132,14 @@ fn execute(options: RunOptions) -> Result<i32, Refusal> {
         None => None,
     };
     let network = policy.as_ref().is_some_and(Policy::network_enabled);
+    // Secrets are read once, here, before anything is built: a missing one stops the run.
+    let credentials =
+        match &policy {
+            Some(policy) if network => Some(Credentials::load(policy).map_err(|e| {
+                Refusal::tollgate(format!("cannot load the team's credentials: {e}"))
+            })?),
+            _ => None,
+        };
     let program = options
         .command
         .first()
@@ -167,23 +179,54 @@ fn execute(options: RunOptions) -> Result<i32, Refusal> {
     if let Err(error) = cgroup::gc_stale() {
         tracing::warn!("cannot reap stale executions: {error}");
     }
+    if let Ok(mount) = cgroup::cgroup2_mount() {
+        env::gc_runtime_dirs(&mount.join("tollgate"));
+    }
     let execution = cgroup::new_execution_id()?;
     let team = policy.as_ref().map(|p| p.team.clone());
     let mut walls = Walls::build(&execution, layers, network)?;
     let proxy_address = walls.listener.as_ref().and_then(|l| l.local_addr().ok());
+    // The execution's CA and the files the sandbox reads (removed when `runtime_dir` drops).
+    let (interception, runtime_dir) = match (&policy, proxy_address) {
+        (Some(policy), Some(_)) if network => {
+            let lifetime = options.timeout.unwrap_or(CA_LIFETIME_WITHOUT_TIMEOUT);
+            let interception = Interception::for_policy(policy, &execution, lifetime)
+                .map_err(|e| Refusal::tollgate(format!("cannot set up TLS interception: {e}")))?;
+            let dir = env::RuntimeDir::create(&execution, &interception.sandbox_bundle())
+                .map_err(Refusal::tollgate)?;
+            (Some(Arc::new(interception)), Some(dir))
+        }
+        _ => (None, None),
+    };
+    let network_env = match (proxy_address, &runtime_dir) {
+        (Some(proxy), Some(dir)) => Some(env::NetworkEnv {
+            proxy,
+            ca_bundle: dir.ca_bundle(),
+            python_path: dir.python_path(),
+            placeholders: credentials
+                .as_ref()
+                .map(Credentials::placeholder_environment)
+                .unwrap_or_default(),
+        }),
+        _ => None,
+    };
     let environment = env::child_environment(
         policy.as_ref(),
         &options.pass_env,
         &options.env,
-        proxy_address,
+        network_env.as_ref(),
         "/tmp",
     )
     .map_err(Refusal::tollgate)?;
 
     let proxy = match (&policy, walls.listener.take()) {
         (Some(policy), Some(listener)) if network => {
-            let mut builder =
-                Proxy::builder(Arc::new(policy.clone())).execution_id(execution.clone());
+            let mut builder = Proxy::builder(Arc::new(policy.clone()))
+                .execution_id(execution.clone())
+                .credentials(credentials.unwrap_or_default());
+            if let Some(interception) = &interception {
+                builder = builder.interception(interception.clone());
+            }
             if let Some(writer) = audit.writer() {
                 builder = builder.audit(writer);
             }
@@ -200,10 +243,13 @@ fn execute(options: RunOptions) -> Result<i32, Refusal> {
     walls.pump = walls
         .wall
         .take()
-        .map(|wall| events::EventPump::start(wall, audit.clone(), execution.clone(), team.clone()));
+        .map(|wall| events::EventPump::start(wall, audit.clone(), execution.clone(), team.clone()))
+        .transpose()
+        .map_err(|e| Refusal::tollgate(format!("cannot start the audit event reader: {e}")))?;
     let ending = runtime.block_on(supervise(&options, &program, &cwd, environment, &walls));
     let report = walls.tear_down(&audit, &execution, team.as_deref());
     let proxy_stats = proxy.map(|handle| runtime.block_on(handle.shutdown()));
+    drop(runtime_dir);
     let ending = ending?;
 
     let (exit_status, signal) = exit_status_of(&ending);

@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# TLS interception benchmark: HTTPS GETs of a 100-byte file from nginx (TLS, 127.0.0.1)
+# straight to nginx and through tollgate's intercepting proxy (in-process,
+# examples/tls_bench.rs: CONNECT, TLS terminated with the execution CA, each request decided
+# and counted, upstream TLS verified against the test CA), on one keep-alive connection and
+# with a new connection (full handshakes, no resumption) per request; plus the cost of
+# generating the execution CA and minting a leaf certificate. With MITM=1, mitmproxy
+# (from PyPI, in a throwaway venv) is measured the same way for comparison.
+#
+#   bash scripts/bench-tls.sh                 # 3000 keep-alive / 500 new-connection requests
+#   N_KEEPALIVE=1000 N_NEW=200 bash scripts/bench-tls.sh
+#   MITM=1 bash scripts/bench-tls.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+N_KEEPALIVE=${N_KEEPALIVE:-3000}
+N_NEW=${N_NEW:-500}
+
+command -v nginx >/dev/null || {
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
+}
+cargo build --release --quiet -p tollgate --example tls_bench 2>&1 | grep -v '^warning: tollgate@' || true
+BIN=target/release/examples/tls_bench
+
+WORK=$(mktemp -d /tmp/tollgate-bench-tls.XXXXXX)
+chmod 755 "$WORK"
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+  for _ in $(seq 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "nothing listens on 127.0.0.1:$1" >&2; return 1
+}
+
+# The upstream's own CA and a leaf for bench.test.
+(
+  cd "$WORK"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key \
+    -out ca.pem -days 2 -subj "/CN=bench upstream CA" \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout leaf.key \
+    -out leaf.csr -subj /CN=bench.test 2>/dev/null
+  printf 'subjectAltName=DNS:bench.test\nextendedKeyUsage=serverAuth\n' >leaf.ext
+  openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out leaf.pem \
+    -days 2 -extfile leaf.ext 2>/dev/null
+)
+
+NGINX_PORT=$(free_port); TOLLGATE_PORT=$(free_port); MITM_PORT=$(free_port)
+mkdir -p "$WORK/www"
+head -c 100 /dev/zero | tr '\0' 'a' >"$WORK/www/small"
+chmod -R a+rX "$WORK/www"
+cat >"$WORK/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  keepalive_timeout 60s;
+  server {
+    listen 127.0.0.1:$NGINX_PORT ssl;
+    ssl_certificate $WORK/leaf.pem;
+    ssl_certificate_key $WORK/leaf.key;
+    ssl_session_tickets off;
+    ssl_session_cache off;
+    root $WORK/www;
+  }
+}
+CONF
+nginx -c "$WORK/nginx.conf" -e "$WORK/nginx-error.log" &
+PIDS+=($!)
+"$BIN" proxy "127.0.0.1:$TOLLGATE_PORT" "127.0.0.1:$NGINX_PORT" "$WORK/ca.pem" "$WORK/execution-ca.pem" >"$WORK/proxy.out" &
+PIDS+=($!)
+wait_port "$NGINX_PORT"; wait_port "$TOLLGATE_PORT"
+for _ in $(seq 100); do [ -s "$WORK/execution-ca.pem" ] && break; sleep 0.05; done
+
+RESULTS="$WORK/results.jsonl"
+: >"$RESULTS"
+"$BIN" client direct "127.0.0.1:$NGINX_PORT" "$WORK/ca.pem" "$N_KEEPALIVE" keepalive >>"$RESULTS"
+"$BIN" client proxy "127.0.0.1:$TOLLGATE_PORT" "$WORK/execution-ca.pem" "$N_KEEPALIVE" keepalive >>"$RESULTS"
+"$BIN" client direct "127.0.0.1:$NGINX_PORT" "$WORK/ca.pem" "$N_NEW" new >>"$RESULTS"
+"$BIN" client proxy "127.0.0.1:$TOLLGATE_PORT" "$WORK/execution-ca.pem" "$N_NEW" new >>"$RESULTS"
+
+if [ "${MITM:-0}" = 1 ]; then
+  /usr/bin/python3 -m venv "$WORK/venv" >/dev/null
+  "$WORK/venv/bin/pip" install -q mitmproxy >/dev/null
+  # mitmdump makes its CA under --set confdir. bench.test does not resolve, so map-remote
+  # sends it to nginx by address, whose certificate then does not match: mitmproxy's
+  # upstream verification is off (ssl_insecure), which only flatters mitmproxy.
+  "$WORK/venv/bin/mitmdump" -q --listen-host 127.0.0.1 --listen-port "$MITM_PORT" \
+    --set confdir="$WORK/mitm" --set ssl_insecure=true \
+    --map-remote "|//bench.test|//127.0.0.1:$NGINX_PORT" \
+    --set connection_strategy=lazy &
+  PIDS+=($!)
+  wait_port "$MITM_PORT"
+  for _ in $(seq 100); do [ -s "$WORK/mitm/mitmproxy-ca-cert.pem" ] && break; sleep 0.1; done
+  "$BIN" client proxy "127.0.0.1:$MITM_PORT" "$WORK/mitm/mitmproxy-ca-cert.pem" "$N_KEEPALIVE" keepalive \
+    | sed 's/"tollgate"/"mitmproxy"/' >>"$RESULTS" || echo '{"path":"mitmproxy","mode":"keepalive","error":"failed"}' >>"$RESULTS"
+  "$BIN" client proxy "127.0.0.1:$MITM_PORT" "$WORK/mitm/mitmproxy-ca-cert.pem" "$N_NEW" new \
+    | sed 's/"tollgate"/"mitmproxy"/' >>"$RESULTS" || echo '{"path":"mitmproxy","mode":"new","error":"failed"}' >>"$RESULTS"
+fi
+
+MINT=$("$BIN" mint 2000)
+
+echo
+echo "HTTPS GET of 100 bytes, sequential, one client; nginx 1 worker; $(nproc) cores"
+/usr/bin/python3 - "$RESULTS" "$MINT" <<'PY'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+direct = {r["mode"]: r for r in rows if r.get("path") == "direct"}
+print("| connection | path | mean | p50 | p99 | req/s | p50 vs direct |")
+print("|---|---|---|---|---|---|---|")
+for r in rows:
+    if "error" in r:
+        print(f"| {r['mode']} | {r['path']} | failed | | | | |")
+        continue
+    base = direct.get(r["mode"])
+    ratio = f"{r['p50_us'] / base['p50_us']:.2f}x" if base else ""
+    print(f"| {r['mode']} | {r['path']} | {r['mean_us']:.0f} µs | {r['p50_us']:.0f} µs | "
+          f"{r['p99_us']:.0f} µs | {r['req_per_s']:.0f} | {ratio} |")
+mint = json.loads(sys.argv[2])
+print()
+print(f"execution CA generation: {mint['ca_generate_us']} µs; leaf certificate minted "
+      f"(key pair shared, ServerConfig built): {mint['leaf_mint_us']} µs; cached leaf lookup: "
+      f"{mint['leaf_cached_us']:.2f} µs")
+PY

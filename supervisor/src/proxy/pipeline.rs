@@ -1,0 +1,362 @@
+//! The request pipeline every HTTP request takes, whether it arrived in absolute form
+//! (`forward`) or inside an intercepted TLS tunnel (`intercept`): the two differ only in how
+//! the URL is read.
+//!
+//! refuse smuggling → decide → resolve → decide on the addresses → hooks (a rewritten URL
+//! goes through the gate again) → read the body under its limit → credentials (placeholders,
+//! `Tollgate-Auth`, URL credentials) → attempts (`attempt`: budget, connection, TLS,
+//! signature, exchange, retry) → relay the response (echoed secrets redacted) → audit.
+
+use super::audit::AuditRecord;
+use super::body::{self, ProxyBody};
+use super::errors::{ErrorCode, ProxyError};
+use super::hooks::{HookRequest, HookResponse, HookVerdict};
+use super::relay::{Finish, RelayBody};
+use super::{attempt, credentials, gate, headers, limits, redact, refuse, Shared};
+use bytes::Bytes;
+use http::request::Parts;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response, Uri};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tollgate_policy::url::NormalizedUrl;
+use tollgate_policy::Decision;
+
+/// Runs `url` (already parsed and normalised) through every step; every outcome is a
+/// response and an audit record. `kind` is the audit record's kind.
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    url: Result<NormalizedUrl, ProxyError>,
+    parts: Parts,
+    body: Incoming,
+    ambiguous_framing: bool,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let mut record = AuditRecord::new(
+        &shared.execution,
+        &shared.policy.team,
+        "http",
+        parts.method.as_str(),
+        None,
+    );
+    let result = match url {
+        Ok(url) => steps(&shared, url, parts, body, ambiguous_framing, &mut record).await,
+        Err(error) => Err(error),
+    };
+    match result {
+        Ok(response) => response,
+        Err(error) => refuse(&shared, record, &error, started),
+    }
+}
+
+/// The decided, prepared request, ready for attempts.
+pub(crate) struct Outgoing {
+    pub method: Method,
+    pub url: NormalizedUrl,
+    /// `scheme://authority`: the pool key and the summary's destination.
+    pub origin: String,
+    /// The origin-form target sent upstream (normalised path and query).
+    pub target: Uri,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub decision: Decision,
+    pub timeout: Duration,
+    /// The response may echo a secret: buffer it and redact.
+    pub redact: bool,
+}
+
+async fn steps(
+    shared: &Arc<Shared>,
+    url: NormalizedUrl,
+    parts: Parts,
+    body: Incoming,
+    ambiguous_framing: bool,
+    record: &mut AuditRecord,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    set_url(record, &url);
+    if ambiguous_framing {
+        return Err(headers::both_lengths());
+    }
+    headers::refuse_smuggling(&parts.headers, &url)?;
+    let timeout = shared
+        .policy
+        .limits
+        .clamp_timeout(headers::requested_timeout(&parts.headers)?);
+    let provider = headers::requested_provider(&parts.headers)?;
+    let mut outgoing_headers = parts.headers;
+    headers::sanitise_request(&mut outgoing_headers);
+    let (url, decision) = decide_and_hook(
+        shared,
+        &parts.method,
+        url,
+        provider.as_deref(),
+        &mut outgoing_headers,
+        record,
+    )
+    .await?;
+    let limit = shared.policy.limits.max_request_bytes;
+    limits::check_declared_length(&outgoing_headers, limit)?;
+    apply_team_edits(&mut outgoing_headers, &decision);
+    outgoing_headers.remove(header::CONTENT_LENGTH);
+    headers::set_host(&mut outgoing_headers, &url)?;
+    headers::add_via(&mut outgoing_headers);
+    let body = match tokio::time::timeout(timeout, limits::read_body(body, limit)).await {
+        Ok(body) => body?,
+        Err(_) => {
+            return Err(ProxyError::new(
+                ErrorCode::ClientTimeout,
+                format!("the request body did not arrive within {timeout:?}"),
+            ))
+        }
+    };
+    record.bytes_up = body.len() as u64;
+    let attached = credentials::attach(
+        &shared.credentials,
+        &shared.policy,
+        &url,
+        provider.as_deref(),
+        &mut outgoing_headers,
+        &body,
+    )
+    .map_err(|refused| {
+        record.finding = refused.finding;
+        refused.error
+    })?;
+    record.credentials = attached.providers;
+    if attached.redact {
+        // Compressed bodies cannot be searched for echoed secrets.
+        outgoing_headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+    }
+    let target: Uri = url
+        .origin_form()
+        .parse()
+        .map_err(|_| ProxyError::new(ErrorCode::InvalidUrl, "the URL path cannot be sent"))?;
+    let outgoing = Outgoing {
+        method: parts.method,
+        origin: format!("{}://{}", url.scheme, url.authority()),
+        url,
+        target,
+        headers: outgoing_headers,
+        body,
+        decision,
+        timeout,
+        redact: attached.redact,
+    };
+    let sent = attempt::attempts(shared, &outgoing, record).await?;
+    relay(shared, &outgoing, sent, record.clone()).await
+}
+
+fn set_url(record: &mut AuditRecord, url: &NormalizedUrl) {
+    record.scheme = url.scheme.clone();
+    record.host = url.host_str();
+    record.port = url.port;
+    record.path = url.path.clone();
+}
+
+fn set_decision(record: &mut AuditRecord, decision: &Decision) {
+    record.decision = "allow";
+    record.reason = decision.reason.clone();
+    record.rule = decision.rule.clone();
+}
+
+/// decide → resolve → decide, then the `before_http` hooks; a rewritten URL is decided again.
+async fn decide_and_hook(
+    shared: &Shared,
+    method: &Method,
+    url: NormalizedUrl,
+    credential: Option<&str>,
+    headers: &mut HeaderMap,
+    record: &mut AuditRecord,
+) -> Result<(NormalizedUrl, Decision), ProxyError> {
+    let names = headers::names(headers);
+    let decision = gate::clear(shared, method.as_str(), &url, false, &names, credential).await?;
+    set_decision(record, &decision);
+    if shared.before.is_empty() {
+        return Ok((url, decision));
+    }
+    let mut hooked = HookRequest::new(method.clone(), url.clone(), std::mem::take(headers));
+    for hook in &shared.before {
+        if let HookVerdict::Cancel(reason) = hook.before_http(&mut hooked).await {
+            return Err(ProxyError::new(
+                ErrorCode::PolicyDenied,
+                format!("the request was cancelled by a supervisor hook: {reason}"),
+            )
+            .with_reason("hook_cancelled"));
+        }
+    }
+    *headers = hooked.headers;
+    headers::sanitise_request(headers);
+    if hooked.url == url {
+        return Ok((url, decision));
+    }
+    let url = hooked.url;
+    set_url(record, &url);
+    let names = headers::names(headers);
+    let decision = gate::clear(shared, method.as_str(), &url, false, &names, credential).await?;
+    set_decision(record, &decision);
+    Ok((url, decision))
+}
+
+/// Header edits from the team's Rego rules: removals, then sets.
+fn apply_team_edits(headers: &mut HeaderMap, decision: &Decision) {
+    for name in &decision.team.remove_headers {
+        if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
+            headers.remove(name);
+        }
+    }
+    for (name, value) in &decision.team.set_headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.insert(name, value);
+        }
+    }
+}
+
+/// Relays the final response: size check on `Content-Length`, hop-by-hop removal, `Via`,
+/// redaction of echoed secrets, `after_http` hooks, then the body under its limits (see
+/// `relay`), buffered when it must be searched for secrets.
+async fn relay(
+    shared: &Arc<Shared>,
+    outgoing: &Outgoing,
+    sent: attempt::Sent,
+    mut record: AuditRecord,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let (mut parts, body) = sent.response.into_parts();
+    record.address = Some(sent.peer.to_string());
+    record.attempt = Some(sent.attempt);
+    record.status = Some(parts.status.as_u16());
+    let limit = shared.policy.limits.max_response_bytes;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(ProxyError::new(
+            ErrorCode::ResponseTooLarge,
+            format!(
+                "the response from {} is larger than the {limit}-byte limit (limits.max_response_bytes)",
+                outgoing.url.authority()
+            ),
+        ));
+    }
+    let reusable = !parts.headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.to_ascii_lowercase().contains("close"))
+    });
+    headers::remove_hop_by_hop(&mut parts.headers);
+    headers::remove_own(&mut parts.headers);
+    headers::add_via(&mut parts.headers);
+    if outgoing.redact {
+        let needles = shared.credentials.needles();
+        let changed = redact::headers(&mut parts.headers, needles);
+        if changed > 0 {
+            record.finding = Some("secret_echoed");
+        }
+    }
+    if !shared.after.is_empty() {
+        let seen = HookResponse {
+            method: outgoing.method.clone(),
+            url: outgoing.url.clone(),
+            status: parts.status,
+            headers: parts.headers.clone(),
+        };
+        for hook in &shared.after {
+            hook.after_http(&seen).await;
+        }
+    }
+    let finish = Finish {
+        shared: shared.clone(),
+        line: format!(
+            "{} {} -> {}",
+            outgoing.method,
+            outgoing.url.redacted(),
+            parts.status.as_u16()
+        ),
+        record,
+        started: sent.started,
+        reuse: reusable.then_some(sent.connection),
+    };
+    shared.stats.bytes(outgoing.body.len() as u64, 0);
+    if outgoing.redact {
+        return buffered(shared, outgoing, parts, body, limit, sent.deadline, finish).await;
+    }
+    let deadline = Box::pin(tokio::time::sleep_until(sent.deadline));
+    let body = RelayBody::new(body, limit, deadline, finish);
+    Ok(Response::from_parts(parts, body.boxed()))
+}
+
+/// The whole body read (under the limit and the deadline), searched for every secret, and
+/// sent with its new length. A compressed body cannot be searched, so it is refused: tollgate
+/// asked for `Accept-Encoding: identity`.
+async fn buffered(
+    shared: &Arc<Shared>,
+    outgoing: &Outgoing,
+    mut parts: http::response::Parts,
+    body: Incoming,
+    limit: u64,
+    deadline: tokio::time::Instant,
+    mut finish: Finish,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let encoded = parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && !v.eq_ignore_ascii_case("identity"))
+        .map(str::to_owned);
+    if let Some(encoding) = encoded {
+        finish.abandon();
+        return Err(ProxyError::new(
+            ErrorCode::ConnectError,
+            format!(
+                "{} answered with a {encoding}-encoded body although tollgate asked for none; bodies from credential scopes must be readable so echoed secrets can be removed",
+                outgoing.url.authority()
+            ),
+        )
+        .with_reason("encoded_response"));
+    }
+    let authority = outgoing.url.authority();
+    let read = tokio::time::timeout_at(deadline, limits::read_response(body, limit, &authority));
+    let data = match read.await {
+        Err(_) => {
+            finish.abandon();
+            return Err(ProxyError::new(
+                ErrorCode::Timeout,
+                format!(
+                    "{authority} did not finish its response within {:?}",
+                    outgoing.timeout
+                ),
+            ));
+        }
+        Ok(Err(error)) => {
+            finish.abandon();
+            return Err(error);
+        }
+        Ok(Ok(data)) => data,
+    };
+    let data = match redact::bytes(&data, shared.credentials.needles()) {
+        Some(clean) => {
+            finish.record.finding = Some("secret_echoed");
+            Bytes::from(clean)
+        }
+        None => data,
+    };
+    let status = parts.status.as_u16();
+    let bodiless =
+        outgoing.method == Method::HEAD || status < 200 || status == 204 || status == 304;
+    if !bodiless {
+        parts.headers.remove(header::TRANSFER_ENCODING);
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(data.len()));
+    }
+    finish.write("complete", data.len() as u64);
+    Ok(Response::from_parts(parts, body::full(data)))
+}

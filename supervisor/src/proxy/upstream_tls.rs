@@ -1,0 +1,201 @@
+//! TLS towards upstreams: rustls, verifying against the system's CA bundle plus the team's
+//! own `network.upstream_ca` (internal CAs), with SNI for the decided host name and ALPN
+//! `http/1.1`.
+//!
+//! The system bundle is the file OpenSSL would use (`SSL_CERT_FILE`, else the
+//! distribution's bundle); its text also goes, verbatim, into the sandbox's trust bundle.
+//! Parsing it into a root store is deferred to the first upstream TLS connection, so
+//! executions that never reach an HTTPS upstream do not pay for it. A certificate the
+//! upstream presents that does not verify is a `upstream_tls_error` with rustls's reason,
+//! never retried; a connection reset during the handshake is retried like any reset.
+
+use super::transport::Upstream;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
+use rustls_pki_types::pem::PemObject;
+use std::io;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+use tollgate_policy::url::UrlHost;
+
+/// Roots files larger than this are refused (the Debian bundle is about 220 KB).
+const MAX_BUNDLE_BYTES: u64 = 16 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    #[error("network.upstream_ca {path}: {reason}")]
+    UpstreamCa { path: String, reason: String },
+    #[error("cannot read the system CA bundle {path}: {reason}")]
+    System { path: String, reason: String },
+}
+
+/// Why an upstream TLS connection failed.
+#[derive(Debug)]
+pub enum HandshakeError {
+    /// TLS itself refused: certificate, protocol, alert. Not retried.
+    Tls(String),
+    /// The connection failed under the handshake (reset, closed): retried like a reset.
+    Io(io::Error),
+}
+
+impl std::fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HandshakeError::Tls(reason) => f.write_str(reason),
+            HandshakeError::Io(error) => write!(f, "{error}"),
+        }
+    }
+}
+
+/// The roots upstreams are verified against, and the client configuration built from them.
+pub struct UpstreamTrust {
+    /// The system bundle's text, for the sandbox's bundle.
+    system_pem: Vec<u8>,
+    system_path: Option<PathBuf>,
+    /// The team's extra roots (`network.upstream_ca`), PEM text and parsed.
+    team_pem: Vec<u8>,
+    team: Vec<CertificateDer<'static>>,
+    config: OnceLock<Result<Arc<ClientConfig>, String>>,
+}
+
+impl std::fmt::Debug for UpstreamTrust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTrust")
+            .field("system", &self.system_path)
+            .field("team_roots", &self.team.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl UpstreamTrust {
+    /// Reads the system bundle and `upstream_ca` (checked now, so a bad file stops the run
+    /// before the sandbox starts).
+    pub fn load(upstream_ca: Option<&Path>) -> Result<UpstreamTrust, TrustError> {
+        let system_path = openssl_probe::probe().cert_file;
+        let system_pem = match &system_path {
+            Some(path) => read_limited(path).map_err(|reason| TrustError::System {
+                path: path.display().to_string(),
+                reason,
+            })?,
+            None => Vec::new(),
+        };
+        let (team_pem, team) = match upstream_ca {
+            None => (Vec::new(), Vec::new()),
+            Some(path) => {
+                let failed = |reason: String| TrustError::UpstreamCa {
+                    path: path.display().to_string(),
+                    reason,
+                };
+                let text = read_limited(path).map_err(failed)?;
+                let certs = CertificateDer::pem_slice_iter(&text)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| failed(format!("not PEM certificates: {e}")))?;
+                if certs.is_empty() {
+                    return Err(failed("contains no PEM certificate".into()));
+                }
+                let mut store = RootCertStore::empty();
+                for cert in &certs {
+                    store.add(cert.clone()).map_err(|e| {
+                        failed(format!("a certificate is not usable as a root: {e}"))
+                    })?;
+                }
+                (text, certs)
+            }
+        };
+        Ok(UpstreamTrust {
+            system_pem,
+            system_path,
+            team_pem,
+            team,
+            config: OnceLock::new(),
+        })
+    }
+
+    /// The system bundle followed by the team's roots, as PEM text (for the sandbox, whose
+    /// passthrough tunnels verify upstreams themselves).
+    pub fn bundle_pem(&self) -> Vec<u8> {
+        let mut out = self.system_pem.clone();
+        if !out.is_empty() && !out.ends_with(b"\n") {
+            out.push(b'\n');
+        }
+        out.extend_from_slice(&self.team_pem);
+        out
+    }
+
+    /// The client configuration (built on first use).
+    pub fn client_config(&self) -> Result<Arc<ClientConfig>, String> {
+        self.config
+            .get_or_init(|| {
+                let mut roots = RootCertStore::empty();
+                let system = CertificateDer::pem_slice_iter(&self.system_pem).flatten();
+                let (added, ignored) = roots.add_parsable_certificates(system);
+                tracing::debug!("upstream TLS: {added} system roots ({ignored} unusable)");
+                for cert in &self.team {
+                    let _ = roots.add(cert.clone());
+                }
+                let provider = Arc::new(rustls::crypto::ring::default_provider());
+                let mut config = ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| format!("upstream TLS cannot be configured: {e}"))?
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+                config.alpn_protocols = vec![b"http/1.1".to_vec()];
+                Ok(Arc::new(config))
+            })
+            .clone()
+    }
+
+    /// A TLS client connection to `host` over `stream`.
+    pub async fn connect(
+        &self,
+        host: &UrlHost,
+        stream: Box<dyn Upstream>,
+    ) -> Result<TlsStream<Box<dyn Upstream>>, HandshakeError> {
+        let name = match host {
+            UrlHost::Ip(ip) => ServerName::IpAddress(ip_for_rustls(*ip)),
+            UrlHost::Domain(name) => ServerName::try_from(name.clone()).map_err(|e| {
+                HandshakeError::Tls(format!("{name} is not a valid TLS server name: {e}"))
+            })?,
+        };
+        let config = self.client_config().map_err(HandshakeError::Tls)?;
+        TlsConnector::from(config)
+            .connect(name, stream)
+            .await
+            .map_err(classify)
+    }
+}
+
+fn ip_for_rustls(ip: IpAddr) -> rustls::pki_types::IpAddr {
+    rustls::pki_types::IpAddr::from(ip)
+}
+
+/// A rustls error inside the I/O error is a TLS refusal; anything else is the connection.
+fn classify(error: io::Error) -> HandshakeError {
+    let tls = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .map(ToString::to_string);
+    match tls {
+        Some(reason) => HandshakeError::Tls(reason),
+        None if error.kind() == io::ErrorKind::InvalidData => {
+            HandshakeError::Tls(error.to_string())
+        }
+        None => HandshakeError::Io(error),
+    }
+}
+
+fn read_limited(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut text = Vec::new();
+    file.take(MAX_BUNDLE_BYTES + 1)
+        .read_to_end(&mut text)
+        .map_err(|e| e.to_string())?;
+    if text.len() as u64 > MAX_BUNDLE_BYTES {
+        return Err(format!("larger than {MAX_BUNDLE_BYTES} bytes"));
+    }
+    Ok(text)
+}

@@ -1,0 +1,1008 @@
+//! TLS interception and team credentials end to end: `tollgate run` with real clients inside
+//! the sandbox (`/usr/bin/curl` without `-k`, `/usr/bin/python3` urllib, the `tollgate_http`
+//! helper), an HTTPS upstream with its own test CA (trusted through `network.upstream_ca`) in
+//! a network namespace the test builds, reached over a veth through a `hosts` pin and
+//! `allowed_ips`.
+//!
+//! Each test runs one or a few executions whose Python script prints its observations as one
+//! JSON object; the test checks them against what the upstream logged, the `--audit` file and
+//! the `--summary`, and greps every place a secret could leak to.
+//!
+//! Needs root (namespaces, veth pairs, `tollgate run`). No packet goes anywhere but loopback
+//! and the veth pairs made here (10.202.0.0/16, /30 per upstream).
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{BufRead as _, BufReader},
+    net::Ipv4Addr,
+    os::{fd::AsRawFd as _, unix::fs::PermissionsExt as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        mpsc,
+    },
+    thread,
+    time::Duration,
+};
+
+use base64::{engine::general_purpose::STANDARD, Engine as _};
+use serde_json::Value;
+use tollgate_tests::{
+    leaks::SuiteLock,
+    sandbox::{read_json, read_json_lines, shared_dir, Finished, Sandbox, PYTHON},
+    tollgate, Scratch,
+};
+use web_bot_auth::{
+    components::{CoveredComponent, DerivedComponent, HTTPField},
+    keyring::{JSONWebKeySet, KeyRing},
+    message_signatures::SignedMessage,
+    WebBotAuthVerifier,
+};
+
+const SERVER_PY: &str = include_str!("tls_e2e_server.py");
+const PORT: u16 = 443;
+
+// ---------------------------------------------------------------------------------------
+// An HTTPS upstream in its own network namespace
+// ---------------------------------------------------------------------------------------
+
+const LOCK_DIR: &str = "/tmp/tollgate-e2e-tls-upstreams";
+const SLOTS: u32 = 1 << 14;
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// The upstream's certificate material, made with the `openssl` CLI: a CA of its own and a
+/// leaf for every name the tests use.
+struct Material {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+const NAMES: [&str; 3] = [
+    "api.example.com",
+    "other.example.com",
+    "passthrough.example.com",
+];
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("/usr/bin/openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run openssl (scripts/bootstrap.sh installs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn make_material(dir: &Path) -> Material {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=tollgate e2e upstream CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    openssl(dir, &ca);
+    let mut csr = vec!["req"];
+    csr.extend(ec);
+    csr.extend([
+        "-keyout",
+        "leaf.key",
+        "-out",
+        "leaf.csr",
+        "-subj",
+        "/CN=api.example.com",
+    ]);
+    openssl(dir, &csr);
+    let sans: Vec<String> = NAMES.iter().map(|n| format!("DNS:{n}")).collect();
+    fs::write(
+        dir.join("leaf.ext"),
+        format!(
+            "subjectAltName={}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+            sans.join(",")
+        ),
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "leaf.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "leaf.ext",
+        ],
+    );
+    // The CA certificate is public: the sandbox may read it (passthrough test).
+    fs::set_permissions(dir.join("ca.pem"), fs::Permissions::from_mode(0o644)).unwrap();
+    Material {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("leaf.pem"),
+        key: dir.join("leaf.key"),
+    }
+}
+
+/// One HTTPS upstream host; the server, its namespace and the veth go on drop.
+struct TlsHost {
+    addr: Ipv4Addr,
+    veth: String,
+    server: Option<Child>,
+    log: PathBuf,
+    _lock: File,
+}
+
+impl TlsHost {
+    fn start(dir: &Path, material: &Material) -> TlsHost {
+        let (slot, lock) = take_slot();
+        let base = u32::from(Ipv4Addr::new(10, 202, 0, 0)) + slot * 4;
+        let mut host = TlsHost {
+            addr: Ipv4Addr::from(base + 2),
+            veth: format!("tgth{slot}"),
+            server: None,
+            log: dir.join("upstream-requests.jsonl"),
+            _lock: lock,
+        };
+        let _ = Command::new("/usr/sbin/ip")
+            .args(["link", "del", &host.veth])
+            .stderr(Stdio::null())
+            .status();
+        let stderr = File::create(dir.join("upstream.stderr")).unwrap();
+        let mut server = Command::new("/usr/bin/unshare")
+            .args(["--net", "--", PYTHON, "-c", SERVER_PY])
+            .arg(host.addr.to_string())
+            .arg(PORT.to_string())
+            .arg(&material.cert)
+            .arg(&material.key)
+            .arg(&host.log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("start the upstream under unshare --net");
+        let stdout = server.stdout.take().unwrap();
+        let pid = server.id();
+        host.server = Some(server);
+        let own = fs::read_link("/proc/self/ns/net").ok();
+        for _ in 0..500 {
+            let theirs = fs::read_link(format!("/proc/{pid}/ns/net")).ok();
+            if theirs.is_some() && theirs != own {
+                break;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        let peer = format!("tgtp{slot}");
+        let gateway = format!("{}/30", Ipv4Addr::from(base + 1));
+        let address = format!("{}/30", host.addr);
+        let pid = pid.to_string();
+        ip(&[
+            "link", "add", &host.veth, "type", "veth", "peer", "name", &peer, "netns", &pid,
+        ]);
+        ip(&["link", "set", "dev", &host.veth, "addrgenmode", "none"]);
+        ip(&["addr", "add", &gateway, "dev", &host.veth]);
+        ip(&["link", "set", "dev", &host.veth, "up"]);
+        let ns = format!("--net=/proc/{pid}/ns/net");
+        for args in [
+            vec!["link", "set", "dev", "lo", "up"],
+            vec!["link", "set", "dev", &peer, "addrgenmode", "none"],
+            vec!["addr", "add", &address, "dev", &peer],
+            vec!["link", "set", "dev", &peer, "up"],
+        ] {
+            run(Command::new("/usr/bin/nsenter")
+                .arg(&ns)
+                .arg("--")
+                .arg("/usr/sbin/ip")
+                .args(&args));
+        }
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        match rx.recv_timeout(Duration::from_secs(15)) {
+            Ok(line) if line.trim() == "ready" => host,
+            other => panic!(
+                "the HTTPS upstream did not start ({other:?}): {}",
+                fs::read_to_string(dir.join("upstream.stderr")).unwrap_or_default()
+            ),
+        }
+    }
+
+    fn subnet(&self) -> String {
+        format!("{}/30", Ipv4Addr::from(u32::from(self.addr) - 2))
+    }
+
+    fn requests(&self) -> Vec<Value> {
+        read_json_lines(&self.log)
+    }
+}
+
+impl Drop for TlsHost {
+    fn drop(&mut self) {
+        if let Some(mut server) = self.server.take() {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
+        let _ = Command::new("/usr/sbin/ip")
+            .args(["link", "del", &self.veth])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn ip(args: &[&str]) {
+    run(Command::new("/usr/sbin/ip").args(args));
+}
+
+fn run(command: &mut Command) {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{command:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn take_slot() -> (u32, File) {
+    fs::create_dir_all(LOCK_DIR).unwrap();
+    let start = std::process::id().wrapping_mul(89) % SLOTS;
+    for _ in 0..SLOTS {
+        let slot = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SLOTS;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(Path::new(LOCK_DIR).join(format!("{slot}.lock")))
+            .unwrap();
+        // SAFETY: flock on a descriptor we own; released when `file` closes.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return (slot, file);
+        }
+    }
+    panic!("no free /30 in 10.202.0.0/16");
+}
+
+// ---------------------------------------------------------------------------------------
+// Harness
+// ---------------------------------------------------------------------------------------
+
+/// Python run at the start of every sandboxed script: `curl(...)`, `urlopen(...)` and the
+/// helper, each recording what it saw in `results`, printed as JSON at exit.
+const PRELUDE: &str = r#"
+import atexit, json, os, subprocess, sys, urllib.request, urllib.error
+OUT = sys.argv[1]
+results = {}
+atexit.register(lambda: print(json.dumps(results)))
+
+def save(name, data):
+    with open(os.path.join(OUT, name), "wb") as f:
+        f.write(data if isinstance(data, bytes) else data.encode())
+
+def curl(name, *args):
+    p = subprocess.run(["/usr/bin/curl", "-sS", "-w", "\n%{http_code}", *args],
+                       capture_output=True)
+    body, _, status = p.stdout.rpartition(b"\n")
+    save(name + ".body", body + p.stderr)
+    results[name] = {"rc": p.returncode, "status": int(status or 0),
+                     "body": body.decode("utf-8", "replace"), "stderr": p.stderr.decode()}
+    return results[name]
+
+def urlopen(name, url, data=None, headers={}):
+    try:
+        req = urllib.request.Request(url, data=data, headers=headers)
+        with urllib.request.urlopen(req, timeout=20) as r:
+            status, body = r.status, r.read()
+    except urllib.error.HTTPError as e:
+        status, body = e.code, e.read()
+    save(name + ".body", body)
+    results[name] = {"status": status, "body": body.decode("utf-8", "replace")}
+    return results[name]
+"#;
+
+struct Bench {
+    host: TlsHost,
+    material: Material,
+    scratch: Scratch,
+    runs: u32,
+}
+
+struct Outcome {
+    finished: Finished,
+    results: Value,
+    audit: Vec<Value>,
+    audit_text: String,
+    summary: Value,
+    summary_text: String,
+    /// Every file the sandboxed script wrote.
+    files: Vec<(PathBuf, Vec<u8>)>,
+}
+
+impl Bench {
+    fn new(tag: &str) -> Bench {
+        let scratch = Scratch::new(tag);
+        fs::set_permissions(&scratch.dir, fs::Permissions::from_mode(0o755)).unwrap();
+        let material = make_material(&scratch.dir);
+        let host = TlsHost::start(&scratch.dir, &material);
+        Bench {
+            host,
+            material,
+            scratch,
+            runs: 0,
+        }
+    }
+
+    /// A policy with every test name pinned to the upstream and reachable on 443; `more`
+    /// is appended to the `api.example.com` entry, `top` at the top level.
+    fn policy(&self, more: &str, top: &str) -> String {
+        let subnet = self.host.subnet();
+        let addr = self.host.addr;
+        format!(
+            "version: 1
+team: acme
+network:
+  hosts:
+    api.example.com: {addr}
+    other.example.com: {addr}
+    passthrough.example.com: {addr}
+  upstream_ca: {{file: {ca}}}
+  allow:
+    - host: api.example.com
+      ports: [443]
+      allowed_ips: [{subnet}]
+{more}    - host: other.example.com
+      ports: [443]
+      allowed_ips: [{subnet}]
+    - host: passthrough.example.com
+      ports: [443]
+      tls: passthrough
+      allowed_ips: [{subnet}]
+limits:
+  max_requests: 100
+{top}",
+            ca = self.material.ca.display()
+        )
+    }
+
+    /// A secret file as tollgate wants it (root's, 0600).
+    fn secret_file(&self, name: &str, value: &str) -> PathBuf {
+        let path = self.scratch.dir.join(name);
+        fs::write(&path, format!("{value}\n")).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        path
+    }
+
+    fn run(&mut self, sandbox: Sandbox, policy: &str, script: &str) -> Outcome {
+        self.runs += 1;
+        let n = self.runs;
+        let policy_file = self.scratch.file(&format!("policy{n}.yaml"), policy);
+        let script_file = self
+            .scratch
+            .file(&format!("script{n}.py"), &format!("{PRELUDE}\n{script}"));
+        fs::set_permissions(&script_file, fs::Permissions::from_mode(0o644)).unwrap();
+        let out = shared_dir(&self.scratch, &format!("out{n}"));
+        let audit = self.scratch.dir.join(format!("audit{n}.jsonl"));
+        let summary = self.scratch.dir.join(format!("summary{n}.json"));
+        let finished = sandbox
+            .policy(&policy_file)
+            .audit(&audit)
+            .summary(&summary)
+            .timeout("60s")
+            .run([PYTHON, script_file.to_str().unwrap(), out.to_str().unwrap()]);
+        let last = finished
+            .stdout
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_owned();
+        let results = serde_json::from_str(&last)
+            .unwrap_or_else(|e| panic!("no results ({e}):\n{}", finished.describe()));
+        let mut files = Vec::new();
+        for entry in fs::read_dir(&out).unwrap().flatten() {
+            files.push((entry.path(), fs::read(entry.path()).unwrap_or_default()));
+        }
+        Outcome {
+            results,
+            audit: read_json_lines(&audit),
+            audit_text: fs::read_to_string(&audit).unwrap_or_default(),
+            summary: read_json(&summary),
+            summary_text: fs::read_to_string(&summary).unwrap_or_default(),
+            files,
+            finished,
+        }
+    }
+}
+
+impl Outcome {
+    fn result(&self, name: &str) -> &Value {
+        let value = &self.results[name];
+        assert!(
+            !value.is_null(),
+            "no result {name}: {}",
+            self.finished.describe()
+        );
+        value
+    }
+
+    fn status(&self, name: &str) -> u64 {
+        self.result(name)["status"].as_u64().unwrap_or(0)
+    }
+
+    /// The JSON body of a result.
+    fn body(&self, name: &str) -> Value {
+        let text = self.result(name)["body"].as_str().unwrap_or_default();
+        serde_json::from_str(text)
+            .unwrap_or_else(|e| panic!("{name} body is not JSON ({e}): {text}"))
+    }
+
+    fn requests(&self) -> u64 {
+        self.summary["proxy"]["requests"]
+            .as_u64()
+            .unwrap_or(u64::MAX)
+    }
+
+    fn execution(&self) -> String {
+        self.summary["execution"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    fn records(&self, kind: &str) -> Vec<&Value> {
+        self.audit.iter().filter(|r| r["kind"] == kind).collect()
+    }
+}
+
+/// The upstream's logged request whose path starts with `prefix` (exactly one).
+fn logged<'a>(requests: &'a [Value], prefix: &str) -> &'a Value {
+    let found: Vec<&Value> = requests
+        .iter()
+        .filter(|r| r["path"].as_str().is_some_and(|p| p.starts_with(prefix)))
+        .collect();
+    assert_eq!(found.len(), 1, "requests to {prefix}: {requests:?}");
+    found[0]
+}
+
+fn header_values(request: &Value, name: &str) -> Vec<String> {
+    request["headers"]
+        .as_array()
+        .map(|headers| {
+            headers
+                .iter()
+                .filter(|h| h[0] == name)
+                .map(|h| h[1].as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn real_clients_get_intercepted_https_without_insecure_and_each_request_counts() {
+    let _lock = SuiteLock::shared();
+    let mut bench = Bench::new("tls-clients");
+    let policy = bench.policy("", "");
+    let outcome = bench.run(
+        Sandbox::new(),
+        &policy,
+        r#"
+curl("curl", "https://api.example.com/echo/curl")
+urlopen("urllib", "https://api.example.com/echo/urllib")
+from tollgate_http import http
+r = http.get("https://api.example.com/echo/helper", params={"q": "1"})
+results["helper"] = {"status": r["status_code"], "path": r["json"]["path"]}
+names = ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS",
+         "GIT_SSL_CAINFO", "PIP_CERT", "DENO_CERT", "CARGO_HTTP_CAINFO"]
+results["ca_vars"] = {n: os.environ.get(n) for n in names}
+bundle = open(os.environ["SSL_CERT_FILE"]).read()
+results["bundle"] = {"certs": bundle.count("BEGIN CERTIFICATE"),
+                     "first_is_execution_ca": "BEGIN CERTIFICATE" in bundle.split("END CERTIFICATE")[0]}
+results["pythonpath"] = os.environ.get("PYTHONPATH")
+"#,
+    );
+    assert_eq!(
+        outcome.finished.code(),
+        0,
+        "{}",
+        outcome.finished.describe()
+    );
+    assert_eq!(outcome.result("curl")["rc"], 0, "curl without -k");
+    assert_eq!(outcome.status("curl"), 200);
+    assert_eq!(outcome.body("curl")["path"], "/echo/curl");
+    assert_eq!(outcome.status("urllib"), 200);
+    assert_eq!(outcome.result("helper")["status"], 200);
+    assert_eq!(outcome.result("helper")["path"], "/echo/helper?q=1");
+    let requests = bench.host.requests();
+    assert_eq!(requests.len(), 3, "{requests:?}");
+    for request in &requests {
+        assert_eq!(header_values(request, "host"), vec!["api.example.com"]);
+    }
+    // One counted request per inner request; tunnels are not counted.
+    assert_eq!(outcome.requests(), 3, "{}", outcome.summary_text);
+    let inner = outcome.records("http");
+    assert_eq!(inner.len(), 3, "{}", outcome.audit_text);
+    assert!(inner
+        .iter()
+        .all(|r| r["scheme"] == "https" && r["status"] == 200));
+    let tunnels = outcome.records("connect");
+    assert_eq!(tunnels.len(), 3, "{}", outcome.audit_text);
+    assert!(tunnels.iter().all(|r| r["tls"] == "intercept"));
+    // Every CA variable names the bundle in this execution's runtime directory, which is
+    // gone after the run.
+    let execution = outcome.execution();
+    let bundle = format!("/run/tollgate/{execution}/ca-bundle.pem");
+    for (name, value) in outcome.result("ca_vars").as_object().unwrap() {
+        assert_eq!(value.as_str(), Some(bundle.as_str()), "{name}");
+    }
+    assert!(
+        outcome.result("bundle")["certs"].as_u64().unwrap() > 10,
+        "CA + system roots"
+    );
+    assert_eq!(
+        outcome.result("pythonpath").as_str(),
+        Some(format!("/run/tollgate/{execution}/python").as_str())
+    );
+    assert!(!Path::new(&format!("/run/tollgate/{execution}")).exists());
+}
+
+#[test]
+fn read_only_allows_get_and_refuses_post_inside_tls() {
+    let _lock = SuiteLock::shared();
+    let mut bench = Bench::new("tls-readonly");
+    let policy = bench.policy("      access: read-only\n", "");
+    let outcome = bench.run(
+        Sandbox::new(),
+        &policy,
+        r#"
+curl("get", "https://api.example.com/ro/get")
+curl("post", "-X", "POST", "-d", "x=1", "https://api.example.com/ro/post")
+"#,
+    );
+    assert_eq!(outcome.status("get"), 200);
+    assert_eq!(outcome.status("post"), 403);
+    let refusal = outcome.body("post");
+    assert_eq!(refusal["error"], "policy_denied");
+    assert_eq!(refusal["execution"], outcome.execution());
+    let requests = bench.host.requests();
+    assert_eq!(requests.len(), 1, "only the GET arrived: {requests:?}");
+    assert_eq!(requests[0]["method"], "GET");
+    let denied: Vec<_> = outcome
+        .records("http")
+        .into_iter()
+        .filter(|r| r["decision"] == "deny")
+        .collect();
+    assert_eq!(denied.len(), 1);
+    assert_eq!(denied[0]["reason"], "method_not_allowed");
+    assert_eq!(outcome.requests(), 1);
+}
+
+#[test]
+fn a_passthrough_endpoint_is_one_raw_tunnel_verified_by_the_sandbox() {
+    let _lock = SuiteLock::shared();
+    let mut bench = Bench::new("tls-passthrough");
+    let policy = bench.policy("", "");
+    // The sandbox's bundle includes the team's upstream_ca, so curl verifies the upstream's
+    // own certificate with no option at all; two requests on one tunnel count once.
+    let outcome = bench.run(
+        Sandbox::new(),
+        &policy,
+        r#"
+curl("raw", "https://passthrough.example.com/pt/one", "https://passthrough.example.com/pt/two")
+"#,
+    );
+    let raw = outcome.result("raw");
+    assert_eq!(raw["rc"], 0, "{raw}");
+    assert_eq!(outcome.status("raw"), 200);
+    let requests = bench.host.requests();
+    assert_eq!(requests.len(), 2);
+    assert!(
+        header_values(&requests[0], "via").is_empty(),
+        "tollgate saw no HTTP in a passthrough tunnel"
+    );
+    assert_eq!(outcome.requests(), 1, "{}", outcome.summary_text);
+    let tunnels = outcome.records("connect");
+    assert_eq!(tunnels.len(), 1);
+    assert_eq!(tunnels[0]["tls"], "passthrough");
+}
+
+/// Secrets used by the credentials test; none may appear anywhere the sandbox or the logs see.
+const S_BASIC: &str = "e2e-basic-pw-31f7a9c2";
+const S_KEY: &str = "e2e-apikey-8c1d0b6e";
+const S_BEARER: &str = "e2e-bearer-tok-5ea0912f";
+const S_CC: &str = "e2e-commcare-77aa10bd";
+const S_H1: &str = "e2e-hdr-one-c0ffee11";
+const S_H2: &str = "e2e-hdr-two-decade22";
+
+/// Provider, request path, and the headers the upstream must receive.
+type Expected<'a> = (&'a str, &'a str, Vec<(&'a str, String)>);
+
+#[test]
+fn credentials_reach_upstreams_and_never_the_sandbox_or_the_logs() {
+    let _lock = SuiteLock::shared();
+    let mut bench = Bench::new("tls-credentials");
+    let file = |name: &str, value: &str| bench.secret_file(name, value).display().to_string();
+    let (basic, key, cc, h1, h2) = (
+        file("basic.secret", S_BASIC),
+        file("key.secret", S_KEY),
+        file("cc.secret", S_CC),
+        file("h1.secret", S_H1),
+        file("h2.secret", S_H2),
+    );
+    let top = format!(
+        "auth_providers:
+  - name: Basic One
+    type: basic
+    username: robot
+    secret: {{file: {basic}}}
+    scope: [https://api.example.com]
+  - name: My API Key
+    type: api_key
+    header: X-Api-Key
+    secret: {{file: {key}}}
+    scope: [https://api.example.com]
+  - name: Bearer
+    type: bearer
+    secret: {{env: TOLLGATE_E2E_BEARER}}
+    scope: [https://api.example.com/v1]
+  - name: CommCare
+    type: commcare
+    username: bot@example.org
+    secret: {{file: {cc}}}
+    scope: [https://api.example.com]
+  - name: Pair
+    type: headers
+    headers:
+      - {{name: X-First, secret: {{file: {h1}}}}}
+      - {{name: X-Second, secret: {{file: {h2}}}}}
+    scope: [https://api.example.com]
+placeholders:
+  - {{env: OPENAI_API_KEY, provider: Bearer}}
+"
+    );
+    let policy = bench.policy("", &top);
+    let outcome = bench.run(
+        Sandbox::new()
+            .supervisor_env("TOLLGATE_E2E_BEARER", S_BEARER)
+            .supervisor_env("TOLLGATE_LOG", "debug"),
+        &policy,
+        &format!(
+            r#"
+from tollgate_http import http, HttpAuthProviderError, HttpPolicyDenied
+for name in ["Basic One", "My API Key", "Bearer", "CommCare", "Pair"]:
+    curl("type " + name, "-H", "Tollgate-Auth: " + name,
+         "https://api.example.com/v1/type/" + name.replace(" ", "-"))
+curl("unknown", "-H", "Tollgate-Auth: Nope", "https://api.example.com/v1/unknown")
+curl("scope", "-H", "Tollgate-Auth: Bearer", "https://api.example.com/v2/scope")
+curl("case", "-H", "Tollgate-Auth: Bearer", "-H", "authorization: Bearer mine",
+     "-H", "AUTHORIZATION: Basic b3RoZXI=", "https://api.example.com/v1/case")
+ph = os.environ["OPENAI_API_KEY"]
+results["placeholder"] = ph[:12] + str(len(ph))
+curl("swap", "-H", "Authorization: Bearer " + ph, "https://api.example.com/v1/swap")
+curl("other host", "-H", "Authorization: Bearer " + ph, "https://other.example.com/leak")
+curl("in body", "-d", json.dumps({{"key": ph}}), "https://other.example.com/leak-body")
+curl("echo", "-i", "-H", "Tollgate-Auth: Bearer", "https://api.example.com/v1/echo-auth")
+try:
+    http.get("https://api.example.com/v1/x", auth="Nope")
+except HttpAuthProviderError as e:
+    results["helper unknown"] = {{"error": e.error, "message": e.message, "status": e.status_code}}
+
+# The seed's example, unchanged.
+def seed():
+    resp = http.post("https://api.example.com/data", auth="My API Key", json={{"query": 1}}, timeout=10)
+    if resp["is_error"]:
+        return f"Error: {{resp['status_code']}}"
+    return resp["json"]["result"]
+results["seed"] = seed()
+
+# Everything the sandbox can see of itself.
+save("environ", open("/proc/self/environ", "rb").read())
+save("cmdline", open("/proc/self/cmdline", "rb").read())
+runtime = os.path.dirname(os.environ["SSL_CERT_FILE"])
+for root, _, names in os.walk(runtime):
+    for name in names:
+        save("runtime-" + name, open(os.path.join(root, name), "rb").read())
+try:
+    open("{basic}").read()
+    results["secret file"] = "readable"
+except PermissionError:
+    results["secret file"] = "denied"
+"#
+        ),
+    );
+    assert_eq!(
+        outcome.finished.code(),
+        0,
+        "{}",
+        outcome.finished.describe()
+    );
+    let requests = bench.host.requests();
+    let b64 = |s: &str| STANDARD.encode(s);
+    let expected: [Expected; 5] = [
+        (
+            "Basic One",
+            "/v1/type/Basic-One",
+            vec![(
+                "authorization",
+                format!("Basic {}", b64(&format!("robot:{S_BASIC}"))),
+            )],
+        ),
+        (
+            "My API Key",
+            "/v1/type/My-API-Key",
+            vec![("x-api-key", S_KEY.into())],
+        ),
+        (
+            "Bearer",
+            "/v1/type/Bearer",
+            vec![("authorization", format!("Bearer {S_BEARER}"))],
+        ),
+        (
+            "CommCare",
+            "/v1/type/CommCare",
+            vec![("authorization", format!("ApiKey bot@example.org:{S_CC}"))],
+        ),
+        (
+            "Pair",
+            "/v1/type/Pair",
+            vec![("x-first", S_H1.into()), ("x-second", S_H2.into())],
+        ),
+    ];
+    for (provider, path, headers) in &expected {
+        assert_eq!(
+            outcome.status(&format!("type {provider}")),
+            200,
+            "{provider}"
+        );
+        let request = logged(&requests, path);
+        for (name, value) in headers {
+            assert_eq!(
+                header_values(request, name),
+                vec![value.clone()],
+                "{provider} {name}"
+            );
+        }
+        assert!(header_values(request, "tollgate-auth").is_empty());
+    }
+    // Refusals, with the issue's exact wording.
+    assert_eq!(outcome.status("unknown"), 403);
+    assert_eq!(outcome.body("unknown")["error"], "auth_provider_error");
+    assert_eq!(
+        outcome.body("unknown")["message"],
+        "Auth provider 'Nope' not found. Available providers: Basic One, My API Key, Bearer, CommCare, Pair"
+    );
+    assert_eq!(
+        outcome.result("helper unknown")["error"],
+        "auth_provider_error"
+    );
+    assert_eq!(outcome.result("helper unknown")["status"], 403);
+    assert_eq!(outcome.status("scope"), 403);
+    assert_eq!(outcome.body("scope")["error"], "credential_scope_denied");
+    // Exactly one Authorization, the injected one.
+    assert_eq!(
+        header_values(logged(&requests, "/v1/case"), "authorization"),
+        vec![format!("Bearer {S_BEARER}")]
+    );
+    // Placeholders: swapped in scope, refused elsewhere (header and body), with a finding.
+    assert_eq!(outcome.result("placeholder"), "tollgate_ph_44");
+    assert_eq!(outcome.status("swap"), 200);
+    assert_eq!(
+        header_values(logged(&requests, "/v1/swap"), "authorization"),
+        vec![format!("Bearer {S_BEARER}")]
+    );
+    for name in ["other host", "in body"] {
+        assert_eq!(outcome.status(name), 403, "{name}");
+        assert_eq!(
+            outcome.body(name)["error"],
+            "credential_placeholder_mismatch"
+        );
+    }
+    assert!(requests
+        .iter()
+        .all(|r| !r["path"].as_str().unwrap_or("").starts_with("/leak")));
+    let findings = outcome
+        .audit
+        .iter()
+        .filter(|r| r["finding"] == "placeholder_outside_scope")
+        .count();
+    assert_eq!(findings, 2, "{}", outcome.audit_text);
+    // The echoed secret was redacted in the header and the body.
+    let echo = outcome.result("echo")["body"]
+        .as_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(echo.contains("x-echo: [redacted by tollgate]"), "{echo}");
+    // The seed example, and the secret file closed to the sandbox user.
+    assert_eq!(outcome.result("seed"), "received {\"query\": 1}");
+    assert_eq!(
+        header_values(logged(&requests, "/data"), "x-api-key"),
+        vec![S_KEY]
+    );
+    assert_eq!(outcome.result("secret file"), "denied");
+    assert!(
+        outcome.files.iter().any(|(p, _)| p.ends_with("environ")),
+        "the environ dump exists"
+    );
+
+    // No secret anywhere: the child's environment, argv and files, its output, the error
+    // bodies it got, tollgate's tracing output (debug), the audit log and the summary.
+    let secrets = [S_BASIC, S_KEY, S_BEARER, S_CC, S_H1, S_H2];
+    let mut places: Vec<(String, Vec<u8>)> = outcome
+        .files
+        .iter()
+        .map(|(path, data)| (path.display().to_string(), data.clone()))
+        .collect();
+    places.push((
+        "stdout".into(),
+        outcome.finished.stdout.clone().into_bytes(),
+    ));
+    places.push((
+        "stderr (tracing)".into(),
+        outcome.finished.stderr.clone().into_bytes(),
+    ));
+    places.push(("audit".into(), outcome.audit_text.clone().into_bytes()));
+    places.push(("summary".into(), outcome.summary_text.clone().into_bytes()));
+    for (place, data) in &places {
+        for secret in secrets {
+            let encoded = b64(&format!("robot:{secret}"));
+            for needle in [secret, encoded.as_str()] {
+                assert!(
+                    !data.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                    "{place} contains a secret"
+                );
+            }
+        }
+    }
+    assert!(
+        outcome.finished.stderr.contains("DEBUG") || outcome.finished.stderr.contains("INFO"),
+        "tracing output was captured: {}",
+        outcome.finished.stderr
+    );
+}
+
+#[test]
+fn a_team_without_providers_gets_the_no_providers_message() {
+    let _lock = SuiteLock::shared();
+    let mut bench = Bench::new("tls-noproviders");
+    let policy = bench.policy("", "");
+    let outcome = bench.run(
+        Sandbox::new(),
+        &policy,
+        r#"curl("any", "-H", "Tollgate-Auth: GitHub", "https://api.example.com/x")"#,
+    );
+    assert_eq!(outcome.status("any"), 403);
+    assert_eq!(
+        outcome.body("any")["message"],
+        "Auth providers are not available in this context"
+    );
+    assert!(bench.host.requests().is_empty());
+}
+
+/// A logged request as Cloudflare's verifier sees it.
+struct Logged {
+    headers: Vec<(String, String)>,
+    authority: String,
+}
+
+impl SignedMessage for Logged {
+    fn lookup_component(&self, name: &CoveredComponent) -> Vec<String> {
+        match name {
+            CoveredComponent::HTTP(HTTPField { name, .. }) => self
+                .headers
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+                .collect(),
+            CoveredComponent::Derived(DerivedComponent::Authority { .. }) => {
+                vec![self.authority.clone()]
+            }
+            _ => vec![],
+        }
+    }
+}
+
+fn verifies(message: &Logged, keyring: &KeyRing) -> bool {
+    WebBotAuthVerifier::parse(message)
+        .ok()
+        .is_some_and(|v| v.verify(keyring, None).is_ok())
+}
+
+#[test]
+fn bot_auth_signatures_verify_with_an_independent_verifier_and_tampering_fails() {
+    let _lock = SuiteLock::shared();
+    let mut bench = Bench::new("tls-botauth");
+    // A fixed seed (base64url of 32 bytes), in a root-only file.
+    let seed = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
+    let seed_file = bench.secret_file("bot.seed", seed);
+    let top = format!(
+        "bot_auth:\n  key: {{file: {}}}\n  signature_agent: https://bot.acme.example\n",
+        seed_file.display()
+    );
+    let policy = bench.policy("", &top);
+    let outcome = bench.run(
+        Sandbox::new(),
+        &policy,
+        r#"curl("signed", "-H", "Signature: sig1=:Zm9yZ2Vk:", "https://api.example.com/signed")"#,
+    );
+    assert_eq!(outcome.status("signed"), 200);
+    let policy_file = bench.scratch.file("bot-policy.yaml", &policy);
+    let jwks = tollgate()
+        .args(["bot-auth", "jwks", "--policy"])
+        .arg(&policy_file)
+        .output()
+        .unwrap();
+    assert!(jwks.status.success(), "{jwks:?}");
+    let jwks: JSONWebKeySet = serde_json::from_slice(&jwks.stdout).unwrap();
+    let key_id = jwks.keys[0].b64_thumbprint();
+    let mut keyring = KeyRing::default();
+    assert!(keyring.import_jwks(jwks).iter().all(Option::is_none));
+
+    let requests = bench.host.requests();
+    let request = logged(&requests, "/signed");
+    let headers: Vec<(String, String)> = request["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h[0].as_str().unwrap().to_owned(),
+                h[1].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let message = Logged {
+        authority: header_values(request, "host")[0].clone(),
+        headers: headers.clone(),
+    };
+    assert_eq!(
+        header_values(request, "signature").len(),
+        1,
+        "the forged one was replaced"
+    );
+    assert!(header_values(request, "signature-input")[0].contains(&format!("keyid=\"{key_id}\"")));
+    assert_eq!(
+        header_values(request, "signature-agent"),
+        vec!["\"https://bot.acme.example\""]
+    );
+    assert!(verifies(&message, &keyring), "{headers:?}");
+    let tampered = Logged {
+        authority: "evil.example".into(),
+        headers,
+    };
+    assert!(!verifies(&tampered, &keyring));
+    assert!(!outcome.audit_text.contains(seed));
+    assert!(!outcome.finished.stderr.contains(seed));
+}
