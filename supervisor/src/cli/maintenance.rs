@@ -5,7 +5,8 @@ use crate::sandbox::{cgroup, doctor};
 use std::path::Path;
 
 /// Removes what killed supervisors left behind: their cgroups (killing what still runs in
-/// them), their eBPF map entries, and abandoned half-loaded pin directories.
+/// them), their runtime directories, their eBPF map entries, and abandoned half-loaded pin
+/// directories.
 pub fn gc() -> i32 {
     let report = match cgroup::gc_stale() {
         Ok(report) => report,
@@ -24,6 +25,10 @@ pub fn gc() -> i32 {
         eprintln!("tollgate: cannot remove {}: {why}", path.display());
     }
     let mut status = if report.failed.is_empty() { 0 } else { 1 };
+    // Runtime directories (CA bundle, helper) of executions whose cgroup is now gone.
+    if let Ok(mount) = cgroup::cgroup2_mount() {
+        crate::run::gc_runtime_dirs(&mount.join("tollgate"));
+    }
     if Path::new(DEFAULT_PIN_ROOT).exists() {
         match EgressPrograms::load_or_reuse() {
             Ok(programs) => match programs.gc_stale_registrations() {

@@ -10,6 +10,7 @@
 //! ever runs with a wall missing. Teardown runs on every path, including errors.
 
 mod env;
+pub use env::gc_runtime_dirs;
 mod events;
 mod summary;
 
