@@ -285,3 +285,23 @@ async fn connections_over_the_cap_are_refused_with_503() {
     let got = curl(proxy.addr, &["http://api.test/"]).await;
     assert_eq!(got.status, 200);
 }
+
+/// A HEAD answer has no body, whatever Content-Length it announces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_is_not_refused_for_the_size_it_announces() {
+    let up = upstream(|_, _| ok(&"r".repeat(5000))).await;
+    let proxy = start(
+        Proxy::builder(policy_with(
+            "limits:\n  max_requests: 100\n  max_response_bytes: 2000\n",
+        ))
+        .transport(up.remap()),
+    );
+    let got = curl(proxy.addr, &["-I", "http://api.test/big"]).await;
+    assert_eq!(got.status, 200, "{got:?}");
+    assert!(got.headers.contains("content-length: 5000"), "{got:?}");
+    let got = curl(proxy.addr, &["http://api.test/big"]).await;
+    assert_eq!(
+        got.status, 502,
+        "a GET of the same resource is over the limit"
+    );
+}

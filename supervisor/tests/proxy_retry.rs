@@ -220,3 +220,83 @@ async fn the_budget_running_out_mid_retries_stops_them() {
     assert_eq!(records[2]["reason"], "max_requests");
     assert_eq!(records[2]["attempt"], 3);
 }
+
+/// An upstream that answers the first request on its first connection with keep-alive, then
+/// reads the second request on that connection and closes without answering; every later
+/// connection answers normally. Returns its address and the number of requests it read.
+async fn drops_the_second_request_on_a_kept_alive_connection() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let requests = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = requests.clone();
+    tokio::spawn(async move {
+        let mut first_connection = true;
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let counter = counter.clone();
+            let drop_second = std::mem::replace(&mut first_connection, false);
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 8192];
+                let mut answered = 0;
+                loop {
+                    let mut head = Vec::new();
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buffer[..n]),
+                        }
+                    }
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    if drop_second && answered == 1 {
+                        return; // read it, close without an answer
+                    }
+                    let reply =
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: keep-alive\r\n\r\nok";
+                    if stream.write_all(reply).await.is_err() {
+                        return;
+                    }
+                    answered += 1;
+                }
+            });
+        }
+    });
+    (address, requests)
+}
+
+/// A request that reached the upstream on a reused connection and got no answer is an
+/// attempt: counted against the budget, audited, and retried like any reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_on_a_reused_connection_is_a_counted_and_audited_attempt() {
+    let (address, requests) = drops_the_second_request_on_a_kept_alive_connection().await;
+    let pinned: std::net::IpAddr = PINNED.parse().unwrap();
+    let proxy = start(
+        Proxy::builder(policy_with(&format!(
+            "limits:\n  max_requests: 100\n{FAST_RETRY}"
+        )))
+        .transport(tollgate::proxy::testing::RemapTransport::new([(
+            pinned, address,
+        )])),
+    );
+    assert_eq!(
+        curl(proxy.addr, &["http://api.test/warm"]).await.status,
+        200
+    );
+    assert_eq!(
+        curl(proxy.addr, &["http://api.test/pooled"]).await.status,
+        200
+    );
+    let upstream_saw = requests.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(upstream_saw, 3, "warm, pooled (dropped), pooled (retried)");
+    let records = proxy.records();
+    let pooled: Vec<_> = records.iter().filter(|r| r["path"] == "/pooled").collect();
+    assert_eq!(pooled.len(), 2, "one record per attempt: {records:#?}");
+    let stats = proxy.handle.shutdown().await;
+    assert_eq!(
+        stats.requests as usize, upstream_saw,
+        "every attempt counted"
+    );
+}

@@ -10,7 +10,7 @@ use super::transport::{DialError, DialTarget, Upstream};
 use super::upstream_tls::HandshakeError;
 use super::{exchange, pool, retry, Shared};
 use bytes::Bytes;
-use http::{Method, Request, Response, Version};
+use http::{Request, Response, Version};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use std::net::SocketAddr;
@@ -203,15 +203,6 @@ pub(crate) struct Exchanged {
     pub connection: (pool::Key, pool::Sender),
 }
 
-/// Methods a client may expect to be repeated (RFC 9110 §9.2.2): a request that failed on a
-/// reused keep-alive connection is sent again on a fresh one only if it is idempotent.
-fn idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    )
-}
-
 /// The request as it goes out on this attempt (signed afresh: each attempt its own nonce).
 fn upstream_request(shared: &Shared, outgoing: &Outgoing) -> Request<Full<Bytes>> {
     let mut request = Request::new(Full::new(outgoing.body.clone()));
@@ -254,9 +245,12 @@ async fn one_attempt(
                     connection: (key, sender),
                 })
             }
-            // The upstream closed the idle connection as it was reused: try a fresh one.
-            Ok(Err(error)) if error.is_canceled() || idempotent(&outgoing.method) => {
-                tracing::debug!("pooled connection to {peer} failed ({error}); dialing afresh");
+            // The upstream had closed the idle connection before the request was written:
+            // nothing reached it, so a fresh connection is the same attempt. Any other
+            // failure may have reached the upstream and is an attempt of its own, counted,
+            // audited and retried by the caller like every other.
+            Ok(Err(error)) if error.is_canceled() => {
+                tracing::debug!("pooled connection to {peer} was closed ({error}); dialing afresh");
             }
             Ok(Err(error)) => return Err(classify(peer, error)),
         }

@@ -15,7 +15,7 @@ use super::relay::{Finish, RelayBody};
 use super::{attempt, credentials, gate, headers, limits, redact, refuse, Shared};
 use bytes::Bytes;
 use http::request::Parts;
-use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response, Uri};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::sync::Arc;
@@ -42,7 +42,18 @@ pub(crate) async fn handle(
     );
     let result = match url {
         Ok(url) => steps(&shared, url, parts, body, ambiguous_framing, &mut record).await,
-        Err(error) => Err(error),
+        Err(error) => {
+            // The target was refused before normalisation, but its scheme and authority
+            // still say where the request was headed; the path is left out, unparsed.
+            record.scheme = parts
+                .uri
+                .scheme_str()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            record.host = parts.uri.host().unwrap_or_default().to_ascii_lowercase();
+            record.port = parts.uri.port_u16().unwrap_or(0);
+            Err(error)
+        }
     };
     match result {
         Ok(response) => response,
@@ -237,7 +248,11 @@ async fn relay(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit) {
+    // A HEAD answer (and 204/304) carries no body whatever its Content-Length says.
+    let bodiless = outgoing.method == Method::HEAD
+        || parts.status == StatusCode::NO_CONTENT
+        || parts.status == StatusCode::NOT_MODIFIED;
+    if !bodiless && declared.is_some_and(|length| length > limit) {
         return Err(ProxyError::new(
             ErrorCode::ResponseTooLarge,
             format!(
