@@ -42,3 +42,9 @@ for host, port in [("10.0.0.1", 80), ("169.254.169.254", 80), ("8.8.8.8", 53)]:
 echo "exit status $?"
 echo "audit log (bypass attempts):"; cat /tmp/tollgate-demo-audit.jsonl
 echo "summary:"; cat /tmp/tollgate-demo-summary.json
+
+# Through the proxy: the policy decides before any DNS lookup, and the sandbox sees why.
+printf '\n$ tollgate run --policy %s -- /usr/bin/curl -sS https://evil.example.net/\n' "$policy"
+"$tollgate" run --policy "$policy" -- /usr/bin/curl -sS https://evil.example.net/ || echo "(curl exit $?: the tunnel was refused)"
+printf '\n$ tollgate run --policy %s -- /usr/bin/curl -sS http://evil.example.net/\n' "$policy"
+"$tollgate" run --policy "$policy" -- /usr/bin/curl -sS http://evil.example.net/; echo
