@@ -20,6 +20,7 @@
 //! `Drop` kills the server and deletes the veth, whatever state setup reached.
 
 use std::{
+    ffi::OsString,
     fs::{self, File, OpenOptions},
     io::{BufRead as _, BufReader},
     net::Ipv4Addr,
@@ -71,9 +72,23 @@ pub struct UpstreamHost {
 }
 
 impl UpstreamHost {
-    /// Builds the namespace, the veth pair and starts the server; panics (after cleaning up)
-    /// if any step fails.
+    /// Builds the namespace, the veth pair and starts the behaviour server; panics (after
+    /// cleaning up) if any step fails.
     pub fn start() -> Self {
+        Self::start_server(SERVER_PY, |addr, log| {
+            vec![
+                addr.to_string().into(),
+                HTTP_PORT.to_string().into(),
+                ECHO_PORT.to_string().into(),
+                log.into(),
+            ]
+        })
+    }
+
+    /// Like [`UpstreamHost::start`] with another Python server: `script` runs under
+    /// `/usr/bin/python3 -c` with the arguments `args(address, request_log)` returns, must
+    /// bind the address, log each request as a JSON line to the log, and print `ready`.
+    pub fn start_server(script: &str, args: impl FnOnce(Ipv4Addr, &Path) -> Vec<OsString>) -> Self {
         let (slot, lock) = take_slot();
         let base = u32::from(Ipv4Addr::new(10, 201, 0, 0)) + slot * 4;
         let scratch = Scratch::new(&format!("upstream{slot}"));
@@ -88,7 +103,8 @@ impl UpstreamHost {
             _scratch: scratch,
             _lock: lock,
         };
-        host.build();
+        let args = args(host.addr, &host.log);
+        host.build(script, args);
         host
     }
 
@@ -122,7 +138,7 @@ impl UpstreamHost {
             .is_some_and(|s| matches!(s.try_wait(), Ok(None)))
     }
 
-    fn build(&mut self) {
+    fn build(&mut self, script: &str, args: Vec<OsString>) {
         let peer = format!("tgp{}", self.slot);
         // A veth left by a test process that was killed while it held this slot.
         let _ = Command::new("/usr/sbin/ip")
@@ -131,11 +147,8 @@ impl UpstreamHost {
             .status();
         let stderr = File::create(self._scratch.dir.join("server.stderr")).expect("server log");
         let mut server = Command::new("/usr/bin/unshare")
-            .args(["--net", "--", PYTHON, "-c", SERVER_PY])
-            .arg(self.addr.to_string())
-            .arg(HTTP_PORT.to_string())
-            .arg(ECHO_PORT.to_string())
-            .arg(&self.log)
+            .args(["--net", "--", PYTHON, "-c", script])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)

@@ -9,21 +9,13 @@
 //! the `--summary`, and greps every place a secret could leak to.
 //!
 //! Needs root (namespaces, veth pairs, `tollgate run`). No packet goes anywhere but loopback
-//! and the veth pairs made here (10.202.0.0/16, /30 per upstream).
+//! and the veth pairs `tollgate_tests::upstream` makes (10.201.0.0/16, /30 per upstream).
 
 use std::{
-    fs::{self, File, OpenOptions},
-    io::{BufRead as _, BufReader},
-    net::Ipv4Addr,
-    os::{fd::AsRawFd as _, unix::fs::PermissionsExt as _},
+    fs,
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::{
-        atomic::{AtomicU32, Ordering},
-        mpsc,
-    },
-    thread,
-    time::Duration,
+    process::Command,
 };
 
 use base64::{engine::general_purpose::STANDARD, Engine as _};
@@ -31,7 +23,9 @@ use serde_json::Value;
 use tollgate_tests::{
     leaks::SuiteLock,
     sandbox::{read_json, read_json_lines, shared_dir, Finished, Sandbox, PYTHON},
-    tollgate, Scratch,
+    tollgate,
+    upstream::UpstreamHost,
+    Scratch,
 };
 use web_bot_auth::{
     components::{CoveredComponent, DerivedComponent, HTTPField},
@@ -46,10 +40,6 @@ const PORT: u16 = 443;
 // ---------------------------------------------------------------------------------------
 // An HTTPS upstream in its own network namespace
 // ---------------------------------------------------------------------------------------
-
-const LOCK_DIR: &str = "/tmp/tollgate-e2e-tls-upstreams";
-const SLOTS: u32 = 1 << 14;
-static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// The upstream's certificate material, made with the `openssl` CLI: a CA of its own and a
 /// leaf for every name the tests use.
@@ -152,146 +142,19 @@ fn make_material(dir: &Path) -> Material {
     }
 }
 
-/// One HTTPS upstream host; the server, its namespace and the veth go on drop.
-struct TlsHost {
-    addr: Ipv4Addr,
-    veth: String,
-    server: Option<Child>,
-    log: PathBuf,
-    _lock: File,
-}
-
-impl TlsHost {
-    fn start(dir: &Path, material: &Material) -> TlsHost {
-        let (slot, lock) = take_slot();
-        let base = u32::from(Ipv4Addr::new(10, 202, 0, 0)) + slot * 4;
-        let mut host = TlsHost {
-            addr: Ipv4Addr::from(base + 2),
-            veth: format!("tgth{slot}"),
-            server: None,
-            log: dir.join("upstream-requests.jsonl"),
-            _lock: lock,
-        };
-        let _ = Command::new("/usr/sbin/ip")
-            .args(["link", "del", &host.veth])
-            .stderr(Stdio::null())
-            .status();
-        let stderr = File::create(dir.join("upstream.stderr")).unwrap();
-        let mut server = Command::new("/usr/bin/unshare")
-            .args(["--net", "--", PYTHON, "-c", SERVER_PY])
-            .arg(host.addr.to_string())
-            .arg(PORT.to_string())
-            .arg(&material.cert)
-            .arg(&material.key)
-            .arg(&host.log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("start the upstream under unshare --net");
-        let stdout = server.stdout.take().unwrap();
-        let pid = server.id();
-        host.server = Some(server);
-        let own = fs::read_link("/proc/self/ns/net").ok();
-        for _ in 0..500 {
-            let theirs = fs::read_link(format!("/proc/{pid}/ns/net")).ok();
-            if theirs.is_some() && theirs != own {
-                break;
-            }
-            thread::sleep(Duration::from_millis(5));
-        }
-        let peer = format!("tgtp{slot}");
-        let gateway = format!("{}/30", Ipv4Addr::from(base + 1));
-        let address = format!("{}/30", host.addr);
-        let pid = pid.to_string();
-        ip(&[
-            "link", "add", &host.veth, "type", "veth", "peer", "name", &peer, "netns", &pid,
-        ]);
-        ip(&["link", "set", "dev", &host.veth, "addrgenmode", "none"]);
-        ip(&["addr", "add", &gateway, "dev", &host.veth]);
-        ip(&["link", "set", "dev", &host.veth, "up"]);
-        let ns = format!("--net=/proc/{pid}/ns/net");
-        for args in [
-            vec!["link", "set", "dev", "lo", "up"],
-            vec!["link", "set", "dev", &peer, "addrgenmode", "none"],
-            vec!["addr", "add", &address, "dev", &peer],
-            vec!["link", "set", "dev", &peer, "up"],
-        ] {
-            run(Command::new("/usr/bin/nsenter")
-                .arg(&ns)
-                .arg("--")
-                .arg("/usr/sbin/ip")
-                .args(&args));
-        }
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        match rx.recv_timeout(Duration::from_secs(15)) {
-            Ok(line) if line.trim() == "ready" => host,
-            other => panic!(
-                "the HTTPS upstream did not start ({other:?}): {}",
-                fs::read_to_string(dir.join("upstream.stderr")).unwrap_or_default()
-            ),
-        }
-    }
-
-    fn subnet(&self) -> String {
-        format!("{}/30", Ipv4Addr::from(u32::from(self.addr) - 2))
-    }
-
-    fn requests(&self) -> Vec<Value> {
-        read_json_lines(&self.log)
-    }
-}
-
-impl Drop for TlsHost {
-    fn drop(&mut self) {
-        if let Some(mut server) = self.server.take() {
-            let _ = server.kill();
-            let _ = server.wait();
-        }
-        let _ = Command::new("/usr/sbin/ip")
-            .args(["link", "del", &self.veth])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-fn ip(args: &[&str]) {
-    run(Command::new("/usr/sbin/ip").args(args));
-}
-
-fn run(command: &mut Command) {
-    let out = command
-        .output()
-        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{command:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn take_slot() -> (u32, File) {
-    fs::create_dir_all(LOCK_DIR).unwrap();
-    let start = std::process::id().wrapping_mul(89) % SLOTS;
-    for _ in 0..SLOTS {
-        let slot = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SLOTS;
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(Path::new(LOCK_DIR).join(format!("{slot}.lock")))
-            .unwrap();
-        // SAFETY: flock on a descriptor we own; released when `file` closes.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return (slot, file);
-        }
-    }
-    panic!("no free /30 in 10.202.0.0/16");
+/// One HTTPS upstream host in its own namespace (see `tollgate_tests::upstream`), serving
+/// `tls_e2e_server.py` with the test CA's leaf on :443.
+fn start_upstream(material: &Material) -> UpstreamHost {
+    let (cert, key) = (material.cert.clone(), material.key.clone());
+    UpstreamHost::start_server(SERVER_PY, move |addr, log| {
+        vec![
+            addr.to_string().into(),
+            PORT.to_string().into(),
+            cert.into(),
+            key.into(),
+            log.into(),
+        ]
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -332,7 +195,7 @@ def urlopen(name, url, data=None, headers={}):
 "#;
 
 struct Bench {
-    host: TlsHost,
+    host: UpstreamHost,
     material: Material,
     scratch: Scratch,
     runs: u32,
@@ -354,7 +217,7 @@ impl Bench {
         let scratch = Scratch::new(tag);
         fs::set_permissions(&scratch.dir, fs::Permissions::from_mode(0o755)).unwrap();
         let material = make_material(&scratch.dir);
-        let host = TlsHost::start(&scratch.dir, &material);
+        let host = start_upstream(&material);
         Bench {
             host,
             material,
