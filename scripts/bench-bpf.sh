@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS="${1:-50}"
 TOLLGATE_BPF_BENCH_ROUNDS="$ROUNDS" cargo test --release -p tollgate --test bpf_wall \
-  pinned_reuse_is_cheaper_than_a_cold_load -- --exact --nocapture 2>&1 | grep '^bpf-bench'
+  a_second_load_reuses_the_pins_and_reports_costs -- --exact --nocapture 2>&1 | grep '^bpf-bench'

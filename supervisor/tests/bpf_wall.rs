@@ -561,11 +561,11 @@ fn median_ms(mut samples: Vec<Duration>) -> f64 {
     samples[samples.len() / 2].as_secs_f64() * 1e3
 }
 
-/// Measures the per-execution costs side by side and checks that reusing the pins is what
-/// keeps loading off the execution path. `TOLLGATE_BPF_BENCH_ROUNDS` (default 5) sets the
+/// Checks that a second load reuses the pins (what keeps loading off the execution path) and
+/// prints the per-execution costs side by side; timings are reported, never asserted. `TOLLGATE_BPF_BENCH_ROUNDS` (default 5) sets the
 /// rounds; `scripts/bench-bpf.sh` runs it in release mode with more rounds and prints medians.
 #[test]
-fn pinned_reuse_is_cheaper_than_a_cold_load() {
+fn a_second_load_reuses_the_pins_and_reports_costs() {
     use std::time::Instant;
     let rounds: usize = std::env::var("TOLLGATE_BPF_BENCH_ROUNDS")
         .ok()
@@ -622,7 +622,6 @@ fn pinned_reuse_is_cheaper_than_a_cold_load() {
          first_attach_and_detach_on_a_new_slot={first_attach:.3} \
          cgroup_create_and_remove={cgroups:.3}"
     );
-    assert!(reuse < cold, "reuse {reuse} ms vs cold {cold} ms");
 }
 
 #[test]

@@ -127,7 +127,7 @@ pub(crate) async fn attempts(
         let started = Instant::now();
         let deadline = Deadline::now() + outgoing.timeout;
         let last = attempt >= retry.attempts;
-        let ms = |s: Instant| u64::try_from(s.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let ms = |s: Instant| millis(s.elapsed());
         match one_attempt(shared, outgoing, deadline).await {
             Ok(Exchanged {
                 response,
@@ -160,6 +160,7 @@ pub(crate) async fn attempts(
                 retried.address = Some(peer.to_string());
                 retried.status = Some(status.as_u16());
                 retried.outcome = "retrying";
+                retried.retry_wait_ms = Some(millis(wait));
                 retried.duration_ms = ms(started);
                 write_audit(shared, retried);
                 tokio::time::sleep(wait).await;
@@ -182,12 +183,17 @@ pub(crate) async fn attempts(
                 retried.outcome = "retrying";
                 retried.error = Some(ErrorCode::ConnectError.as_str());
                 retried.reason = failure.describe();
+                retried.retry_wait_ms = Some(millis(wait));
                 retried.duration_ms = ms(started);
                 write_audit(shared, retried);
                 tokio::time::sleep(wait).await;
             }
         }
     }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn write_audit(shared: &Shared, record: AuditRecord) {

@@ -39,6 +39,10 @@ pub struct AuditRecord {
     pub status: Option<u16>,
     /// 1-based upstream attempt; absent for requests refused before any attempt.
     pub attempt: Option<u32>,
+    /// On a `retrying` record: how long tollgate waits before the next attempt (backoff, or
+    /// the upstream's `Retry-After` clamped to the policy's bounds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_wait_ms: Option<u64>,
     /// What happened after the decision: `retrying`, `complete`, `truncated`, `timeout`, …
     pub outcome: &'static str,
     pub duration_ms: u64,
@@ -83,6 +87,7 @@ impl AuditRecord {
             error: None,
             status: None,
             attempt: None,
+            retry_wait_ms: None,
             outcome: "refused",
             duration_ms: 0,
             bytes_up: 0,
