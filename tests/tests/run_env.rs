@@ -228,17 +228,34 @@ fn status_fields(sandbox: Sandbox) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The first uid of the pool executions lease their users from (`sandbox::users`).
+const POOL_BASE: u32 = 0x7000_0000;
+
+/// The uid of a `/proc/<pid>/status` `Uid:`/`Gid:` line whose four ids all agree.
+fn single_id(line: &str) -> u32 {
+    let ids: Vec<u32> = line.split('\t').map(|id| id.parse().expect("id")).collect();
+    assert!(
+        ids.len() == 4 && ids.iter().all(|id| *id == ids[0]),
+        "{line}"
+    );
+    ids[0]
+}
+
 #[test]
-fn the_command_runs_as_nobody_without_capabilities_and_with_no_new_privs() {
+fn the_command_runs_as_a_leased_user_without_capabilities_and_with_no_new_privs() {
     let _lock = SuiteLock::shared();
     let scratch = Scratch::new("identity");
     let policy = scratch.file("policy.yaml", NETWORK_POLICY);
     for sandbox in [Sandbox::new(), Sandbox::new().policy(&policy)] {
         let status = status_fields(sandbox);
-        assert_eq!(status["Uid"], "65534\t65534\t65534\t65534", "{status:?}");
-        assert_eq!(status["Gid"], "65534\t65534\t65534\t65534", "{status:?}");
+        let uid = single_id(&status["Uid"]);
         assert!(
-            status["Groups"].is_empty() || status["Groups"] == "65534",
+            (POOL_BASE..POOL_BASE + 65_536).contains(&uid),
+            "a uid of the pool: {status:?}"
+        );
+        assert_eq!(single_id(&status["Gid"]), uid, "{status:?}");
+        assert!(
+            status["Groups"].is_empty(),
             "supplementary groups are cleared: {:?}",
             status["Groups"]
         );
@@ -247,13 +264,27 @@ fn the_command_runs_as_nobody_without_capabilities_and_with_no_new_privs() {
         }
         assert_eq!(status["NoNewPrivs"], "1", "{status:?}");
     }
-    let finished = Sandbox::new().run(["/usr/bin/id", "-u"]);
-    assert_eq!(finished.stdout.trim(), "65534");
 
+    let status = status_fields(Sandbox::new().arg("--user").arg("65534"));
+    assert_eq!(status["Uid"], "65534\t65534\t65534\t65534", "{status:?}");
+    assert_eq!(status["Gid"], "65534\t65534\t65534\t65534", "{status:?}");
     let status = status_fields(Sandbox::new().arg("--user").arg("1000:1001"));
     assert_eq!(status["Uid"], "1000\t1000\t1000\t1000", "{status:?}");
     assert_eq!(status["Gid"], "1001\t1001\t1001\t1001", "{status:?}");
     assert_eq!(status["CapBnd"], "0000000000000000", "{status:?}");
+}
+
+#[test]
+fn the_summary_names_the_leased_user() {
+    let _lock = SuiteLock::shared();
+    let scratch = Scratch::new("summary-uid");
+    let summary = scratch.dir.join("summary.json");
+    let finished = Sandbox::new().summary(&summary).run(["/usr/bin/id", "-u"]);
+    assert_eq!(finished.code(), 0, "{}", finished.describe());
+    let recorded = read_json(&summary)["uid"]
+        .as_u64()
+        .expect("uid in the summary");
+    assert_eq!(finished.stdout.trim(), recorded.to_string());
 }
 
 #[test]

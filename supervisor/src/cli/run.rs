@@ -1,6 +1,6 @@
 //! `tollgate run`: the command-line face of [`crate::run`].
 
-use crate::run::{self, RunOptions, NOBODY};
+use crate::run::{self, RunOptions};
 use clap::Args;
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -26,7 +26,9 @@ pub struct RunArgs {
     /// Kill the whole sandbox after this long (e.g. 30s, 5m); exit status 124.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
-    /// User (and group) the command runs as: a number or a name. Default 65534:65534.
+    /// User (and group) the command runs as: a number or a name. Default: a uid of the
+    /// execution's own (leased from 1879048192 up), so executions cannot touch each other;
+    /// executions given the same --user can signal and trace each other's processes.
     #[arg(long, value_name = "UID[:GID]", value_parser = parse_user)]
     pub user: Option<(u32, u32)>,
     /// Allow --user 0. Root could leave its cgroup; use only for trusted commands.
@@ -119,12 +121,10 @@ pub fn run(args: RunArgs) -> i32 {
         }
         _ => None,
     };
-    let (uid, gid) = args.user.unwrap_or((NOBODY, NOBODY));
     run::run(RunOptions {
         policy,
         timeout: args.timeout,
-        uid,
-        gid,
+        user: args.user,
         allow_root: args.allow_root,
         cwd: args.cwd,
         env: args.env,

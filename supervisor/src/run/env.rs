@@ -203,7 +203,6 @@ impl RuntimeDir {
         Ok(dir)
     }
 
-    #[cfg(test)]
     pub fn path(&self) -> &Path {
         &self.path
     }

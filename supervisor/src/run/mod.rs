@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! policy → cgroup → eBPF wall → namespace (+ nftables, + proxy listener) → proxy
-//!        → child (join cgroup → setns → drop privileges → exec) → wait / timeout / signal
+//!        → child (join cgroup → setns → private mounts → drop privileges → exec)
+//!        → wait / timeout / signal
 //!        → kill cgroup → detach wall → stop proxy → audit + summary → exit status
 //! ```
 //! Every wall that cannot be built stops the run with exit status 125 and the reason; nothing
@@ -20,9 +21,11 @@ use crate::sandbox::bpf::{AttachedWall, EgressPrograms};
 use crate::sandbox::cgroup::{self, ExecutionCgroup};
 use crate::sandbox::command::{self, CommandProblem};
 use crate::sandbox::layers::Layers;
+use crate::sandbox::mounts::{self, PrivateMounts};
 use crate::sandbox::netns::{self, NamespaceWalls, SandboxNet};
 use crate::sandbox::seccomp::ChildFilters;
 use crate::sandbox::spawn::{self, ChildSetup};
+use crate::sandbox::users::UserLease;
 use serde_json::json;
 use std::ffi::OsString;
 use std::os::fd::AsRawFd;
@@ -39,9 +42,6 @@ pub mod status {
     pub const TOLLGATE_ERROR: i32 = 125;
 }
 
-/// The default sandbox user and group: nobody/nogroup.
-pub const NOBODY: u32 = 65534;
-
 /// How long the execution's CA is valid when the run has no `--timeout` (with one, the CA
 /// lives as long as the timeout, plus a margin).
 const CA_LIFETIME_WITHOUT_TIMEOUT: Duration = Duration::from_secs(7 * 86_400);
@@ -51,8 +51,9 @@ const CA_LIFETIME_WITHOUT_TIMEOUT: Duration = Duration::from_secs(7 * 86_400);
 pub struct RunOptions {
     pub policy: Option<PathBuf>,
     pub timeout: Option<Duration>,
-    pub uid: u32,
-    pub gid: u32,
+    /// `uid:gid` to run as; `None` leases a user of the execution's own (see
+    /// `sandbox::users`).
+    pub user: Option<(u32, u32)>,
     pub allow_root: bool,
     pub cwd: Option<PathBuf>,
     pub env: Vec<(String, String)>,
@@ -104,7 +105,7 @@ struct Ending {
 
 fn execute(options: RunOptions) -> Result<i32, Refusal> {
     let started = Instant::now();
-    if options.uid == 0 && !options.allow_root {
+    if options.user.is_some_and(|(uid, _)| uid == 0) && !options.allow_root {
         return Err(Refusal::tollgate(
             "refusing to run the command as root (--user 0): a root process could leave its \
              cgroup and its walls; use an unprivileged user, or pass --allow-root if you must",
@@ -145,14 +146,33 @@ fn execute(options: RunOptions) -> Result<i32, Refusal> {
         .command
         .first()
         .ok_or_else(|| Refusal::tollgate("no command given: write it after `--`"))?;
-    let program = command::resolve(program, env::SANDBOX_PATH, options.uid, options.gid).map_err(
-        |problem| Refusal {
+    // Held until this function returns, after every process of the execution is dead.
+    let lease = match options.user {
+        Some(_) => None,
+        None => Some(UserLease::claim()?),
+    };
+    let (uid, gid) = match (&options.user, &lease) {
+        (Some(user), _) => *user,
+        (None, Some(lease)) => (lease.uid(), lease.uid()),
+        (None, None) => unreachable!("a lease is taken when no user is given"),
+    };
+    let program =
+        command::resolve(program, env::SANDBOX_PATH, uid, gid).map_err(|problem| Refusal {
             status: problem.exit_status(),
             message: match &problem {
                 CommandProblem::NotFound(m) | CommandProblem::NotExecutable(m) => m.clone(),
             },
-        },
-    )?;
+        })?;
+    if let Some(dir) = mounts::private_dir_of(&program) {
+        return Err(Refusal {
+            status: 127,
+            message: format!(
+                "{} is under {dir}, which the sandbox does not see (it gets private /run, \
+                 /dev/shm and /proc): install the command elsewhere",
+                program.display()
+            ),
+        });
+    }
     let audit = match &options.audit {
         Some(path) => AuditLog::create(path).map_err(|e| {
             Refusal::tollgate(format!(
@@ -166,6 +186,12 @@ fn execute(options: RunOptions) -> Result<i32, Refusal> {
     if !cwd.is_dir() {
         return Err(Refusal::tollgate(format!(
             "--cwd {} is not a directory",
+            cwd.display()
+        )));
+    }
+    if let Some(dir) = mounts::private_dir_of(&cwd) {
+        return Err(Refusal::tollgate(format!(
+            "--cwd {} is under {dir}, which the sandbox does not see; choose another directory",
             cwd.display()
         )));
     }
@@ -247,7 +273,15 @@ fn execute(options: RunOptions) -> Result<i32, Refusal> {
         .map(|wall| events::EventPump::start(wall, audit.clone(), execution.clone(), team.clone()))
         .transpose()
         .map_err(|e| Refusal::tollgate(format!("cannot start the audit event reader: {e}")))?;
-    let ending = runtime.block_on(supervise(&options, &program, &cwd, environment, &walls));
+    let child = Child {
+        program: &program,
+        cwd: &cwd,
+        environment,
+        uid,
+        gid,
+        mounts: PrivateMounts::prepare(runtime_dir.as_ref().map(|dir| dir.path()))?,
+    };
+    let ending = runtime.block_on(supervise(&options, child, &walls));
     let report = walls.tear_down(&audit, &execution, team.as_deref());
     let proxy_stats = proxy.map(|handle| runtime.block_on(handle.shutdown()));
     drop(runtime_dir);
@@ -264,6 +298,7 @@ fn execute(options: RunOptions) -> Result<i32, Refusal> {
                 .map(|c| c.to_string_lossy().into_owned())
                 .unwrap_or_default(),
             network,
+            uid,
             exit_status,
             signal,
             timed_out: ending.timed_out,
@@ -403,21 +438,38 @@ fn bypass_record(
     record
 }
 
+/// What the command is started with.
+struct Child<'a> {
+    program: &'a std::path::Path,
+    cwd: &'a std::path::Path,
+    environment: std::collections::BTreeMap<String, String>,
+    uid: u32,
+    gid: u32,
+    mounts: PrivateMounts,
+}
+
 /// Spawns the command inside the walls and waits for it, a timeout or a signal.
 async fn supervise(
     options: &RunOptions,
-    program: &std::path::Path,
-    cwd: &std::path::Path,
-    environment: std::collections::BTreeMap<String, String>,
+    child: Child<'_>,
     walls: &Walls,
 ) -> Result<Ending, Refusal> {
+    let Child {
+        program,
+        cwd,
+        environment,
+        uid,
+        gid,
+        mounts,
+    } = child;
     use tokio::signal::unix::{signal, SignalKind};
     let foreground = is_foreground_terminal();
     let setup = ChildSetup {
         joiner: Some(walls.cgroup.joiner()?),
         netns: walls.net.as_ref().map(|n| n.netns.as_raw_fd()),
-        uid: options.uid,
-        gid: options.gid,
+        mounts: Some(mounts),
+        uid,
+        gid,
         foreground,
         cap_last: spawn::cap_last_cap(),
         parent: std::process::id() as libc::pid_t,

@@ -9,6 +9,8 @@ pub struct Summary {
     pub team: Option<String>,
     pub command: String,
     pub network: bool,
+    /// The uid (and gid) the command ran as.
+    pub uid: u32,
     pub exit_status: i32,
     /// The signal that ended the command, if any.
     pub signal: Option<i32>,

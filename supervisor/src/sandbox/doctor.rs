@@ -120,12 +120,10 @@ fn namespace() -> Result<String, String> {
 }
 
 fn sandbox_user() -> Result<String, String> {
-    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(crate::run::NOBODY)) {
-        Ok(Some(user)) => Ok(format!("uid 65534 is `{}`", user.name)),
-        Ok(None) => Err(
-            "uid 65534 (nobody) does not exist: add it to /etc/passwd, or pass --user with another unprivileged uid"
-                .into(),
-        ),
-        Err(error) => Err(format!("cannot read the user database: {error}")),
-    }
+    let lease = super::users::UserLease::claim().map_err(|e| e.to_string())?;
+    Ok(format!(
+        "leased uid {} from {} (each execution runs as a user of its own)",
+        lease.uid(),
+        super::users::LEASE_DIR
+    ))
 }

@@ -9,10 +9,12 @@ pub mod cgroup;
 pub mod command;
 pub mod doctor;
 pub mod layers;
+pub mod mounts;
 pub mod netns;
 pub mod nft;
 pub mod seccomp;
 pub mod spawn;
+pub mod users;
 
 use std::{io, path::PathBuf, time::Duration};
 
@@ -174,4 +176,25 @@ pub enum SandboxError {
 
     #[error("cannot wait for eBPF events: poll failed: {source}")]
     EventPoll { source: io::Error },
+
+    #[error(
+        "cannot lease a sandbox user ({path}): {source}; tollgate must run as root with a \
+         writable /run; {DOCTOR}"
+    )]
+    UserLease { path: PathBuf, source: io::Error },
+
+    #[error(
+        "all {limit} sandbox users are leased: this host runs as many executions as it can; \
+         wait for some to finish"
+    )]
+    UsersExhausted { limit: u32 },
+
+    #[error(
+        "cannot give the sandbox its private mounts ({step}): {source}; tollgate needs root \
+         (CAP_SYS_ADMIN) and mount namespaces; {DOCTOR}"
+    )]
+    Mounts {
+        step: &'static str,
+        source: io::Error,
+    },
 }

@@ -1,4 +1,4 @@
-//! A seccomp filter on the child's `socket()` families and io_uring.
+//! Seccomp filters on the child's `socket()` families, io_uring and namespaces.
 //!
 //! The cgroup `sock_create` hook sees only IPv4/IPv6 sockets, so address families such as
 //! `AF_VSOCK` (a path to the hypervisor host on VMs) would otherwise pass every wall. The
@@ -6,8 +6,15 @@
 //! use netlink; it can only see the sandbox namespace); any other family fails with
 //! EAFNOSUPPORT, which programs already handle as "not available here". io_uring is refused
 //! with ENOSYS because its socket operations bypass the `socket()` system call (programs fall
-//! back to ordinary system calls). Filters are compiled in the supervisor before fork; the
-//! child only installs them, after `no_new_privs`.
+//! back to ordinary system calls).
+//!
+//! The child may not make namespaces or enter them: `unshare` and `clone` with any
+//! `CLONE_NEW*` flag, and `setns`, fail with EPERM. An unprivileged user namespace would hand
+//! the sandbox every capability over its own objects — the door most kernel exploits go
+//! through — and a namespace of its own is nothing the sandbox needs. `clone3` passes its
+//! flags in memory a filter cannot read, so it fails with ENOSYS, on which glibc (and every
+//! runtime that tries clone3) falls back to `clone`. Filters are compiled in the supervisor
+//! before fork; the child only installs them, after `no_new_privs`.
 
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -32,7 +39,12 @@ impl ChildFilters {
     pub fn compile() -> Result<ChildFilters, String> {
         let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|e| e.to_string())?;
         Ok(ChildFilters {
-            programs: vec![socket_families(arch)?, io_uring(arch)?],
+            programs: vec![
+                socket_families(arch)?,
+                io_uring(arch)?,
+                namespaces(arch)?,
+                clone3(arch)?,
+            ],
         })
     }
 
@@ -67,6 +79,54 @@ fn io_uring(arch: TargetArch) -> Result<BpfProgram, String> {
         (libc::SYS_io_uring_register, vec![]),
     ]);
     compile(rules, libc::ENOSYS, arch)
+}
+
+/// Namespace-creating flags of `unshare(2)` and `clone(2)` (CLONE_NEWTIME, 0x80, is valid
+/// only for `unshare`: in `clone` the low byte is the exit signal).
+const CLONE_NAMESPACES: [u64; 7] = [
+    libc::CLONE_NEWNS as u64,
+    libc::CLONE_NEWCGROUP as u64,
+    libc::CLONE_NEWUTS as u64,
+    libc::CLONE_NEWIPC as u64,
+    libc::CLONE_NEWUSER as u64,
+    libc::CLONE_NEWPID as u64,
+    libc::CLONE_NEWNET as u64,
+];
+const CLONE_NEWTIME: u64 = 0x80;
+
+/// `unshare` or `clone` with a namespace flag, and every `setns` → EPERM.
+fn namespaces(arch: TargetArch) -> Result<BpfProgram, String> {
+    let with_flag = |flag: u64| -> Result<SeccompRule, String> {
+        SeccompRule::new(vec![SeccompCondition::new(
+            0,
+            SeccompCmpArgLen::Qword,
+            SeccompCmpOp::MaskedEq(flag),
+            flag,
+        )
+        .map_err(|e| e.to_string())?])
+        .map_err(|e| e.to_string())
+    };
+    let clone_rules = CLONE_NAMESPACES
+        .iter()
+        .map(|flag| with_flag(*flag))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut unshare_rules = clone_rules.clone();
+    unshare_rules.push(with_flag(CLONE_NEWTIME)?);
+    let rules = BTreeMap::from([
+        (libc::SYS_unshare, unshare_rules),
+        (libc::SYS_clone, clone_rules),
+        (libc::SYS_setns, vec![]),
+    ]);
+    compile(rules, libc::EPERM, arch)
+}
+
+/// Every `clone3` → ENOSYS (callers fall back to `clone`, which the namespace filter reads).
+fn clone3(arch: TargetArch) -> Result<BpfProgram, String> {
+    compile(
+        BTreeMap::from([(libc::SYS_clone3, vec![])]),
+        libc::ENOSYS,
+        arch,
+    )
 }
 
 fn compile(

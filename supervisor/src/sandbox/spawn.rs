@@ -3,12 +3,12 @@
 //!
 //! The order is the point. The child joins the execution's cgroup before anything else, so no
 //! socket it creates escapes the eBPF programs; it enters the sandbox namespace before it can
-//! open a socket in the host's; it drops the capability bounding set while it still holds
+//! open a socket in the host's; it gets its private mounts (see `mounts`); it drops the capability bounding set while it still holds
 //! CAP_SETPCAP, then switches user, clears every capability set and sets no_new_privs, so
 //! nothing it execs can regain a privilege; only then is the parent-death signal armed (a
 //! credential change clears it). Every descriptor above stderr is marked close-on-exec, so
-//! nothing the caller leaked crosses into the sandbox. Last, a seccomp filter limits socket
-//! families (see `seccomp`). Code in `pre_exec` runs after fork in a
+//! nothing the caller leaked crosses into the sandbox. Last, seccomp filters limit socket
+//! families and refuse io_uring and namespaces (see `seccomp`). Code in `pre_exec` runs after fork in a
 //! multi-threaded process, so it only makes raw system calls: no allocation, no locks.
 
 use super::cgroup::CgroupJoiner;
@@ -20,6 +20,8 @@ pub struct ChildSetup {
     pub joiner: Option<CgroupJoiner>,
     /// The sandbox network namespace (kept open by the caller until the child has started).
     pub netns: Option<RawFd>,
+    /// The child's private mount and IPC namespaces (see [`super::mounts`]).
+    pub mounts: Option<super::mounts::PrivateMounts>,
     pub uid: u32,
     pub gid: u32,
     /// Make the child the terminal's foreground process group (stdin is a terminal).
@@ -28,7 +30,7 @@ pub struct ChildSetup {
     pub cap_last: u32,
     /// The supervisor's pid, to notice it died before PR_SET_PDEATHSIG took effect.
     pub parent: libc::pid_t,
-    /// Socket-family and io_uring filters, installed last (see [`super::seccomp`]).
+    /// Socket-family, io_uring and namespace filters, installed last (see [`super::seccomp`]).
     pub filters: super::seccomp::ChildFilters,
 }
 
@@ -81,6 +83,11 @@ impl ChildSetup {
             if let Some(netns) = self.netns {
                 check(libc::setns(netns, libc::CLONE_NEWNET))?;
             }
+        }
+        if let Some(mounts) = &self.mounts {
+            mounts.apply()?;
+        }
+        unsafe {
             for cap in 0..=self.cap_last {
                 // EINVAL for capabilities this kernel does not have is fine.
                 libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0);
