@@ -20,6 +20,7 @@ use crate::proxy::{Credentials, Interception, Proxy};
 use crate::sandbox::bpf::{AttachedWall, EgressPrograms};
 use crate::sandbox::cgroup::{self, ExecutionCgroup};
 use crate::sandbox::command::{self, CommandProblem};
+use crate::sandbox::launch::{self, LaunchError};
 use crate::sandbox::layers::Layers;
 use crate::sandbox::mounts::{self, PrivateMounts};
 use crate::sandbox::netns::{self, NamespaceWalls, SandboxNet};
@@ -28,7 +29,7 @@ use crate::sandbox::spawn::{self, ChildSetup};
 use crate::sandbox::users::UserLease;
 use serde_json::json;
 use std::ffi::OsString;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd as _, AsRawFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -355,17 +356,25 @@ struct WallTotals {
 
 impl Walls {
     fn build(execution: &str, layers: Layers, network: bool) -> Result<Walls, Refusal> {
+        // The namespace is built on its own thread while this one builds the cgroup and the
+        // eBPF wall.
+        let pending = layers
+            .netns
+            .then(|| {
+                netns::start(NamespaceWalls {
+                    nftables: layers.nftables,
+                    listener: network,
+                })
+            })
+            .transpose()?;
         let cgroup = ExecutionCgroup::create(execution)?;
         let wall = if layers.bpf {
             Some(EgressPrograms::load_or_reuse()?.attach(&cgroup)?)
         } else {
             None
         };
-        let (net, listener) = if layers.netns {
-            let mut net = netns::create(NamespaceWalls {
-                nftables: layers.nftables,
-                listener: network,
-            })?;
+        let (net, listener) = if let Some(pending) = pending {
+            let mut net = pending.finish()?;
             let listener = net.listener.take();
             (Some(net), listener)
         } else if network {
@@ -465,7 +474,6 @@ async fn supervise(
     use tokio::signal::unix::{signal, SignalKind};
     let foreground = is_foreground_terminal();
     let setup = ChildSetup {
-        joiner: Some(walls.cgroup.joiner()?),
         netns: walls.net.as_ref().map(|n| n.netns.as_raw_fd()),
         mounts: Some(mounts),
         uid,
@@ -476,24 +484,15 @@ async fn supervise(
         filters: ChildFilters::compile()
             .map_err(|e| Refusal::tollgate(format!("cannot compile the seccomp filter: {e}")))?,
     };
-    let mut command = tokio::process::Command::new(program);
-    command
-        .arg0(&options.command[0])
-        .args(&options.command[1..])
-        .env_clear()
-        .envs(&environment)
-        .current_dir(cwd)
-        .kill_on_drop(true);
-    // SAFETY: `apply` makes only async-signal-safe system calls (see sandbox::spawn).
-    unsafe {
-        command.pre_exec(move || setup.apply());
-    }
+    let command = launch::Command::new(program, &options.command, &environment, cwd)
+        .map_err(|e| Refusal::tollgate(format!("cannot prepare the command: {e}")))?;
     let mut interrupt =
         signal(SignalKind::interrupt()).map_err(|e| Refusal::tollgate(e.to_string()))?;
     let mut terminate =
         signal(SignalKind::terminate()).map_err(|e| Refusal::tollgate(e.to_string()))?;
     let mut hangup = signal(SignalKind::hangup()).map_err(|e| Refusal::tollgate(e.to_string()))?;
-    let mut child = command.spawn().map_err(|e| spawn_refusal(program, &e))?;
+    let mut child = launch::launch(&command, &setup, walls.cgroup.as_fd())
+        .map_err(|e| launch_refusal(program, e))?;
     let timeout = options.timeout.unwrap_or(Duration::MAX);
     let deadline = tokio::time::sleep(timeout.min(Duration::from_secs(365 * 86_400)));
     tokio::pin!(deadline);
@@ -523,22 +522,32 @@ async fn supervise(
     })
 }
 
-fn spawn_refusal(program: &std::path::Path, error: &std::io::Error) -> Refusal {
-    match error.raw_os_error() {
-        Some(libc::ENOENT) => Refusal {
-            status: 127,
-            message: format!("command not found: {}", program.display()),
+fn launch_refusal(program: &std::path::Path, error: LaunchError) -> Refusal {
+    match error {
+        LaunchError::Exec(error) => match error.raw_os_error() {
+            Some(libc::ENOENT) => Refusal {
+                status: 127,
+                message: format!("command not found in the sandbox: {}", program.display()),
+            },
+            Some(libc::EACCES | libc::ENOEXEC | libc::EISDIR | libc::EPERM) => Refusal {
+                status: 126,
+                message: format!(
+                    "{} cannot be executed by the sandbox user: {error}",
+                    program.display()
+                ),
+            },
+            _ => Refusal {
+                status: 126,
+                message: format!("cannot execute {}: {error}", program.display()),
+            },
         },
-        Some(libc::EACCES) | Some(libc::ENOEXEC) | Some(libc::EISDIR) => Refusal {
-            status: 126,
-            message: format!(
-                "{} cannot be executed by the sandbox user: {error}",
-                program.display()
-            ),
-        },
-        _ => Refusal::tollgate(format!(
-            "cannot start {} in the sandbox: {error}",
+        LaunchError::Setup(error) => Refusal::tollgate(format!(
+            "cannot set up the sandbox for {}: {error}",
             program.display()
+        )),
+        LaunchError::Clone(error) => Refusal::tollgate(format!(
+            "cannot create the sandboxed process (clone3 into the execution's cgroup needs \
+             Linux 5.7 or newer): {error}"
         )),
     }
 }

@@ -37,18 +37,50 @@ impl SandboxNet {
 
 /// Builds the namespace on a short-lived thread and hands back its descriptor.
 pub fn create(walls: NamespaceWalls) -> Result<SandboxNet, SandboxError> {
-    std::thread::Builder::new()
+    start(walls)?.finish()
+}
+
+/// A namespace being built on its thread, while the caller builds the other walls.
+#[derive(Debug)]
+pub struct PendingNet {
+    thread: Option<std::thread::JoinHandle<Result<SandboxNet, SandboxError>>>,
+}
+
+/// Starts building the namespace on a short-lived thread; [`PendingNet::finish`] waits for it.
+pub fn start(walls: NamespaceWalls) -> Result<PendingNet, SandboxError> {
+    let thread = std::thread::Builder::new()
         .name("tollgate-netns".into())
         .spawn(move || build_in_new_namespace(walls))
         .map_err(|e| SandboxError::Netns {
             step: "start the namespace thread",
             detail: e.to_string(),
-        })?
-        .join()
-        .map_err(|_| SandboxError::Netns {
-            step: "build the namespace",
-            detail: "the setup thread panicked".into(),
-        })?
+        })?;
+    Ok(PendingNet {
+        thread: Some(thread),
+    })
+}
+
+impl PendingNet {
+    /// Waits for the namespace thread and hands back what it built.
+    pub fn finish(mut self) -> Result<SandboxNet, SandboxError> {
+        self.thread
+            .take()
+            .expect("joined only here or on drop")
+            .join()
+            .map_err(|_| SandboxError::Netns {
+                step: "build the namespace",
+                detail: "the setup thread panicked".into(),
+            })?
+    }
+}
+
+impl Drop for PendingNet {
+    fn drop(&mut self) {
+        // Abandoned (another wall failed): wait, so the namespace is gone when this returns.
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 fn build_in_new_namespace(walls: NamespaceWalls) -> Result<SandboxNet, SandboxError> {

@@ -1,23 +1,22 @@
-//! Starting the child inside the walls: join the cgroup, enter the namespace, drop every
-//! privilege, then exec.
+//! What the child does between clone and exec, to put itself inside the walls: enter the
+//! namespace, drop every privilege, then hand over to exec.
 //!
-//! The order is the point. The child joins the execution's cgroup before anything else, so no
-//! socket it creates escapes the eBPF programs; it enters the sandbox namespace before it can
-//! open a socket in the host's; it gets its private mounts (see `mounts`); it drops the capability bounding set while it still holds
-//! CAP_SETPCAP, then switches user, clears every capability set and sets no_new_privs, so
-//! nothing it execs can regain a privilege; only then is the parent-death signal armed (a
-//! credential change clears it). Every descriptor above stderr is marked close-on-exec, so
-//! nothing the caller leaked crosses into the sandbox. Last, seccomp filters limit socket
-//! families and refuse io_uring and namespaces (see `seccomp`). Code in `pre_exec` runs after fork in a
-//! multi-threaded process, so it only makes raw system calls: no allocation, no locks.
+//! The order is the point. The child is born in the execution's cgroup (see `launch`), so no
+//! socket it ever creates escapes the eBPF programs; it enters the sandbox namespace before it
+//! can open a socket in the host's; it gets its private mounts (see `mounts`); it drops the
+//! capability bounding set while it still holds CAP_SETPCAP, then switches user, clears every
+//! capability set and sets no_new_privs, so nothing it execs can regain a privilege; only then
+//! is the parent-death signal armed (a credential change clears it). Every descriptor above
+//! stderr is marked close-on-exec, so nothing the caller leaked crosses into the sandbox.
+//! Last, seccomp filters limit socket families and refuse io_uring and namespaces (see
+//! `seccomp`). The child is a copy of a multi-threaded process, so this code only makes raw
+//! system calls: no allocation, no locks.
 
-use super::cgroup::CgroupJoiner;
 use std::io;
 use std::os::fd::RawFd;
 
 /// What the child must do between fork and exec.
 pub struct ChildSetup {
-    pub joiner: Option<CgroupJoiner>,
     /// The sandbox network namespace (kept open by the caller until the child has started).
     pub netns: Option<RawFd>,
     /// The child's private mount and IPC namespaces (see [`super::mounts`]).
@@ -76,9 +75,6 @@ impl ChildSetup {
                 libc::CLOSE_RANGE_CLOEXEC,
             ) as libc::c_int)?;
         }
-        if let Some(joiner) = &self.joiner {
-            joiner.join_current_process()?;
-        }
         unsafe {
             if let Some(netns) = self.netns {
                 check(libc::setns(netns, libc::CLONE_NEWNET))?;
@@ -99,16 +95,19 @@ impl ChildSetup {
                 0,
                 0,
             ))?;
-            check(libc::setgroups(0, std::ptr::null()))?;
-            check(libc::setresgid(self.gid, self.gid, self.gid))?;
-            check(libc::setresuid(self.uid, self.uid, self.uid))?;
+            // Raw system calls: glibc's wrappers would try to change the credentials of every
+            // thread of the process this one was copied from, and wait for them forever.
+            check(libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) as _)?;
+            check(libc::syscall(libc::SYS_setresgid, self.gid, self.gid, self.gid) as _)?;
+            check(libc::syscall(libc::SYS_setresuid, self.uid, self.uid, self.uid) as _)?;
             clear_capabilities()?;
             // After the credential change: the kernel clears the parent-death signal when
             // credentials change, so arming it earlier would be silently undone.
             check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0))?;
             if libc::getppid() != self.parent {
                 // The supervisor died before the death signal was armed.
-                return Err(io::Error::other("the supervisor exited during start-up"));
+                // (No message: allocating here could deadlock; nobody is left to read it.)
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
             }
             check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
         }
