@@ -10,8 +10,7 @@ use regorus::rvm::{Program, RegoVM};
 use regorus::{CompiledPolicy, Engine, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::num::NonZeroU32;
-use std::sync::Arc;
-use std::sync::Once;
+use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
 pub const BUILTIN_MODULE: &str = include_str!("../rego/tollgate.rego");
@@ -47,13 +46,34 @@ pub struct RegoCompileError {
 /// compiles to it (measurably faster than the tree interpreter: docs/benchmarks.md), and the
 /// interpreter otherwise: the RVM does not cover all of Rego yet, and a team module may use
 /// what it lacks. `vm_and_interpreter_agree` below keeps the two honest.
-#[derive(Clone)]
+///
+/// A VM loaded with the program and the policy data is kept for reuse (one per concurrent
+/// evaluation, in `idle`): setting up a fresh one re-checks the data against the program's
+/// rules on every request. Each execution resets the VM's per-run state — registers, rule
+/// results, caches — so nothing of one request's input survives into the next.
 struct Compiled {
     policy: CompiledPolicy,
     program: Option<Arc<Program>>,
     entrypoint: &'static str,
     data: Value,
+    idle: Mutex<Vec<RegoVM>>,
 }
+
+impl Clone for Compiled {
+    fn clone(&self) -> Self {
+        Compiled {
+            policy: self.policy.clone(),
+            program: self.program.clone(),
+            entrypoint: self.entrypoint,
+            data: self.data.clone(),
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+/// VMs kept per entry point: more would only hold memory (evaluations are short, and run on
+/// at most a few threads at once).
+const IDLE_VMS: usize = 8;
 
 impl Compiled {
     fn new(policy: CompiledPolicy, entrypoint: &'static str, data: Value) -> Self {
@@ -63,6 +83,7 @@ impl Compiled {
             program,
             entrypoint,
             data,
+            idle: Mutex::new(Vec::new()),
         }
     }
 
@@ -73,12 +94,30 @@ impl Compiled {
                 .eval_with_input(input)
                 .map_err(|e| e.to_string());
         };
-        let mut vm = RegoVM::new_with_policy(self.policy.clone());
-        vm.load_program(program.clone());
-        vm.set_data(self.data.clone()).map_err(|e| e.to_string())?;
+        let reused = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        let mut vm = match reused {
+            Some(vm) => vm,
+            None => {
+                let mut vm = RegoVM::new_with_policy(self.policy.clone());
+                vm.load_program(program.clone());
+                vm.set_data(self.data.clone()).map_err(|e| e.to_string())?;
+                vm
+            }
+        };
         vm.set_input(input);
-        vm.execute_entry_point_by_name(self.entrypoint)
-            .map_err(|e| e.to_string())
+        let result = vm
+            .execute_entry_point_by_name(self.entrypoint)
+            .map_err(|e| e.to_string());
+        // The input goes with the request; a VM whose run failed is not kept.
+        vm.set_input(Value::Null);
+        if result.is_ok() {
+            if let Ok(mut idle) = self.idle.lock() {
+                if idle.len() < IDLE_VMS {
+                    idle.push(vm);
+                }
+            }
+        }
+        result
     }
 }
 

@@ -147,6 +147,14 @@ fn execute(options: RunOptions) -> Result<i32, Refusal> {
         .command
         .first()
         .ok_or_else(|| Refusal::tollgate("no command given: write it after `--`"))?;
+    // Before a uid is leased: processes a killed supervisor left behind die here, so they
+    // can never share a uid with this execution.
+    if let Err(error) = cgroup::gc_stale() {
+        tracing::warn!("cannot reap stale executions: {error}");
+    }
+    if let Ok(mount) = cgroup::cgroup2_mount() {
+        env::gc_runtime_dirs(&mount.join("tollgate"));
+    }
     // Held until this function returns, after every process of the execution is dead.
     let lease = match options.user {
         Some(_) => None,
@@ -168,8 +176,8 @@ fn execute(options: RunOptions) -> Result<i32, Refusal> {
         return Err(Refusal {
             status: 127,
             message: format!(
-                "{} is under {dir}, which the sandbox does not see (it gets private /run, \
-                 /dev/shm and /proc): install the command elsewhere",
+                "{} is under {dir}, which the sandbox does not see (it gets its own /run, \
+                 /dev/shm, /proc and /sys): install the command elsewhere",
                 program.display()
             ),
         });
@@ -204,12 +212,6 @@ fn execute(options: RunOptions) -> Result<i32, Refusal> {
         .map_err(|e| Refusal::tollgate(format!("cannot start the async runtime: {e}")))?;
 
     let layers = Layers::for_this_build();
-    if let Err(error) = cgroup::gc_stale() {
-        tracing::warn!("cannot reap stale executions: {error}");
-    }
-    if let Ok(mount) = cgroup::cgroup2_mount() {
-        env::gc_runtime_dirs(&mount.join("tollgate"));
-    }
     let execution = cgroup::new_execution_id()?;
     let team = policy.as_ref().map(|p| p.team.clone());
     let mut walls = Walls::build(&execution, layers, network)?;

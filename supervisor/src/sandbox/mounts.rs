@@ -10,6 +10,9 @@
 //! - a fresh `/dev/shm`, freed with the namespace;
 //! - a fresh `/proc` mounted `hidepid=invisible`: the sandbox sees only processes of its own
 //!   user, which is the execution's own user (see `users`);
+//! - a fresh, read-only `/sys` of the sandbox's network namespace: only its `lo` under
+//!   `class/net`, and nothing mounted below it — no cgroup tree (whose directory names are
+//!   other executions' ids and whose `cgroup.procs` list their pids), no bpffs, no tracefs;
 //! - and a private IPC namespace (System V IPC and POSIX message queues).
 //!
 //! Everything else is the host's tree, unchanged (mount propagation is cut first, so nothing
@@ -34,7 +37,7 @@ pub struct PrivateMounts {
 }
 
 /// Directories a sandboxed command cannot see the host's contents of.
-pub const PRIVATE_DIRS: [&str; 3] = ["/run", "/dev/shm", "/proc"];
+pub const PRIVATE_DIRS: [&str; 4] = ["/run", "/dev/shm", "/proc", "/sys"];
 
 impl PrivateMounts {
     /// Mounts for an execution whose runtime directory (if any) is `runtime_dir`, which must
@@ -110,6 +113,13 @@ impl PrivateMounts {
                 c"proc".as_ptr(),
                 libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
                 c"hidepid=invisible".as_ptr().cast(),
+            ))?;
+            check(libc::mount(
+                c"sysfs".as_ptr(),
+                c"/sys".as_ptr(),
+                c"sysfs".as_ptr(),
+                libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                std::ptr::null(),
             ))?;
         }
         Ok(())

@@ -13,12 +13,17 @@
 //! the sandbox every capability over its own objects — the door most kernel exploits go
 //! through — and a namespace of its own is nothing the sandbox needs. `clone3` passes its
 //! flags in memory a filter cannot read, so it fails with ENOSYS, on which glibc (and every
-//! runtime that tries clone3) falls back to `clone`. Filters are compiled in the supervisor
-//! before fork; the child only installs them, after `no_new_privs`.
+//! runtime that tries clone3) falls back to `clone`.
+//!
+//! On x86-64, system calls of the x32 ABI (numbers with bit 30 set) fail with ENOSYS: they
+//! share the x86-64 architecture token, so the rules above, written for x86-64 numbers, would
+//! not see an x32 `socket` or `unshare` on a kernel that has x32 enabled. Filters are
+//! compiled in the supervisor before the clone; the child only installs them, after
+//! `no_new_privs`.
 
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
+    sock_filter, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
+    SeccompFilter, SeccompRule, TargetArch,
 };
 use std::collections::BTreeMap;
 
@@ -44,6 +49,7 @@ impl ChildFilters {
                 io_uring(arch)?,
                 namespaces(arch)?,
                 clone3(arch)?,
+                no_x32_abi(),
             ],
         })
     }
@@ -127,6 +133,29 @@ fn clone3(arch: TargetArch) -> Result<BpfProgram, String> {
         libc::ENOSYS,
         arch,
     )
+}
+
+/// Every x32 system call (x86-64 token, number with bit 30 set) → ENOSYS; others pass on to
+/// the other filters. seccompiler matches numbers exactly, so this one is written by hand.
+fn no_x32_abi() -> BpfProgram {
+    // BPF_LD|BPF_W|BPF_ABS, BPF_JMP|BPF_JEQ|BPF_K, BPF_JMP|BPF_JGE|BPF_K, BPF_RET|BPF_K.
+    const LD_W_ABS: u16 = 0x20;
+    const JEQ_K: u16 = 0x15;
+    const JGE_K: u16 = 0x35;
+    const RET_K: u16 = 0x06;
+    const ARCH_OFFSET: u32 = 4;
+    const NR_OFFSET: u32 = 0;
+    const AUDIT_ARCH_X86_64: u32 = 62 | 0x8000_0000 | 0x4000_0000;
+    const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+    let op = |code, k, jt, jf| sock_filter { code, jt, jf, k };
+    vec![
+        op(LD_W_ABS, ARCH_OFFSET, 0, 0),
+        op(JEQ_K, AUDIT_ARCH_X86_64, 0, 3),
+        op(LD_W_ABS, NR_OFFSET, 0, 0),
+        op(JGE_K, X32_SYSCALL_BIT, 0, 1),
+        op(RET_K, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32, 0, 0),
+        op(RET_K, libc::SECCOMP_RET_ALLOW, 0, 0),
+    ]
 }
 
 fn compile(
