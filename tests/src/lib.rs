@@ -45,14 +45,18 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// A scratch directory removed on drop.
+/// Where scratch directories live: below /tmp, which each sandbox gets its own of, so
+/// `Sandbox` shares this directory with every sandbox it starts.
+pub const SCRATCH_ROOT: &str = "/tmp/tollgate-tests";
+
+/// A scratch directory (below [`SCRATCH_ROOT`]) removed on drop.
 pub struct Scratch {
     pub dir: PathBuf,
 }
 
 impl Scratch {
     pub fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
+        let dir = Path::new(SCRATCH_ROOT).join(format!(
             "tollgate-test-{tag}-{}-{}",
             std::process::id(),
             std::time::SystemTime::now()

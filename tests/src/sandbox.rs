@@ -247,7 +247,16 @@ impl Sandbox {
         if let Some(disable) = &self.disable {
             command.env("TOLLGATE_TEST_DISABLE_LAYERS", disable);
         }
-        command.arg("run").args(&self.args).arg("--").args(cmd);
+        // Scratch directories live below SCRATCH_ROOT in /tmp, which the sandbox gets its own
+        // of: share them.
+        std::fs::create_dir_all(crate::SCRATCH_ROOT).expect("create the scratch root");
+        command
+            .arg("run")
+            .arg("--share")
+            .arg(crate::SCRATCH_ROOT)
+            .args(&self.args)
+            .arg("--")
+            .args(cmd);
         command
     }
 

@@ -1,6 +1,7 @@
 //! `tollgate run`: the command-line face of [`crate::run`].
 
 use crate::run::{self, RunOptions};
+use crate::sandbox::mounts::{self, Share};
 use clap::Args;
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -34,9 +35,16 @@ pub struct RunArgs {
     /// Allow --user 0. Root could leave its cgroup; use only for trusted commands.
     #[arg(long)]
     pub allow_root: bool,
-    /// Working directory of the command (default /tmp).
+    /// Working directory of the command (default /tmp, the sandbox's own).
     #[arg(long, value_name = "DIR")]
     pub cwd: Option<PathBuf>,
+    /// Share a host directory below /tmp or /var/tmp with the sandbox, read-write, at the same
+    /// path (repeatable). The sandbox gets its own empty /tmp and /var/tmp otherwise.
+    #[arg(long, value_name = "DIR", value_parser = parse_share)]
+    pub share: Vec<PathBuf>,
+    /// Like --share, read-only.
+    #[arg(long, value_name = "DIR", value_parser = parse_share)]
+    pub share_ro: Vec<PathBuf>,
     /// Set an environment variable in the sandbox (repeatable).
     #[arg(long = "env", value_name = "K=V", value_parser = parse_env)]
     pub env: Vec<(String, String)>,
@@ -60,6 +68,12 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err("the timeout must be longer than zero".into());
     }
     Ok(span.as_duration())
+}
+
+fn parse_share(text: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(text);
+    mounts::check_share(&path)?;
+    Ok(path)
 }
 
 fn parse_env(text: &str) -> Result<(String, String), String> {
@@ -125,6 +139,18 @@ pub fn run(args: RunArgs) -> i32 {
         policy,
         timeout: args.timeout,
         user: args.user,
+        shares: args
+            .share
+            .into_iter()
+            .map(|path| Share {
+                path,
+                read_only: false,
+            })
+            .chain(args.share_ro.into_iter().map(|path| Share {
+                path,
+                read_only: true,
+            }))
+            .collect(),
         allow_root: args.allow_root,
         cwd: args.cwd,
         env: args.env,

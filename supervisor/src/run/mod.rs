@@ -22,7 +22,7 @@ use crate::sandbox::cgroup::{self, ExecutionCgroup};
 use crate::sandbox::command::{self, CommandProblem};
 use crate::sandbox::launch::{self, LaunchError};
 use crate::sandbox::layers::Layers;
-use crate::sandbox::mounts::{self, PrivateMounts};
+use crate::sandbox::mounts::{self, PrivateMounts, Share};
 use crate::sandbox::netns::{self, NamespaceWalls, SandboxNet};
 use crate::sandbox::seccomp::ChildFilters;
 use crate::sandbox::spawn::{self, ChildSetup};
@@ -30,6 +30,7 @@ use crate::sandbox::users::UserLease;
 use serde_json::json;
 use std::ffi::OsString;
 use std::os::fd::{AsFd as _, AsRawFd};
+use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -57,6 +58,9 @@ pub struct RunOptions {
     pub user: Option<(u32, u32)>,
     pub allow_root: bool,
     pub cwd: Option<PathBuf>,
+    /// Directories below /tmp or /var/tmp bound into the sandbox's own (see
+    /// `sandbox::mounts`).
+    pub shares: Vec<Share>,
     pub env: Vec<(String, String)>,
     pub pass_env: Vec<String>,
     pub audit: Option<PathBuf>,
@@ -172,15 +176,19 @@ fn execute(options: RunOptions) -> Result<i32, Refusal> {
                 CommandProblem::NotFound(m) | CommandProblem::NotExecutable(m) => m.clone(),
             },
         })?;
-    if let Some(dir) = mounts::private_dir_of(&program) {
+    if let Some(why) = mounts::invisible_because(&program, &options.shares) {
         return Err(Refusal {
             status: 127,
-            message: format!(
-                "{} is under {dir}, which the sandbox does not see (it gets its own /run, \
-                 /dev/shm, /proc and /sys): install the command elsewhere",
-                program.display()
-            ),
+            message: format!("the sandbox cannot see the command: {why}"),
         });
+    }
+    // A script path the command will not find is the usual way to hit the private /tmp.
+    for argument in options.command.iter().skip(1).map(std::path::Path::new) {
+        if argument.is_absolute() && argument.exists() {
+            if let Some(why) = mounts::invisible_because(argument, &options.shares) {
+                eprintln!("tollgate: warning: the sandbox will not see an argument: {why}");
+            }
+        }
     }
     let audit = match &options.audit {
         Some(path) => AuditLog::create(path).map_err(|e| {
@@ -198,10 +206,9 @@ fn execute(options: RunOptions) -> Result<i32, Refusal> {
             cwd.display()
         )));
     }
-    if let Some(dir) = mounts::private_dir_of(&cwd) {
+    if let Some(why) = mounts::invisible_because(&cwd, &options.shares) {
         return Err(Refusal::tollgate(format!(
-            "--cwd {} is under {dir}, which the sandbox does not see; choose another directory",
-            cwd.display()
+            "the sandbox cannot see --cwd: {why}"
         )));
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -282,7 +289,10 @@ fn execute(options: RunOptions) -> Result<i32, Refusal> {
         environment,
         uid,
         gid,
-        mounts: PrivateMounts::prepare(runtime_dir.as_ref().map(|dir| dir.path()))?,
+        mounts: PrivateMounts::prepare(
+            runtime_dir.as_ref().map(|dir| dir.path()),
+            &options.shares,
+        )?,
     };
     let ending = runtime.block_on(supervise(&options, child, &walls));
     let report = walls.tear_down(&audit, &execution, team.as_deref());
@@ -478,6 +488,8 @@ async fn supervise(
     let setup = ChildSetup {
         netns: walls.net.as_ref().map(|n| n.netns.as_raw_fd()),
         mounts: Some(mounts),
+        cwd: std::ffi::CString::new(cwd.as_os_str().as_bytes())
+            .map_err(|_| Refusal::tollgate("--cwd contains a NUL byte"))?,
         uid,
         gid,
         foreground,
@@ -486,7 +498,7 @@ async fn supervise(
         filters: ChildFilters::compile()
             .map_err(|e| Refusal::tollgate(format!("cannot compile the seccomp filter: {e}")))?,
     };
-    let command = launch::Command::new(program, &options.command, &environment, cwd)
+    let command = launch::Command::new(program, &options.command, &environment)
         .map_err(|e| Refusal::tollgate(format!("cannot prepare the command: {e}")))?;
     let mut interrupt =
         signal(SignalKind::interrupt()).map_err(|e| Refusal::tollgate(e.to_string()))?;

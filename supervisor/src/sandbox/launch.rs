@@ -25,11 +25,10 @@ use std::path::Path;
 use std::process::ExitStatus;
 use tokio::io::unix::AsyncFd;
 
-/// The command line, environment and working directory, as the child's system calls take
-/// them (all allocation happens here, before the clone).
+/// The command line and environment, as the child's system calls take them (all
+/// allocation happens here, before the clone).
 pub struct Command {
     program: CString,
-    cwd: CString,
     _argv: Vec<CString>,
     argv_ptrs: Vec<*const libc::c_char>,
     _envp: Vec<CString>,
@@ -37,12 +36,11 @@ pub struct Command {
 }
 
 impl Command {
-    /// `program` is executed with `argv` (argv[0] included) and exactly `env`, in `cwd`.
+    /// `program` is executed with `argv` (argv[0] included) and exactly `env`.
     pub fn new(
         program: &Path,
         argv: &[OsString],
         env: &BTreeMap<String, String>,
-        cwd: &Path,
     ) -> io::Result<Command> {
         let c = |bytes: &[u8]| {
             CString::new(bytes).map_err(|_| {
@@ -69,7 +67,6 @@ impl Command {
         };
         Ok(Command {
             program: c(program.as_os_str().as_bytes())?,
-            cwd: c(cwd.as_os_str().as_bytes())?,
             argv_ptrs: pointers(&argv),
             envp_ptrs: pointers(&envp),
             _argv: argv,
@@ -83,7 +80,7 @@ impl Command {
 pub enum LaunchError {
     /// `clone3` failed: the supervisor could not create the process.
     Clone(io::Error),
-    /// The child failed to set itself up (directory, namespaces, privileges, filters).
+    /// The child failed to set itself up (mounts, directory, privileges, filters).
     Setup(io::Error),
     /// `execve` failed: the program could not be executed.
     Exec(io::Error),
@@ -185,9 +182,6 @@ fn child(command: &Command, setup: &ChildSetup, report: libc::c_int) -> ! {
         let mut none: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut none);
         libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-        if libc::chdir(command.cwd.as_ptr()) != 0 {
-            fail(STAGE_SETUP, io::Error::last_os_error());
-        }
     }
     if let Err(error) = setup.apply() {
         fail(STAGE_SETUP, error);

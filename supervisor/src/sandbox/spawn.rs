@@ -21,6 +21,9 @@ pub struct ChildSetup {
     pub netns: Option<RawFd>,
     /// The child's private mount and IPC namespaces (see [`super::mounts`]).
     pub mounts: Option<super::mounts::PrivateMounts>,
+    /// The working directory, entered once the mounts are in place (so a relative path means
+    /// the same directory as its absolute form inside the sandbox).
+    pub cwd: std::ffi::CString,
     pub uid: u32,
     pub gid: u32,
     /// Make the child the terminal's foreground process group (stdin is a terminal).
@@ -84,6 +87,7 @@ impl ChildSetup {
             mounts.apply()?;
         }
         unsafe {
+            check(libc::chdir(self.cwd.as_ptr()))?;
             for cap in 0..=self.cap_last {
                 // EINVAL for capabilities this kernel does not have is fine.
                 libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0);
