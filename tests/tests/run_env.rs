@@ -421,3 +421,62 @@ fn the_summary_describes_the_execution() {
     assert_execution_gone(summary["execution"].as_str().unwrap_or_default());
     let _ = fs::remove_file(&summary_path);
 }
+
+/// Forks until the kernel refuses, keeping every child alive; prints how many it made and
+/// the errno that stopped it.
+const FORK_UNTIL_REFUSED: &str = r#"
+import errno, os, signal
+made = 0
+try:
+    for _ in range(200):
+        if os.fork() == 0:
+            signal.pause()
+            os._exit(0)
+        made += 1
+    print("made", made, "none")
+except OSError as e:
+    print("made", made, errno.errorcode[e.errno])
+"#;
+
+#[test]
+fn max_processes_stops_a_fork_bomb_and_defaults_to_1024() {
+    let _lock = SuiteLock::shared();
+    let scratch = Scratch::new("nproc");
+    let summary = scratch.dir.join("summary.json");
+    let finished = Sandbox::new()
+        .summary(&summary)
+        .arg("--max-processes")
+        .arg("16")
+        .run([PYTHON, "-c", FORK_UNTIL_REFUSED]);
+    assert_eq!(finished.code(), 0, "{}", finished.describe());
+    let words: Vec<&str> = finished.stdout.split_whitespace().collect();
+    assert_eq!(words.len(), 3, "{}", finished.describe());
+    let made: u32 = words[1].parse().expect("count");
+    assert_eq!(words[2], "EAGAIN", "fork was refused: {}", finished.stdout);
+    assert!(made < 16, "at most 16 processes with the parent: {made}");
+    // The children still paused died with the execution.
+    assert_execution_gone(
+        read_json(&summary)["execution"]
+            .as_str()
+            .unwrap_or_default(),
+    );
+    let default = Sandbox::new().run(["/bin/sh", "-c", "grep 'Max processes' /proc/self/limits"]);
+    let limits: Vec<&str> = default.stdout.split_whitespace().collect();
+    assert_eq!(
+        limits,
+        ["Max", "processes", "1024", "1024", "processes"],
+        "{}",
+        default.describe()
+    );
+
+    let refused = Sandbox::new()
+        .arg("--max-processes")
+        .arg("0")
+        .run(["/bin/true"]);
+    assert_eq!(refused.code(), 125, "{}", refused.describe());
+    assert!(
+        refused.stderr.contains("--max-processes"),
+        "{}",
+        refused.stderr
+    );
+}

@@ -27,6 +27,10 @@ pub struct RunArgs {
     /// Kill the whole sandbox after this long (e.g. 30s, 5m); exit status 124.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
+    /// Most processes and threads the sandbox may run at once (its user's RLIMIT_NPROC).
+    #[arg(long, value_name = "N", default_value_t = run::DEFAULT_MAX_PROCESSES,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_processes: u64,
     /// User (and group) the command runs as: a number or a name. Default: a uid of the
     /// execution's own (leased from 1879048192 up), so executions cannot touch each other;
     /// executions given the same --user can signal and trace each other's processes.
@@ -139,6 +143,7 @@ pub fn run(args: RunArgs) -> i32 {
         policy,
         timeout: args.timeout,
         user: args.user,
+        max_processes: args.max_processes,
         shares: args
             .share
             .into_iter()

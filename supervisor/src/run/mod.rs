@@ -48,6 +48,10 @@ pub mod status {
 /// lives as long as the timeout, plus a margin).
 const CA_LIFETIME_WITHOUT_TIMEOUT: Duration = Duration::from_secs(7 * 86_400);
 
+/// Processes and threads an execution may run at once unless `--max-processes` says
+/// otherwise: room for thread pools and build tools, far below the host's pid space.
+pub const DEFAULT_MAX_PROCESSES: u64 = 1024;
+
 /// Everything `tollgate run` was asked to do.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -56,6 +60,8 @@ pub struct RunOptions {
     /// `uid:gid` to run as; `None` leases a user of the execution's own (see
     /// `sandbox::users`).
     pub user: Option<(u32, u32)>,
+    /// RLIMIT_NPROC of the sandbox user (see `sandbox::spawn::ChildSetup`).
+    pub max_processes: u64,
     pub allow_root: bool,
     pub cwd: Option<PathBuf>,
     /// Directories below /tmp or /var/tmp bound into the sandbox's own (see
@@ -494,6 +500,7 @@ async fn supervise(
         gid,
         foreground,
         cap_last: spawn::cap_last_cap(),
+        max_processes: options.max_processes,
         parent: std::process::id() as libc::pid_t,
         filters: ChildFilters::compile()
             .map_err(|e| Refusal::tollgate(format!("cannot compile the seccomp filter: {e}")))?,

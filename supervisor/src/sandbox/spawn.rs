@@ -30,6 +30,10 @@ pub struct ChildSetup {
     pub foreground: bool,
     /// Highest capability number of this kernel (/proc/sys/kernel/cap_last_cap).
     pub cap_last: u32,
+    /// RLIMIT_NPROC, soft and hard: processes and threads of the sandbox user. With a user of
+    /// its own per execution this bounds the execution (a fork bomb stops at it), also on
+    /// hosts whose cgroups have no pids controller.
+    pub max_processes: u64,
     /// The supervisor's pid, to notice it died before PR_SET_PDEATHSIG took effect.
     pub parent: libc::pid_t,
     /// Socket-family, io_uring and namespace filters, installed last (see [`super::seccomp`]).
@@ -101,6 +105,11 @@ impl ChildSetup {
             ))?;
             // Raw system calls: glibc's wrappers would try to change the credentials of every
             // thread of the process this one was copied from, and wait for them forever.
+            let limit = libc::rlimit {
+                rlim_cur: self.max_processes,
+                rlim_max: self.max_processes,
+            };
+            check(libc::setrlimit(libc::RLIMIT_NPROC, &limit))?;
             check(libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) as _)?;
             check(libc::syscall(libc::SYS_setresgid, self.gid, self.gid, self.gid) as _)?;
             check(libc::syscall(libc::SYS_setresuid, self.uid, self.uid, self.uid) as _)?;
