@@ -20,6 +20,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
+. scripts/lib/bench.sh
 DURATION=${DURATION:-10s}
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -27,23 +28,13 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-need=()
-for tool in wrk:wrk nginx:nginx-light squid:squid tinyproxy:tinyproxy; do
-  command -v "${tool%%:*}" >/dev/null || need+=("${tool##*:}")
-done
-if [ ${#need[@]} -gt 0 ]; then
-  apt-get update -qq
-  # policy-rc.d (Debian images) keeps the packaged services from starting on install.
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+bench_need wrk:wrk nginx:nginx-light squid:squid tinyproxy:tinyproxy
 WRK=$(command -v wrk)
 
-cargo build --release --quiet -p tollgate 2>&1 | grep -v '^warning: tollgate@' || true
+bench_build -p tollgate
 TOLLGATE=${CARGO_TARGET_DIR:-$PWD/target}/release/tollgate
 
-WORK=$(mktemp -d /tmp/tollgate-bench-sandbox.XXXXXX)
-chmod 755 "$WORK"
-PIDS=()
+bench_work tollgate-bench-sandbox
 HOLDER=
 VETH=
 # Processes whose network namespace is the upstream's (nginx and its worker), by namespace.
@@ -56,8 +47,7 @@ in_upstream_ns() {
   return 0
 }
 cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  bench_stop_processes
   if [ -n "$HOLDER" ]; then
     for pid in $(in_upstream_ns); do [ "$pid" = "$HOLDER" ] || kill "$pid" 2>/dev/null || true; done
     kill "$HOLDER" 2>/dev/null || true; wait "$HOLDER" 2>/dev/null || true
@@ -65,7 +55,7 @@ cleanup() {
   if [ -n "$VETH" ]; then ip link del "$VETH" 2>/dev/null || true; fi
   rm -rf "$WORK"
 }
-trap cleanup EXIT
+bench_on_exit cleanup
 
 # ---- the upstream host: an unnamed namespace (held by a sleep), a veth pair, nginx inside.
 # A /30 of 10.201.0.0/16, locked like the test suite's upstream hosts (tests/src/upstream.rs).
@@ -105,152 +95,58 @@ in_ns ip link set dev "tgq$SLOT" addrgenmode none
 in_ns ip addr add "$UPSTREAM/30" dev "tgq$SLOT"
 in_ns ip link set dev "tgq$SLOT" up
 
-mkdir -p "$WORK/www"
-head -c 100 /dev/zero | tr '\0' 'a' >"$WORK/www/small"
-head -c 1048576 /dev/zero | tr '\0' 'b' >"$WORK/www/big"
-chmod -R a+rX "$WORK/www"
-cat >"$WORK/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  sendfile on;
-  tcp_nopush on;
-  keepalive_requests 1000000;
-  keepalive_timeout 60s;
-  server {
-    listen $UPSTREAM:80;
-    root $WORK/www;
-  }
-}
-CONF
-# nsenter execs nginx (no fork for a network namespace): $! is the nginx master.
-nsenter --net="/proc/$HOLDER/ns/net" -- nginx -c "$WORK/nginx.conf" -e "$WORK/nginx-error.log" &
-PIDS+=($!)
+bench_www small big
+bench_nginx_conf "$UPSTREAM:80" "  sendfile on;
+  tcp_nopush on;"
+# nsenter execs nginx (no fork for a network namespace): its pid is the nginx master.
+bench_start_nginx nsenter --net="/proc/$HOLDER/ns/net" --
 
 # ---- squid and tinyproxy on the host's loopback, dialing the upstream over the veth.
-free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_tcp() {
-  for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "nothing listens on $1:$2" >&2; return 1
-}
 SQUID_PORT=$(free_port); TINY_PORT=$(free_port)
-mkdir -p "$WORK/squid"; chown proxy:proxy "$WORK/squid" 2>/dev/null || chmod 777 "$WORK/squid"
-cat >"$WORK/squid.conf" <<CONF
-http_port 127.0.0.1:$SQUID_PORT
-http_access allow all
-cache deny all
-cache_mem 8 MB
-access_log none
-cache_store_log none
-cache_log $WORK/squid/cache.log
-pid_filename $WORK/squid/squid.pid
-coredump_dir $WORK/squid
-shutdown_lifetime 0 seconds
-workers 1
-CONF
-squid -N -f "$WORK/squid.conf" &
-SQUID_PID=$!
-PIDS+=($SQUID_PID)
-cat >"$WORK/tinyproxy.conf" <<CONF
-User nobody
-Group nogroup
-Port $TINY_PORT
-Listen 127.0.0.1
-Timeout 60
-MaxClients 200
-Allow 127.0.0.1
-LogLevel Critical
-PidFile "$WORK/tinyproxy.pid"
-CONF
-tinyproxy -d -c "$WORK/tinyproxy.conf" &
-TINY_PID=$!
-PIDS+=($TINY_PID)
+bench_start_squid "$SQUID_PORT"
+bench_start_tinyproxy "$TINY_PORT"
 wait_tcp "$UPSTREAM" 80
 wait_tcp 127.0.0.1 "$SQUID_PORT"
 wait_tcp 127.0.0.1 "$TINY_PORT"
 sleep 0.5
 
 SCENARIOS=("small 1 1" "small 32 2" "big 8 2")
-TICK=$(getconf CLK_TCK)
-RESULTS="$WORK/results.tsv"
-: >"$RESULTS"
+bench_results
 
-# Absolute-form requests through a proxy: wrk connects to the proxy and sends this request
-# line (wrk has no proxy support of its own), as scripts/bench-proxy.sh does.
-lua() { # NAME HOST PATH
-  cat >"$WORK/$1.lua" <<LUA
-wrk.method = "GET"
-wrk.path = "http://$2$3"
-wrk.headers["Host"] = "$2"
-LUA
-  chmod 644 "$WORK/$1.lua"
-  echo "$WORK/$1.lua"
-}
+# Absolute-form requests through a proxy (see bench_wrk_lua), as scripts/bench-proxy.sh does.
 for file in small big; do
-  lua "upstream-$file" upstream.test "/$file" >/dev/null
-  lua "ip-$file" "$UPSTREAM" "/$file" >/dev/null
+  bench_wrk_lua "upstream-$file" upstream.test "$file" >/dev/null
+  bench_wrk_lua "ip-$file" "$UPSTREAM" "$file" >/dev/null
 done
-
-# parse LABEL FILE CONNS TICKS WRK-OUTPUT-FILE -> one results line
-parse() {
-  local label=$1 file=$2 conns=$3 ticks=$4 out
-  out=$(cat "$5")
-  local rps p50 p99 requests errors cpu_us
-  rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
-  p50=$(awk '$1 == "50%" {print $2}' <<<"$out")
-  p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
-  requests=$(awk '/requests in/ {print $1}' <<<"$out")
-  errors=$(grep -E 'Non-2xx|Socket errors' <<<"$out" | tr -s ' ' | paste -sd ';' - || true)
-  if [ "$ticks" = - ] || [ "${requests:-0}" -eq 0 ]; then
-    cpu_us="-"
-  else
-    cpu_us=$(awk -v d="$ticks" -v t="$TICK" -v n="$requests" 'BEGIN {printf "%.1f", d * 1e6 / t / n}')
-  fi
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$file" "$conns" "$label" "$rps" "$p50" "$p99" "$cpu_us" "${errors:-}" >>"$RESULTS"
-}
-
-ticks_of() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 # Host-namespace rows: direct, squid, tinyproxy.
 measure_host() { # LABEL PID CONNS THREADS FILE
-  local label=$1 pid=$2 conns=$3 threads=$4 file=$5 target script=()
+  local label=$1 pid=$2 conns=$3 threads=$4 file=$5 target script=
   case $label in
     direct)    target="http://$UPSTREAM/$file" ;;
-    squid)     target="http://127.0.0.1:$SQUID_PORT"; script=(-s "$WORK/ip-$file.lua") ;;
-    tinyproxy) target="http://127.0.0.1:$TINY_PORT"; script=(-s "$WORK/ip-$file.lua") ;;
+    squid)     target="http://127.0.0.1:$SQUID_PORT"; script="$WORK/ip-$file.lua" ;;
+    tinyproxy) target="http://127.0.0.1:$TINY_PORT"; script="$WORK/ip-$file.lua" ;;
   esac
-  "$WRK" -t"$threads" -c"$conns" -d1s "${script[@]}" "$target" >/dev/null
-  local before=0 after=0
-  [ "$pid" = - ] || before=$(ticks_of "$pid")
-  "$WRK" -t"$threads" -c"$conns" -d"$DURATION" --latency "${script[@]}" "$target" >"$WORK/wrk.out"
-  [ "$pid" = - ] || after=$(ticks_of "$pid")
-  parse "$label" "$file" "$conns" "$([ "$pid" = - ] && echo - || echo $((after - before)))" "$WORK/wrk.out"
+  bench_wrk_cell "$label" "$file" "$conns" "$threads" \
+    "$([ "$pid" = - ] && echo - || echo "bench_ticks $pid")" "$target" "$script"
 }
 
-# The sandboxed rows: one `tollgate run` per cell; the script inside reads the supervisor's
-# (its parent's) CPU ticks around the measurement.
+# The sandboxed rows: one `tollgate run` per cell. The sandbox cannot see the supervisor's
+# /proc entry (hidepid), so the script inside marks the measured window with files in its
+# shared output directory and the supervisor's CPU ticks are read out here around it.
 mkdir -p "$WORK/out"; chmod 777 "$WORK/out"
 cat >"$WORK/inside.sh" <<'SH'
 #!/bin/sh
-# Runs inside `tollgate run`: $HTTP_PROXY is the proxy listener in this namespace, and the
-# parent process is the tollgate supervisor, whose proxy threads do the work.
+# Runs inside `tollgate run`: $HTTP_PROXY is the proxy listener in this namespace. Marks the
+# measured window for the outside: $OUT/measuring, then $OUT/measured, then waits (at most
+# 10 s) for $OUT/read, written once the supervisor's ticks were taken.
 set -eu
-SUPERVISOR=$PPID
-[ "$(cat /proc/$SUPERVISOR/comm)" = tollgate ] || { echo "parent is not tollgate" >&2; exit 1; }
-ticks() { awk '{print $14 + $15}' "/proc/$SUPERVISOR/stat"; }
 "$WRK" -t"$THREADS" -c"$CONNS" -d1s -s "$WORK/upstream-$FILE.lua" "$HTTP_PROXY" >/dev/null
-before=$(ticks)
+: >"$OUT/measuring"
 "$WRK" -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$WORK/upstream-$FILE.lua" "$HTTP_PROXY" \
   >"$OUT/wrk.out"
-after=$(ticks)
-echo $((after - before)) >"$OUT/ticks"
+: >"$OUT/measured"
+i=0; while [ ! -e "$OUT/read" ] && [ $i -lt 1000 ]; do sleep 0.01; i=$((i + 1)); done
 SH
 chmod 755 "$WORK/inside.sh"
 cat >"$WORK/policy.yaml" <<YAML
@@ -269,17 +165,25 @@ limits:
   max_response_bytes: 16MiB
   max_connections: 1024
 YAML
+# wait_for FILE PID — until FILE exists or PID has exited.
+wait_for() { while [ ! -e "$1" ] && kill -0 "$2" 2>/dev/null; do sleep 0.01; done; }
+
 measure_sandbox() { # LABEL LOG-LEVEL CONNS THREADS FILE
   local label=$1 level=$2 conns=$3 threads=$4 file=$5 dir="$WORK/out/$1-$5-$3"
+  local supervisor before after
   mkdir -p "$dir"; chmod 777 "$dir"
   TOLLGATE_LOG=$level "$TOLLGATE" run --policy "$WORK/policy.yaml" --audit "$WORK/audit.jsonl" \
-    --summary "$dir/summary.json" \
+    --summary "$dir/summary.json" --share "$WORK" \
     --env "WRK=$WRK" --env "WORK=$WORK" --env "OUT=$dir" --env "DURATION=$DURATION" \
     --env "FILE=$file" --env "CONNS=$conns" --env "THREADS=$threads" \
-    -- /bin/sh "$WORK/inside.sh" 2>"$dir/stderr" \
-    || { echo "tollgate run failed:" >&2; tail -5 "$dir/stderr" >&2; exit 1; }
+    -- /bin/sh "$WORK/inside.sh" 2>"$dir/stderr" &
+  supervisor=$!
+  wait_for "$dir/measuring" "$supervisor"; before=$(bench_ticks "$supervisor" || echo 0)
+  wait_for "$dir/measured" "$supervisor"; after=$(bench_ticks "$supervisor" || echo 0)
+  : >"$dir/read"
+  wait "$supervisor" || { echo "tollgate run failed:" >&2; tail -5 "$dir/stderr" >&2; exit 1; }
   rm -f "$WORK/audit.jsonl" "$dir/stderr"
-  parse "$label" "$file" "$conns" "$(cat "$dir/ticks")" "$dir/wrk.out"
+  bench_record "$label" "$file" "$conns" "$((after - before))" "$dir/wrk.out"
 }
 
 # Side by side: every path for one scenario before the next scenario.
@@ -297,9 +201,4 @@ echo "wrk $DURATION per cell; nginx (1 worker) in a test namespace at $UPSTREAM 
 echo "tollgate rows: wrk inside \`tollgate run\` (sandbox user), proxy listener in the sandbox,"
 echo "upstream reached through a hosts pin + allowed_ips; other rows: wrk in the host namespace."
 echo "$(nproc) cores. CPU = proxy process utime+stime per request."
-printf '| response | conns | path | req/s | p50 | p99 | proxy CPU/req (µs) | errors |\n'
-printf '|---|---|---|---|---|---|---|---|\n'
-while IFS=$'\t' read -r file conns label rps p50 p99 cpu errors; do
-  size=$([ "$file" = small ] && echo "100 B" || echo "1 MiB")
-  printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$size" "$conns" "$label" "$rps" "$p50" "$p99" "$cpu" "$errors"
-done <"$RESULTS"
+bench_print_table

@@ -13,34 +13,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
+. scripts/lib/bench.sh
 N_KEEPALIVE=${N_KEEPALIVE:-3000}
 N_NEW=${N_NEW:-500}
 
-command -v nginx >/dev/null || {
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
-}
-cargo build --release --quiet -p tollgate --example tls_bench 2>&1 | grep -v '^warning: tollgate@' || true
+bench_need nginx:nginx-light
+bench_build -p tollgate --example tls_bench
 BIN=target/release/examples/tls_bench
 
-WORK=$(mktemp -d /tmp/tollgate-bench-tls.XXXXXX)
-chmod 755 "$WORK"
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "nothing listens on 127.0.0.1:$1" >&2; return 1
-}
+bench_work tollgate-bench-tls
+bench_on_exit bench_cleanup
 
 # The upstream's own CA and a leaf for bench.test.
 (
@@ -56,34 +38,14 @@ wait_port() {
 )
 
 NGINX_PORT=$(free_port); TOLLGATE_PORT=$(free_port); MITM_PORT=$(free_port)
-mkdir -p "$WORK/www"
-head -c 100 /dev/zero | tr '\0' 'a' >"$WORK/www/small"
-chmod -R a+rX "$WORK/www"
-cat >"$WORK/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  keepalive_timeout 60s;
-  server {
-    listen 127.0.0.1:$NGINX_PORT ssl;
-    ssl_certificate $WORK/leaf.pem;
+bench_www small
+bench_nginx_conf "127.0.0.1:$NGINX_PORT ssl" "" "    ssl_certificate $WORK/leaf.pem;
     ssl_certificate_key $WORK/leaf.key;
     ssl_session_tickets off;
-    ssl_session_cache off;
-    root $WORK/www;
-  }
-}
-CONF
-nginx -c "$WORK/nginx.conf" -e "$WORK/nginx-error.log" &
-PIDS+=($!)
-"$BIN" proxy "127.0.0.1:$TOLLGATE_PORT" "127.0.0.1:$NGINX_PORT" "$WORK/ca.pem" "$WORK/execution-ca.pem" >"$WORK/proxy.out" &
-PIDS+=($!)
-wait_port "$NGINX_PORT"; wait_port "$TOLLGATE_PORT"
+    ssl_session_cache off;"
+bench_start_nginx
+bench_start "$BIN" proxy "127.0.0.1:$TOLLGATE_PORT" "127.0.0.1:$NGINX_PORT" "$WORK/ca.pem" "$WORK/execution-ca.pem" >"$WORK/proxy.out"
+wait_tcp 127.0.0.1 "$NGINX_PORT" 200; wait_tcp 127.0.0.1 "$TOLLGATE_PORT" 200
 for _ in $(seq 100); do [ -s "$WORK/execution-ca.pem" ] && break; sleep 0.05; done
 
 RESULTS="$WORK/results.jsonl"
@@ -99,12 +61,11 @@ if [ "${MITM:-0}" = 1 ]; then
   # mitmdump makes its CA under --set confdir. bench.test does not resolve, so map-remote
   # sends it to nginx by address, whose certificate then does not match: mitmproxy's
   # upstream verification is off (ssl_insecure), which only flatters mitmproxy.
-  "$WORK/venv/bin/mitmdump" -q --listen-host 127.0.0.1 --listen-port "$MITM_PORT" \
+  bench_start "$WORK/venv/bin/mitmdump" -q --listen-host 127.0.0.1 --listen-port "$MITM_PORT" \
     --set confdir="$WORK/mitm" --set ssl_insecure=true \
     --map-remote "|//bench.test|//127.0.0.1:$NGINX_PORT" \
-    --set connection_strategy=lazy &
-  PIDS+=($!)
-  wait_port "$MITM_PORT"
+    --set connection_strategy=lazy
+  wait_tcp 127.0.0.1 "$MITM_PORT" 200
   for _ in $(seq 100); do [ -s "$WORK/mitm/mitmproxy-ca-cert.pem" ] && break; sleep 0.1; done
   "$BIN" client proxy "127.0.0.1:$MITM_PORT" "$WORK/mitm/mitmproxy-ca-cert.pem" "$N_KEEPALIVE" keepalive \
     | sed 's/"tollgate"/"mitmproxy"/' >>"$RESULTS" || echo '{"path":"mitmproxy","mode":"keepalive","error":"failed"}' >>"$RESULTS"

@@ -10,12 +10,13 @@ use http::{HeaderMap, Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use std::future::Future;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tollgate::proxy::body::{self, ProxyBody};
 use tollgate::proxy::testing::RemapTransport;
 use tollgate::proxy::{Proxy, ProxyBuilder, ProxyHandle};
@@ -43,10 +44,11 @@ network:
     policy(&yaml)
 }
 
+/// A test policy from YAML; a test whose policy does not load fails, showing the YAML.
 pub fn policy(yaml: &str) -> Arc<Policy> {
     match Policy::from_yaml("test.yaml", yaml) {
         Ok(policy) => Arc::new(policy),
-        Err(errors) => panic!("test policy does not load: {errors}"),
+        Err(errors) => panic!("test policy does not load: {errors}\n{yaml}"),
     }
 }
 
@@ -111,9 +113,24 @@ pub async fn upstream(
 pub async fn upstream_async<F, Fut>(handler: F) -> Upstream
 where
     F: Fn(Seen, usize) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Response<ProxyBody>> + Send + 'static,
+    Fut: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve(listener, |stream| async move { Some(stream) }, handler)
+}
+
+/// Serves HTTP/1.1 on `listener`, the loop behind every loopback upstream: each accepted
+/// connection is counted, passed through `wrap` (a TLS handshake, say; `None` drops the
+/// connection) and then answered request by request with `handler(request, n)`, every request
+/// recorded in [`Upstream::seen`] first.
+pub fn serve<W, WFut, S, F, Fut>(listener: tokio::net::TcpListener, wrap: W, handler: F) -> Upstream
+where
+    W: Fn(tokio::net::TcpStream) -> WFut + Send + Sync + 'static,
+    WFut: Future<Output = Option<S>> + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Seen, usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
     let addr = listener.local_addr().unwrap();
     let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let handler = Arc::new(handler);
@@ -130,7 +147,11 @@ where
             let handler = handler.clone();
             let record = record.clone();
             let counter = counter.clone();
+            let wrapped = wrap(stream);
             tokio::spawn(async move {
+                let Some(stream) = wrapped.await else {
+                    return;
+                };
                 let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                     let handler = handler.clone();
                     let record = record.clone();
@@ -223,12 +244,25 @@ impl Harness {
     }
 }
 
+/// Builds and starts the proxy on 127.0.0.1, its audit log captured.
 pub fn start(builder: ProxyBuilder) -> Harness {
+    let (proxy, audit) = build(builder);
+    listen(proxy, audit)
+}
+
+/// The proxy as every test runs it (execution `exec-test`), with its audit log captured; not
+/// started yet, for a caller that reads something from it first (see [`listen`]).
+pub fn build(builder: ProxyBuilder) -> (Proxy, Captured) {
     let audit = Captured::default();
     let proxy: Proxy = builder
         .execution_id("exec-test")
         .audit(audit.clone())
         .build();
+    (proxy, audit)
+}
+
+/// Starts a proxy from [`build`] on an ephemeral port of 127.0.0.1.
+pub fn listen(proxy: Proxy, audit: Captured) -> Harness {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let handle = proxy
@@ -382,7 +416,6 @@ impl hyper::body::Body for Drip {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, body::BoxError>>> {
-        use std::future::Future;
         use std::task::Poll;
         if self.chunks.is_empty() {
             return Poll::Ready(None);

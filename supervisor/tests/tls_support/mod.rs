@@ -7,12 +7,10 @@
 //! documentation addresses. No test sends a packet off the host.
 #![allow(dead_code)]
 
-use crate::proxy_support::{Captured, Harness, Seen};
+pub use crate::proxy_support::policy;
+use crate::proxy_support::{build, listen, serve, Harness, Seen, Upstream};
 use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use http::Response;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
     PKCS_ECDSA_P256_SHA256,
@@ -21,10 +19,10 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tollgate::proxy::body::{self, ProxyBody};
 use tollgate::proxy::testing::RemapTransport;
-use tollgate::proxy::{Proxy, ProxyBuilder};
+use tollgate::proxy::ProxyBuilder;
 use tollgate_policy::Policy;
 
 /// `api.test` and `other.test` are pinned to these; the remap sends both to upstreams.
@@ -110,24 +108,9 @@ impl TestCa {
     }
 }
 
-/// A loopback HTTPS upstream.
-pub struct TlsUpstream {
-    pub addr: SocketAddr,
-    pub seen: Arc<Mutex<Vec<Seen>>>,
-    pub connections: Arc<AtomicUsize>,
-}
-
-impl TlsUpstream {
-    pub fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
-
-    pub fn count(&self) -> usize {
-        self.seen.lock().unwrap().len()
-    }
-}
-
-pub type Handler = dyn Fn(&Seen, usize) -> Response<ProxyBody> + Send + Sync;
+/// A loopback HTTPS upstream: the plain upstream's record (what it received, connections
+/// accepted) behind a TLS acceptor.
+pub type TlsUpstream = Upstream;
 
 /// An HTTPS upstream presenting `config`, answering with `handler(request, n)`.
 pub async fn tls_upstream(
@@ -135,61 +118,18 @@ pub async fn tls_upstream(
     handler: impl Fn(&Seen, usize) -> Response<ProxyBody> + Send + Sync + 'static,
 ) -> TlsUpstream {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-    let connections = Arc::new(AtomicUsize::new(0));
-    let handler: Arc<Handler> = Arc::new(handler);
-    let counter = Arc::new(AtomicUsize::new(0));
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let (record, accepted) = (seen.clone(), connections.clone());
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            accepted.fetch_add(1, Ordering::SeqCst);
-            let (acceptor, handler, record, counter) = (
-                acceptor.clone(),
-                handler.clone(),
-                record.clone(),
-                counter.clone(),
-            );
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(stream).await else {
-                    return;
-                };
-                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                    let (handler, record, counter) =
-                        (handler.clone(), record.clone(), counter.clone());
-                    async move {
-                        let (parts, body) = request.into_parts();
-                        let body = body
-                            .collect()
-                            .await
-                            .map(|b| b.to_bytes())
-                            .unwrap_or_default();
-                        let seen = Seen {
-                            method: parts.method.to_string(),
-                            uri: parts.uri.to_string(),
-                            headers: parts.headers,
-                            body: body.to_vec(),
-                        };
-                        record.lock().unwrap().push(seen.clone());
-                        let n = counter.fetch_add(1, Ordering::SeqCst);
-                        Ok::<_, std::convert::Infallible>(handler(&seen, n))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
-            });
-        }
-    });
-    TlsUpstream {
-        addr,
-        seen,
-        connections,
-    }
+    serve(
+        listener,
+        move |stream| {
+            let accept = acceptor.accept(stream);
+            async move { accept.await.ok() }
+        },
+        move |seen, n| {
+            let response = handler(&seen, n);
+            async move { response }
+        },
+    )
 }
 
 /// The request as JSON: `{"method", "uri", "headers": [[name, value]...], "body"}`.
@@ -224,13 +164,6 @@ pub fn values(seen: &Seen, name: &str) -> Vec<String> {
         .iter()
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         .collect()
-}
-
-pub fn policy(yaml: &str) -> Arc<Policy> {
-    match Policy::from_yaml("test.yaml", yaml) {
-        Ok(policy) => Arc::new(policy),
-        Err(errors) => panic!("test policy does not load: {errors}\n{yaml}"),
-    }
 }
 
 /// The network section every test shares: `api.test` and `other.test` pinned, the test CA
@@ -286,27 +219,14 @@ impl std::ops::Deref for Intercepting {
 }
 
 pub fn start(builder: ProxyBuilder) -> Intercepting {
-    let audit = Captured::default();
-    let proxy: Proxy = builder
-        .execution_id("exec-test")
-        .audit(audit.clone())
-        .build();
+    let (proxy, audit) = build(builder);
     let dir = Dir::new("ca");
     let ca_file = dir.file(
         "execution-ca.pem",
         proxy.ca_certificate_pem().expect("interception").as_bytes(),
     );
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let handle = proxy
-        .start(&tokio::runtime::Handle::current(), listener)
-        .unwrap();
     Intercepting {
-        harness: Harness {
-            handle,
-            addr,
-            audit,
-        },
+        harness: listen(proxy, audit),
         ca_file,
         _dir: dir,
     }
