@@ -15,6 +15,7 @@ hyperfine -N --warmup 10 --runs "$runs" --export-json "$json" \
   -n '/bin/true' '/bin/true' \
   -n 'unshare -n /bin/true' 'unshare -n /bin/true' \
   -n 'bwrap --unshare-net' 'bwrap --dev-bind / / --unshare-net /bin/true' \
+  -n 'bwrap, private mounts' 'bwrap --dev-bind / / --unshare-net --unshare-ipc --unshare-pid --proc /proc --tmpfs /tmp --tmpfs /var/tmp --tmpfs /run --tmpfs /dev/shm /bin/true' \
   -n 'tollgate run (network disabled)' "$tollgate run -- /bin/true" \
   -n 'tollgate run (network enabled)' "$tollgate run --policy $policy -- /bin/true" >/dev/null
 /usr/bin/python3 - "$json" <<'PY'
