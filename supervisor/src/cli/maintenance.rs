@@ -65,7 +65,12 @@ pub fn gc() -> i32 {
 /// Prints each check with `ok` or `FAIL` and the fix; exits 1 if any failed.
 pub fn doctor() -> i32 {
     let mut failed = 0;
-    for check in doctor::run_checks() {
+    let mut checks = doctor::run_checks();
+    checks.push(doctor::Check {
+        name: "a command in a whole sandbox",
+        result: whole_sandbox(),
+    });
+    for check in checks {
         match check.result {
             Ok(detail) => super::print(&format!("ok    {}: {detail}", check.name)),
             Err(fix) => {
@@ -79,5 +84,31 @@ pub fn doctor() -> i32 {
         0
     } else {
         1
+    }
+}
+
+/// Runs `/bin/true` through `tollgate run` itself: every wall, the private mounts, the
+/// leased user, the seccomp filters and the launch into the cgroup, together.
+fn whole_sandbox() -> Result<String, String> {
+    let status = crate::run::run(crate::run::RunOptions {
+        policy: None,
+        timeout: Some(std::time::Duration::from_secs(30)),
+        user: None,
+        max_processes: crate::run::DEFAULT_MAX_PROCESSES,
+        allow_root: false,
+        cwd: None,
+        shares: Vec::new(),
+        env: Vec::new(),
+        pass_env: Vec::new(),
+        audit: None,
+        summary: None,
+        command: vec!["/bin/true".into()],
+    });
+    if status == 0 {
+        Ok("/bin/true ran with every wall, private mounts and a leased user".into())
+    } else {
+        Err(format!(
+            "`tollgate run -- /bin/true` exited {status} (its reason is printed above)"
+        ))
     }
 }

@@ -27,7 +27,8 @@ pub struct RunArgs {
     /// Kill the whole sandbox after this long (e.g. 30s, 5m); exit status 124.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
-    /// Most processes and threads the sandbox may run at once (its user's RLIMIT_NPROC).
+    /// Most processes and threads the sandbox may run at once (RLIMIT_NPROC of its user: with
+    /// a shared --user, every process of that user on the host counts).
     #[arg(long, value_name = "N", default_value_t = run::DEFAULT_MAX_PROCESSES,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_processes: u64,
