@@ -480,3 +480,53 @@ fn max_processes_stops_a_fork_bomb_and_defaults_to_1024() {
         refused.stderr
     );
 }
+
+/// Sizes of the sandbox's scratch filesystems, and what a write past the end of /tmp gets.
+const SCRATCH_SIZES: &str = r#"
+import os
+for path in ["/tmp", "/var/tmp", "/dev/shm"]:
+    s = os.statvfs(path)
+    print(path, s.f_blocks * s.f_frsize)
+try:
+    with open("/tmp/fill", "wb") as f:
+        f.write(b"x" * (3 << 20))
+    print("fill written")
+except OSError as e:
+    print("fill", e.strerror)
+"#;
+
+#[test]
+fn scratch_filesystems_are_bounded_by_tmp_size_and_dev_shm_by_64_mib() {
+    let _lock = SuiteLock::shared();
+    let finished = Sandbox::new()
+        .arg("--tmp-size")
+        .arg("2MiB")
+        .run([PYTHON, "-c", SCRATCH_SIZES]);
+    assert_eq!(finished.code(), 0, "{}", finished.describe());
+    let lines: Vec<&str> = finished.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "/tmp 2097152",
+            "/var/tmp 2097152",
+            "/dev/shm 67108864",
+            "fill No space left on device"
+        ],
+        "{}",
+        finished.describe()
+    );
+    let default = Sandbox::new().run([PYTHON, "-c", SCRATCH_SIZES]);
+    assert!(
+        default.stdout.lines().next() == Some("/tmp 1073741824"),
+        "1 GiB by default: {}",
+        default.describe()
+    );
+    for wrong in ["0", "512KiB", "lots"] {
+        let refused = Sandbox::new()
+            .arg("--tmp-size")
+            .arg(wrong)
+            .run(["/bin/true"]);
+        assert_eq!(refused.code(), 125, "{wrong}: {}", refused.describe());
+        assert!(refused.stderr.contains("--tmp-size"), "{}", refused.stderr);
+    }
+}

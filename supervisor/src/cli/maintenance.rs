@@ -98,6 +98,7 @@ fn whole_sandbox() -> Result<String, String> {
         allow_root: false,
         cwd: None,
         shares: Vec::new(),
+        tmp_size: crate::run::DEFAULT_TMP_SIZE,
         env: Vec::new(),
         pass_env: Vec::new(),
         audit: None,

@@ -50,6 +50,11 @@ pub struct RunArgs {
     /// Like --share, read-only.
     #[arg(long, value_name = "DIR", value_parser = parse_share)]
     pub share_ro: Vec<PathBuf>,
+    /// Size of the sandbox's own /tmp, and of its /var/tmp (memory: tmpfs), at least 1MiB;
+    /// e.g. 512MiB. Default 1GiB each.
+    #[arg(long, value_name = "SIZE", default_value_t = run::DEFAULT_TMP_SIZE,
+          value_parser = parse_tmp_size, hide_default_value = true)]
+    pub tmp_size: u64,
     /// Set an environment variable in the sandbox (repeatable).
     #[arg(long = "env", value_name = "K=V", value_parser = parse_env)]
     pub env: Vec<(String, String)>,
@@ -73,6 +78,14 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err("the timeout must be longer than zero".into());
     }
     Ok(span.as_duration())
+}
+
+fn parse_tmp_size(text: &str) -> Result<u64, String> {
+    let size = tollgate_policy::units::ByteSize::parse(text)?.0;
+    if size < mounts::MIN_TMP_SIZE {
+        return Err("the scratch size must be at least 1MiB".into());
+    }
+    Ok(size)
 }
 
 fn parse_share(text: &str) -> Result<PathBuf, String> {
@@ -145,6 +158,7 @@ pub fn run(args: RunArgs) -> i32 {
         timeout: args.timeout,
         user: args.user,
         max_processes: args.max_processes,
+        tmp_size: args.tmp_size,
         shares: args
             .share
             .into_iter()

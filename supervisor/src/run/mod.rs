@@ -52,6 +52,9 @@ const CA_LIFETIME_WITHOUT_TIMEOUT: Duration = Duration::from_secs(7 * 86_400);
 /// otherwise: room for thread pools and build tools, far below the host's pid space.
 pub const DEFAULT_MAX_PROCESSES: u64 = 1024;
 
+/// Size of the sandbox's `/tmp` and `/var/tmp` (each) unless `--tmp-size` says otherwise.
+pub const DEFAULT_TMP_SIZE: u64 = 1 << 30;
+
 /// Everything `tollgate run` was asked to do.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -67,6 +70,8 @@ pub struct RunOptions {
     /// Directories below /tmp or /var/tmp bound into the sandbox's own (see
     /// `sandbox::mounts`).
     pub shares: Vec<Share>,
+    /// Size of the sandbox's own `/tmp` and of its `/var/tmp`, in bytes each.
+    pub tmp_size: u64,
     pub env: Vec<(String, String)>,
     pub pass_env: Vec<String>,
     pub audit: Option<PathBuf>,
@@ -298,6 +303,7 @@ fn execute(options: RunOptions) -> Result<i32, Refusal> {
         mounts: PrivateMounts::prepare(
             runtime_dir.as_ref().map(|dir| dir.path()),
             &options.shares,
+            options.tmp_size,
         )?,
     };
     let ending = runtime.block_on(supervise(&options, child, &walls));

@@ -8,10 +8,11 @@
 //!
 //! - a fresh `/run` (root-owned tmpfs) holding only the execution's runtime directory, bound
 //!   back in from the host (the CA bundle and the Python helper live there);
-//! - fresh `/tmp` and `/var/tmp` (tmpfs, mode 1777), freed with the namespace, holding only
-//!   the directories the caller shares with `--share` / `--share-ro`, bound in at the same
-//!   paths;
-//! - a fresh `/dev/shm`, freed with the namespace;
+//! - fresh `/tmp` and `/var/tmp` (tmpfs, mode 1777, each at most `--tmp-size`), freed with
+//!   the namespace, holding only the directories the caller shares with `--share` /
+//!   `--share-ro`, bound in at the same paths;
+//! - a fresh `/dev/shm` of at most [`DEV_SHM_SIZE`], freed with the namespace (tmpfs pages
+//!   are memory, and the host's cgroups may have no memory controller to bound them);
 //! - a fresh `/proc` mounted `hidepid=invisible`: the sandbox sees only processes of its own
 //!   user, which is the execution's own user (see `users`);
 //! - a fresh, read-only `/sys` of the sandbox's network namespace: only its `lo` under
@@ -36,6 +37,11 @@ const RUNTIME_ROOT: &str = "/run/tollgate";
 pub const HIDDEN_DIRS: [&str; 4] = ["/run", "/dev/shm", "/proc", "/sys"];
 /// Scratch directories the sandbox gets empty ones of, into which directories can be shared.
 pub const SCRATCH_DIRS: [&str; 2] = ["/tmp", "/var/tmp"];
+
+/// The size of the sandbox's `/dev/shm` (Docker's default).
+pub const DEV_SHM_SIZE: u64 = 64 << 20;
+/// The smallest `--tmp-size` (tmpfs reads a size of 0 as "no limit").
+pub const MIN_TMP_SIZE: u64 = 1 << 20;
 
 /// The most directories one execution may share (the child keeps their mounts in a fixed
 /// array, since it cannot allocate).
@@ -65,6 +71,9 @@ pub struct PrivateMounts {
     shares: Vec<PreparedShare>,
     dev_shm: bool,
     var_tmp: bool,
+    /// tmpfs options of `/tmp` and `/var/tmp`, and of `/dev/shm`.
+    tmp_options: CString,
+    shm_options: CString,
 }
 
 fn mount_error(step: &'static str, message: String) -> SandboxError {
@@ -84,11 +93,24 @@ fn c_path(step: &'static str, path: &Path) -> Result<CString, SandboxError> {
 impl PrivateMounts {
     /// Mounts for an execution whose runtime directory (if any) is `runtime_dir`, which must
     /// be a directory directly under `/run/tollgate`, sharing `shares` (checked with
-    /// [`check_share`]).
+    /// [`check_share`]), with scratch directories of `tmp_size` bytes each.
     pub fn prepare(
         runtime_dir: Option<&Path>,
         shares: &[Share],
+        tmp_size: u64,
     ) -> Result<PrivateMounts, SandboxError> {
+        if tmp_size < MIN_TMP_SIZE {
+            return Err(mount_error(
+                "scratch size",
+                format!("the scratch size must be at least {MIN_TMP_SIZE} bytes"),
+            ));
+        }
+        let tmpfs = |size: u64| {
+            CString::new(format!("mode=1777,size={size}")).map_err(|e| SandboxError::Mounts {
+                step: "scratch size",
+                source: io::Error::other(e),
+            })
+        };
         let runtime_dir = runtime_dir
             .map(|dir| {
                 if dir.parent() != Some(Path::new(RUNTIME_ROOT)) {
@@ -131,6 +153,8 @@ impl PrivateMounts {
             shares,
             dev_shm: Path::new("/dev/shm").is_dir(),
             var_tmp: Path::new("/var/tmp").is_dir(),
+            tmp_options: tmpfs(tmp_size)?,
+            shm_options: tmpfs(DEV_SHM_SIZE)?,
         })
     }
 
@@ -164,9 +188,9 @@ impl PrivateMounts {
                 check(libc::mkdir(dir.as_ptr(), 0o755))?;
                 attach_tree(tree, dir)?;
             }
-            mount_tmpfs(c"/tmp", c"mode=1777")?;
+            mount_tmpfs(c"/tmp", &self.tmp_options)?;
             if self.var_tmp {
-                mount_tmpfs(c"/var/tmp", c"mode=1777")?;
+                mount_tmpfs(c"/var/tmp", &self.tmp_options)?;
             }
             for (tree, share) in share_trees.iter().zip(&self.shares) {
                 for dir in &share.mount_point_dirs {
@@ -191,7 +215,7 @@ impl PrivateMounts {
                 }
             }
             if self.dev_shm {
-                mount_tmpfs(c"/dev/shm", c"mode=1777")?;
+                mount_tmpfs(c"/dev/shm", &self.shm_options)?;
             }
             check(libc::mount(
                 c"proc".as_ptr(),
@@ -336,6 +360,17 @@ pub fn check_share(path: &Path) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    const GIB: u64 = 1 << 30;
+
+    #[test]
+    fn a_scratch_size_under_a_mebibyte_is_refused_since_zero_means_unlimited() {
+        assert!(PrivateMounts::prepare(None, &[], 0).is_err());
+        assert!(PrivateMounts::prepare(None, &[], MIN_TMP_SIZE - 1).is_err());
+        let mounts = PrivateMounts::prepare(None, &[], MIN_TMP_SIZE).expect("prepare");
+        assert_eq!(mounts.tmp_options.to_str(), Ok("mode=1777,size=1048576"));
+        assert_eq!(mounts.shm_options.to_str(), Ok("mode=1777,size=67108864"));
+    }
+
     fn share(path: &str) -> Share {
         Share {
             path: PathBuf::from(path),
@@ -345,8 +380,8 @@ mod tests {
 
     #[test]
     fn the_runtime_directory_must_sit_directly_under_run_tollgate() {
-        assert!(PrivateMounts::prepare(Some(Path::new("/run/tollgate/abc")), &[]).is_ok());
-        assert!(PrivateMounts::prepare(None, &[]).is_ok());
+        assert!(PrivateMounts::prepare(Some(Path::new("/run/tollgate/abc")), &[], GIB).is_ok());
+        assert!(PrivateMounts::prepare(None, &[], GIB).is_ok());
         for wrong in [
             "/run/tollgate",
             "/tmp/abc",
@@ -354,7 +389,7 @@ mod tests {
             "/run/other/abc",
         ] {
             assert!(
-                PrivateMounts::prepare(Some(Path::new(wrong)), &[]).is_err(),
+                PrivateMounts::prepare(Some(Path::new(wrong)), &[], GIB).is_err(),
                 "{wrong}"
             );
         }
@@ -362,7 +397,7 @@ mod tests {
 
     #[test]
     fn a_share_gets_every_directory_of_its_mount_point_created() {
-        let mounts = PrivateMounts::prepare(None, &[share("/tmp/job/code")]).expect("prepare");
+        let mounts = PrivateMounts::prepare(None, &[share("/tmp/job/code")], GIB).expect("prepare");
         let dirs: Vec<_> = mounts.shares[0]
             .mount_point_dirs
             .iter()
