@@ -14,7 +14,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 DURATION=${DURATION:-10s}
 
 bench_need wrk:wrk nginx:nginx-light squid:squid tinyproxy:tinyproxy
-bench_build -p tollgate --example proxy_bench
+bench_build -p tollgate --features testing --example proxy_bench
 BIN=target/release/examples/proxy_bench
 
 bench_work tollgate-bench

@@ -18,7 +18,7 @@ N_KEEPALIVE=${N_KEEPALIVE:-3000}
 N_NEW=${N_NEW:-500}
 
 bench_need nginx:nginx-light
-bench_build -p tollgate --example tls_bench
+bench_build -p tollgate --features testing --example tls_bench
 BIN=target/release/examples/tls_bench
 
 bench_work tollgate-bench-tls

@@ -72,6 +72,7 @@ pub mod resolve;
 pub mod retry;
 pub mod secrets;
 pub mod stats;
+#[cfg(feature = "testing")]
 pub mod testing;
 pub mod tls;
 pub mod transport;
