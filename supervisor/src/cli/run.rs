@@ -1,7 +1,7 @@
 //! `tollgate run`: the command-line face of [`crate::run`].
 
 use crate::run::{self, RunOptions};
-use crate::sandbox::mounts::{self, Share};
+use crate::sandbox::mounts;
 use clap::Args;
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -153,24 +153,20 @@ pub fn run(args: RunArgs) -> i32 {
         }
         _ => None,
     };
+    let shares = match mounts::arrange_shares(&args.share, &args.share_ro) {
+        Ok(shares) => shares,
+        Err(message) => {
+            eprintln!("tollgate: {message}");
+            return run::status::TOLLGATE_ERROR;
+        }
+    };
     run::run(RunOptions {
         policy,
         timeout: args.timeout,
         user: args.user,
         max_processes: args.max_processes,
         tmp_size: args.tmp_size,
-        shares: args
-            .share
-            .into_iter()
-            .map(|path| Share {
-                path,
-                read_only: false,
-            })
-            .chain(args.share_ro.into_iter().map(|path| Share {
-                path,
-                read_only: true,
-            }))
-            .collect(),
+        shares,
         allow_root: args.allow_root,
         cwd: args.cwd,
         env: args.env,

@@ -326,6 +326,37 @@ pub fn invisible_because(path: &Path, shares: &[Share]) -> Option<String> {
     ))
 }
 
+/// The shares of `--share` (read-write) and `--share-ro` paths, in mount order: a directory
+/// before the directories inside it, so a share inside another is mounted on top of it (the
+/// more specific one decides whether it is writable). A path given twice is refused.
+pub fn arrange_shares(read_write: &[PathBuf], read_only: &[PathBuf]) -> Result<Vec<Share>, String> {
+    let mut shares: Vec<Share> = read_write
+        .iter()
+        .map(|path| (path, false))
+        .chain(read_only.iter().map(|path| (path, true)))
+        .map(|(path, read_only)| Share {
+            path: path.clone(),
+            read_only,
+        })
+        .collect();
+    if shares.len() > MAX_SHARES {
+        return Err(format!(
+            "{} directories shared: at most {MAX_SHARES} can be; share a common parent instead",
+            shares.len()
+        ));
+    }
+    shares.sort_by_key(|share| share.path.components().count());
+    for (i, share) in shares.iter().enumerate() {
+        if shares[..i].iter().any(|other| other.path == share.path) {
+            return Err(format!(
+                "{} is shared twice: give it once, with --share or --share-ro",
+                share.path.display()
+            ));
+        }
+    }
+    Ok(shares)
+}
+
 /// Checks a directory given to `--share`: an absolute, normalised path of an existing
 /// directory, below `/tmp` or `/var/tmp` (everything else but the hidden directories is
 /// visible anyway, and those cannot be shared).
@@ -431,6 +462,25 @@ mod tests {
             );
         }
         assert!(invisible_because(Path::new("/runner/tool"), &[]).is_none());
+    }
+
+    #[test]
+    fn shares_are_mounted_outermost_first_and_never_twice() {
+        let p = |s: &str| PathBuf::from(s);
+        let shares =
+            arrange_shares(&[p("/tmp/a/b/c")], &[p("/tmp/a"), p("/tmp/x/y")]).expect("arranged");
+        let order: Vec<_> = shares
+            .iter()
+            .map(|s| (s.path.to_str().unwrap(), s.read_only))
+            .collect();
+        assert_eq!(
+            order,
+            [("/tmp/a", true), ("/tmp/x/y", true), ("/tmp/a/b/c", false)]
+        );
+        assert!(arrange_shares(&[p("/tmp/a")], &[p("/tmp/a")]).is_err());
+        let many: Vec<_> = (0..=MAX_SHARES).map(|i| p(&format!("/tmp/{i}"))).collect();
+        assert!(arrange_shares(&many, &[]).is_err());
+        assert!(arrange_shares(&many[..MAX_SHARES], &[]).is_ok());
     }
 
     #[test]
