@@ -2,9 +2,9 @@
 //! command inside, wait, tear everything down, report.
 //!
 //! ```text
-//! policy → cgroup → eBPF wall → namespace (+ nftables, + proxy listener) → proxy
-//!        → child (join cgroup → setns → private mounts → drop privileges → exec)
-//!        → wait / timeout / signal
+//! policy → gc → user lease → namespace (+ nftables, + proxy listener) ∥ cgroup → eBPF wall
+//!        → proxy → child (clone3 into the cgroup → setns → private mounts → drop privileges
+//!        → exec) → wait / timeout / signal
 //!        → kill cgroup → detach wall → stop proxy → audit + summary → exit status
 //! ```
 //! Every wall that cannot be built stops the run with exit status 125 and the reason; nothing
@@ -171,14 +171,13 @@ fn execute(options: RunOptions) -> Result<i32, Refusal> {
         env::gc_runtime_dirs(&mount.join("tollgate"));
     }
     // Held until this function returns, after every process of the execution is dead.
-    let lease = match options.user {
-        Some(_) => None,
-        None => Some(UserLease::claim()?),
-    };
-    let (uid, gid) = match (&options.user, &lease) {
-        (Some(user), _) => *user,
-        (None, Some(lease)) => (lease.uid(), lease.uid()),
-        (None, None) => unreachable!("a lease is taken when no user is given"),
+    let (_lease, (uid, gid)) = match options.user {
+        Some(user) => (None, user),
+        None => {
+            let lease = UserLease::claim()?;
+            let id = lease.uid();
+            (Some(lease), (id, id))
+        }
     };
     let program =
         command::resolve(program, env::SANDBOX_PATH, uid, gid).map_err(|problem| Refusal {
@@ -187,20 +186,7 @@ fn execute(options: RunOptions) -> Result<i32, Refusal> {
                 CommandProblem::NotFound(m) | CommandProblem::NotExecutable(m) => m.clone(),
             },
         })?;
-    if let Some(why) = mounts::invisible_because(&program, &options.shares) {
-        return Err(Refusal {
-            status: 127,
-            message: format!("the sandbox cannot see the command: {why}"),
-        });
-    }
-    // A script path the command will not find is the usual way to hit the private /tmp.
-    for argument in options.command.iter().skip(1).map(std::path::Path::new) {
-        if argument.is_absolute() && argument.exists() {
-            if let Some(why) = mounts::invisible_because(argument, &options.shares) {
-                eprintln!("tollgate: warning: the sandbox will not see an argument: {why}");
-            }
-        }
-    }
+    check_visible(&program, &options)?;
     let audit = match &options.audit {
         Some(path) => AuditLog::create(path).map_err(|e| {
             Refusal::tollgate(format!(
@@ -340,6 +326,26 @@ fn execute(options: RunOptions) -> Result<i32, Refusal> {
         }
     }
     Ok(exit_status)
+}
+
+/// Refuses a command the sandbox would not see (under a hidden directory, or an unshared
+/// part of its own `/tmp`), and warns about absolute path arguments it would not see — the
+/// usual way to trip over the private `/tmp` is a script path.
+fn check_visible(program: &std::path::Path, options: &RunOptions) -> Result<(), Refusal> {
+    if let Some(why) = mounts::invisible_because(program, &options.shares) {
+        return Err(Refusal {
+            status: 127,
+            message: format!("the sandbox cannot see the command: {why}"),
+        });
+    }
+    for argument in options.command.iter().skip(1).map(std::path::Path::new) {
+        if argument.is_absolute() && argument.exists() {
+            if let Some(why) = mounts::invisible_because(argument, &options.shares) {
+                eprintln!("tollgate: warning: the sandbox will not see an argument: {why}");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The status `tollgate run` exits with, and the signal that ended the command.
