@@ -25,6 +25,11 @@ pub fn gc() -> i32 {
         eprintln!("tollgate: cannot remove {}: {why}", path.display());
     }
     let mut status = if report.failed.is_empty() { 0 } else { 1 };
+    let leases =
+        crate::sandbox::users::gc_leases(std::path::Path::new(crate::sandbox::users::LEASE_DIR));
+    if leases > 0 {
+        super::print(&format!("removed {leases} abandoned user leases"));
+    }
     // Runtime directories (CA bundle, helper) of executions whose cgroup is now gone.
     if let Ok(mount) = cgroup::cgroup2_mount() {
         crate::run::gc_runtime_dirs(&mount.join("tollgate"));

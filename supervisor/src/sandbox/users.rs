@@ -95,6 +95,30 @@ impl UserLease {
     }
 }
 
+/// Removes the lease files of supervisors that died without releasing them (a SIGKILL skips
+/// the unlink; the lock itself went with the process). Each file is locked before it is
+/// unlinked, so a held lease is never touched. Returns how many were removed.
+pub fn gc_leases(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.filter_map(Result::ok) {
+        let path = entry.path();
+        let Ok(file) = File::open(&path) else {
+            continue;
+        };
+        // SAFETY: flock on a descriptor we own; released when `file` is dropped.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0
+            && still_named_by(&file, &path)
+            && std::fs::remove_file(&path).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 impl Drop for UserLease {
     fn drop(&mut self) {
         // Unlink while still locked (see the module comment), then unlock by closing.
@@ -153,6 +177,22 @@ mod tests {
         assert_eq!(last.uid(), POOL_BASE + POOL_SIZE - 1);
         assert_eq!(next.uid(), POOL_BASE);
         drop((last, next));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn gc_removes_abandoned_lease_files_and_leaves_held_ones() {
+        let dir = scratch("gc");
+        let held = UserLease::claim_in(&dir, 1).expect("held");
+        std::fs::write(dir.join("5"), b"").expect("abandoned lease file");
+        assert_eq!(gc_leases(&dir), 1);
+        assert!(!dir.join("5").exists());
+        assert!(dir.join("1").exists(), "a held lease stays");
+        assert_eq!(
+            UserLease::claim_in(&dir, 1).expect("next").uid(),
+            POOL_BASE + 2
+        );
+        drop(held);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
