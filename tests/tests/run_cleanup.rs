@@ -101,7 +101,8 @@ fn gc() -> Finished {
 
 #[test]
 fn gc_removes_stale_cgroups_kills_their_processes_and_spares_live_ones() {
-    let _lock = SuiteLock::shared();
+    // Exclusive for the same reason as `run_reaps_stale_cgroups_at_start`.
+    let _lock = SuiteLock::exclusive();
     let stale = StaleExecution::create();
     // A cgroup whose owner (this test process, with its real start time) is alive.
     let me = std::process::id();
@@ -119,7 +120,9 @@ fn gc_removes_stale_cgroups_kills_their_processes_and_spares_live_ones() {
 
 #[test]
 fn run_reaps_stale_cgroups_at_start() {
-    let _lock = SuiteLock::shared();
+    // Exclusive: a gc in a concurrent test could remove the stale cgroup between its mkdir
+    // and the move of its process (cgroup v2 cannot rename a directory into place).
+    let _lock = SuiteLock::exclusive();
     let stale = StaleExecution::create();
     let finished = Sandbox::new().run(["/bin/true"]);
     assert_eq!(finished.code(), 0, "{}", finished.describe());
