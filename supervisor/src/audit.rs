@@ -6,13 +6,12 @@
 
 use serde_json::Value;
 use std::fs::File;
-use std::io::{BufWriter, Write};
-use std::path::Path;
+use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 #[derive(Clone)]
 pub struct AuditLog {
-    sink: Option<Arc<Mutex<BufWriter<File>>>>,
+    sink: Option<Arc<Mutex<File>>>,
 }
 
 impl AuditLog {
@@ -21,27 +20,21 @@ impl AuditLog {
         AuditLog { sink: None }
     }
 
-    /// Creates (truncates) `path`, readable by root only: records name destinations.
-    pub fn create(path: &Path) -> std::io::Result<Self> {
-        use std::os::unix::fs::OpenOptionsExt;
-        // Append mode: the proxy writes records through its own handle on the same file, and
-        // with O_APPEND each record lands whole at the end, whoever writes it.
-        let file = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(path)?;
-        file.set_len(0)?;
-        Ok(AuditLog {
-            sink: Some(Arc::new(Mutex::new(BufWriter::new(file)))),
-        })
+    /// An audit log writing to `file`, which must be open for appending (see
+    /// `run::outputs`): the proxy writes records through its own handle on the same file, and
+    /// with O_APPEND each record lands whole at the end, whoever writes it, and runs sharing
+    /// one log keep every record.
+    pub fn from_file(file: File) -> Self {
+        AuditLog {
+            sink: Some(Arc::new(Mutex::new(file))),
+        }
     }
 
     /// Another handle on the audit file, for the proxy's own writer.
     pub fn writer(&self) -> Option<File> {
         let sink = self.sink.as_ref()?;
         let writer = sink.lock().ok()?;
-        writer.get_ref().try_clone().ok()
+        writer.try_clone().ok()
     }
 
     pub fn is_enabled(&self) -> bool {
@@ -52,10 +45,16 @@ impl AuditLog {
     pub fn record(&self, record: &Value) {
         let Some(sink) = &self.sink else { return };
         let Ok(mut writer) = sink.lock() else { return };
-        let written = serde_json::to_writer(&mut *writer, record)
-            .map_err(std::io::Error::other)
-            .and_then(|_| writer.write_all(b"\n"))
-            .and_then(|_| writer.flush());
+        // One write per record: encoded whole first, so a record never lands in pieces.
+        let mut line = match serde_json::to_vec(record) {
+            Ok(line) => line,
+            Err(error) => {
+                tracing::warn!("cannot encode an audit record: {error}");
+                return;
+            }
+        };
+        line.push(b'\n');
+        let written = writer.write_all(&line);
         if let Err(error) = written {
             tracing::warn!("cannot write the audit log: {error}");
         }

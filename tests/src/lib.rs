@@ -49,9 +49,16 @@ pub fn repo_root() -> PathBuf {
 /// `Sandbox` shares this directory with every sandbox it starts.
 pub const SCRATCH_ROOT: &str = "/tmp/tollgate-tests";
 
-/// A scratch directory (below [`SCRATCH_ROOT`]) removed on drop.
+/// Where the files tollgate writes as root (`--audit`, `--summary`) go: outside
+/// [`SCRATCH_ROOT`], which every sandbox shares read-write, since tollgate refuses to write
+/// its outputs into a directory the sandbox can write (it could plant a symlink there).
+pub const OUTPUT_ROOT: &str = "/tmp/tollgate-test-out";
+
+/// A scratch directory (below [`SCRATCH_ROOT`]) removed on drop, with a root-only directory
+/// for tollgate's outputs beside it (below [`OUTPUT_ROOT`]).
 pub struct Scratch {
     pub dir: PathBuf,
+    outputs: PathBuf,
 }
 
 impl Scratch {
@@ -65,7 +72,20 @@ impl Scratch {
                 .unwrap_or(0)
         ));
         std::fs::create_dir_all(&dir).expect("create scratch dir");
-        Scratch { dir }
+        let outputs = Path::new(OUTPUT_ROOT).join(dir.file_name().expect("a leaf name"));
+        Scratch { dir, outputs }
+    }
+
+    /// A path for a file tollgate writes (`--audit`, `--summary`), in a root-only directory
+    /// the sandbox cannot see or write.
+    pub fn output(&self, name: &str) -> PathBuf {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.outputs)
+            .expect("create the output dir");
+        self.outputs.join(name)
     }
 
     /// Writes `text` to `name` inside the scratch dir and returns its path.
@@ -79,5 +99,6 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.outputs);
     }
 }

@@ -194,8 +194,8 @@ fn run_escape(tag: &str, walls: Walls) -> Escape {
     let scratch = Scratch::new(&format!("escape-{tag}"));
     let script = write_escape_script(&scratch);
     let policy = scratch.file("policy.yaml", NETWORK_POLICY);
-    let audit_path = scratch.dir.join("audit.jsonl");
-    let summary_path = scratch.dir.join("summary.json");
+    let audit_path = scratch.output("audit.jsonl");
+    let summary_path = scratch.output("summary.json");
     let host = HostServices::open(tag);
     let sibling = SiblingCgroup::create(tag);
     let mount = cgroup2_mount();

@@ -93,8 +93,8 @@ network:
         let script_path = self
             .scratch
             .file(&format!("client{n}.py"), &format!("{CLIENT_PY}\n{script}"));
-        let audit = self.scratch.dir.join(format!("audit{n}.jsonl"));
-        let summary = self.scratch.dir.join(format!("summary{n}.json"));
+        let audit = self.scratch.output(&format!("audit{n}.jsonl"));
+        let summary = self.scratch.output(&format!("summary{n}.json"));
         let finished = sandbox
             .policy(&policy_path)
             .audit(&audit)

@@ -17,8 +17,8 @@ const MAX_RECORDS: usize = 1000;
 fn a_flood_of_attempts_is_counted_but_the_log_stays_bounded() {
     let _lock = SuiteLock::shared();
     let scratch = Scratch::new("audit-flood");
-    let audit = scratch.dir.join("audit.jsonl");
-    let summary = scratch.dir.join("summary.json");
+    let audit = scratch.output("audit.jsonl");
+    let summary = scratch.output("summary.json");
     let attempts = 1500;
     let script = format!(
         "import socket\nfor i in range({attempts}):\n    s = socket.socket()\n    try:\n        s.connect(('10.0.0.1', 80))\n    except OSError:\n        pass\n    s.close()\n"
@@ -43,7 +43,7 @@ fn a_flood_of_attempts_is_counted_but_the_log_stays_bounded() {
 fn attempts_reach_the_log_while_the_command_still_runs() {
     let _lock = SuiteLock::shared();
     let scratch = Scratch::new("audit-live");
-    let audit = scratch.dir.join("audit.jsonl");
+    let audit = scratch.output("audit.jsonl");
     // The command makes one attempt, says so, then waits for its stdin to close: the record
     // must appear in the audit log before the test lets it finish.
     let script = "import socket, sys\n\

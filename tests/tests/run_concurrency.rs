@@ -28,7 +28,7 @@ fn fifty_concurrent_executions_all_succeed_and_clean_up() {
             let scratch = Arc::clone(&scratch);
             let policy = policy.clone();
             thread::spawn(move || {
-                let summary = scratch.dir.join(format!("summary-{i}.json"));
+                let summary = scratch.output(&format!("summary-{i}.json"));
                 // Half with the network (namespace + proxy listener), half without.
                 let mut sandbox = Sandbox::new().summary(&summary);
                 if i % 2 == 0 {

@@ -278,7 +278,7 @@ fn the_command_runs_as_a_leased_user_without_capabilities_and_with_no_new_privs(
 fn the_summary_names_the_leased_user() {
     let _lock = SuiteLock::shared();
     let scratch = Scratch::new("summary-uid");
-    let summary = scratch.dir.join("summary.json");
+    let summary = scratch.output("summary.json");
     let finished = Sandbox::new().summary(&summary).run(["/usr/bin/id", "-u"]);
     assert_eq!(finished.code(), 0, "{}", finished.describe());
     let recorded = read_json(&summary)["uid"]
@@ -382,7 +382,7 @@ fn the_summary_describes_the_execution() {
     let _lock = SuiteLock::shared();
     let scratch = Scratch::new("summary");
     let policy = scratch.file("policy.yaml", NETWORK_POLICY);
-    let summary_path = scratch.dir.join("summary.json");
+    let summary_path = scratch.output("summary.json");
     let finished = Sandbox::new().policy(&policy).summary(&summary_path).run([
         PYTHON,
         "-c",
@@ -409,7 +409,7 @@ fn the_summary_describes_the_execution() {
     );
 
     // Without a policy: no team, no proxy, and the command's status.
-    let summary_path = scratch.dir.join("summary-offline.json");
+    let summary_path = scratch.output("summary-offline.json");
     let finished = Sandbox::new()
         .summary(&summary_path)
         .run(["/bin/sh", "-c", "kill -KILL $$"]);
@@ -442,7 +442,7 @@ except OSError as e:
 fn max_processes_stops_a_fork_bomb_and_defaults_to_1024() {
     let _lock = SuiteLock::shared();
     let scratch = Scratch::new("nproc");
-    let summary = scratch.dir.join("summary.json");
+    let summary = scratch.output("summary.json");
     let finished = Sandbox::new()
         .summary(&summary)
         .arg("--max-processes")

@@ -138,7 +138,7 @@ fn timeout_kills_a_process_tree_that_ignores_sigterm() {
         "trap '' TERM; sleep 100 & echo $! > {p}.tmp; echo $$ >> {p}.tmp; mv {p}.tmp {p}; sleep 100",
         p = pids_file.display()
     );
-    let summary = scratch.dir.join("summary.json");
+    let summary = scratch.output("summary.json");
     let running = Running::spawn(
         &mut Sandbox::new()
             .timeout("2s")

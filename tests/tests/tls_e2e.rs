@@ -275,8 +275,8 @@ limits:
             .file(&format!("script{n}.py"), &format!("{PRELUDE}\n{script}"));
         fs::set_permissions(&script_file, fs::Permissions::from_mode(0o644)).unwrap();
         let out = shared_dir(&self.scratch, &format!("out{n}"));
-        let audit = self.scratch.dir.join(format!("audit{n}.jsonl"));
-        let summary = self.scratch.dir.join(format!("summary{n}.json"));
+        let audit = self.scratch.output(&format!("audit{n}.jsonl"));
+        let summary = self.scratch.output(&format!("summary{n}.json"));
         let finished = sandbox
             .policy(&policy_file)
             .audit(&audit)

@@ -96,19 +96,8 @@ pub fn doctor() -> i32 {
 /// leased user, the seccomp filters and the launch into the cgroup, together.
 fn whole_sandbox() -> Result<String, String> {
     let status = crate::run::run(crate::run::RunOptions {
-        policy: None,
         timeout: Some(std::time::Duration::from_secs(30)),
-        user: None,
-        max_processes: crate::run::DEFAULT_MAX_PROCESSES,
-        allow_root: false,
-        cwd: None,
-        shares: Vec::new(),
-        tmp_size: crate::run::DEFAULT_TMP_SIZE,
-        env: Vec::new(),
-        pass_env: Vec::new(),
-        audit: None,
-        summary: None,
-        command: vec!["/bin/true".into()],
+        ..crate::run::RunOptions::new(vec!["/bin/true".into()])
     });
     if status == 0 {
         Ok("/bin/true ran with every wall, private mounts and a leased user".into())

@@ -35,6 +35,46 @@ pub const CA_VARIABLES: [&str; 8] = [
     "CARGO_HTTP_CAINFO",
 ];
 
+/// The proxy variables tollgate sets when the network is on.
+pub const PROXY_VARIABLES: [&str; 8] = [
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+];
+
+/// Variables that make the dynamic loader run code of the caller's choosing in every program
+/// of the sandbox, tollgate's helpers included. The sandbox may set them for itself; the
+/// command line may not hand them in.
+const LOADER_INJECTION: [&str; 3] = ["LD_PRELOAD", "LD_AUDIT", "LD_DEBUG_OUTPUT"];
+
+/// Why `name` may not be given with `--env` or `--pass-env` (`flag`), if it may not.
+fn refused_variable(flag: &str, name: &str) -> Option<String> {
+    if PROXY_VARIABLES.contains(&name) || CA_VARIABLES.contains(&name) {
+        return Some(format!(
+            "{flag} {name}: tollgate sets {name} itself (the proxy and the execution's CA are \
+             the sandbox's only way out); leave it out"
+        ));
+    }
+    if LOADER_INJECTION.contains(&name) {
+        return Some(format!(
+            "{flag} {name}: refused, since it loads code into every program of the sandbox; \
+             set it inside the command if the job needs it"
+        ));
+    }
+    if name.starts_with("TOLLGATE_SECRET_") {
+        return Some(format!(
+            "{flag} {name}: variables named TOLLGATE_SECRET_* hold teams' secrets, which never \
+             enter a sandbox; reference the secret through an auth provider"
+        ));
+    }
+    None
+}
+
 /// The seed's Python API (`from tollgate_http import http`), shipped inside the binary.
 const PYTHON_HELPER: &str = include_str!("../../../clients/python/tollgate_http.py");
 
@@ -76,6 +116,9 @@ pub fn child_environment(
         env.insert("TERM".to_owned(), term);
     }
     for name in pass {
+        if let Some(why) = refused_variable("--pass-env", name) {
+            return Err(why);
+        }
         if secret_vars.contains(name) {
             return Err(format!(
                 "--pass-env {name} would hand the sandbox a secret of team {}'s auth providers; \
@@ -94,6 +137,9 @@ pub fn child_environment(
         }
     }
     for (name, value) in set {
+        if let Some(why) = refused_variable("--env", name) {
+            return Err(why);
+        }
         if secret_vars.contains(name) {
             return Err(format!(
                 "--env {name} names a provider secret variable; choose another name"
@@ -109,18 +155,13 @@ pub fn child_environment(
     }
     if let Some(network) = network {
         let url = format!("http://{}", network.proxy);
-        for name in [
-            "HTTP_PROXY",
-            "HTTPS_PROXY",
-            "ALL_PROXY",
-            "http_proxy",
-            "https_proxy",
-            "all_proxy",
-        ] {
-            env.insert(name.to_owned(), url.clone());
-        }
-        for name in ["NO_PROXY", "no_proxy"] {
-            env.insert(name.to_owned(), "localhost,127.0.0.1,::1".to_owned());
+        for name in PROXY_VARIABLES {
+            let value = if name.eq_ignore_ascii_case("no_proxy") {
+                "localhost,127.0.0.1,::1"
+            } else {
+                &url
+            };
+            env.insert(name.to_owned(), value.to_owned());
         }
         let bundle = network.ca_bundle.display().to_string();
         for name in CA_VARIABLES {
@@ -319,5 +360,35 @@ mod tests {
             "/tmp",
         );
         assert!(refused.is_err());
+    }
+
+    #[test]
+    fn variables_tollgate_sets_or_that_inject_code_cannot_be_handed_in() {
+        for name in [
+            "HTTP_PROXY",
+            "https_proxy",
+            "NO_PROXY",
+            "SSL_CERT_FILE",
+            "NODE_EXTRA_CA_CERTS",
+            "LD_PRELOAD",
+            "LD_AUDIT",
+            "TOLLGATE_SECRET_ACME_KEY",
+        ] {
+            let set = child_environment(None, &[], &[(name.into(), "x".into())], None, "/tmp");
+            assert!(set.unwrap_err().contains(name), "--env {name}");
+            let passed = child_environment(None, &[name.into()], &[], None, "/tmp");
+            assert!(
+                passed.unwrap_err().contains("--pass-env"),
+                "--pass-env {name}"
+            );
+        }
+        let fine = child_environment(
+            None,
+            &[],
+            &[("LD_LIBRARY_PATH".into(), "/x".into())],
+            None,
+            "/tmp",
+        );
+        assert_eq!(fine.expect("allowed")["LD_LIBRARY_PATH"], "/x");
     }
 }

@@ -1,7 +1,7 @@
 //! The `--summary` object: one JSON document describing the execution once it ended.
 
+use super::outputs::SummaryTarget;
 use serde::Serialize;
-use std::path::Path;
 
 #[derive(Debug, Default, Serialize)]
 pub struct Summary {
@@ -25,8 +25,8 @@ pub struct Summary {
 }
 
 impl Summary {
-    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+    pub fn write(&self, target: &SummaryTarget) -> std::io::Result<()> {
         let text = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
-        std::fs::write(path, text + "\n")
+        target.write((text + "\n").as_bytes())
     }
 }

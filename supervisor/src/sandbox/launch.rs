@@ -14,7 +14,7 @@
 //! It reports a failure to the supervisor through a close-on-exec pipe: which stage failed and
 //! the errno; a pipe closed without a report means `execve` succeeded.
 
-use super::spawn::ChildSetup;
+use super::spawn::{ChildSetup, SetupStage};
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsString};
 use std::io;
@@ -81,14 +81,13 @@ pub enum LaunchError {
     /// `clone3` failed: the supervisor could not create the process.
     Clone(io::Error),
     /// The child failed to set itself up (mounts, directory, privileges, filters).
-    Setup(io::Error),
+    Setup(SetupStage, io::Error),
     /// `execve` failed: the program could not be executed.
     Exec(io::Error),
 }
 
-/// Stages a child reports a failure from.
-const STAGE_SETUP: u8 = 1;
-const STAGE_EXEC: u8 = 2;
+/// The stage a child reports an `execve` failure from (setup stages are [`SetupStage`]s).
+const STAGE_EXEC: u8 = 0xff;
 
 /// The `clone3` arguments (`struct clone_args`, version 2: with `cgroup`).
 #[repr(C)]
@@ -154,9 +153,9 @@ pub fn launch(
     if let Some((stage, errno)) = read_report(&report_read) {
         child.reap_now();
         let error = io::Error::from_raw_os_error(errno);
-        return Err(match stage {
-            STAGE_EXEC => LaunchError::Exec(error),
-            _ => LaunchError::Setup(error),
+        return Err(match SetupStage::from_u8(stage) {
+            Some(stage) => LaunchError::Setup(stage, error),
+            None => LaunchError::Exec(error),
         });
     }
     Ok(child)
@@ -183,8 +182,8 @@ fn child(command: &Command, setup: &ChildSetup, report: libc::c_int) -> ! {
         libc::sigemptyset(&mut none);
         libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
     }
-    if let Err(error) = setup.apply() {
-        fail(STAGE_SETUP, error);
+    if let Err((stage, error)) = setup.apply() {
+        fail(stage as u8, error);
     }
     // SAFETY: NULL-terminated arrays of pointers into CStrings owned by `command`.
     unsafe {

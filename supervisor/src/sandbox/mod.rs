@@ -8,6 +8,7 @@ pub mod bpf;
 pub mod cgroup;
 pub mod command;
 pub mod doctor;
+pub mod host_path;
 pub mod launch;
 pub mod layers;
 pub mod mounts;

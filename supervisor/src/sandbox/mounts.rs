@@ -10,9 +10,15 @@
 //!   back in from the host (the CA bundle and the Python helper live there);
 //! - fresh `/tmp` and `/var/tmp` (tmpfs, mode 1777, each at most `--tmp-size`), freed with
 //!   the namespace, holding only the directories the caller shares with `--share` /
-//!   `--share-ro`, bound in at the same paths;
+//!   `--share-ro`, bound in at the same paths. A share is opened once by the supervisor with
+//!   no link followed in any component ([`open_shares`]), and its mount is cloned from that
+//!   descriptor before the child exists (no set-uid, no devices, private, read-only for
+//!   `--share-ro` down to every mount below it), so what is bound is what was checked;
 //! - a fresh `/dev/shm` of at most [`DEV_SHM_SIZE`], freed with the namespace (tmpfs pages
 //!   are memory, and the host's cgroups may have no memory controller to bound them);
+//! - a devpts instance of its own on `/dev/pts` (with `/dev/ptmx` bound to its `ptmx`), of at
+//!   most [`DEV_PTS_MAX`] terminals: the host's ptys are not listed, and the sandbox cannot
+//!   take from the pool the host and every other execution draw from;
 //! - a fresh `/proc` mounted `hidepid=invisible`: the sandbox sees only processes of its own
 //!   user, which is the execution's own user (see `users`);
 //! - a fresh, read-only `/sys` of the sandbox's network namespace: only its `lo` under
@@ -21,12 +27,14 @@
 //! - and a private IPC namespace (System V IPC and POSIX message queues).
 //!
 //! Everything else is the host's tree, unchanged (mount propagation is cut first, so nothing
-//! done here reaches the host). All paths are prepared before the clone;
+//! done here reaches the host). All paths and the cloned mounts are prepared before the clone;
 //! [`PrivateMounts::apply`] runs between clone and exec and only makes system calls.
 
+use super::host_path::{self, FileId};
 use super::SandboxError;
 use std::ffi::{CStr, CString};
 use std::io;
+use std::os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Component, Path, PathBuf};
 
@@ -40,8 +48,19 @@ pub const SCRATCH_DIRS: [&str; 2] = ["/tmp", "/var/tmp"];
 
 /// The size of the sandbox's `/dev/shm` (Docker's default).
 pub const DEV_SHM_SIZE: u64 = 64 << 20;
+/// The most pseudo-terminals a sandbox may hold at once (its own devpts instance).
+pub const DEV_PTS_MAX: u32 = 64;
+const DEV_PTS_OPTIONS: &CStr = c"newinstance,ptmxmode=0666,mode=0620,max=64";
+const _: () = assert!(DEV_PTS_MAX == 64, "DEV_PTS_OPTIONS says max=64");
+
 /// The smallest `--tmp-size` (tmpfs reads a size of 0 as "no limit").
 pub const MIN_TMP_SIZE: u64 = 1 << 20;
+
+/// The largest `--tmp-size`: the host's memory and swap (tmpfs pages live in them).
+pub fn max_tmp_size() -> io::Result<u64> {
+    let info = nix::sys::sysinfo::sysinfo()?;
+    Ok(info.ram_total().saturating_add(info.swap_total()))
+}
 
 /// The most directories one execution may share (the child keeps their mounts in a fixed
 /// array, since it cannot allocate).
@@ -54,22 +73,57 @@ pub struct Share {
     pub read_only: bool,
 }
 
-/// What a share becomes in the child: where it comes from and the directories to create for
-/// its mount point, outermost first (the last one is the mount point).
+/// A shared directory opened once, with no link followed in any component: the descriptor
+/// its mount is cloned from, and its identity (for `run::outputs`, which refuses to write
+/// inside a share).
+#[derive(Debug)]
+pub struct OpenShare {
+    pub share: Share,
+    dir: OwnedFd,
+    pub id: FileId,
+}
+
+/// Opens every share (see [`OpenShare`]); the message names the share and what to fix.
+pub fn open_shares(shares: &[Share]) -> Result<Vec<OpenShare>, String> {
+    shares
+        .iter()
+        .map(|share| {
+            let dir = open_share_dir(&share.path)?;
+            let id = host_path::file_id(dir.as_fd())
+                .map_err(|e| format!("--share {}: {e}", share.path.display()))?;
+            Ok(OpenShare {
+                share: share.clone(),
+                dir,
+                id,
+            })
+        })
+        .collect()
+}
+
+fn open_share_dir(path: &Path) -> Result<OwnedFd, String> {
+    host_path::open_dir(path).map_err(|error| match error.raw_os_error() {
+        Some(libc::ENOTDIR) => format!("--share {}: not a directory", path.display()),
+        _ => format!("--share: {}", host_path::describe_error(path, &error)),
+    })
+}
+
+/// What a share becomes in the child: its mount, already cloned (detached) from the opened
+/// directory, and the directories to create for its mount point, outermost first (the last
+/// one is the mount point).
 #[derive(Debug)]
 struct PreparedShare {
-    source: CString,
+    tree: OwnedFd,
     mount_point_dirs: Vec<CString>,
-    read_only: bool,
 }
 
 /// What the child mounts, prepared before the clone.
 #[derive(Debug)]
 pub struct PrivateMounts {
-    /// The runtime directory: its host path (bound from) and the same path in the new `/run`.
-    runtime_dir: Option<CString>,
+    /// The runtime directory: its path (the same in the new `/run`) and its mount, cloned.
+    runtime_dir: Option<(CString, OwnedFd)>,
     shares: Vec<PreparedShare>,
     dev_shm: bool,
+    dev_pts: bool,
     var_tmp: bool,
     /// tmpfs options of `/tmp` and `/var/tmp`, and of `/dev/shm`.
     tmp_options: CString,
@@ -96,7 +150,7 @@ impl PrivateMounts {
     /// [`check_share`]), with scratch directories of `tmp_size` bytes each.
     pub fn prepare(
         runtime_dir: Option<&Path>,
-        shares: &[Share],
+        shares: &[OpenShare],
         tmp_size: u64,
     ) -> Result<PrivateMounts, SandboxError> {
         if tmp_size < MIN_TMP_SIZE {
@@ -119,7 +173,14 @@ impl PrivateMounts {
                         format!("{} is not directly under {RUNTIME_ROOT}", dir.display()),
                     ));
                 }
-                c_path("runtime directory", dir)
+                let opened = host_path::open_dir(dir).map_err(|e| {
+                    mount_error("runtime directory", host_path::describe_error(dir, &e))
+                })?;
+                let tree = detached_copy(&opened, true).map_err(|source| SandboxError::Mounts {
+                    step: "runtime directory",
+                    source,
+                })?;
+                Ok((c_path("runtime directory", dir)?, tree))
             })
             .transpose()?;
         if shares.len() > MAX_SHARES {
@@ -130,21 +191,31 @@ impl PrivateMounts {
         }
         let shares = shares
             .iter()
-            .filter_map(|share| {
-                let scratch = scratch_dir_of(&share.path)?;
-                Some((share, scratch))
+            .filter_map(|open| {
+                let scratch = scratch_dir_of(&open.share.path)?;
+                Some((open, scratch))
             })
-            .map(|(share, scratch)| {
+            .map(|(open, scratch)| {
                 let mut dirs = Vec::new();
                 let mut at = PathBuf::from(scratch);
-                for part in share.path.strip_prefix(scratch).unwrap_or(Path::new("")) {
+                for part in open
+                    .share
+                    .path
+                    .strip_prefix(scratch)
+                    .unwrap_or(Path::new(""))
+                {
                     at.push(part);
                     dirs.push(c_path("shared directory", &at)?);
                 }
+                let tree = detached_copy(&open.dir, open.share.read_only).map_err(|source| {
+                    SandboxError::Mounts {
+                        step: "shared directory",
+                        source,
+                    }
+                })?;
                 Ok(PreparedShare {
-                    source: c_path("shared directory", &share.path)?,
+                    tree,
                     mount_point_dirs: dirs,
-                    read_only: share.read_only,
                 })
             })
             .collect::<Result<Vec<_>, SandboxError>>()?;
@@ -152,6 +223,7 @@ impl PrivateMounts {
             runtime_dir,
             shares,
             dev_shm: Path::new("/dev/shm").is_dir(),
+            dev_pts: Path::new("/dev/pts").is_dir() && Path::new("/dev/ptmx").exists(),
             var_tmp: Path::new("/var/tmp").is_dir(),
             tmp_options: tmpfs(tmp_size)?,
             shm_options: tmpfs(DEV_SHM_SIZE)?,
@@ -172,27 +244,17 @@ impl PrivateMounts {
                 libc::MS_REC | libc::MS_PRIVATE,
                 std::ptr::null(),
             ))?;
-            // Taken before the directories they live in are covered; moved back in below.
-            let runtime_tree = match &self.runtime_dir {
-                Some(dir) => Some(clone_tree(dir)?),
-                None => None,
-            };
-            let mut share_trees = [-1; MAX_SHARES];
-            for (tree, share) in share_trees.iter_mut().zip(&self.shares) {
-                *tree = clone_tree(&share.source)?;
-            }
-
             mount_tmpfs(c"/run", c"mode=0755,size=1m")?;
-            if let (Some(dir), Some(tree)) = (&self.runtime_dir, runtime_tree) {
+            if let Some((dir, tree)) = &self.runtime_dir {
                 check(libc::mkdir(c"/run/tollgate".as_ptr(), 0o755))?;
                 check(libc::mkdir(dir.as_ptr(), 0o755))?;
-                attach_tree(tree, dir)?;
+                attach_tree(tree.as_raw_fd(), dir)?;
             }
             mount_tmpfs(c"/tmp", &self.tmp_options)?;
             if self.var_tmp {
                 mount_tmpfs(c"/var/tmp", &self.tmp_options)?;
             }
-            for (tree, share) in share_trees.iter().zip(&self.shares) {
+            for share in &self.shares {
                 for dir in &share.mount_point_dirs {
                     if libc::mkdir(dir.as_ptr(), 0o755) != 0
                         && io::Error::last_os_error().raw_os_error() != Some(libc::EEXIST)
@@ -203,19 +265,28 @@ impl PrivateMounts {
                 let Some(target) = share.mount_point_dirs.last() else {
                     continue;
                 };
-                attach_tree(*tree, target)?;
-                if share.read_only {
-                    check(libc::mount(
-                        std::ptr::null(),
-                        target.as_ptr(),
-                        std::ptr::null(),
-                        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
-                        std::ptr::null(),
-                    ))?;
-                }
+                attach_tree(share.tree.as_raw_fd(), target)?;
             }
             if self.dev_shm {
                 mount_tmpfs(c"/dev/shm", &self.shm_options)?;
+            }
+            if self.dev_pts {
+                // A devpts instance of the sandbox's own: its ptys are not the host's (nor
+                // listed with them), and at most DEV_PTS_MAX of them.
+                check(libc::mount(
+                    c"devpts".as_ptr(),
+                    c"/dev/pts".as_ptr(),
+                    c"devpts".as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NOEXEC,
+                    DEV_PTS_OPTIONS.as_ptr().cast(),
+                ))?;
+                check(libc::mount(
+                    c"/dev/pts/ptmx".as_ptr(),
+                    c"/dev/ptmx".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ))?;
             }
             check(libc::mount(
                 c"proc".as_ptr(),
@@ -236,39 +307,68 @@ impl PrivateMounts {
     }
 }
 
-/// A detached copy of the mount tree at `path` (open_tree with OPEN_TREE_CLONE).
-unsafe fn clone_tree(path: &CStr) -> io::Result<libc::c_int> {
-    // SAFETY: a NUL-terminated path; the descriptor returned is owned by the caller.
-    let fd = unsafe {
+/// A detached copy of the mount tree at the opened directory `dir` (`open_tree(2)` with
+/// `OPEN_TREE_CLONE`, Linux 5.2), made in the supervisor before the clone, so what is bound is
+/// the directory that was checked, whatever its path names by then. Every mount of the copy
+/// gets no set-uid and no devices (and is read-only when `read_only`), and is private: nothing
+/// mounted on the host side later propagates into the sandbox (`mount_setattr(2)`, Linux 5.12).
+fn detached_copy(dir: &OwnedFd, read_only: bool) -> io::Result<OwnedFd> {
+    // SAFETY: an open descriptor and an empty path; the descriptor returned is owned here.
+    let tree = unsafe {
         libc::syscall(
             libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_RECURSIVE as libc::c_uint,
+            dir.as_raw_fd(),
+            c"".as_ptr(),
+            libc::OPEN_TREE_CLONE
+                | libc::OPEN_TREE_CLOEXEC
+                | (libc::AT_RECURSIVE | libc::AT_EMPTY_PATH) as libc::c_uint,
         )
     };
-    if fd < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(fd as libc::c_int)
+    if tree < 0 {
+        return Err(io::Error::last_os_error());
     }
+    // SAFETY: open_tree returned a new descriptor nothing else owns.
+    let tree = unsafe { OwnedFd::from_raw_fd(tree as libc::c_int) };
+    let mut attributes: libc::mount_attr = unsafe { std::mem::zeroed() };
+    attributes.attr_set = libc::MOUNT_ATTR_NOSUID
+        | libc::MOUNT_ATTR_NODEV
+        | if read_only {
+            libc::MOUNT_ATTR_RDONLY
+        } else {
+            0
+        };
+    attributes.propagation = libc::MS_PRIVATE;
+    // SAFETY: the detached tree, an empty path and a mount_attr of the size passed.
+    let set = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as libc::c_uint,
+            &attributes as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if set != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(tree)
 }
 
-/// Mounts the detached tree `tree` on `target` and closes it.
+/// Mounts the detached tree `tree` on `target`.
 unsafe fn attach_tree(tree: libc::c_int, target: &CStr) -> io::Result<()> {
-    // SAFETY: `tree` came from `clone_tree`; `target` is NUL-terminated.
-    unsafe {
-        let moved = libc::syscall(
+    // SAFETY: `tree` came from `detached_copy`; `target` is NUL-terminated.
+    let moved = unsafe {
+        libc::syscall(
             libc::SYS_move_mount,
             tree,
             c"".as_ptr(),
             libc::AT_FDCWD,
             target.as_ptr(),
             libc::MOVE_MOUNT_F_EMPTY_PATH,
-        );
-        libc::close(tree);
-        check(moved as libc::c_int)
-    }
+        )
+    };
+    check(moved as libc::c_int)
 }
 
 /// Mounts a fresh tmpfs (no devices, no set-uid) on `target`.
@@ -378,13 +478,9 @@ pub fn check_share(path: &Path) -> Result<(), String> {
             SCRATCH_DIRS.join(" or ")
         ));
     }
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => Ok(()),
-        Ok(_) => Err(format!(
-            "--share {shown}: not a directory (a symbolic link is not followed)"
-        )),
-        Err(error) => Err(format!("--share {shown}: {error}")),
-    }
+    // The authoritative check is on the descriptor `open_shares` takes; this one gives the
+    // message early.
+    open_share_dir(path).map(drop)
 }
 
 #[cfg(test)]
@@ -428,13 +524,19 @@ mod tests {
 
     #[test]
     fn a_share_gets_every_directory_of_its_mount_point_created() {
-        let mounts = PrivateMounts::prepare(None, &[share("/tmp/job/code")], GIB).expect("prepare");
+        let root = std::env::temp_dir().join(format!("tollgate-mp-{}", std::process::id()));
+        let code = root.join("code");
+        std::fs::create_dir_all(&code).expect("dir");
+        let shares = open_shares(&[share(code.to_str().unwrap())]).expect("open");
+        let mounts = PrivateMounts::prepare(None, &shares, GIB).expect("prepare");
+        let _ = std::fs::remove_dir_all(&root);
+        let leaf = root.file_name().unwrap().to_str().unwrap();
         let dirs: Vec<_> = mounts.shares[0]
             .mount_point_dirs
             .iter()
             .map(|d| d.to_str().unwrap().to_owned())
             .collect();
-        assert_eq!(dirs, ["/tmp/job", "/tmp/job/code"]);
+        assert_eq!(dirs, [format!("/tmp/{leaf}"), format!("/tmp/{leaf}/code")]);
     }
 
     #[test]
@@ -501,6 +603,19 @@ mod tests {
         ] {
             assert!(check_share(&bad).is_err(), "{}", bad.display());
         }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_share_through_a_linked_parent_is_refused() {
+        let dir = std::env::temp_dir().join(format!("tollgate-share-link-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let link = dir.join("link");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink("/run", &link).expect("link");
+        let error = check_share(&link.join("user")).expect_err("refused");
+        assert!(error.contains("symbolic link"), "{error}");
+        assert!(open_shares(&[share(link.join("user").to_str().unwrap())]).is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

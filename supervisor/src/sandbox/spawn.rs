@@ -26,8 +26,9 @@ pub struct ChildSetup {
     pub cwd: std::ffi::CString,
     pub uid: u32,
     pub gid: u32,
-    /// Make the child the terminal's foreground process group (stdin is a terminal).
-    pub foreground: bool,
+    /// The slave side of a terminal of the sandbox's own (`--tty`): it becomes the child's
+    /// controlling terminal and its stdin, stdout and stderr.
+    pub tty: Option<RawFd>,
     /// Highest capability number of this kernel (/proc/sys/kernel/cap_last_cap).
     pub cap_last: u32,
     /// RLIMIT_NPROC, soft and hard: processes and threads of the sandbox user. With a user of
@@ -56,22 +57,46 @@ pub fn cap_last_cap() -> u32 {
         .unwrap_or(63)
 }
 
+/// The step of [`ChildSetup::apply`] that failed, reported to the supervisor with the errno.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SetupStage {
+    Session = 1,
+    Namespace = 2,
+    Mounts = 3,
+    Credentials = 4,
+    WorkingDirectory = 5,
+    Filters = 6,
+}
+
+impl SetupStage {
+    pub fn from_u8(value: u8) -> Option<SetupStage> {
+        [
+            SetupStage::Session,
+            SetupStage::Namespace,
+            SetupStage::Mounts,
+            SetupStage::Credentials,
+            SetupStage::WorkingDirectory,
+            SetupStage::Filters,
+        ]
+        .into_iter()
+        .find(|stage| *stage as u8 == value)
+    }
+}
+
+/// A failed setup step and its error.
+pub type SetupError = (SetupStage, io::Error);
+
+fn at<T>(stage: SetupStage, result: io::Result<T>) -> Result<T, SetupError> {
+    result.map_err(|error| (stage, error))
+}
+
 impl ChildSetup {
     /// Runs in the child after fork. Async-signal-safe system calls only.
-    pub fn apply(&self) -> io::Result<()> {
+    pub fn apply(&self) -> Result<(), SetupError> {
+        at(SetupStage::Session, self.new_session())?;
         // SAFETY: plain system calls on values owned by this process; no allocation.
-        unsafe {
-            check(libc::setpgid(0, 0))?;
-            if self.foreground {
-                // A background group may not take the terminal unless SIGTTOU is blocked.
-                let mut block: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut block);
-                libc::sigaddset(&mut block, libc::SIGTTOU);
-                let mut old: libc::sigset_t = std::mem::zeroed();
-                libc::sigprocmask(libc::SIG_BLOCK, &block, &mut old);
-                let _ = libc::tcsetpgrp(0, libc::getpid());
-                libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-            }
+        at(SetupStage::Session, unsafe {
             // Nothing the supervisor's caller left open may cross into the sandbox: an
             // inherited socket would be a door past every wall. Marked close-on-exec rather
             // than closed, so the descriptors used below stay usable until exec.
@@ -80,18 +105,56 @@ impl ChildSetup {
                 3u32,
                 u32::MAX,
                 libc::CLOSE_RANGE_CLOEXEC,
-            ) as libc::c_int)?;
-        }
-        unsafe {
-            if let Some(netns) = self.netns {
-                check(libc::setns(netns, libc::CLONE_NEWNET))?;
-            }
+            ) as libc::c_int)
+        })?;
+        if let Some(netns) = self.netns {
+            // SAFETY: setns on a descriptor the supervisor keeps open.
+            at(
+                SetupStage::Namespace,
+                check(unsafe { libc::setns(netns, libc::CLONE_NEWNET) }),
+            )?;
         }
         if let Some(mounts) = &self.mounts {
-            mounts.apply()?;
+            at(SetupStage::Mounts, mounts.apply())?;
         }
+        at(SetupStage::Credentials, self.drop_privileges())?;
+        // Entered as the sandbox user, with no capability left: the kernel checks that user's
+        // permissions on every directory of the path (and on any link planted in it), so a
+        // link left in a shared directory cannot lead into a tree only root may enter.
+        // SAFETY: a NUL-terminated path prepared before the clone.
+        at(
+            SetupStage::WorkingDirectory,
+            check(unsafe { libc::chdir(self.cwd.as_ptr()) }),
+        )?;
+        at(SetupStage::Credentials, self.arm_death_signal())?;
+        at(SetupStage::Filters, self.filters.apply())
+    }
+
+    /// A session of the child's own, so it has no controlling terminal: the caller's terminal
+    /// (still its stdin, perhaps) is then one the sandbox cannot push input into (`TIOCSTI`
+    /// needs the terminal to be the caller's controlling one) nor signal the caller's jobs
+    /// through. With `--tty`, the sandbox's own terminal becomes its controlling terminal.
+    fn new_session(&self) -> io::Result<()> {
+        // SAFETY: plain system calls on descriptors this process owns.
         unsafe {
-            check(libc::chdir(self.cwd.as_ptr()))?;
+            if libc::setsid() == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            if let Some(tty) = self.tty {
+                check(libc::ioctl(tty, libc::TIOCSCTTY, 0))?;
+                for target in 0..=2 {
+                    check(libc::dup2(tty, target))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops the capability bounding set, switches to the sandbox user and group, clears every
+    /// capability set, and checks that the kernel did exactly that.
+    fn drop_privileges(&self) -> io::Result<()> {
+        // SAFETY: plain system calls on values owned by this process; no allocation.
+        unsafe {
             for cap in 0..=self.cap_last {
                 // EINVAL for capabilities this kernel does not have is fine.
                 libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0);
@@ -114,6 +177,34 @@ impl ChildSetup {
             check(libc::syscall(libc::SYS_setresgid, self.gid, self.gid, self.gid) as _)?;
             check(libc::syscall(libc::SYS_setresuid, self.uid, self.uid, self.uid) as _)?;
             clear_capabilities()?;
+            self.check_credentials()
+        }
+    }
+
+    /// Fails (EPERM) unless the real, effective and saved ids are exactly the ones asked for
+    /// and no supplementary group is left: a value the kernel reads as "unchanged", or a
+    /// switch that silently did less, must not start the command with root's ids.
+    unsafe fn check_credentials(&self) -> io::Result<()> {
+        let (mut ruid, mut euid, mut suid) = (u32::MAX, u32::MAX, u32::MAX);
+        let (mut rgid, mut egid, mut sgid) = (u32::MAX, u32::MAX, u32::MAX);
+        // SAFETY: the kernel writes three ids to each set of pointers.
+        unsafe {
+            check(libc::syscall(libc::SYS_getresuid, &mut ruid, &mut euid, &mut suid) as _)?;
+            check(libc::syscall(libc::SYS_getresgid, &mut rgid, &mut egid, &mut sgid) as _)?;
+            let groups = libc::syscall(libc::SYS_getgroups, 0, std::ptr::null_mut::<libc::gid_t>());
+            let expected =
+                [ruid, euid, suid] == [self.uid; 3] && [rgid, egid, sgid] == [self.gid; 3];
+            if !expected || groups != 0 {
+                return Err(io::Error::from_raw_os_error(libc::EPERM));
+            }
+        }
+        Ok(())
+    }
+
+    /// Kills the child when the supervisor dies, then forbids gaining privileges on exec.
+    fn arm_death_signal(&self) -> io::Result<()> {
+        // SAFETY: prctl and getppid only.
+        unsafe {
             // After the credential change: the kernel clears the parent-death signal when
             // credentials change, so arming it earlier would be silently undone.
             check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0))?;
@@ -122,9 +213,8 @@ impl ChildSetup {
                 // (No message: allocating here could deadlock; nobody is left to read it.)
                 return Err(io::Error::from_raw_os_error(libc::ESRCH));
             }
-            check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
+            check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
         }
-        self.filters.apply()
     }
 }
 

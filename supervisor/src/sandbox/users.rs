@@ -45,6 +45,16 @@ impl UserLease {
         self.uid
     }
 
+    /// Whether `id` is one of the pool's (a uid or gid no `--user` may take).
+    pub fn pool_holds(id: u32) -> bool {
+        (POOL_BASE..POOL_BASE + POOL_SIZE).contains(&id)
+    }
+
+    /// The pool's range, for messages.
+    pub fn pool_description() -> String {
+        format!("{POOL_BASE}–{}", POOL_BASE + POOL_SIZE - 1)
+    }
+
     /// Leases a free uid of the pool.
     pub fn claim() -> Result<UserLease, SandboxError> {
         Self::claim_in(Path::new(LEASE_DIR), random_index()?)

@@ -1,0 +1,313 @@
+//! The files an execution's supervisor writes as root: the `--audit` log and the `--summary`.
+//!
+//! Both are opened before the child exists and written through those descriptors only, with
+//! no link followed in any component of their paths (see `sandbox::host_path`): a sandbox
+//! that could plant `summary.json -> /etc/shadow` would otherwise have root write into any
+//! file of the host. A path in a directory the sandbox can write is refused outright, since
+//! from there it could also delete the audit log mid-run and leave a forged one:
+//! - inside a shared directory (`--share` or `--share-ro`: a read-only share may be another
+//!   execution's read-write one), found by the identity of the directories above the file,
+//!   so a second path to the same directory does not slip past;
+//! - in a directory the sandbox sees and whose mode lets its user write.
+//!
+//! The audit log is appended to (`O_APPEND`: runs sharing one log keep every record, each
+//! written whole). The summary is written to a fresh file in the same directory and renamed
+//! over the name, so a reader never sees half of it.
+
+use crate::audit::AuditLog;
+use crate::sandbox::host_path::{self, FileId};
+use crate::sandbox::mounts::{self, Share};
+use nix::fcntl::OFlag;
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::Write as _;
+use std::os::fd::{AsFd as _, OwnedFd};
+use std::path::{Path, PathBuf};
+
+/// Who the sandbox runs as and what it shares: what decides where outputs may go.
+pub struct SandboxView<'a> {
+    pub uid: u32,
+    pub gid: u32,
+    pub shares: &'a [Share],
+    /// Identities of the shared directories (see `mounts::share_ids`).
+    pub share_ids: &'a [FileId],
+}
+
+/// A directory opened for one output, and the output's name in it.
+struct Placed {
+    dir: OwnedFd,
+    name: OsString,
+    shown: PathBuf,
+}
+
+/// Opens the directory `path` lies in after checking the sandbox cannot write there. `what`
+/// names the flag, for messages.
+fn place(what: &str, path: &Path, view: &SandboxView<'_>) -> Result<Placed, String> {
+    let absolute =
+        host_path::absolute(path).map_err(|e| format!("{what} {}: {e}", path.display()))?;
+    let (Some(parent), Some(name)) = (absolute.parent(), absolute.file_name()) else {
+        return Err(format!("{what} {}: give a file name", path.display()));
+    };
+    let dir = host_path::open_dir(parent)
+        .map_err(|e| format!("{what}: {}", host_path::describe_error(parent, &e)))?;
+    let ancestry = host_path::ancestry(dir.as_fd())
+        .map_err(|e| format!("{what}: cannot inspect {}: {e}", parent.display()))?;
+    if let Some(share) = view
+        .shares
+        .iter()
+        .zip(view.share_ids)
+        .find(|(_, id)| ancestry.contains(id))
+        .map(|(share, _)| share)
+    {
+        return Err(format!(
+            "{what} {}: it is inside {}, which the sandbox shares; tollgate writes this file \
+             as root and will not write where the sandbox can plant a link or a forgery: put \
+             it outside every shared directory",
+            absolute.display(),
+            share.path.display()
+        ));
+    }
+    let stat = host_path::stat(dir.as_fd())
+        .map_err(|e| format!("{what}: cannot inspect {}: {e}", parent.display()))?;
+    let visible = mounts::invisible_because(parent, view.shares).is_none();
+    if visible && host_path::writable_by(&stat, view.uid, view.gid) {
+        return Err(format!(
+            "{what} {}: the sandbox user (uid {}) can write {}; tollgate writes this file as \
+             root and will not write where the sandbox can plant a link or a forgery: put it in \
+             a directory only root can write",
+            absolute.display(),
+            view.uid,
+            parent.display()
+        ));
+    }
+    Ok(Placed {
+        dir,
+        name: name.to_owned(),
+        shown: absolute,
+    })
+}
+
+/// Opens the `--audit` log at `path` for appending (creating it, mode 0600: records name
+/// destinations).
+pub fn open_audit(path: &Path, view: &SandboxView<'_>) -> Result<AuditLog, String> {
+    let placed = place("--audit", path, view)?;
+    // O_NONBLOCK: opening a FIFO planted under the name must not hang the supervisor; a FIFO
+    // or device is refused just below.
+    let fd = host_path::open_in(
+        placed.dir.as_fd(),
+        &placed.name,
+        OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_CREAT | OFlag::O_NONBLOCK,
+        0o600,
+    )
+    .map_err(|e| format!("--audit: {}", host_path::describe_error(&placed.shown, &e)))?;
+    check_regular("--audit", &placed.shown, &fd)?;
+    let file = File::from(fd);
+    set_blocking(&file).map_err(|e| format!("--audit {}: {e}", placed.shown.display()))?;
+    Ok(AuditLog::from_file(file))
+}
+
+/// Refuses anything but a regular file with one name: a device or FIFO would take writes
+/// somewhere else, a second hard link would let a write reach another name.
+fn check_regular(what: &str, shown: &Path, fd: &OwnedFd) -> Result<(), String> {
+    let stat =
+        host_path::stat(fd.as_fd()).map_err(|e| format!("{what} {}: {e}", shown.display()))?;
+    if stat.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(format!("{what} {}: not a regular file", shown.display()));
+    }
+    if stat.st_nlink > 1 {
+        return Err(format!(
+            "{what} {}: the file has {} hard links; give a file with one name",
+            shown.display(),
+            stat.st_nlink
+        ));
+    }
+    Ok(())
+}
+
+fn set_blocking(file: &File) -> std::io::Result<()> {
+    let flags = nix::fcntl::fcntl(file, nix::fcntl::FcntlArg::F_GETFL)?;
+    let flags = OFlag::from_bits_truncate(flags) - OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(file, nix::fcntl::FcntlArg::F_SETFL(flags))?;
+    Ok(())
+}
+
+/// Where the `--summary` goes: its directory, opened before the child exists.
+pub struct SummaryTarget {
+    placed: Placed,
+}
+
+impl SummaryTarget {
+    pub fn open(path: &Path, view: &SandboxView<'_>) -> Result<SummaryTarget, String> {
+        let placed = place("--summary", path, view)?;
+        // Something already under the name must be a file a rename may replace.
+        match host_path::open_in(
+            placed.dir.as_fd(),
+            &placed.name,
+            OFlag::O_PATH | OFlag::O_NOFOLLOW,
+            0,
+        ) {
+            Ok(existing) => {
+                let stat = host_path::stat(existing.as_fd())
+                    .map_err(|e| format!("--summary {}: {e}", placed.shown.display()))?;
+                if stat.st_mode & libc::S_IFMT != libc::S_IFREG {
+                    return Err(format!(
+                        "--summary {}: something other than a regular file is there",
+                        placed.shown.display()
+                    ));
+                }
+            }
+            Err(error) if error.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(error) => {
+                return Err(format!(
+                    "--summary: {}",
+                    host_path::describe_error(&placed.shown, &error)
+                ))
+            }
+        }
+        Ok(SummaryTarget { placed })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.placed.shown
+    }
+
+    /// Writes `text` to a fresh file in the directory and renames it over the name.
+    pub fn write(&self, text: &[u8]) -> std::io::Result<()> {
+        let dir = self.placed.dir.as_fd();
+        let temporary = temporary_name(&self.placed.name)?;
+        let fd = host_path::open_in(
+            dir,
+            &temporary,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL,
+            0o644,
+        )?;
+        let mut file = File::from(fd);
+        let written = file
+            .write_all(text)
+            .and_then(|()| file.sync_data())
+            .and_then(|()| {
+                nix::fcntl::renameat(
+                    dir,
+                    temporary.as_os_str(),
+                    dir,
+                    self.placed.name.as_os_str(),
+                )
+                .map_err(std::io::Error::from)
+            });
+        if written.is_err() {
+            let _ = nix::unistd::unlinkat(
+                dir,
+                temporary.as_os_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            );
+        }
+        written
+    }
+}
+
+/// `.NAME.tollgate-<16 hex>`: beside the summary, never an existing name (`O_EXCL`).
+fn temporary_name(name: &OsStr) -> std::io::Result<OsString> {
+    let mut random = [0u8; 8];
+    getrandom::fill(&mut random).map_err(std::io::Error::other)?;
+    let mut temporary = OsString::from(".");
+    temporary.push(name);
+    temporary.push(format!(".tollgate-{:016x}", u64::from_ne_bytes(random)));
+    Ok(temporary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    struct Dir(PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    fn scratch(tag: &str) -> Dir {
+        let dir = PathBuf::from(format!(
+            "/run/tollgate-outputs-test-{tag}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        Dir(dir)
+    }
+    const VIEW: SandboxView<'static> = SandboxView {
+        uid: 4242,
+        gid: 4242,
+        shares: &[],
+        share_ids: &[],
+    };
+
+    #[test]
+    fn the_audit_log_is_appended_to_not_truncated() {
+        let dir = scratch("append");
+        let path = dir.0.join("audit.jsonl");
+        std::fs::write(&path, "{\"earlier\":1}\n").unwrap();
+        let log = open_audit(&path, &VIEW).expect("open");
+        log.record(&serde_json::json!({"later": 2}));
+        drop(log);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, "{\"earlier\":1}\n{\"later\":2}\n");
+    }
+
+    #[test]
+    fn links_fifos_and_hard_links_are_refused() {
+        let dir = scratch("links");
+        let victim = dir.0.join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.0.join("link")).unwrap();
+        std::os::unix::fs::symlink(&dir.0, dir.0.join("dirlink")).unwrap();
+        nix::unistd::mkfifo(&dir.0.join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        std::fs::hard_link(&victim, dir.0.join("hard")).unwrap();
+        for name in ["link", "dirlink/audit", "fifo", "hard"] {
+            assert!(open_audit(&dir.0.join(name), &VIEW).is_err(), "{name}");
+        }
+        for name in ["link", "dirlink/summary", "fifo"] {
+            assert!(
+                SummaryTarget::open(&dir.0.join(name), &VIEW).is_err(),
+                "{name}"
+            );
+        }
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    }
+
+    #[test]
+    fn a_directory_the_sandbox_user_can_write_is_refused_when_it_can_see_it() {
+        // /run is hidden from the sandbox (it gets its own), so a writable directory there is
+        // fine; the same directory shared is not.
+        let dir = scratch("writable");
+        std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(open_audit(&dir.0.join("a"), &VIEW).is_ok());
+        let shares = [Share {
+            path: dir.0.clone(),
+            read_only: true,
+        }];
+        let id = host_path::file_id(host_path::open_dir(&dir.0).unwrap().as_fd()).unwrap();
+        let view = SandboxView {
+            shares: &shares,
+            share_ids: &[id],
+            ..VIEW
+        };
+        let error = open_audit(&dir.0.join("b"), &view).err().expect("refused");
+        assert!(error.contains("shares"), "{error}");
+        std::fs::create_dir(dir.0.join("sub")).unwrap();
+        assert!(SummaryTarget::open(&dir.0.join("sub/s.json"), &view).is_err());
+    }
+
+    #[test]
+    fn the_summary_is_renamed_into_place_whole() {
+        let dir = scratch("summary");
+        let path = dir.0.join("summary.json");
+        std::fs::write(&path, "old").unwrap();
+        let target = SummaryTarget::open(&path, &VIEW).expect("open");
+        target.write(b"{\"new\":true}\n").expect("write");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"new\":true}\n");
+        let names: Vec<_> = std::fs::read_dir(&dir.0).unwrap().collect();
+        assert_eq!(names.len(), 1, "no temporary file is left behind");
+    }
+}
