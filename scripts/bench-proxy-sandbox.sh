@@ -172,8 +172,11 @@ measure_sandbox() { # LABEL LOG-LEVEL CONNS THREADS FILE
   local label=$1 level=$2 conns=$3 threads=$4 file=$5 dir="$WORK/out/$1-$5-$3"
   local supervisor before after
   mkdir -p "$dir"; chmod 777 "$dir"
-  TOLLGATE_LOG=$level "$TOLLGATE" run --policy "$WORK/policy.yaml" --audit "$WORK/audit.jsonl" \
-    --summary "$dir/summary.json" --share "$WORK" \
+  # The audit log and summary go outside the shared $WORK: tollgate refuses to write as root
+  # where the sandbox could plant a link.
+  mkdir -p "$WORK-private"; chmod 700 "$WORK-private"
+  TOLLGATE_LOG=$level "$TOLLGATE" run --policy "$WORK/policy.yaml" --audit "$WORK-private/audit.jsonl" \
+    --summary "$WORK-private/summary.json" --share "$WORK" \
     --env "WRK=$WRK" --env "WORK=$WORK" --env "OUT=$dir" --env "DURATION=$DURATION" \
     --env "FILE=$file" --env "CONNS=$conns" --env "THREADS=$threads" \
     -- /bin/sh "$WORK/inside.sh" 2>"$dir/stderr" &
@@ -182,7 +185,7 @@ measure_sandbox() { # LABEL LOG-LEVEL CONNS THREADS FILE
   wait_for "$dir/measured" "$supervisor"; after=$(bench_ticks "$supervisor" || echo 0)
   : >"$dir/read"
   wait "$supervisor" || { echo "tollgate run failed:" >&2; tail -5 "$dir/stderr" >&2; exit 1; }
-  rm -f "$WORK/audit.jsonl" "$dir/stderr"
+  rm -f "$WORK-private/audit.jsonl" "$dir/stderr"
   bench_record "$label" "$file" "$conns" "$((after - before))" "$dir/wrk.out"
 }
 

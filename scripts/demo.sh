@@ -29,6 +29,7 @@ show DELETE https://api.github.com/repos/x --resolve api.github.com=140.82.112.5
 # an empty /tmp, loopback only and a proxy; direct sockets are refused
 # by the walls before any packet is routed (nothing here leaves the machine).
 printf '\n$ tollgate run --policy %s -- /usr/bin/python3 probe.py\n' "$policy"
+rm -f /tmp/tollgate-demo-audit.jsonl  # the audit log is appended to
 "$tollgate" run --policy "$policy" --audit /tmp/tollgate-demo-audit.jsonl --summary /tmp/tollgate-demo-summary.json -- \
   /usr/bin/python3 -c '
 import os, socket

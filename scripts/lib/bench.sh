@@ -52,7 +52,7 @@ bench_stop_processes() {
 # bench_cleanup — the plain cleanup: stops PIDS and removes WORK.
 bench_cleanup() {
   bench_stop_processes
-  rm -rf "${WORK:?}"
+  rm -rf "${WORK:?}" "${WORK:?}-private"
 }
 
 # bench_on_exit FUNCTION — runs FUNCTION when the script exits, however it exits: at the

@@ -505,3 +505,56 @@ fn hostile_flags_are_refused_with_the_fix() {
     assert_eq!(finished.code(), 125, "{}", finished.describe());
     assert!(finished.stderr.contains("clients"), "{}", finished.stderr);
 }
+
+#[test]
+fn tty_relays_the_callers_keystrokes_and_the_commands_output() {
+    use std::io::Write as _;
+    let _lock = SuiteLock::shared();
+    let pty = open_pty();
+    let mut command = Sandbox::new().arg("--tty").command([
+        PYTHON,
+        "-c",
+        "import os; line = input(); print('got', line.upper(), os.isatty(0))",
+    ]);
+    command
+        .stdin(pty.slave.try_clone().unwrap())
+        .stdout(pty.slave.try_clone().unwrap())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("spawn tollgate");
+    drop(pty.slave);
+    let mut master_in = pty.master.try_clone().unwrap();
+    let (lines, seen) = std::sync::mpsc::channel();
+    let mut master_out = pty.master;
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 4096];
+        while let Ok(n @ 1..) = master_out.read(&mut buffer) {
+            if lines.send(buffer[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    // Typed as at a keyboard: a carriage return ends the line.
+    master_in.write_all(b"hello\r").unwrap();
+    let mut screen = Vec::new();
+    let deadline = std::time::Instant::now() + HANG_LIMIT;
+    while !String::from_utf8_lossy(&screen).contains("got HELLO True") {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match seen.recv_timeout(left) {
+            Ok(bytes) => screen.extend(bytes),
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "no answer on the terminal: {:?}",
+                    String::from_utf8_lossy(&screen)
+                );
+            }
+        }
+    }
+    let status = tollgate_tests::sandbox::wait_within(&mut child, HANG_LIMIT);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{:?}",
+        String::from_utf8_lossy(&screen)
+    );
+}

@@ -67,17 +67,14 @@ fn place(what: &str, path: &Path, view: &SandboxView<'_>) -> Result<Placed, Stri
             share.path.display()
         ));
     }
-    let stat = host_path::stat(dir.as_fd())
-        .map_err(|e| format!("{what}: cannot inspect {}: {e}", parent.display()))?;
-    let visible = mounts::invisible_because(parent, view.shares).is_none();
-    if visible && host_path::writable_by(&stat, view.uid, view.gid) {
+    if let Some(open_to) = writable_ancestor(parent, view)? {
         return Err(format!(
-            "{what} {}: the sandbox user (uid {}) can write {}; tollgate writes this file as \
-             root and will not write where the sandbox can plant a link or a forgery: put it in \
-             a directory only root can write",
+            "{what} {}: the sandbox user (uid {}) can write {}, and so replace what lies \
+             below it; tollgate writes this file as root and will not write where the sandbox \
+             can plant a link or a forgery: put it in a directory only root can write",
             absolute.display(),
             view.uid,
-            parent.display()
+            open_to.display()
         ));
     }
     Ok(Placed {
@@ -85,6 +82,32 @@ fn place(what: &str, path: &Path, view: &SandboxView<'_>) -> Result<Placed, Stri
         name: name.to_owned(),
         shown: absolute,
     })
+}
+
+/// The first directory from `parent` up that the sandbox sees and may change in a way that
+/// matters: `parent` itself if its user may write it; a directory above if its user may write
+/// it and could rename the directory below (no sticky bit, or one that user owns), which
+/// would let it put a forged tree where the operator will look.
+fn writable_ancestor(parent: &Path, view: &SandboxView<'_>) -> Result<Option<PathBuf>, String> {
+    let mut below: Option<libc::stat> = None;
+    for dir in parent.ancestors() {
+        let stat = host_path::open_dir(dir)
+            .and_then(|fd| host_path::stat(fd.as_fd()))
+            .map_err(|e| format!("cannot inspect {}: {e}", dir.display()))?;
+        let visible = mounts::invisible_because(dir, view.shares).is_none();
+        let writable = host_path::writable_by(&stat, view.uid, view.gid);
+        let can_replace = match &below {
+            None => writable,
+            Some(child) => {
+                writable && (stat.st_mode & libc::S_ISVTX == 0 || child.st_uid == view.uid)
+            }
+        };
+        if visible && can_replace {
+            return Ok(Some(dir.to_path_buf()));
+        }
+        below = Some(stat);
+    }
+    Ok(None)
 }
 
 /// Opens the `--audit` log at `path` for appending (creating it, mode 0600: records name
@@ -297,6 +320,22 @@ mod tests {
         assert!(error.contains("shares"), "{error}");
         std::fs::create_dir(dir.0.join("sub")).unwrap();
         assert!(SummaryTarget::open(&dir.0.join("sub/s.json"), &view).is_err());
+    }
+
+    #[test]
+    fn a_directory_above_that_the_sandbox_could_rename_from_under_the_output_is_refused() {
+        // /var/lib is visible to the sandbox: a world-writable directory there lets it rename
+        // a root-owned directory below away and put a forgery in its place, unless sticky.
+        let top = PathBuf::from(format!("/var/lib/tollgate-outputs-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&top);
+        std::fs::create_dir_all(top.join("out")).unwrap();
+        let _cleanup = Dir(top.clone());
+        std::fs::set_permissions(&top, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let error = open_audit(&top.join("out/a"), &VIEW).err().expect("refused");
+        assert!(error.contains(top.to_str().unwrap()), "{error}");
+        std::fs::set_permissions(&top, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        assert!(open_audit(&top.join("out/a"), &VIEW).is_ok());
+        assert!(open_audit(&top.join("b"), &VIEW).is_err(), "the directory itself");
     }
 
     #[test]

@@ -2,15 +2,20 @@
 //! namespace, drop every privilege, then hand over to exec.
 //!
 //! The order is the point. The child is born in the execution's cgroup (see `launch`), so no
-//! socket it ever creates escapes the eBPF programs; it enters the sandbox namespace before it
-//! can open a socket in the host's; it gets its private mounts (see `mounts`); it drops the
-//! capability bounding set while it still holds CAP_SETPCAP, then switches user, clears every
-//! capability set and sets no_new_privs, so nothing it execs can regain a privilege; only then
-//! is the parent-death signal armed (a credential change clears it). Every descriptor above
-//! stderr is marked close-on-exec, so nothing the caller leaked crosses into the sandbox.
-//! Last, seccomp filters limit socket families and refuse io_uring and namespaces (see
-//! `seccomp`). The child is a copy of a multi-threaded process, so this code only makes raw
-//! system calls: no allocation, no locks.
+//! socket it ever creates escapes the eBPF programs. It starts a session of its own, so the
+//! caller's terminal is not its controlling terminal (from there it could push input into the
+//! caller's shell with `TIOCSTI`); with `--tty` a pseudo-terminal of its own takes that place.
+//! It enters the sandbox namespace before it can open a socket in the host's; it gets its
+//! private mounts (see `mounts`); it drops the capability bounding set while it still holds
+//! CAP_SETPCAP, then switches user, clears every capability set and checks that its ids are
+//! exactly the ones asked for; only then does it enter the working directory, so the kernel
+//! checks the sandbox user's permissions on the way (and on any link planted in it); then the
+//! parent-death signal is armed (a credential change clears it) and no_new_privs set, so
+//! nothing it execs can regain a privilege. Every descriptor above stderr is marked
+//! close-on-exec, so nothing the caller leaked crosses into the sandbox. Last, the seccomp
+//! filters (see `seccomp`). The child is a copy of a multi-threaded process, so this code only
+//! makes raw system calls: no allocation, no locks. A failure is reported with the
+//! [`SetupStage`] it happened in.
 
 use std::io;
 use std::os::fd::RawFd;
