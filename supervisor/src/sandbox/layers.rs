@@ -13,6 +13,11 @@ pub struct Layers {
     pub nftables: bool,
     /// The eBPF cgroup programs.
     pub bpf: bool,
+    /// The sandbox's own root: a new root holding only the system directories, the private
+    /// mounts and the shares (off: the host's tree with the private mounts on top).
+    pub root: bool,
+    /// Landlock rules matching the mount view, where the kernel has Landlock.
+    pub landlock: bool,
 }
 
 impl Layers {
@@ -20,6 +25,8 @@ impl Layers {
         netns: true,
         nftables: true,
         bpf: true,
+        root: true,
+        landlock: true,
     };
 
     /// The walls for this build: all of them, unless a test build was asked to drop some.
@@ -37,6 +44,8 @@ impl Layers {
                         }
                         "nft" => layers.nftables = false,
                         "bpf" => layers.bpf = false,
+                        "root" => layers.root = false,
+                        "landlock" => layers.landlock = false,
                         _ => {}
                     }
                 }

@@ -42,6 +42,11 @@ pub struct ChildSetup {
     pub max_processes: u64,
     /// The supervisor's pid, to notice it died before PR_SET_PDEATHSIG took effect.
     pub parent: libc::pid_t,
+    /// The execution's cgroup v1 directories to join, as root (see [`super::limits`]).
+    pub limits: Option<super::limits::ChildLimits>,
+    /// Landlock rules the command restricts itself with, after no_new_privs (see
+    /// [`super::landlock`]).
+    pub landlock: Option<super::landlock::LandlockPlan>,
     /// Socket-family, io_uring and namespace filters, installed last (see [`super::seccomp`]).
     pub filters: super::seccomp::ChildFilters,
 }
@@ -72,6 +77,8 @@ pub enum SetupStage {
     Credentials = 4,
     WorkingDirectory = 5,
     Filters = 6,
+    Limits = 7,
+    Landlock = 8,
 }
 
 impl SetupStage {
@@ -83,6 +90,8 @@ impl SetupStage {
             SetupStage::Credentials,
             SetupStage::WorkingDirectory,
             SetupStage::Filters,
+            SetupStage::Limits,
+            SetupStage::Landlock,
         ]
         .into_iter()
         .find(|stage| *stage as u8 == value)
@@ -122,6 +131,9 @@ impl ChildSetup {
         if let Some(mounts) = &self.mounts {
             at(SetupStage::Mounts, mounts.apply())?;
         }
+        if let Some(limits) = &self.limits {
+            at(SetupStage::Limits, limits.join())?;
+        }
         at(SetupStage::Credentials, self.drop_privileges())?;
         // Entered as the sandbox user, with no capability left: the kernel checks that user's
         // permissions on every directory of the path (and on any link planted in it), so a
@@ -132,6 +144,9 @@ impl ChildSetup {
             check(unsafe { libc::chdir(self.cwd.as_ptr()) }),
         )?;
         at(SetupStage::Credentials, self.arm_death_signal())?;
+        if let Some(landlock) = &self.landlock {
+            at(SetupStage::Landlock, landlock.restrict_self())?;
+        }
         at(SetupStage::Filters, self.filters.apply())
     }
 
