@@ -15,6 +15,8 @@ APT_PACKAGES=(
   bubblewrap      # startup benchmark baseline
   hyperfine       # startup benchmark
   openssl         # test certificates for upstream HTTPS servers
+  mmdebstrap      # builds the images/sandbox/ root filesystems (--rootfs) from Debian packages
+  libcap2-bin     # getcap/setcap: images/sandbox/build.sh strips file capabilities
 )
 
 log() { printf 'bootstrap: %s\n' "$*" >&2; }
