@@ -322,3 +322,113 @@ fn the_shipped_examples_are_valid() {
         "expected at least 4 example policies, found {count}"
     );
 }
+
+// ----- secrets: a team's policy may name only that team's secrets ------------------------
+
+/// Team `a`'s policy with a bearer provider (its secret at line 8), a `headers` provider
+/// (its header secret at line 14) and a bot-auth key (line 17).
+fn secrets_policy(provider: &str, header: &str, bot: &str) -> String {
+    format!(
+        "version: 1
+team: a
+network:
+  allow: [https://api.example.com]
+auth_providers:
+  - name: K
+    type: bearer
+    secret: {provider}
+    scope: [https://api.example.com]
+  - name: H
+    type: headers
+    scope: [https://api.example.com]
+    headers:
+      - {{name: X-Key, secret: {header}}}
+bot_auth:
+  signature_agent: https://bot.example.com
+  key: {bot}
+"
+    )
+}
+
+/// `FILE:LINE:COL: message` lines the default secrets rules give for `yaml`.
+fn secret_problems(yaml: &str, rules: &tollgate_policy::secrets::SecretRules) -> Vec<String> {
+    let policy = Policy::from_yaml("a.yaml", yaml).expect("the policy itself is valid");
+    let problems = rules.check(&policy);
+    tollgate_policy::secrets::locate("a.yaml", Some(yaml), problems)
+        .to_string()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn secrets_of_other_teams_and_of_the_node_are_refused_at_their_rule() {
+    let rules = tollgate_policy::secrets::SecretRules::default();
+    let yaml = secrets_policy(
+        "{file: /etc/tollgate/secrets/b/key}",
+        "{file: ../b/key}",
+        "{env: NODE_CREDENTIAL}",
+    );
+    let problems = secret_problems(&yaml, &rules);
+    assert_eq!(problems.len(), 3, "{problems:#?}");
+    assert!(
+        problems[0].starts_with("a.yaml:8:20: auth_providers[0].secret.file: ")
+            && problems[0].contains("outside team a's secrets directory /etc/tollgate/secrets/a"),
+        "{problems:#?}"
+    );
+    assert!(
+        problems[1].starts_with("a.yaml:14:38: auth_providers[1].headers[0].secret.file: ")
+            && problems[1].contains("`..`"),
+        "{problems:#?}"
+    );
+    assert!(
+        problems[2].starts_with("a.yaml:17:14: bot_auth.key.env: ")
+            && problems[2].contains("TOLLGATE_SECRET_A_"),
+        "{problems:#?}"
+    );
+    let yaml = secrets_policy(
+        "{file: /etc/shadow}",
+        "{env: TOLLGATE_SECRET_A_B_KEY}",
+        "{env: TOLLGATE_SECRET_B_KEY}",
+    );
+    assert_eq!(secret_problems(&yaml, &rules).len(), 3);
+}
+
+#[test]
+fn a_teams_own_secrets_pass_the_rules() {
+    let rules = tollgate_policy::secrets::SecretRules::default();
+    let yaml = secrets_policy(
+        "{file: key}",
+        "{file: /etc/tollgate/secrets/a/headers/x-key}",
+        "{env: TOLLGATE_SECRET_A_BOTSEED}",
+    );
+    assert_eq!(secret_problems(&yaml, &rules), Vec::<String>::new());
+    // Under another root, the default root's paths are outside.
+    let moved = tollgate_policy::secrets::SecretRules::new("/srv/secrets", ["NODE_KEY".to_owned()])
+        .expect("rules");
+    assert_eq!(secret_problems(&yaml, &moved).len(), 1);
+    let yaml = secrets_policy(
+        "{file: key}",
+        "{env: NODE_KEY}",
+        "{file: /srv/secrets/a/seed}",
+    );
+    assert_eq!(secret_problems(&yaml, &moved), Vec::<String>::new());
+}
+
+#[test]
+fn the_shipped_examples_name_only_their_teams_secrets() {
+    let rules = tollgate_policy::secrets::SecretRules::default();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policies");
+    for entry in std::fs::read_dir(&dir).expect("examples/policies exists") {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let policy = Policy::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(
+                rules.check(&policy),
+                Vec::<(String, String)>::new(),
+                "{}",
+                path.display()
+            );
+        }
+    }
+}

@@ -100,7 +100,8 @@ async fn every_request_is_signed_verifiably_and_tampering_is_detected() {
     let http = proxy_support::upstream(|_, _| proxy_support::ok("plain")).await;
     let seed: [u8; 32] = std::array::from_fn(|i| (i as u8).wrapping_mul(37).wrapping_add(11));
     let seed = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(seed);
-    let key_env = format!("TOLLGATE_TEST_BOT_SEED_{}", std::process::id());
+    // Team acme's own variable: TOLLGATE_SECRET_ACME_ and letters and digits.
+    let key_env = format!("TOLLGATE_SECRET_ACME_BOTSEED{}", std::process::id());
     // SAFETY (edition 2021: safe): a variable only this test reads.
     std::env::set_var(&key_env, &seed);
     let extra = format!(
@@ -117,7 +118,7 @@ async fn every_request_is_signed_verifiably_and_tampering_is_detected() {
             .as_bytes(),
     );
     let (keyring, key_id) = keyring_from_cli(&policy_file, &key_env, &seed);
-    let credentials = Credentials::load(&policy).expect("credentials");
+    let credentials = Credentials::load(&policy, &Default::default()).expect("credentials");
     assert_eq!(credentials.bot().expect("signer").key_id(), key_id);
     let mut policy = policy.as_ref().clone();
     policy

@@ -10,6 +10,7 @@ mod tls_support;
 use base64::Engine;
 use tls_support::*;
 use tollgate::proxy::{Credentials, Proxy};
+use tollgate_policy::secrets::SecretRules;
 
 const SECRET_BASIC: &str = "basic-pw-5f1c0e";
 const SECRET_KEY: &str = "apikey-9a7d33";
@@ -26,14 +27,30 @@ const ALL_SECRETS: [&str; 6] = [
     SECRET_H2,
 ];
 
-/// A policy with one provider of each type (secrets in 0600 files) on api.test, plus
-/// `extra` top-level sections; other.test is allowed without any credential.
+/// The secrets root of a test (`--secrets-dir`): `<dir>/secrets`, with team acme's files.
+fn secret_rules(dir: &Dir) -> SecretRules {
+    SecretRules::new(dir.0.join("secrets"), []).expect("secret rules")
+}
+
+/// A 0600 secret file of team acme, named by its path relative to the team's directory.
+fn team_secret(dir: &Dir, name: &str, value: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let team = dir.0.join("secrets/acme");
+    std::fs::create_dir_all(&team).expect("team secrets dir");
+    let path = team.join(name);
+    std::fs::write(&path, format!("{value}\n")).expect("write secret");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    name.to_owned()
+}
+
+/// A policy with one provider of each type (secrets in 0600 files of team acme) on
+/// api.test, plus `extra` top-level sections; other.test is allowed without any credential.
 fn providers_policy(
     dir: &Dir,
     ca_file: &std::path::Path,
     extra: &str,
 ) -> std::sync::Arc<tollgate_policy::Policy> {
-    let file = |name: &str, value: &str| dir.secret(name, value).display().to_string();
+    let file = |name: &str, value: &str| team_secret(dir, name, value);
     let providers = format!(
         "auth_providers:
   - name: Basic One
@@ -92,7 +109,7 @@ async fn world(
     let api = tls_upstream(ca.server_config(&["api.test"]), handler).await;
     let other = tls_upstream(ca.server_config(&["other.test"]), handler).await;
     let policy = providers_policy(&dir, &ca_file, extra);
-    let credentials = Credentials::load(&policy).expect("credentials load");
+    let credentials = Credentials::load(&policy, &secret_rules(&dir)).expect("credentials load");
     let placeholders = credentials.placeholder_environment().into_iter().collect();
     let proxy = start(
         Proxy::builder(policy)

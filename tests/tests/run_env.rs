@@ -184,18 +184,18 @@ auth_providers:
   - name: Example Key
     type: api_key
     header: X-Api-Key
-    secret: {env: TOLLGATE_E2E_PROVIDER_KEY}
+    secret: {env: TOLLGATE_SECRET_ACME_E2EPROVIDERKEY}
     scope: [https://api.example.com]
 ",
     );
     let secret = unique("provider-secret");
     for option in [
-        vec!["--pass-env", "TOLLGATE_E2E_PROVIDER_KEY"],
-        vec!["--env", "TOLLGATE_E2E_PROVIDER_KEY=x"],
+        vec!["--pass-env", "TOLLGATE_SECRET_ACME_E2EPROVIDERKEY"],
+        vec!["--env", "TOLLGATE_SECRET_ACME_E2EPROVIDERKEY=x"],
     ] {
         let mut sandbox = Sandbox::new()
             .policy(&policy)
-            .supervisor_env("TOLLGATE_E2E_PROVIDER_KEY", &secret);
+            .supervisor_env("TOLLGATE_SECRET_ACME_E2EPROVIDERKEY", &secret);
         for arg in &option {
             sandbox = sandbox.arg(arg);
         }
@@ -210,7 +210,7 @@ auth_providers:
     // Without asking for it, the secret is not there either.
     let finished = Sandbox::new()
         .policy(&policy)
-        .supervisor_env("TOLLGATE_E2E_PROVIDER_KEY", &secret)
+        .supervisor_env("TOLLGATE_SECRET_ACME_E2EPROVIDERKEY", &secret)
         .run(["/usr/bin/env"]);
     assert_eq!(finished.code(), 0, "{}", finished.describe());
     assert!(!finished.stdout.contains(&secret), "{}", finished.stdout);

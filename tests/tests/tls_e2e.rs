@@ -259,8 +259,16 @@ limits:
     }
 
     /// A secret file as tollgate wants it (root's, 0600).
+    /// `--secrets-dir`: root-only, outside the scratch directory the sandbox shares.
+    fn secrets_root(&self) -> PathBuf {
+        self.scratch.output("secrets")
+    }
+
+    /// A 0600 file of team acme's, under [`Bench::secrets_root`]; its absolute path.
     fn secret_file(&self, name: &str, value: &str) -> PathBuf {
-        let path = self.scratch.dir.join(name);
+        let team = self.secrets_root().join("acme");
+        fs::create_dir_all(&team).unwrap();
+        let path = team.join(name);
         fs::write(&path, format!("{value}\n")).unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
         path
@@ -279,6 +287,8 @@ limits:
         let summary = self.scratch.output(&format!("summary{n}.json"));
         let finished = sandbox
             .policy(&policy_file)
+            .arg("--secrets-dir")
+            .arg(self.secrets_root())
             .audit(&audit)
             .summary(&summary)
             .timeout("60s")
@@ -539,7 +549,7 @@ fn credentials_reach_upstreams_and_never_the_sandbox_or_the_logs() {
     scope: [https://api.example.com]
   - name: Bearer
     type: bearer
-    secret: {{env: TOLLGATE_E2E_BEARER}}
+    secret: {{env: TOLLGATE_SECRET_ACME_E2EBEARER}}
     scope: [https://api.example.com/v1]
   - name: CommCare
     type: commcare
@@ -559,7 +569,7 @@ placeholders:
     let policy = bench.policy("", &top);
     let outcome = bench.run(
         Sandbox::new()
-            .supervisor_env("TOLLGATE_E2E_BEARER", S_BEARER)
+            .supervisor_env("TOLLGATE_SECRET_ACME_E2EBEARER", S_BEARER)
             .supervisor_env("TOLLGATE_LOG", "debug"),
         &policy,
         &format!(
@@ -601,7 +611,7 @@ for root, _, names in os.walk(runtime):
 try:
     open("{basic}").read()
     results["secret file"] = "readable"
-except PermissionError:
+except (PermissionError, FileNotFoundError):  # the secrets root is not in the sandbox's view
     results["secret file"] = "denied"
 "#
         ),
@@ -825,6 +835,8 @@ fn bot_auth_signatures_verify_with_an_independent_verifier_and_tampering_fails()
     let jwks = tollgate()
         .args(["bot-auth", "jwks", "--policy"])
         .arg(&policy_file)
+        .arg("--secrets-dir")
+        .arg(bench.secrets_root())
         .output()
         .unwrap();
     assert!(jwks.status.success(), "{jwks:?}");

@@ -1,6 +1,7 @@
 //! `tollgate bot-auth jwks`: the public half of a team's Web Bot Auth key, as the JSON Web
 //! Key Set to publish at `/.well-known/http-message-signatures-directory`.
 
+use crate::proxy::secrets::TeamSecrets;
 use crate::proxy::BotSigner;
 use clap::Subcommand;
 use std::path::PathBuf;
@@ -15,16 +16,24 @@ pub enum BotAuthCommand {
         /// The team policy whose `bot_auth` key to publish.
         #[arg(long, value_name = "FILE")]
         policy: PathBuf,
+        #[command(flatten)]
+        secrets: super::policy::SecretArgs,
     },
 }
 
 pub fn run(command: BotAuthCommand) -> i32 {
     match command {
-        BotAuthCommand::Jwks { policy } => jwks(&policy),
+        BotAuthCommand::Jwks { policy, secrets } => match secrets.rules() {
+            Ok(rules) => jwks(&policy, &rules),
+            Err(message) => {
+                eprintln!("tollgate: {message}");
+                super::EXIT_USAGE
+            }
+        },
     }
 }
 
-fn jwks(path: &std::path::Path) -> i32 {
+fn jwks(path: &std::path::Path, rules: &tollgate_policy::secrets::SecretRules) -> i32 {
     let policy = match Policy::load(path) {
         Ok(policy) => policy,
         Err(errors) => {
@@ -40,7 +49,7 @@ fn jwks(path: &std::path::Path) -> i32 {
         );
         return super::EXIT_USAGE;
     };
-    match BotSigner::load(bot) {
+    match BotSigner::load(bot, &mut TeamSecrets::new(&policy.team, rules)) {
         Ok(signer) => {
             let text = serde_json::to_string_pretty(&signer.directory()).unwrap_or_default();
             super::print(&text);

@@ -1,20 +1,49 @@
 //! `tollgate policy check | eval | schema`: the policy author's tools.
 
+use crate::proxy::secrets::TeamSecrets;
 use crate::resolve;
 use clap::{Args, Subcommand};
 use serde_json::json;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use tollgate_policy::secrets::{self, SecretRules, DEFAULT_SECRETS_ROOT};
 use tollgate_policy::url::{NormalizedUrl, UrlHost};
-use tollgate_policy::{Destination, Policy, Request};
+use tollgate_policy::{Destination, Policy, PolicyErrors, Request};
+
+/// Where team policies may take their secrets from: the operator's side of the secrets
+/// rules (`tollgate_policy::secrets`), shared by `run`, `policy check` and `bot-auth jwks`.
+#[derive(Debug, Clone, Args)]
+pub struct SecretArgs {
+    /// Secrets root: one directory per team below it. A team's `{file: PATH}` secrets must lie
+    /// in DIR/<team>/ (PATH relative to it, or absolute inside it), reached with no symlink.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_SECRETS_ROOT)]
+    pub secrets_dir: PathBuf,
+    /// Let the team's policy read this variable of tollgate's environment as an `{env: NAME}`
+    /// secret, besides its own TOLLGATE_SECRET_<TEAM>_<NAME> variables (repeatable).
+    #[arg(long = "allow-secret-env", value_name = "NAME")]
+    pub allow_secret_env: Vec<String>,
+}
+
+impl SecretArgs {
+    /// The rules these flags give, or what is wrong with them.
+    pub fn rules(&self) -> Result<SecretRules, String> {
+        SecretRules::new(&self.secrets_dir, self.allow_secret_env.iter().cloned())
+            .map_err(|e| format!("--secrets-dir / --allow-secret-env: {e}"))
+    }
+}
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
     /// Validate policy files: prints `FILE: ok` or each error as `FILE:LINE:COL: message`.
-    /// Exits 0 when every file is valid, 2 otherwise.
+    /// Secret references are checked against the secrets rules the flags give, as `tollgate
+    /// run` with the same flags applies them; on a host that has the secrets root, each file
+    /// secret is also looked at as `run` will find it (never read). Exits 0 when every file
+    /// is valid, 2 otherwise.
     Check {
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
+        #[command(flatten)]
+        secrets: SecretArgs,
     },
     /// Decide one request against a policy and print the decision as JSON.
     /// Exits 0 when allowed, 1 when denied, 2 on a usage or policy error.
@@ -64,17 +93,28 @@ fn parse_header(text: &str) -> Result<(String, String), String> {
 
 pub fn run(command: PolicyCommand) -> i32 {
     match command {
-        PolicyCommand::Check { files } => check(&files),
+        PolicyCommand::Check { files, secrets } => match secrets.rules() {
+            Ok(rules) => check(&files, &rules),
+            Err(message) => {
+                eprintln!("tollgate: {message}");
+                super::EXIT_USAGE
+            }
+        },
         PolicyCommand::Eval(args) => eval(&args),
         PolicyCommand::Schema => schema(),
     }
 }
 
-fn check(files: &[PathBuf]) -> i32 {
+fn check(files: &[PathBuf], rules: &SecretRules) -> i32 {
+    // On a host that has the secrets root, each file secret is looked at as `run` would find
+    // it; elsewhere (a CI runner, an author's laptop) only the rules are checked.
+    let on_this_host = rules.root().symlink_metadata().is_ok();
     let mut status = 0;
     for file in files {
-        match Policy::load(file) {
-            Ok(_) => super::print(&format!("{}: ok", file.display())),
+        let checked =
+            Policy::load(file).and_then(|policy| check_secrets(file, &policy, rules, on_this_host));
+        match checked {
+            Ok(()) => super::print(&format!("{}: ok", file.display())),
             Err(errors) => {
                 super::print(&errors.to_string());
                 status = super::EXIT_USAGE;
@@ -82,6 +122,35 @@ fn check(files: &[PathBuf]) -> i32 {
         }
     }
     status
+}
+
+/// Every secret reference the rules refuse, and with `on_disk` every file secret `run` could
+/// not read; each as `FILE:LINE:COL: rule: problem`. No value is read.
+fn check_secrets(
+    file: &std::path::Path,
+    policy: &Policy,
+    rules: &SecretRules,
+    on_disk: bool,
+) -> Result<(), PolicyErrors> {
+    let mut problems = rules.check(policy);
+    if problems.is_empty() && on_disk {
+        let mut team = TeamSecrets::new(&policy.team, rules);
+        for site in secrets::sites(policy) {
+            if let Err(error) = team.inspect(&site.rule, &site.user, site.reference) {
+                problems.push((site.rule, format!("{}: {}", error.rule, error.problem)));
+            }
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    // The text is read again only to point at the problems.
+    let text = std::fs::read_to_string(file).ok();
+    Err(secrets::locate(
+        &file.display().to_string(),
+        text.as_deref(),
+        problems,
+    ))
 }
 
 fn eval(args: &EvalArgs) -> i32 {
@@ -137,10 +206,18 @@ fn eval(args: &EvalArgs) -> i32 {
         UrlHost::Ip(ip) => Destination::Resolved(vec![ip]),
         UrlHost::Domain(_) => Destination::Unresolved,
     };
-    let mut decision = policy.decide(&request, &first);
+    // Decided as the proxy on this node would: its own addresses are never dialed.
+    let node = match crate::host_addresses::read() {
+        Ok(node) => node,
+        Err(error) => {
+            eprintln!("tollgate: cannot read this node's own addresses: {error}");
+            return 125;
+        }
+    };
+    let mut decision = policy.decide(&request, &first, &node);
     if decision.needs_resolution() {
         let addresses = resolve::resolve_for_eval(&policy, &url.host, &args.resolve);
-        decision = policy.decide(&request, &Destination::Resolved(addresses));
+        decision = policy.decide(&request, &Destination::Resolved(addresses), &node);
     }
     let output = json!({
         "allow": decision.allow,

@@ -8,7 +8,7 @@
 //! public key is published as a JWKS directory (`tollgate bot-auth jwks`) whose key id is the
 //! RFC 7638 thumbprint that `keyid` names.
 
-use super::secrets::{self, SecretError};
+use super::secrets::{self, SecretError, TeamSecrets};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine;
@@ -59,9 +59,11 @@ impl std::fmt::Debug for BotSigner {
 }
 
 impl BotSigner {
-    /// Loads the seed the policy references and prepares the signer.
-    pub fn load(bot: &BotAuth) -> Result<BotSigner, BotAuthError> {
-        let seed = secrets::load(&bot.key, "bot_auth.key")?;
+    /// Loads the seed the policy references (from the team's own secrets) and prepares the
+    /// signer.
+    pub fn load(bot: &BotAuth, team: &mut TeamSecrets<'_>) -> Result<BotSigner, BotAuthError> {
+        let rule = tollgate_policy::secrets::rule_path("bot_auth.key", &bot.key);
+        let seed = team.load(&rule, "the Web Bot Auth key", &bot.key)?;
         let bytes = SEED_BASE64
             .decode(seed.expose())
             .ok()

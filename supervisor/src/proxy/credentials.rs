@@ -19,13 +19,14 @@
 
 use super::bot_auth::{BotAuthError, BotSigner};
 use super::errors::{ErrorCode, ProxyError};
-use super::secrets::{self, Secret, SecretError};
+use super::secrets::{Secret, SecretError, TeamSecrets};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::collections::HashSet;
 use tollgate_policy::model::AuthProvider;
 use tollgate_policy::schema::ProviderKind;
+use tollgate_policy::secrets::{rule_path, SecretRules};
 use tollgate_policy::url::{NormalizedUrl, UrlPrefix};
 use tollgate_policy::Policy;
 
@@ -86,6 +87,9 @@ impl std::fmt::Debug for Credentials {
 /// Why an execution's credentials could not be prepared.
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
+    /// References the operator's rules do not let this team make, every one of them.
+    #[error("{}", .0.join("; "))]
+    NotTheTeams(Vec<String>),
     #[error(transparent)]
     Secret(#[from] SecretError),
     #[error(transparent)]
@@ -102,12 +106,23 @@ impl Credentials {
         Credentials::default()
     }
 
-    /// Reads every secret the policy references (provider secrets, the bot-auth key) and
-    /// draws a fresh placeholder for each `placeholders` entry from the OS CSPRNG.
-    pub fn load(policy: &Policy) -> Result<Credentials, CredentialError> {
+    /// Reads every secret the policy references (provider secrets, the bot-auth key) under
+    /// the operator's `rules`, and draws a fresh placeholder for each `placeholders` entry
+    /// from the OS CSPRNG. A reference the rules refuse stops everything before any secret
+    /// is read, with every such reference named.
+    pub fn load(policy: &Policy, rules: &SecretRules) -> Result<Credentials, CredentialError> {
+        let refused: Vec<String> = rules
+            .check(policy)
+            .into_iter()
+            .map(|(_, message)| message)
+            .collect();
+        if !refused.is_empty() {
+            return Err(CredentialError::NotTheTeams(refused));
+        }
+        let mut secrets = TeamSecrets::new(&policy.team, rules);
         let mut providers = Vec::with_capacity(policy.providers.len());
         for provider in &policy.providers {
-            providers.push(load_provider(provider)?);
+            providers.push(load_provider(provider, &mut secrets)?);
         }
         let mut placeholders = Vec::with_capacity(policy.placeholders.len());
         for placeholder in &policy.placeholders {
@@ -124,7 +139,7 @@ impl Credentials {
             });
         }
         let bot = match &policy.bot_auth {
-            Some(bot) => Some(BotSigner::load(bot)?),
+            Some(bot) => Some(BotSigner::load(bot, &mut secrets)?),
             None => None,
         };
         let mut needles: Vec<Vec<u8>> = Vec::new();
@@ -497,7 +512,10 @@ fn new_placeholder() -> Result<String, CredentialError> {
     Ok(text)
 }
 
-fn load_provider(provider: &AuthProvider) -> Result<Provider, CredentialError> {
+fn load_provider(
+    provider: &AuthProvider,
+    secrets: &mut TeamSecrets<'_>,
+) -> Result<Provider, CredentialError> {
     let what = format!("auth provider '{}'", provider.name);
     let bad = || CredentialError::Header(provider.name.clone());
     let value = |text: String| {
@@ -509,9 +527,10 @@ fn load_provider(provider: &AuthProvider) -> Result<Provider, CredentialError> {
             .map_err(|_| bad())
     };
     let name = |text: &str| HeaderName::from_bytes(text.as_bytes()).map_err(|_| bad());
-    let secret = || -> Result<Secret, CredentialError> {
+    let mut secret = || -> Result<Secret, CredentialError> {
         let reference = provider.secret.as_ref().ok_or_else(bad)?;
-        Ok(secrets::load(reference, &what)?)
+        let rule = rule_path(&format!("{}.secret", provider.rule), reference);
+        Ok(secrets.load(&rule, &what, reference)?)
     };
     let username = provider.username.clone().unwrap_or_default();
     let mut headers = Vec::new();
@@ -562,8 +581,9 @@ fn load_provider(provider: &AuthProvider) -> Result<Provider, CredentialError> {
             });
         }
         ProviderKind::Headers => {
-            for (header, reference) in &provider.headers {
-                let secret = secrets::load(reference, &format!("{what} header {header}"))?;
+            for (i, (header, reference)) in provider.headers.iter().enumerate() {
+                let rule = rule_path(&format!("{}.headers[{i}].secret", provider.rule), reference);
+                let secret = secrets.load(&rule, &format!("{what} header {header}"), reference)?;
                 let header = name(header)?;
                 headers.push((header.clone(), value(secret.expose().to_owned())?));
                 owned.push(Owned {
