@@ -7,8 +7,6 @@
 
 pub mod decision;
 pub mod error;
-pub mod filesystem;
-pub mod host_addresses;
 pub mod ip;
 mod load;
 pub mod locate;
@@ -19,9 +17,7 @@ pub mod secrets;
 pub mod units;
 pub mod url;
 pub mod validate;
-pub mod yaml_limits;
 
 pub use decision::{Decision, Destination, Request};
 pub use error::{PolicyError, PolicyErrors};
-pub use host_addresses::HostAddresses;
 pub use load::Policy;

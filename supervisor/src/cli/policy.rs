@@ -206,18 +206,10 @@ fn eval(args: &EvalArgs) -> i32 {
         UrlHost::Ip(ip) => Destination::Resolved(vec![ip]),
         UrlHost::Domain(_) => Destination::Unresolved,
     };
-    // Decided as the proxy on this node would: its own addresses are never dialed.
-    let node = match crate::host_addresses::read() {
-        Ok(node) => node,
-        Err(error) => {
-            eprintln!("tollgate: cannot read this node's own addresses: {error}");
-            return 125;
-        }
-    };
-    let mut decision = policy.decide(&request, &first, &node);
+    let mut decision = policy.decide(&request, &first);
     if decision.needs_resolution() {
         let addresses = resolve::resolve_for_eval(&policy, &url.host, &args.resolve);
-        decision = policy.decide(&request, &Destination::Resolved(addresses), &node);
+        decision = policy.decide(&request, &Destination::Resolved(addresses));
     }
     let output = json!({
         "allow": decision.allow,

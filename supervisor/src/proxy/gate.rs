@@ -2,10 +2,9 @@
 //! decide → resolve → classify and decide again.
 //!
 //! A name the policy refuses is never looked up; a name it allows is resolved exactly once,
-//! and the decision on those addresses lists the only ones the transport may dial. Every
-//! decision knows the node's own addresses ([`crate::host_addresses`]), which no policy opens.
+//! and the decision on those addresses lists the only ones the transport may dial.
 
-use super::errors::{ErrorCode, ProxyError};
+use super::errors::ProxyError;
 use super::resolve::{known_without_dns, resolve};
 use super::Shared;
 use tollgate_policy::url::NormalizedUrl;
@@ -29,15 +28,11 @@ pub(crate) async fn clear(
         header_names,
         credential,
     };
-    // Fail closed: without the node's addresses no address can be cleared for dialing.
-    let node = crate::host_addresses::current().map_err(|message| {
-        ProxyError::new(ErrorCode::PolicyDenied, message).with_reason("policy_error")
-    })?;
     // An IP literal or a pin needs no DNS: one decision on the known address.
     if let Some(address) = known_without_dns(policy, &url.host) {
-        return allowed(policy.decide(&request, &Destination::Resolved(vec![address]), &node));
+        return allowed(policy.decide(&request, &Destination::Resolved(vec![address])));
     }
-    let first = policy.decide(&request, &Destination::Unresolved, &node);
+    let first = policy.decide(&request, &Destination::Unresolved);
     if !first.needs_resolution() {
         return allowed(first);
     }
@@ -48,11 +43,7 @@ pub(crate) async fn clear(
         shared.settings.resolve_timeout,
     )
     .await;
-    let mut decision = policy.decide(
-        &request,
-        &Destination::Resolved(resolution.addresses),
-        &node,
-    );
+    let mut decision = policy.decide(&request, &Destination::Resolved(resolution.addresses));
     if let (Some(failure), "cannot_resolve") = (&resolution.failure, decision.reason.as_str()) {
         decision.message = format!("{} ({failure})", decision.message);
     }
