@@ -7,7 +7,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use std::hint::black_box;
 use std::net::IpAddr;
 use tollgate_policy::url::NormalizedUrl;
-use tollgate_policy::{Destination, Policy, Request};
+use tollgate_policy::{Destination, HostAddresses, Policy, Request};
 
 fn fifty_entries() -> String {
     let mut yaml = String::from("version: 1\nteam: bench\nnetwork:\n  allow:\n");
@@ -32,7 +32,11 @@ fn decide_once(policy: &Policy, url: &str, addresses: &[IpAddr]) -> bool {
         credential: None,
     };
     policy
-        .decide(&request, &Destination::Resolved(addresses.to_vec()))
+        .decide(
+            &request,
+            &Destination::Resolved(addresses.to_vec()),
+            &HostAddresses::none(),
+        )
         .allow
 }
 

@@ -112,6 +112,9 @@ decision := {"allow": true, "reason": "allowed", "rule": rule_allowing} if {
 	not input.destination.resolved
 } else := refuse("cannot_resolve", input.match.rule) if {
 	count(input.destination.addresses) == 0
+} else := refuse_address("host_address", input.destination.first_blocked) if {
+	# The first blocked address is one of the node's own (not in the always-blocked tables).
+	input.destination.host_address[input.destination.first_blocked] == true
 } else := refuse_address("address_blocked", input.destination.first_blocked) if {
 	input.destination.first_blocked != null
 } else := refuse_address("private_address", input.destination.first_uncovered_internal) if {

@@ -5,6 +5,7 @@
 //! the built-in module decides, the team module may only add denials or header edits, and
 //! [`explain`] writes the one sentence the sandboxed code sees.
 
+use crate::host_addresses::HostAddresses;
 use crate::ip::{self, AddressClass};
 use crate::model::{AllowEntry, NearMiss};
 use crate::rego::TeamOutcome;
@@ -125,14 +126,36 @@ impl Policy {
         found
     }
 
-    /// Decides `request` going to `destination`.
-    pub fn decide(&self, request: &Request, destination: &Destination) -> Decision {
+    /// Decides `request` going to `destination`, from a dialer on a node whose own
+    /// addresses are `node` (never dialed: reason `host_address`).
+    pub fn decide(
+        &self,
+        request: &Request,
+        destination: &Destination,
+        node: &HostAddresses,
+    ) -> Decision {
         let matched = self.match_request(request);
         let addresses = match destination {
             Destination::Resolved(addresses) => addresses.clone(),
             Destination::Unresolved => vec![],
         };
-        let classes: Vec<AddressClass> = addresses.iter().map(|a| ip::classify(*a)).collect();
+        // The node's own addresses are always blocked; one the tables already block keeps
+        // the tables' reason (127.0.0.1 is `loopback` before it is this node's).
+        let node_owned: Vec<bool> = addresses
+            .iter()
+            .map(|a| ip::classify(*a) != AddressClass::AlwaysBlocked && node.contains(*a))
+            .collect();
+        let classes: Vec<AddressClass> = addresses
+            .iter()
+            .zip(&node_owned)
+            .map(|(a, own)| {
+                if *own {
+                    AddressClass::AlwaysBlocked
+                } else {
+                    ip::classify(*a)
+                }
+            })
+            .collect();
         let covered: Vec<bool> = addresses
             .iter()
             .map(|a| {
@@ -141,7 +164,15 @@ impl Policy {
                     .is_some_and(|e| ip::covered_by(*a, &e.allowed_ips))
             })
             .collect();
-        let input = facts(self, request, &matched, destination, &classes, &covered);
+        let input = facts(
+            self,
+            request,
+            &matched,
+            destination,
+            &classes,
+            &covered,
+            &node_owned,
+        );
         let mut decision = match self.rules.builtin(input.clone()) {
             Ok(output) => from_output(&output),
             Err(error) => refusal("policy_error", format!("built-in rules failed: {error}")),
@@ -217,6 +248,7 @@ fn facts(
     destination: &Destination,
     classes: &[AddressClass],
     covered: &[bool],
+    node_owned: &[bool],
 ) -> Value {
     let url = request.url;
     let request_doc = object([
@@ -254,6 +286,15 @@ fn facts(
         (
             "covered",
             Value::from(covered.iter().map(|c| Value::from(*c)).collect::<Vec<_>>()),
+        ),
+        (
+            "host_address",
+            Value::from(
+                node_owned
+                    .iter()
+                    .map(|own| Value::from(*own))
+                    .collect::<Vec<_>>(),
+            ),
         ),
         (
             "first_blocked",
@@ -345,6 +386,9 @@ fn explain(policy: &Policy, request: &Request, decision: &Decision, matched: &Ma
         "l7_not_matched" => format!("{} {} on {host} matches none of the rules of {rule}", request.method, request.url.path),
         "not_resolved" => format!("{host} has not been resolved yet"),
         "cannot_resolve" => format!("host {host} does not resolve"),
+        "host_address" => format!(
+            "{host} resolves to {address}, an address of this node itself, which tollgate never dials"
+        ),
         "address_blocked" => {
             let why = decision.address.and_then(ip::reason).unwrap_or("blocked");
             format!("{host} resolves to {address}, a {why} address that tollgate never dials")

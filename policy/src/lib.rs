@@ -7,6 +7,8 @@
 
 pub mod decision;
 pub mod error;
+pub mod filesystem;
+pub mod host_addresses;
 pub mod ip;
 mod load;
 pub mod locate;
@@ -17,7 +19,9 @@ pub mod secrets;
 pub mod units;
 pub mod url;
 pub mod validate;
+pub mod yaml_limits;
 
 pub use decision::{Decision, Destination, Request};
 pub use error::{PolicyError, PolicyErrors};
+pub use host_addresses::HostAddresses;
 pub use load::Policy;

@@ -7,12 +7,17 @@ use crate::model::*;
 use crate::rego::CompiledRules;
 use crate::schema::PolicyFile;
 use crate::validate;
+use crate::yaml_limits;
 use regorus::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Policy files are small; anything larger is a mistake or an attack on the parser.
 const MAX_POLICY_BYTES: usize = 1024 * 1024;
+const TOO_LARGE: &str = "the policy file is larger than 1 MiB";
+/// A file can hold hundreds of thousands of mistakes; listing them all helps nobody and costs
+/// seconds. The first ones are listed, then how many more there are.
+const MAX_REPORTED_ERRORS: usize = 100;
 
 /// A team policy, validated and compiled: ready to decide requests.
 #[derive(Clone)]
@@ -21,6 +26,8 @@ pub struct Policy {
     /// `None`: the network is disabled.
     pub network: Option<Network>,
     pub limits: Limits,
+    /// Host directories bound in, the root filesystem, whether Landlock is required.
+    pub filesystem: crate::filesystem::Filesystem,
     pub retry: Retry,
     pub providers: Vec<AuthProvider>,
     pub credentials: Vec<UrlCredential>,
@@ -39,32 +46,40 @@ impl std::fmt::Debug for Policy {
 }
 
 impl Policy {
-    /// Reads and loads the policy file at `path`.
+    /// Reads and loads the policy file at `path`: a regular file of at most 1 MiB (read no
+    /// further than that, so neither a huge file nor `/dev/zero` is read into memory).
     pub fn load(path: &Path) -> Result<Policy, PolicyErrors> {
         let name = path.display().to_string();
-        let text = std::fs::read(path)
-            .map_err(|e| single(&name, format!("cannot read the policy file: {e}")))?;
-        if text.len() > MAX_POLICY_BYTES {
-            return Err(single(&name, "the policy file is larger than 1 MiB"));
-        }
-        let text = String::from_utf8(text)
-            .map_err(|_| single(&name, "the policy file is not UTF-8 text"))?;
+        let text = read_bounded(path).map_err(|message| single(&name, message))?;
         Policy::from_yaml(&name, &text)
     }
 
-    /// Loads a policy from YAML text; `name` is used in error messages.
+    /// Loads a policy from YAML text; `name` is used in error messages. The text is refused
+    /// above 1 MiB, and above the shape limits of [`crate::yaml_limits`] (nesting, aliases)
+    /// before it is parsed in full.
     pub fn from_yaml(name: &str, text: &str) -> Result<Policy, PolicyErrors> {
         if text.len() > MAX_POLICY_BYTES {
-            return Err(single(name, "the policy file is larger than 1 MiB"));
+            return Err(single(name, TOO_LARGE));
         }
+        yaml_limits::check(text).map_err(|exceeded| PolicyErrors {
+            file: name.to_owned(),
+            errors: vec![PolicyError {
+                path: String::new(),
+                line: Some(exceeded.line),
+                column: Some(exceeded.column),
+                message: exceeded.message,
+            }],
+        })?;
         let file: PolicyFile = serde_yaml::from_str(text).map_err(|e| syntax_error(name, &e))?;
         let validated = validate::validate(&file).map_err(|problems| {
             let index = LocationIndex::build(text);
-            PolicyErrors {
+            let total = problems.0.len();
+            let mut errors = PolicyErrors {
                 file: name.to_owned(),
                 errors: problems
                     .0
                     .into_iter()
+                    .take(MAX_REPORTED_ERRORS)
                     .map(|(path, message)| {
                         let location = index.find(&path);
                         PolicyError {
@@ -75,7 +90,19 @@ impl Policy {
                         }
                     })
                     .collect(),
+            };
+            if total > MAX_REPORTED_ERRORS {
+                errors.errors.push(PolicyError {
+                    path: String::new(),
+                    line: None,
+                    column: None,
+                    message: format!(
+                        "and {} more problems (fix the ones above first)",
+                        total - MAX_REPORTED_ERRORS
+                    ),
+                });
             }
+            errors
         })?;
         let data = data_document(&validated);
         let rules = CompiledRules::compile(data, file.rego.as_deref()).map_err(|e| {
@@ -105,6 +132,7 @@ impl Policy {
             team: validated.team,
             network: validated.network,
             limits: validated.limits,
+            filesystem: validated.filesystem,
             retry: validated.retry,
             providers: validated.providers,
             credentials: validated.credentials,
@@ -154,6 +182,38 @@ impl Policy {
             .iter()
             .filter(move |credential| credential.pattern.matches(url))
     }
+}
+
+/// The text of a policy file: refused if it is not a regular file, larger than 1 MiB, or not
+/// UTF-8. Never reads more than 1 MiB and one byte.
+fn read_bounded(path: &Path) -> Result<String, String> {
+    use std::io::Read as _;
+    let not_regular = "the policy path is not a regular file";
+    // Checked before opening too: opening a FIFO would wait for a writer.
+    let metadata =
+        std::fs::metadata(path).map_err(|e| format!("cannot read the policy file: {e}"))?;
+    if !metadata.is_file() {
+        return Err(not_regular.into());
+    }
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("cannot read the policy file: {e}"))?;
+    let opened = file
+        .metadata()
+        .map_err(|e| format!("cannot read the policy file: {e}"))?;
+    if !opened.is_file() {
+        return Err(not_regular.into());
+    }
+    if opened.len() > MAX_POLICY_BYTES as u64 {
+        return Err(TOO_LARGE.into());
+    }
+    let mut text = Vec::new();
+    file.take(MAX_POLICY_BYTES as u64 + 1)
+        .read_to_end(&mut text)
+        .map_err(|e| format!("cannot read the policy file: {e}"))?;
+    if text.len() > MAX_POLICY_BYTES {
+        return Err(TOO_LARGE.into());
+    }
+    String::from_utf8(text).map_err(|_| "the policy file is not UTF-8 text".into())
 }
 
 fn single(file: &str, message: impl Into<String>) -> PolicyErrors {

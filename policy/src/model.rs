@@ -181,6 +181,12 @@ pub struct Limits {
     pub max_request_bytes: u64,
     pub max_response_bytes: u64,
     pub max_connections: u32,
+    /// Memory of the execution in bytes (`limits.memory`), enforced by its cgroup.
+    pub memory: u64,
+    /// CPU time of the execution (`limits.cpu`); `None`: unlimited.
+    pub cpu: Option<crate::units::Cores>,
+    /// Processes and threads at once (`limits.processes`).
+    pub processes: u64,
 }
 
 impl Limits {

@@ -27,6 +27,9 @@ pub struct PolicyFile {
     /// Per-execution limits.
     #[serde(default)]
     pub limits: LimitsSection,
+    /// Host directories bound in, the root filesystem, Landlock (see [`crate::filesystem`]).
+    #[serde(default)]
+    pub filesystem: crate::filesystem::FilesystemSection,
     /// Retries of failed upstream attempts.
     #[serde(default)]
     pub retry: RetrySection,
@@ -191,6 +194,20 @@ pub struct LimitsSection {
     /// Concurrent client connections to the proxy per execution.
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
+    /// Memory of the whole execution: anonymous memory, memfd, tmpfs pages (`/tmp`,
+    /// `/dev/shm`) and the page cache it causes; no swap. Past it the kernel kills the
+    /// command (exit status 137). Default 1GiB, at least 4MiB.
+    #[serde(default = "default_memory")]
+    pub memory: ByteSize,
+    /// CPU time of the whole execution, in cores (e.g. 0.5, 1.5; at least 0.01). Default:
+    /// unlimited.
+    #[serde(default)]
+    #[schemars(range(min = 0.01, max = 4096))]
+    pub cpu: Option<f64>,
+    /// Processes and threads the execution may run at once. Default 1024.
+    #[serde(default = "default_processes")]
+    #[schemars(range(min = 1))]
+    pub processes: u64,
 }
 
 impl Default for LimitsSection {
@@ -202,6 +219,9 @@ impl Default for LimitsSection {
             max_request_bytes: default_max_request_bytes(),
             max_response_bytes: default_max_response_bytes(),
             max_connections: default_max_connections(),
+            memory: default_memory(),
+            cpu: None,
+            processes: default_processes(),
         }
     }
 }
@@ -362,6 +382,13 @@ fn default_max_response_bytes() -> ByteSize {
 }
 fn default_max_connections() -> u32 {
     64
+}
+fn default_memory() -> ByteSize {
+    ByteSize(1 << 30)
+}
+/// Room for thread pools and build tools, far below the host's pid space.
+fn default_processes() -> u64 {
+    1024
 }
 fn default_attempts() -> u32 {
     3

@@ -18,6 +18,11 @@ pub struct ByteSize(pub u64);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Span(pub Duration);
 
+/// A share of CPU time in cores (`0.5`, `1.5`, `2`), held in thousandths of a core so that
+/// it compares exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Cores(u32);
+
 impl ByteSize {
     pub fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
@@ -82,6 +87,75 @@ impl Span {
 
     pub fn as_duration(self) -> Duration {
         self.0
+    }
+}
+
+impl Cores {
+    /// The least the kernel can enforce: a quota of 1 ms per 100 ms period.
+    pub const MIN: Cores = Cores(10);
+    /// More cores than any host has: a typo rather than a limit.
+    pub const MAX: Cores = Cores(4096 * 1000);
+
+    /// `count` thousandths of a core, within [`Cores::MIN`]..=[`Cores::MAX`].
+    pub fn from_millicores(count: u32) -> Option<Cores> {
+        (Cores::MIN.0..=Cores::MAX.0)
+            .contains(&count)
+            .then_some(Cores(count))
+    }
+
+    pub fn millicores(self) -> u32 {
+        self.0
+    }
+
+    /// A number of cores as written in YAML (`0.5`, `2`), rounded to a thousandth.
+    pub fn from_f64(value: f64) -> Result<Cores, String> {
+        let range = format!("between {} and {} cores", Cores::MIN, Cores::MAX);
+        if !value.is_finite() || value <= 0.0 {
+            return Err(format!(
+                "{value} is not a share of CPU time: give a number {range}, e.g. 0.5 or 1.5"
+            ));
+        }
+        let millis = (value * 1000.0).round();
+        if millis > f64::from(u32::MAX) {
+            return Err(format!("{value} cores is too many: give a number {range}"));
+        }
+        Cores::from_millicores(millis as u32)
+            .ok_or_else(|| format!("{value} cores is out of range: give a number {range}"))
+    }
+
+    /// A decimal number of cores as written on a command line (`0.5`, `1.5`, `2`).
+    pub fn parse(text: &str) -> Result<Cores, String> {
+        let text = text.trim();
+        let well_formed = !text.is_empty()
+            && text.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+            && text.bytes().filter(|b| *b == b'.').count() <= 1
+            && text.bytes().any(|b| b.is_ascii_digit());
+        if !well_formed {
+            return Err(format!(
+                "`{text}` is not a number of cores: write a decimal number, e.g. 0.5 or 1.5"
+            ));
+        }
+        let value: f64 = text.parse().map_err(|_| {
+            format!("`{text}` is not a number of cores: write a decimal number, e.g. 0.5 or 1.5")
+        })?;
+        Cores::from_f64(value)
+    }
+
+    /// The CFS quota for `period_us`: the microseconds of CPU time the execution may use in
+    /// each period (`cpu.max`, `cpu.cfs_quota_us`).
+    pub fn quota_us(self, period_us: u64) -> u64 {
+        period_us * u64::from(self.0) / 1000
+    }
+}
+
+impl fmt::Display for Cores {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (whole, thousandths) = (self.0 / 1000, self.0 % 1000);
+        if thousandths == 0 {
+            return write!(f, "{whole}");
+        }
+        let fraction = format!("{thousandths:03}");
+        write!(f, "{whole}.{}", fraction.trim_end_matches('0'))
     }
 }
 
@@ -252,6 +326,29 @@ mod tests {
         for text in ["500ms", "5s", "2m", "0s"] {
             assert_eq!(Span::parse(text).unwrap().to_string(), text);
         }
+    }
+
+    #[test]
+    fn cores_are_decimal_and_bounded() {
+        assert_eq!(Cores::parse("1.5").unwrap().millicores(), 1500);
+        assert_eq!(Cores::parse("0.5").unwrap().to_string(), "0.5");
+        assert_eq!(Cores::parse("2").unwrap().to_string(), "2");
+        assert_eq!(Cores::parse(".25").unwrap().to_string(), "0.25");
+        assert_eq!(Cores::from_f64(0.125).unwrap().to_string(), "0.125");
+        assert_eq!(Cores::from_f64(1.0).unwrap(), Cores::parse("1").unwrap());
+        for bad in [
+            "", ".", "-1", "1,5", "1.2.3", "half", "0", "0.001", "5000", "1e3",
+        ] {
+            assert!(Cores::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(Cores::from_f64(f64::NAN).is_err());
+        assert!(Cores::from_f64(f64::INFINITY).is_err());
+        assert!(Cores::parse("0.001")
+            .unwrap_err()
+            .contains("between 0.01 and 4096"));
+        assert_eq!(Cores::parse("0.5").unwrap().quota_us(100_000), 50_000);
+        assert_eq!(Cores::parse("1.5").unwrap().quota_us(100_000), 150_000);
+        assert!(Cores::parse("0.5").unwrap() < Cores::parse("1").unwrap());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 use crate::ip;
 use crate::model::*;
 use crate::schema::*;
+use crate::units::{ByteSize, Cores};
 use crate::url::{HostPattern, PathPattern, UrlPrefix};
 use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;
@@ -58,7 +59,7 @@ pub const RESERVED_ENV: &[&str] = &[
 pub(crate) struct Problems(pub(crate) Vec<(String, String)>);
 
 impl Problems {
-    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push((path.into(), message.into()));
     }
 }
@@ -67,6 +68,7 @@ pub(crate) struct Validated {
     pub team: String,
     pub network: Option<Network>,
     pub limits: Limits,
+    pub filesystem: crate::filesystem::Filesystem,
     pub retry: Retry,
     pub providers: Vec<AuthProvider>,
     pub credentials: Vec<UrlCredential>,
@@ -96,6 +98,7 @@ pub(crate) fn validate(file: &PolicyFile) -> Result<Validated, Problems> {
         .as_ref()
         .map(|section| validate_network(section, &mut problems));
     let limits = validate_limits(&file.limits, &mut problems);
+    let filesystem = crate::filesystem::validate(&file.filesystem, &mut problems);
     let retry = validate_retry(&file.retry, &mut problems);
     let providers = validate_providers(&file.auth_providers, network.as_ref(), &mut problems);
     let names: HashSet<&str> = providers.iter().map(|p| p.name.as_str()).collect();
@@ -112,6 +115,7 @@ pub(crate) fn validate(file: &PolicyFile) -> Result<Validated, Problems> {
             team: file.team.clone(),
             network,
             limits,
+            filesystem,
             retry,
             providers,
             credentials,
@@ -307,6 +311,15 @@ fn validate_limits(section: &LimitsSection, problems: &mut Problems) -> Limits {
         max_request_bytes: section.max_request_bytes.0,
         max_response_bytes: section.max_response_bytes.0,
         max_connections: section.max_connections,
+        memory: section.memory.0,
+        cpu: section.cpu.and_then(|cores| match Cores::from_f64(cores) {
+            Ok(cores) => Some(cores),
+            Err(message) => {
+                problems.add("limits.cpu", message);
+                None
+            }
+        }),
+        processes: section.processes,
     };
     let second = std::time::Duration::from_secs(1);
     if limits.default_timeout < second {
@@ -330,8 +343,23 @@ fn validate_limits(section: &LimitsSection, problems: &mut Problems) -> Limits {
             "max_connections must be at least 1",
         );
     }
+    if limits.memory < MIN_MEMORY {
+        problems.add(
+            "limits.memory",
+            format!(
+                "memory must be at least {} (a command needs some to start at all)",
+                ByteSize(MIN_MEMORY)
+            ),
+        );
+    }
+    if limits.processes == 0 {
+        problems.add("limits.processes", "processes must be at least 1");
+    }
     limits
 }
+
+/// The smallest `limits.memory`.
+pub const MIN_MEMORY: u64 = 4 << 20;
 
 fn validate_retry(section: &RetrySection, problems: &mut Problems) -> Retry {
     if !(1..=10).contains(&section.attempts) {

@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 use tollgate_policy::url::NormalizedUrl;
-use tollgate_policy::{Decision, Destination, Policy, Request};
+use tollgate_policy::{Decision, Destination, HostAddresses, Policy, Request};
 
 fn policy(yaml: &str) -> Policy {
     Policy::from_yaml("test.yaml", yaml).unwrap_or_else(|e| panic!("policy should load:\n{e}"))
@@ -16,6 +16,25 @@ fn decide_with(
     addresses: &[&str],
     credential: Option<&str>,
 ) -> Decision {
+    decide_on_node(
+        policy,
+        method,
+        url,
+        addresses,
+        credential,
+        &HostAddresses::none(),
+    )
+}
+
+/// [`decide_with`] from a node whose own addresses are `node`.
+fn decide_on_node(
+    policy: &Policy,
+    method: &str,
+    url: &str,
+    addresses: &[&str],
+    credential: Option<&str>,
+    node: &HostAddresses,
+) -> Decision {
     let url = NormalizedUrl::parse(url).expect("test URL parses");
     let request = Request {
         method,
@@ -24,7 +43,7 @@ fn decide_with(
         header_names: &[],
         credential,
     };
-    let first = policy.decide(&request, &Destination::Unresolved);
+    let first = policy.decide(&request, &Destination::Unresolved, node);
     if !first.needs_resolution() {
         return first;
     }
@@ -36,7 +55,7 @@ fn decide_with(
     } else {
         addresses.iter().map(|a| a.parse().unwrap()).collect()
     };
-    policy.decide(&request, &Destination::Resolved(addresses))
+    policy.decide(&request, &Destination::Resolved(addresses), node)
 }
 
 fn decide(policy: &Policy, method: &str, url: &str, addresses: &[&str]) -> Decision {
@@ -384,12 +403,16 @@ fn unresolvable_names_are_refused() {
         credential: None,
     };
     assert_denied(
-        &p.decide(&request, &Destination::Resolved(vec![])),
+        &p.decide(
+            &request,
+            &Destination::Resolved(vec![]),
+            &HostAddresses::none(),
+        ),
         "cannot_resolve",
     );
     // A caller that forgets to resolve never gets an allow.
     assert_denied(
-        &p.decide(&request, &Destination::Unresolved),
+        &p.decide(&request, &Destination::Unresolved, &HostAddresses::none()),
         "not_resolved",
     );
 }
@@ -469,6 +492,71 @@ fn block_private_ips_false_lets_listed_hosts_reach_private_addresses() {
     );
 }
 
+/// A node whose interfaces hold 10.201.0.1 (the host side of a veth), 192.0.2.2 and
+/// fd00::2, besides loopback.
+fn node() -> HostAddresses {
+    ["10.201.0.1", "192.0.2.2", "fd00::2", "127.0.0.1", "::1"]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn the_nodes_own_addresses_are_refused_whatever_the_policy_opens() {
+    for policy_text in [
+        // Every private address opened.
+        "version: 1\nteam: t\nnetwork:\n  block_private_ips: false\n  allow:\n    - host: gw.internal\n  hosts:\n    gw.internal: 10.201.0.1\n",
+        // An allowed_ips entry covering the node's address.
+        "version: 1\nteam: t\nnetwork:\n  allow:\n    - host: gw.internal\n      allowed_ips: [10.0.0.0/8, 192.0.2.0/24, 'fd00::/8']\n  hosts:\n    gw.internal: 10.201.0.1\n",
+        // allow_all with private addresses open.
+        "version: 1\nteam: t\nnetwork:\n  allow_all: true\n  block_private_ips: false\n  hosts:\n    gw.internal: 10.201.0.1\n",
+    ] {
+        let p = policy(policy_text);
+        for address in [
+            "10.201.0.1",
+            "::ffff:10.201.0.1",
+            "64:ff9b::ac9:1",
+            "192.0.2.2",
+            "fd00::2",
+        ] {
+            let d = decide_on_node(&p, "GET", "http://gw.internal/", &[address], None, &node());
+            assert_denied(&d, "host_address");
+            assert_eq!(d.address, Some(address.parse().unwrap()), "{address}");
+            assert_eq!(d.worst_class(), Some(tollgate_policy::ip::AddressClass::AlwaysBlocked));
+            assert!(d.message.contains("this node"), "{}", d.message);
+        }
+        // One address of the node among others refuses the name.
+        assert_denied(
+            &decide_on_node(&p, "GET", "http://gw.internal/", &["10.201.0.2", "10.201.0.1"], None, &node()),
+            "host_address",
+        );
+        // Another address of the same subnet is not the node's.
+        assert_allowed(&decide_on_node(&p, "GET", "http://gw.internal/", &["10.201.0.2"], None, &node()));
+        // An IP literal is the same address.
+        if policy_text.contains("allow_all") {
+            assert_denied(
+                &decide_on_node(&p, "GET", "http://10.201.0.1/", &[], None, &node()),
+                "host_address",
+            );
+        }
+    }
+}
+
+#[test]
+fn loopback_keeps_its_own_reason_on_the_node() {
+    let p = policy("version: 1\nteam: t\nnetwork:\n  block_private_ips: false\n  allow:\n    - host: gw.internal\n");
+    let d = decide_on_node(
+        &p,
+        "GET",
+        "http://gw.internal/",
+        &["127.0.0.1"],
+        None,
+        &node(),
+    );
+    assert_denied(&d, "address_blocked");
+    assert!(d.message.contains("loopback"), "{}", d.message);
+}
+
 #[test]
 fn connect_is_decided_on_host_and_port() {
     let p = policy(ALLOWLIST);
@@ -483,6 +571,7 @@ fn connect_is_decided_on_host_and_port() {
     let d = p.decide(
         &request,
         &Destination::Resolved(vec!["93.184.216.34".parse().unwrap()]),
+        &HostAddresses::none(),
     );
     assert_allowed(&d);
     let url = NormalizedUrl::from_parts("https", "a.example.com:8443", "/").unwrap();
@@ -494,7 +583,7 @@ fn connect_is_decided_on_host_and_port() {
         credential: None,
     };
     assert_denied(
-        &p.decide(&request, &Destination::Unresolved),
+        &p.decide(&request, &Destination::Unresolved, &HostAddresses::none()),
         "port_not_allowed",
     );
 }

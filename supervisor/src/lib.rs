@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod cli;
+pub mod host_addresses;
 pub mod proxy;
 pub mod resolve;
 pub mod run;

@@ -69,6 +69,56 @@ pub fn execution_cgroups() -> Vec<String> {
     ids
 }
 
+/// Where the cgroup v1 hierarchy of `controller` (`memory`, `cpu`, `pids`) is mounted, read
+/// from `/proc/self/mountinfo`; `None` on hosts without it (pure cgroup v2).
+pub fn v1_mount(controller: &str) -> Option<PathBuf> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
+    mountinfo.lines().find_map(|line| {
+        let (mount, fs_part) = line.split_once(" - ")?;
+        let mut fs_fields = fs_part.split(' ');
+        if fs_fields.next()? != "cgroup" {
+            return None;
+        }
+        let options = fs_fields.nth(1)?;
+        let mut fields = mount.split(' ');
+        let root = fields.nth(3)?;
+        let point = fields.next()?;
+        (root == "/" && options.split(',').any(|o| o == controller))
+            .then(|| PathBuf::from(point.replace("\\040", " ")))
+    })
+}
+
+/// The mounted cgroup v1 hierarchies of the limits' controllers, each once.
+pub fn v1_limit_mounts() -> Vec<PathBuf> {
+    let mut mounts: Vec<PathBuf> = Vec::new();
+    for controller in ["memory", "cpu", "pids"] {
+        if let Some(mount) = v1_mount(controller) {
+            if !mounts.contains(&mount) {
+                mounts.push(mount);
+            }
+        }
+    }
+    mounts
+}
+
+/// Execution cgroups in the v1 hierarchies (`<hierarchy>/tollgate/<id>`) that exist now.
+pub fn v1_execution_cgroups() -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for mount in v1_limit_mounts() {
+        let Ok(entries) = fs::read_dir(mount.join("tollgate")) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if entry.file_type().is_ok_and(|t| t.is_dir()) && is_execution_id(&name) {
+                found.push(entry.path());
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
 /// Every pinned object under the eBPF pin root whose name says it is a link. Programs and
 /// maps are pinned by design (loaded once, reused); links must never be.
 pub fn pinned_links() -> Vec<PathBuf> {
@@ -125,6 +175,9 @@ pub fn leftovers() -> Vec<String> {
     let mut problems = Vec::new();
     for id in execution_cgroups() {
         problems.push(format!("cgroup {}", executions_dir().join(id).display()));
+    }
+    for path in v1_execution_cgroups() {
+        problems.push(format!("cgroup v1 {}", path.display()));
     }
     for name in netns::named_netns() {
         problems.push(format!("named network namespace {name}"));

@@ -135,6 +135,57 @@ pub fn wait_dead(pid: u32, start: u64, limit: Duration) -> bool {
     true
 }
 
+/// The host pid of the process a sandbox knows as `ns_pid` (its pid in the sandbox's own PID
+/// namespace), among the descendants of the supervisor `supervisor`. A sandbox cannot learn
+/// its host pids (that is the point of its namespace), so tests that look at a sandboxed
+/// process from outside ask here.
+pub fn host_pid_of(supervisor: u32, ns_pid: u32) -> Option<u32> {
+    let field = |status: &str, name: &str| -> Option<String> {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .map(|rest| rest.trim().to_owned())
+    };
+    let parent_of = |pid: u32| -> Option<u32> {
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        field(&status, "PPid:")?.parse().ok()
+    };
+    let descends = |mut pid: u32| {
+        for _ in 0..64 {
+            match parent_of(pid) {
+                Some(parent) if parent == supervisor => return true,
+                Some(parent) if parent > 1 => pid = parent,
+                _ => return false,
+            }
+        }
+        false
+    };
+    fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let ids: Vec<u32> = field(&status, "NSpid:")?
+            .split_whitespace()
+            .filter_map(|id| id.parse().ok())
+            .collect();
+        (ids.len() >= 2 && ids.last() == Some(&ns_pid) && descends(pid)).then_some(pid)
+    })
+}
+
+/// [`host_pid_of`], waiting (up to [`HANG_LIMIT`]) for the process to appear.
+pub fn wait_host_pid(supervisor: u32, ns_pid: u32) -> u32 {
+    let deadline = Instant::now() + HANG_LIMIT;
+    loop {
+        if let Some(pid) = host_pid_of(supervisor, ns_pid) {
+            return pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no process of supervisor {supervisor} has pid {ns_pid} in its namespace"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Sends `signal` to `pid`.
 pub fn signal(pid: u32, signal: i32) {
     // SAFETY: kill(2) on one positive pid.

@@ -184,6 +184,8 @@ struct Escape {
     sibling: PathBuf,
     child_netns: String,
     supervisor_netns: String,
+    /// The probe's host pid.
+    child_pid: u32,
     nft_table: bool,
     links: Vec<String>,
 }
@@ -262,11 +264,13 @@ fn run_escape(tag: &str, walls: Walls) -> Escape {
     cmd.extend(specs);
     let mut running = Running::spawn(&mut sandbox.command(&cmd));
     let supervisor_pid = running.pid();
-    let child_pid: u32 = running
+    let ns_pid: u32 = running
         .wait_line("INFO pid ", HANG_LIMIT)
         .trim_start_matches("INFO pid ")
         .parse()
         .expect("the probe program prints its pid");
+    // The probe knows its pid in the sandbox's PID namespace; the host's is found from here.
+    let child_pid = tollgate_tests::sandbox::wait_host_pid(supervisor_pid, ns_pid);
     running.wait_line("READY", HANG_LIMIT);
 
     // The sandbox is alive and paused: look at its walls from outside.
@@ -324,6 +328,7 @@ fn run_escape(tag: &str, walls: Walls) -> Escape {
         sibling: sibling.0.clone(),
         child_netns,
         supervisor_netns,
+        child_pid,
         nft_table,
         links,
     }
@@ -610,7 +615,7 @@ fn check_audit(tag: &str, walls: Walls, run: &Escape) {
         );
         return;
     }
-    let child_pid: u32 = run.report.info("pid").parse().unwrap();
+    let child_pid = run.child_pid;
     for record in &records {
         for field in ["pid", "comm", "kind", "family"] {
             assert!(

@@ -292,9 +292,15 @@ fn a_sandbox_cannot_see_signal_trace_or_read_another_execution() {
     );
     let line = victim.wait_line("VICTIM ", HANG_LIMIT);
     let fields: Vec<&str> = line.split_whitespace().collect();
-    let (victim_pid, victim_uid, address) = (fields[1], fields[2], fields[3]);
-    let pid: u32 = victim_pid.parse().expect("victim pid");
-    // No pid namespace: the pid the victim sees is the host's, in an execution cgroup.
+    let (victim_ns_pid, victim_uid, address) = (fields[1], fields[2], fields[3]);
+    // The victim sees its pid in its own PID namespace; the attacker is handed its host pid,
+    // the most an attacker could learn from outside.
+    let pid = tollgate_tests::sandbox::wait_host_pid(
+        victim.pid(),
+        victim_ns_pid.parse().expect("victim pid"),
+    );
+    let victim_pid = pid.to_string();
+    let victim_pid = victim_pid.as_str();
     let (_, start) = process_stat(pid).expect("the victim runs");
     assert!(
         execution_id_of(pid).is_some(),

@@ -547,3 +547,242 @@ fn the_schema_says_where_secrets_may_come_from() {
     }
 }
 
+/// Every address assigned to an interface of this machine (`ip -j addr`).
+fn own_addresses() -> Vec<std::net::IpAddr> {
+    let output = std::process::Command::new("/usr/sbin/ip")
+        .args(["-j", "addr", "show"])
+        .output()
+        .expect("run ip -j addr");
+    let links: Value = serde_json::from_slice(&output.stdout).expect("ip -j prints JSON");
+    links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|link| link["addr_info"].as_array().cloned().unwrap_or_default())
+        .filter_map(|info| info["local"].as_str().and_then(|a| a.parse().ok()))
+        .collect()
+}
+
+#[test]
+fn eval_refuses_the_nodes_own_addresses_whatever_the_policy_opens() {
+    // The host side of a veth gives this machine a 10.x address of its own for certain.
+    let up = tollgate_tests::upstream::UpstreamHost::start();
+    let scratch = Scratch::new("host-address");
+    let gateway = std::net::IpAddr::V4(up.gateway);
+    let mut addresses = own_addresses();
+    assert!(addresses.contains(&gateway), "{addresses:?}");
+    // The tables already block loopback and link-local, with their own reasons; the veths
+    // of other tests (10.201/16, 10.202/16) may be gone by the time they are evaluated.
+    addresses.retain(|a| {
+        let other_tests = matches!(a, std::net::IpAddr::V4(v4)
+            if v4.octets()[..2] == [10, 201] || v4.octets()[..2] == [10, 202]);
+        !a.is_loopback()
+            && !matches!(a, std::net::IpAddr::V6(v6) if v6.is_unicast_link_local())
+            && (!other_tests || *a == gateway)
+    });
+    // `allowed_ips` naming exactly the node's addresses.
+    let covering: Vec<String> = addresses
+        .iter()
+        .map(|a| format!("'{a}/{}'", if a.is_ipv4() { 32 } else { 128 }))
+        .collect();
+    let policies = [
+        scratch.file(
+            "open.yaml",
+            "version: 1\nteam: t\nnetwork:\n  block_private_ips: false\n  allow:\n    - http://up.test\n",
+        ),
+        scratch.file(
+            "covered.yaml",
+            &format!(
+                "version: 1\nteam: t\nnetwork:\n  allow:\n    - host: up.test\n      allowed_ips: [{}, {}]\n",
+                covering.join(", "),
+                up.subnet()
+            ),
+        ),
+        scratch.file(
+            "all.yaml",
+            "version: 1\nteam: t\nnetwork:\n  allow_all: true\n  block_private_ips: false\n",
+        ),
+    ];
+    for policy in &policies {
+        let mut forms: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
+        forms.push(format!("::ffff:{}", up.gateway));
+        for address in &forms {
+            let (code, json) = eval(
+                policy,
+                &[
+                    "GET",
+                    "http://up.test/",
+                    "--resolve",
+                    &format!("up.test={address}"),
+                ],
+            );
+            assert_eq!(code, 1, "{address}: {json}");
+            assert_eq!(json["reason"], "host_address", "{address}: {json}");
+            assert_eq!(json["class"], "always_blocked", "{address}: {json}");
+        }
+        // The other end of the veth is not this machine's.
+        let (code, json) = eval(
+            policy,
+            &[
+                "GET",
+                "http://up.test/",
+                "--resolve",
+                &format!("up.test={}", up.addr),
+            ],
+        );
+        assert_eq!(
+            (code, json["reason"].as_str()),
+            (0, Some("allowed")),
+            "{json}"
+        );
+    }
+    // An IP literal of the node, too.
+    let (code, json) = eval(&policies[2], &["GET", &format!("http://{}/", up.gateway)]);
+    assert_eq!(
+        (code, json["reason"].as_str()),
+        (1, Some("host_address")),
+        "{json}"
+    );
+}
+
+/// Hostile YAML: each file is refused by `policy check` with exit 2 and `FILE:LINE:COL` (or
+/// `FILE:` for the size), within the harness's hang limit (today's parser took 83 s on the
+/// 100 000-level flow file in a debug build).
+fn hostile_yaml(scratch: &Scratch) -> Vec<(&'static str, std::path::PathBuf, &'static str)> {
+    let levels = 100_000;
+    let flow = format!(
+        "version: 1\nteam: t\nnetwork: {}{}\n",
+        "[".repeat(levels),
+        "]".repeat(levels)
+    );
+    let block = format!("version: 1\nteam: t\nnetwork:\n{}x\n", "- ".repeat(levels));
+    // Block sequences, then flow sequences inside them.
+    let mixed = format!(
+        "version: 1\nteam: t\nnetwork:\n{}{}{}\n",
+        "- ".repeat(50),
+        "[".repeat(50),
+        "]".repeat(50)
+    );
+    let big = format!("version: 1\nteam: t\n# {}\n", "x".repeat(2 * 1024 * 1024));
+    // Nine aliases of nine aliases of …: the classic (serde_yaml's own repetition limit
+    // stops its replay; the shape pass refuses it before that).
+    let mut laughs = String::from(
+        "version: 1\nteam: t\na0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n",
+    );
+    for i in 1..10 {
+        let refs = vec![format!("*a{}", i - 1); 9].join(", ");
+        laughs.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+    }
+    // The wide form: one big valid entry repeated by 70 000 aliases (no alias nests, so
+    // serde_yaml's own repetition limit never trips).
+    let rules: Vec<String> = (0..8000)
+        .map(|i| format!("{{method: GET, path: /p{i}}}"))
+        .collect();
+    let mut wide = format!(
+        "version: 1\nteam: t\nnetwork:\n  allow:\n    - &e {{host: a.example, rules: [{}]}}\n",
+        rules.join(", ")
+    );
+    while wide.len() < 1000 * 1024 {
+        wide.push_str("    - *e\n");
+    }
+    vec![
+        ("flow", scratch.file("flow.yaml", &flow), "3:"),
+        ("block", scratch.file("block.yaml", &block), "4:"),
+        ("mixed", scratch.file("mixed.yaml", &mixed), "4:"),
+        ("big", scratch.file("big.yaml", &big), ""),
+        ("laughs", scratch.file("laughs.yaml", &laughs), "9:"),
+        ("wide", scratch.file("wide.yaml", &wide), ""),
+    ]
+}
+
+#[test]
+fn check_refuses_hostile_yaml_before_parsing_it_in_full() {
+    let scratch = Scratch::new("hostile-yaml");
+    for (name, file, at) in hostile_yaml(&scratch) {
+        let finished = tollgate_tests::sandbox::output(
+            tollgate().args(["policy", "check"]).arg(&file),
+            None,
+            tollgate_tests::sandbox::HANG_LIMIT,
+        );
+        assert_eq!(
+            finished.status.code(),
+            Some(2),
+            "{name}: {}",
+            finished.describe()
+        );
+        let line = finished
+            .stdout
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let expected = format!("{}:{at}", file.display());
+        assert!(line.starts_with(&expected), "{name}: {line}");
+        // FILE:LINE:COL wherever a node is to blame.
+        let position = line[file.display().to_string().len()..]
+            .split(' ')
+            .next()
+            .unwrap_or_default();
+        let numbers = position.split(':').filter(|p| !p.is_empty()).count();
+        assert_eq!(numbers, if name == "big" { 0 } else { 2 }, "{name}: {line}");
+        let reason = match name {
+            "big" => "larger than 1 MiB",
+            "laughs" | "wide" => "aliases",
+            _ => "deeper than 64 levels",
+        };
+        assert!(line.contains(reason), "{name}: {line}");
+        assert!(
+            !finished.stderr.contains("panicked"),
+            "{name}: {}",
+            finished.stderr
+        );
+    }
+    // Nothing that is not a regular file is read: a FIFO would block, /dev/zero never ends.
+    for path in ["/dev/zero", "/proc/self"] {
+        let finished = tollgate_tests::sandbox::output(
+            tollgate().args(["policy", "check", path]),
+            None,
+            tollgate_tests::sandbox::HANG_LIMIT,
+        );
+        assert_eq!(
+            finished.status.code(),
+            Some(2),
+            "{path}: {}",
+            finished.describe()
+        );
+        assert!(
+            finished.stdout.contains("not a regular file"),
+            "{path}: {}",
+            finished.stdout
+        );
+    }
+    let fifo = scratch.dir.join("policy.fifo");
+    let made = std::process::Command::new("/usr/bin/mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let finished = tollgate_tests::sandbox::output(
+        tollgate().args(["policy", "check"]).arg(&fifo),
+        None,
+        tollgate_tests::sandbox::HANG_LIMIT,
+    );
+    assert_eq!(finished.status.code(), Some(2), "{}", finished.describe());
+}
+
+#[test]
+fn run_refuses_hostile_yaml_with_125_before_starting() {
+    let _suite = tollgate_tests::leaks::SuiteLock::shared();
+    let scratch = Scratch::new("hostile-yaml-run");
+    for (name, file, _) in hostile_yaml(&scratch) {
+        let finished = tollgate_tests::sandbox::Sandbox::new()
+            .policy(&file)
+            .run(["/bin/true"]);
+        assert_eq!(finished.code(), 125, "{name}: {}", finished.describe());
+        assert!(
+            finished.stderr.contains("invalid policy"),
+            "{name}: {}",
+            finished.stderr
+        );
+    }
+}

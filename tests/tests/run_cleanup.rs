@@ -223,7 +223,11 @@ fn a_sigkilled_supervisor_leaves_no_sandbox_with_network_access() {
         .skip(1)
         .map(|p| p.parse().unwrap())
         .collect();
-    let (child, grandchild) = (pids[0], pids[1]);
+    // Pids in the sandbox's PID namespace; the host's are found from here.
+    let (child, grandchild) = (
+        tollgate_tests::sandbox::wait_host_pid(running.pid(), pids[0]),
+        tollgate_tests::sandbox::wait_host_pid(running.pid(), pids[1]),
+    );
     let (_, child_start) = process_stat(child).expect("child runs");
     let (_, grandchild_start) = process_stat(grandchild).expect("grandchild runs");
     let id = execution_id_of(grandchild).expect("the grandchild is in the execution cgroup");

@@ -158,6 +158,11 @@ fn timeout_kills_a_process_tree_that_ignores_sigterm() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(pids.len(), 2, "two processes: {pids:?}");
+    // The shell knows its pids in the sandbox's PID namespace; the host's are found here.
+    let pids: Vec<u32> = pids
+        .iter()
+        .map(|&pid| tollgate_tests::sandbox::wait_host_pid(running.pid(), pid))
+        .collect();
     let stats: Vec<(u32, u64)> = pids
         .iter()
         .filter_map(|&pid| process_stat(pid).map(|(_, start)| (pid, start)))
@@ -250,7 +255,7 @@ fn sigterm_and_sigint_to_tollgate_kill_the_sandbox_and_clean_up() {
                 .command(["/bin/sh", "-c", &script]),
         );
         let deadline = std::time::Instant::now() + HANG_LIMIT;
-        let pid: u32 = loop {
+        let ns_pid: u32 = loop {
             if let Ok(text) = fs::read_to_string(&pid_file) {
                 break text.trim().parse().unwrap();
             }
@@ -260,6 +265,7 @@ fn sigterm_and_sigint_to_tollgate_kill_the_sandbox_and_clean_up() {
             );
             std::thread::sleep(Duration::from_millis(20));
         };
+        let pid = tollgate_tests::sandbox::wait_host_pid(running.pid(), ns_pid);
         let (_, start) = process_stat(pid).expect("the shell runs");
         let id = execution_id_of(pid).expect("the shell runs in an execution cgroup");
         signal(running.pid(), sig);

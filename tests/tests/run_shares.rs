@@ -119,7 +119,14 @@ fn a_command_or_cwd_the_sandbox_would_not_see_is_refused_with_the_fix() {
     assert_eq!(finished.code(), 125, "{}", finished.describe());
     assert!(finished.stderr.contains("--cwd"), "{}", finished.stderr);
 
-    for bad in ["/etc", "/tmp", "/run/x", "relative"] {
+    for bad in [
+        "/",
+        "/dev/shm",
+        "/sys/fs/cgroup",
+        "/proc/self",
+        "/run/x",
+        "relative",
+    ] {
         let finished = Sandbox::new().arg("--share").arg(bad).run(["/bin/true"]);
         assert_eq!(finished.code(), 125, "{bad}: {}", finished.describe());
         assert!(finished.stderr.contains("--share"), "{}", finished.stderr);

@@ -206,10 +206,18 @@ fn eval(args: &EvalArgs) -> i32 {
         UrlHost::Ip(ip) => Destination::Resolved(vec![ip]),
         UrlHost::Domain(_) => Destination::Unresolved,
     };
-    let mut decision = policy.decide(&request, &first);
+    // Decided as the proxy on this node would: its own addresses are never dialed.
+    let node = match crate::host_addresses::read() {
+        Ok(node) => node,
+        Err(error) => {
+            eprintln!("tollgate: cannot read this node's own addresses: {error}");
+            return 125;
+        }
+    };
+    let mut decision = policy.decide(&request, &first, &node);
     if decision.needs_resolution() {
         let addresses = resolve::resolve_for_eval(&policy, &url.host, &args.resolve);
-        decision = policy.decide(&request, &Destination::Resolved(addresses));
+        decision = policy.decide(&request, &Destination::Resolved(addresses), &node);
     }
     let output = json!({
         "allow": decision.allow,

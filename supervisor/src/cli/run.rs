@@ -27,11 +27,25 @@ pub struct RunArgs {
     /// Kill the whole sandbox after this long (e.g. 30s, 5m); exit status 124.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
-    /// Most processes and threads the sandbox may run at once (RLIMIT_NPROC of its user: with
-    /// a shared --user, every process of that user on the host counts).
-    #[arg(long, value_name = "N", default_value_t = run::DEFAULT_MAX_PROCESSES,
-          value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_processes: u64,
+    /// Most processes and threads the sandbox may run at once: lowers the policy's
+    /// `limits.processes` (default 1024), never raises it. Enforced by the execution's cgroup
+    /// and by RLIMIT_NPROC of its user (with a shared --user, every process of that user on
+    /// the host counts).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_processes: Option<u64>,
+    /// Memory of the whole sandbox (e.g. 512MiB; anonymous memory, tmpfs files and page cache
+    /// count): lowers the policy's `limits.memory` (default 1GiB), never raises it. Past it
+    /// the command is killed (exit status 137).
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory)]
+    pub memory: Option<u64>,
+    /// CPU time of the whole sandbox, in cores (e.g. 0.5, 2): lowers the policy's
+    /// `limits.cpu` (default unlimited), never raises it.
+    #[arg(long, value_name = "N", value_parser = tollgate_policy::units::Cores::parse)]
+    pub cpus: Option<tollgate_policy::units::Cores>,
+    /// Run even where this host cannot enforce a limit (no cgroup memory or cpu controller),
+    /// with a warning; without it such a run fails (exit status 125).
+    #[arg(long)]
+    pub allow_unenforced_limits: bool,
     /// User (and group) the command runs as: a number or a name. Default: a uid of the
     /// execution's own (leased from 1879048192 up), so executions cannot touch each other;
     /// executions given the same --user can signal and trace each other's processes.
@@ -43,8 +57,9 @@ pub struct RunArgs {
     /// Working directory of the command (default /tmp, the sandbox's own).
     #[arg(long, value_name = "DIR")]
     pub cwd: Option<PathBuf>,
-    /// Share a host directory below /tmp or /var/tmp with the sandbox, read-write, at the same
-    /// path (repeatable). The sandbox gets its own empty /tmp and /var/tmp otherwise.
+    /// Share a host directory with the sandbox, read-write, at the same path (repeatable; not
+    /// under /proc, /sys, /dev or /run). The sandbox sees only the host's system directories
+    /// (/usr, /bin, /sbin, /lib*, /etc), its own empty /tmp and /var/tmp, and what is shared.
     #[arg(long, value_name = "DIR", value_parser = parse_share)]
     pub share: Vec<PathBuf>,
     /// Like --share, read-only.
@@ -69,6 +84,15 @@ pub struct RunArgs {
     /// Write a JSON summary of the execution here when it ends.
     #[arg(long, value_name = "FILE")]
     pub summary: Option<PathBuf>,
+    /// Run on this prepared root filesystem (bound read-only as `/`, with the sandbox's
+    /// private mounts on top) instead of the host's system directories; see images/sandbox/.
+    #[arg(long, value_name = "DIR", value_parser = parse_rootfs)]
+    pub rootfs: Option<PathBuf>,
+    /// Give the command a terminal of its own (a pseudo-terminal relayed to this one, like
+    /// `docker run -t`), for interactive programs. Without it the command has no controlling
+    /// terminal: it cannot push input into the caller's.
+    #[arg(long, short = 't')]
+    pub tty: bool,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -87,12 +111,54 @@ fn parse_tmp_size(text: &str) -> Result<u64, String> {
     if size < mounts::MIN_TMP_SIZE {
         return Err("the scratch size must be at least 1MiB".into());
     }
+    // tmpfs pages are memory: a scratch directory larger than the host's memory and swap
+    // could never be filled, and one that large is no bound at all.
+    let most = mounts::max_tmp_size().map_err(|e| {
+        format!("cannot read the host's memory size to check the scratch size: {e}")
+    })?;
+    if size > most {
+        return Err(format!(
+            "{text} is more than this host's memory and swap ({most} bytes, {} MiB): give a \
+             smaller size",
+            most >> 20
+        ));
+    }
     Ok(size)
+}
+
+fn parse_memory(text: &str) -> Result<u64, String> {
+    let size = tollgate_policy::units::ByteSize::parse(text)?;
+    if size.0 < tollgate_policy::validate::MIN_MEMORY {
+        return Err(format!(
+            "the memory limit must be at least {}",
+            tollgate_policy::units::ByteSize(tollgate_policy::validate::MIN_MEMORY)
+        ));
+    }
+    Ok(size.0)
 }
 
 fn parse_share(text: &str) -> Result<PathBuf, String> {
     let path = PathBuf::from(text);
     mounts::check_share(&path)?;
+    Ok(path)
+}
+
+fn parse_rootfs(text: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(text);
+    if !path.is_absolute() {
+        return Err(format!("--rootfs {text}: give an absolute path"));
+    }
+    crate::sandbox::host_path::open_dir(&path)
+        .map(drop)
+        .map_err(|e| {
+            format!(
+                "--rootfs: {}",
+                crate::sandbox::host_path::describe_error(&path, &e)
+            )
+        })?;
+    if path == std::path::Path::new("/") {
+        return Err("--rootfs /: give a prepared root filesystem, not the host's".into());
+    }
     Ok(path)
 }
 
@@ -164,9 +230,15 @@ pub fn run(args: RunArgs) -> i32 {
     };
     run::run(RunOptions {
         policy,
+        team: args.team.clone(),
         timeout: args.timeout,
         user: args.user,
-        max_processes: args.max_processes,
+        limits: crate::sandbox::limits::LimitFlags {
+            memory: args.memory,
+            cpus: args.cpus,
+            max_processes: args.max_processes,
+            allow_unenforced: args.allow_unenforced_limits,
+        },
         tmp_size: args.tmp_size,
         shares,
         allow_root: args.allow_root,
@@ -182,6 +254,8 @@ pub fn run(args: RunArgs) -> i32 {
         },
         audit: args.audit,
         summary: args.summary,
+        tty: args.tty,
+        rootfs: args.rootfs,
         command: args.command,
     })
 }

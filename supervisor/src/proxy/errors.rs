@@ -117,7 +117,7 @@ impl ProxyError {
     /// The refusal for a policy decision that did not allow the request.
     pub fn from_decision(decision: &Decision) -> ProxyError {
         let code = match decision.reason.as_str() {
-            "private_address" | "address_blocked" => ErrorCode::SsrfDenied,
+            "private_address" | "address_blocked" | "host_address" => ErrorCode::SsrfDenied,
             "cannot_resolve" => ErrorCode::ConnectError,
             _ => ErrorCode::PolicyDenied,
         };

@@ -2,9 +2,10 @@
 //! decide → resolve → classify and decide again.
 //!
 //! A name the policy refuses is never looked up; a name it allows is resolved exactly once,
-//! and the decision on those addresses lists the only ones the transport may dial.
+//! and the decision on those addresses lists the only ones the transport may dial. Every
+//! decision knows the node's own addresses ([`crate::host_addresses`]), which no policy opens.
 
-use super::errors::ProxyError;
+use super::errors::{ErrorCode, ProxyError};
 use super::resolve::{known_without_dns, resolve};
 use super::Shared;
 use tollgate_policy::url::NormalizedUrl;
@@ -28,11 +29,15 @@ pub(crate) async fn clear(
         header_names,
         credential,
     };
+    // Fail closed: without the node's addresses no address can be cleared for dialing.
+    let node = crate::host_addresses::current().map_err(|message| {
+        ProxyError::new(ErrorCode::PolicyDenied, message).with_reason("policy_error")
+    })?;
     // An IP literal or a pin needs no DNS: one decision on the known address.
     if let Some(address) = known_without_dns(policy, &url.host) {
-        return allowed(policy.decide(&request, &Destination::Resolved(vec![address])));
+        return allowed(policy.decide(&request, &Destination::Resolved(vec![address]), &node));
     }
-    let first = policy.decide(&request, &Destination::Unresolved);
+    let first = policy.decide(&request, &Destination::Unresolved, &node);
     if !first.needs_resolution() {
         return allowed(first);
     }
@@ -43,7 +48,11 @@ pub(crate) async fn clear(
         shared.settings.resolve_timeout,
     )
     .await;
-    let mut decision = policy.decide(&request, &Destination::Resolved(resolution.addresses));
+    let mut decision = policy.decide(
+        &request,
+        &Destination::Resolved(resolution.addresses),
+        &node,
+    );
     if let (Some(failure), "cannot_resolve") = (&resolution.failure, decision.reason.as_str()) {
         decision.message = format!("{} ({failure})", decision.message);
     }

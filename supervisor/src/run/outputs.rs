@@ -26,6 +26,8 @@ use std::path::{Path, PathBuf};
 
 /// Who the sandbox runs as and what it shares: what decides where outputs may go.
 pub struct SandboxView<'a> {
+    /// What the sandbox's root is: a writable directory it cannot see is no danger.
+    pub root: &'a mounts::Root,
     pub uid: u32,
     pub gid: u32,
     pub shares: &'a [Share],
@@ -94,7 +96,12 @@ fn writable_ancestor(parent: &Path, view: &SandboxView<'_>) -> Result<Option<Pat
         let stat = host_path::open_dir(dir)
             .and_then(|fd| host_path::stat(fd.as_fd()))
             .map_err(|e| format!("cannot inspect {}: {e}", dir.display()))?;
-        let visible = mounts::invisible_because(dir, view.shares).is_none();
+        let visible = mounts::View {
+            root: view.root,
+            shares: view.shares,
+        }
+        .invisible_because(dir)
+        .is_none();
         let writable = host_path::writable_by(&stat, view.uid, view.gid);
         let can_replace = match &below {
             None => writable,
@@ -260,6 +267,7 @@ mod tests {
         Dir(dir)
     }
     const VIEW: SandboxView<'static> = SandboxView {
+        root: &mounts::Root::Host,
         uid: 4242,
         gid: 4242,
         shares: &[],
@@ -326,16 +334,24 @@ mod tests {
     fn a_directory_above_that_the_sandbox_could_rename_from_under_the_output_is_refused() {
         // /var/lib is visible to the sandbox: a world-writable directory there lets it rename
         // a root-owned directory below away and put a forgery in its place, unless sticky.
-        let top = PathBuf::from(format!("/var/lib/tollgate-outputs-test-{}", std::process::id()));
+        let top = PathBuf::from(format!(
+            "/var/lib/tollgate-outputs-test-{}",
+            std::process::id()
+        ));
         let _ = std::fs::remove_dir_all(&top);
         std::fs::create_dir_all(top.join("out")).unwrap();
         let _cleanup = Dir(top.clone());
         std::fs::set_permissions(&top, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let error = open_audit(&top.join("out/a"), &VIEW).err().expect("refused");
+        let error = open_audit(&top.join("out/a"), &VIEW)
+            .err()
+            .expect("refused");
         assert!(error.contains(top.to_str().unwrap()), "{error}");
         std::fs::set_permissions(&top, std::fs::Permissions::from_mode(0o1777)).unwrap();
         assert!(open_audit(&top.join("out/a"), &VIEW).is_ok());
-        assert!(open_audit(&top.join("b"), &VIEW).is_err(), "the directory itself");
+        assert!(
+            open_audit(&top.join("b"), &VIEW).is_err(),
+            "the directory itself"
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The `--summary` object: one JSON document describing the execution once it ended.
 
 use super::outputs::SummaryTarget;
+use crate::sandbox::limits::LimitsReport;
 use serde::Serialize;
 
 #[derive(Debug, Default, Serialize)]
@@ -11,6 +12,9 @@ pub struct Summary {
     pub network: bool,
     /// The uid (and gid) the command ran as.
     pub uid: u32,
+    /// The Landlock ABI the command restricted itself with; `null` when it ran without
+    /// Landlock (a kernel without it, under `filesystem.landlock: best_effort`).
+    pub landlock_abi: Option<u32>,
     pub exit_status: i32,
     /// The signal that ended the command, if any.
     pub signal: Option<i32>,
@@ -22,6 +26,22 @@ pub struct Summary {
     pub bypass_reports_dropped: u64,
     /// Proxy counters (requests, denials, bytes, destinations), when the network is enabled.
     pub proxy: Option<serde_json::Value>,
+    /// The memory limit killed a process of the execution (the kernel's OOM killer, inside
+    /// the execution's cgroup); with exit status 137, the command itself.
+    pub oom_killed: bool,
+    /// The most memory the execution held at once, as its cgroup counted it (`null`: this
+    /// host's kernel does not say).
+    pub memory_peak_bytes: Option<u64>,
+    /// CPU time of every process of the execution, user and system, in milliseconds.
+    pub cpu_time_ms: Option<u64>,
+    /// Scheduling periods (100 ms each) in which `limits.cpu` held the execution back
+    /// (`null`: no CPU limit).
+    pub cpu_throttled_periods: Option<u64>,
+    /// The most tasks (processes and threads) the execution ran at once (`null`: this host's
+    /// kernel does not say).
+    pub tasks_peak: Option<u64>,
+    /// The limits the execution ran under, and what enforced each.
+    pub limits: Option<LimitsReport>,
 }
 
 impl Summary {

@@ -22,6 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use super::limits::{self, host::HostCgroups};
 use super::SandboxError;
 
 /// Directory under the cgroup2 mount that holds every execution's cgroup.
@@ -58,7 +59,7 @@ fn find_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
 }
 
 /// Undoes mountinfo's octal escapes (`\040` for a space, ...).
-fn unescape_mountinfo(field: &str) -> String {
+pub(crate) fn unescape_mountinfo(field: &str) -> String {
     let bytes = field.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -206,6 +207,8 @@ fn owner_is_alive(id: &str) -> Option<bool> {
 /// [`ExecutionCgroup::kill_and_remove`] does the same and reports failures.
 #[derive(Debug)]
 pub struct ExecutionCgroup {
+    /// The cgroup2 mount it was created under.
+    mount: PathBuf,
     path: PathBuf,
     procs_path: PathBuf,
     dir: OwnedFd,
@@ -244,6 +247,7 @@ impl ExecutionCgroup {
         let opened = File::open(&path).and_then(|dir| Ok((dir.metadata()?.ino(), dir)));
         match opened {
             Ok((id, dir)) => Ok(Self {
+                mount: mount.to_path_buf(),
                 procs_path: path.join("cgroup.procs"),
                 path,
                 dir: dir.into(),
@@ -260,6 +264,11 @@ impl ExecutionCgroup {
     /// The cgroup directory.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The cgroup2 mount the directory is in.
+    pub fn mount(&self) -> &Path {
+        &self.mount
     }
 
     /// The cgroup id: what `bpf_get_current_cgroup_id()` returns for tasks inside it (the
@@ -293,6 +302,12 @@ impl ExecutionCgroup {
         CgroupKiller {
             path: self.path.clone(),
         }
+    }
+
+    /// Kills every process in the cgroup (and its descendants) and waits up to
+    /// [`KILL_TIMEOUT`] for them to go, leaving the directory (and its counters) in place.
+    pub fn kill(&self) -> Result<(), SandboxError> {
+        kill_and_wait(&self.path, KILL_TIMEOUT)
     }
 
     /// Kills every process in the cgroup (and its descendants), waits up to [`KILL_TIMEOUT`]
@@ -490,9 +505,46 @@ pub struct GcReport {
     pub failed: Vec<(PathBuf, String)>,
 }
 
-/// Kills and removes every execution cgroup whose supervisor is gone.
+/// Kills and removes every execution cgroup whose supervisor is gone: in the cgroup2
+/// hierarchy, then in the v1 hierarchies of the limits (hybrid hosts, see `limits::v1`).
 pub fn gc_stale() -> Result<GcReport, SandboxError> {
-    gc_stale_under(&cgroup2_mount()?)
+    let mount = cgroup2_mount()?;
+    let mut report = gc_stale_under(&mount)?;
+    match HostCgroups::detect(&mount) {
+        Ok(host) => {
+            for hierarchy in host.v1_mounts() {
+                gc_stale_v1_under(&hierarchy, &mut report);
+            }
+        }
+        Err(error) => report.failed.push((
+            mount,
+            format!("cannot find the cgroup v1 hierarchies: {error}"),
+        )),
+    }
+    Ok(report)
+}
+
+/// Removes the v1 cgroups (`<mount>/tollgate/<id>`) of supervisors that are gone, after
+/// their v2 cgroups: the v2 kill leaves them empty. Only what is removed or fails is
+/// reported; the live and foreign ones are those of v2 again.
+pub fn gc_stale_v1_under(mount: &Path, report: &mut GcReport) {
+    let dirs = match execution_dirs(mount) {
+        Ok(dirs) => dirs,
+        Err(error) => {
+            report
+                .failed
+                .push((mount.join(PARENT_DIR), error.to_string()));
+            return;
+        }
+    };
+    for (name, path) in dirs {
+        if owner_is_alive(&name) == Some(false) {
+            match limits::v1::remove_stale(mount, &name) {
+                Ok(()) => report.removed.push(path),
+                Err(error) => report.failed.push((path, error.to_string())),
+            }
+        }
+    }
 }
 
 /// [`gc_stale`] for the hierarchy mounted at `mount`.

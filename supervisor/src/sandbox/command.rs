@@ -73,6 +73,45 @@ pub fn resolve(
     Ok(candidate)
 }
 
+/// Finds `command` inside the root filesystem `root` (`--rootfs`): a path is taken as it is
+/// (the image's own links make sense only inside it), a name is looked up in `path_var` there.
+/// Whether it can be executed is the exec's to say (126/127).
+pub fn resolve_in_image(
+    command: &OsStr,
+    path_var: &str,
+    root: &Path,
+) -> Result<PathBuf, CommandProblem> {
+    let shown = command.to_string_lossy();
+    let inside = |path: &Path| root.join(path.strip_prefix("/").unwrap_or(path));
+    if shown.contains('/') {
+        let path = PathBuf::from(command);
+        if !path.is_absolute() {
+            return Err(CommandProblem::NotFound(format!(
+                "{shown}: give the command's absolute path in the root filesystem, or a name on \
+                 its PATH ({path_var})"
+            )));
+        }
+        return match std::fs::symlink_metadata(inside(&path)) {
+            Ok(_) => Ok(path),
+            Err(_) => Err(CommandProblem::NotFound(format!(
+                "command not found in the root filesystem {}: {shown}",
+                root.display()
+            ))),
+        };
+    }
+    path_var
+        .split(':')
+        .filter(|dir| dir.starts_with('/'))
+        .map(|dir| Path::new(dir).join(command))
+        .find(|path| std::fs::symlink_metadata(inside(path)).is_ok())
+        .ok_or_else(|| {
+            CommandProblem::NotFound(format!(
+                "command not found in the root filesystem {}: {shown} (searched {path_var})",
+                root.display()
+            ))
+        })
+}
+
 /// Whether `uid:gid` (no supplementary groups: the child has none) may execute `path`:
 /// every directory on the way (as written, and where symlinks lead) must be searchable.
 fn check_executable(path: &Path, uid: u32, gid: u32) -> Result<(), String> {

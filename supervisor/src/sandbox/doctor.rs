@@ -2,7 +2,9 @@
 //! wall for real on scratch objects, and says how to fix what fails.
 //!
 //! `tollgate run` refuses to start when a wall cannot be built, with the same wording, so an
-//! operator who saw a failure can run this to see the whole picture at once.
+//! operator who saw a failure can run this to see the whole picture at once. It also reports
+//! the sysctls that decide what an unprivileged process may reach in the kernel, with the
+//! seccomp rule that makes each one irrelevant to tollgate: they never fail a check.
 
 use super::bpf::EgressPrograms;
 use super::cgroup::{self, ExecutionCgroup};
@@ -38,7 +40,18 @@ pub fn run_checks() -> Vec<Check> {
             name: "sandbox user",
             result: sandbox_user(),
         },
+        Check {
+            name: "limits",
+            result: super::limits::check_host(),
+        },
+        Check {
+            name: "Landlock",
+            result: landlock(),
+        },
     ]
+    .into_iter()
+    .chain(sysctls())
+    .collect()
 }
 
 fn privileges() -> Result<String, String> {
@@ -125,5 +138,87 @@ fn sandbox_user() -> Result<String, String> {
         "leased uid {} from {} (each execution runs as a user of its own)",
         lease.uid(),
         super::users::LEASE_DIR
+    ))
+}
+
+/// The sysctls that decide what an unprivileged process may reach in the kernel, and what
+/// the sandbox's seccomp filter refuses whatever each one says.
+const SYSCTLS: [(&str, &str); 7] = [
+    ("kernel.unprivileged_bpf_disabled", "bpf"),
+    ("kernel.perf_event_paranoid", "perf_event_open"),
+    ("vm.unprivileged_userfaultfd", "userfaultfd"),
+    ("dev.tty.legacy_tiocsti", "ioctl TIOCSTI"),
+    ("kernel.io_uring_disabled", "io_uring (ENOSYS)"),
+    ("user.max_user_namespaces", "new namespaces"),
+    ("kernel.unprivileged_userns_clone", "new namespaces"),
+];
+
+/// One check per sysctl of [`SYSCTLS`]: its value, what it means, and that tollgate does not
+/// depend on it. Always passes.
+fn sysctls() -> Vec<Check> {
+    SYSCTLS
+        .iter()
+        .map(|&(name, refused)| {
+            let path = format!("/proc/sys/{}", name.replace('.', "/"));
+            let value = std::fs::read_to_string(path)
+                .map(|v| v.trim().to_owned())
+                .ok();
+            let state = match &value {
+                Some(value) => match sysctl_meaning(name, value) {
+                    Some(meaning) => format!("{value} ({meaning})"),
+                    None => value.clone(),
+                },
+                None => "absent on this kernel".to_owned(),
+            };
+            Check {
+                name,
+                result: Ok(format!(
+                    "{state}; tollgate does not depend on it: its seccomp filter refuses \
+                     {refused} whatever it says"
+                )),
+            }
+        })
+        .collect()
+}
+
+/// What a value of one of [`SYSCTLS`] lets an unprivileged process do.
+fn sysctl_meaning(name: &str, value: &str) -> Option<&'static str> {
+    Some(match (name, value) {
+        ("kernel.unprivileged_bpf_disabled", "0") => "unprivileged bpf() allowed",
+        ("kernel.unprivileged_bpf_disabled", _) => "unprivileged bpf() refused",
+        ("kernel.perf_event_paranoid", "-1" | "0" | "1") => "unprivileged kernel profiling",
+        ("kernel.perf_event_paranoid", "2") => "unprivileged user-space profiling",
+        ("kernel.perf_event_paranoid", _) => "unprivileged perf_event_open refused",
+        ("vm.unprivileged_userfaultfd", "0") => "unprivileged users: user-mode faults only",
+        ("vm.unprivileged_userfaultfd", _) => "unprivileged userfaultfd allowed",
+        ("dev.tty.legacy_tiocsti", "0") => "TIOCSTI needs CAP_SYS_ADMIN",
+        ("dev.tty.legacy_tiocsti", _) => "TIOCSTI allowed on one's controlling terminal",
+        ("kernel.io_uring_disabled", "0") => "io_uring allowed",
+        ("kernel.io_uring_disabled", "1") => "io_uring for one group only",
+        ("kernel.io_uring_disabled", _) => "io_uring refused",
+        ("user.max_user_namespaces", "0") => "no user namespaces",
+        ("user.max_user_namespaces", _) => "unprivileged user namespaces allowed",
+        ("kernel.unprivileged_userns_clone", "0") => "unprivileged user namespaces refused",
+        ("kernel.unprivileged_userns_clone", _) => "unprivileged user namespaces allowed",
+        _ => return None,
+    })
+}
+
+/// The Landlock ABI executions apply (see `landlock`). Without it runs go on (unless a policy
+/// requires it), but with one wall fewer: a failed check.
+fn landlock() -> Result<String, String> {
+    let abi = super::landlock::usable_abi(super::layers::Layers::ALL).map_err(|why| {
+        format!(
+            "{why}; executions run without this layer, and a policy with \
+             `filesystem.landlock: required` fails"
+        )
+    })?;
+    let scoping = if abi >= 6 {
+        "abstract Unix sockets and signals scoped to the sandbox"
+    } else {
+        "no scoping of abstract Unix sockets and signals (ABI 6, Linux 6.12)"
+    };
+    Ok(format!(
+        "ABI {abi}: filesystem rules matching the sandbox's view, {scoping}"
     ))
 }

@@ -1,19 +1,26 @@
-//! Starting the command and waiting for it: `clone3` straight into the execution's cgroup,
-//! the child's setup ([`ChildSetup`]), `execve`; then a pidfd to wait on.
+//! Starting the command and waiting for it: `clone3` straight into the execution's cgroup and
+//! a new PID namespace, whose PID 1 is tollgate's own init ([`super::init`]); the init sets
+//! up the box ([`ChildSetup::enter_box`]) and starts the command
+//! ([`ChildSetup::become_command`], then `execve`); a pidfd to wait on.
 //!
 //! Why not `std::process::Command`: it forks in the supervisor's cgroup, so the child had to
 //! move itself into the execution's cgroup by writing `cgroup.procs`, and that migration takes
 //! the cgroup threadgroup lock for writing, which waits for an RCU grace period whenever the
 //! lock is in its fast mode — up to 16 ms of a start that otherwise takes a few. With
-//! `CLONE_INTO_CGROUP` the child is born in its cgroup: nothing to migrate, and no moment at
-//! which it runs outside the walls. `CLONE_PIDFD` gives a descriptor that becomes readable
-//! when the child exits, so waiting needs no SIGCHLD handler.
+//! `CLONE_INTO_CGROUP` the init is born in its cgroup: nothing to migrate, and no moment at
+//! which it runs outside the walls. `CLONE_NEWPID` makes it PID 1 of a namespace that dies
+//! with it: when the init exits (the command ended) or is killed (its parent-death signal
+//! fires when the supervisor dies), the kernel kills every process left in the namespace, so
+//! nothing of an execution outlives its supervisor. `CLONE_PIDFD` gives a descriptor that
+//! becomes readable when the init exits, so waiting needs no SIGCHLD handler.
 //!
-//! The child is a copy of the supervisor made by a raw `clone3` (no shared memory), so
-//! between clone and exec it only makes system calls, on data prepared here before the clone.
-//! It reports a failure to the supervisor through a close-on-exec pipe: which stage failed and
-//! the errno; a pipe closed without a report means `execve` succeeded.
+//! The init is a copy of the supervisor made by a raw `clone3` (no shared memory), so it only
+//! makes system calls, on data prepared here before the clone. Failures are reported through
+//! a close-on-exec pipe: which stage failed and the errno; the pipe closed without a report
+//! means `execve` of the command succeeded. The command's wait status comes back through a
+//! second pipe, written by the init before it exits.
 
+use super::init::{self, InitPipes};
 use super::spawn::{ChildSetup, SetupStage};
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsString};
@@ -28,11 +35,11 @@ use tokio::io::unix::AsyncFd;
 /// The command line and environment, as the child's system calls take them (all
 /// allocation happens here, before the clone).
 pub struct Command {
-    program: CString,
+    pub(super) program: CString,
     _argv: Vec<CString>,
-    argv_ptrs: Vec<*const libc::c_char>,
+    pub(super) argv_ptrs: Vec<*const libc::c_char>,
     _envp: Vec<CString>,
-    envp_ptrs: Vec<*const libc::c_char>,
+    pub(super) envp_ptrs: Vec<*const libc::c_char>,
 }
 
 impl Command {
@@ -87,7 +94,7 @@ pub enum LaunchError {
 }
 
 /// The stage a child reports an `execve` failure from (setup stages are [`SetupStage`]s).
-const STAGE_EXEC: u8 = 0xff;
+pub(super) const STAGE_EXEC: u8 = 0xff;
 
 /// The `clone3` arguments (`struct clone_args`, version 2: with `cgroup`).
 #[repr(C)]
@@ -107,26 +114,37 @@ struct CloneArgs {
 }
 
 const CLONE_PIDFD: u64 = 0x1000;
+const CLONE_NEWPID: u64 = libc::CLONE_NEWPID as u64;
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
-/// Starts `command` inside `cgroup` (a cgroup v2 directory), set up by `setup`. Returns once
-/// the program is executing, or with the stage that failed.
+/// Starts `command` inside `cgroup` (a cgroup v2 directory) and a new PID namespace, set up by
+/// `setup`. Returns once the program is executing, or with the stage that failed.
 pub fn launch(
     command: &Command,
     setup: &ChildSetup,
     cgroup: BorrowedFd<'_>,
 ) -> Result<SandboxChild, LaunchError> {
     let (report_read, report_write) = pipe().map_err(LaunchError::Clone)?;
+    let (status_read, status_write) = pipe().map_err(LaunchError::Clone)?;
+    // Held here while the execution runs: the init sees the supervisor is gone when the
+    // last write end closes.
+    let (life_read, life_write) = pipe().map_err(LaunchError::Clone)?;
     let mut pidfd: libc::c_int = -1;
     let args = CloneArgs {
-        flags: CLONE_PIDFD | CLONE_INTO_CGROUP,
+        flags: CLONE_PIDFD | CLONE_INTO_CGROUP | CLONE_NEWPID,
         pidfd: &mut pidfd as *mut libc::c_int as u64,
         exit_signal: libc::SIGCHLD as u64,
         cgroup: cgroup.as_raw_fd() as u64,
         ..CloneArgs::default()
     };
+    let pipes = InitPipes {
+        report: report_write.as_raw_fd(),
+        status: status_write.as_raw_fd(),
+        life: life_read.as_raw_fd(),
+        life_write: life_write.as_raw_fd(),
+    };
     // SAFETY: clone3 without CLONE_VM makes a copy of this process, like fork; the child only
-    // runs `child`, which makes system calls on memory prepared before this point and never
+    // runs the init, which makes system calls on memory prepared before this point and never
     // returns.
     let pid = unsafe {
         libc::syscall(
@@ -136,12 +154,12 @@ pub fn launch(
         )
     };
     if pid == 0 {
-        child(command, setup, report_write.as_raw_fd());
+        init::run(command, setup, &pipes);
     }
     if pid < 0 {
         return Err(LaunchError::Clone(io::Error::last_os_error()));
     }
-    drop(report_write);
+    drop((report_write, status_write, life_read));
     // SAFETY: CLONE_PIDFD stored a new descriptor that nothing else owns.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     let mut child = SandboxChild {
@@ -149,6 +167,8 @@ pub fn launch(
         pidfd: None,
         status: None,
         raw_pidfd: Some(pidfd),
+        command_status: status_read,
+        _life: life_write,
     };
     if let Some((stage, errno)) = read_report(&report_read) {
         child.reap_now();
@@ -161,42 +181,7 @@ pub fn launch(
     Ok(child)
 }
 
-/// The child, from clone to exec. System calls only; never returns.
-fn child(command: &Command, setup: &ChildSetup, report: libc::c_int) -> ! {
-    let fail = |stage: u8, error: io::Error| -> ! {
-        let errno = error.raw_os_error().unwrap_or(libc::EINVAL);
-        let mut message = [0u8; 5];
-        message[0] = stage;
-        message[1..].copy_from_slice(&errno.to_ne_bytes());
-        // SAFETY: writes a stack buffer to the report pipe, then exits without unwinding.
-        unsafe {
-            libc::write(report, message.as_ptr().cast(), message.len());
-            libc::_exit(127)
-        }
-    };
-    // SAFETY: plain system calls on values prepared before the clone.
-    unsafe {
-        // Rust ignores SIGPIPE; an ignored signal would stay ignored across exec.
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        let mut none: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut none);
-        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-    }
-    if let Err((stage, error)) = setup.apply() {
-        fail(stage as u8, error);
-    }
-    // SAFETY: NULL-terminated arrays of pointers into CStrings owned by `command`.
-    unsafe {
-        libc::execve(
-            command.program.as_ptr(),
-            command.argv_ptrs.as_ptr(),
-            command.envp_ptrs.as_ptr(),
-        );
-    }
-    fail(STAGE_EXEC, io::Error::last_os_error())
-}
-
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+pub(super) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills two descriptors we then own.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -232,13 +217,18 @@ fn read_report(pipe: &OwnedFd) -> Option<(u8, i32)> {
     })
 }
 
-/// The running command. Dropping it before it was waited for kills and reaps it.
+/// The running execution: its init, and through it the command. Dropping it before it was
+/// waited for kills and reaps the init (and so everything in its namespace).
 pub struct SandboxChild {
     pid: libc::pid_t,
     /// Registered with the async runtime on the first `wait`.
     pidfd: Option<AsyncFd<OwnedFd>>,
     raw_pidfd: Option<OwnedFd>,
     status: Option<ExitStatus>,
+    /// Where the init writes the command's wait status before it exits.
+    command_status: OwnedFd,
+    /// The supervisor's end of the init's life pipe.
+    _life: OwnedFd,
 }
 
 impl SandboxChild {
@@ -246,7 +236,56 @@ impl SandboxChild {
         self.pid as u32
     }
 
-    /// Waits until the command exits and reaps it.
+    /// Sends `signal` to the init, which passes it on to the command.
+    pub fn signal(&self, signal: libc::c_int) -> io::Result<()> {
+        let pidfd = match (&self.pidfd, &self.raw_pidfd) {
+            (Some(registered), _) => registered.get_ref().as_raw_fd(),
+            (None, Some(raw)) => raw.as_raw_fd(),
+            (None, None) => return Err(io::Error::from_raw_os_error(libc::ESRCH)),
+        };
+        // SAFETY: pidfd_send_signal on our own pidfd, no siginfo.
+        let sent = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                pidfd,
+                signal,
+                std::ptr::null::<u8>(),
+                0,
+            )
+        };
+        if sent == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// How the command ended, once the init has exited: the status the init reported, or,
+    /// when the init was killed before it could (a timeout, a kill of the whole execution),
+    /// the init's own.
+    pub fn command_status(&self) -> Option<ExitStatus> {
+        let mut raw = [0u8; 4];
+        // SAFETY: a non-blocking read into a stack buffer; the init wrote at most once.
+        let n = unsafe {
+            libc::fcntl(
+                self.command_status.as_raw_fd(),
+                libc::F_SETFL,
+                libc::O_NONBLOCK,
+            );
+            libc::read(
+                self.command_status.as_raw_fd(),
+                raw.as_mut_ptr().cast(),
+                raw.len(),
+            )
+        };
+        if n == 4 {
+            Some(ExitStatus::from_raw(i32::from_ne_bytes(raw)))
+        } else {
+            self.status
+        }
+    }
+
+    /// Waits until the init exits and reaps it.
     pub async fn wait(&mut self) -> io::Result<ExitStatus> {
         if let Some(status) = self.status {
             return Ok(status);

@@ -9,6 +9,7 @@ pub mod cgroup;
 pub mod command;
 pub mod doctor;
 pub mod host_path;
+pub mod init;
 pub mod landlock;
 pub mod launch;
 pub mod layers;

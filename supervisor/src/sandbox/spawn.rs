@@ -40,8 +40,6 @@ pub struct ChildSetup {
     /// its own per execution this bounds the execution (a fork bomb stops at it), also on
     /// hosts whose cgroups have no pids controller.
     pub max_processes: u64,
-    /// The supervisor's pid, to notice it died before PR_SET_PDEATHSIG took effect.
-    pub parent: libc::pid_t,
     /// The execution's cgroup v1 directories to join, as root (see [`super::limits`]).
     pub limits: Option<super::limits::ChildLimits>,
     /// Landlock rules the command restricts itself with, after no_new_privs (see
@@ -106,21 +104,26 @@ fn at<T>(stage: SetupStage, result: io::Result<T>) -> Result<T, SetupError> {
 }
 
 impl ChildSetup {
-    /// Runs in the child after fork. Async-signal-safe system calls only.
-    pub fn apply(&self) -> Result<(), SetupError> {
+    /// The first half, in the sandbox's init (PID 1 of its namespace), as root: a session of
+    /// its own, the network namespace, the mounts, the v1 cgroups. What the init's children
+    /// inherit. Async-signal-safe system calls only.
+    pub fn enter_box(&self) -> Result<(), SetupError> {
         at(SetupStage::Session, self.new_session())?;
-        // SAFETY: plain system calls on values owned by this process; no allocation.
-        at(SetupStage::Session, unsafe {
-            // Nothing the supervisor's caller left open may cross into the sandbox: an
-            // inherited socket would be a door past every wall. Marked close-on-exec rather
-            // than closed, so the descriptors used below stay usable until exec.
-            check(libc::syscall(
-                libc::SYS_close_range,
-                3u32,
-                u32::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            ) as libc::c_int)
-        })?;
+        // Nothing the supervisor's caller left open may cross into the sandbox: an
+        // inherited socket would be a door past every wall. Marked close-on-exec rather
+        // than closed, so the descriptors used below stay usable until exec.
+        // SAFETY: close_range on this process's own table.
+        at(
+            SetupStage::Session,
+            check(unsafe {
+                libc::syscall(
+                    libc::SYS_close_range,
+                    3u32,
+                    u32::MAX,
+                    libc::CLOSE_RANGE_CLOEXEC,
+                ) as libc::c_int
+            }),
+        )?;
         if let Some(netns) = self.netns {
             // SAFETY: setns on a descriptor the supervisor keeps open.
             at(
@@ -133,6 +136,22 @@ impl ChildSetup {
         }
         if let Some(limits) = &self.limits {
             at(SetupStage::Limits, limits.join())?;
+        }
+        Ok(())
+    }
+
+    /// The second half, in the command's own process (a child of the init), up to exec:
+    /// drop every privilege, enter the working directory, Landlock, seccomp.
+    pub fn become_command(&self) -> Result<(), SetupError> {
+        if self.tty.is_some() {
+            // The command leads the foreground process group of its terminal, so the keys
+            // that signal (Ctrl-C) reach it. SIGTTOU is blocked (the init's mask).
+            // SAFETY: plain system calls on this process.
+            at(SetupStage::Session, check(unsafe { libc::setpgid(0, 0) }))?;
+            at(
+                SetupStage::Session,
+                check(unsafe { libc::tcsetpgrp(0, libc::getpid()) }),
+            )?;
         }
         at(SetupStage::Credentials, self.drop_privileges())?;
         // Entered as the sandbox user, with no capability left: the kernel checks that user's
@@ -221,15 +240,15 @@ impl ChildSetup {
         Ok(())
     }
 
-    /// Kills the child when the supervisor dies, then forbids gaining privileges on exec.
+    /// Kills the command when the init dies, then forbids gaining privileges on exec.
     fn arm_death_signal(&self) -> io::Result<()> {
         // SAFETY: prctl and getppid only.
         unsafe {
             // After the credential change: the kernel clears the parent-death signal when
             // credentials change, so arming it earlier would be silently undone.
             check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0))?;
-            if libc::getppid() != self.parent {
-                // The supervisor died before the death signal was armed.
+            if libc::getppid() != 1 {
+                // The init died before the death signal was armed.
                 // (No message: allocating here could deadlock; nobody is left to read it.)
                 return Err(io::Error::from_raw_os_error(libc::ESRCH));
             }
