@@ -76,9 +76,7 @@ pub(crate) fn validate(section: &FilesystemSection, problems: &mut Problems) -> 
     let mut seen: Vec<&str> = Vec::new();
     let listed = (section.read_only.iter().enumerate())
         .map(|(i, text)| ("read_only", i, text))
-        .chain(
-            (section.read_write.iter().enumerate()).map(|(i, text)| ("read_write", i, text)),
-        );
+        .chain((section.read_write.iter().enumerate()).map(|(i, text)| ("read_write", i, text)));
     for (key, i, text) in listed {
         let at = format!("filesystem.{key}[{i}]");
         if let Err(why) = check_directory(text) {
@@ -197,7 +195,14 @@ mod tests {
         errors
             .errors
             .iter()
-            .map(|e| format!("{}:{}: {}", e.line.unwrap_or(0), e.column.unwrap_or(0), e.message))
+            .map(|e| {
+                format!(
+                    "{}:{}: {}",
+                    e.line.unwrap_or(0),
+                    e.column.unwrap_or(0),
+                    e.message
+                )
+            })
             .collect()
     }
 
@@ -290,7 +295,10 @@ mod tests {
     #[test]
     fn landlock_is_required_or_best_effort_and_nothing_else() {
         let errors = problems("filesystem:\n  landlock: maybe\n");
-        assert!(errors[0].contains("required") && errors[0].contains("best_effort"), "{errors:?}");
+        assert!(
+            errors[0].contains("required") && errors[0].contains("best_effort"),
+            "{errors:?}"
+        );
         let errors = problems("filesystem:\n  read_only: []\n  mounts: []\n");
         assert!(errors[0].contains("unknown field `mounts`"), "{errors:?}");
     }

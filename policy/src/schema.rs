@@ -27,7 +27,8 @@ pub struct PolicyFile {
     /// Per-execution limits.
     #[serde(default)]
     pub limits: LimitsSection,
-    /// Host directories bound in, the root filesystem, Landlock (see [`crate::filesystem`]).
+    /// Host directories bound into the sandbox, its root filesystem, and whether the
+    /// Landlock layer is required.
     #[serde(default)]
     pub filesystem: crate::filesystem::FilesystemSection,
     /// Retries of failed upstream attempts.

@@ -455,7 +455,7 @@ fn start_in_pid_namespace(namespace: &Path) -> (Started, u32) {
     let ns_pid = status
         .lines()
         .find_map(|line| line.strip_prefix("NSpid:"))
-        .and_then(|ids| ids.split_whitespace().last()?.parse().ok())
+        .and_then(|ids| ids.split_whitespace().next_back()?.parse().ok())
         .expect("its pid in the namespace");
     (Started(started), ns_pid)
 }
