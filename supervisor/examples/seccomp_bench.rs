@@ -16,8 +16,11 @@ use tollgate::sandbox::seccomp::ChildFilters;
 
 const ROUNDS: usize = 15;
 
+/// One iteration of a loop, given the read end of an empty pipe.
+type Iteration = fn(RawFd);
+
 /// The loops: a name and one iteration.
-const LOOPS: [(&str, fn(RawFd)); 4] = [
+const LOOPS: [(&str, Iteration); 4] = [
     ("getppid", |_| unsafe {
         libc::syscall(libc::SYS_getppid);
     }),

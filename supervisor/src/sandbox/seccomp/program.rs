@@ -311,6 +311,11 @@ mod tests {
             otherwise: Verdict::Allow,
         };
         assert!(assemble(ARCH_X86, &[(1, seventh)], Verdict::Allow).is_err());
-        assert!(assemble(ARCH_X86, &[(-1, Rule::Always(Verdict::Allow))], Verdict::Allow).is_err());
+        assert!(assemble(
+            ARCH_X86,
+            &[(-1, Rule::Always(Verdict::Allow))],
+            Verdict::Allow
+        )
+        .is_err());
     }
 }
