@@ -205,9 +205,10 @@ pub struct LimitsSection {
     #[serde(default)]
     #[schemars(range(min = 0.01, max = 4096))]
     pub cpu: Option<f64>,
-    /// Processes and threads the execution may run at once. Default 1024.
+    /// Processes and threads the execution may run at once, tollgate's init included.
+    /// Default 1024, at least 2.
     #[serde(default = "default_processes")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 2))]
     pub processes: u64,
 }
 

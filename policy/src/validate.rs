@@ -352,8 +352,11 @@ fn validate_limits(section: &LimitsSection, problems: &mut Problems) -> Limits {
             ),
         );
     }
-    if limits.processes == 0 {
-        problems.add("limits.processes", "processes must be at least 1");
+    if limits.processes < 2 {
+        problems.add(
+            "limits.processes",
+            "processes must be at least 2 (tollgate's init and the command)",
+        );
     }
     limits
 }

@@ -61,7 +61,8 @@ fn limits_out_of_range_are_refused_with_their_line() {
     assert_refused("  cpu: 100000\n", 4, "between 0.01 and 4096");
     assert_refused("  cpu: .nan\n", 4, "share of CPU time");
     assert_refused("  cpu: two\n", 4, "expected f64");
-    assert_refused("  processes: 0\n", 4, "at least 1");
+    assert_refused("  processes: 0\n", 4, "at least 2");
+    assert_refused("  processes: 1\n", 4, "tollgate's init and the command");
     assert_refused("  processes: -5\n", 4, "");
     assert_refused("  memroy: 1GiB\n", 4, "unknown field `memroy`");
 }
@@ -73,6 +74,6 @@ fn the_schema_describes_the_new_limits() {
     let limits = &schema["$defs"]["LimitsSection"]["properties"];
     assert_eq!(limits["memory"]["$ref"], "#/$defs/ByteSize", "{limits}");
     assert_eq!(limits["cpu"]["minimum"], 0.01, "{limits}");
-    assert_eq!(limits["processes"]["minimum"], 1, "{limits}");
+    assert_eq!(limits["processes"]["minimum"], 2, "{limits}");
     assert_eq!(limits["processes"]["default"], 1024, "{limits}");
 }

@@ -91,9 +91,8 @@ print("all allocated", flush=True)
 fn last_allocated(stdout: &str) -> u64 {
     stdout
         .lines()
-        .filter_map(|line| line.strip_prefix("allocated "))
-        .filter_map(|n| n.trim().parse().ok())
-        .last()
+        .rev()
+        .find_map(|line| line.strip_prefix("allocated ")?.trim().parse().ok())
         .unwrap_or(0)
 }
 
@@ -520,6 +519,7 @@ fn flags_can_only_lower_the_policy_limits() {
         ("--memory", "lots", "unknown size unit"),
         ("--cpus", "0", "between 0.01 and 4096"),
         ("--cpus", "half", "not a number of cores"),
+        ("--max-processes", "1", "not in 2.."),
     ] {
         let refused = Sandbox::new().arg(flag).arg(value).run(["/bin/true"]);
         assert_eq!(
@@ -549,9 +549,9 @@ fn flags_can_only_lower_the_policy_limits() {
     assert_eq!(summary["limits"]["processes"], 32, "{summary}");
 }
 
-/// `tollgate run` in a mount namespace of its own where the v1 hierarchies of the limits'
+/// `tollgate ARGS` in a mount namespace of its own where the v1 hierarchies of the limits'
 /// controllers are unmounted: a hybrid host that has lost them.
-fn without_v1_hierarchies(args: &[&str]) -> Finished {
+fn tollgate_without_v1_hierarchies(args: &[&str]) -> Finished {
     let mut script = String::from("set -e\n");
     for mount in v1_limit_mounts() {
         script.push_str(&format!("umount {:?}\n", mount));
@@ -569,9 +569,15 @@ fn without_v1_hierarchies(args: &[&str]) -> Finished {
             "sh",
         ])
         .arg(tollgate_tests::tollgate_path())
-        .arg("run")
         .args(args);
     output(&mut command, Some(b""), HANG_LIMIT)
+}
+
+/// `tollgate run ARGS` without the v1 hierarchies.
+fn without_v1_hierarchies(args: &[&str]) -> Finished {
+    let mut run = vec!["run"];
+    run.extend_from_slice(args);
+    tollgate_without_v1_hierarchies(&run)
 }
 
 #[test]
@@ -607,6 +613,43 @@ fn a_limit_the_host_cannot_enforce_stops_the_run_unless_allowed() {
             .contains("warning: limits.memory (1GiB) is not enforced"),
         "{}",
         allowed.describe()
+    );
+}
+
+/// The mechanism `doctor` names for `controller` on this host.
+fn mechanism(controller: &str) -> String {
+    match v1_mount(controller) {
+        Some(mount) => format!("the cgroup v1 hierarchy at {}", mount.display()),
+        None => "the cgroup v2 controller".to_owned(),
+    }
+}
+
+#[test]
+fn doctor_says_what_enforces_each_limit() {
+    let _lock = SuiteLock::shared();
+    let finished = output(tollgate().arg("doctor"), None, HANG_LIMIT);
+    assert_eq!(finished.code(), 0, "{}", finished.describe());
+    let expected = format!(
+        "ok    limits: memory: {}; cpu: {}; processes: {}, and RLIMIT_NPROC of the sandbox user",
+        mechanism("memory"),
+        mechanism("cpu"),
+        mechanism("pids")
+    );
+    assert!(
+        finished.stdout.lines().any(|line| line == expected),
+        "expected {expected:?} in:\n{}",
+        finished.stdout
+    );
+    if v1_mount("memory").is_none() {
+        return;
+    }
+    let without = tollgate_without_v1_hierarchies(&["doctor"]);
+    assert_eq!(without.code(), 1, "{}", without.describe());
+    assert!(
+        without.stdout.lines().any(|line| line
+            .starts_with("FAIL  limits: limits.memory (1GiB) cannot be enforced on this host")),
+        "{}",
+        without.describe()
     );
 }
 

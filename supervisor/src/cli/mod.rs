@@ -29,7 +29,7 @@ pub enum Command {
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
     /// Run a command in a sandbox whose only way out is the policy-enforcing proxy.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Remove what killed supervisors left behind (cgroups, eBPF map entries).
     Gc,
     /// Check that this host can build every wall, and say how to fix what it cannot.
@@ -43,7 +43,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> i32 {
     match cli.command {
         Command::Policy(command) => policy::run(command),
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(*args),
         Command::Gc => maintenance::gc(),
         Command::Doctor => maintenance::doctor(),
         Command::BotAuth(command) => bot_auth::run(command),

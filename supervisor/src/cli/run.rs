@@ -31,7 +31,7 @@ pub struct RunArgs {
     /// `limits.processes` (default 1024), never raises it. Enforced by the execution's cgroup
     /// and by RLIMIT_NPROC of its user (with a shared --user, every process of that user on
     /// the host counts).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(2..))]
     pub max_processes: Option<u64>,
     /// Memory of the whole sandbox (e.g. 512MiB; anonymous memory, tmpfs files and page cache
     /// count): lowers the policy's `limits.memory` (default 1GiB), never raises it. Past it
