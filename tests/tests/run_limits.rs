@@ -24,8 +24,8 @@ use serde_json::Value;
 use tollgate_tests::{
     leaks::{v1_limit_mounts, v1_mount, SuiteLock},
     sandbox::{
-        cgroup2_mount, execution_cgroup, output, process_stat, read_json, signal, wait_dead,
-        Finished, Running, Sandbox, HANG_LIMIT, PYTHON,
+        cgroup2_mount, execution_cgroup, output, process_stat, read_json, shared_dir, signal,
+        wait_dead, Finished, Running, Sandbox, HANG_LIMIT, PYTHON,
     },
     tollgate, Scratch,
 };
@@ -223,6 +223,54 @@ fn a_memfd_a_dev_shm_file_and_a_tmp_file_count_against_the_limit() {
             "{target}: {summary}"
         );
     }
+}
+
+#[test]
+fn the_page_cache_the_execution_causes_is_charged_and_reclaimed_at_the_limit() {
+    let _lock = SuiteLock::shared();
+    let scratch = Scratch::new("limits-cache");
+    // A directory of the host's disk (the scratch root is shared with every sandbox).
+    let dir = shared_dir(&scratch, "cache");
+    let write = |file: &str, total: u64| {
+        let path = dir.join(file);
+        format!(
+            "chunk = b'x' * (1 << 20)\nwith open({:?}, 'wb') as f:\n    for _ in \
+             range({total}):\n        f.write(chunk)\nprint('written', flush=True)\n",
+            path.display().to_string()
+        )
+    };
+    // Below the limit, the file's pages are the execution's: its peak counts them.
+    let summary_path = scratch.output("below.json");
+    let below = Sandbox::new()
+        .arg("--memory")
+        .arg("256MiB")
+        .summary(&summary_path)
+        .run([PYTHON, "-c", &write("below", 96)]);
+    assert_eq!(below.code(), 0, "{}", below.describe());
+    let summary = read_json(&summary_path);
+    let peak = summary["memory_peak_bytes"].as_u64().expect("peak");
+    assert!(
+        peak >= 96 * MIB,
+        "96 MiB of page cache, peak {peak}: {summary}"
+    );
+    // Past it, clean and written-back pages are reclaimed: the write completes within the
+    // limit and nothing is killed.
+    let summary_path = scratch.output("past.json");
+    let past = Sandbox::new()
+        .arg("--memory")
+        .arg("32MiB")
+        .summary(&summary_path)
+        .run([PYTHON, "-c", &write("past", 128)]);
+    assert_eq!(past.code(), 0, "{}", past.describe());
+    assert_eq!(past.stdout, "written\n");
+    assert_eq!(
+        fs::metadata(dir.join("past")).expect("the file").len(),
+        128 * MIB
+    );
+    let summary = read_json(&summary_path);
+    assert_eq!(summary["oom_killed"], false, "{summary}");
+    let peak = summary["memory_peak_bytes"].as_u64().expect("peak");
+    assert!(peak <= 32 * MIB, "peak {peak} above the limit: {summary}");
 }
 
 /// The execution cgroup directories of the running execution of supervisor `pid`: the one

@@ -1,6 +1,6 @@
 //! The last word of the sandbox suites: once no sandbox test runs, the host holds no
-//! execution cgroup, no named network namespace, no pinned eBPF link, and no process in a
-//! `tollgate/<id>` cgroup.
+//! execution cgroup (in cgroup v2 or in a v1 hierarchy of the limits), no named network
+//! namespace, no pinned eBPF link, and no process in a `tollgate/<id>` cgroup.
 //!
 //! Every other sandbox test holds the suite lock shared; this one takes it exclusively, so it
 //! looks at the host between executions whether tests run as threads (`cargo test`, which

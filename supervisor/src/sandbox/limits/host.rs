@@ -86,10 +86,13 @@ pub struct HostCgroups {
 }
 
 impl HostCgroups {
-    /// Reads mountinfo and the v2 root's `cgroup.controllers` (`cgroup2`: its mount point).
+    /// Reads mountinfo and the v2 root's `cgroup.controllers` (`cgroup2`: its mount point,
+    /// opened with no link followed).
     pub fn detect(cgroup2: &Path) -> std::io::Result<HostCgroups> {
+        use std::os::fd::AsFd as _;
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
-        let controllers = match std::fs::read_to_string(cgroup2.join("cgroup.controllers")) {
+        let root = crate::sandbox::host_path::open_dir(cgroup2)?;
+        let controllers = match super::files::read(root.as_fd(), "cgroup.controllers") {
             Ok(text) => text,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(error) => return Err(error),
