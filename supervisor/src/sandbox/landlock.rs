@@ -9,6 +9,8 @@
 //!   image root); read, write and create (no device nodes) on the scratch directories
 //!   (`/tmp`, `/var/tmp`, `/dev/shm`) and the read-write shares — the [`ViewEntry`] list;
 //! - read, no execute, on `/proc`, `/sys` and `/run` (which holds only the runtime directory);
+//! - directory listings everywhere, so that `ls /` and `ls /dev` work in the box's own root
+//!   (names only: no file outside the view can be opened);
 //! - read and write on `/dev/null`, `/dev/zero` and `/dev/full`, terminal ioctls as well on
 //!   `/dev/tty`, `/dev/ptmx` and `/dev/pts`, read on `/dev/random` and `/dev/urandom`;
 //! - the command's stdin, stdout and stderr in the modes they are open in, so that reopening
@@ -193,7 +195,8 @@ const TERMINAL: u64 = DEVICE | (IOCTL_DEV | READ_DIR) as u64;
 const FILE_RIGHTS: u64 = (EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV) as u64;
 
 /// The rules every sandbox gets besides its view.
-const FIXED_RULES: [(&CStr, u64); 11] = [
+const FIXED_RULES: [(&CStr, u64); 12] = [
+    (c"/", READ_DIR as u64),
     (c"/proc", READ),
     (c"/sys", READ),
     (c"/run", READ),
@@ -483,6 +486,11 @@ mod tests {
             (REFER | TRUNCATE | MAKE_REG) as u64
         );
         assert_eq!(rule(&plan, "/proc").unwrap().access & EXECUTE as u64, 0);
+        assert_eq!(
+            rule(&plan, "/").unwrap().access,
+            READ_DIR as u64,
+            "names only"
+        );
         assert_eq!(
             rule(&plan, "/dev/tty").unwrap().access & IOCTL_DEV as u64,
             IOCTL_DEV as u64
