@@ -72,7 +72,6 @@ fn only_the_system_directories_private_mounts_and_shares_exist() {
         "/var/lib",
         "/var/log",
         "/srv",
-        "/opt",
         "/mnt",
         "/media",
         "/boot",
@@ -397,4 +396,39 @@ for path in sys.argv[1:]:
             finished.describe()
         );
     }
+}
+
+#[test]
+fn the_policys_filesystem_section_shares_what_the_team_always_needs() {
+    let _lock = SuiteLock::shared();
+    let scratch = Scratch::new("box-policy-fs");
+    let id = std::process::id();
+    let tools = Planted::new(format!("/opt/tollgate-box-tools-{id}"));
+    let policy = scratch.file(
+        "policy.yaml",
+        &format!(
+            "version: 1\nteam: box\nfilesystem:\n  read_only: [{}]\n",
+            tools.0.display()
+        ),
+    );
+    let file = tools.0.join("file").display().to_string();
+    let script = "import errno, sys\nprint(open(sys.argv[1]).read().strip())\ntry:\n    open(sys.argv[1], 'a')\nexcept OSError as e:\n    print(errno.errorcode[e.errno])\n";
+    let finished = Sandbox::new()
+        .policy(&policy)
+        .run([PYTHON, "-c", script, &file]);
+    assert_eq!(finished.code(), 0, "{}", finished.describe());
+    // Read-only twice over: the mount (EROFS) and Landlock (EACCES), whichever the kernel
+    // checks first.
+    assert!(
+        finished.stdout == "host data\nEROFS\n" || finished.stdout == "host data\nEACCES\n",
+        "{}",
+        finished.describe()
+    );
+    // Without the policy the directory is not there.
+    let finished = Sandbox::new().run([PYTHON, "-c", EXISTS, &file]);
+    assert!(
+        finished.stdout.contains("ENOENT"),
+        "{}",
+        finished.describe()
+    );
 }

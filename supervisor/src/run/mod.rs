@@ -153,13 +153,13 @@ struct Ending {
     interrupted_by: Option<i32>,
 }
 
-fn execute(options: RunOptions) -> Result<i32, Refusal> {
+fn execute(mut options: RunOptions) -> Result<i32, Refusal> {
     let started = Instant::now();
     if let Some(user) = options.user {
         check_user(user, options.allow_root)?;
     }
     let policy = match &options.policy {
-        Some(path) => Some(Policy::load(path).map_err(|errors| {
+        Some(path) => Some(crate::team_rules::load(path).map_err(|errors| {
             // One line: the first problem, and where to see all of them.
             let first = errors
                 .to_string()
@@ -193,6 +193,9 @@ fn execute(options: RunOptions) -> Result<i32, Refusal> {
                 policy.team
             )));
         }
+    }
+    if let Some(policy) = &policy {
+        apply_filesystem_section(&mut options, &policy.filesystem)?;
     }
     let network = policy.as_ref().is_some_and(Policy::network_enabled);
     // Secrets are read once, here, before anything is built: a missing one stops the run.
@@ -434,6 +437,48 @@ fn execute(options: RunOptions) -> Result<i32, Refusal> {
         }
     }
     Ok(exit_status)
+}
+
+/// Adds what the team's policy always shares (`filesystem.read_only`, `read_write`) to the
+/// shares of the command line, which win for a path both name, and takes the policy's
+/// `filesystem.rootfs` unless `--rootfs` chose one.
+fn apply_filesystem_section(
+    options: &mut RunOptions,
+    filesystem: &tollgate_policy::filesystem::Filesystem,
+) -> Result<(), Refusal> {
+    let named = |path: &PathBuf| options.shares.iter().any(|share| &share.path == path);
+    let from_policy = |dirs: &[PathBuf], read_only: bool| {
+        dirs.iter()
+            .filter(|dir| !named(dir))
+            .map(|dir| Share {
+                path: dir.clone(),
+                read_only,
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut added = from_policy(&filesystem.read_only, true);
+    added.extend(from_policy(&filesystem.read_write, false));
+    for share in &added {
+        mounts::check_share(&share.path)
+            .map_err(|why| Refusal::tollgate(format!("the policy's filesystem section: {why}")))?;
+    }
+    let (read_write, read_only): (Vec<_>, Vec<_>) = options
+        .shares
+        .iter()
+        .chain(&added)
+        .partition(|share| !share.read_only);
+    let paths = |shares: Vec<&Share>| {
+        shares
+            .into_iter()
+            .map(|s| s.path.clone())
+            .collect::<Vec<_>>()
+    };
+    options.shares = mounts::arrange_shares(&paths(read_write), &paths(read_only))
+        .map_err(|why| Refusal::tollgate(format!("with the policy's filesystem section: {why}")))?;
+    if options.rootfs.is_none() {
+        options.rootfs = filesystem.rootfs.clone();
+    }
+    Ok(())
 }
 
 /// Refuses a `--user` the sandbox must not run as: `u32::MAX` (which `setresuid` and

@@ -45,7 +45,7 @@ pub struct ChildSetup {
     /// Landlock rules the command restricts itself with, after no_new_privs (see
     /// [`super::landlock`]).
     pub landlock: Option<super::landlock::LandlockPlan>,
-    /// Socket-family, io_uring and namespace filters, installed last (see [`super::seccomp`]).
+    /// The seccomp filter (an allowlist), installed last (see [`super::seccomp`]).
     pub filters: super::seccomp::ChildFilters,
 }
 
@@ -143,15 +143,31 @@ impl ChildSetup {
     /// The second half, in the command's own process (a child of the init), up to exec:
     /// drop every privilege, enter the working directory, Landlock, seccomp.
     pub fn become_command(&self) -> Result<(), SetupError> {
+        // The command leads a process group of its own; with --tty it is the foreground group
+        // of its terminal, so the keys that signal (Ctrl-C) reach it. SIGTTOU is blocked (the
+        // init's mask).
+        // SAFETY: plain system calls on this process.
+        at(SetupStage::Session, check(unsafe { libc::setpgid(0, 0) }))?;
         if self.tty.is_some() {
-            // The command leads the foreground process group of its terminal, so the keys
-            // that signal (Ctrl-C) reach it. SIGTTOU is blocked (the init's mask).
-            // SAFETY: plain system calls on this process.
-            at(SetupStage::Session, check(unsafe { libc::setpgid(0, 0) }))?;
+            // SAFETY: as above; fd 0 is the sandbox's terminal.
             at(
                 SetupStage::Session,
                 check(unsafe { libc::tcsetpgrp(0, libc::getpid()) }),
             )?;
+        }
+        // Under memory pressure the kernel picks the command's processes before the init
+        // (whose death would lose the command's status) and before the host's. Raising the
+        // score needs no privilege; the init keeps the default.
+        // SAFETY: a literal path in the sandbox's own /proc and a static buffer.
+        unsafe {
+            let fd = libc::open(
+                c"/proc/self/oom_score_adj".as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC,
+            );
+            if fd >= 0 {
+                libc::write(fd, b"1000".as_ptr().cast(), 4);
+                libc::close(fd);
+            }
         }
         at(SetupStage::Credentials, self.drop_privileges())?;
         // Entered as the sandbox user, with no capability left: the kernel checks that user's

@@ -23,16 +23,6 @@ const DEV_NODES: [(&CStr, u32, u32); 6] = [
     (c"/dev/tty", 5, 0),
 ];
 
-/// The `/dev` entries the sandbox writes to (for Landlock).
-pub const DEV_WRITABLE: [&str; 6] = [
-    "/dev/null",
-    "/dev/zero",
-    "/dev/full",
-    "/dev/tty",
-    "/dev/pts",
-    "/dev/ptmx",
-];
-
 /// Everything the sandbox's `/dev` holds, by path.
 pub const DEV_ENTRIES: [&str; 13] = [
     "/dev/null",

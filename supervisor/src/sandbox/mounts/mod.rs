@@ -161,8 +161,6 @@ pub struct PrivateMounts {
     /// The runtime directory: its path (the same in the new `/run`) and its mount.
     runtime_dir: Option<(CString, OwnedFd)>,
     shares: Vec<Attach>,
-    /// Each share's path and whether it is writable, for [`PrivateMounts::view_entries`].
-    share_paths: Vec<(PathBuf, bool)>,
     /// In the host's tree: whether these exist to mount over.
     var_tmp: bool,
     dev_shm: bool,
@@ -274,11 +272,6 @@ impl PrivateMounts {
             links,
             runtime_dir,
             shares,
-            share_paths: request
-                .shares
-                .iter()
-                .map(|open| (open.share.path.clone(), !open.share.read_only))
-                .collect(),
             var_tmp: !in_host_tree || Path::new("/var/tmp").is_dir(),
             dev_shm: !in_host_tree || Path::new("/dev/shm").is_dir(),
             dev_pts: !in_host_tree
@@ -286,22 +279,6 @@ impl PrivateMounts {
             tmp_options: tmpfs(request.tmp_size)?,
             shm_options: tmpfs(DEV_SHM_SIZE)?,
         })
-    }
-
-    /// The sandbox's view as `(path, writable)`, outermost first: what a second layer
-    /// (Landlock) must match. Paths are the sandbox's.
-    pub fn view_entries(&self) -> Vec<(PathBuf, bool)> {
-        let mut entries = vec![(PathBuf::from("/"), false)];
-        for dir in ["/tmp", "/var/tmp", "/dev/shm"] {
-            entries.push((PathBuf::from(dir), true));
-        }
-        for node in child::DEV_WRITABLE {
-            entries.push((PathBuf::from(node), true));
-        }
-        for share in &self.share_paths {
-            entries.push(share.clone());
-        }
-        entries
     }
 }
 

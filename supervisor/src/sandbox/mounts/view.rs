@@ -195,10 +195,16 @@ pub(super) fn open_share_dir(path: &Path) -> Result<OwnedFd, String> {
 /// Checks that the root filesystem `dir` has every directory the sandbox mounts on (it is
 /// bound read-only, so none can be created in it).
 pub(super) fn check_image(dir: &Path, shares: &[OpenShare]) -> Result<(), String> {
+    // Shares below /tmp and /var/tmp get their mount points in those fresh tmpfs.
     let needed = ["/tmp", "/var/tmp", "/run", "/dev", "/proc", "/sys"]
         .into_iter()
         .map(PathBuf::from)
-        .chain(shares.iter().map(|open| open.share.path.clone()));
+        .chain(
+            shares
+                .iter()
+                .map(|open| open.share.path.clone())
+                .filter(|path| scratch_dir_of(path).is_none()),
+        );
     let missing: Vec<String> = needed
         .filter(|path| !dir.join(path.strip_prefix("/").unwrap_or(path)).is_dir())
         .map(|path| path.display().to_string())
