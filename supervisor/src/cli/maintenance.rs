@@ -1,20 +1,17 @@
 //! `tollgate gc` and `tollgate doctor`: the operator's commands.
 
-use crate::sandbox::bpf::{EgressPrograms, DEFAULT_PIN_ROOT};
-use crate::sandbox::{cgroup, doctor};
-use std::path::Path;
+use crate::sandbox::{doctor, gc};
 
-/// Removes what killed supervisors left behind: their cgroups (killing what still runs in
-/// them), their runtime directories, their eBPF map entries, and abandoned half-loaded pin
-/// directories.
+/// Removes what killed supervisors left behind (see `sandbox::gc`).
 pub fn gc() -> i32 {
-    let report = match cgroup::gc_stale() {
-        Ok(report) => report,
+    let collected = match gc::everything() {
+        Ok(collected) => collected,
         Err(error) => {
             eprintln!("tollgate: {error}");
             return 125;
         }
     };
+    let report = &collected.cgroups;
     for path in &report.removed {
         super::print(&format!(
             "removed stale execution cgroup {}",
@@ -25,38 +22,33 @@ pub fn gc() -> i32 {
         eprintln!("tollgate: cannot remove {}: {why}", path.display());
     }
     let mut status = if report.failed.is_empty() { 0 } else { 1 };
-    let leases =
-        crate::sandbox::users::gc_leases(std::path::Path::new(crate::sandbox::users::LEASE_DIR));
-    if leases > 0 {
-        super::print(&format!("removed {leases} abandoned user leases"));
+    if collected.leases > 0 {
+        super::print(&format!(
+            "removed {} abandoned user leases",
+            collected.leases
+        ));
     }
-    // Runtime directories (CA bundle, helper) of executions whose cgroup is now gone.
-    if let Ok(mount) = cgroup::cgroup2_mount() {
-        crate::run::gc_runtime_dirs(&mount.join("tollgate"));
+    if collected.runtime_dirs > 0 {
+        super::print(&format!(
+            "removed {} runtime directories of dead executions",
+            collected.runtime_dirs
+        ));
     }
-    if Path::new(DEFAULT_PIN_ROOT).exists() {
-        match EgressPrograms::load_or_reuse() {
-            Ok(programs) => match programs.gc_stale_registrations() {
-                Ok(n) if n > 0 => {
-                    super::print(&format!("removed {n} stale eBPF event registrations"))
-                }
-                Ok(_) => {}
-                Err(error) => {
-                    eprintln!("tollgate: {error}");
-                    status = 1;
-                }
-            },
-            Err(error) => {
-                eprintln!("tollgate: {error}");
-                status = 1;
-            }
+    match &collected.registrations {
+        Some(Ok(n)) if *n > 0 => {
+            super::print(&format!("removed {n} stale eBPF event registrations"))
         }
-        for path in EgressPrograms::gc_stale_pins(Path::new(DEFAULT_PIN_ROOT)) {
-            super::print(&format!(
-                "removed abandoned pin directory {}",
-                path.display()
-            ));
+        Some(Err(error)) => {
+            eprintln!("tollgate: {error}");
+            status = 1;
         }
+        _ => {}
+    }
+    for path in &collected.pins {
+        super::print(&format!(
+            "removed abandoned pin directory {}",
+            path.display()
+        ));
     }
     super::print(&format!(
         "gc: {} removed, {} still running, {} failed",

@@ -4,7 +4,7 @@
 //!
 //! The runtime directory (`/run/tollgate/<execution-id>/`, root-owned, world-readable, no
 //! secret in it) holds the CA bundle and `tollgate_http.py`. Its guard removes it on every
-//! exit path; `gc_runtime_dirs` removes those of supervisors that were killed (a runtime
+//! exit path; `sandbox::gc` removes those of supervisors that were killed (a runtime
 //! directory whose execution cgroup is gone).
 
 use std::collections::BTreeMap;
@@ -20,7 +20,7 @@ use tollgate_policy::Policy;
 pub const SANDBOX_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 /// Where executions' runtime directories live.
-pub const RUNTIME_ROOT: &str = "/run/tollgate";
+pub use crate::sandbox::gc::RUNTIME_ROOT;
 
 /// The variables that name the CA bundle, one per client family: OpenSSL (Python's `ssl`,
 /// curl, git, Ruby…), requests, curl, Node (added to its own roots), git, pip, Deno, Cargo.
@@ -281,25 +281,6 @@ fn write_public(path: &Path, data: &[u8]) -> std::io::Result<()> {
         .open(path)?;
     file.write_all(data)?;
     file.set_permissions(std::fs::Permissions::from_mode(0o644))
-}
-
-/// Removes runtime directories of executions whose cgroup is gone (their supervisor was
-/// killed before its teardown); run after the cgroup gc. A live execution creates its cgroup
-/// before its runtime directory and removes it only after its child is dead.
-pub fn gc_runtime_dirs(cgroup_root: &Path) {
-    let Ok(entries) = std::fs::read_dir(RUNTIME_ROOT) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(id) = name.to_str() else { continue };
-        if crate::sandbox::cgroup::validate_execution_id(id).is_err() {
-            continue;
-        }
-        if !cgroup_root.join(id).exists() {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
 }
 
 #[cfg(test)]

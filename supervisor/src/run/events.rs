@@ -5,7 +5,7 @@
 //! hammers `connect` must not be able to flood the log either: past [`MAX_RECORDS`] the
 //! attempts are only counted (the summary still has the total).
 
-use super::bypass_record;
+use super::walls::bypass_record;
 use crate::audit::AuditLog;
 use crate::sandbox::bpf::{AttachedWall, WallReport};
 use std::os::fd::{AsRawFd, OwnedFd};

@@ -304,6 +304,12 @@ impl ExecutionCgroup {
         }
     }
 
+    /// Kills every process in the cgroup (and its descendants) at once, without waiting for
+    /// them to go (`cgroup.kill`, or a SIGKILL to each listed process before Linux 5.14).
+    pub fn kill_now(&self) -> Result<(), SandboxError> {
+        kill_all(&self.path).map(drop)
+    }
+
     /// Kills every process in the cgroup (and its descendants) and waits up to
     /// [`KILL_TIMEOUT`] for them to go, leaving the directory (and its counters) in place.
     pub fn kill(&self) -> Result<(), SandboxError> {

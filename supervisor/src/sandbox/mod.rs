@@ -8,6 +8,7 @@ pub mod bpf;
 pub mod cgroup;
 pub mod command;
 pub mod doctor;
+pub mod gc;
 pub mod host_path;
 pub mod init;
 pub mod landlock;

@@ -1,0 +1,96 @@
+//! The execution's way out, when its policy turns the network on: the execution's CA and the
+//! runtime directory the sandbox reads it from, the proxy on the listener inside the sandbox's
+//! namespace, and the child's environment that points every client at them.
+
+use super::prepare::Prepared;
+use super::{env, Refusal};
+use crate::proxy::{Credentials, Interception, Proxy, ProxyHandle};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long the execution's CA is valid when the run has no `--timeout` (with one, the CA
+/// lives as long as the timeout, plus a margin).
+const CA_LIFETIME_WITHOUT_TIMEOUT: Duration = Duration::from_secs(7 * 86_400);
+
+/// What [`start`] set up; the runtime directory is removed when this drops.
+pub(super) struct Network {
+    pub(super) runtime_dir: Option<env::RuntimeDir>,
+    pub(super) proxy: Option<ProxyHandle>,
+    /// The child's whole environment (also without the network).
+    pub(super) environment: BTreeMap<String, String>,
+}
+
+/// Starts the proxy on `listener` (bound inside the sandbox's namespace) when the network is
+/// on, and builds the child's environment either way.
+pub(super) fn start(
+    prepared: &mut Prepared,
+    execution: &str,
+    listener: Option<std::net::TcpListener>,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<Network, Refusal> {
+    let on = match (&prepared.policy, listener) {
+        (Some(policy), Some(listener)) if prepared.network => Some((policy, listener)),
+        _ => None,
+    };
+    let Some((policy, listener)) = on else {
+        let environment = env::child_environment(
+            prepared.policy.as_ref(),
+            &prepared.options.pass_env,
+            &prepared.options.env,
+            None,
+            "/tmp",
+        )
+        .map_err(Refusal::tollgate)?;
+        return Ok(Network {
+            runtime_dir: None,
+            proxy: None,
+            environment,
+        });
+    };
+    let proxy_address = listener
+        .local_addr()
+        .map_err(|e| Refusal::tollgate(format!("cannot read the proxy's address: {e}")))?;
+    // The execution's CA and the files the sandbox reads.
+    let lifetime = prepared
+        .options
+        .timeout
+        .unwrap_or(CA_LIFETIME_WITHOUT_TIMEOUT);
+    let interception = Arc::new(
+        Interception::for_policy(policy, execution, lifetime)
+            .map_err(|e| Refusal::tollgate(format!("cannot set up TLS interception: {e}")))?,
+    );
+    let runtime_dir = env::RuntimeDir::create(execution, &interception.sandbox_bundle())
+        .map_err(Refusal::tollgate)?;
+    let credentials = prepared.credentials.take().unwrap_or_default();
+    let network_env = env::NetworkEnv {
+        proxy: proxy_address,
+        ca_bundle: runtime_dir.ca_bundle(),
+        python_path: runtime_dir.python_path(),
+        placeholders: Credentials::placeholder_environment(&credentials),
+    };
+    let environment = env::child_environment(
+        Some(policy),
+        &prepared.options.pass_env,
+        &prepared.options.env,
+        Some(&network_env),
+        "/tmp",
+    )
+    .map_err(Refusal::tollgate)?;
+    let mut builder = Proxy::builder(Arc::new(policy.clone()))
+        .execution_id(execution.to_owned())
+        .credentials(credentials)
+        .interception(interception);
+    if let Some(writer) = prepared.audit.writer() {
+        builder = builder.audit(writer);
+    }
+    let proxy = builder
+        .build()
+        .start(runtime.handle(), listener)
+        .map_err(|e| Refusal::tollgate(format!("cannot start the proxy: {e}")))?;
+    Ok(Network {
+        runtime_dir: Some(runtime_dir),
+        proxy: Some(proxy),
+        environment,
+    })
+}

@@ -1,0 +1,95 @@
+//! What an execution leaves for its caller once it ended: the audit log's opening record, the
+//! out-of-memory message, the `--summary`, and the exit status.
+
+use super::prepare::Prepared;
+use super::supervise::{exit_status_of, Ending};
+use super::walls::WallTotals;
+use super::Summary;
+use crate::audit::now_rfc3339;
+use crate::proxy::ProxyStats;
+use crate::sandbox::limits::{self, ResourceLimits};
+use serde_json::json;
+use std::time::Instant;
+
+/// The record that opens an execution's audit trail: how its sandbox was built.
+pub(super) fn sandbox_record(
+    execution: &str,
+    team: Option<&str>,
+    landlock_abi: Option<u32>,
+) -> serde_json::Value {
+    json!({
+        "type": "sandbox",
+        "time": now_rfc3339(),
+        "execution": execution,
+        "team": team,
+        "landlock_abi": landlock_abi,
+    })
+}
+
+/// Everything the report is made of.
+pub(super) struct Outcome<'a> {
+    pub(super) prepared: &'a Prepared,
+    pub(super) execution: &'a str,
+    pub(super) team: Option<String>,
+    pub(super) started: Instant,
+    pub(super) ending: &'a Ending,
+    pub(super) totals: WallTotals,
+    pub(super) limits: &'a ResourceLimits,
+    pub(super) proxy_stats: Option<ProxyStats>,
+}
+
+/// Says why the command died if it ran out of memory, writes the summary, and returns the
+/// exit status of `tollgate run`.
+pub(super) fn report(outcome: Outcome<'_>) -> i32 {
+    let Outcome {
+        prepared,
+        execution,
+        team,
+        started,
+        ending,
+        totals,
+        limits,
+        proxy_stats,
+    } = outcome;
+    let (exit_status, signal) = exit_status_of(ending);
+    let ended_by = signal.filter(|_| !ending.timed_out && ending.interrupted_by.is_none());
+    if let Some(message) = limits::oom_message(&totals.usage, limits, ended_by) {
+        eprintln!("tollgate: {message}");
+    }
+    let Some(target) = &prepared.summary else {
+        return exit_status;
+    };
+    let summary = Summary {
+        execution: execution.to_owned(),
+        team,
+        command: prepared
+            .options
+            .command
+            .first()
+            .map(|c| c.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        network: prepared.network,
+        uid: prepared.uid,
+        landlock_abi: prepared.landlock_abi,
+        exit_status,
+        signal,
+        timed_out: ending.timed_out,
+        duration_ms: started.elapsed().as_millis() as u64,
+        bypass_attempts: totals.denied,
+        bypass_reports_dropped: totals.dropped,
+        proxy: proxy_stats.and_then(|stats| serde_json::to_value(stats).ok()),
+        oom_killed: totals.usage.oom_kills > 0,
+        memory_peak_bytes: totals.usage.memory_peak_bytes,
+        cpu_time_ms: totals.usage.cpu_time_ms,
+        cpu_throttled_periods: totals.usage.cpu_throttled_periods,
+        tasks_peak: totals.usage.tasks_peak,
+        limits: totals.limits,
+    };
+    if let Err(error) = summary.write(target) {
+        eprintln!(
+            "tollgate: cannot write the summary {}: {error}",
+            target.path().display()
+        );
+    }
+    exit_status
+}

@@ -1,0 +1,164 @@
+//! The walls of one execution: the network namespace (with nftables and the proxy's
+//! listener), the cgroup with its limits, and the eBPF wall; built together, torn down
+//! together, on every path.
+
+use super::{events, Refusal};
+use crate::audit::{now_rfc3339, AuditLog};
+use crate::sandbox::bpf::{AttachedWall, EgressPrograms};
+use crate::sandbox::cgroup::ExecutionCgroup;
+use crate::sandbox::layers::Layers;
+use crate::sandbox::limits::{self, ExecutionLimits, LimitFlags, ResourceLimits};
+use crate::sandbox::netns::{self, NamespaceWalls, SandboxNet};
+use serde_json::json;
+
+/// The walls of one execution, torn down in `tear_down` (and, for what the drop guards own,
+/// on any early return).
+pub(super) struct Walls {
+    pub(super) cgroup: ExecutionCgroup,
+    /// Memory, CPU and process limits: in the cgroup, or in v1 cgroups of the execution
+    /// (dropped after `cgroup`, whose kill empties them).
+    pub(super) limits: ExecutionLimits,
+    pub(super) wall: Option<AttachedWall>,
+    /// The wall, once its reports stream to the audit log (see `events`).
+    pub(super) pump: Option<events::EventPump>,
+    pub(super) net: Option<SandboxNet>,
+    /// The proxy's listener: bound inside the sandbox namespace (in test builds without the
+    /// namespace wall, on the supervisor's own loopback).
+    pub(super) listener: Option<std::net::TcpListener>,
+}
+
+/// What the eBPF wall saw, for the summary.
+#[derive(Default)]
+pub(super) struct WallTotals {
+    pub(super) denied: u64,
+    pub(super) dropped: u64,
+    /// What the execution used, from its cgroups.
+    pub(super) usage: limits::Usage,
+    pub(super) limits: Option<limits::LimitsReport>,
+}
+
+impl Walls {
+    pub(super) fn build(
+        execution: &str,
+        layers: Layers,
+        network: bool,
+        limits: ResourceLimits,
+        flags: &LimitFlags,
+    ) -> Result<Walls, Refusal> {
+        // The namespace is built on its own thread while this one builds the cgroup and the
+        // eBPF wall.
+        let pending = layers
+            .netns
+            .then(|| {
+                netns::start(NamespaceWalls {
+                    nftables: layers.nftables,
+                    listener: network,
+                })
+            })
+            .transpose()?;
+        let cgroup = ExecutionCgroup::create(execution)?;
+        let limits = ExecutionLimits::apply(&cgroup, execution, limits, flags.allow_unenforced)
+            .map_err(|e| Refusal::tollgate(e.to_string()))?;
+        let wall = if layers.bpf {
+            Some(EgressPrograms::load_or_reuse()?.attach(&cgroup)?)
+        } else {
+            None
+        };
+        let (net, listener) = if let Some(pending) = pending {
+            let mut net = pending.finish()?;
+            let listener = net.listener.take();
+            (Some(net), listener)
+        } else if network {
+            (None, Some(netns::bind_proxy_listener()?))
+        } else {
+            (None, None)
+        };
+        Ok(Walls {
+            cgroup,
+            limits,
+            wall,
+            pump: None,
+            net,
+            listener,
+        })
+    }
+
+    /// Kills what is left, detaches the programs, records what they saw.
+    pub(super) fn tear_down(
+        self,
+        audit: &AuditLog,
+        execution: &str,
+        team: Option<&str>,
+    ) -> WallTotals {
+        let Walls {
+            cgroup,
+            limits,
+            wall,
+            pump,
+            net,
+            listener,
+        } = self;
+        // Killed first, so the counters are final when read; removed after.
+        if let Err(error) = cgroup.kill() {
+            eprintln!("tollgate: {error}");
+        }
+        let mut totals = WallTotals {
+            usage: limits.usage(&cgroup),
+            limits: Some(limits.report()),
+            ..WallTotals::default()
+        };
+        if let Err(error) = limits.remove() {
+            eprintln!("tollgate: {error}");
+        }
+        if let Err(error) = cgroup.kill_and_remove() {
+            eprintln!("tollgate: {error}");
+        }
+        // The pump detaches the wall and writes the last reports; a wall never handed to a
+        // pump (an early error) is detached here.
+        let report = match (pump, wall) {
+            (Some(pump), _) => pump.finish(),
+            (None, Some(wall)) => {
+                let report = wall.detach();
+                for attempt in &report.events {
+                    audit.record(&bypass_record(execution, team, attempt));
+                }
+                Some(report)
+            }
+            (None, None) => None,
+        };
+        if let Some(report) = report {
+            totals.denied = report.denied;
+            totals.dropped = report.dropped;
+        }
+        drop(listener);
+        drop(net);
+        totals
+    }
+}
+
+pub(super) fn bypass_record(
+    execution: &str,
+    team: Option<&str>,
+    attempt: &crate::sandbox::bpf::BypassAttempt,
+) -> serde_json::Value {
+    let mut record = json!({
+        "type": "bypass_attempt",
+        "time": now_rfc3339(),
+        "execution": execution,
+        "team": team,
+        "decision": "deny",
+    });
+    if let (Some(object), Ok(serde_json::Value::Object(fields))) =
+        (record.as_object_mut(), serde_json::to_value(attempt))
+    {
+        object.extend(fields);
+    }
+    record
+}
+
+/// Kills every process of the execution at once (the whole tree, whatever it ignores).
+pub(super) fn kill_sandbox(walls: &Walls) {
+    if let Err(error) = walls.cgroup.kill_now() {
+        eprintln!("tollgate: cannot kill the sandbox: {error}");
+    }
+}
