@@ -64,7 +64,7 @@ pub struct RunOptions {
     pub limits: LimitFlags,
     pub allow_root: bool,
     pub cwd: Option<PathBuf>,
-    /// Directories below /tmp or /var/tmp bound into the sandbox's own (see
+    /// Host directories bound into the sandbox at the same path (see
     /// `sandbox::mounts`).
     pub shares: Vec<Share>,
     /// Size of the sandbox's own `/tmp` and of its `/var/tmp`, in bytes each.
