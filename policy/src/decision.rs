@@ -190,15 +190,31 @@ impl Policy {
                     return decision;
                 }
                 Ok(outcome) => decision.team = outcome,
-                Err(_) => {
+                Err(error) => {
                     decision.allow = false;
                     decision.reason = "team_rule_error".into();
                     decision.rule = Some("rego".into());
+                    decision.message = format!(
+                        "team {}'s Rego rules failed to evaluate ({}), so the request is refused",
+                        self.team,
+                        short(&error)
+                    );
+                    return decision;
                 }
             }
         }
         decision.message = explain(self, request, &decision, &matched);
         decision
+    }
+}
+
+/// The first line of an evaluation error, at most 200 characters: enough to say what went
+/// wrong, never a dump of the values the rule was working on.
+fn short(error: &str) -> String {
+    let line = error.lines().next().unwrap_or_default().trim();
+    match line.char_indices().nth(200) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line.to_owned(),
     }
 }
 

@@ -25,3 +25,4 @@ pub use decision::{Decision, Destination, Request};
 pub use error::{PolicyError, PolicyErrors};
 pub use host_addresses::HostAddresses;
 pub use load::Policy;
+pub use rego::{TeamEvaluator, TeamModule, TeamOutcome, TeamRego};

@@ -4,7 +4,7 @@
 use crate::error::{PolicyError, PolicyErrors};
 use crate::locate::LocationIndex;
 use crate::model::*;
-use crate::rego::CompiledRules;
+use crate::rego::{CompiledRules, TeamRego};
 use crate::schema::PolicyFile;
 use crate::validate;
 use crate::yaml_limits;
@@ -48,16 +48,30 @@ impl std::fmt::Debug for Policy {
 impl Policy {
     /// Reads and loads the policy file at `path`: a regular file of at most 1 MiB (read no
     /// further than that, so neither a huge file nor `/dev/zero` is read into memory).
+    ///
+    /// The team module is compiled and evaluated in this process ([`TeamRego::InProcess`]):
+    /// use [`Policy::load_with`] for a file whose Rego is not trusted.
     pub fn load(path: &Path) -> Result<Policy, PolicyErrors> {
+        Policy::load_with(path, TeamRego::InProcess)
+    }
+
+    /// [`Policy::load`], with the team module compiled and evaluated where `team` says.
+    pub fn load_with(path: &Path, team: TeamRego) -> Result<Policy, PolicyErrors> {
         let name = path.display().to_string();
         let text = read_bounded(path).map_err(|message| single(&name, message))?;
-        Policy::from_yaml(&name, &text)
+        Policy::from_yaml_with(&name, &text, team)
     }
 
     /// Loads a policy from YAML text; `name` is used in error messages. The text is refused
     /// above 1 MiB, and above the shape limits of [`crate::yaml_limits`] (nesting, aliases)
-    /// before it is parsed in full.
+    /// before it is parsed in full. The team module runs in this process (see
+    /// [`Policy::load`]).
     pub fn from_yaml(name: &str, text: &str) -> Result<Policy, PolicyErrors> {
+        Policy::from_yaml_with(name, text, TeamRego::InProcess)
+    }
+
+    /// [`Policy::from_yaml`], with the team module compiled and evaluated where `team` says.
+    pub fn from_yaml_with(name: &str, text: &str, team: TeamRego) -> Result<Policy, PolicyErrors> {
         if text.len() > MAX_POLICY_BYTES {
             return Err(single(name, TOO_LARGE));
         }
@@ -105,7 +119,7 @@ impl Policy {
             errors
         })?;
         let data = data_document(&validated);
-        let rules = CompiledRules::compile(data, file.rego.as_deref()).map_err(|e| {
+        let rules = CompiledRules::compile(data, file.rego.as_deref(), team).map_err(|e| {
             // Point into the YAML: the module's line 1 is the line after `rego: |`.
             let index = LocationIndex::build(text);
             let start = index.find("rego").map(|l| l.line).unwrap_or(0);

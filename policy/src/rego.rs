@@ -4,10 +4,22 @@
 //! The team module lives in package `tollgate.team` and is evaluated in its own engine, after
 //! the built-in decision allowed the request. Its only outputs are denials and header edits,
 //! combined in Rust, so no team rule can turn a built-in refusal into an allow.
+//!
+//! Where the team module runs is the caller's choice ([`TeamRego`]). regorus bounds the
+//! *number* of instructions and the time between them, but not what one built-in call costs:
+//! `numbers.range(1, 1e12)` asks the allocator for 24 TB and aborts the process,
+//! `numbers.range(1, 1e8)` fills 2.4 GB before the next instruction, `concat` of a thousand
+//! copies of a megabyte string is one call, and a recursive function overflows the stack;
+//! array literals nested a few thousand deep overflow the parser's. None of that is catchable
+//! in-process (an allocation failure aborts), so a module the caller does not trust is compiled
+//! and evaluated by a [`TeamEvaluator`] the caller supplies — the supervisor's runs in a worker
+//! process with a memory limit and a deadline, and any failure there is a `team_rule_error`.
 
 use regorus::languages::rego::compiler::Compiler;
 use regorus::rvm::{Program, RegoVM};
-use regorus::{CompiledPolicy, Engine, Value};
+pub use regorus::Value;
+use regorus::{CompiledPolicy, Engine};
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, Once};
@@ -124,11 +136,69 @@ impl Compiled {
 #[derive(Clone)]
 pub(crate) struct CompiledRules {
     builtin: Compiled,
-    team: Option<Compiled>,
+    team: Option<TeamRules>,
+}
+
+#[derive(Clone)]
+enum TeamRules {
+    InProcess(Arc<LocalTeamRules>),
+    Isolated(Arc<dyn TeamEvaluator>),
+}
+
+/// Where a policy's team module is compiled and evaluated.
+#[derive(Clone, Copy)]
+pub enum TeamRego<'a> {
+    /// In this process: for modules the caller trusts (tests, benchmarks, embedders). A module
+    /// written to exhaust memory or the stack takes this process down with it.
+    InProcess,
+    /// By `start`, which compiles the module (a compile error is a policy error) and returns
+    /// the evaluator, e.g. one backed by a worker process with its own limits.
+    Isolated(&'a TeamStarter<'a>),
+}
+
+/// Compiles a team module wherever it is to run and returns its evaluator.
+pub type TeamStarter<'a> =
+    dyn Fn(&TeamModule) -> Result<Arc<dyn TeamEvaluator>, RegoCompileError> + Sync + 'a;
+
+/// Evaluates a compiled team module on one request's input. An error refuses the request
+/// (`team_rule_error`) with the error as part of the message.
+pub trait TeamEvaluator: Send + Sync {
+    fn evaluate(&self, input: &Value) -> Result<TeamOutcome, String>;
+}
+
+/// Everything needed to compile a team module elsewhere: its text and `data` (the policy
+/// document, which holds no secret values).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TeamModule {
+    pub source: String,
+    pub data: Value,
+}
+
+impl TeamModule {
+    /// Compiles the module here (an evaluator for the worker side, or for trusted modules).
+    pub fn compile(&self) -> Result<LocalTeamRules, RegoCompileError> {
+        set_evaluation_limit();
+        let policy = compile_team(self.data.clone(), &self.source)?;
+        Ok(LocalTeamRules(Compiled::new(
+            policy,
+            TEAM_ENTRYPOINT,
+            self.data.clone(),
+        )))
+    }
+}
+
+/// A team module compiled in this process.
+pub struct LocalTeamRules(Compiled);
+
+impl TeamEvaluator for LocalTeamRules {
+    fn evaluate(&self, input: &Value) -> Result<TeamOutcome, String> {
+        let result = self.0.eval(input.clone())?;
+        team_outcome(&result)
+    }
 }
 
 /// What the team module asked for on one request.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TeamOutcome {
     pub denials: Vec<String>,
     pub set_headers: BTreeMap<String, String>,
@@ -151,6 +221,7 @@ impl CompiledRules {
     pub(crate) fn compile(
         data: Value,
         team_module: Option<&str>,
+        where_team: TeamRego,
     ) -> Result<Self, RegoCompileError> {
         set_evaluation_limit();
         let mut engine = Engine::new();
@@ -164,8 +235,19 @@ impl CompiledRules {
         let builtin = Compiled::new(builtin, BUILTIN_ENTRYPOINT, data.clone());
         let team = team_module
             .map(|text| {
-                compile_team(data.clone(), text)
-                    .map(|policy| Compiled::new(policy, TEAM_ENTRYPOINT, data.clone()))
+                let module = TeamModule {
+                    source: text.to_owned(),
+                    data: data.clone(),
+                };
+                match where_team {
+                    TeamRego::InProcess => module
+                        .compile()
+                        .map(|rules| TeamRules::InProcess(Arc::new(rules))),
+                    TeamRego::Isolated(start) => {
+                        check_team_nesting(text)?;
+                        start(&module).map(TeamRules::Isolated)
+                    }
+                }
             })
             .transpose()?;
         Ok(CompiledRules { builtin, team })
@@ -180,11 +262,11 @@ impl CompiledRules {
     }
 
     pub(crate) fn team(&self, input: Value) -> Result<TeamOutcome, String> {
-        let Some(team) = &self.team else {
-            return Ok(TeamOutcome::default());
-        };
-        let result = team.eval(input)?;
-        team_outcome(&result)
+        match &self.team {
+            None => Ok(TeamOutcome::default()),
+            Some(TeamRules::InProcess(rules)) => rules.evaluate(&input),
+            Some(TeamRules::Isolated(evaluator)) => evaluator.evaluate(&input),
+        }
     }
 }
 
@@ -196,7 +278,82 @@ fn internal(message: String) -> RegoCompileError {
     }
 }
 
+/// Deepest nesting of `[` and `{` a team module may use. regorus parses each of them first as
+/// a comprehension and, when that fails, again as a literal, so the time to parse nested
+/// literals grows about threefold per level (14 levels took 0.5 s in a debug build, 24 did
+/// not finish in a minute) and a few thousand levels overflow its stack; its own limit (32)
+/// counts only parentheses. Ten levels are more than any rule needs.
+pub const MAX_REGO_NESTING: usize = 10;
+
+/// Refuses a team module whose `[`/`{` nesting exceeds [`MAX_REGO_NESTING`], before regorus
+/// parses it, at the bracket that went too deep (line and column within the module). Strings
+/// (`"…"` with escapes, `` `…` ``) and `#` comments are skipped; an unterminated one ends the
+/// scan, leaving the error to regorus.
+pub fn check_team_nesting(text: &str) -> Result<(), RegoCompileError> {
+    let (mut line, mut column, mut depth) = (1usize, 0usize, 0usize);
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        column += 1;
+        match c {
+            '\n' => {
+                line += 1;
+                column = 0;
+            }
+            '#' => {
+                for c in chars.by_ref() {
+                    if c == '\n' {
+                        line += 1;
+                        column = 0;
+                        break;
+                    }
+                }
+            }
+            '"' => {
+                let mut escaped = false;
+                for c in chars.by_ref() {
+                    column += 1;
+                    match c {
+                        '\n' => return Ok(()),
+                        '\\' if !escaped => escaped = true,
+                        '"' if !escaped => break,
+                        _ => escaped = false,
+                    }
+                }
+            }
+            '`' => {
+                for c in chars.by_ref() {
+                    column += 1;
+                    match c {
+                        '\n' => {
+                            line += 1;
+                            column = 0;
+                        }
+                        '`' => break,
+                        _ => {}
+                    }
+                }
+            }
+            '[' | '{' => {
+                depth += 1;
+                if depth > MAX_REGO_NESTING {
+                    return Err(RegoCompileError {
+                        line: Some(line),
+                        column: Some(column),
+                        message: format!(
+                            "invalid Rego: brackets nested deeper than {MAX_REGO_NESTING} levels"
+                        ),
+                    });
+                }
+            }
+            ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 fn compile_team(data: Value, text: &str) -> Result<CompiledPolicy, RegoCompileError> {
+    check_team_nesting(text)?;
     let mut engine = Engine::new();
     engine
         .add_data(data)
@@ -332,7 +489,7 @@ mod tests {
 
     #[test]
     fn the_builtin_module_runs_on_the_bytecode_vm() {
-        let rules = CompiledRules::compile(data(), None).unwrap();
+        let rules = CompiledRules::compile(data(), None, TeamRego::InProcess).unwrap();
         assert!(
             rules.builtin.program.is_some(),
             "the RVM must compile the built-in module"
@@ -342,7 +499,7 @@ mod tests {
 
     #[test]
     fn a_missing_fact_never_allows() {
-        let rules = CompiledRules::compile(data(), None).unwrap();
+        let rules = CompiledRules::compile(data(), None, TeamRego::InProcess).unwrap();
         for (section, fact) in [
             ("destination", "first_blocked"),
             ("destination", "first_uncovered_internal"),
@@ -362,10 +519,34 @@ mod tests {
         }
     }
 
+    #[test]
+    fn nesting_is_counted_outside_strings_and_comments() {
+        let deep = |n: usize| format!("x := {}1{}", "[".repeat(n), "]".repeat(n));
+        check_team_nesting(&deep(MAX_REGO_NESTING)).unwrap();
+        let error =
+            check_team_nesting(&format!("package p\n{}", deep(MAX_REGO_NESTING + 1))).unwrap_err();
+        assert_eq!(
+            (error.line, error.column),
+            (Some(2), Some(6 + MAX_REGO_NESTING)),
+            "{error:?}"
+        );
+        let quoted = format!(
+            "a := \"{}\\\"{}\"\nb := `{}\n{}`\n# {}\n",
+            "[".repeat(50),
+            "{".repeat(50),
+            "[".repeat(50),
+            "{".repeat(50),
+            "[".repeat(50)
+        );
+        check_team_nesting(&quoted).unwrap();
+        let mixed = format!("y := {}", "[{".repeat(MAX_REGO_NESTING));
+        assert!(check_team_nesting(&mixed).is_err());
+    }
+
     /// The VM and the interpreter must agree, or the fast path is not the policy.
     #[test]
     fn vm_and_interpreter_agree() {
-        let rules = CompiledRules::compile(data(), None).unwrap();
+        let rules = CompiledRules::compile(data(), None, TeamRego::InProcess).unwrap();
         let cases = [
             input(|_| {}),
             input(|d| d["destination"]["first_blocked"] = 0.into()),

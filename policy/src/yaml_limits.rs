@@ -237,7 +237,9 @@ impl<'a> Parser<'a> {
                 unsafe_sys::YAML_MAPPING_START_EVENT => Event::Start {
                     anchor: anchor((*event).data.mapping_start.anchor),
                 },
-                unsafe_sys::YAML_SEQUENCE_END_EVENT | unsafe_sys::YAML_MAPPING_END_EVENT => Event::End,
+                unsafe_sys::YAML_SEQUENCE_END_EVENT | unsafe_sys::YAML_MAPPING_END_EVENT => {
+                    Event::End
+                }
                 unsafe_sys::YAML_SCALAR_EVENT => Event::Scalar {
                     anchor: anchor((*event).data.scalar.anchor),
                 },

@@ -702,3 +702,46 @@ rego: |
     let d = decide(&p, "GET", "https://api.github.com/", PUBLIC);
     assert!(!d.allow, "{d:?}");
 }
+
+/// A team module evaluated elsewhere (the supervisor's worker processes): the policy crate
+/// hands it over at load, and an evaluator's failure is a `team_rule_error` that says why.
+#[test]
+fn an_isolated_team_module_is_compiled_and_evaluated_by_its_starter() {
+    use std::sync::{Arc, Mutex};
+    use tollgate_policy::rego::{RegoCompileError, Value};
+    use tollgate_policy::{TeamEvaluator, TeamModule, TeamOutcome, TeamRego};
+
+    struct Failing;
+    impl TeamEvaluator for Failing {
+        fn evaluate(&self, _: &Value) -> Result<TeamOutcome, String> {
+            Err("their evaluator aborted\nwith details on a second line".into())
+        }
+    }
+    let seen: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let start = |module: &TeamModule| -> Result<Arc<dyn TeamEvaluator>, RegoCompileError> {
+        seen.lock().unwrap().push(module.source.clone());
+        Ok(Arc::new(Failing))
+    };
+    let p = Policy::from_yaml_with("t.yaml", TEAM_REGO, TeamRego::Isolated(&start))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    assert!(seen.lock().unwrap()[0].starts_with("package tollgate.team"));
+    let d = decide(&p, "GET", "https://api.github.com/x", PUBLIC);
+    assert_denied(&d, "team_rule_error");
+    assert!(
+        d.message.contains("(their evaluator aborted)"),
+        "{}",
+        d.message
+    );
+    // A compile error from the starter is a policy error at its line in the file.
+    let refuse = |_: &TeamModule| -> Result<Arc<dyn TeamEvaluator>, RegoCompileError> {
+        Err(RegoCompileError {
+            line: Some(2),
+            column: Some(3),
+            message: "invalid Rego: nope".into(),
+        })
+    };
+    let errors = Policy::from_yaml_with("t.yaml", TEAM_REGO, TeamRego::Isolated(&refuse))
+        .expect_err("refused");
+    assert_eq!(errors.to_string(), "t.yaml:9:3: invalid Rego: nope");
+}

@@ -147,3 +147,17 @@ fn a_file_of_mistakes_lists_the_first_hundred_and_counts_the_rest() {
         "and 19900 more problems (fix the ones above first)"
     );
 }
+
+#[test]
+fn rego_nested_past_the_limit_is_refused_before_regorus_parses_it() {
+    let text = format!(
+        "version: 1\nteam: t\nrego: |\n  package tollgate.team\n  x := {}1{}\n",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let errors = refused(&text);
+    let (line, column, message) = first(&errors);
+    // The 11th `[` of line 5 of the file (the module's line 2).
+    assert_eq!((line, column), (Some(5), Some(6 + 10)), "{errors}");
+    assert!(message.contains("nested deeper than 10"), "{message}");
+}

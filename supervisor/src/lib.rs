@@ -10,3 +10,4 @@ pub mod proxy;
 pub mod resolve;
 pub mod run;
 pub mod sandbox;
+pub mod team_rules;

@@ -786,3 +786,141 @@ fn run_refuses_hostile_yaml_with_125_before_starting() {
         );
     }
 }
+
+/// A team module that asks for far more than an evaluation may use, for `/x`.
+fn hostile_team_policy(scratch: &Scratch, name: &str, rules: &str) -> std::path::PathBuf {
+    scratch.file(
+        &format!("{name}.yaml"),
+        &format!(
+            "version: 1\nteam: t\nnetwork:\n  allow:\n    - https://api.example.com\nrego: |\n  package tollgate.team\n  import rego.v1\n{rules}\n  deny contains \"no deletes\" if input.request.method == \"DELETE\"\n"
+        ),
+    )
+}
+
+#[test]
+fn eval_refuses_with_team_rule_error_when_team_rego_exceeds_its_bounds() {
+    let scratch = Scratch::new("team-rego-eval");
+    let cases = [
+        ("range", "  deny contains \"r\" if { count(numbers.range(1, 1e8)) > 0 }"),
+        ("huge-range", "  deny contains \"r\" if { count(numbers.range(1, 1e12)) > 0 }"),
+        ("overflowing-range", "  deny contains \"r\" if { count(numbers.range(1, 1e18)) > 0 }"),
+        (
+            "cross",
+            "  deny contains \"c\" if { count([x | some x in numbers.range(1, 100000); some y in numbers.range(1, 100000)]) > 0 }",
+        ),
+        ("recursion", "  f(x) := y if { y := f(x) }\n  deny contains \"f\" if { f(1) }"),
+        (
+            "mutual-recursion",
+            "  f(x) := y if { y := g(x) }\n  g(x) := y if { y := f(x) }\n  deny contains \"f\" if { f(1) }",
+        ),
+        (
+            "concat",
+            "  k := concat(\"\", [\"x\" | some _ in numbers.range(1, 1000)])\n  m := concat(\"\", [k | some _ in numbers.range(1, 1000)])\n  g := concat(\"\", [m | some _ in numbers.range(1, 1000)])\n  deny contains \"g\" if { count(g) > 0 }",
+        ),
+        (
+            "array-doubling",
+            "  a0 := [\"0123456789abcdef\"]\n  a1 := array.concat(a0, a0)\n  a2 := array.concat(a1, a1)\n  a3 := array.concat(a2, a2)\n  a4 := array.concat(a3, a3)\n  a5 := array.concat(a4, a4)\n  a6 := array.concat(a5, a5)\n  a7 := array.concat(a6, a6)\n  a8 := array.concat(a7, a7)\n  a9 := array.concat(a8, a8)\n  a10 := array.concat(a9, a9)\n  big := concat(\"\", a10)\n  b1 := concat(big, a10)\n  b2 := concat(b1, a10)\n  deny contains \"b\" if { count(b2) > 0 }",
+        ),
+    ];
+    for (name, rules) in cases {
+        let policy = hostile_team_policy(&scratch, name, rules);
+        let finished = tollgate_tests::sandbox::output(
+            tollgate().args(["policy", "eval"]).arg(&policy).args([
+                "GET",
+                "https://api.example.com/x",
+                "--resolve",
+                "api.example.com=140.82.112.5",
+            ]),
+            None,
+            tollgate_tests::sandbox::HANG_LIMIT,
+        );
+        let json: Value = serde_json::from_str(finished.stdout.trim())
+            .unwrap_or_else(|e| panic!("{name}: not JSON ({e})\n{}", finished.describe()));
+        assert_eq!(
+            finished.status.code(),
+            Some(1),
+            "{name}: {}",
+            finished.describe()
+        );
+        assert_eq!(json["reason"], "team_rule_error", "{name}: {json}");
+        assert!(
+            json["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("failed to evaluate (")),
+            "{name}: {json}"
+        );
+    }
+    // The same module's ordinary rule still decides.
+    let policy = hostile_team_policy(&scratch, "ordinary", "");
+    let (code, json) = eval(
+        &policy,
+        &[
+            "DELETE",
+            "https://api.example.com/x",
+            "--resolve",
+            "api.example.com=140.82.112.5",
+        ],
+    );
+    assert_eq!(
+        (code, json["reason"].as_str()),
+        (1, Some("team_rule")),
+        "{json}"
+    );
+    let (code, json) = eval(
+        &policy,
+        &[
+            "GET",
+            "https://api.example.com/x",
+            "--resolve",
+            "api.example.com=140.82.112.5",
+        ],
+    );
+    assert_eq!(
+        (code, json["reason"].as_str()),
+        (0, Some("allowed")),
+        "{json}"
+    );
+}
+
+#[test]
+fn check_refuses_rego_nested_deeper_than_the_parser_can_bear() {
+    let scratch = Scratch::new("team-rego-check");
+    // The rules start on line 9 of the file; the 11th bracket is the one refused.
+    for (name, rules, line) in [
+        (
+            "arrays",
+            format!("  x := {}1{}", "[".repeat(100_000), "]".repeat(100_000)),
+            9,
+        ),
+        (
+            "objects",
+            format!("  x := {}1{}", "{\"a\": ".repeat(20), "}".repeat(20)),
+            9,
+        ),
+        (
+            "multiline",
+            format!("  x := {}\n  1{}", "[\n  ".repeat(5000), "]".repeat(5000)),
+            19,
+        ),
+    ] {
+        let policy = hostile_team_policy(&scratch, name, &rules);
+        let finished = tollgate_tests::sandbox::output(
+            tollgate().args(["policy", "check"]).arg(&policy),
+            None,
+            tollgate_tests::sandbox::HANG_LIMIT,
+        );
+        assert_eq!(
+            finished.status.code(),
+            Some(2),
+            "{name}: {}",
+            finished.describe()
+        );
+        let expected = format!("{}:{line}:", policy.display());
+        assert!(
+            finished.stdout.starts_with(&expected)
+                && finished.stdout.contains("nested deeper than 10"),
+            "{name}: {}",
+            finished.describe()
+        );
+    }
+}

@@ -5,7 +5,6 @@ use crate::proxy::secrets::TeamSecrets;
 use crate::proxy::BotSigner;
 use clap::Subcommand;
 use std::path::PathBuf;
-use tollgate_policy::Policy;
 
 #[derive(Debug, Subcommand)]
 pub enum BotAuthCommand {
@@ -34,7 +33,7 @@ pub fn run(command: BotAuthCommand) -> i32 {
 }
 
 fn jwks(path: &std::path::Path, rules: &tollgate_policy::secrets::SecretRules) -> i32 {
-    let policy = match Policy::load(path) {
+    let policy = match crate::team_rules::load(path) {
         Ok(policy) => policy,
         Err(errors) => {
             eprintln!("{errors}");

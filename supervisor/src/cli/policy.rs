@@ -50,6 +50,9 @@ pub enum PolicyCommand {
     Eval(EvalArgs),
     /// Print the JSON Schema of the policy file (for editor validation and completion).
     Schema,
+    /// Internal: a team-rules worker (see `team_rules`), started by tollgate itself.
+    #[command(name = "__team-rules-worker", hide = true)]
+    TeamRulesWorker,
 }
 
 #[derive(Debug, Args)]
@@ -102,6 +105,7 @@ pub fn run(command: PolicyCommand) -> i32 {
         },
         PolicyCommand::Eval(args) => eval(&args),
         PolicyCommand::Schema => schema(),
+        PolicyCommand::TeamRulesWorker => crate::team_rules::worker::serve(),
     }
 }
 
@@ -111,8 +115,8 @@ fn check(files: &[PathBuf], rules: &SecretRules) -> i32 {
     let on_this_host = rules.root().symlink_metadata().is_ok();
     let mut status = 0;
     for file in files {
-        let checked =
-            Policy::load(file).and_then(|policy| check_secrets(file, &policy, rules, on_this_host));
+        let checked = crate::team_rules::load(file)
+            .and_then(|policy| check_secrets(file, &policy, rules, on_this_host));
         match checked {
             Ok(()) => super::print(&format!("{}: ok", file.display())),
             Err(errors) => {
@@ -154,7 +158,7 @@ fn check_secrets(
 }
 
 fn eval(args: &EvalArgs) -> i32 {
-    let policy = match Policy::load(&args.policy) {
+    let policy = match crate::team_rules::load(&args.policy) {
         Ok(policy) => policy,
         Err(errors) => {
             eprintln!("{errors}");
