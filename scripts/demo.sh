@@ -25,15 +25,17 @@ show GET https://api.github.com/ --resolve api.github.com=10.0.0.7
 show GET 'http://0x7f.1/latest'
 show DELETE https://api.github.com/repos/x --resolve api.github.com=140.82.112.5
 
-# Inside the sandbox: the command runs as a user of its own, sees only its own processes and
-# an empty /tmp, loopback only and a proxy; direct sockets are refused
+# Inside the sandbox: the command runs as a user of its own in a box of its own (a root with
+# only the host's system directories, its own processes as pid 2 and up, an empty /tmp),
+# loopback only and a proxy; direct sockets are refused
 # by the walls before any packet is routed (nothing here leaves the machine).
 printf '\n$ tollgate run --policy %s -- /usr/bin/python3 probe.py\n' "$policy"
 rm -f /tmp/tollgate-demo-audit.jsonl  # the audit log is appended to
 "$tollgate" run --policy "$policy" --audit /tmp/tollgate-demo-audit.jsonl --summary /tmp/tollgate-demo-summary.json -- \
   /usr/bin/python3 -c '
 import os, socket
-print("user", os.getuid(), "proxy", os.environ.get("HTTPS_PROXY"))
+print("user", os.getuid(), "pid", os.getpid(), "proxy", os.environ.get("HTTPS_PROXY"))
+print("root:", sorted(os.listdir("/")), "| /home exists:", os.path.exists("/home"))
 print("processes visible:", sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
       "| /tmp:", os.listdir("/tmp"), "| /run:", os.listdir("/run"))
 for host, port in [("10.0.0.1", 80), ("169.254.169.254", 80), ("8.8.8.8", 53)]:

@@ -179,6 +179,31 @@ fn the_audit_log_is_appended_to_by_every_run_that_shares_it() {
 }
 
 #[test]
+fn outputs_in_the_hosts_tmp_are_fine_but_not_where_the_sandbox_user_can_write() {
+    let _lock = SuiteLock::shared();
+    // The host's /tmp is not the sandbox's: the usual place for a summary.
+    let summary = PathBuf::from(format!("/tmp/tollgate-summary-{}.json", std::process::id()));
+    let finished = Sandbox::new().summary(&summary).run(["/bin/true"]);
+    let written = fs::read_to_string(&summary);
+    let _ = fs::remove_file(&summary);
+    assert_eq!(finished.code(), 0, "{}", finished.describe());
+    assert!(written.is_ok_and(|text| text.contains("\"exit_status\": 0")));
+    // A directory the sandbox sees (under /etc) and whose mode lets its user (here --user
+    // 1000) write: refused. The bind is read-only today; the refusal does not lean on that.
+    let dir = PathBuf::from(format!("/etc/tollgate-out-test-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(1000), Some(1000)).unwrap();
+    let finished = Sandbox::new()
+        .arg("--user")
+        .arg("1000:1000")
+        .summary(dir.join("s.json"))
+        .run(["/bin/true"]);
+    let _ = fs::remove_dir_all(&dir);
+    assert_eq!(finished.code(), 125, "{}", finished.describe());
+    assert!(finished.stderr.contains("can write"), "{}", finished.stderr);
+}
+
+#[test]
 fn the_summary_reaches_its_path_whole_and_only_there() {
     let _lock = SuiteLock::shared();
     let scratch = Scratch::new("out-summary");

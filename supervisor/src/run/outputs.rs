@@ -100,8 +100,7 @@ fn writable_ancestor(parent: &Path, view: &SandboxView<'_>) -> Result<Option<Pat
             root: view.root,
             shares: view.shares,
         }
-        .invisible_because(dir)
-        .is_none();
+        .reaches_host_dir(dir);
         let writable = host_path::writable_by(&stat, view.uid, view.gid);
         let can_replace = match &below {
             None => writable,

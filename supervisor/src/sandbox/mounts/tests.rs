@@ -211,3 +211,33 @@ fn a_share_through_a_linked_parent_is_refused() {
     assert!(open_shares(&[share(link.join("user").to_str().unwrap())]).is_err());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn host_directories_are_reached_through_shares_and_the_system_binds_only() {
+    let shares = [share("/tmp/job"), share("/srv/data")];
+    let system = View {
+        root: &Root::System,
+        shares: &shares,
+    };
+    for reached in ["/tmp/job/out", "/srv/data", "/etc/app", "/usr/share/x"] {
+        assert!(system.reaches_host_dir(Path::new(reached)), "{reached}");
+    }
+    // The sandbox's own /tmp, /run… are other directories with the same names.
+    for apart in [
+        "/tmp",
+        "/tmp/other",
+        "/var/tmp",
+        "/run/x",
+        "/",
+        "/srv",
+        "/home/u",
+        "/etc/tollgate/x",
+    ] {
+        assert!(!system.reaches_host_dir(Path::new(apart)), "{apart}");
+    }
+    let image = View {
+        root: &Root::Image(PathBuf::from("/srv/img")),
+        shares: &[],
+    };
+    assert!(!image.reaches_host_dir(Path::new("/etc")));
+}

@@ -83,6 +83,35 @@ impl View<'_> {
     }
 }
 
+impl View<'_> {
+    /// Whether the host's directory `path` (absolute, normal) is reachable from inside the
+    /// sandbox as that same directory: through a share, or through a bind of the host's tree.
+    /// The sandbox's own `/tmp`, `/run` and the like are other directories that merely share
+    /// a name, so a host directory there is out of its reach.
+    pub fn reaches_host_dir(&self, path: &Path) -> bool {
+        if self
+            .shares
+            .iter()
+            .any(|share| path.starts_with(&share.path))
+        {
+            return true;
+        }
+        let replaced = ["/tmp", "/var/tmp", "/run", "/dev", "/proc", "/sys"];
+        if replaced.iter().any(|dir| path.starts_with(dir)) {
+            return false;
+        }
+        match self.root {
+            Root::Host => true,
+            Root::System => {
+                SYSTEM_DIRS.iter().any(|dir| path.starts_with(dir))
+                    && !path.starts_with(HIDDEN_IN_ETC)
+            }
+            // The image is bound read-only; nothing else of the host is inside.
+            Root::Image(_) => false,
+        }
+    }
+}
+
 /// The scratch directory `path` lies strictly below, if any.
 fn scratch_dir_of(path: &Path) -> Option<&'static str> {
     SCRATCH_DIRS
