@@ -146,7 +146,8 @@ fn check_directory(text: &str) -> Result<(), String> {
 
 /// An absolute path written in its normal form: no `.` or `..`, no empty component, no
 /// trailing `/`, no NUL. (What it names is opened, with no link followed, when a run starts.)
-fn check_absolute(text: &str) -> Result<(), String> {
+/// Also for `network.upstream_ca`.
+pub(crate) fn check_absolute(text: &str) -> Result<(), String> {
     if !text.starts_with('/') {
         return Err(format!("`{text}` is not an absolute path: start it with /"));
     }

@@ -165,6 +165,15 @@ fn validate_network(section: &NetworkSection, problems: &mut Problems) -> Networ
             );
         }
     }
+    // Opened from `/` with no link followed when a run starts; a relative path would depend
+    // on the operator's working directory.
+    if let Some(Err(problem)) = section
+        .upstream_ca
+        .as_ref()
+        .map(|r| crate::filesystem::check_absolute(&r.file))
+    {
+        problems.add("network.upstream_ca.file", problem);
+    }
     Network {
         allow_all: section.allow_all,
         block_private_ips: section.block_private_ips,

@@ -176,6 +176,23 @@ fn allow_all_with_allow_is_rejected() {
 }
 
 #[test]
+fn upstream_ca_must_be_an_absolute_normalised_path() {
+    for (file, needle) in [
+        ("ca.pem", "not an absolute path"),
+        ("/etc/../root/ca.pem", "not a normalised path"),
+        ("/etc//ca.pem", "not a normalised path"),
+    ] {
+        assert_error_at(
+            &format!("{HEAD}network:\n  allow_all: true\n  upstream_ca:\n    file: {file}\n"),
+            6,
+            needle,
+        );
+    }
+    let yaml = format!("{HEAD}network:\n  allow_all: true\n  upstream_ca: {{file: /etc/ca.pem}}\n");
+    Policy::from_yaml("team.yaml", &yaml).expect("an absolute path is accepted");
+}
+
+#[test]
 fn provider_scope_must_lie_inside_the_allow_list() {
     let yaml = format!(
         "{HEAD}network:\n  allow: [https://api.example.com/v1]\nauth_providers:\n  - name: K\n    type: bearer\n    secret: {{env: K}}\n    scope:\n      - https://api.example.com/v1/x\n      - https://evil.example.net\n"

@@ -145,6 +145,8 @@ fn check_secrets(
             }
         }
     }
+    // `network.upstream_ca`, when the file is on this host, is read the way `run` reads it.
+    problems.extend(crate::proxy::upstream_ca::check_on_this_host(policy));
     if problems.is_empty() {
         return Ok(());
     }

@@ -76,6 +76,7 @@ pub mod stats;
 pub mod testing;
 pub mod tls;
 pub mod transport;
+pub mod upstream_ca;
 pub mod upstream_tls;
 mod witness;
 

@@ -3,13 +3,19 @@
 //! `http/1.1`.
 //!
 //! The system bundle is the file OpenSSL would use (`SSL_CERT_FILE`, else the
-//! distribution's bundle); its text also goes, verbatim, into the sandbox's trust bundle.
-//! Parsing it into a root store is deferred to the first upstream TLS connection, so
-//! executions that never reach an HTTPS upstream do not pay for it. A certificate the
-//! upstream presents that does not verify is a `upstream_tls_error` with rustls's reason,
-//! never retried; a connection reset during the handshake is retried like any reset.
+//! distribution's bundle); the team's file is read by [`super::upstream_ca`]. Both are kept
+//! as certificates (DER) only, which is all the sandbox's bundle is made of: no text of
+//! either file reaches it. Turning the system roots into trust anchors is deferred to the
+//! first upstream TLS connection, so executions that never reach an HTTPS upstream do not
+//! pay for it (decoding the bundle's PEM, needed for the sandbox's bundle anyway, takes
+//! about a millisecond in a release build).
+//!
+//! A certificate the upstream presents that does not verify is a `upstream_tls_error` with
+//! rustls's reason, never retried; a connection reset during the handshake is retried like
+//! any reset.
 
 use super::transport::Upstream;
+use super::upstream_ca;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::pem::PemObject;
@@ -21,7 +27,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tollgate_policy::url::UrlHost;
 
-/// Roots files larger than this are refused (the Debian bundle is about 220 KB).
+/// A system bundle larger than this is refused (the Debian bundle is about 220 KB).
 const MAX_BUNDLE_BYTES: u64 = 16 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
@@ -52,11 +58,10 @@ impl std::fmt::Display for HandshakeError {
 
 /// The roots upstreams are verified against, and the client configuration built from them.
 pub struct UpstreamTrust {
-    /// The system bundle's text, for the sandbox's bundle.
-    system_pem: Vec<u8>,
+    /// The system bundle's certificates (not yet parsed as trust anchors).
+    system: Vec<CertificateDer<'static>>,
     system_path: Option<PathBuf>,
-    /// The team's extra roots (`network.upstream_ca`), PEM text and parsed.
-    team_pem: Vec<u8>,
+    /// The team's extra roots (`network.upstream_ca`), each checked as a trust anchor.
     team: Vec<CertificateDer<'static>>,
     config: OnceLock<Result<Arc<ClientConfig>, String>>,
 }
@@ -65,6 +70,7 @@ impl std::fmt::Debug for UpstreamTrust {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpstreamTrust")
             .field("system", &self.system_path)
+            .field("system_roots", &self.system.len())
             .field("team_roots", &self.team.len())
             .finish_non_exhaustive()
     }
@@ -75,54 +81,35 @@ impl UpstreamTrust {
     /// before the sandbox starts).
     pub fn load(upstream_ca: Option<&Path>) -> Result<UpstreamTrust, TrustError> {
         let system_path = openssl_probe::probe().cert_file;
-        let system_pem = match &system_path {
-            Some(path) => read_limited(path).map_err(|reason| TrustError::System {
+        let system = match &system_path {
+            Some(path) => {
+                let text = read_limited(path).map_err(|reason| TrustError::System {
+                    path: path.display().to_string(),
+                    reason,
+                })?;
+                CertificateDer::pem_slice_iter(&text).flatten().collect()
+            }
+            None => Vec::new(),
+        };
+        let team = match upstream_ca {
+            None => Vec::new(),
+            Some(path) => upstream_ca::read(path).map_err(|reason| TrustError::UpstreamCa {
                 path: path.display().to_string(),
                 reason,
             })?,
-            None => Vec::new(),
-        };
-        let (team_pem, team) = match upstream_ca {
-            None => (Vec::new(), Vec::new()),
-            Some(path) => {
-                let failed = |reason: String| TrustError::UpstreamCa {
-                    path: path.display().to_string(),
-                    reason,
-                };
-                let text = read_limited(path).map_err(failed)?;
-                let certs = CertificateDer::pem_slice_iter(&text)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| failed(format!("not PEM certificates: {e}")))?;
-                if certs.is_empty() {
-                    return Err(failed("contains no PEM certificate".into()));
-                }
-                let mut store = RootCertStore::empty();
-                for cert in &certs {
-                    store.add(cert.clone()).map_err(|e| {
-                        failed(format!("a certificate is not usable as a root: {e}"))
-                    })?;
-                }
-                (text, certs)
-            }
         };
         Ok(UpstreamTrust {
-            system_pem,
+            system,
             system_path,
-            team_pem,
             team,
             config: OnceLock::new(),
         })
     }
 
-    /// The system bundle followed by the team's roots, as PEM text (for the sandbox, whose
-    /// passthrough tunnels verify upstreams themselves).
-    pub fn bundle_pem(&self) -> Vec<u8> {
-        let mut out = self.system_pem.clone();
-        if !out.is_empty() && !out.ends_with(b"\n") {
-            out.push(b'\n');
-        }
-        out.extend_from_slice(&self.team_pem);
-        out
+    /// Every root, system's then team's, as DER (for the sandbox's bundle: its passthrough
+    /// tunnels verify upstreams themselves).
+    pub fn roots(&self) -> impl Iterator<Item = &CertificateDer<'static>> {
+        self.system.iter().chain(&self.team)
     }
 
     /// The client configuration (built on first use).
@@ -130,7 +117,7 @@ impl UpstreamTrust {
         self.config
             .get_or_init(|| {
                 let mut roots = RootCertStore::empty();
-                let system = CertificateDer::pem_slice_iter(&self.system_pem).flatten();
+                let system = self.system.iter().cloned();
                 let (added, ignored) = roots.add_parsable_certificates(system);
                 tracing::debug!("upstream TLS: {added} system roots ({ignored} unusable)");
                 for cert in &self.team {
