@@ -221,33 +221,17 @@ fn the_summary_reaches_its_path_whole_and_only_there() {
     assert_eq!(names, ["summary.json"], "a temporary file was left behind");
 }
 
-/// A pseudo-terminal pair: the master end stands for the caller's terminal emulator, the
-/// slave is the terminal `tollgate run` is started on.
+/// A pseudo-terminal pair (see `tollgate_tests::sandbox::open_pty`).
 struct Pty {
     master: fs::File,
     slave: fs::File,
 }
 
 fn open_pty() -> Pty {
-    use std::os::fd::FromRawFd as _;
-    let (mut master, mut slave) = (-1, -1);
-    // SAFETY: openpty fills two new descriptors we then own.
-    let rc = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
-    // SAFETY: both descriptors were just created and are owned by nothing else.
-    unsafe {
-        Pty {
-            master: fs::File::from_raw_fd(master),
-            slave: fs::File::from_raw_fd(slave),
-        }
+    let (master, slave) = tollgate_tests::sandbox::open_pty();
+    Pty {
+        master: fs::File::from(master),
+        slave: fs::File::from(slave),
     }
 }
 

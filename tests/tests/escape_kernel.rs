@@ -20,10 +20,7 @@
 use std::{
     fs,
     io::Read as _,
-    os::{
-        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-        unix::process::CommandExt as _,
-    },
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     process::{Command, Stdio},
     sync::mpsc,
     thread,
@@ -513,28 +510,10 @@ print("caller", json.dumps({"tollgate": os.waitstatus_to_exitcode(status), "wait
                            "typed": typed}), flush=True)
 "#;
 
-/// A new pty: (master, slave).
-fn open_pty() -> (OwnedFd, OwnedFd) {
-    let (mut master, mut slave) = (-1, -1);
-    // SAFETY: openpty writes two descriptors into the integers given; no name, termios or size.
-    let rc = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
-    // SAFETY: both descriptors were just opened and are owned by nobody else.
-    unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) }
-}
-
 #[test]
 fn tiocsti_cannot_type_into_the_callers_terminal() {
     let _lock = SuiteLock::shared();
-    let (master, slave) = open_pty();
+    let (master, slave) = tollgate_tests::sandbox::open_pty();
     let tollgate = Sandbox::new()
         .timeout("60s")
         .command([PYTHON, "-c", INJECT_PY]);

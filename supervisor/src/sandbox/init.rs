@@ -148,41 +148,13 @@ unsafe fn close_all_but(keep: RawFd) {
 
 /// Drops every capability but `CAP_KILL`, from the bounding set and the other sets.
 unsafe fn keep_only_cap_kill(cap_last: u32) {
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: libc::c_int,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
     const CAP_KILL: u32 = 5;
-    // SAFETY: prctl and capset with the kernel's version-3 layout.
+    // SAFETY: prctl and capset on this process.
     unsafe {
         for cap in (0..=cap_last).filter(|cap| *cap != CAP_KILL) {
             libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0);
         }
-        let header = Header {
-            version: LINUX_CAPABILITY_VERSION_3,
-            pid: 0,
-        };
-        let kill_only = Data {
-            effective: 1 << CAP_KILL,
-            permitted: 1 << CAP_KILL,
-            inheritable: 0,
-        };
-        let empty = Data {
-            effective: 0,
-            permitted: 0,
-            inheritable: 0,
-        };
-        let data = [kill_only, empty];
-        libc::syscall(libc::SYS_capset, &header, data.as_ptr());
+        let _ = super::spawn::keep_capabilities(1 << CAP_KILL);
     }
 }
 

@@ -275,6 +275,13 @@ impl ChildSetup {
 
 /// capset(2) with empty effective, permitted and inheritable sets (version 3 ABI).
 unsafe fn clear_capabilities() -> io::Result<()> {
+    // SAFETY: as `keep_capabilities`.
+    unsafe { keep_capabilities(0) }
+}
+
+/// capset(2) keeping exactly the capabilities of `kept` (a mask of the first 32) in the
+/// effective and permitted sets, and none inheritable (version 3 ABI).
+pub(super) unsafe fn keep_capabilities(kept: u32) -> io::Result<()> {
     #[repr(C)]
     struct Header {
         version: u32,
@@ -292,11 +299,17 @@ unsafe fn clear_capabilities() -> io::Result<()> {
         version: LINUX_CAPABILITY_VERSION_3,
         pid: 0,
     };
-    let data = [Data {
+    let low = Data {
+        effective: kept,
+        permitted: kept,
+        inheritable: 0,
+    };
+    let high = Data {
         effective: 0,
         permitted: 0,
         inheritable: 0,
-    }; 2];
+    };
+    let data = [low, high];
     // SAFETY: header and data follow the kernel's capset ABI for version 3.
     let result = unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) };
     if result == -1 {
