@@ -86,25 +86,9 @@ impl Policy {
         })?;
         let file: PolicyFile = serde_yaml::from_str(text).map_err(|e| syntax_error(name, &e))?;
         let validated = validate::validate(&file).map_err(|problems| {
-            let index = LocationIndex::build(text);
             let total = problems.0.len();
-            let mut errors = PolicyErrors {
-                file: name.to_owned(),
-                errors: problems
-                    .0
-                    .into_iter()
-                    .take(MAX_REPORTED_ERRORS)
-                    .map(|(path, message)| {
-                        let location = index.find(&path);
-                        PolicyError {
-                            line: location.map(|l| l.line),
-                            column: location.map(|l| l.column),
-                            path,
-                            message,
-                        }
-                    })
-                    .collect(),
-            };
+            let shown = problems.0.into_iter().take(MAX_REPORTED_ERRORS).collect();
+            let mut errors = crate::locate::locate(name, Some(text), shown);
             if total > MAX_REPORTED_ERRORS {
                 errors.errors.push(PolicyError {
                     path: String::new(),

@@ -5,6 +5,7 @@
 //! errors point at `FILE:LINE:COL` too. It is built from yaml-rust2's marked event stream,
 //! and only consulted when there is an error to report.
 
+use crate::error::{PolicyError, PolicyErrors};
 use std::collections::HashMap;
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::Marker;
@@ -138,6 +139,27 @@ impl MarkedEventReceiver for Builder {
             }
             _ => {}
         }
+    }
+}
+
+/// `(rule, message)` problems as policy errors of `file`, each at the line and column of its
+/// rule in `text` (the policy's YAML; without it, the errors have no location).
+pub fn locate(file: &str, text: Option<&str>, problems: Vec<(String, String)>) -> PolicyErrors {
+    let index = text.map(LocationIndex::build).unwrap_or_default();
+    PolicyErrors {
+        file: file.to_owned(),
+        errors: problems
+            .into_iter()
+            .map(|(path, message)| {
+                let location = index.find(&path);
+                PolicyError {
+                    line: location.map(|l| l.line),
+                    column: location.map(|l| l.column),
+                    path,
+                    message,
+                }
+            })
+            .collect(),
     }
 }
 

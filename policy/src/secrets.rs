@@ -18,8 +18,6 @@
 //! These checks are static (they need no file to exist): `policy check` reports them with
 //! their `FILE:LINE:COL`, and the supervisor repeats them before it reads anything.
 
-use crate::error::{PolicyError, PolicyErrors};
-use crate::locate::LocationIndex;
 use crate::schema::SecretRef;
 use crate::Policy;
 use std::collections::BTreeSet;
@@ -190,26 +188,7 @@ impl SecretRules {
     }
 }
 
-/// `(rule, message)` problems as policy errors of `file`, each at the line and column of its
-/// rule in `text` (the policy's YAML; without it, the errors have no location).
-pub fn locate(file: &str, text: Option<&str>, problems: Vec<(String, String)>) -> PolicyErrors {
-    let index = text.map(LocationIndex::build).unwrap_or_default();
-    PolicyErrors {
-        file: file.to_owned(),
-        errors: problems
-            .into_iter()
-            .map(|(path, message)| {
-                let location = index.find(&path);
-                PolicyError {
-                    line: location.map(|l| l.line),
-                    column: location.map(|l| l.column),
-                    path,
-                    message,
-                }
-            })
-            .collect(),
-    }
-}
+pub use crate::locate::locate;
 
 /// Every secret reference of `policy`, in file order: provider secrets, the secrets of
 /// `headers` providers, the bot-auth key.

@@ -4,6 +4,7 @@
 //! The tests drive the binary that `cargo test` builds at the workspace root
 //! (`target/<profile>/tollgate`), so they exercise exactly what ships.
 
+pub mod checks;
 pub mod images;
 pub mod leaks;
 pub mod netns;
@@ -102,4 +103,27 @@ impl Drop for Scratch {
         let _ = std::fs::remove_dir_all(&self.dir);
         let _ = std::fs::remove_dir_all(&self.outputs);
     }
+}
+
+/// A name no other run of the suite (or other test) uses: `tollgate-test-<tag>-<pid>-<ns>`.
+pub fn unique(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("tollgate-test-{tag}-{}-{nanos}", std::process::id())
+}
+
+/// Runs Debian's `openssl` with `args` in `dir` (test certificates); panics with its stderr.
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("/usr/bin/openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run openssl (scripts/bootstrap.sh installs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -26,6 +26,22 @@ pub const PYTHON: &str = "/usr/bin/python3";
 /// and fails the test: a guard against hangs, not a performance assertion.
 pub const HANG_LIMIT: Duration = Duration::from_secs(60);
 
+/// Forks until the kernel refuses, keeping every child alive; prints `made N ERRNO` (or
+/// `made N none`): how many it made and the errno that stopped it.
+pub const FORK_UNTIL_REFUSED: &str = r#"
+import errno, os, signal
+made = 0
+try:
+    for _ in range(200):
+        if os.fork() == 0:
+            signal.pause()
+            os._exit(0)
+        made += 1
+    print("made", made, "none")
+except OSError as e:
+    print("made", made, errno.errorcode[e.errno])
+"#;
+
 /// A policy with the network enabled: one allowed API, so the proxy runs.
 pub const NETWORK_POLICY: &str = "\
 version: 1

@@ -35,51 +35,19 @@ use std::{
 };
 
 use tollgate_tests::{
+    checks::{assert_outcomes, outcome},
     leaks::SuiteLock,
     sandbox::{
         execution_id_of, is_alive, process_stat, Running, Sandbox, HANG_LIMIT, NETWORK_POLICY,
         PYTHON,
     },
-    Scratch,
+    unique, Scratch,
 };
 
 /// First uid of the per-execution pool (0x70000000).
 const POOL_BASE: u32 = 0x7000_0000;
 /// The user `--user 65534` names.
 const NOBODY: u32 = 65_534;
-
-/// A name no other run of this suite (or other test of this file) uses.
-fn unique(tag: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("tollgate-test-{tag}-{}-{nanos}", std::process::id())
-}
-
-/// The outcome printed for `check` (the rest of the line `<check> <outcome>`).
-fn outcome<'a>(stdout: &'a str, check: &str) -> Option<&'a str> {
-    stdout
-        .lines()
-        .find_map(|line| line.strip_prefix(check)?.strip_prefix(' '))
-}
-
-/// Asserts every `(check, allowed outcomes)`, reporting all mismatches at once.
-fn assert_outcomes(what: &str, stdout: &str, expected: &[(&str, &[&str])]) {
-    let wrong: Vec<String> = expected
-        .iter()
-        .filter_map(|(check, allowed)| {
-            let got = outcome(stdout, check);
-            (!got.is_some_and(|g| allowed.contains(&g)))
-                .then(|| format!("  {check}: expected one of {allowed:?}, got {got:?}"))
-        })
-        .collect();
-    assert!(
-        wrong.is_empty(),
-        "{what}:\n{}\n--- probe output ---\n{stdout}",
-        wrong.join("\n")
-    );
-}
 
 /// Removes host files when dropped (the test's socket and `/dev/shm` files).
 struct RemoveOnDrop(Vec<PathBuf>);

@@ -35,49 +35,16 @@ use std::{
     },
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use std::os::linux::net::SocketAddrExt as _;
 
 use tollgate_tests::{
+    checks::assert_outcomes,
     leaks::SuiteLock,
     sandbox::{read_json, read_json_lines, wait_within, Running, Sandbox, HANG_LIMIT, PYTHON},
-    tollgate, Scratch,
+    tollgate, unique, Scratch,
 };
-
-/// A name no other run of this suite (or other test of this file) uses.
-fn unique(tag: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("tollgate-test-{tag}-{}-{nanos}", std::process::id())
-}
-
-/// The outcome printed for `check` (the rest of the line `<check> <outcome>`).
-fn outcome<'a>(stdout: &'a str, check: &str) -> Option<&'a str> {
-    stdout
-        .lines()
-        .find_map(|line| line.strip_prefix(check)?.strip_prefix(' '))
-}
-
-/// Asserts every `(check, allowed outcomes)`, reporting all mismatches at once.
-fn assert_outcomes(what: &str, stdout: &str, expected: &[(&str, &[&str])]) {
-    let wrong: Vec<String> = expected
-        .iter()
-        .filter_map(|(check, allowed)| {
-            let got = outcome(stdout, check);
-            (!got.is_some_and(|g| allowed.contains(&g)))
-                .then(|| format!("  {check}: expected one of {allowed:?}, got {got:?}"))
-        })
-        .collect();
-    assert!(
-        wrong.is_empty(),
-        "{what}:\n{}\n--- probe output ---\n{stdout}",
-        wrong.join("\n")
-    );
-}
 
 /// The Landlock ABI of this kernel, asked the way tollgate asks; `None` without Landlock.
 fn kernel_landlock_abi() -> Option<u64> {

@@ -15,7 +15,6 @@ use std::{
     fs,
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    process::Command,
 };
 
 use serde_json::Value;
@@ -37,17 +36,9 @@ const API: &str = "api.example.com";
 // ---------------------------------------------------------------------------------------
 
 /// Runs `openssl` in `dir` with `args`, split at spaces (no argument here has one).
+/// `openssl` with its arguments written as one line.
 fn openssl(dir: &Path, args: &str) {
-    let out = Command::new("/usr/bin/openssl")
-        .current_dir(dir)
-        .args(args.split(' '))
-        .output()
-        .expect("run openssl (scripts/bootstrap.sh installs it)");
-    assert!(
-        out.status.success(),
-        "openssl {args}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    tollgate_tests::openssl(dir, &args.split(' ').collect::<Vec<_>>());
 }
 
 /// A CA (`ca.pem`) and a leaf for [`API`] signed by it (`leaf.pem`, `leaf.key`) in `dir`.

@@ -9,26 +9,16 @@ use std::{collections::BTreeMap, fs};
 use tollgate_tests::{
     leaks::SuiteLock,
     probes::{write_escape_script, Outcome, ProbeReport},
+    sandbox::FORK_UNTIL_REFUSED,
     sandbox::{
         assert_execution_gone, is_execution_id, output, read_json, Sandbox, HANG_LIMIT,
         NETWORK_POLICY, OFFLINE_POLICY, PYTHON,
     },
-    Scratch,
+    unique, Scratch,
 };
 
 const EPERM: i32 = 1;
 const ECONNREFUSED: i32 = 111;
-
-fn unique(tag: &str) -> String {
-    format!(
-        "{tag}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    )
-}
 
 /// The child's environment, from `/usr/bin/env` run directly (no shell adding PWD/SHLVL).
 fn child_env(sandbox: Sandbox) -> BTreeMap<String, String> {
@@ -421,22 +411,6 @@ fn the_summary_describes_the_execution() {
     assert_execution_gone(summary["execution"].as_str().unwrap_or_default());
     let _ = fs::remove_file(&summary_path);
 }
-
-/// Forks until the kernel refuses, keeping every child alive; prints how many it made and
-/// the errno that stopped it.
-const FORK_UNTIL_REFUSED: &str = r#"
-import errno, os, signal
-made = 0
-try:
-    for _ in range(200):
-        if os.fork() == 0:
-            signal.pause()
-            os._exit(0)
-        made += 1
-    print("made", made, "none")
-except OSError as e:
-    print("made", made, errno.errorcode[e.errno])
-"#;
 
 #[test]
 fn max_processes_stops_a_fork_bomb_and_defaults_to_1024() {

@@ -23,6 +23,7 @@ use std::{
 use serde_json::Value;
 use tollgate_tests::{
     leaks::{v1_limit_mounts, v1_mount, SuiteLock},
+    sandbox::FORK_UNTIL_REFUSED,
     sandbox::{
         cgroup2_mount, execution_cgroup, output, process_stat, read_json, shared_dir, signal,
         wait_dead, Finished, Running, Sandbox, HANG_LIMIT, PYTHON,
@@ -468,22 +469,6 @@ fn a_busy_loop_is_held_to_its_cpu_share() {
     assert!(summary["cpu_throttled_periods"].is_u64(), "{summary}");
     assert_eq!(summary["limits"]["cpu"], "0.5", "{summary}");
 }
-
-/// Forks until the kernel refuses, keeping every child alive; prints how many it made and
-/// the errno that stopped it.
-const FORK_UNTIL_REFUSED: &str = r#"
-import errno, os, signal
-made = 0
-try:
-    for _ in range(200):
-        if os.fork() == 0:
-            signal.pause()
-            os._exit(0)
-        made += 1
-    print("made", made, "none")
-except OSError as e:
-    print("made", made, errno.errorcode[e.errno])
-"#;
 
 #[test]
 fn a_fork_loop_stops_at_limits_processes() {

@@ -15,13 +15,13 @@ use std::{
     fs,
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    process::Command,
 };
 
 use base64::{engine::general_purpose::STANDARD, Engine as _};
 use serde_json::Value;
 use tollgate_tests::{
     leaks::SuiteLock,
+    openssl,
     sandbox::{read_json, read_json_lines, shared_dir, Finished, Sandbox, PYTHON},
     tollgate,
     upstream::UpstreamHost,
@@ -54,19 +54,6 @@ const NAMES: [&str; 3] = [
     "other.example.com",
     "passthrough.example.com",
 ];
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("/usr/bin/openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("run openssl (scripts/bootstrap.sh installs it)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn make_material(dir: &Path) -> Material {
     let ec = [

@@ -15,10 +15,10 @@ use std::{
     fs,
     os::unix::{ffi::OsStrExt as _, fs::PermissionsExt as _},
     path::{Path, PathBuf},
-    process::Command,
 };
 
 use tollgate_tests::{
+    openssl,
     sandbox::{shared_dir, Finished, Sandbox, PYTHON},
     tollgate, Scratch,
 };
@@ -27,19 +27,6 @@ use tollgate_tests::{
 const REFUSED: i32 = 125;
 /// `tollgate policy check`'s status for a policy with problems.
 const CHECK_FAILED: i32 = 2;
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("run openssl (scripts/bootstrap.sh installs it)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A CA of the team's own in `dir`: `ca.pem` (certificate, 0644), `ca.key` (PKCS#8, `BEGIN
 /// PRIVATE KEY`) and `ca-ec.key` (the same key as `BEGIN EC PRIVATE KEY`).

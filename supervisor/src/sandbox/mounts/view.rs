@@ -28,10 +28,9 @@ impl View<'_> {
             return None;
         }
         // The directories the sandbox always has (its own, empty or fresh), and its /dev.
-        let always = [
-            "/", "/tmp", "/var", "/var/tmp", "/run", "/dev", "/proc", "/sys",
-        ];
-        if always.iter().any(|dir| path == Path::new(dir))
+        if path == Path::new("/")
+            || path == Path::new("/var")
+            || OWN_DIRS.iter().any(|dir| path == Path::new(dir))
             || super::child::DEV_ENTRIES
                 .iter()
                 .any(|entry| path == Path::new(entry))
@@ -96,8 +95,7 @@ impl View<'_> {
         {
             return true;
         }
-        let replaced = ["/tmp", "/var/tmp", "/run", "/dev", "/proc", "/sys"];
-        if replaced.iter().any(|dir| path.starts_with(dir)) {
+        if OWN_DIRS.iter().any(|dir| path.starts_with(dir)) {
             return false;
         }
         match self.root {
@@ -111,6 +109,10 @@ impl View<'_> {
         }
     }
 }
+
+/// The directories the sandbox gets fresh ones of, whatever its root: the host's directories
+/// of these names are out of its reach, and an image must have them to mount on.
+const OWN_DIRS: [&str; 6] = ["/tmp", "/var/tmp", "/run", "/dev", "/proc", "/sys"];
 
 /// The scratch directory `path` lies strictly below, if any.
 fn scratch_dir_of(path: &Path) -> Option<&'static str> {
@@ -225,15 +227,12 @@ pub(super) fn open_share_dir(path: &Path) -> Result<OwnedFd, String> {
 /// bound read-only, so none can be created in it).
 pub(super) fn check_image(dir: &Path, shares: &[OpenShare]) -> Result<(), String> {
     // Shares below /tmp and /var/tmp get their mount points in those fresh tmpfs.
-    let needed = ["/tmp", "/var/tmp", "/run", "/dev", "/proc", "/sys"]
-        .into_iter()
-        .map(PathBuf::from)
-        .chain(
-            shares
-                .iter()
-                .map(|open| open.share.path.clone())
-                .filter(|path| scratch_dir_of(path).is_none()),
-        );
+    let needed = OWN_DIRS.into_iter().map(PathBuf::from).chain(
+        shares
+            .iter()
+            .map(|open| open.share.path.clone())
+            .filter(|path| scratch_dir_of(path).is_none()),
+    );
     let missing: Vec<String> = needed
         .filter(|path| !dir.join(path.strip_prefix("/").unwrap_or(path)).is_dir())
         .map(|path| path.display().to_string())
