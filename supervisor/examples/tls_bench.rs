@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tollgate::proxy::ca::ExecutionCa;
+use tollgate::proxy::ExecutionCa;
 use tollgate::proxy::testing::RemapTransport;
 use tollgate::proxy::{Interception, Proxy};
 use tollgate_policy::url::UrlHost;

@@ -9,7 +9,7 @@ use super::listener::{self, ProxyHandle};
 use super::resolve::{Resolver, SystemResolver};
 use super::stats::ProxyStats;
 use super::tls::Interception;
-use super::transport::{DirectTransport, Transport};
+use super::upstream::{DirectTransport, Transport};
 use super::{limits, stats, Shared};
 use std::future::Future;
 use std::io::{self, Write};

@@ -1,29 +1,22 @@
-//! Accepting the sandbox's connections: the concurrent-connection cap, one hyper HTTP/1.1
-//! server per connection (header read timeout, 16 KiB header limit, keep-alive, CONNECT
-//! upgrades; the same server runs inside intercepted tunnels), and an orderly shutdown that
-//! waits briefly for in-flight work.
+//! Accepting the sandbox's connections: the concurrent-connection cap, one HTTP/1.1 server
+//! ([`super::http1`]) per connection routing CONNECT to [`super::tunnel`] and the rest to
+//! [`super::forward`], and an orderly shutdown that waits briefly for in-flight work.
 
 use super::body::ProxyBody;
 use super::errors::{raw_response, ErrorCode};
 use super::stats::ProxyStats;
-use super::witness::Witnessed;
-use super::{connect, forward, ConnContext, Shared};
+use super::http1::serve_http;
+use super::{forward, tunnel, ConnContext, Shared};
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use std::convert::Infallible;
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
-
-/// Request heads (request line and headers) larger than this get 431.
-pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 /// A running proxy.
 pub struct ProxyHandle {
@@ -141,50 +134,6 @@ async fn serve_connection(context: ConnContext, stream: TcpStream) {
     serve_http(context, stream, route).await;
 }
 
-/// Serves HTTP/1.1 on `stream` until it closes or the proxy shuts down: hyper with the
-/// header read timeout (also the keep-alive idle timeout) and the 16 KiB header limit,
-/// the framing witness on the raw bytes. `route(context, request, ambiguous_framing)`
-/// answers each request.
-pub(crate) async fn serve_http<S, R, F>(context: ConnContext, stream: S, route: R)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    R: Fn(ConnContext, Request<Incoming>, bool) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<ProxyBody>> + Send + 'static,
-{
-    let settings = context.shared.settings.clone();
-    let mut stop = context.shutdown.clone();
-    let guard = context.guard.clone();
-    let stream = Witnessed::new(stream, context.framing.clone());
-    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-        let context = context.clone();
-        let ambiguous = context.framing.next() == Some(true);
-        let answer = route(context, request, ambiguous);
-        async move { Ok::<_, Infallible>(answer.await) }
-    });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout)
-        .max_header_size(MAX_HEADER_BYTES)
-        .keep_alive(true);
-    let connection = builder
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
-    tokio::pin!(connection);
-    tokio::select! {
-        result = connection.as_mut() => {
-            if let Err(error) = result {
-                tracing::debug!("client connection ended: {error}");
-            }
-        }
-        _ = super::stopped(&mut stop) => {
-            connection.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(settings.shutdown_grace, connection).await;
-        }
-    }
-    drop(guard);
-}
-
 /// A request on the sandbox's connection to the proxy: CONNECT or absolute form.
 async fn route(
     context: ConnContext,
@@ -192,7 +141,7 @@ async fn route(
     ambiguous: bool,
 ) -> Response<ProxyBody> {
     if request.method() == Method::CONNECT {
-        connect::tunnel(context, request).await
+        tunnel::tunnel(context, request).await
     } else {
         forward::forward(context.shared.clone(), request, ambiguous).await
     }

@@ -46,50 +46,41 @@
 //! ([`errors`]); the only exceptions are hyper's own bare 431 (header block over 16 KiB) and
 //! 400 (unparseable request), which it sends before tollgate sees a request.
 
-pub mod activity;
-mod attempt;
 pub mod audit;
 pub mod body;
-pub mod bot_auth;
 mod builder;
-pub mod ca;
-pub mod connect;
-pub mod credentials;
+mod credentials;
 pub mod errors;
-pub mod exchange;
-pub mod forward;
-pub mod gate;
-pub mod headers;
+mod forward;
+mod gate;
+mod headers;
 pub mod hooks;
-pub mod intercept;
-pub mod limits;
-pub mod listener;
-pub mod pipeline;
-mod pool;
-pub mod redact;
-pub mod relay;
-pub mod resolve;
-pub mod retry;
-pub mod secrets;
-pub mod stats;
+mod http1;
+mod limits;
+mod listener;
+mod pipeline;
+mod relay;
+mod resolve;
+mod stats;
 #[cfg(feature = "testing")]
 pub mod testing;
-pub mod tls;
-pub mod transport;
-pub mod upstream_ca;
-pub mod upstream_tls;
-mod witness;
+mod tls;
+mod tunnel;
+mod upstream;
 
-pub use bot_auth::BotSigner;
 pub use builder::{Proxy, ProxyBuilder, Settings};
+pub use credentials::bot_auth::{thumbprint, BotSigner};
+pub use credentials::secrets::{self, TeamSecrets};
 pub use credentials::{CredentialError, Credentials};
 pub use errors::{ErrorCode, ProxyError};
 pub use hooks::{AfterHttp, BeforeHttp, HookRequest, HookResponse, HookVerdict};
 pub use listener::ProxyHandle;
 pub use resolve::{Resolver, SystemResolver};
 pub use stats::{DestinationStats, ProxyStats};
+pub use tls::ca::ExecutionCa;
+pub use tls::upstream_ca;
 pub use tls::{Interception, TlsSetupError};
-pub use transport::{DialError, DialTarget, Dialed, DirectTransport, Transport, Upstream};
+pub use upstream::{DialError, DialTarget, Dialed, DirectTransport, Transport, Upstream};
 
 use audit::{AuditLog, AuditRecord};
 use body::ProxyBody;
@@ -114,7 +105,7 @@ pub(crate) struct Shared {
     pub audit: Option<AuditLog>,
     pub stats: stats::Stats,
     pub budget: limits::Budget,
-    pub pool: pool::Pool,
+    pub pool: upstream::pool::Pool,
     pub settings: Settings,
     /// The team's secrets, placeholders and signing key (loaded once per execution).
     pub credentials: Credentials,
@@ -130,7 +121,7 @@ pub(crate) struct ConnContext {
     pub guard: tokio::sync::mpsc::Sender<()>,
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// What the framing witness saw in each request head on this connection.
-    pub framing: Arc<witness::Verdicts>,
+    pub framing: Arc<http1::Verdicts>,
     /// The connection's place under `max_connections`; a tunnel keeps it until it closes.
     pub slot: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
 }

@@ -12,14 +12,16 @@ use super::body::{self, ProxyBody};
 use super::errors::{ErrorCode, ProxyError};
 use super::hooks::{HookRequest, HookResponse, HookVerdict};
 use super::relay::{Finish, RelayBody};
-use super::{attempt, credentials, gate, headers, limits, redact, refuse, Shared};
+use super::credentials::redact;
+use super::upstream::{self, Outgoing};
+use super::{credentials, gate, headers, limits, refuse, Shared};
 use bytes::Bytes;
 use http::request::Parts;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tollgate_policy::url::NormalizedUrl;
 use tollgate_policy::Decision;
 
@@ -59,22 +61,6 @@ pub(crate) async fn handle(
         Ok(response) => response,
         Err(error) => refuse(&shared, record, &error, started),
     }
-}
-
-/// The decided, prepared request, ready for attempts.
-pub(crate) struct Outgoing {
-    pub method: Method,
-    pub url: NormalizedUrl,
-    /// `scheme://authority`: the pool key and the summary's destination.
-    pub origin: String,
-    /// The origin-form target sent upstream (normalised path and query).
-    pub target: Uri,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-    pub decision: Decision,
-    pub timeout: Duration,
-    /// The response may echo a secret: buffer it and redact.
-    pub redact: bool,
 }
 
 async fn steps(
@@ -157,7 +143,7 @@ async fn steps(
         timeout,
         redact: attached.redact,
     };
-    let sent = attempt::attempts(shared, &outgoing, record).await?;
+    let sent = upstream::attempts(shared, &outgoing, record).await?;
     relay(shared, &outgoing, sent, record.clone()).await
 }
 
@@ -235,7 +221,7 @@ fn apply_team_edits(headers: &mut HeaderMap, decision: &Decision) {
 async fn relay(
     shared: &Arc<Shared>,
     outgoing: &Outgoing,
-    sent: attempt::Sent,
+    sent: upstream::Sent,
     mut record: AuditRecord,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = sent.response.into_parts();

@@ -8,7 +8,8 @@
 
 use super::audit::AuditRecord;
 use super::body::BoxError;
-use super::{pool, Shared};
+use super::upstream::pool;
+use super::Shared;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::future::Future;

@@ -6,7 +6,7 @@
 //! production run.
 
 use super::body::ProxyBody;
-use super::transport::{DialError, DialTarget, Dialed, Transport, Upstream};
+use super::upstream::{DialError, DialTarget, Dialed, Transport, Upstream};
 use super::BoxFuture;
 use http::{Request, Response};
 use hyper::body::Incoming;

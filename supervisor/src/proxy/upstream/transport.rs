@@ -6,7 +6,7 @@
 //! moves the security boundary out of tollgate. The default [`DirectTransport`] dials the
 //! addresses in order, each under the connect timeout, and nothing else.
 
-use super::BoxFuture;
+use crate::proxy::BoxFuture;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;

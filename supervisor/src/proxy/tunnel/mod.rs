@@ -9,12 +9,15 @@
 //!
 //! Either way the tunnel has one audit record, written when it closes.
 
-use super::activity::{Activity, Counted, Side};
-use super::audit::AuditRecord;
-use super::body::{self, ProxyBody};
-use super::errors::{ErrorCode, ProxyError};
-use super::transport::{DialError, DialTarget, Dialed};
-use super::{gate, headers, intercept, refuse, ConnContext, Shared};
+mod activity;
+mod intercept;
+
+use activity::{Activity, Counted, Side};
+use crate::proxy::audit::AuditRecord;
+use crate::proxy::body::{self, ProxyBody};
+use crate::proxy::errors::{ErrorCode, ProxyError};
+use crate::proxy::upstream::{DialError, DialTarget, Dialed};
+use crate::proxy::{gate, headers, refuse, ConnContext, Shared};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -107,7 +110,7 @@ async fn passthrough(
             Err(_) => "reset",
         },
         _ = activity.idle_for(idle) => "idle_timeout",
-        _ = super::stopped(&mut shutdown) => "shutdown",
+        _ = crate::proxy::stopped(&mut shutdown) => "shutdown",
     };
     close(&shared, record, &activity, outcome, started);
     drop(slot);

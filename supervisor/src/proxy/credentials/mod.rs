@@ -15,11 +15,15 @@
 //! Injected headers replace the sandbox's same-named headers (names are case-insensitive,
 //! so exactly one `Authorization` leaves). Secrets are read once per execution
 //! ([`Credentials::load`]); every secret and every header value built from one is also a
-//! needle for [`super::redact`], which keeps upstream echoes away from the sandbox.
+//! needle for [`redact`], which keeps upstream echoes away from the sandbox.
 
-use super::bot_auth::{BotAuthError, BotSigner};
-use super::errors::{ErrorCode, ProxyError};
-use super::secrets::{Secret, SecretError, TeamSecrets};
+pub(crate) mod bot_auth;
+pub(crate) mod redact;
+pub mod secrets;
+
+use bot_auth::{BotAuthError, BotSigner};
+use crate::proxy::errors::{ErrorCode, ProxyError};
+use secrets::{Secret, SecretError, TeamSecrets};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};

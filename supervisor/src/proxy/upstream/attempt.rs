@@ -3,14 +3,14 @@
 //! team has Web Bot Auth, exchange, and decide whether to retry (retryable status, refused
 //! or reset connection, connect timeout) and how long to wait.
 
-use super::audit::AuditRecord;
-use super::errors::{ErrorCode, ProxyError};
-use super::pipeline::Outgoing;
+use crate::proxy::audit::AuditRecord;
+use crate::proxy::errors::{ErrorCode, ProxyError};
 use super::transport::{DialError, DialTarget, Upstream};
-use super::upstream_tls::HandshakeError;
-use super::{exchange, pool, retry, Shared};
+use crate::proxy::tls::HandshakeError;
+use super::{exchange, pool, retry};
+use crate::proxy::Shared;
 use bytes::Bytes;
-use http::{Request, Response, Version};
+use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use std::net::SocketAddr;
@@ -18,6 +18,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::time::Instant as Deadline;
 use tollgate_policy::url::NormalizedUrl;
+use tollgate_policy::Decision;
+
+/// The decided, prepared request, ready for attempts.
+pub(crate) struct Outgoing {
+    pub method: Method,
+    pub url: NormalizedUrl,
+    /// `scheme://authority`: the pool key and the summary's destination.
+    pub origin: String,
+    /// The origin-form target sent upstream (normalised path and query).
+    pub target: Uri,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub decision: Decision,
+    pub timeout: Duration,
+    /// The response may echo a secret: buffer it and redact.
+    pub redact: bool,
+}
 
 /// The final attempt's response, to be relayed.
 pub(crate) struct Sent {

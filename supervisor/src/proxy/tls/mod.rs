@@ -10,8 +10,13 @@
 //! is made of certificates only, each re-encoded here from its DER: whatever else the files
 //! it comes from hold (a private key beside a certificate, comments) cannot reach it.
 
-use super::ca::{CaError, ExecutionCa};
-use super::upstream_tls::{TrustError, UpstreamTrust};
+pub mod ca;
+pub(crate) mod upstream;
+pub mod upstream_ca;
+
+pub(crate) use upstream::HandshakeError;
+use ca::{CaError, ExecutionCa};
+use upstream::{TrustError, UpstreamTrust};
 use base64::{engine::general_purpose::STANDARD, Engine as _};
 use rustls_pki_types::CertificateDer;
 use std::time::Duration;

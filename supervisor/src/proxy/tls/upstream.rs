@@ -14,7 +14,7 @@
 //! rustls's reason, never retried; a connection reset during the handshake is retried like
 //! any reset.
 
-use super::transport::Upstream;
+use crate::proxy::upstream::Upstream;
 use super::upstream_ca;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};

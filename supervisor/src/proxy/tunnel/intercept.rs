@@ -8,11 +8,11 @@
 //! `listener` on the decrypted stream, its requests in origin form and bound to the
 //! tunnel's origin → the tunnel's audit record when it closes.
 
-use super::audit::AuditRecord;
-use super::body::ProxyBody;
-use super::errors::{raw_response, ErrorCode, ProxyError};
-use super::listener::serve_http;
-use super::{pipeline, ConnContext, Shared};
+use crate::proxy::audit::AuditRecord;
+use crate::proxy::body::ProxyBody;
+use crate::proxy::errors::{raw_response, ErrorCode, ProxyError};
+use crate::proxy::http1::serve_http;
+use crate::proxy::{pipeline, ConnContext, Shared};
 use bytes::Bytes;
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
@@ -102,7 +102,7 @@ where
     let mut stop = conn.shutdown.clone();
     let read = tokio::select! {
         read = tokio::time::timeout(settings.header_read_timeout, client.read(&mut first)) => read,
-        _ = super::stopped(&mut stop) => return Err(Ended::Quiet("shutdown")),
+        _ = crate::proxy::stopped(&mut stop) => return Err(Ended::Quiet("shutdown")),
     };
     match read {
         Err(_) => return Err(Ended::Quiet("client_timeout")),
