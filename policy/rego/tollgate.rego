@@ -87,6 +87,9 @@ decision := {"allow": true, "reason": "allowed", "rule": rule_allowing} if {
 	destination_listed
 	method_ok
 	input.match.encoded_slash_refused == false
+	input.match.path_parameter_refused == false
+	input.match.encoded_percent_refused == false
+	input.match.trailing_dot_refused == false
 	l7_ok
 	input.destination.resolved == true
 	count(input.destination.addresses) > 0
@@ -103,6 +106,12 @@ decision := {"allow": true, "reason": "allowed", "rule": rule_allowing} if {
 	not method_ok
 } else := refuse("encoded_slash", input.match.rule) if {
 	input.match.encoded_slash_refused == true
+} else := refuse("path_parameter", input.match.rule) if {
+	input.match.path_parameter_refused == true
+} else := refuse("encoded_percent", input.match.rule) if {
+	input.match.encoded_percent_refused == true
+} else := refuse("trailing_dot", input.match.rule) if {
+	input.match.trailing_dot_refused == true
 } else := refuse("l7_denied", input.match.l7_deny) if {
 	input.match.l7_deny != null
 } else := refuse("l7_not_matched", input.match.rule) if {

@@ -9,7 +9,8 @@ use crate::host_addresses::HostAddresses;
 use crate::ip::{self, AddressClass};
 use crate::model::{AllowEntry, NearMiss};
 use crate::rego::TeamOutcome;
-use crate::url::NormalizedUrl;
+use crate::request::check_method;
+use crate::url::{NormalizedUrl, PathHazards};
 use crate::Policy;
 use regorus::Value;
 use serde::Serialize;
@@ -19,7 +20,8 @@ use std::net::IpAddr;
 /// The request being decided, after URL normalisation.
 #[derive(Debug, Clone)]
 pub struct Request<'a> {
-    /// Uppercase method; `CONNECT` for a tunnel.
+    /// The method as sent; `CONNECT` for a tunnel. Never upper-cased here: one that is not
+    /// upper case is refused ([`crate::request::check_method`]).
     pub method: &'a str,
     pub url: &'a NormalizedUrl,
     /// A CONNECT tunnel is decided on host and port only.
@@ -81,7 +83,8 @@ pub struct Match<'p> {
     pub near_miss: Option<(NearMiss, &'p AllowEntry)>,
     pub l7_allow: Option<String>,
     pub l7_deny: Option<String>,
-    pub encoded_slash_refused: bool,
+    /// The path spellings of the request that the matched entry does not opt in to.
+    pub refused_hazards: PathHazards,
 }
 
 impl Policy {
@@ -115,14 +118,14 @@ impl Policy {
         found.l7_deny = entry
             .deny_rules
             .iter()
-            .position(|rule| rule.matches(request.method, path))
+            .position(|rule| rule.denies(request.method, path))
             .map(|i| format!("{}.deny_rules[{i}]", entry.rule));
         found.l7_allow = entry
             .rules
             .iter()
-            .position(|rule| rule.matches(request.method, path))
+            .position(|rule| rule.allows(request.method, path))
             .map(|i| format!("{}.rules[{i}]", entry.rule));
-        found.encoded_slash_refused = request.url.encoded_slash && !entry.allow_encoded_slash;
+        found.refused_hazards = request.url.hazards.refused_by(entry.allowed_hazards);
         found
     }
 
@@ -134,6 +137,11 @@ impl Policy {
         destination: &Destination,
         node: &HostAddresses,
     ) -> Decision {
+        // Before any matching: a method in another case must never be compared with the
+        // rules' upper-case ones, where `delete` would miss a `DELETE` deny rule.
+        if let Err(error) = check_method(request.method) {
+            return refusal(error.reason(), error.to_string());
+        }
         let matched = self.match_request(request);
         let addresses = match destination {
             Destination::Resolved(addresses) => addresses.clone(),
@@ -344,7 +352,19 @@ fn facts(
         ("l7_deny", optional(matched.l7_deny.clone())),
         (
             "encoded_slash_refused",
-            Value::from(matched.encoded_slash_refused),
+            Value::from(matched.refused_hazards.encoded_slash),
+        ),
+        (
+            "path_parameter_refused",
+            Value::from(matched.refused_hazards.path_parameter),
+        ),
+        (
+            "encoded_percent_refused",
+            Value::from(matched.refused_hazards.encoded_percent),
+        ),
+        (
+            "trailing_dot_refused",
+            Value::from(matched.refused_hazards.trailing_dot),
         ),
     ]);
     object([
@@ -398,6 +418,9 @@ fn explain(policy: &Policy, request: &Request, decision: &Decision, matched: &Ma
             format!("method {} is not allowed on {host}: {rule} is {access}", request.method)
         }
         "encoded_slash" => format!("the path to {host} contains an encoded slash (%2F), which {rule} does not allow (set allow_encoded_slash: true to permit it)"),
+        "path_parameter" => format!("the path to {host} has a `;` (or `%3B`) in a segment, which servers such as Tomcat read as a path parameter (`/x/..;/admin` is `/admin` to them); {rule} does not allow it (set allow_path_parameters: true to permit it)"),
+        "encoded_percent" => format!("the path to {host} contains an encoded percent sign (%25), which a server that decodes twice reads as another character (`%252F` as `/`); {rule} does not allow it (set allow_encoded_percent: true to permit it)"),
+        "trailing_dot" => format!("the path to {host} has a segment ending in `.`, which servers such as IIS read without the dot (`/admin./x` as `/admin/x`); {rule} does not allow it (set allow_trailing_dot: true to permit it)"),
         "l7_denied" => format!("{} {} on {host} is refused by {rule}", request.method, request.url.path),
         "l7_not_matched" => format!("{} {} on {host} matches none of the rules of {rule}", request.method, request.url.path),
         "not_resolved" => format!("{host} has not been resolved yet"),

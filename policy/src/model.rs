@@ -1,7 +1,7 @@
 //! The validated policy: what decisions are made from, after every check in `validate` passed.
 
-use crate::schema::{Access, ProviderKind, Scheme, SecretRef, TlsMode};
-use crate::url::{HostPattern, NormalizedUrl, PathPattern, UrlHost, UrlPrefix};
+use crate::schema::{Access, OnViolation, ProviderKind, Scheme, SecretRef, TlsMode};
+use crate::url::{HostPattern, NormalizedUrl, PathHazards, PathPattern, UrlHost, UrlPrefix};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -50,7 +50,10 @@ pub struct AllowEntry {
     pub deny_rules: Vec<L7Rule>,
     pub tls: TlsMode,
     pub allowed_ips: Vec<ipnet::IpNet>,
-    pub allow_encoded_slash: bool,
+    /// The path spellings this entry lets through (`allow_encoded_slash`,
+    /// `allow_path_parameters`, `allow_encoded_percent`, `allow_trailing_dot`); all refused
+    /// by default. Short-form entries allow none.
+    pub allowed_hazards: PathHazards,
 }
 
 #[derive(Debug, Clone)]
@@ -154,7 +157,7 @@ impl AllowEntry {
             path: prefix.path.clone(),
             query: None,
             had_userinfo: false,
-            encoded_slash: false,
+            hazards: PathHazards::default(),
         };
         self.matches(&probe, false).is_ok()
     }
@@ -168,8 +171,23 @@ pub struct L7Rule {
 }
 
 impl L7Rule {
-    pub fn matches(&self, method: &str, path: &str) -> bool {
-        self.method.as_deref().is_none_or(|m| m == method) && self.path.matches(path)
+    /// As an entry of `rules`: the method and the path exactly, so an allow rule never
+    /// admits more than it spells.
+    pub fn allows(&self, method: &str, path: &str) -> bool {
+        self.method_matches(method) && self.path.matches(path)
+    }
+
+    /// As an entry of `deny_rules`: the path ignoring ASCII case, so a refusal cannot be
+    /// dodged by asking a case-insensitive server (IIS, a Windows or macOS file system)
+    /// for `/ADMIN` instead of `/admin`.
+    pub fn denies(&self, method: &str, path: &str) -> bool {
+        self.method_matches(method) && self.path.matches_ignoring_ascii_case(path)
+    }
+
+    /// Methods are case-sensitive (RFC 9110): the rule's is stored upper case, and a request
+    /// whose method is not was refused before matching (`method_not_uppercase`).
+    fn method_matches(&self, method: &str) -> bool {
+        self.method.as_deref().is_none_or(|m| m == method)
     }
 }
 
@@ -187,6 +205,31 @@ pub struct Limits {
     pub cpu: Option<crate::units::Cores>,
     /// Processes and threads at once (`limits.processes`).
     pub processes: u64,
+    /// Bytes up plus down of one `tls: passthrough` tunnel (`limits.max_tunnel_bytes`,
+    /// default 1 GiB); past it the tunnel is cut.
+    pub max_tunnel_bytes: u64,
+    /// Lifetime of one `tls: passthrough` tunnel (`limits.max_tunnel_duration`, default
+    /// 10 minutes); past it the tunnel is cut.
+    pub max_tunnel_duration: Duration,
+    /// Refused requests per execution (`limits.max_denied`, default 100, at least 1); past
+    /// it every request gets `429 denial_limit`.
+    pub max_denied: u64,
+    /// Whether the execution is ended once `max_denied` is reached
+    /// (`limits.on_violation`, default `continue`).
+    pub on_violation: OnViolation,
+}
+
+/// The limits of a policy that sets none: the defaults documented in docs/policy.md.
+impl Default for Limits {
+    fn default() -> Self {
+        let mut problems = crate::validate::Problems::default();
+        let limits = crate::validate::validate_limits(
+            &crate::schema::LimitsSection::default(),
+            &mut problems,
+        );
+        debug_assert!(problems.0.is_empty(), "the default limits are valid");
+        limits
+    }
 }
 
 impl Limits {

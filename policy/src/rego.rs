@@ -475,7 +475,8 @@ mod tests {
         "request": {"method": "GET", "scheme": "https", "host": "a.example", "port": 443, "path": "/", "query_keys": [], "header_names": [], "connect": false},
         "destination": {"resolved": true, "addresses": ["93.184.216.34"], "classes": ["public"], "covered": [false], "first_blocked": null, "first_uncovered_internal": null},
         "credential": {"provider": null},
-        "match": {"entry": 0, "rule": "network.allow[0]", "near_miss": null, "near_miss_rule": null, "l7_allow": null, "l7_deny": null, "encoded_slash_refused": false}}"#;
+        "match": {"entry": 0, "rule": "network.allow[0]", "near_miss": null, "near_miss_rule": null, "l7_allow": null, "l7_deny": null, "encoded_slash_refused": false,
+            "path_parameter_refused": false, "encoded_percent_refused": false, "trailing_dot_refused": false}}"#;
 
     fn input(edit: impl FnOnce(&mut serde_json::Value)) -> Value {
         let mut doc: serde_json::Value = serde_json::from_str(ALLOWED).unwrap();
@@ -507,6 +508,9 @@ mod tests {
             ("destination", "addresses"),
             ("match", "l7_deny"),
             ("match", "encoded_slash_refused"),
+            ("match", "path_parameter_refused"),
+            ("match", "encoded_percent_refused"),
+            ("match", "trailing_dot_refused"),
         ] {
             let doc = input(|d| {
                 d[section].as_object_mut().unwrap().remove(fact);
@@ -560,6 +564,9 @@ mod tests {
             }),
             input(|d| d["match"]["l7_deny"] = "network.allow[0].deny_rules[0]".into()),
             input(|d| d["match"]["encoded_slash_refused"] = true.into()),
+            input(|d| d["match"]["path_parameter_refused"] = true.into()),
+            input(|d| d["match"]["encoded_percent_refused"] = true.into()),
+            input(|d| d["match"]["trailing_dot_refused"] = true.into()),
             input(|d| d["request"]["method"] = "DELETE".into()),
         ];
         for case in cases {

@@ -111,6 +111,18 @@ pub struct AllowEntrySection {
     /// Allow `%2F` (an encoded slash) inside a path segment. Default false.
     #[serde(default)]
     pub allow_encoded_slash: bool,
+    /// Allow `;` (or `%3B`) inside a path segment, which Tomcat and Spring read as path
+    /// parameters (`/x/..;/admin` is `/admin` to them). Default false.
+    #[serde(default)]
+    pub allow_path_parameters: bool,
+    /// Allow `%25` (an encoded `%`) in the path, which a server that decodes twice reads as
+    /// another escape (`%252F` as `/`). Default false.
+    #[serde(default)]
+    pub allow_encoded_percent: bool,
+    /// Allow a path segment ending in `.` (`/admin./x`), which IIS and Windows read without
+    /// the dot. Default false.
+    #[serde(default)]
+    pub allow_trailing_dot: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -210,6 +222,45 @@ pub struct LimitsSection {
     #[serde(default = "default_processes")]
     #[schemars(range(min = 2))]
     pub processes: u64,
+    /// Bytes up and down of one `tls: passthrough` tunnel; past it the tunnel is cut.
+    /// Default 1GiB, at least 1 byte.
+    #[serde(default = "default_max_tunnel_bytes")]
+    pub max_tunnel_bytes: ByteSize,
+    /// Lifetime of one `tls: passthrough` tunnel; past it the tunnel is cut. Default 10m,
+    /// at least 1s.
+    #[serde(default = "default_max_tunnel_duration")]
+    pub max_tunnel_duration: Span,
+    /// Requests refused per execution (by the policy, the address checks, invalid requests,
+    /// limits, credential misuse; not upstream failures). Past it every request of the
+    /// execution gets `429 denial_limit`. Default 100, at least 1.
+    #[serde(default = "default_max_denied")]
+    #[schemars(range(min = 1))]
+    pub max_denied: u64,
+    /// What happens once `max_denied` refusals (or as many blocked direct sockets) have
+    /// happened: `continue` (default) or `kill`, which ends the execution (exit status 125).
+    #[serde(default)]
+    pub on_violation: OnViolation,
+}
+
+/// `limits.on_violation`: whether an execution that keeps knocking is ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OnViolation {
+    /// Keep running: refusals past `max_denied` get `429 denial_limit`.
+    #[default]
+    Continue,
+    /// End the execution (exit status 125) once `max_denied` refusals or as many
+    /// `bypass_attempt`s have happened.
+    Kill,
+}
+
+impl OnViolation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnViolation::Continue => "continue",
+            OnViolation::Kill => "kill",
+        }
+    }
 }
 
 impl Default for LimitsSection {
@@ -224,6 +275,10 @@ impl Default for LimitsSection {
             memory: default_memory(),
             cpu: None,
             processes: default_processes(),
+            max_tunnel_bytes: default_max_tunnel_bytes(),
+            max_tunnel_duration: default_max_tunnel_duration(),
+            max_denied: default_max_denied(),
+            on_violation: OnViolation::default(),
         }
     }
 }
@@ -391,6 +446,17 @@ fn default_memory() -> ByteSize {
 /// Room for thread pools and build tools, far below the host's pid space.
 fn default_processes() -> u64 {
     1024
+}
+/// A large download or a long-lived stream, not an unbounded one.
+fn default_max_tunnel_bytes() -> ByteSize {
+    ByteSize(1 << 30)
+}
+fn default_max_tunnel_duration() -> Span {
+    Span(Duration::from_secs(600))
+}
+/// Far more than a client that was refused by mistake retries, far fewer than a scan.
+fn default_max_denied() -> u64 {
+    100
 }
 fn default_attempts() -> u32 {
     3

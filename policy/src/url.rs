@@ -24,8 +24,12 @@
 //! * the path has dot segments resolved (also `%2e` spellings), `\` read as `/`,
 //!   percent-escapes of unreserved characters decoded and the rest upper-cased, and a `%`
 //!   not followed by two hex digits rejected, because upstream servers disagree on it;
-//! * `%2F` / `%5C` inside a segment stay encoded but set [`NormalizedUrl::encoded_slash`],
+//! * `%2F` / `%5C` inside a segment stay encoded but set [`PathHazards::encoded_slash`],
 //!   since many servers decode them into a separator *after* our prefix check;
+//! * three more spellings are forwarded as they are but flagged, because common servers read
+//!   them as another path than the one matched (see [`PathHazards`]): a `;` (or `%3B`) in a
+//!   segment (Tomcat's path parameters, `/x/..;/admin`), an encoded `%` (`%25`: a server
+//!   that decodes twice), and a segment ending in `.` (IIS and Windows drop trailing dots);
 //! * userinfo is dropped and only remembered as a flag; it never appears in any output or
 //!   error, and neither does the query string.
 
@@ -282,12 +286,11 @@ fn is_unreserved(b: u8) -> bool {
 
 struct BadEscape;
 
-/// Appends the normalised form of one path segment to `out`; returns whether the segment
-/// holds an encoded `/` or `\`.
-fn normalise_segment(seg: &str, out: &mut String) -> Result<bool, BadEscape> {
+/// Appends the normalised form of one path segment to `out`: unreserved escapes decoded,
+/// the others with upper-case hex, so every `%` in the result starts a valid escape.
+fn normalise_segment(seg: &str, out: &mut String) -> Result<(), BadEscape> {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let bytes = seg.as_bytes();
-    let mut encoded_slash = false;
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
@@ -303,7 +306,6 @@ fn normalise_segment(seg: &str, out: &mut String) -> Result<bool, BadEscape> {
                 out.push('%');
                 out.push(char::from(HEX[usize::from(hi)]));
                 out.push(char::from(HEX[usize::from(lo)]));
-                encoded_slash |= v == b'/' || v == b'\\';
             }
             i += 3;
         } else {
@@ -315,19 +317,70 @@ fn normalise_segment(seg: &str, out: &mut String) -> Result<bool, BadEscape> {
             i += c.len_utf8();
         }
     }
-    Ok(encoded_slash)
+    Ok(())
 }
 
-/// Normalises a WHATWG-serialised path; returns it with the encoded-slash flag.
-fn normalise_path(raw: &str) -> Result<(String, bool), UrlError> {
+/// Spellings in a normalised path that common servers read as another path than the one
+/// tollgate matched. The path is forwarded as it is; the policy refuses a request with any
+/// of these unless the matching allow entry opts in. All are computed on the normalised
+/// path, which is exactly what is sent upstream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct PathHazards {
+    /// A segment holds `%2F` or `%5C`: a server that decodes it sees a separator.
+    pub encoded_slash: bool,
+    /// A segment holds `;` or `%3B`: Tomcat (and Spring, Jetty) cut `;...` off each segment
+    /// before mapping, so `/admin;x/y` is `/admin/y` and `/x/..;/admin` climbs to `/admin`;
+    /// a server (or a proxy in front of it) that decodes `%3B` sees the same `;`.
+    pub path_parameter: bool,
+    /// The path holds `%25`, an encoded `%`: a server that decodes twice reads
+    /// `%252F` as `/` and `%252e%252e` as `..`.
+    pub encoded_percent: bool,
+    /// A segment other than `.`/`..` (which are resolved away) ends in `.` (also written
+    /// `%2E`): IIS and Windows file systems drop trailing dots, so `/admin./x` is `/admin/x`.
+    pub trailing_dot: bool,
+}
+
+impl PathHazards {
+    /// The hazards of one segment as [`normalise_segment`] wrote it. Every `%` there starts
+    /// an escape with upper-case hex (a literal `%` is `%25`), so looking for `%3B` as text
+    /// finds exactly the encoded `;`s, never the tail of another escape.
+    fn of_segment(seg: &str) -> PathHazards {
+        PathHazards {
+            encoded_slash: seg.contains("%2F") || seg.contains("%5C"),
+            path_parameter: seg.contains(';') || seg.contains("%3B"),
+            encoded_percent: seg.contains("%25"),
+            trailing_dot: seg.ends_with('.'),
+        }
+    }
+
+    fn add(&mut self, other: PathHazards) {
+        self.encoded_slash |= other.encoded_slash;
+        self.path_parameter |= other.path_parameter;
+        self.encoded_percent |= other.encoded_percent;
+        self.trailing_dot |= other.trailing_dot;
+    }
+
+    /// The hazards present here that `allowed` (an allow entry's opt-ins) does not permit.
+    pub fn refused_by(self, allowed: PathHazards) -> PathHazards {
+        PathHazards {
+            encoded_slash: self.encoded_slash && !allowed.encoded_slash,
+            path_parameter: self.path_parameter && !allowed.path_parameter,
+            encoded_percent: self.encoded_percent && !allowed.encoded_percent,
+            trailing_dot: self.trailing_dot && !allowed.trailing_dot,
+        }
+    }
+}
+
+/// Normalises a WHATWG-serialised path; returns it with its hazards.
+fn normalise_path(raw: &str) -> Result<(String, PathHazards), UrlError> {
     let body = raw.strip_prefix('/').unwrap_or(raw);
-    let mut encoded_slash = false;
+    let mut hazards = PathHazards::default();
     let mut out: Vec<String> = Vec::new();
     let mut segments = body.split('/').peekable();
     while let Some(seg) = segments.next() {
         let is_last = segments.peek().is_none();
         let mut norm = String::with_capacity(seg.len());
-        encoded_slash |= normalise_segment(seg, &mut norm).map_err(|BadEscape| {
+        normalise_segment(seg, &mut norm).map_err(|BadEscape| {
             UrlError::Invalid("the path has a `%` that is not followed by two hex digits")
         })?;
         // WHATWG already resolved dot segments, but decoding may in principle have made
@@ -344,10 +397,13 @@ fn normalise_path(raw: &str) -> Result<(String, bool), UrlError> {
                     out.push(String::new());
                 }
             }
-            _ => out.push(norm),
+            _ => {
+                hazards.add(PathHazards::of_segment(&norm));
+                out.push(norm);
+            }
         }
     }
-    Ok((format!("/{}", out.join("/")), encoded_slash))
+    Ok((format!("/{}", out.join("/")), hazards))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -368,8 +424,9 @@ pub struct NormalizedUrl {
     pub query: Option<String>,
     /// The input had userinfo (`user:pass@`); it is dropped and never kept.
     pub had_userinfo: bool,
-    /// A path segment contains `%2F` or `%5C`; policy refuses these unless opted in.
-    pub encoded_slash: bool,
+    /// Spellings in the path that servers read differently (`%2F`, `;`, `%25`, `x.`); the
+    /// policy refuses each unless the matching entry opts in.
+    pub hazards: PathHazards,
 }
 
 // The query can carry tokens (`?api_key=`), so `{:?}` must not print it: Debug output
@@ -389,7 +446,7 @@ impl fmt::Debug for NormalizedUrl {
             .field("path", &self.path)
             .field("query", &self.query.as_ref().map(|q| Redacted(q.len())))
             .field("had_userinfo", &self.had_userinfo)
-            .field("encoded_slash", &self.encoded_slash)
+            .field("hazards", &self.hazards)
             .finish()
     }
 }
@@ -453,7 +510,7 @@ impl NormalizedUrl {
             Some(p) => p,
             None => default_port(&scheme).ok_or(UrlError::InvalidPort)?,
         };
-        let (path, encoded_slash) = normalise_path(url.path())?;
+        let (path, hazards) = normalise_path(url.path())?;
         Ok(NormalizedUrl {
             scheme,
             host,
@@ -463,7 +520,7 @@ impl NormalizedUrl {
             had_userinfo: authority.contains('@')
                 || !url.username().is_empty()
                 || url.password().is_some(),
-            encoded_slash,
+            hazards,
         })
     }
 
@@ -855,9 +912,14 @@ impl fmt::Display for HostPattern {
 ///   A literal `*` cannot be written; `%2A` matches an encoded `*` only.
 /// * Wildcards match the path as normalised, so `*` can match a segment holding `%2F`;
 ///   such requests are refused by the `encoded_slash` check unless an entry opts in.
+/// * [`PathPattern::matches`] is exact; [`PathPattern::matches_ignoring_ascii_case`] (what
+///   deny rules use) folds ASCII letters on both sides, so `/ADMIN` cannot dodge `/admin/**`
+///   on a server that does not care about case.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PathPattern {
     segments: Vec<PathSegment>,
+    /// `segments` with every literal in ASCII lower case, for case-insensitive matching.
+    folded: Vec<PathSegment>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -869,6 +931,16 @@ enum PathSegment {
 }
 
 impl PathSegment {
+    fn to_ascii_lowercase(&self) -> PathSegment {
+        match self {
+            PathSegment::Literal(l) => PathSegment::Literal(l.to_ascii_lowercase()),
+            PathSegment::Glob(parts) => {
+                PathSegment::Glob(parts.iter().map(|p| p.to_ascii_lowercase()).collect())
+            }
+            PathSegment::AnyDepth => PathSegment::AnyDepth,
+        }
+    }
+
     fn matches_one(&self, seg: &str) -> bool {
         match self {
             PathSegment::Literal(l) => l == seg,
@@ -998,35 +1070,23 @@ impl PathPattern {
                 return Err(PathPatternError::TooLong);
             }
         }
-        Ok(PathPattern { segments })
+        let folded = segments
+            .iter()
+            .map(PathSegment::to_ascii_lowercase)
+            .collect();
+        Ok(PathPattern { segments, folded })
     }
 
     /// `normalised_path` is [`NormalizedUrl::path`] (no query); anything not starting with
-    /// `/` never matches.
+    /// `/` never matches. Letter case must be equal.
     pub fn matches(&self, normalised_path: &str) -> bool {
-        if !normalised_path.starts_with('/') {
-            return false;
-        }
-        let path: Vec<&str> = normalised_path
-            .split('/')
-            .filter(|s| !s.is_empty())
-            .collect();
-        let n = path.len();
-        // next[j]: the pattern suffix after the current element matches path[j..].
-        // Dynamic programming keeps `**` matching O(pattern × path) on any input.
-        let mut next = vec![false; n + 1];
-        next[n] = true;
-        for pat in self.segments.iter().rev() {
-            let mut cur = vec![false; n + 1];
-            for j in (0..=n).rev() {
-                cur[j] = match pat {
-                    PathSegment::AnyDepth => next[j] || (j < n && cur[j + 1]),
-                    single => j < n && next[j + 1] && single.matches_one(path[j]),
-                };
-            }
-            next = cur;
-        }
-        next[0]
+        matches_segments(&self.segments, normalised_path)
+    }
+
+    /// [`PathPattern::matches`] with ASCII letters compared ignoring case (`/ADMIN/x`
+    /// matches `/admin/**`); other characters, escapes included, compare as in `matches`.
+    pub fn matches_ignoring_ascii_case(&self, normalised_path: &str) -> bool {
+        matches_segments(&self.folded, &normalised_path.to_ascii_lowercase())
     }
 
     pub fn is_wildcard(&self) -> bool {
@@ -1034,6 +1094,33 @@ impl PathPattern {
             .iter()
             .any(|s| !matches!(s, PathSegment::Literal(_)))
     }
+}
+
+/// The matching core of [`PathPattern`], on segments already folded or not.
+fn matches_segments(pattern: &[PathSegment], normalised_path: &str) -> bool {
+    if !normalised_path.starts_with('/') {
+        return false;
+    }
+    let path: Vec<&str> = normalised_path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let n = path.len();
+    // next[j]: the pattern suffix after the current element matches path[j..].
+    // Dynamic programming keeps `**` matching O(pattern × path) on any input.
+    let mut next = vec![false; n + 1];
+    next[n] = true;
+    for pat in pattern.iter().rev() {
+        let mut cur = vec![false; n + 1];
+        for j in (0..=n).rev() {
+            cur[j] = match pat {
+                PathSegment::AnyDepth => next[j] || (j < n && cur[j + 1]),
+                single => j < n && next[j + 1] && single.matches_one(path[j]),
+            };
+        }
+        next = cur;
+    }
+    next[0]
 }
 
 impl fmt::Display for PathPattern {
@@ -1120,7 +1207,7 @@ mod tests {
         assert_eq!(url.path, "/repos/x/y");
         assert_eq!(url.query.as_deref(), Some("per_page=10"));
         assert!(!url.had_userinfo);
-        assert!(!url.encoded_slash);
+        assert_eq!(url.hazards, PathHazards::default());
         assert!(url.is_default_port());
         assert_eq!(url.host_str(), "api.github.com");
         assert_eq!(url.authority(), "api.github.com");
@@ -1571,7 +1658,7 @@ mod tests {
         ] {
             let x = u(input);
             assert_eq!(x.path, path, "{input}");
-            assert!(!x.encoded_slash, "{input}");
+            assert!(!x.hazards.encoded_slash, "{input}");
         }
     }
 
@@ -1646,7 +1733,7 @@ mod tests {
         ] {
             let x = u(input);
             assert_eq!(x.path, path, "{input}");
-            assert!(x.encoded_slash, "{input}");
+            assert!(x.hazards.encoded_slash, "{input}");
         }
         for input in [
             "http://h/a/b",
@@ -1655,8 +1742,107 @@ mod tests {
             "http://h/?x=%2F",
             "http://h/a#%2F",
         ] {
-            assert!(!u(input).encoded_slash, "{input}");
+            assert!(!u(input).hazards.encoded_slash, "{input}");
         }
+    }
+
+    /// Each hazard, on the path as it is sent: what the upstream receives is `path`, and the
+    /// flags say what a server could read into it.
+    #[test]
+    fn path_hazards_are_flagged_on_the_path_that_is_sent() {
+        const NONE: PathHazards = PathHazards {
+            encoded_slash: false,
+            path_parameter: false,
+            encoded_percent: false,
+            trailing_dot: false,
+        };
+        let param = PathHazards {
+            path_parameter: true,
+            ..NONE
+        };
+        let percent = PathHazards {
+            encoded_percent: true,
+            ..NONE
+        };
+        let dot = PathHazards {
+            trailing_dot: true,
+            ..NONE
+        };
+        let slash = PathHazards {
+            encoded_slash: true,
+            ..NONE
+        };
+        for (input, path, hazards) in [
+            // `;` is not percent-encoded by WHATWG, nor `..;` taken for a dot segment.
+            ("http://h/admin;/x", "/admin;/x", param),
+            ("http://h/x/..;/admin/x", "/x/..;/admin/x", param),
+            ("http://h/x/.;/admin", "/x/.;/admin", param),
+            ("http://h/x/%2e%2e;/admin", "/x/..;/admin", param),
+            ("http://h/a;jsessionid=1", "/a;jsessionid=1", param),
+            ("http://h/admin%3b/x", "/admin%3B/x", param),
+            ("http://h/admin%3B/x", "/admin%3B/x", param),
+            // Decoded once only, so `%25` reaches the upstream as it was written.
+            ("http://h/admin%252fx", "/admin%252fx", percent),
+            ("http://h/%252e%252e/admin", "/%252e%252e/admin", percent),
+            ("http://h/a%25", "/a%25", percent),
+            ("http://h/a%253Bb", "/a%253Bb", percent),
+            // `%2e` is unreserved, so it is decoded; only `.` and `..` segments go away.
+            ("http://h/admin./x", "/admin./x", dot),
+            ("http://h/admin../x", "/admin../x", dot),
+            ("http://h/admin%2e/x", "/admin./x", dot),
+            ("http://h/admin%2E%2e/x", "/admin../x", dot),
+            ("http://h/x.", "/x.", dot),
+            ("http://h/x/y%2E", "/x/y.", dot),
+            ("http://h/...", "/...", dot),
+            ("http://h/admin%2Fx", "/admin%2Fx", slash),
+            ("http://h/admin%5cx", "/admin%5Cx", slash),
+            (
+                "http://h/a;b/c%25/d./e%2F",
+                "/a;b/c%25/d./e%2F",
+                PathHazards {
+                    encoded_slash: true,
+                    path_parameter: true,
+                    encoded_percent: true,
+                    trailing_dot: true,
+                },
+            ),
+            ("http://h/x/./y", "/x/y", NONE),
+            ("http://h/x/.", "/x/", NONE),
+            ("http://h/x/..", "/", NONE),
+            ("http://h/x/%2e%2e/y", "/y", NONE),
+            ("http://h/.well-known/x", "/.well-known/x", NONE),
+            ("http://h/v1.2/a.json", "/v1.2/a.json", NONE),
+            ("http://h/..a", "/..a", NONE),
+            ("http://h/x?a=1;b=%25.", "/x", NONE),
+            ("http://h/x#a;b.", "/x", NONE),
+        ] {
+            let url = u(input);
+            assert_eq!(url.path, path, "{input}");
+            assert_eq!(url.origin_form().split('?').next(), Some(path), "{input}");
+            assert_eq!(url.hazards, hazards, "{input}");
+        }
+    }
+
+    #[test]
+    fn hazards_refused_are_those_not_allowed() {
+        let all = PathHazards {
+            encoded_slash: true,
+            path_parameter: true,
+            encoded_percent: true,
+            trailing_dot: true,
+        };
+        assert_eq!(all.refused_by(all), PathHazards::default());
+        assert_eq!(all.refused_by(PathHazards::default()), all);
+        let refused = all.refused_by(PathHazards {
+            path_parameter: true,
+            ..PathHazards::default()
+        });
+        assert!(refused.encoded_slash && !refused.path_parameter);
+        assert!(refused.encoded_percent && refused.trailing_dot);
+        assert_eq!(
+            PathHazards::default().refused_by(PathHazards::default()),
+            PathHazards::default()
+        );
     }
 
     #[test]
@@ -2452,6 +2638,31 @@ mod tests {
     }
 
     #[test]
+    fn path_pattern_case_is_exact_unless_asked_to_ignore_it() {
+        let admin = pp("/admin/**");
+        assert!(admin.matches("/admin/x"));
+        assert!(!admin.matches("/ADMIN/x"));
+        for path in ["/admin/x", "/ADMIN/x", "/Admin", "/aDmIn/X/y", "/ADMIN/"] {
+            assert!(admin.matches_ignoring_ascii_case(path), "{path}");
+        }
+        for path in ["/administrator", "/x/ADMIN", "/adm%49n", "ADMIN/x"] {
+            assert!(!admin.matches_ignoring_ascii_case(path), "{path}");
+        }
+        let glob = pp("/Reports/*.PDF");
+        assert!(glob.matches("/Reports/a.PDF"));
+        assert!(!glob.matches("/reports/a.pdf"));
+        assert!(glob.matches_ignoring_ascii_case("/reports/A.pdf"));
+        assert!(glob.matches_ignoring_ascii_case("/REPORTS/.Pdf"));
+        assert!(!glob.matches_ignoring_ascii_case("/reports/a/b.pdf"));
+        // Escapes compare by what they encode: hex case is normalised on both sides already.
+        let escaped = pp("/a%2fb");
+        assert!(escaped.matches_ignoring_ascii_case("/A%2FB"));
+        // Only ASCII letters fold: `%C3%BC` (ü) is not `%C3%9C` (Ü).
+        assert!(!pp("/%C3%BC").matches_ignoring_ascii_case("/%C3%9C"));
+        assert!(pp("/").matches_ignoring_ascii_case("/"));
+    }
+
+    #[test]
     fn path_pattern_parse_errors() {
         use PathPatternError as E;
         for (s, e) in [
@@ -2692,7 +2903,7 @@ mod tests {
             prop_assert_eq!(re.port, url.port);
             prop_assert_eq!(&re.path, &url.path);
             prop_assert_eq!(&re.query, &url.query);
-            prop_assert_eq!(re.encoded_slash, url.encoded_slash);
+            prop_assert_eq!(re.hazards, url.hazards);
             prop_assert!(!re.had_userinfo);
 
             let fp = NormalizedUrl::from_parts(&url.scheme, &url.authority(), &url.origin_form());

@@ -8,7 +8,7 @@ use crate::ip;
 use crate::model::*;
 use crate::schema::*;
 use crate::units::{ByteSize, Cores};
-use crate::url::{HostPattern, PathPattern, UrlPrefix};
+use crate::url::{HostPattern, PathHazards, PathPattern, UrlPrefix};
 use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;
 
@@ -204,7 +204,7 @@ fn validate_entry(index: usize, item: &AllowItem, problems: &mut Problems) -> Op
                 deny_rules: vec![],
                 tls: TlsMode::Intercept,
                 allowed_ips: vec![],
-                allow_encoded_slash: false,
+                allowed_hazards: PathHazards::default(),
             }),
             Err(error) => {
                 problems.add(&rule, format!("invalid allow entry: {error}"));
@@ -271,7 +271,12 @@ fn validate_entry(index: usize, item: &AllowItem, problems: &mut Problems) -> Op
                 deny_rules,
                 tls: entry.tls,
                 allowed_ips: entry.allowed_ips.clone(),
-                allow_encoded_slash: entry.allow_encoded_slash,
+                allowed_hazards: PathHazards {
+                    encoded_slash: entry.allow_encoded_slash,
+                    path_parameter: entry.allow_path_parameters,
+                    encoded_percent: entry.allow_encoded_percent,
+                    trailing_dot: entry.allow_trailing_dot,
+                },
             })
         }
     }
@@ -312,7 +317,7 @@ fn validate_l7_rules(path: &str, rules: &[L7RuleSection], problems: &mut Problem
         .collect()
 }
 
-fn validate_limits(section: &LimitsSection, problems: &mut Problems) -> Limits {
+pub(crate) fn validate_limits(section: &LimitsSection, problems: &mut Problems) -> Limits {
     let limits = Limits {
         max_requests: section.max_requests,
         default_timeout: section.default_timeout.as_duration(),
@@ -329,6 +334,10 @@ fn validate_limits(section: &LimitsSection, problems: &mut Problems) -> Limits {
             }
         }),
         processes: section.processes,
+        max_tunnel_bytes: section.max_tunnel_bytes.0,
+        max_tunnel_duration: section.max_tunnel_duration.as_duration(),
+        max_denied: section.max_denied,
+        on_violation: section.on_violation,
     };
     let second = std::time::Duration::from_secs(1);
     if limits.default_timeout < second {
@@ -365,6 +374,24 @@ fn validate_limits(section: &LimitsSection, problems: &mut Problems) -> Limits {
         problems.add(
             "limits.processes",
             "processes must be at least 2 (tollgate's init and the command)",
+        );
+    }
+    if limits.max_tunnel_bytes == 0 {
+        problems.add(
+            "limits.max_tunnel_bytes",
+            "max_tunnel_bytes must be at least 1 byte (a passthrough tunnel that may carry nothing is no tunnel: remove the entry instead)",
+        );
+    }
+    if limits.max_tunnel_duration < second {
+        problems.add(
+            "limits.max_tunnel_duration",
+            "max_tunnel_duration must be at least 1s",
+        );
+    }
+    if limits.max_denied == 0 {
+        problems.add(
+            "limits.max_denied",
+            "max_denied must be at least 1 (it counts refused requests; the first refusal is answered either way)",
         );
     }
     limits
