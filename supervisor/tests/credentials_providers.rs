@@ -202,7 +202,7 @@ async fn each_provider_type_sends_exactly_its_header() {
     assert_no_secret(&text, "the audit log");
     let credentials: Vec<_> = records
         .iter()
-        .filter(|r| r["kind"] == "http")
+        .filter(|r| r["type"] == "http")
         .map(|r| r["credentials"][0].as_str().unwrap_or_default().to_owned())
         .collect();
     assert_eq!(
@@ -211,7 +211,7 @@ async fn each_provider_type_sends_exactly_its_header() {
     );
     assert!(records
         .iter()
-        .filter(|r| r["kind"] == "http")
+        .filter(|r| r["type"] == "http")
         .all(|r| r["finding"] == "secret_echoed"));
 }
 

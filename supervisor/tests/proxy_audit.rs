@@ -114,7 +114,7 @@ async fn audit_records_carry_every_field_and_no_secret() {
         "time",
         "execution",
         "team",
-        "kind",
+        "type",
         "method",
         "scheme",
         "host",
@@ -181,12 +181,12 @@ async fn audit_records_carry_every_field_and_no_secret() {
     assert_eq!(records[5]["host"], "evil.test");
 
     assert!(
-        operator.contains("POST http://api.test/v1/items -> 503 ("),
+        operator.contains("POST http://api.test/v1/items -> 503 retrying ("),
         "{operator}"
     );
-    assert!(operator.contains("retrying (attempt 2/3)"), "{operator}");
+    assert!(operator.contains("next attempt in"), "{operator}");
     assert!(
-        operator.contains("POST http://api.test/v1/items -> 200 ("),
+        operator.contains("POST http://api.test/v1/items -> 200 complete ("),
         "{operator}"
     );
     assert_eq!((stats.requests, stats.denied, stats.retried), (3, 3, 1));

@@ -62,7 +62,7 @@ async fn an_allowed_connect_is_a_byte_for_byte_tunnel() {
     let records = proxy.audit.records();
     assert_eq!(records.len(), 1);
     let record = &records[0];
-    assert_eq!(record["kind"], "connect");
+    assert_eq!(record["type"], "connect");
     assert_eq!(record["address"], format!("{PINNED}:443"));
     assert_eq!(
         (record["bytes_up"].as_u64(), record["bytes_down"].as_u64()),

@@ -48,7 +48,7 @@ async fn curl_reaches_an_https_upstream_through_interception_without_insecure() 
     assert_eq!(stats.requests, 2, "{stats:?}");
     assert_eq!(stats.destinations[0].destination, "https://api.test");
     let records = proxy.records();
-    let inner: Vec<_> = records.iter().filter(|r| r["kind"] == "http").collect();
+    let inner: Vec<_> = records.iter().filter(|r| r["type"] == "http").collect();
     assert_eq!(inner.len(), 2, "{records:?}");
     assert_eq!(inner[0]["scheme"], "https");
     assert_eq!(inner[0]["path"], "/hello");
@@ -58,7 +58,7 @@ async fn curl_reaches_an_https_upstream_through_interception_without_insecure() 
     let Intercepting { harness, .. } = proxy;
     harness.handle.shutdown().await;
     let records = harness.audit.records();
-    let tunnel: Vec<_> = records.iter().filter(|r| r["kind"] == "connect").collect();
+    let tunnel: Vec<_> = records.iter().filter(|r| r["type"] == "connect").collect();
     assert_eq!(tunnel.len(), 1, "{records:?}");
     assert_eq!(tunnel[0]["tls"], "intercept");
     assert_eq!(tunnel[0]["outcome"], "closed");
@@ -126,7 +126,7 @@ async fn read_only_and_l7_rules_hold_inside_tls() {
     let records = proxy.records();
     let denied: Vec<_> = records
         .iter()
-        .filter(|r| r["kind"] == "http" && r["decision"] == "deny")
+        .filter(|r| r["type"] == "http" && r["decision"] == "deny")
         .collect();
     assert_eq!(denied.len(), 2, "{records:?}");
     assert_eq!(denied[0]["reason"], "method_not_allowed");
@@ -214,7 +214,7 @@ async fn a_client_that_does_not_trust_the_ca_fails_its_handshake_and_it_is_audit
     assert_eq!(up.count(), 0);
     let records = proxy.records();
     assert_eq!(records.len(), 1, "{records:?}");
-    assert_eq!(records[0]["kind"], "connect");
+    assert_eq!(records[0]["type"], "connect");
     assert_eq!(records[0]["outcome"], "tls_handshake_failed");
     assert_eq!(proxy.handle.stats().requests, 0);
 }

@@ -617,7 +617,7 @@ fn check_audit(tag: &str, walls: Walls, run: &Escape) {
     }
     let child_pid = run.child_pid;
     for record in &records {
-        for field in ["pid", "comm", "kind", "family"] {
+        for field in ["pid", "comm", "hook", "family"] {
             assert!(
                 !record[field].is_null(),
                 "[{tag}] bypass_attempt has `{field}`: {record}"
@@ -635,7 +635,7 @@ fn check_audit(tag: &str, walls: Walls, run: &Escape) {
         let want: SocketAddr = addr.parse().unwrap();
         let matching: Vec<_> = records
             .iter()
-            .filter(|record| record["kind"] == *kind)
+            .filter(|record| record["hook"] == *kind)
             .filter(|record| match *kind {
                 "sock_create" => {
                     let proto = if spec.starts_with("mptcp:") {

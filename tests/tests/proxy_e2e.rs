@@ -146,7 +146,7 @@ impl Outcome {
     fn records(&self, prefix: &str) -> Vec<&Value> {
         self.audit
             .iter()
-            .filter(|r| r.get("kind").is_some())
+            .filter(|r| matches!(r["type"].as_str(), Some("http" | "connect")))
             .filter(|r| r["path"].as_str().is_some_and(|p| p.starts_with(prefix)))
             .collect()
     }
@@ -156,7 +156,7 @@ impl Outcome {
         let found: Vec<&Value> = self
             .audit
             .iter()
-            .filter(|r| r.get("kind").is_some() && r["path"] == path)
+            .filter(|r| matches!(r["type"].as_str(), Some("http" | "connect")) && r["path"] == path)
             .collect();
         assert_eq!(
             found.len(),
@@ -340,7 +340,7 @@ results["py-GET-none"] = fetch(U + "/echo/m/py-GET-none")
         assert!(up_headers("expect").is_empty(), "{name}: {seen:#}");
         // Each request decided, sent once, audited once.
         let record = out.record(&format!("/echo/m/{name}"));
-        assert_eq!(record["kind"], "http");
+        assert_eq!(record["type"], "http");
         assert_eq!(record["method"], *method);
         assert_eq!(record["decision"], "allow");
         assert_eq!(record["status"], 200);
@@ -622,7 +622,7 @@ results["after"] = fetch(U + "/echo/after")
     let invalid_url = out
         .audit
         .iter()
-        .filter(|r| r["kind"] == "http" && r["error"] == "invalid_url")
+        .filter(|r| r["type"] == "http" && r["error"] == "invalid_url")
         .count();
     assert_eq!(invalid_url, 4, "{}", out.audit_text);
 }
@@ -711,7 +711,7 @@ time.sleep(0.3)
     let tunnels: Vec<&Value> = out
         .audit
         .iter()
-        .filter(|r| r["kind"] == "connect")
+        .filter(|r| r["type"] == "connect")
         .collect();
     let echo_record = tunnels
         .iter()
@@ -1465,7 +1465,7 @@ results["retried"] = fetch(U + "/flaky/503/1/audit?token=" + S, headers=planted)
     );
     assert_eq!(plain["execution"], execution.as_str());
     assert_eq!(plain["team"], "e2e");
-    assert_eq!(plain["kind"], "http");
+    assert_eq!(plain["type"], "http");
     assert_eq!(plain["method"], "GET");
     assert_eq!(plain["scheme"], "http");
     assert_eq!(plain["host"], "up.test");
@@ -1496,7 +1496,7 @@ results["retried"] = fetch(U + "/flaky/503/1/audit?token=" + S, headers=planted)
     assert_eq!(out.record("/audit/ssrf")["reason"], "private_address");
     assert_eq!(out.records("/audit/refused").len(), 2);
     assert_eq!(out.records("/flaky/503/1/audit").len(), 2);
-    for record in out.audit.iter().filter(|r| r.get("kind").is_some()) {
+    for record in out.audit.iter().filter(|r| matches!(r["type"].as_str(), Some("http" | "connect"))) {
         for key in [
             "time",
             "execution",
@@ -1526,7 +1526,7 @@ results["retried"] = fetch(U + "/flaky/503/1/audit?token=" + S, headers=planted)
         .audit
         .iter()
         .filter(|r| {
-            r.get("kind").is_some()
+            matches!(r["type"].as_str(), Some("http" | "connect"))
                 && r["attempt"].is_u64()
                 && r["error"] != "request_limit_exceeded"
         })

@@ -340,7 +340,7 @@ impl Outcome {
     }
 
     fn records(&self, kind: &str) -> Vec<&Value> {
-        self.audit.iter().filter(|r| r["kind"] == kind).collect()
+        self.audit.iter().filter(|r| r["type"] == kind).collect()
     }
 }
 

@@ -2,7 +2,7 @@
 //! and TLS interception, the pluggable parts (transport, resolver, hooks, audit writer), plus
 //! the connection-level settings.
 
-use super::audit::AuditLog;
+use crate::audit::AuditLog;
 use super::credentials::Credentials;
 use super::hooks::{AfterHttp, BeforeHttp};
 use super::listener::{self, ProxyHandle};
@@ -57,7 +57,7 @@ pub struct ProxyBuilder {
     resolver: Arc<dyn Resolver>,
     before: Vec<Arc<dyn BeforeHttp>>,
     after: Vec<Arc<dyn AfterHttp>>,
-    audit: Option<Box<dyn Write + Send>>,
+    audit: Option<AuditLog>,
     settings: Settings,
     credentials: Option<Credentials>,
     tls: Option<Arc<Interception>>,
@@ -121,8 +121,14 @@ impl ProxyBuilder {
     }
 
     /// Writes the audit log (JSON Lines) to `writer`.
-    pub fn audit(mut self, writer: impl Write + Send + 'static) -> Self {
-        self.audit = Some(Box::new(writer));
+    pub fn audit(self, writer: impl Write + Send + 'static) -> Self {
+        self.audit_log(AuditLog::new(Box::new(writer)))
+    }
+
+    /// Writes audit records to an audit log the caller shares (`tollgate run`'s, which the
+    /// eBPF wall's reports go to as well).
+    pub fn audit_log(mut self, audit: AuditLog) -> Self {
+        self.audit = Some(audit);
         self
     }
 
@@ -154,7 +160,7 @@ impl ProxyBuilder {
                 resolver: self.resolver,
                 before: self.before,
                 after: self.after,
-                audit: self.audit.map(AuditLog::new),
+                audit: self.audit,
                 stats: stats::Stats::default(),
                 budget,
                 pool: Default::default(),

@@ -6,6 +6,9 @@
 //! safe to return to the sandbox and to write to the audit log.
 
 use super::body::{self, ProxyBody};
+
+/// The `Via` value tollgate adds to every response it relays or generates.
+pub const VIA: &str = "1.1 tollgate";
 use http::{header, HeaderValue, Response, StatusCode};
 use tollgate_policy::Decision;
 
@@ -66,6 +69,18 @@ impl ErrorCode {
             ErrorCode::CredentialPlaceholderMismatch => "credential_placeholder_mismatch",
             ErrorCode::UpstreamTlsError => "upstream_tls_error",
         }
+    }
+
+    /// Whether the sandbox caused this answer (a refusal, counted against
+    /// `limits.max_denied`), rather than the upstream (a failure).
+    pub fn is_refusal(self) -> bool {
+        !matches!(
+            self,
+            ErrorCode::ConnectError
+                | ErrorCode::Timeout
+                | ErrorCode::ClientTimeout
+                | ErrorCode::UpstreamTlsError
+        )
     }
 
     pub fn status(self) -> StatusCode {
@@ -164,7 +179,7 @@ pub fn error_response(code: ErrorCode, message: &str, execution: &str) -> Respon
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    headers.insert(header::VIA, HeaderValue::from_static(super::headers::VIA));
+    headers.insert(header::VIA, HeaderValue::from_static(VIA));
     if code == ErrorCode::InvalidRequest {
         // The client's framing cannot be trusted any more: do not read another request.
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -189,7 +204,7 @@ pub fn raw_response(code: ErrorCode, message: &str, execution: &str) -> Vec<u8> 
         status.canonical_reason().unwrap_or(""),
         code.as_str(),
         body.len(),
-        super::headers::VIA
+        VIA
     )
     .into_bytes()
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tollgate_policy::url::NormalizedUrl;
 
 /// The `Via` value tollgate adds in both directions.
-pub const VIA: &str = "1.1 tollgate";
+pub use super::errors::VIA;
 
 /// The request header with which sandboxed code asks for another timeout, in seconds.
 pub const TIMEOUT_HEADER: &str = "tollgate-timeout";

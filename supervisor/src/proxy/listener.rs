@@ -52,8 +52,9 @@ impl ProxyHandle {
             tracing::error!("the proxy task ended abnormally: {error}");
         }
         self.shared.pool.clear();
+        // The log may be shared with the rest of the execution, which closes it.
         if let Some(audit) = &self.shared.audit {
-            audit.close();
+            audit.sync();
         }
         self.shared.stats.snapshot()
     }

@@ -46,9 +46,9 @@
 //! ([`errors`]); the only exceptions are hyper's own bare 431 (header block over 16 KiB) and
 //! 400 (unparseable request), which it sends before tollgate sees a request.
 
-pub mod audit;
 pub mod body;
 mod builder;
+mod finish;
 mod credentials;
 pub mod errors;
 mod forward;
@@ -82,13 +82,10 @@ pub use tls::upstream_ca;
 pub use tls::{Interception, TlsSetupError};
 pub use upstream::{DialError, DialTarget, Dialed, DirectTransport, Transport, Upstream};
 
-use audit::{AuditLog, AuditRecord};
-use body::ProxyBody;
-use http::Response;
+use crate::audit::AuditLog;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
 use tollgate_policy::Policy;
 
 /// A boxed, sendable future: the return type of the pluggable traits.
@@ -129,52 +126,4 @@ pub(crate) struct ConnContext {
 /// Resolves when the shutdown signal is set (or its sender is gone).
 pub(crate) async fn stopped(signal: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = signal.wait_for(|stop| *stop).await;
-}
-
-/// Answers with `error`, writing its audit record and operator log line.
-pub(crate) fn refuse(
-    shared: &Shared,
-    mut record: AuditRecord,
-    error: &ProxyError,
-    started: Instant,
-) -> Response<ProxyBody> {
-    let denial = !matches!(
-        error.code,
-        ErrorCode::ConnectError
-            | ErrorCode::Timeout
-            | ErrorCode::ClientTimeout
-            | ErrorCode::UpstreamTlsError
-    );
-    if record.decision == "deny" || denial {
-        record.decision = "deny";
-        record.reason = error.reason.clone();
-        record.rule = error.rule.clone();
-    }
-    if denial {
-        shared.stats.denied();
-    }
-    record.error = Some(error.code.as_str());
-    record.status = Some(error.code.status().as_u16());
-    record.outcome = if denial { "refused" } else { "failed" };
-    record.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    let target = if record.host.is_empty() {
-        "<invalid target>".to_owned()
-    } else {
-        format!(
-            "{}://{}:{}{}",
-            record.scheme, record.host, record.port, record.path
-        )
-    };
-    tracing::info!(
-        "{} {target} -> {} {} ({}ms): {}",
-        record.method,
-        error.code.status().as_u16(),
-        error.code.as_str(),
-        record.duration_ms,
-        error.message
-    );
-    if let Some(audit) = &shared.audit {
-        audit.write(record);
-    }
-    error.to_response(&shared.execution)
 }

@@ -7,14 +7,15 @@
 //! `Tollgate-Auth`, URL credentials) → attempts (`attempt`: budget, connection, TLS,
 //! signature, exchange, retry) → relay the response (echoed secrets redacted) → audit.
 
-use super::audit::AuditRecord;
 use super::body::{self, ProxyBody};
 use super::errors::{ErrorCode, ProxyError};
 use super::hooks::{HookRequest, HookResponse, HookVerdict};
 use super::relay::{Finish, RelayBody};
 use super::credentials::redact;
 use super::upstream::{self, Outgoing};
-use super::{credentials, gate, headers, limits, refuse, Shared};
+use super::finish::refuse;
+use super::{credentials, gate, headers, limits, Shared};
+use crate::audit::{Finding, Kind, Outcome, Traffic, Verdict};
 use bytes::Bytes;
 use http::request::Parts;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri};
@@ -26,7 +27,7 @@ use tollgate_policy::url::NormalizedUrl;
 use tollgate_policy::Decision;
 
 /// Runs `url` (already parsed and normalised) through every step; every outcome is a
-/// response and an audit record. `kind` is the audit record's kind.
+/// response and an audit record.
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     url: Result<NormalizedUrl, ProxyError>,
@@ -35,13 +36,7 @@ pub(crate) async fn handle(
     ambiguous_framing: bool,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
-    let mut record = AuditRecord::new(
-        &shared.execution,
-        &shared.policy.team,
-        "http",
-        parts.method.as_str(),
-        None,
-    );
+    let mut record = Traffic::new(Kind::Http, parts.method.as_str());
     let result = match url {
         Ok(url) => steps(&shared, url, parts, body, ambiguous_framing, &mut record).await,
         Err(error) => {
@@ -69,7 +64,7 @@ async fn steps(
     parts: Parts,
     body: Incoming,
     ambiguous_framing: bool,
-    record: &mut AuditRecord,
+    record: &mut Traffic,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     set_url(record, &url);
     if ambiguous_framing {
@@ -147,15 +142,15 @@ async fn steps(
     relay(shared, &outgoing, sent, record.clone()).await
 }
 
-fn set_url(record: &mut AuditRecord, url: &NormalizedUrl) {
+fn set_url(record: &mut Traffic, url: &NormalizedUrl) {
     record.scheme = url.scheme.clone();
     record.host = url.host_str();
     record.port = url.port;
     record.path = url.path.clone();
 }
 
-fn set_decision(record: &mut AuditRecord, decision: &Decision) {
-    record.decision = "allow";
+fn set_decision(record: &mut Traffic, decision: &Decision) {
+    record.decision = Verdict::Allow;
     record.reason = decision.reason.clone();
     record.rule = decision.rule.clone();
 }
@@ -167,7 +162,7 @@ async fn decide_and_hook(
     url: NormalizedUrl,
     credential: Option<&str>,
     headers: &mut HeaderMap,
-    record: &mut AuditRecord,
+    record: &mut Traffic,
 ) -> Result<(NormalizedUrl, Decision), ProxyError> {
     let names = headers::names(headers);
     let decision = gate::clear(shared, method.as_str(), &url, false, &names, credential).await?;
@@ -222,7 +217,7 @@ async fn relay(
     shared: &Arc<Shared>,
     outgoing: &Outgoing,
     sent: upstream::Sent,
-    mut record: AuditRecord,
+    mut record: Traffic,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = sent.response.into_parts();
     record.address = Some(sent.peer.to_string());
@@ -258,7 +253,7 @@ async fn relay(
         let needles = shared.credentials.needles();
         let changed = redact::headers(&mut parts.headers, needles);
         if changed > 0 {
-            record.finding = Some("secret_echoed");
+            record.finding = Some(Finding::SecretEchoed);
         }
     }
     if !shared.after.is_empty() {
@@ -274,17 +269,10 @@ async fn relay(
     }
     let finish = Finish {
         shared: shared.clone(),
-        line: format!(
-            "{} {} -> {}",
-            outgoing.method,
-            outgoing.url.redacted(),
-            parts.status.as_u16()
-        ),
-        record,
+        traffic: record,
         started: sent.started,
         reuse: reusable.then_some(sent.connection),
     };
-    shared.stats.bytes(outgoing.body.len() as u64, 0);
     if outgoing.redact {
         return buffered(shared, outgoing, parts, body, limit, sent.deadline, finish).await;
     }
@@ -344,7 +332,7 @@ async fn buffered(
     };
     let data = match redact::bytes(&data, shared.credentials.needles()) {
         Some(clean) => {
-            finish.record.finding = Some("secret_echoed");
+            finish.traffic.finding = Some(Finding::SecretEchoed);
             Bytes::from(clean)
         }
         None => data,
@@ -358,6 +346,6 @@ async fn buffered(
             .headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from(data.len()));
     }
-    finish.write("complete", data.len() as u64);
+    finish.write(Outcome::Complete, data.len() as u64);
     Ok(Response::from_parts(parts, body::full(data)))
 }

@@ -6,10 +6,11 @@
 //! audit record and operator log line of the attempt are written when the body ends, fails,
 //! or is dropped.
 
-use super::audit::AuditRecord;
 use super::body::BoxError;
+use super::finish::finish;
 use super::upstream::pool;
 use super::Shared;
+use crate::audit::{Outcome, Traffic};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::future::Future;
@@ -19,13 +20,11 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 use tokio::time::Sleep;
 
-/// What is written when the body is done: the record so far and the log line's start.
+/// What is written when the body is done: the record so far.
 pub(crate) struct Finish {
     pub shared: Arc<Shared>,
-    pub record: AuditRecord,
+    pub traffic: Traffic,
     pub started: Instant,
-    /// `GET http://host/path -> 200`
-    pub line: String,
     /// The upstream connection, returned to the pool if the body completes.
     pub reuse: Option<(pool::Key, pool::Sender)>,
 }
@@ -35,35 +34,17 @@ impl Finish {
     /// request instead, and that refusal is the record.
     pub fn abandon(self) {}
 
-    /// Writes the record and log line with `outcome`; a complete body returns the
-    /// connection to the pool.
-    pub fn write(mut self, outcome: &'static str, bytes_down: u64) {
-        if outcome == "complete" {
+    /// Completes the record with `outcome`; a complete body returns the connection to the
+    /// pool.
+    pub fn write(mut self, outcome: Outcome, bytes_down: u64) {
+        if outcome == Outcome::Complete {
             if let Some((key, sender)) = self.reuse.take() {
                 self.shared.pool.put(key, sender);
             }
         }
-        let elapsed = self.started.elapsed();
-        self.record.outcome = outcome;
-        self.record.bytes_down = bytes_down;
-        self.record.duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
-        self.shared.stats.bytes(0, bytes_down);
-        let ms = self.record.duration_ms;
-        match outcome {
-            "complete" => tracing::info!("{} ({ms}ms)", self.line),
-            "response_too_large" => tracing::warn!(
-                "{} ({ms}ms), response body cut off after {bytes_down} bytes (limits.max_response_bytes)",
-                self.line
-            ),
-            "timeout" => tracing::warn!(
-                "{} ({ms}ms), response body cut off after {bytes_down} bytes: the request timed out",
-                self.line
-            ),
-            other => tracing::info!("{} ({ms}ms), {other} after {bytes_down} bytes", self.line),
-        }
-        if let Some(audit) = &self.shared.audit {
-            audit.write(self.record);
-        }
+        self.traffic.outcome = outcome;
+        self.traffic.bytes_down = bytes_down;
+        finish(&self.shared, self.traffic, self.started);
     }
 }
 
@@ -87,7 +68,7 @@ impl RelayBody {
         }
     }
 
-    fn end(&mut self, outcome: &'static str) {
+    fn end(&mut self, outcome: Outcome) {
         if let Some(finish) = self.finish.take() {
             finish.write(outcome, self.sent);
         }
@@ -115,25 +96,25 @@ impl Body for RelayBody {
             return Poll::Ready(None);
         }
         if this.deadline.as_mut().poll(cx).is_ready() {
-            this.end("timeout");
+            this.end(Outcome::Timeout);
             return Poll::Ready(Some(Err(Box::new(Cut::Timeout))));
         }
         loop {
             return match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(None) => {
-                    this.end("complete");
+                    this.end(Outcome::Complete);
                     Poll::Ready(None)
                 }
                 Poll::Ready(Some(Err(error))) => {
-                    this.end("upstream_error");
+                    this.end(Outcome::UpstreamError);
                     Poll::Ready(Some(Err(Box::new(error))))
                 }
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
                         let total = this.sent.saturating_add(data.len() as u64);
                         if total > this.limit {
-                            this.end("response_too_large");
+                            this.end(Outcome::ResponseTooLarge);
                             return Poll::Ready(Some(Err(Box::new(Cut::TooLarge(this.limit)))));
                         }
                         this.sent = total;
@@ -158,9 +139,9 @@ impl Body for RelayBody {
 impl Drop for RelayBody {
     fn drop(&mut self) {
         let outcome = if self.inner.is_end_stream() {
-            "complete"
+            Outcome::Complete
         } else {
-            "client_closed"
+            Outcome::ClientClosed
         };
         self.end(outcome);
     }

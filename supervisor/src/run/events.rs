@@ -5,8 +5,7 @@
 //! hammers `connect` must not be able to flood the log either: past [`MAX_RECORDS`] the
 //! attempts are only counted (the summary still has the total).
 
-use super::walls::bypass_record;
-use crate::audit::AuditLog;
+use crate::audit::{AuditLog, Record};
 use crate::sandbox::bpf::{AttachedWall, WallReport};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::thread::JoinHandle;
@@ -27,7 +26,7 @@ impl Writer {
             if self.written >= MAX_RECORDS {
                 return;
             }
-            self.audit.record(&bypass_record(
+            self.audit.write(Record::bypass(
                 &self.execution,
                 self.team.as_deref(),
                 attempt,

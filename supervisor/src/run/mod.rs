@@ -175,7 +175,7 @@ fn execute(options: RunOptions) -> Result<i32, Refusal> {
         })
         .transpose()
         .map_err(|e| Refusal::tollgate(format!("cannot start the audit event reader: {e}")))?;
-    prepared.audit.record(&report::sandbox_record(
+    prepared.audit.write(crate::audit::Record::sandbox(
         &execution,
         team.as_deref(),
         prepared.landlock_abi,

@@ -22,7 +22,8 @@ pub(super) struct Network {
 }
 
 /// Starts the proxy on `listener` (bound inside the sandbox's namespace) when the network is
-/// on, and builds the child's environment either way.
+/// on, and builds the runtime directory (the Python helper, and the CA bundle with the
+/// network only) and the child's environment either way.
 pub(super) fn start(
     prepared: &mut Prepared,
     execution: &str,
@@ -34,16 +35,19 @@ pub(super) fn start(
         _ => None,
     };
     let Some((policy, listener)) = on else {
+        // The helper is there without the network too, switched off (see `env`).
+        let runtime_dir = env::RuntimeDir::create(execution, None).map_err(Refusal::tollgate)?;
         let environment = env::child_environment(
             prepared.policy.as_ref(),
             &prepared.options.pass_env,
             &prepared.options.env,
+            Some(&runtime_dir.python_path()),
             None,
             "/tmp",
         )
         .map_err(Refusal::tollgate)?;
         return Ok(Network {
-            runtime_dir: None,
+            runtime_dir: Some(runtime_dir),
             proxy: None,
             environment,
         });
@@ -60,19 +64,19 @@ pub(super) fn start(
         Interception::for_policy(policy, execution, lifetime)
             .map_err(|e| Refusal::tollgate(format!("cannot set up TLS interception: {e}")))?,
     );
-    let runtime_dir = env::RuntimeDir::create(execution, &interception.sandbox_bundle())
+    let runtime_dir = env::RuntimeDir::create(execution, Some(&interception.sandbox_bundle()))
         .map_err(Refusal::tollgate)?;
     let credentials = prepared.credentials.take().unwrap_or_default();
     let network_env = env::NetworkEnv {
         proxy: proxy_address,
         ca_bundle: runtime_dir.ca_bundle(),
-        python_path: runtime_dir.python_path(),
         placeholders: Credentials::placeholder_environment(&credentials),
     };
     let environment = env::child_environment(
         Some(policy),
         &prepared.options.pass_env,
         &prepared.options.env,
+        Some(&runtime_dir.python_path()),
         Some(&network_env),
         "/tmp",
     )
@@ -81,8 +85,8 @@ pub(super) fn start(
         .execution_id(execution.to_owned())
         .credentials(credentials)
         .interception(interception);
-    if let Some(writer) = prepared.audit.writer() {
-        builder = builder.audit(writer);
+    if prepared.audit.is_enabled() {
+        builder = builder.audit_log(prepared.audit.clone());
     }
     let proxy = builder
         .build()

@@ -279,10 +279,12 @@ mod tests {
         let path = dir.0.join("audit.jsonl");
         std::fs::write(&path, "{\"earlier\":1}\n").unwrap();
         let log = open_audit(&path, &VIEW).expect("open");
-        log.record(&serde_json::json!({"later": 2}));
-        drop(log);
+        log.write(crate::audit::Record::sandbox("exec-later", None, None));
+        log.close();
         let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(text, "{\"earlier\":1}\n{\"later\":2}\n");
+        let (earlier, later) = text.split_once('\n').expect("two lines");
+        assert_eq!(earlier, "{\"earlier\":1}");
+        assert!(later.starts_with("{\"type\":\"sandbox\""), "{later}");
     }
 
     #[test]

@@ -5,26 +5,9 @@ use super::prepare::Prepared;
 use super::supervise::{exit_status_of, Ending};
 use super::walls::WallTotals;
 use super::Summary;
-use crate::audit::now_rfc3339;
 use crate::proxy::ProxyStats;
 use crate::sandbox::limits::{self, ResourceLimits};
-use serde_json::json;
 use std::time::Instant;
-
-/// The record that opens an execution's audit trail: how its sandbox was built.
-pub(super) fn sandbox_record(
-    execution: &str,
-    team: Option<&str>,
-    landlock_abi: Option<u32>,
-) -> serde_json::Value {
-    json!({
-        "type": "sandbox",
-        "time": now_rfc3339(),
-        "execution": execution,
-        "team": team,
-        "landlock_abi": landlock_abi,
-    })
-}
 
 /// Everything the report is made of.
 pub(super) struct Outcome<'a> {

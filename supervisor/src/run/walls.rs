@@ -3,13 +3,12 @@
 //! together, on every path.
 
 use super::{events, Refusal};
-use crate::audit::{now_rfc3339, AuditLog};
+use crate::audit::{AuditLog, Record};
 use crate::sandbox::bpf::{AttachedWall, EgressPrograms};
 use crate::sandbox::cgroup::ExecutionCgroup;
 use crate::sandbox::layers::Layers;
 use crate::sandbox::limits::{self, ExecutionLimits, LimitFlags, ResourceLimits};
 use crate::sandbox::netns::{self, NamespaceWalls, SandboxNet};
-use serde_json::json;
 
 /// The walls of one execution, torn down in `tear_down` (and, for what the drop guards own,
 /// on any early return).
@@ -120,7 +119,7 @@ impl Walls {
             (None, Some(wall)) => {
                 let report = wall.detach();
                 for attempt in &report.events {
-                    audit.record(&bypass_record(execution, team, attempt));
+                    audit.write(Record::bypass(execution, team, attempt));
                 }
                 Some(report)
             }
@@ -134,26 +133,6 @@ impl Walls {
         drop(net);
         totals
     }
-}
-
-pub(super) fn bypass_record(
-    execution: &str,
-    team: Option<&str>,
-    attempt: &crate::sandbox::bpf::BypassAttempt,
-) -> serde_json::Value {
-    let mut record = json!({
-        "type": "bypass_attempt",
-        "time": now_rfc3339(),
-        "execution": execution,
-        "team": team,
-        "decision": "deny",
-    });
-    if let (Some(object), Ok(serde_json::Value::Object(fields))) =
-        (record.as_object_mut(), serde_json::to_value(attempt))
-    {
-        object.extend(fields);
-    }
-    record
 }
 
 /// Kills every process of the execution at once (the whole tree, whatever it ignores).

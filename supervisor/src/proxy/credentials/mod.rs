@@ -201,7 +201,7 @@ pub(crate) struct Attached {
 /// A refusal that also deserves an audit finding.
 pub(crate) struct Refused {
     pub error: ProxyError,
-    pub finding: Option<&'static str>,
+    pub finding: Option<crate::audit::Finding>,
 }
 
 impl From<ProxyError> for Refused {
@@ -364,7 +364,7 @@ fn swap_placeholders(
                         ),
                     )
                     .with_reason("placeholder_outside_scope"),
-                    finding: Some("placeholder_outside_scope"),
+                    finding: Some(crate::audit::Finding::PlaceholderOutsideScope),
                 });
             }
             continue;

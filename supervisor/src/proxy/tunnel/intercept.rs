@@ -8,10 +8,11 @@
 //! `listener` on the decrypted stream, its requests in origin form and bound to the
 //! tunnel's origin → the tunnel's audit record when it closes.
 
-use crate::proxy::audit::AuditRecord;
 use crate::proxy::body::ProxyBody;
 use crate::proxy::errors::{raw_response, ErrorCode, ProxyError};
 use crate::proxy::http1::serve_http;
+use crate::audit::{Outcome, Traffic, Verdict};
+use crate::proxy::finish::finish;
 use crate::proxy::{pipeline, ConnContext, Shared};
 use bytes::Bytes;
 use http::{Method, Request, Response};
@@ -35,7 +36,7 @@ pub(crate) async fn serve(
     conn: ConnContext,
     upgrade: OnUpgrade,
     origin: NormalizedUrl,
-    mut record: AuditRecord,
+    mut record: Traffic,
     started: Instant,
 ) {
     let shared = conn.shared.clone();
@@ -46,43 +47,27 @@ pub(crate) async fn serve(
             return;
         }
     };
-    let outcome = match terminate(&conn, client, &origin).await {
-        Ok(()) => "closed",
+    record.outcome = match terminate(&conn, client, &origin).await {
+        Ok(()) => Outcome::Closed,
         Err(Ended::Quiet(outcome)) => outcome,
         Err(Ended::Refused(error, outcome)) => {
-            record.decision = "deny";
+            record.decision = Verdict::Deny;
             record.reason = error.reason.clone();
             record.error = Some(error.code.as_str());
+            record.message = Some(error.message.clone());
             record.status = Some(error.code.status().as_u16());
-            shared.stats.denied();
-            tracing::info!(
-                "CONNECT {} -> {} {}: {}",
-                origin.authority(),
-                error.code.status().as_u16(),
-                error.code.as_str(),
-                error.message
-            );
             outcome
         }
     };
-    record.outcome = outcome;
-    record.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    tracing::info!(
-        "CONNECT {} -> intercepted, {outcome} ({}ms)",
-        origin.authority(),
-        record.duration_ms
-    );
-    if let Some(audit) = &shared.audit {
-        audit.write(record);
-    }
+    finish(&shared, record, started);
 }
 
 /// How a tunnel ended before or instead of serving requests.
 enum Ended {
     /// Nothing to tell the sandbox (it closed, or the handshake failed: it sees that).
-    Quiet(&'static str),
+    Quiet(Outcome),
     /// Refused; the tunnel's record says why.
-    Refused(ProxyError, &'static str),
+    Refused(ProxyError, Outcome),
 }
 
 async fn terminate<S>(
@@ -96,17 +81,17 @@ where
     let shared = &conn.shared;
     let settings = &shared.settings;
     let Ok(interception) = &shared.tls else {
-        return Err(Ended::Quiet("tls_unavailable"));
+        return Err(Ended::Quiet(Outcome::TlsUnavailable));
     };
     let mut first = [0u8; 1];
     let mut stop = conn.shutdown.clone();
     let read = tokio::select! {
         read = tokio::time::timeout(settings.header_read_timeout, client.read(&mut first)) => read,
-        _ = crate::proxy::stopped(&mut stop) => return Err(Ended::Quiet("shutdown")),
+        _ = crate::proxy::stopped(&mut stop) => return Err(Ended::Quiet(Outcome::Shutdown)),
     };
     match read {
-        Err(_) => return Err(Ended::Quiet("client_timeout")),
-        Ok(Err(_)) | Ok(Ok(0)) => return Err(Ended::Quiet("closed")),
+        Err(_) => return Err(Ended::Quiet(Outcome::ClientTimeout)),
+        Ok(Err(_)) | Ok(Ok(0)) => return Err(Ended::Quiet(Outcome::Closed)),
         Ok(Ok(_)) => {}
     }
     if first[0] != TLS_HANDSHAKE {
@@ -124,7 +109,7 @@ where
             client.shutdown().await
         })
         .await;
-        return Err(Ended::Refused(error, "not_tls"));
+        return Err(Ended::Refused(error, Outcome::NotTls));
     }
     let stream = Prefixed::new(Bytes::copy_from_slice(&first), client);
     let handshake = async {
@@ -142,12 +127,12 @@ where
                     ),
                 )
                 .with_reason("sni_mismatch");
-                return Err(Ended::Refused(error, "sni_mismatch"));
+                return Err(Ended::Refused(error, Outcome::SniMismatch));
             }
         }
         let config = interception.ca().server_config(&origin.host).map_err(|e| {
             tracing::error!("{e}");
-            Ended::Quiet("certificate_error")
+            Ended::Quiet(Outcome::CertificateError)
         })?;
         start
             .into_stream(config)
@@ -155,7 +140,7 @@ where
             .map_err(|e| Ended::Quiet(log_handshake(origin, &e)))
     };
     let tls = match tokio::time::timeout(settings.header_read_timeout, handshake).await {
-        Err(_) => return Err(Ended::Quiet("client_timeout")),
+        Err(_) => return Err(Ended::Quiet(Outcome::ClientTimeout)),
         Ok(result) => result?,
     };
     let inner = ConnContext {
@@ -230,12 +215,12 @@ fn printable(text: &str) -> String {
 
 /// Logs why the sandbox's handshake failed (an unknown-CA alert means the client does not
 /// trust the execution's CA: its bundle variables were not honoured).
-fn log_handshake(origin: &NormalizedUrl, error: &io::Error) -> &'static str {
+fn log_handshake(origin: &NormalizedUrl, error: &io::Error) -> Outcome {
     tracing::info!(
         "CONNECT {}: the sandbox's TLS handshake failed: {error}",
         origin.authority()
     );
-    "tls_handshake_failed"
+    Outcome::TlsHandshakeFailed
 }
 
 /// A stream that first replays bytes already read from it.

@@ -13,11 +13,12 @@ mod activity;
 mod intercept;
 
 use activity::{Activity, Counted, Side};
-use crate::proxy::audit::AuditRecord;
 use crate::proxy::body::{self, ProxyBody};
 use crate::proxy::errors::{ErrorCode, ProxyError};
 use crate::proxy::upstream::{DialError, DialTarget, Dialed};
-use crate::proxy::{gate, headers, refuse, ConnContext, Shared};
+use crate::audit::{Kind, Outcome, Traffic, Verdict};
+use crate::proxy::finish::{finish, refuse};
+use crate::proxy::{gate, headers, ConnContext, Shared};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -53,13 +54,7 @@ pub(crate) async fn tunnel(
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let shared = conn.shared.clone();
-    let mut record = AuditRecord::new(
-        &shared.execution,
-        &shared.policy.team,
-        "connect",
-        "CONNECT",
-        None,
-    );
+    let mut record = Traffic::new(Kind::Connect, "CONNECT");
     let opened = match open(&shared, &request, &mut record).await {
         Ok(opened) => opened,
         Err(error) => return refuse(&shared, record, &error, started),
@@ -83,7 +78,7 @@ async fn passthrough(
     conn: ConnContext,
     upgrade: hyper::upgrade::OnUpgrade,
     dialed: Dialed,
-    record: AuditRecord,
+    record: Traffic,
     started: Instant,
 ) {
     let ConnContext {
@@ -106,11 +101,11 @@ async fn passthrough(
     let idle = shared.settings.idle_timeout;
     let outcome = tokio::select! {
         result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match result {
-            Ok(_) => "closed",
-            Err(_) => "reset",
+            Ok(_) => Outcome::Closed,
+            Err(_) => Outcome::Reset,
         },
-        _ = activity.idle_for(idle) => "idle_timeout",
-        _ = crate::proxy::stopped(&mut shutdown) => "shutdown",
+        _ = activity.idle_for(idle) => Outcome::IdleTimeout,
+        _ = crate::proxy::stopped(&mut shutdown) => Outcome::Shutdown,
     };
     close(&shared, record, &activity, outcome, started);
     drop(slot);
@@ -128,7 +123,7 @@ enum Opened {
 async fn open(
     shared: &Shared,
     request: &Request<Incoming>,
-    record: &mut AuditRecord,
+    record: &mut Traffic,
 ) -> Result<Opened, ProxyError> {
     let url = target(request)?;
     record.scheme = "connect".into();
@@ -136,12 +131,12 @@ async fn open(
     record.port = url.port;
     let names = headers::names(request.headers());
     let decision: Decision = gate::clear(shared, "CONNECT", &url, true, &names, None).await?;
-    record.decision = "allow";
+    record.decision = Verdict::Allow;
     record.reason = decision.reason.clone();
     record.rule = decision.rule.clone();
     let entry = decision.entry.and_then(|i| shared.policy.entry(i));
     if tunnel_mode(entry) == TunnelMode::Intercept {
-        record.tls = Some("intercept");
+        record.tls = Some(TlsMode::Intercept);
         if let Err(reason) = &shared.tls {
             return Err(ProxyError::new(
                 ErrorCode::UpstreamTlsError,
@@ -154,7 +149,7 @@ async fn open(
         record.status = Some(200);
         return Ok(Opened::Intercept(url));
     }
-    record.tls = Some("passthrough");
+    record.tls = Some(TlsMode::Passthrough);
     shared
         .budget
         .take()
@@ -208,25 +203,13 @@ fn target(request: &Request<Incoming>) -> Result<NormalizedUrl, ProxyError> {
 
 fn close(
     shared: &Arc<Shared>,
-    mut record: AuditRecord,
+    mut record: Traffic,
     activity: &Activity,
-    outcome: &'static str,
+    outcome: Outcome,
     started: Instant,
 ) {
-    let bytes_up = activity.up.load(Ordering::Relaxed);
-    let bytes_down = activity.down.load(Ordering::Relaxed);
-    record.bytes_up = bytes_up;
-    record.bytes_down = bytes_down;
+    record.bytes_up = activity.up.load(Ordering::Relaxed);
+    record.bytes_down = activity.down.load(Ordering::Relaxed);
     record.outcome = outcome;
-    record.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    shared.stats.bytes(bytes_up, bytes_down);
-    tracing::info!(
-        "CONNECT {}:{} -> {outcome} ({}ms, {bytes_up} bytes up, {bytes_down} bytes down)",
-        record.host,
-        record.port,
-        record.duration_ms
-    );
-    if let Some(audit) = &shared.audit {
-        audit.write(record);
-    }
+    finish(shared, record, started);
 }

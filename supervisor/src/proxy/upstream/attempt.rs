@@ -3,7 +3,8 @@
 //! team has Web Bot Auth, exchange, and decide whether to retry (retryable status, refused
 //! or reset connection, connect timeout) and how long to wait.
 
-use crate::proxy::audit::AuditRecord;
+use crate::audit::{Outcome, Traffic};
+use crate::proxy::finish::{finish, millis};
 use crate::proxy::errors::{ErrorCode, ProxyError};
 use super::transport::{DialError, DialTarget, Upstream};
 use crate::proxy::tls::HandshakeError;
@@ -123,14 +124,14 @@ impl Failure {
     }
 }
 
-/// Attempts until a response worth relaying, retrying what the policy retries.
+/// Attempts until a response worth relaying, retrying what the policy retries. Each retried
+/// attempt is completed (`retrying`) with its own record.
 pub(crate) async fn attempts(
     shared: &Arc<Shared>,
     outgoing: &Outgoing,
-    record: &mut AuditRecord,
+    record: &mut Traffic,
 ) -> Result<Sent, ProxyError> {
     let retry = &shared.policy.retry;
-    let line = format!("{} {}", outgoing.method, outgoing.url.redacted());
     let mut attempt = 0u32;
     loop {
         attempt += 1;
@@ -144,8 +145,9 @@ pub(crate) async fn attempts(
         let started = Instant::now();
         let deadline = Deadline::now() + outgoing.timeout;
         let last = attempt >= retry.attempts;
-        let ms = |s: Instant| millis(s.elapsed());
-        match one_attempt(shared, outgoing, deadline).await {
+        let mut retried = record.clone();
+        retried.outcome = Outcome::Retrying;
+        let wait = match one_attempt(shared, outgoing, deadline).await {
             Ok(Exchanged {
                 response,
                 peer,
@@ -163,59 +165,24 @@ pub(crate) async fn attempts(
                         deadline,
                     });
                 }
-                let wait = retry::wait_before(retry, attempt + 1, Some(response.headers()));
-                drop(response);
-                tracing::info!(
-                    "{line} -> {} ({}ms), retrying (attempt {}/{}) in {}ms",
-                    status.as_u16(),
-                    ms(started),
-                    attempt + 1,
-                    retry.attempts,
-                    wait.as_millis()
-                );
-                let mut retried = record.clone();
                 retried.address = Some(peer.to_string());
                 retried.status = Some(status.as_u16());
-                retried.outcome = "retrying";
-                retried.retry_wait_ms = Some(millis(wait));
-                retried.duration_ms = ms(started);
-                write_audit(shared, retried);
-                tokio::time::sleep(wait).await;
+                retry::wait_before(retry, attempt + 1, Some(response.headers()))
             }
             Err(failure) => {
                 record.address = failure.peer().map(|p| p.to_string());
                 if last || !failure.retryable() {
                     return Err(failure.into_error(&outgoing.url, outgoing.timeout));
                 }
-                let wait = retry::wait_before(retry, attempt + 1, None);
-                tracing::info!(
-                    "{line} -> {} ({}ms), retrying (attempt {}/{}) in {}ms",
-                    failure.describe(),
-                    ms(started),
-                    attempt + 1,
-                    retry.attempts,
-                    wait.as_millis()
-                );
-                let mut retried = record.clone();
-                retried.outcome = "retrying";
+                retried.address = record.address.clone();
                 retried.error = Some(ErrorCode::ConnectError.as_str());
-                retried.reason = failure.describe();
-                retried.retry_wait_ms = Some(millis(wait));
-                retried.duration_ms = ms(started);
-                write_audit(shared, retried);
-                tokio::time::sleep(wait).await;
+                retried.message = Some(failure.describe());
+                retry::wait_before(retry, attempt + 1, None)
             }
-        }
-    }
-}
-
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
-fn write_audit(shared: &Shared, record: AuditRecord) {
-    if let Some(audit) = &shared.audit {
-        audit.write(record);
+        };
+        retried.retry_wait_ms = Some(millis(wait));
+        finish(shared, retried, started);
+        tokio::time::sleep(wait).await;
     }
 }
 

@@ -10,7 +10,8 @@ use tollgate_ebpf_common::{BypassEvent, KIND_CONNECT, KIND_SENDMSG, KIND_SOCK_CR
 /// One operation the eBPF wall refused inside an execution.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct BypassAttempt {
-    /// Which hook refused it.
+    /// Which hook refused it (`hook` in the audit record).
+    #[serde(rename = "hook")]
     pub kind: BypassKind,
     /// Process id (as seen from the host's pid namespace).
     pub pid: u32,
@@ -246,7 +247,7 @@ mod tests {
         };
         let attempt = BypassAttempt::from_record(bytes).unwrap();
         let json = serde_json::to_value(&attempt).unwrap();
-        assert_eq!(json["kind"], "sock_create");
+        assert_eq!(json["hook"], "sock_create");
         assert_eq!(json["family"], "inet");
         assert_eq!(json["destination"], serde_json::Value::Null);
     }

@@ -1,0 +1,115 @@
+//! The audit log: JSON Lines, one record per request, tunnel and refused socket of an
+//! execution, written by one writer whoever reports (the proxy, the eBPF wall's pump).
+//!
+//! Every record has one shape ([`Record`]: `type`, `time`, `execution`, `team`, then the
+//! fields of its type); docs/audit.md documents each, `docs/audit.schema.json` checks them.
+//! Records are queued to a writer thread ([`writer`]) so no request waits on the disk;
+//! [`AuditLog::close`] (called when the execution ends) writes everything still queued.
+
+mod record;
+mod writer;
+
+pub use record::{
+    now_rfc3339, Bypass, Finding, Kind, Outcome, Record, SandboxBuilt, Traffic, Verdict,
+};
+
+use std::fs::File;
+use std::io::Write;
+use std::sync::{mpsc, Arc, Mutex};
+
+/// A handle on the execution's audit log; clones share the one writer.
+#[derive(Clone)]
+pub struct AuditLog {
+    inner: Option<Arc<Inner>>,
+}
+
+struct Inner {
+    queue: Mutex<Option<mpsc::Sender<writer::Message>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl AuditLog {
+    /// An audit log that records nothing (no `--audit`).
+    pub fn disabled() -> Self {
+        AuditLog { inner: None }
+    }
+
+    /// An audit log appending to `file`, which must be open for appending (see
+    /// `run::outputs`).
+    pub fn from_file(file: File) -> Self {
+        AuditLog::new(Box::new(file))
+    }
+
+    /// An audit log writing records to `out`.
+    pub fn new(out: Box<dyn Write + Send>) -> Self {
+        let (queue, records) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("tollgate-audit".into())
+            .spawn(move || writer::run(out, records));
+        match thread {
+            Ok(thread) => AuditLog {
+                inner: Some(Arc::new(Inner {
+                    queue: Mutex::new(Some(queue)),
+                    thread: Mutex::new(Some(thread)),
+                })),
+            },
+            Err(error) => {
+                tracing::error!("the audit writer thread could not start: {error}");
+                AuditLog::disabled()
+            }
+        }
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    /// Queues one record.
+    pub fn write(&self, record: Record) {
+        let Some(inner) = &self.inner else { return };
+        let queue = inner.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let sent = queue
+            .as_ref()
+            .is_some_and(|queue| queue.send(writer::Message::Record(Box::new(record))).is_ok());
+        if !sent {
+            tracing::error!("audit record dropped: the audit log is closed");
+        }
+    }
+
+    /// Blocks until every record queued so far has been written and flushed.
+    pub fn sync(&self) {
+        let Some(inner) = &self.inner else { return };
+        let (ack, done) = mpsc::channel();
+        let sent = {
+            let queue = inner.queue.lock().unwrap_or_else(|p| p.into_inner());
+            queue
+                .as_ref()
+                .is_some_and(|queue| queue.send(writer::Message::Sync(ack)).is_ok())
+        };
+        if sent {
+            let _ = done.recv();
+        }
+    }
+
+    /// Writes every queued record and stops the writer; later records are reported and
+    /// dropped.
+    pub fn close(&self) {
+        let Some(inner) = &self.inner else { return };
+        inner.queue.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let thread = inner.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(thread) = thread {
+            if thread.join().is_err() {
+                tracing::error!("the audit writer thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(thread) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! The one shape every audit record has: `type`, `time`, `execution`, `team`, then the
+//! fields of its type (docs/audit.md lists them all, `docs/audit.schema.json` checks them).
+//!
+//! The values an operator filters on are enums here, so a record can only say what the
+//! documentation lists; the proxy fills a [`Traffic`] as a request goes and hands it to its
+//! one `finish`, the eBPF wall's reports become [`Record::bypass`].
+
+use crate::sandbox::bpf::BypassAttempt;
+use serde::Serialize;
+use tollgate_policy::schema::TlsMode;
+
+/// What a record is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// One HTTP request (absolute form, or inside an intercepted tunnel).
+    Http,
+    /// One CONNECT tunnel.
+    Connect,
+    /// A socket the eBPF wall refused.
+    BypassAttempt,
+    /// The execution's first record: how its sandbox was built.
+    Sandbox,
+}
+
+/// Whether the request was let through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Allow,
+    Deny,
+}
+
+/// What happened after the decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// tollgate answered instead of the upstream: a refusal the sandbox caused.
+    Refused,
+    /// tollgate answered because the upstream could not be reached or answered badly.
+    Failed,
+    /// This attempt's answer (or failure) is retried; another record follows.
+    Retrying,
+    /// The response body reached the sandbox whole.
+    Complete,
+    /// The body was cut off at `limits.max_response_bytes`.
+    ResponseTooLarge,
+    /// The request's deadline passed while the body streamed.
+    Timeout,
+    /// The upstream broke off the body (its own framing was not completed).
+    UpstreamError,
+    /// The sandbox closed its connection before the body ended.
+    ClientClosed,
+    /// A tunnel ended because one side closed it.
+    Closed,
+    /// A tunnel ended with a connection error.
+    Reset,
+    /// A tunnel carried nothing for the idle timeout.
+    IdleTimeout,
+    /// A tunnel was open when the execution ended.
+    Shutdown,
+    /// A passthrough tunnel reached `limits.max_tunnel_bytes`.
+    TunnelBytesExceeded,
+    /// A passthrough tunnel reached `limits.max_tunnel_duration`.
+    TunnelDurationExceeded,
+    /// Intercepted tunnel: the sandbox sent something other than TLS.
+    NotTls,
+    /// Intercepted tunnel: the TLS server name is not the tunnel's host.
+    SniMismatch,
+    /// Intercepted tunnel: no interception was available.
+    TlsUnavailable,
+    /// Intercepted tunnel: the sandbox did not start its handshake in time.
+    ClientTimeout,
+    /// Intercepted tunnel: the sandbox's TLS handshake failed (it may not trust the CA).
+    TlsHandshakeFailed,
+    /// Intercepted tunnel: no leaf certificate could be made for the host.
+    CertificateError,
+}
+
+/// Something an operator should look at, beyond the verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Finding {
+    /// A placeholder was sent where its provider may not go.
+    PlaceholderOutsideScope,
+    /// The upstream echoed a secret; it was removed before the sandbox saw it.
+    SecretEchoed,
+}
+
+/// One line of the audit log.
+#[derive(Debug, Clone, Serialize)]
+pub struct Record {
+    #[serde(rename = "type")]
+    pub kind: Kind,
+    /// RFC 3339 UTC, milliseconds: when the event happened (the last one, for a `count`).
+    pub time: String,
+    pub execution: String,
+    pub team: Option<String>,
+    /// On an aggregated record: how many identical events it stands for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// On an aggregated record: when the first of them happened.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_time: Option<String>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<Traffic>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub bypass: Option<Bypass>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<SandboxBuilt>,
+}
+
+impl Record {
+    /// The record of one request or tunnel, stamped now.
+    pub fn traffic(execution: &str, team: &str, traffic: Traffic) -> Record {
+        Record {
+            kind: traffic.kind,
+            time: now_rfc3339(),
+            execution: execution.to_owned(),
+            team: Some(team.to_owned()),
+            count: None,
+            first_time: None,
+            traffic: Some(traffic),
+            bypass: None,
+            sandbox: None,
+        }
+    }
+
+    /// The record of one socket the eBPF wall refused, stamped now.
+    pub fn bypass(execution: &str, team: Option<&str>, attempt: &BypassAttempt) -> Record {
+        Record {
+            kind: Kind::BypassAttempt,
+            time: now_rfc3339(),
+            execution: execution.to_owned(),
+            team: team.map(str::to_owned),
+            count: None,
+            first_time: None,
+            traffic: None,
+            bypass: Some(Bypass {
+                decision: Verdict::Deny,
+                attempt: attempt.clone(),
+            }),
+            sandbox: None,
+        }
+    }
+
+    /// The record that opens an execution's audit trail, stamped now.
+    pub fn sandbox(execution: &str, team: Option<&str>, landlock_abi: Option<u32>) -> Record {
+        Record {
+            kind: Kind::Sandbox,
+            time: now_rfc3339(),
+            execution: execution.to_owned(),
+            team: team.map(str::to_owned),
+            count: None,
+            first_time: None,
+            traffic: None,
+            bypass: None,
+            sandbox: Some(SandboxBuilt { landlock_abi }),
+        }
+    }
+}
+
+/// The fields of a `sandbox` record.
+#[derive(Debug, Clone, Serialize)]
+pub struct SandboxBuilt {
+    /// The Landlock ABI the command restricted itself with (`null`: none).
+    pub landlock_abi: Option<u32>,
+}
+
+/// The fields of a `bypass_attempt` record: always refused, and what was tried.
+#[derive(Debug, Clone, Serialize)]
+pub struct Bypass {
+    pub decision: Verdict,
+    #[serde(flatten)]
+    pub attempt: BypassAttempt,
+}
+
+/// The fields of an `http` or `connect` record, filled in as the request goes.
+///
+/// A record carries what an operator needs to reconstruct an execution's traffic (where,
+/// which rule, which address was dialed, status, timing, bytes) and nothing that could be a
+/// secret: the path without its query string, no header names or values at all (provider
+/// names, never their secrets).
+#[derive(Debug, Clone, Serialize)]
+pub struct Traffic {
+    #[serde(skip)]
+    pub kind: Kind,
+    pub method: String,
+    pub scheme: String,
+    pub host: String,
+    pub port: u16,
+    /// The normalised path, never the query string.
+    pub path: String,
+    /// The address dialed (`ip:port`), when one was.
+    pub address: Option<String>,
+    pub decision: Verdict,
+    /// The policy reason (`allowed`, `host_not_allowed`, …) or the limit that refused.
+    pub reason: String,
+    pub rule: Option<String>,
+    /// The tollgate error code, when tollgate answered instead of the upstream.
+    pub error: Option<&'static str>,
+    /// On a refusal or failure: the sentence the sandbox got in the error body.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The status the upstream (or tollgate) answered with.
+    pub status: Option<u16>,
+    /// 1-based upstream attempt; absent for requests refused before any attempt.
+    pub attempt: Option<u32>,
+    /// On a `retrying` record: how long tollgate waits before the next attempt (backoff, or
+    /// the upstream's `Retry-After` clamped to the policy's bounds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_wait_ms: Option<u64>,
+    pub outcome: Outcome,
+    pub duration_ms: u64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    /// Auth providers whose credentials went out with this request (names only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub credentials: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finding: Option<Finding>,
+    /// For tunnels: `intercept` or `passthrough`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsMode>,
+}
+
+impl Traffic {
+    /// A record of `kind` for `method` with every outcome field empty; the URL is set with
+    /// the `target` fields as soon as it is known.
+    pub fn new(kind: Kind, method: &str) -> Traffic {
+        Traffic {
+            kind,
+            method: method.to_owned(),
+            scheme: String::new(),
+            host: String::new(),
+            port: 0,
+            path: String::new(),
+            address: None,
+            decision: Verdict::Deny,
+            reason: String::new(),
+            rule: None,
+            error: None,
+            message: None,
+            status: None,
+            attempt: None,
+            retry_wait_ms: None,
+            outcome: Outcome::Refused,
+            duration_ms: 0,
+            bytes_up: 0,
+            bytes_down: 0,
+            credentials: Vec::new(),
+            finding: None,
+            tls: None,
+        }
+    }
+
+    /// `scheme://host[:port]/path` (the port when not the scheme's default) for log lines (`<invalid target>` when none was parsed).
+    pub fn target(&self) -> String {
+        if self.host.is_empty() {
+            return "<invalid target>".to_owned();
+        }
+        if self.kind == Kind::Connect {
+            return format!("{}:{}", self.host, self.port);
+        }
+        let default_port = matches!(
+            (self.scheme.as_str(), self.port),
+            ("http", 80) | ("https", 443)
+        );
+        if default_port || self.port == 0 {
+            format!("{}://{}{}", self.scheme, self.host, self.path)
+        } else {
+            format!("{}://{}:{}{}", self.scheme, self.host, self.port, self.path)
+        }
+    }
+}
+
+/// RFC 3339 UTC time with milliseconds, for records.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}

@@ -1,0 +1,103 @@
+//! The one place a request's or tunnel's outcome is completed: every record of the proxy,
+//! refusal or relayed response or tunnel, ends here.
+//!
+//! [`finish`] stamps the duration, writes the one operator log line (made from the record,
+//! so the log and the audit can never tell different stories), counts the stats and queues
+//! the audit record. [`refuse`] fills a record from a [`ProxyError`] first and returns the
+//! response the sandbox gets.
+
+use super::body::ProxyBody;
+use super::errors::ProxyError;
+use super::Shared;
+use crate::audit::{Outcome, Record, Traffic, Verdict};
+use http::Response;
+use std::time::{Duration, Instant};
+
+/// Completes `traffic`, which started at `started`.
+pub(crate) fn finish(shared: &Shared, mut traffic: Traffic, started: Instant) {
+    traffic.duration_ms = millis(started.elapsed());
+    log_line(&traffic);
+    // Every refusal the sandbox caused is `deny`; an upstream failure stays `allow`.
+    if traffic.decision == Verdict::Deny {
+        shared.stats.denied();
+    }
+    if traffic.outcome != Outcome::Retrying && traffic.address.is_some() {
+        shared.stats.bytes(traffic.bytes_up, traffic.bytes_down);
+    }
+    if let Some(audit) = &shared.audit {
+        audit.write(Record::traffic(
+            &shared.execution,
+            &shared.policy.team,
+            traffic,
+        ));
+    }
+}
+
+/// Answers with `error`: the record says why (refused when the sandbox caused it, failed
+/// when the upstream did), then [`finish`].
+pub(crate) fn refuse(
+    shared: &Shared,
+    mut traffic: Traffic,
+    error: &ProxyError,
+    started: Instant,
+) -> Response<ProxyBody> {
+    let refusal = error.code.is_refusal();
+    if traffic.decision == Verdict::Deny || refusal {
+        traffic.decision = Verdict::Deny;
+        traffic.reason = error.reason.clone();
+        traffic.rule = error.rule.clone();
+    }
+    traffic.error = Some(error.code.as_str());
+    traffic.message = Some(error.message.clone());
+    traffic.status = Some(error.code.status().as_u16());
+    traffic.outcome = if refusal {
+        Outcome::Refused
+    } else {
+        Outcome::Failed
+    };
+    finish(shared, traffic, started);
+    error.to_response(&shared.execution)
+}
+
+/// Milliseconds, saturating.
+pub(crate) fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `GET https://api.test:443/v1 -> 200 complete (12ms, 0 bytes up, 512 bytes down)`, and on a
+/// refusal the sentence the sandbox got.
+fn log_line(traffic: &Traffic) {
+    let status = match (traffic.status, traffic.error) {
+        (Some(status), Some(error)) => format!("{status} {error}"),
+        (Some(status), None) => status.to_string(),
+        (None, Some(error)) => error.to_owned(),
+        (None, None) => "-".to_owned(),
+    };
+    let outcome = serde_json::to_value(traffic.outcome)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let mut line = format!(
+        "{} {} -> {status} {outcome} ({}ms, {} bytes up, {} bytes down)",
+        traffic.method,
+        traffic.target(),
+        traffic.duration_ms,
+        traffic.bytes_up,
+        traffic.bytes_down
+    );
+    if let Some(wait) = traffic.retry_wait_ms {
+        line.push_str(&format!(", next attempt in {wait}ms"));
+    }
+    if let Some(message) = &traffic.message {
+        line.push_str(": ");
+        line.push_str(message);
+    }
+    match traffic.outcome {
+        Outcome::ResponseTooLarge
+        | Outcome::Timeout
+        | Outcome::UpstreamError
+        | Outcome::TunnelBytesExceeded
+        | Outcome::TunnelDurationExceeded => tracing::warn!("{line}"),
+        _ => tracing::info!("{line}"),
+    }
+}
