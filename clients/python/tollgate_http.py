@@ -13,28 +13,40 @@ Standard library only. Requests go through tollgate's proxy (``HTTP_PROXY`` /
 team's auth providers (sent as ``Tollgate-Auth``; the proxy attaches the secret, which this
 code never sees) and ``timeout`` asks the proxy for that many seconds (``Tollgate-Timeout``).
 
+The helper is importable in every sandbox. When the execution has no network (its policy
+has no ``network`` section: ``tollgate run`` sets ``TOLLGATE_HTTP=disabled``), every call
+raises ``HttpNotEnabled``.
+
 Every function returns ``{"status_code", "headers", "text", "json", "is_success",
 "is_error"}``; ``json`` is the parsed body for JSON content types, else ``None``. Answers
 from the upstream are returned whatever their status. When tollgate itself refuses or fails
-a request, an ``HttpError`` subclass is raised with tollgate's message.
+a request, an ``HttpError`` subclass is raised with tollgate's message. A URL, method, header
+or argument that cannot be sent raises ``HttpInvalidURL`` (``HttpInvalidRequest`` for all
+but the URL) before anything is sent.
 """
 
 import http.client as _httpclient
+import ipaddress as _ipaddress
 import json as _json
+import math as _math
 import os as _os
+import re as _re
 import socket as _socket
 import ssl as _ssl
+import unicodedata as _unicodedata
 import urllib.parse as _parse
 
 __all__ = [
     "http",
     "HttpError",
+    "HttpNotEnabled",
     "HttpRequestLimitExceeded",
     "HttpRequestTooLarge",
     "HttpResponseTooLarge",
     "HttpConnectionError",
     "HttpTimeoutError",
     "HttpInvalidURL",
+    "HttpInvalidRequest",
     "HttpPolicyDenied",
     "HttpAuthProviderError",
 ]
@@ -54,6 +66,10 @@ class HttpError(Exception):
         self.error = error
         self.status_code = status_code
         self.execution = execution
+
+
+class HttpNotEnabled(HttpError):
+    """This execution has no network: its policy has no ``network`` section."""
 
 
 class HttpRequestLimitExceeded(HttpError):
@@ -80,6 +96,12 @@ class HttpInvalidURL(HttpError):
     """The URL (or request) cannot be sent."""
 
 
+class HttpInvalidRequest(HttpInvalidURL, ValueError):
+    """The method, a header or an argument cannot be sent: a line break in a header value, a
+    header name with ``:``, a timeout that is not a positive number, ``json`` that is not
+    JSON. Also a ``ValueError``, which such mistakes raised before."""
+
+
 class HttpPolicyDenied(HttpInvalidURL):
     """The team's policy (or the SSRF protection) does not allow this request."""
 
@@ -90,6 +112,7 @@ class HttpAuthProviderError(HttpError):
 
 _ERRORS = {
     "request_limit_exceeded": HttpRequestLimitExceeded,
+    "denial_limit": HttpRequestLimitExceeded,
     "request_too_large": HttpRequestTooLarge,
     "response_too_large": HttpResponseTooLarge,
     "connect_error": HttpConnectionError,
@@ -107,6 +130,153 @@ _ERRORS = {
 }
 
 _METHODS_WITHOUT_BODY = ("GET", "HEAD", "DELETE", "OPTIONS")
+
+# What ``tollgate run`` sets to say whether this execution has a network.
+_SWITCH = "TOLLGATE_HTTP"
+_NOT_ENABLED = "HTTP requests are not enabled for this execution"
+
+# An HTTP token (RFC 9110 section 5.6.2): what a method and a header name are made of.
+_TOKEN = _re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# What a host name (RFC 3986 reg-name, percent-encoding included) may hold.
+_HOST = _re.compile(r"[A-Za-z0-9._~!$&'()*+,;=%-]+")
+# Characters left as they are in a path or query; anything else (non-ASCII, ``"<>^`{|}``) is
+# percent-encoded, as browsers and requests do. ``%`` stays: the URL may be encoded already.
+_SAFE_IN_TARGET = "!#$%&'()*+,/:;=?@[]~"
+# Headers the helper writes itself from the URL and the body: a caller's own would make
+# the request say two things (a Content-Length that does not match the body leaves the
+# proxy waiting for bytes that never come).
+_OWN_HEADERS = ("host", "content-length", "transfer-encoding")
+
+
+def _invalid_url(url, why):
+    return HttpInvalidURL(f"cannot send {url!r}: {why}", error="invalid_url")
+
+
+def _invalid(why):
+    return HttpInvalidRequest(why, error="invalid_request")
+
+
+_CONTROL_NAMES = {"\t": "a tab", "\n": "a line feed", "\r": "a carriage return", "\0": "a NUL"}
+
+
+def _describe(character):
+    """``a line feed (U+000A)``, ``U+0020 SPACE``: what a refused character is."""
+    code = f"U+{ord(character):04X}"
+    if character in _CONTROL_NAMES:
+        return f"{_CONTROL_NAMES[character]} ({code})"
+    name = _unicodedata.name(character, None)
+    return f"{code} {name}" if name else f"a control character ({code})"
+
+
+def _parse_url(url):
+    """(scheme, host, port, path, query) of an http(s) URL; anything else raises
+    HttpInvalidURL saying what is wrong."""
+    if not isinstance(url, str):
+        raise _invalid_url(url, f"the URL must be a str, not {type(url).__name__}")
+    for position, character in enumerate(url):
+        if character == " " or _unicodedata.category(character) == "Cc":
+            # urllib would quietly drop tabs and line breaks and strip leading spaces, and
+            # so send another URL than the one written.
+            raise _invalid_url(url, f"it contains {_describe(character)} at position "
+                                    f"{position}; percent-encode it (a space is %20)")
+        if character == "\\":
+            raise _invalid_url(url, "it contains a backslash, which parsers read differently "
+                                    "(some as '/'); percent-encode it (%5C)")
+    try:
+        parts = _parse.urlsplit(url)
+        port = parts.port
+    except ValueError as error:
+        raise _invalid_url(url, str(error)) from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not url[len(scheme):].startswith("://"):
+        raise _invalid_url(url, "it is not an http:// or https:// URL")
+    if "@" in parts.netloc:
+        raise _invalid_url(url, "it carries a user name or password, which are never sent; "
+                                "name the team's auth provider with auth= instead")
+    host = parts.hostname
+    if not host:
+        raise _invalid_url(url, "it has no host")
+    if "[" in parts.netloc:
+        try:
+            _ipaddress.IPv6Address(host.split("%")[0])
+        except ValueError:
+            raise _invalid_url(url, f"[{host}] is not an IPv6 address") from None
+    else:
+        if not host.isascii():
+            try:
+                host = host.encode("idna").decode("ascii")
+            except UnicodeError as error:
+                raise _invalid_url(url, f"the host cannot be encoded: {error}") from None
+        if not _HOST.fullmatch(host):
+            raise _invalid_url(url, f"the host {host!r} has characters a host cannot have")
+    if port == 0:
+        raise _invalid_url(url, "port 0 cannot be connected to")
+    if port is None:
+        port = 443 if scheme == "https" else 80
+    path = _parse.quote(parts.path or "/", safe=_SAFE_IN_TARGET)
+    query = _parse.quote(parts.query, safe=_SAFE_IN_TARGET)
+    return scheme, host, port, path, query
+
+
+def _check_method(method):
+    if not isinstance(method, str) or not _TOKEN.fullmatch(method):
+        raise _invalid(f"the method {method!r} is not an HTTP method (a token such as GET)")
+    return method.upper()
+
+
+def _check_header(name, value):
+    """``(name, value)`` as text, or HttpInvalidRequest when they cannot be sent as a header."""
+    name, value = str(name), str(value)
+    if not _TOKEN.fullmatch(name):
+        raise _invalid(f"the header name {name!r} is not a token (letters, digits and "
+                       "!#$%&'*+-.^_`|~; no ':', spaces or line breaks)")
+    for character in value:
+        if character != "\t" and _unicodedata.category(character) == "Cc":
+            raise _invalid(f"the value of header {name} contains {_describe(character)}; "
+                           "a header value is one line of text")
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        raise _invalid(f"the value of header {name} has characters outside Latin-1; "
+                       "encode it (percent- or base64-encoding)") from None
+    return name, value
+
+
+def _check_timeout(timeout):
+    if timeout is None:
+        return None
+    try:
+        seconds = float(timeout)
+    except (TypeError, ValueError):
+        seconds = _math.nan
+    if isinstance(timeout, bool) or not _math.isfinite(seconds) or seconds <= 0:
+        raise _invalid(f"timeout={timeout!r}: give a positive number of seconds")
+    return seconds
+
+
+def _encode_body(json, data):
+    """(body bytes or None, the Content-Type it implies or None)."""
+    if json is not None and data is not None:
+        raise _invalid("pass json or data, not both")
+    if json is not None:
+        try:
+            return _json.dumps(json, allow_nan=False).encode("utf-8"), "application/json"
+        except (TypeError, ValueError) as error:
+            raise _invalid(f"json= cannot be encoded as JSON: {error}") from None
+    if data is None:
+        return None, None
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data), None
+    if isinstance(data, str):
+        return data.encode("utf-8"), None
+    if isinstance(data, (dict, list, tuple)):
+        try:
+            encoded = _parse.urlencode(data, doseq=True)
+        except (TypeError, ValueError) as error:
+            raise _invalid(f"data= cannot be form-encoded: {error}") from None
+        return encoded.encode("utf-8"), "application/x-www-form-urlencoded"
+    raise _invalid(f"data= must be bytes, str, or a dict or list of pairs, not "
+                   f"{type(data).__name__}")
 
 
 def _proxy_for(scheme, host):
@@ -175,52 +345,42 @@ class _Http:
 
     def request(self, method, url, *, params=None, headers=None, auth=None, json=None,
                 data=None, timeout=None):
-        if json is not None and data is not None:
-            raise ValueError("pass json or data, not both")
-        method = method.upper()
-        parts = _parse.urlsplit(url)
-        scheme = (parts.scheme or "").lower()
-        if scheme not in ("http", "https") or not parts.hostname:
-            raise HttpInvalidURL(f"not an http:// or https:// URL: {url!r}", error="invalid_url")
-        host = parts.hostname
-        try:
-            port = parts.port or (443 if scheme == "https" else 80)
-        except ValueError:
-            raise HttpInvalidURL(f"the URL has an invalid port: {url!r}", error="invalid_url") from None
-        query = parts.query
+        if _os.environ.get(_SWITCH) == "disabled":
+            raise HttpNotEnabled(_NOT_ENABLED, error="http_not_enabled")
+        # Everything is checked before a socket is opened: a request that cannot be sent
+        # whole is not sent at all (not even its CONNECT).
+        method = _check_method(method)
+        scheme, host, port, path, query = _parse_url(url)
         if params:
-            extra = _parse.urlencode(params, doseq=True)
+            try:
+                extra = _parse.urlencode(params, doseq=True)
+            except (TypeError, ValueError) as error:
+                raise _invalid(f"params= cannot be encoded: {error}") from None
             query = f"{query}&{extra}" if query else extra
-        path = parts.path or "/"
         target = f"{path}?{query}" if query else path
+        body, content_type = _encode_body(json, data)
+        seconds = _check_timeout(timeout)
 
         send = {}
         for name, value in (headers or {}).items():
-            send[str(name)] = str(value)
+            name, value = _check_header(name, value)
+            if name.lower() in _OWN_HEADERS:
+                raise _invalid(f"the header {name} is the helper's to write (from the URL and "
+                               "the body); leave it out")
+            send[name] = value
         lowered = {name.lower() for name in send}
-        body = None
-        if json is not None:
-            body = _json.dumps(json).encode("utf-8")
-            if "content-type" not in lowered:
-                send["Content-Type"] = "application/json"
-        elif data is not None:
-            if isinstance(data, (dict, list, tuple)):
-                body = _parse.urlencode(data, doseq=True).encode("utf-8")
-                if "content-type" not in lowered:
-                    send["Content-Type"] = "application/x-www-form-urlencoded"
-            elif isinstance(data, str):
-                body = data.encode("utf-8")
-            else:
-                body = bytes(data)
+        if content_type and "content-type" not in lowered:
+            send["Content-Type"] = content_type
         if body is None and method not in _METHODS_WITHOUT_BODY:
             body = b""
         if auth is not None:
-            send["Tollgate-Auth"] = str(auth)
-        if timeout is not None:
-            send["Tollgate-Timeout"] = f"{float(timeout):g}"
+            name, value = _check_header("Tollgate-Auth", auth)
+            send[name] = value
+        if seconds is not None:
+            send["Tollgate-Timeout"] = f"{seconds:g}"
         # The proxy enforces the timeout (and retries); the socket only guards against a
         # proxy that went away.
-        socket_timeout = None if timeout is None else float(timeout) * 4 + 10
+        socket_timeout = None if seconds is None else seconds * 4 + 10
 
         proxy = _proxy_for(scheme, host)
         try:
@@ -254,6 +414,9 @@ class _Http:
                 connection.close()
         except HttpError:
             raise
+        except _httpclient.InvalidURL as error:
+            # Checked above; http.client's own check is the backstop.
+            raise HttpInvalidURL(f"cannot send {url!r}: {error}", error="invalid_url") from None
         except _socket.timeout as error:
             raise HttpTimeoutError(f"no answer from {host} in time: {error}", error="timeout") from None
         except _ssl.SSLError as error:
@@ -276,7 +439,8 @@ class _Http:
                 charset = value.strip('"')
         try:
             text = payload.decode(charset, errors="replace")
-        except LookupError:
+        except (LookupError, ValueError):
+            # An unknown charset, or a name Python cannot even look up (a NUL in it).
             text = payload.decode("utf-8", errors="replace")
         media = content_type.split(";")[0].strip().lower()
         parsed = None

@@ -1,11 +1,14 @@
-//! The child's environment: clean by default, never holding a secret; with the network on,
-//! the proxy settings, the trust bundle for the execution's CA, the placeholders and the
-//! Python helper, which live in the execution's runtime directory.
+//! The child's environment: clean by default, never holding a secret; the Python helper on
+//! `PYTHONPATH` in every sandbox, and `TOLLGATE_HTTP` saying whether it may send; with the
+//! network on, the proxy settings, the trust bundle for the execution's CA and the
+//! placeholders.
 //!
 //! The runtime directory (`/run/tollgate/<execution-id>/`, root-owned, world-readable, no
-//! secret in it) holds the CA bundle and `tollgate_http.py`. Its guard removes it on every
-//! exit path; `sandbox::gc` removes those of supervisors that were killed (a runtime
-//! directory whose execution cgroup is gone).
+//! secret in it) holds `tollgate_http.py` in every sandbox (so code written against the
+//! helper imports it whatever the policy, and gets `HttpNotEnabled` when the network is off)
+//! and, with the network only, the CA bundle. Its guard removes it on every exit path;
+//! `sandbox::gc` removes those of supervisors that were killed (a runtime directory whose
+//! execution cgroup is gone).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -47,6 +50,10 @@ pub const PROXY_VARIABLES: [&str; 8] = [
     "no_proxy",
 ];
 
+/// Tells the Python helper whether this execution has a network: `enabled` or `disabled`
+/// (every call then raises `HttpNotEnabled`).
+pub const HELPER_SWITCH: &str = "TOLLGATE_HTTP";
+
 /// Variables that make the dynamic loader run code of the caller's choosing in every program
 /// of the sandbox, tollgate's helpers included. The sandbox may set them for itself; the
 /// command line may not hand them in.
@@ -54,6 +61,12 @@ const LOADER_INJECTION: [&str; 3] = ["LD_PRELOAD", "LD_AUDIT", "LD_DEBUG_OUTPUT"
 
 /// Why `name` may not be given with `--env` or `--pass-env` (`flag`), if it may not.
 fn refused_variable(flag: &str, name: &str) -> Option<String> {
+    if name == HELPER_SWITCH {
+        return Some(format!(
+            "{flag} {name}: tollgate sets {name} itself (it tells the Python helper whether \
+             this execution has a network); leave it out"
+        ));
+    }
     if PROXY_VARIABLES.contains(&name) || CA_VARIABLES.contains(&name) {
         return Some(format!(
             "{flag} {name}: tollgate sets {name} itself (the proxy and the execution's CA are \
@@ -85,19 +98,19 @@ pub struct NetworkEnv {
     pub proxy: SocketAddr,
     /// The CA bundle the sandbox trusts.
     pub ca_bundle: PathBuf,
-    /// The directory holding `tollgate_http.py`, first on `PYTHONPATH`.
-    pub python_path: PathBuf,
     /// `(variable, placeholder)` pairs.
     pub placeholders: Vec<(String, String)>,
 }
 
-/// Builds the child's environment from the clean defaults, `--pass-env`, `--env` and, when
-/// the network is enabled, the proxy, CA and helper settings and the placeholders. Refuses
-/// to pass a variable that holds a provider's secret or that a placeholder takes.
+/// Builds the child's environment from the clean defaults, `--pass-env`, `--env`, the
+/// helper's directory (`python_path`, first on `PYTHONPATH`) and switch, and, when the
+/// network is enabled, the proxy and CA settings and the placeholders. Refuses to pass a
+/// variable that holds a provider's secret or that a placeholder takes.
 pub fn child_environment(
     policy: Option<&Policy>,
     pass: &[String],
     set: &[(String, String)],
+    python_path: Option<&Path>,
     network: Option<&NetworkEnv>,
     home: &str,
 ) -> Result<BTreeMap<String, String>, String> {
@@ -167,15 +180,23 @@ pub fn child_environment(
         for name in CA_VARIABLES {
             env.insert(name.to_owned(), bundle.clone());
         }
-        let helper = network.python_path.display().to_string();
+        for (name, value) in &network.placeholders {
+            env.insert(name.clone(), value.clone());
+        }
+    }
+    if let Some(helper) = python_path {
+        let helper = helper.display().to_string();
         let python_path = match env.get("PYTHONPATH") {
             Some(theirs) if !theirs.is_empty() => format!("{helper}:{theirs}"),
             _ => helper,
         };
         env.insert("PYTHONPATH".to_owned(), python_path);
-        for (name, value) in &network.placeholders {
-            env.insert(name.clone(), value.clone());
-        }
+        let switch = if network.is_some() {
+            "enabled"
+        } else {
+            "disabled"
+        };
+        env.insert(HELPER_SWITCH.to_owned(), switch.to_owned());
     }
     Ok(env)
 }
@@ -206,16 +227,17 @@ pub struct RuntimeDir {
 }
 
 impl RuntimeDir {
-    /// Creates the directory (0755, root's) with the CA bundle (`ca-bundle.pem`, 0644) and
-    /// the Python helper (`python/tollgate_http.py`, 0644).
-    pub fn create(execution: &str, ca_bundle: &[u8]) -> Result<RuntimeDir, String> {
+    /// Creates the directory (0755, root's) with the Python helper
+    /// (`python/tollgate_http.py`, 0644) and, when the network is on, the CA bundle
+    /// (`ca-bundle.pem`, 0644).
+    pub fn create(execution: &str, ca_bundle: Option<&[u8]>) -> Result<RuntimeDir, String> {
         RuntimeDir::create_under(Path::new(RUNTIME_ROOT), execution, ca_bundle)
     }
 
     pub fn create_under(
         root: &Path,
         execution: &str,
-        ca_bundle: &[u8],
+        ca_bundle: Option<&[u8]>,
     ) -> Result<RuntimeDir, String> {
         let failed = |what: &Path, e: std::io::Error| {
             format!(
@@ -238,7 +260,9 @@ impl RuntimeDir {
             .mode(0o755)
             .create(&python)
             .map_err(|e| failed(&python, e))?;
-        write_public(&dir.ca_bundle(), ca_bundle).map_err(|e| failed(&dir.ca_bundle(), e))?;
+        if let Some(ca_bundle) = ca_bundle {
+            write_public(&dir.ca_bundle(), ca_bundle).map_err(|e| failed(&dir.ca_bundle(), e))?;
+        }
         let helper = python.join("tollgate_http.py");
         write_public(&helper, PYTHON_HELPER.as_bytes()).map_err(|e| failed(&helper, e))?;
         Ok(dir)
@@ -292,7 +316,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let root =
             std::env::temp_dir().join(format!("tollgate-runtime-test-{}", std::process::id()));
-        let dir = RuntimeDir::create_under(&root, "exec-1", b"PEM").expect("create");
+        let dir = RuntimeDir::create_under(&root, "exec-1", Some(b"PEM")).expect("create");
         let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
         assert_eq!(mode(dir.path()), 0o755);
         assert_eq!(mode(&dir.ca_bundle()), 0o644);
@@ -304,6 +328,11 @@ mod tests {
         let path = dir.path().to_owned();
         drop(dir);
         assert!(!path.exists());
+        // Without the network: the helper, and no bundle.
+        let offline = RuntimeDir::create_under(&root, "exec-2", None).expect("create");
+        assert!(offline.python_path().join("tollgate_http.py").exists());
+        assert!(!offline.ca_bundle().exists());
+        drop(offline);
         let _ = std::fs::remove_dir_all(root);
     }
 
@@ -317,13 +346,14 @@ mod tests {
         let network = NetworkEnv {
             proxy: "127.0.0.1:3128".parse().expect("addr"),
             ca_bundle: "/run/tollgate/x/ca-bundle.pem".into(),
-            python_path: "/run/tollgate/x/python".into(),
             placeholders: vec![("API_KEY".into(), "tollgate_ph_0123".into())],
         };
+        let helper = Path::new("/run/tollgate/x/python");
         let env = child_environment(
             Some(&policy),
             &[],
             &[("PYTHONPATH".into(), "/mine".into())],
+            Some(helper),
             Some(&network),
             "/tmp",
         )
@@ -332,15 +362,28 @@ mod tests {
             assert_eq!(env[name], "/run/tollgate/x/ca-bundle.pem");
         }
         assert_eq!(env["PYTHONPATH"], "/run/tollgate/x/python:/mine");
+        assert_eq!(env[HELPER_SWITCH], "enabled");
         assert_eq!(env["API_KEY"], "tollgate_ph_0123");
         let refused = child_environment(
             Some(&policy),
             &[],
             &[("API_KEY".into(), "x".into())],
+            Some(helper),
             Some(&network),
             "/tmp",
         );
         assert!(refused.is_err());
+    }
+
+    #[test]
+    fn without_network_the_helper_is_on_the_path_and_switched_off() {
+        let helper = Path::new("/run/tollgate/x/python");
+        let env = child_environment(None, &[], &[], Some(helper), None, "/tmp").expect("env");
+        assert_eq!(env["PYTHONPATH"], "/run/tollgate/x/python");
+        assert_eq!(env[HELPER_SWITCH], "disabled");
+        for name in CA_VARIABLES.iter().chain(&PROXY_VARIABLES) {
+            assert!(!env.contains_key(*name), "no network, no {name}");
+        }
     }
 
     #[test]
@@ -354,10 +397,12 @@ mod tests {
             "LD_PRELOAD",
             "LD_AUDIT",
             "TOLLGATE_SECRET_ACME_KEY",
+            HELPER_SWITCH,
         ] {
-            let set = child_environment(None, &[], &[(name.into(), "x".into())], None, "/tmp");
+            let set =
+                child_environment(None, &[], &[(name.into(), "x".into())], None, None, "/tmp");
             assert!(set.unwrap_err().contains(name), "--env {name}");
-            let passed = child_environment(None, &[name.into()], &[], None, "/tmp");
+            let passed = child_environment(None, &[name.into()], &[], None, None, "/tmp");
             assert!(
                 passed.unwrap_err().contains("--pass-env"),
                 "--pass-env {name}"
@@ -367,6 +412,7 @@ mod tests {
             None,
             &[],
             &[("LD_LIBRARY_PATH".into(), "/x".into())],
+            None,
             None,
             "/tmp",
         );
