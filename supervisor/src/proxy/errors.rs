@@ -15,6 +15,9 @@ use tollgate_policy::Decision;
 /// The header naming the error code on every response tollgate itself generates.
 pub const ERROR_HEADER: &str = "tollgate-error";
 
+/// The header repeating the refusal's sentence (the JSON body's `message`).
+pub const MESSAGE_HEADER: &str = "tollgate-message";
+
 /// Why tollgate answered instead of the upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
@@ -180,11 +183,26 @@ pub fn error_response(code: ErrorCode, message: &str, execution: &str) -> Respon
         HeaderValue::from_static("application/json"),
     );
     headers.insert(header::VIA, HeaderValue::from_static(VIA));
+    // The sentence again as a header: a client that only shows a refused CONNECT's head
+    // (`curl -v`: "CONNECT tunnel failed, response 403") still shows why.
+    if let Ok(value) = HeaderValue::from_str(&header_text(message)) {
+        headers.insert(MESSAGE_HEADER, value);
+    }
     if code == ErrorCode::InvalidRequest {
         // The client's framing cannot be trusted any more: do not read another request.
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
+}
+
+/// `message` as a header value: printable ASCII only (anything else becomes `?`), at most
+/// 512 characters.
+fn header_text(message: &str) -> String {
+    message
+        .chars()
+        .take(512)
+        .map(|c| if c == ' ' || c.is_ascii_graphic() { c } else { '?' })
+        .collect()
 }
 
 /// The same refusal as raw HTTP/1.1 bytes (`Connection: close`), for the places that answer
@@ -199,10 +217,11 @@ pub fn raw_response(code: ErrorCode, message: &str, execution: &str) -> Vec<u8> 
     .to_string();
     let status = code.status();
     format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ntollgate-error: {}\r\ncontent-length: {}\r\nconnection: close\r\nvia: {}\r\n\r\n{body}",
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ntollgate-error: {}\r\ntollgate-message: {}\r\ncontent-length: {}\r\nconnection: close\r\nvia: {}\r\n\r\n{body}",
         status.as_u16(),
         status.canonical_reason().unwrap_or(""),
         code.as_str(),
+        header_text(message),
         body.len(),
         VIA
     )
