@@ -42,12 +42,141 @@ pub enum Destination {
     Resolved(Vec<IpAddr>),
 }
 
+/// Why a request was allowed or refused: the machine word of the audit record, of
+/// `policy eval`'s output and of the proxy's choice of error code.
+///
+/// The built-in Rego module names the reason; [`Reason::parse`] reads its word, and a word
+/// this enum does not know is a [`Reason::PolicyError`], never an allow. Callers match on it
+/// exhaustively, so a new reason cannot slip past the code that maps reasons to answers.
+/// It serializes as its snake_case word ([`Reason::as_str`]). In the order docs/policy.md
+/// lists them (the order in which they decide).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The method is not an upper-case HTTP token ([`crate::request::check_method`]).
+    MethodNotUppercase,
+    /// The policy has no `network` section.
+    NetworkDisabled,
+    /// No allow entry's host matches (and no `allow_all`).
+    HostNotAllowed,
+    /// An entry's host matched, its schemes did not.
+    SchemeNotAllowed,
+    /// An entry's host matched, its ports did not.
+    PortNotAllowed,
+    /// An entry's host matched, its path prefix did not.
+    PathNotAllowed,
+    /// The entry's `access` does not admit the method.
+    MethodNotAllowed,
+    /// `%2F` in the path without `allow_encoded_slash`.
+    EncodedSlash,
+    /// `;` in a path segment without `allow_path_parameters`.
+    PathParameter,
+    /// `%25` in the path without `allow_encoded_percent`.
+    EncodedPercent,
+    /// A segment ending in `.` without `allow_trailing_dot`.
+    TrailingDot,
+    /// A `deny_rules` entry matches.
+    L7Denied,
+    /// The entry has `rules` and none matches.
+    L7NotMatched,
+    /// Every check that needs no address passed: resolve, then decide again.
+    NotResolved,
+    /// The name does not resolve.
+    CannotResolve,
+    /// An address is one of the node's own.
+    HostAddress,
+    /// An address is always blocked.
+    AddressBlocked,
+    /// An internal address is not covered by `allowed_ips`.
+    PrivateAddress,
+    /// The team's Rego module denied.
+    TeamRule,
+    /// The team's Rego module failed to evaluate (fail closed).
+    TeamRuleError,
+    /// The built-in rules failed or answered something tollgate does not know (fail closed).
+    PolicyError,
+    /// None of the above.
+    Allowed,
+}
+
+impl Reason {
+    /// Every reason, in the order of the enum.
+    pub const ALL: [Reason; 22] = [
+        Reason::MethodNotUppercase,
+        Reason::NetworkDisabled,
+        Reason::HostNotAllowed,
+        Reason::SchemeNotAllowed,
+        Reason::PortNotAllowed,
+        Reason::PathNotAllowed,
+        Reason::MethodNotAllowed,
+        Reason::EncodedSlash,
+        Reason::PathParameter,
+        Reason::EncodedPercent,
+        Reason::TrailingDot,
+        Reason::L7Denied,
+        Reason::L7NotMatched,
+        Reason::NotResolved,
+        Reason::CannotResolve,
+        Reason::HostAddress,
+        Reason::AddressBlocked,
+        Reason::PrivateAddress,
+        Reason::TeamRule,
+        Reason::TeamRuleError,
+        Reason::PolicyError,
+        Reason::Allowed,
+    ];
+
+    /// The word in the Rego output, the audit record and `policy eval`'s JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::MethodNotUppercase => "method_not_uppercase",
+            Reason::NetworkDisabled => "network_disabled",
+            Reason::HostNotAllowed => "host_not_allowed",
+            Reason::SchemeNotAllowed => "scheme_not_allowed",
+            Reason::PortNotAllowed => "port_not_allowed",
+            Reason::PathNotAllowed => "path_not_allowed",
+            Reason::MethodNotAllowed => "method_not_allowed",
+            Reason::EncodedSlash => "encoded_slash",
+            Reason::PathParameter => "path_parameter",
+            Reason::EncodedPercent => "encoded_percent",
+            Reason::TrailingDot => "trailing_dot",
+            Reason::L7Denied => "l7_denied",
+            Reason::L7NotMatched => "l7_not_matched",
+            Reason::NotResolved => "not_resolved",
+            Reason::CannotResolve => "cannot_resolve",
+            Reason::HostAddress => "host_address",
+            Reason::AddressBlocked => "address_blocked",
+            Reason::PrivateAddress => "private_address",
+            Reason::TeamRule => "team_rule",
+            Reason::TeamRuleError => "team_rule_error",
+            Reason::PolicyError => "policy_error",
+            Reason::Allowed => "allowed",
+        }
+    }
+
+    /// The reason `word` names, or `None` for a word that is not one.
+    pub fn parse(word: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|reason| reason.as_str() == word)
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Reason {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
 /// The verdict, with everything an audit record or an error body needs.
 #[derive(Debug, Clone, Serialize)]
 pub struct Decision {
     pub allow: bool,
-    /// Machine reason: `allowed`, `host_not_allowed`, `private_address`, … (docs/policy.md).
-    pub reason: String,
+    /// Machine reason (docs/policy.md lists them).
+    pub reason: Reason,
     /// The policy rule that decided, e.g. `network.allow[2]` or `network.allow[2].deny_rules[0]`.
     pub rule: Option<String>,
     /// One sentence saying what happened and what to change.
@@ -66,7 +195,7 @@ pub struct Decision {
 impl Decision {
     /// The request passed every check that does not need addresses: resolve and decide again.
     pub fn needs_resolution(&self) -> bool {
-        self.reason == "not_resolved"
+        self.reason == Reason::NotResolved
     }
 
     /// The most severe class among the addresses.
@@ -140,7 +269,7 @@ impl Policy {
         // Before any matching: a method in another case must never be compared with the
         // rules' upper-case ones, where `delete` would miss a `DELETE` deny rule.
         if let Err(error) = check_method(request.method) {
-            return refusal(error.reason(), error.to_string());
+            return refusal(Reason::MethodNotUppercase, error.to_string());
         }
         let matched = self.match_request(request);
         let addresses = match destination {
@@ -183,7 +312,10 @@ impl Policy {
         );
         let mut decision = match self.rules.builtin(input.clone()) {
             Ok(output) => from_output(&output),
-            Err(error) => refusal("policy_error", format!("built-in rules failed: {error}")),
+            Err(error) => refusal(
+                Reason::PolicyError,
+                format!("its built-in rules failed: {}", short(&error.to_string())),
+            ),
         };
         decision.entry = matched.index;
         decision.addresses = addresses;
@@ -192,7 +324,7 @@ impl Policy {
             match self.rules.team(input) {
                 Ok(outcome) if !outcome.denials.is_empty() => {
                     decision.allow = false;
-                    decision.reason = "team_rule".into();
+                    decision.reason = Reason::TeamRule;
                     decision.rule = Some("rego".into());
                     decision.message = outcome.denials.join("; ");
                     return decision;
@@ -200,7 +332,7 @@ impl Policy {
                 Ok(outcome) => decision.team = outcome,
                 Err(error) => {
                     decision.allow = false;
-                    decision.reason = "team_rule_error".into();
+                    decision.reason = Reason::TeamRuleError;
                     decision.rule = Some("rego".into());
                     decision.message = format!(
                         "team {}'s Rego rules failed to evaluate ({}), so the request is refused",
@@ -226,10 +358,10 @@ fn short(error: &str) -> String {
     }
 }
 
-fn refusal(reason: &str, message: String) -> Decision {
+fn refusal(reason: Reason, message: String) -> Decision {
     Decision {
         allow: false,
-        reason: reason.into(),
+        reason,
         rule: None,
         message,
         entry: None,
@@ -379,15 +511,33 @@ fn facts(
     ])
 }
 
+/// Reads the built-in module's `{allow, reason, rule, address}`. Fails closed: a reason
+/// tollgate does not know, or an allow without the reason `allowed`, is a `policy_error`
+/// whose message (kept by [`explain`]) says what the module answered.
 fn from_output(output: &Value) -> Decision {
     let field = |name: &str| output[name].clone();
     let allow = field("allow").as_bool().copied().unwrap_or(false);
-    let reason = field("reason")
-        .as_string()
-        .map(|s| s.to_string())
-        .unwrap_or_else(|_| "policy_error".into());
-    let mut decision = refusal(&reason, String::new());
-    decision.allow = allow && reason == "allowed";
+    let word = field("reason").as_string().map(|s| s.to_string());
+    let (reason, problem) = match word.as_deref().map(|w| (w, Reason::parse(w))) {
+        Ok((_, Some(Reason::Allowed))) if !allow => (
+            Reason::PolicyError,
+            "its built-in rules gave the reason `allowed` without allowing".to_owned(),
+        ),
+        Ok((_, Some(reason))) => (reason, String::new()),
+        Ok((word, None)) => (
+            Reason::PolicyError,
+            format!(
+                "its built-in rules gave the reason `{}`, which tollgate does not know",
+                short(word)
+            ),
+        ),
+        Err(_) => (
+            Reason::PolicyError,
+            "its built-in rules gave no reason".to_owned(),
+        ),
+    };
+    let mut decision = refusal(reason, problem);
+    decision.allow = allow && reason == Reason::Allowed;
     decision.rule = field("rule").as_string().ok().map(|s| s.to_string());
     decision.address = field("address")
         .as_string()
@@ -402,40 +552,131 @@ fn explain(policy: &Policy, request: &Request, decision: &Decision, matched: &Ma
     let host = request.url.host_str();
     let rule = decision.rule.as_deref().unwrap_or("the policy");
     let address = decision.address.map(|a| a.to_string()).unwrap_or_default();
-    match decision.reason.as_str() {
-        "allowed" => format!("allowed by {rule}"),
-        "network_disabled" => format!("network access is disabled for team {team} (its policy has no `network` section)"),
-        "host_not_allowed" => format!("host {host} is not in team {team}'s allow list"),
-        "port_not_allowed" => {
+    match decision.reason {
+        Reason::Allowed => format!("allowed by {rule}"),
+        Reason::MethodNotUppercase => format!("the method {} is not upper case", request.method),
+        Reason::NetworkDisabled => format!("network access is disabled for team {team} (its policy has no `network` section)"),
+        Reason::HostNotAllowed => format!("host {host} is not in team {team}'s allow list"),
+        Reason::PortNotAllowed => {
             let ports = matched.near_miss.map(|(_, e)| e.ports()).unwrap_or_default();
             let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
             format!("port {} of {host} is not allowed for team {team} ({rule} allows port {})", request.url.port, ports.join(", "))
         }
-        "scheme_not_allowed" => format!("{} to {host} is not allowed for team {team} ({rule} lists another scheme)", request.url.scheme),
-        "path_not_allowed" => format!("path {} on {host} is outside team {team}'s allowed URL prefixes", request.url.path),
-        "method_not_allowed" => {
+        Reason::SchemeNotAllowed => format!("{} to {host} is not allowed for team {team} ({rule} lists another scheme)", request.url.scheme),
+        Reason::PathNotAllowed => format!("path {} on {host} is outside team {team}'s allowed URL prefixes", request.url.path),
+        Reason::MethodNotAllowed => {
             let access = matched.entry.map(|e| e.access.as_str()).unwrap_or("restricted");
             format!("method {} is not allowed on {host}: {rule} is {access}", request.method)
         }
-        "encoded_slash" => format!("the path to {host} contains an encoded slash (%2F), which {rule} does not allow (set allow_encoded_slash: true to permit it)"),
-        "path_parameter" => format!("the path to {host} has a `;` (or `%3B`) in a segment, which servers such as Tomcat read as a path parameter (`/x/..;/admin` is `/admin` to them); {rule} does not allow it (set allow_path_parameters: true to permit it)"),
-        "encoded_percent" => format!("the path to {host} contains an encoded percent sign (%25), which a server that decodes twice reads as another character (`%252F` as `/`); {rule} does not allow it (set allow_encoded_percent: true to permit it)"),
-        "trailing_dot" => format!("the path to {host} has a segment ending in `.`, which servers such as IIS read without the dot (`/admin./x` as `/admin/x`); {rule} does not allow it (set allow_trailing_dot: true to permit it)"),
-        "l7_denied" => format!("{} {} on {host} is refused by {rule}", request.method, request.url.path),
-        "l7_not_matched" => format!("{} {} on {host} matches none of the rules of {rule}", request.method, request.url.path),
-        "not_resolved" => format!("{host} has not been resolved yet"),
-        "cannot_resolve" => format!("host {host} does not resolve"),
-        "host_address" => format!(
+        Reason::EncodedSlash => format!("the path to {host} contains an encoded slash (%2F), which {rule} does not allow (set allow_encoded_slash: true to permit it)"),
+        Reason::PathParameter => format!("the path to {host} has a `;` (or `%3B`) in a segment, which servers such as Tomcat read as a path parameter (`/x/..;/admin` is `/admin` to them); {rule} does not allow it (set allow_path_parameters: true to permit it)"),
+        Reason::EncodedPercent => format!("the path to {host} contains an encoded percent sign (%25), which a server that decodes twice reads as another character (`%252F` as `/`); {rule} does not allow it (set allow_encoded_percent: true to permit it)"),
+        Reason::TrailingDot => format!("the path to {host} has a segment ending in `.`, which servers such as IIS read without the dot (`/admin./x` as `/admin/x`); {rule} does not allow it (set allow_trailing_dot: true to permit it)"),
+        Reason::L7Denied => format!("{} {} on {host} is refused by {rule}", request.method, request.url.path),
+        Reason::L7NotMatched => format!("{} {} on {host} matches none of the rules of {rule}", request.method, request.url.path),
+        Reason::NotResolved => format!("{host} has not been resolved yet"),
+        Reason::CannotResolve => format!("host {host} does not resolve"),
+        Reason::HostAddress => format!(
             "{host} resolves to {address}, an address of this node itself, which tollgate never dials"
         ),
-        "address_blocked" => {
+        Reason::AddressBlocked => {
             let why = decision.address.and_then(ip::reason).unwrap_or("blocked");
             format!("{host} resolves to {address}, a {why} address that tollgate never dials")
         }
-        "private_address" => format!(
+        Reason::PrivateAddress => format!(
             "{host} resolves to {address}, a private address: list it in `allowed_ips` of the allow entry for {host} to reach it"
         ),
-        "team_rule_error" => format!("team {team}'s Rego rules failed to evaluate, so the request is refused"),
-        other => format!("refused by team {team}'s policy ({other})"),
+        Reason::TeamRule => format!("refused by team {team}'s Rego rules"),
+        Reason::TeamRuleError => format!("team {team}'s Rego rules failed to evaluate, so the request is refused"),
+        Reason::PolicyError if decision.message.is_empty() => {
+            format!("team {team}'s policy could not decide the request, so it is refused")
+        }
+        Reason::PolicyError => format!(
+            "team {team}'s policy could not decide the request ({}), so it is refused",
+            decision.message
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rego::BUILTIN_MODULE;
+
+    #[test]
+    fn every_reason_round_trips_through_its_word() {
+        for reason in Reason::ALL {
+            assert_eq!(Reason::parse(reason.as_str()), Some(reason));
+            assert_eq!(
+                serde_json::to_value(reason).unwrap(),
+                serde_json::json!(reason.as_str())
+            );
+        }
+        let words: std::collections::BTreeSet<&str> =
+            Reason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(words.len(), Reason::ALL.len(), "two reasons share a word");
+        assert_eq!(Reason::parse("Allowed"), None);
+        assert_eq!(Reason::parse(""), None);
+    }
+
+    /// The words the built-in module can answer with: each `refuse("…")` and
+    /// `refuse_address("…")`, `allowed`, and `<near_miss>_not_allowed`.
+    fn builtin_words() -> Vec<String> {
+        let mut words = vec!["allowed".to_owned()];
+        for call in ["refuse(\"", "refuse_address(\""] {
+            for (at, _) in BUILTIN_MODULE.match_indices(call) {
+                let rest = &BUILTIN_MODULE[at + call.len()..];
+                words.push(rest[..rest.find('"').unwrap()].to_owned());
+            }
+        }
+        assert!(BUILTIN_MODULE.contains("sprintf(\"%s_not_allowed\", [input.match.near_miss])"));
+        for miss in [NearMiss::Scheme, NearMiss::Port, NearMiss::Path] {
+            words.push(format!("{}_not_allowed", miss.as_str()));
+        }
+        words
+    }
+
+    #[test]
+    fn every_reason_the_builtin_module_names_is_known() {
+        let words = builtin_words();
+        assert!(words.len() > 15, "{words:?}");
+        for word in &words {
+            assert!(Reason::parse(word).is_some(), "the module answers `{word}`");
+        }
+    }
+
+    fn output(allow: bool, reason: Option<&str>) -> Value {
+        let mut pairs = vec![(Value::from("allow"), Value::from(allow))];
+        if let Some(reason) = reason {
+            pairs.push((Value::from("reason"), Value::from(reason)));
+        }
+        Value::from(pairs.into_iter().collect::<BTreeMap<Value, Value>>())
+    }
+
+    #[test]
+    fn an_answer_tollgate_does_not_know_is_a_policy_error_that_says_so() {
+        for (allow, word) in [(true, "allowd"), (true, "ALLOWED"), (false, "nope")] {
+            let decision = from_output(&output(allow, Some(word)));
+            assert!(!decision.allow, "{word}");
+            assert_eq!(decision.reason, Reason::PolicyError, "{word}");
+            assert!(decision.message.contains(&format!("`{word}`")), "{}", decision.message);
+        }
+        let decision = from_output(&output(true, None));
+        assert_eq!((decision.allow, decision.reason), (false, Reason::PolicyError));
+        // An allow needs the reason `allowed`, and `allowed` needs an allow.
+        let decision = from_output(&output(true, Some("l7_denied")));
+        assert_eq!((decision.allow, decision.reason), (false, Reason::L7Denied));
+        let decision = from_output(&output(false, Some("allowed")));
+        assert_eq!((decision.allow, decision.reason), (false, Reason::PolicyError));
+        let decision = from_output(&output(true, Some("allowed")));
+        assert_eq!((decision.allow, decision.reason), (true, Reason::Allowed));
+    }
+
+    #[test]
+    fn a_long_unknown_word_is_not_echoed_in_full() {
+        let word = "x".repeat(5000);
+        let decision = from_output(&output(true, Some(&word)));
+        assert_eq!(decision.reason, Reason::PolicyError);
+        assert!(decision.message.len() < 400, "{}", decision.message.len());
     }
 }

@@ -22,7 +22,7 @@ pub mod url;
 pub mod validate;
 pub mod yaml_limits;
 
-pub use decision::{Decision, Destination, Request};
+pub use decision::{Decision, Destination, Reason, Request};
 pub use error::{PolicyError, PolicyErrors};
 pub use host_addresses::HostAddresses;
 pub use load::Policy;

@@ -7,13 +7,10 @@
 //! [`check_method`] before deciding, and [`crate::Policy::decide`] refuses such a method
 //! itself too, so a caller that forgot cannot have it matched.
 
-/// The reason every [`MethodError`] is refused with (`400 invalid_request` in the proxy).
-pub const METHOD_NOT_UPPERCASE: &str = "method_not_uppercase";
-
 /// Longest method echoed in a message; a longer one is named by its length.
 const MAX_ECHO: usize = 32;
 
-/// Why a method is refused. Every variant has the reason [`METHOD_NOT_UPPERCASE`]; the
+/// Why a method is refused. Every variant has the reason [`crate::Reason::MethodNotUppercase`]; the
 /// messages are safe to return to the sandbox and to log (a method is echoed only when it is
 /// a short token, so no control character or long blob reaches a log line).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,9 +33,9 @@ pub enum MethodError {
 }
 
 impl MethodError {
-    /// The machine reason, for the `Tollgate-Error` body and the audit record.
-    pub fn reason(&self) -> &'static str {
-        METHOD_NOT_UPPERCASE
+    /// The machine reason, for the audit record (`400 invalid_request` in the proxy).
+    pub fn reason(&self) -> crate::Reason {
+        crate::Reason::MethodNotUppercase
     }
 }
 
@@ -91,7 +88,7 @@ mod tests {
     fn other_cases_are_refused_and_not_rewritten() {
         for method in ["delete", "gEt", "Get", "get", "m-search", "PROPfind"] {
             let error = check_method(method).unwrap_err();
-            assert_eq!(error.reason(), "method_not_uppercase");
+            assert_eq!(error.reason().as_str(), "method_not_uppercase");
             let message = error.to_string();
             assert!(message.contains(&format!("`{method}`")), "{message}");
             assert!(
@@ -109,7 +106,7 @@ mod tests {
         ] {
             let error = check_method(method).unwrap_err();
             assert_eq!(error, MethodError::NotToken, "{method:?}");
-            assert_eq!(error.reason(), "method_not_uppercase");
+            assert_eq!(error.reason().as_str(), "method_not_uppercase");
             assert!(!error.to_string().contains(method), "{method:?}");
         }
     }

@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 use tollgate_policy::url::NormalizedUrl;
-use tollgate_policy::{Decision, Destination, HostAddresses, Policy, Request};
+use tollgate_policy::{Decision, Destination, HostAddresses, Policy, Reason, Request};
 
 fn policy(yaml: &str) -> Policy {
     Policy::from_yaml("test.yaml", yaml).unwrap_or_else(|e| panic!("policy should load:\n{e}"))
@@ -66,7 +66,7 @@ const PUBLIC: &[&str] = &["140.82.112.5"];
 
 fn assert_allowed(d: &Decision) {
     assert!(d.allow, "expected allow, got {} ({})", d.reason, d.message);
-    assert_eq!(d.reason, "allowed");
+    assert_eq!(d.reason, Reason::Allowed);
 }
 
 fn assert_denied(d: &Decision, reason: &str) {
@@ -75,7 +75,7 @@ fn assert_denied(d: &Decision, reason: &str) {
         "expected deny {reason}, got allow ({})",
         d.message
     );
-    assert_eq!(d.reason, reason, "message: {}", d.message);
+    assert_eq!(d.reason.as_str(), reason, "message: {}", d.message);
     assert!(!d.message.is_empty());
 }
 

@@ -80,7 +80,7 @@ fn assert_allowed(policy: &Policy, method: &str, url: &str) {
 fn assert_refused(policy: &Policy, method: &str, url: &str, reason: &str) -> Decision {
     let d = decide(policy, method, url);
     assert!(!d.allow, "{method} {url}: expected {reason}, got allow");
-    assert_eq!(d.reason, reason, "{method} {url}: {}", d.message);
+    assert_eq!(d.reason.as_str(), reason, "{method} {url}: {}", d.message);
     d
 }
 

@@ -10,7 +10,7 @@ use super::body::{self, ProxyBody};
 /// The `Via` value tollgate adds to every response it relays or generates.
 pub const VIA: &str = "1.1 tollgate";
 use http::{header, HeaderValue, Response, StatusCode};
-use tollgate_policy::Decision;
+use tollgate_policy::{Decision, Reason};
 
 /// The header naming the error code on every response tollgate itself generates.
 pub const ERROR_HEADER: &str = "tollgate-error";
@@ -134,10 +134,31 @@ impl ProxyError {
 
     /// The refusal for a policy decision that did not allow the request.
     pub fn from_decision(decision: &Decision) -> ProxyError {
-        let code = match decision.reason.as_str() {
-            "private_address" | "address_blocked" | "host_address" => ErrorCode::SsrfDenied,
-            "cannot_resolve" => ErrorCode::ConnectError,
-            _ => ErrorCode::PolicyDenied,
+        let code = match decision.reason {
+            Reason::PrivateAddress | Reason::AddressBlocked | Reason::HostAddress => {
+                ErrorCode::SsrfDenied
+            }
+            Reason::CannotResolve => ErrorCode::ConnectError,
+            // Not a policy's verdict: the request itself is malformed (as a 400 says).
+            Reason::MethodNotUppercase => ErrorCode::InvalidRequest,
+            Reason::NetworkDisabled
+            | Reason::HostNotAllowed
+            | Reason::SchemeNotAllowed
+            | Reason::PortNotAllowed
+            | Reason::PathNotAllowed
+            | Reason::MethodNotAllowed
+            | Reason::EncodedSlash
+            | Reason::PathParameter
+            | Reason::EncodedPercent
+            | Reason::TrailingDot
+            | Reason::L7Denied
+            | Reason::L7NotMatched
+            | Reason::NotResolved
+            | Reason::TeamRule
+            | Reason::TeamRuleError
+            | Reason::PolicyError
+            // An allow reaches here only without an address to dial: fail closed.
+            | Reason::Allowed => ErrorCode::PolicyDenied,
         };
         let message = if code == ErrorCode::ConnectError {
             format!("{}, so the request was not sent", decision.message)
@@ -147,7 +168,7 @@ impl ProxyError {
         ProxyError {
             code,
             message,
-            reason: decision.reason.clone(),
+            reason: decision.reason.as_str().to_owned(),
             rule: decision.rule.clone(),
         }
     }

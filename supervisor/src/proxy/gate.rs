@@ -9,7 +9,7 @@ use super::errors::{ErrorCode, ProxyError};
 use super::resolve::{known_without_dns, resolve};
 use super::Shared;
 use tollgate_policy::url::NormalizedUrl;
-use tollgate_policy::{Decision, Destination, Request};
+use tollgate_policy::{Decision, Destination, Reason, Request};
 
 /// Decides `url`, resolving it if the policy allows the name; `Ok` only when allowed.
 /// `credential` is the provider named in `Tollgate-Auth` (team rules may refuse on it).
@@ -31,7 +31,7 @@ pub(crate) async fn clear(
     };
     // Fail closed: without the node's addresses no address can be cleared for dialing.
     let node = crate::host_addresses::current().map_err(|message| {
-        ProxyError::new(ErrorCode::PolicyDenied, message).with_reason("policy_error")
+        ProxyError::new(ErrorCode::PolicyDenied, message).with_reason(Reason::PolicyError.as_str())
     })?;
     // An IP literal or a pin needs no DNS: one decision on the known address.
     if let Some(address) = known_without_dns(policy, &url.host) {
@@ -53,7 +53,7 @@ pub(crate) async fn clear(
         &Destination::Resolved(resolution.addresses),
         &node,
     );
-    if let (Some(failure), "cannot_resolve") = (&resolution.failure, decision.reason.as_str()) {
+    if let (Some(failure), Reason::CannotResolve) = (&resolution.failure, decision.reason) {
         decision.message = format!("{} ({failure})", decision.message);
     }
     allowed(decision)

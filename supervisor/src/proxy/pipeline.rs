@@ -151,7 +151,7 @@ fn set_url(record: &mut Traffic, url: &NormalizedUrl) {
 
 fn set_decision(record: &mut Traffic, decision: &Decision) {
     record.decision = Verdict::Allow;
-    record.reason = decision.reason.clone();
+    record.reason = decision.reason.as_str().to_owned();
     record.rule = decision.rule.clone();
 }
 

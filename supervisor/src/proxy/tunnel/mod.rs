@@ -132,7 +132,7 @@ async fn open(
     let names = headers::names(request.headers());
     let decision: Decision = gate::clear(shared, "CONNECT", &url, true, &names, None).await?;
     record.decision = Verdict::Allow;
-    record.reason = decision.reason.clone();
+    record.reason = decision.reason.as_str().to_owned();
     record.rule = decision.rule.clone();
     let entry = decision.entry.and_then(|i| shared.policy.entry(i));
     if tunnel_mode(entry) == TunnelMode::Intercept {
