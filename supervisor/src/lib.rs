@@ -6,6 +6,7 @@
 pub mod audit;
 pub mod cli;
 pub mod host_addresses;
+pub mod logging;
 pub mod proxy;
 pub mod resolve;
 pub mod run;

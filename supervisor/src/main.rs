@@ -1,18 +1,7 @@
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
+use tollgate::logging;
 
 fn main() {
-    let filter = std::env::var("TOLLGATE_LOG")
-        .ok()
-        .or_else(|| std::env::var("RUST_LOG").ok())
-        .unwrap_or_else(|| "info".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        // Colour codes only for a person at a terminal, never into a log file or pipe.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
     let cli = match tollgate::cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => {
@@ -26,5 +15,12 @@ fn main() {
             error.exit();
         }
     };
-    std::process::exit(tollgate::cli::run(cli));
+    // After parsing, so that `run --log FILE` can keep every line for the file.
+    logging::init(match &cli.command {
+        tollgate::cli::Command::Run(args) if args.log.is_some() => logging::Destination::LogFile,
+        _ => logging::Destination::Stderr,
+    });
+    let status = tollgate::cli::run(cli);
+    logging::release();
+    std::process::exit(status);
 }

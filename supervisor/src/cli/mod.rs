@@ -16,7 +16,9 @@ pub const EXIT_USAGE: i32 = 2;
     version,
     about = "Run untrusted code in a sandbox whose only way out is a policy-enforcing HTTP proxy",
     long_about = None,
-    after_help = "Logs go to stderr; set TOLLGATE_LOG (or RUST_LOG) to e.g. debug or tollgate=trace."
+    after_help = "tollgate's log goes to stderr (with `run --log FILE`, to FILE). TOLLGATE_LOG=debug \
+                  shows tollgate's debug lines and keeps libraries at warn; name one to hear \
+                  it: TOLLGATE_LOG=debug,hyper=debug."
 )]
 pub struct Cli {
     #[command(subcommand)]

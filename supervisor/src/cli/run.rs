@@ -84,6 +84,11 @@ pub struct RunArgs {
     /// Write a JSON summary of the execution here when it ends.
     #[arg(long, value_name = "FILE")]
     pub summary: Option<PathBuf>,
+    /// Write tollgate's own log lines (the proxy's line per request, warnings, and what
+    /// TOLLGATE_LOG asks for) here, appended, instead of to stderr, which is then the
+    /// command's alone but for tollgate's errors about the run itself. Opened like --audit.
+    #[arg(long, value_name = "FILE")]
+    pub log: Option<PathBuf>,
     /// Run on this prepared root filesystem (bound read-only as `/`, with the sandbox's
     /// private mounts on top) instead of the host's system directories; see images/sandbox/.
     #[arg(long, value_name = "DIR", value_parser = parse_rootfs)]
@@ -254,6 +259,7 @@ pub fn run(args: RunArgs) -> i32 {
         },
         audit: args.audit,
         summary: args.summary,
+        log: args.log,
         tty: args.tty,
         rootfs: args.rootfs,
         command: args.command,

@@ -75,6 +75,8 @@ pub struct RunOptions {
     pub secrets: tollgate_policy::secrets::SecretRules,
     pub audit: Option<PathBuf>,
     pub summary: Option<PathBuf>,
+    /// Where tollgate's own log lines go instead of stderr (see `crate::logging`).
+    pub log: Option<PathBuf>,
     /// Give the command a terminal of its own, relayed to the caller's (see `tty`).
     pub tty: bool,
     /// A prepared root filesystem to run on instead of the host's system directories.
@@ -100,6 +102,7 @@ impl RunOptions {
             secrets: Default::default(),
             audit: None,
             summary: None,
+            log: None,
             tty: false,
             rootfs: None,
             command,
@@ -133,6 +136,8 @@ pub fn run(options: RunOptions) -> i32 {
     match execute(options) {
         Ok(status) => status,
         Err(refusal) => {
+            // Log lines held for a `--log` file that was never opened come first, in order.
+            crate::logging::release();
             eprintln!("tollgate: {}", refusal.message);
             refusal.status
         }

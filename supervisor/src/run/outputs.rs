@@ -1,6 +1,7 @@
-//! The files an execution's supervisor writes as root: the `--audit` log and the `--summary`.
+//! The files an execution's supervisor writes as root: the `--audit` log, the `--summary`
+//! and tollgate's own `--log`.
 //!
-//! Both are opened before the child exists and written through those descriptors only, with
+//! All are opened before the child exists and written through those descriptors only, with
 //! no link followed in any component of their paths (see `sandbox::host_path`): a sandbox
 //! that could plant `summary.json -> /etc/shadow` would otherwise have root write into any
 //! file of the host. A path in a directory the sandbox can write is refused outright, since
@@ -10,9 +11,10 @@
 //!   so a second path to the same directory does not slip past;
 //! - in a directory the sandbox sees and whose mode lets its user write.
 //!
-//! The audit log is appended to (`O_APPEND`: runs sharing one log keep every record, each
-//! written whole). The summary is written to a fresh file in the same directory and renamed
-//! over the name, so a reader never sees half of it.
+//! The audit log and the log are appended to (`O_APPEND`: runs sharing one file keep every
+//! record and line, each written whole); the log may not be the file another output names,
+//! which would mix its lines into JSON. The summary is written to a fresh file in the same
+//! directory and renamed over the name, so a reader never sees half of it.
 
 use crate::audit::AuditLog;
 use crate::sandbox::host_path::{self, FileId};
@@ -40,6 +42,19 @@ struct Placed {
     dir: OwnedFd,
     name: OsString,
     shown: PathBuf,
+}
+
+impl Placed {
+    /// Whether `other` names the same file: the same directory (by identity, whatever the
+    /// path) and the same name. No link is followed and a file with a second hard link is
+    /// refused, so there is no other way for two outputs to be one file.
+    fn is_same_place(&self, other: &Placed) -> Result<bool, String> {
+        let id = |placed: &Placed| {
+            host_path::file_id(placed.dir.as_fd())
+                .map_err(|e| format!("cannot inspect {}: {e}", placed.shown.display()))
+        };
+        Ok(self.name == other.name && id(self)? == id(other)?)
+    }
 }
 
 /// Opens the directory `path` lies in after checking the sandbox cannot write there. `what`
@@ -120,6 +135,32 @@ fn writable_ancestor(parent: &Path, view: &SandboxView<'_>) -> Result<Option<Pat
 /// destinations).
 pub fn open_audit(path: &Path, view: &SandboxView<'_>) -> Result<AuditLog, String> {
     let placed = place("--audit", path, view)?;
+    open_appended("--audit", &placed).map(AuditLog::from_file)
+}
+
+/// Opens tollgate's `--log` at `path` for appending (creating it, mode 0600: its lines name
+/// destinations), refusing the file one of `others` (`(flag, path)` of the other outputs)
+/// names too.
+pub fn open_log(
+    path: &Path,
+    view: &SandboxView<'_>,
+    others: &[(&str, Option<&Path>)],
+) -> Result<File, String> {
+    let placed = place("--log", path, view)?;
+    for (flag, other) in others {
+        let Some(other) = other else { continue };
+        if placed.is_same_place(&place(flag, other, view)?)? {
+            return Err(format!(
+                "--log {}: it is the {flag} file too; give tollgate's log a file of its own",
+                placed.shown.display()
+            ));
+        }
+    }
+    open_appended("--log", &placed)
+}
+
+/// Opens (creating it, 0600) the file `placed` names for appending; `what` names the flag.
+fn open_appended(what: &str, placed: &Placed) -> Result<File, String> {
     // O_NONBLOCK: opening a FIFO planted under the name must not hang the supervisor; a FIFO
     // or device is refused just below.
     let fd = host_path::open_in(
@@ -128,11 +169,15 @@ pub fn open_audit(path: &Path, view: &SandboxView<'_>) -> Result<AuditLog, Strin
         OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_CREAT | OFlag::O_NONBLOCK,
         0o600,
     )
-    .map_err(|e| format!("--audit: {}", host_path::describe_error(&placed.shown, &e)))?;
-    check_regular("--audit", &placed.shown, &fd)?;
+    .map_err(|e| match e.raw_os_error() {
+        // What opening a FIFO without a reader (or a device without a driver) says.
+        Some(libc::ENXIO) => format!("{what} {}: not a regular file", placed.shown.display()),
+        _ => format!("{what}: {}", host_path::describe_error(&placed.shown, &e)),
+    })?;
+    check_regular(what, &placed.shown, &fd)?;
     let file = File::from(fd);
-    set_blocking(&file).map_err(|e| format!("--audit {}: {e}", placed.shown.display()))?;
-    Ok(AuditLog::from_file(file))
+    set_blocking(&file).map_err(|e| format!("{what} {}: {e}", placed.shown.display()))?;
+    Ok(file)
 }
 
 /// Refuses anything but a regular file with one name: a device or FIFO would take writes
@@ -353,6 +398,29 @@ mod tests {
             open_audit(&top.join("b"), &VIEW).is_err(),
             "the directory itself"
         );
+    }
+
+    #[test]
+    fn the_log_is_appended_to_and_may_not_be_another_outputs_file() {
+        let dir = scratch("log");
+        let path = dir.0.join("tollgate.log");
+        std::fs::write(&path, "earlier\n").unwrap();
+        let mut log = open_log(&path, &VIEW, &[]).expect("open");
+        log.write_all(b"later\n").unwrap();
+        drop(log);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "earlier\nlater\n");
+        // The same file, written another way.
+        let other = dir.0.join("sub/../tollgate.log");
+        std::fs::create_dir(dir.0.join("sub")).unwrap();
+        for flag in ["--audit", "--summary"] {
+            let error = open_log(&path, &VIEW, &[(flag, Some(&other))])
+                .err()
+                .expect("refused");
+            assert!(error.contains(flag), "{error}");
+        }
+        let beside = dir.0.join("audit.jsonl");
+        let others = [("--audit", Some(beside.as_path())), ("--summary", None)];
+        assert!(open_log(&path, &VIEW, &others).is_ok());
     }
 
     #[test]

@@ -134,7 +134,7 @@ pub(super) fn prepare(mut options: RunOptions) -> Result<Prepared, Refusal> {
         shares: &options.shares,
         share_ids: &share_ids,
     };
-    // Both outputs are opened before the child exists (see `outputs`).
+    // Every output is opened before the child exists (see `outputs`).
     let audit = match &options.audit {
         Some(path) => outputs::open_audit(path, &output_view).map_err(Refusal::tollgate)?,
         None => AuditLog::disabled(),
@@ -145,6 +145,15 @@ pub(super) fn prepare(mut options: RunOptions) -> Result<Prepared, Refusal> {
         .map(|path| outputs::SummaryTarget::open(path, &output_view))
         .transpose()
         .map_err(Refusal::tollgate)?;
+    // tollgate's own log: from here on its lines (and those held so far) go to the file.
+    if let Some(path) = &options.log {
+        let others = [
+            ("--audit", options.audit.as_deref()),
+            ("--summary", options.summary.as_deref()),
+        ];
+        let file = outputs::open_log(path, &output_view, &others).map_err(Refusal::tollgate)?;
+        crate::logging::write_to(file);
+    }
     let cwd = options.cwd.clone().unwrap_or_else(|| PathBuf::from("/tmp"));
     if !cwd.is_dir() {
         return Err(Refusal::tollgate(format!(
