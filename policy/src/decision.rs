@@ -155,7 +155,9 @@ impl Reason {
 
     /// The reason `word` names, or `None` for a word that is not one.
     pub fn parse(word: &str) -> Option<Reason> {
-        Reason::ALL.into_iter().find(|reason| reason.as_str() == word)
+        Reason::ALL
+            .into_iter()
+            .find(|reason| reason.as_str() == word)
     }
 }
 
@@ -659,15 +661,25 @@ mod tests {
             let decision = from_output(&output(allow, Some(word)));
             assert!(!decision.allow, "{word}");
             assert_eq!(decision.reason, Reason::PolicyError, "{word}");
-            assert!(decision.message.contains(&format!("`{word}`")), "{}", decision.message);
+            assert!(
+                decision.message.contains(&format!("`{word}`")),
+                "{}",
+                decision.message
+            );
         }
         let decision = from_output(&output(true, None));
-        assert_eq!((decision.allow, decision.reason), (false, Reason::PolicyError));
+        assert_eq!(
+            (decision.allow, decision.reason),
+            (false, Reason::PolicyError)
+        );
         // An allow needs the reason `allowed`, and `allowed` needs an allow.
         let decision = from_output(&output(true, Some("l7_denied")));
         assert_eq!((decision.allow, decision.reason), (false, Reason::L7Denied));
         let decision = from_output(&output(false, Some("allowed")));
-        assert_eq!((decision.allow, decision.reason), (false, Reason::PolicyError));
+        assert_eq!(
+            (decision.allow, decision.reason),
+            (false, Reason::PolicyError)
+        );
         let decision = from_output(&output(true, Some("allowed")));
         assert_eq!((decision.allow, decision.reason), (true, Reason::Allowed));
     }

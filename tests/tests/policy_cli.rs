@@ -130,6 +130,7 @@ fn eval_allows_with_exit_0_and_prints_the_decision() {
     assert_eq!(json["url"], "https://api.github.com/repos/x");
     assert_eq!(json["addresses"], serde_json::json!(["140.82.112.5"]));
     assert_eq!(json["class"], "public");
+    assert_eq!(json["error"], Value::Null, "{json}");
     assert!(
         !json.to_string().contains("secret"),
         "the query string never appears: {json}"
@@ -194,7 +195,6 @@ fn eval_denies_with_exit_1_and_a_reason() {
             &["GET", "https://api.github.com@evil.com/"],
             "host_not_allowed",
         ),
-        (&["GET", "ftp://api.github.com/"], "invalid_url"),
     ];
     for (args, reason) in cases {
         let (code, json) = eval(&allowlist(), args);
@@ -202,7 +202,234 @@ fn eval_denies_with_exit_1_and_a_reason() {
         assert_eq!(json["allow"], false, "{args:?}");
         assert_eq!(json["reason"], *reason, "{args:?}: {json}");
         assert!(json["message"].as_str().is_some_and(|m| !m.is_empty()));
+        // The `Tollgate-Error` the proxy would answer with.
+        let error = match *reason {
+            "private_address" | "address_blocked" => "ssrf_denied",
+            _ => "policy_denied",
+        };
+        assert_eq!(json["error"], error, "{args:?}: {json}");
     }
+}
+
+/// `policy eval` with `args`: exit status, stdout, stderr.
+fn eval_raw(policy: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let output = tollgate()
+        .args(["policy", "eval"])
+        .arg(policy)
+        .args(args)
+        .output()
+        .expect("run tollgate");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn eval_input_errors_exit_2_with_one_message_and_no_decision() {
+    let resolve = ["--resolve", "api.github.com=140.82.112.5"];
+    let cases: &[(&[&str], &str)] = &[
+        // What the proxy answers with 400 invalid_url.
+        (&["GET", "ftp://api.github.com/"], "ftp"),
+        (&["GET", "not a url"], "URL"),
+        (&["GET", "https://api.github.com/a b"], "URL"),
+        (&["GET", "https://[::1/"], "URL"),
+        (&["GET", "https://api.github.com:99999/"], "URL"),
+        // Methods not in upper case: 400 invalid_request, reason method_not_uppercase.
+        (&["get", "https://api.github.com/"], "`GET`"),
+        (&["gEt", "https://api.github.com/"], "`GET`"),
+        (&["Delete", "https://api.github.com/"], "`DELETE`"),
+        (&["connect", "api.github.com:443"], "`CONNECT`"),
+        // Headers the proxy refuses with 400 invalid_request.
+        (
+            &["GET", "https://api.github.com/", "-H", "Host: evil.com"],
+            "Host",
+        ),
+        (
+            &[
+                "GET",
+                "https://api.github.com/",
+                "-H",
+                "Tollgate-Timeout: soon",
+            ],
+            "Tollgate-Timeout",
+        ),
+    ];
+    for (args, needle) in cases {
+        let args: Vec<&str> = args.iter().chain(&resolve).copied().collect();
+        let (code, stdout, stderr) = eval_raw(&allowlist(), &args);
+        assert_eq!(
+            code,
+            Some(2),
+            "{args:?}\nstdout: {stdout}\nstderr: {stderr}"
+        );
+        assert!(
+            stdout.is_empty(),
+            "{args:?}: no decision is printed: {stdout}"
+        );
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{args:?}: one message: {stderr}");
+        assert!(lines[0].contains(needle), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    // A header that cannot be written at all is a usage error too.
+    for header in ["no colon", "Bad Name: x", ": x", "X: a\u{7}b"] {
+        let (code, stdout, stderr) = eval_raw(
+            &allowlist(),
+            &["GET", "https://api.github.com/", "-H", header],
+        );
+        assert_eq!(
+            code,
+            Some(2),
+            "{header:?}\nstdout: {stdout}\nstderr: {stderr}"
+        );
+        assert!(stdout.is_empty(), "{header:?}: {stdout}");
+        assert!(
+            !stderr.is_empty() && !stderr.contains("panicked"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn eval_honours_tollgate_auth_as_the_proxy_does() {
+    let scratch = Scratch::new("eval-auth");
+    // One provider, `Tok`, whose scope is a part of what the policy allows.
+    let policy = scratch.file(
+        "auth.yaml",
+        "version: 1\nteam: t\nnetwork:\n  allow:\n    - https://api.test\nauth_providers:\n  - name: Tok\n    type: bearer\n    secret: {env: TOLLGATE_SECRET_T_TOK}\n    scope: [https://api.test/ok]\n",
+    );
+    let none = scratch.file(
+        "none.yaml",
+        "version: 1\nteam: t\nnetwork:\n  allow:\n    - https://api.test\n",
+    );
+    let resolve = ["--resolve", "api.test=140.82.112.5"];
+    // (policy, path, headers, exit, reason, error)
+    type Case<'a> = (
+        &'a std::path::Path,
+        &'a str,
+        &'a [&'a str],
+        i32,
+        &'a str,
+        Option<&'a str>,
+    );
+    let cases: &[Case] = &[
+        (&policy, "/ok/x", &[], 0, "allowed", None),
+        (
+            &policy,
+            "/ok/x",
+            &["Tollgate-Auth: Tok"],
+            0,
+            "allowed",
+            None,
+        ),
+        (
+            &policy,
+            "/ok/x",
+            &["tollgate-auth:   tOK  "],
+            0,
+            "allowed",
+            None,
+        ),
+        (
+            &policy,
+            "/ok/x",
+            &["Tollgate-Auth: Nope"],
+            1,
+            "unknown_auth_provider",
+            Some("auth_provider_error"),
+        ),
+        (
+            &policy,
+            "/ok/x",
+            &["TOLLGATE-AUTH: Nope"],
+            1,
+            "unknown_auth_provider",
+            Some("auth_provider_error"),
+        ),
+        (
+            &policy,
+            "/other",
+            &["Tollgate-Auth: Tok"],
+            1,
+            "credential_scope_denied",
+            Some("credential_scope_denied"),
+        ),
+        (
+            &policy,
+            "/ok/x",
+            &["Tollgate-Auth:"],
+            1,
+            "bad_auth_header",
+            Some("auth_provider_error"),
+        ),
+        (
+            &policy,
+            "/ok/x",
+            &["Tollgate-Auth: Tok", "Tollgate-Auth: Tok"],
+            1,
+            "bad_auth_header",
+            Some("auth_provider_error"),
+        ),
+        (
+            &none,
+            "/ok/x",
+            &["Tollgate-Auth: Tok"],
+            1,
+            "no_auth_providers",
+            Some("auth_provider_error"),
+        ),
+    ];
+    for (policy, path, headers, exit, reason, error) in cases {
+        let url = format!("https://api.test{path}");
+        let mut args = vec!["GET", url.as_str()];
+        args.extend(resolve);
+        for header in *headers {
+            args.extend(["--header", header]);
+        }
+        let (code, json) = eval(policy, &args);
+        assert_eq!(code, *exit, "{path} {headers:?}: {json}");
+        assert_eq!(json["allow"], *exit == 0, "{path} {headers:?}: {json}");
+        assert_eq!(json["reason"], *reason, "{path} {headers:?}: {json}");
+        assert_eq!(json["error"].as_str(), *error, "{path} {headers:?}: {json}");
+        assert!(
+            json["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{json}"
+        );
+    }
+    // The policy decides first, as in the proxy: a refused destination keeps its reason.
+    let (code, json) = eval(
+        &policy,
+        &[
+            "GET",
+            "https://evil.test/",
+            "--header",
+            "Tollgate-Auth: Nope",
+        ],
+    );
+    assert_eq!(
+        (code, json["reason"].as_str()),
+        (1, Some("host_not_allowed")),
+        "{json}"
+    );
+    // A tunnel carries no credential, so Tollgate-Auth on a CONNECT changes nothing.
+    let (code, json) = eval(
+        &policy,
+        &[
+            "CONNECT",
+            "api.test:443",
+            "--resolve",
+            "api.test=140.82.112.5",
+            "-H",
+            "Tollgate-Auth: Nope",
+        ],
+    );
+    assert_eq!(
+        (code, json["reason"].as_str()),
+        (0, Some("allowed")),
+        "{json}"
+    );
 }
 
 #[test]

@@ -1,14 +1,16 @@
 //! `tollgate policy check | eval | schema`: the policy author's tools.
 
 use crate::proxy::secrets::TeamSecrets;
-use crate::resolve;
+use crate::proxy::{evaluate, Evaluation, Gate, Settings};
+use crate::resolve::EvalResolver;
 use clap::{Args, Subcommand};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::json;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use tollgate_policy::secrets::{self, SecretRules, DEFAULT_SECRETS_ROOT};
-use tollgate_policy::url::{NormalizedUrl, UrlHost};
-use tollgate_policy::{Destination, Policy, PolicyErrors, Request};
+use tollgate_policy::url::NormalizedUrl;
+use tollgate_policy::{Policy, PolicyErrors};
 
 /// Where team policies may take their secrets from: the operator's side of the secrets
 /// rules (`tollgate_policy::secrets`), shared by `run`, `policy check` and `bot-auth jwks`.
@@ -69,7 +71,7 @@ pub struct EvalArgs {
     pub resolve: Vec<(String, IpAddr)>,
     /// A request header, `Name: value` (repeatable). `Tollgate-Auth` names a provider.
     #[arg(long = "header", short = 'H', value_name = "NAME: VALUE", value_parser = parse_header)]
-    pub headers: Vec<(String, String)>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 fn parse_resolve(text: &str) -> Result<(String, IpAddr), String> {
@@ -83,15 +85,15 @@ fn parse_resolve(text: &str) -> Result<(String, IpAddr), String> {
     Ok((host.trim_end_matches('.').to_ascii_lowercase(), ip))
 }
 
-fn parse_header(text: &str) -> Result<(String, String), String> {
+fn parse_header(text: &str) -> Result<(HeaderName, HeaderValue), String> {
     let (name, value) = text
         .split_once(':')
         .ok_or_else(|| format!("`{text}` is not a header: write 'Name: value'"))?;
-    let name = name.trim();
-    if name.is_empty() || name.contains(char::is_whitespace) {
-        return Err(format!("`{name}` is not a header name"));
-    }
-    Ok((name.to_owned(), value.trim().to_owned()))
+    let name = HeaderName::from_bytes(name.trim().as_bytes())
+        .map_err(|_| format!("`{}` is not a header name", name.trim()))?;
+    let value = HeaderValue::from_str(value.trim())
+        .map_err(|_| format!("the value of {name} has a character a header cannot carry"))?;
+    Ok((name, value))
 }
 
 pub fn run(command: PolicyCommand) -> i32 {
@@ -159,6 +161,9 @@ fn check_secrets(
     ))
 }
 
+/// `policy eval`: the proxy's own decision ([`crate::proxy::evaluate`]) on one request.
+/// Input errors (a method not in upper case, an invalid URL, a header the proxy answers
+/// with `400`) are one line on stderr and exit 2; a refusal prints the decision, exit 1.
 fn eval(args: &EvalArgs) -> i32 {
     let policy = match crate::team_rules::load(&args.policy) {
         Ok(policy) => policy,
@@ -167,15 +172,11 @@ fn eval(args: &EvalArgs) -> i32 {
             return super::EXIT_USAGE;
         }
     };
-    let method = args.method.to_ascii_uppercase();
-    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
-        eprintln!(
-            "tollgate: `{}` is not an HTTP method (e.g. GET, POST, CONNECT)",
-            args.method
-        );
+    if let Err(error) = tollgate_policy::check_method(&args.method) {
+        eprintln!("tollgate: {error}");
         return super::EXIT_USAGE;
     }
-    let connect = method == "CONNECT";
+    let connect = args.method == "CONNECT";
     let parsed = if connect && !args.url.contains("://") {
         NormalizedUrl::from_parts("https", &args.url, "/")
     } else {
@@ -184,34 +185,14 @@ fn eval(args: &EvalArgs) -> i32 {
     let url = match parsed {
         Ok(url) => url,
         Err(error) => {
-            let output =
-                json!({"allow": false, "reason": "invalid_url", "message": error.to_string()});
-            println!("{output}");
-            return 1;
+            eprintln!("tollgate: the URL is not one tollgate can send: {error}");
+            return super::EXIT_USAGE;
         }
     };
-    let header_names: Vec<String> = args
-        .headers
-        .iter()
-        .map(|(n, _)| n.to_ascii_lowercase())
-        .collect();
-    let credential = args
-        .headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("tollgate-auth"))
-        .map(|(_, v)| v.as_str());
-    let request = Request {
-        method: &method,
-        url: &url,
-        connect,
-        header_names: &header_names,
-        credential,
-    };
-    // An IP literal needs no lookup: decide on it directly so the output shows its class.
-    let first = match url.host {
-        UrlHost::Ip(ip) => Destination::Resolved(vec![ip]),
-        UrlHost::Domain(_) => Destination::Unresolved,
-    };
+    let mut headers = HeaderMap::new();
+    for (name, value) in &args.headers {
+        headers.append(name.clone(), value.clone());
+    }
     // Decided as the proxy on this node would: its own addresses are never dialed.
     let node = match crate::host_addresses::read() {
         Ok(node) => node,
@@ -220,23 +201,59 @@ fn eval(args: &EvalArgs) -> i32 {
             return 125;
         }
     };
-    let mut decision = policy.decide(&request, &first, &node);
-    if decision.needs_resolution() {
-        let addresses = resolve::resolve_for_eval(&policy, &url.host, &args.resolve);
-        decision = policy.decide(&request, &Destination::Resolved(addresses), &node);
+    let resolver = EvalResolver::new(args.resolve.clone());
+    let gate = Gate {
+        policy: &policy,
+        resolver: &resolver,
+        resolve_timeout: Settings::default().resolve_timeout,
+        node: &node,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("tollgate: cannot start the resolver's runtime: {error}");
+            return 125;
+        }
+    };
+    let evaluation = runtime.block_on(evaluate(&gate, &args.method, &url, connect, &headers));
+    // A lookup that timed out may still hold a blocking thread: do not wait for it.
+    runtime.shutdown_background();
+    report(&url, &evaluation)
+}
+
+/// Prints `evaluation` and returns the exit status.
+fn report(url: &NormalizedUrl, evaluation: &Evaluation) -> i32 {
+    let (decision, refusal) = match evaluation {
+        Evaluation::Refused(refusal) => (None, Some(refusal)),
+        Evaluation::Decided { decision, refusal } => (Some(decision), refusal.as_ref()),
+    };
+    // What the proxy answers with 400 is an input error here.
+    if let Some(refusal) = refusal.filter(|r| r.code.status() == http::StatusCode::BAD_REQUEST) {
+        eprintln!("tollgate: {}", refusal.message);
+        return super::EXIT_USAGE;
     }
+    let allow = refusal.is_none() && decision.is_some_and(|d| d.allow);
+    let reason = match (refusal, decision) {
+        (Some(refusal), _) => refusal.reason.as_str(),
+        (None, Some(decision)) => decision.reason.as_str(),
+        (None, None) => "",
+    };
     let output = json!({
-        "allow": decision.allow,
-        "reason": decision.reason,
-        "message": decision.message,
-        "rule": decision.rule,
+        "allow": allow,
+        "reason": reason,
+        "error": refusal.map(|r| r.code.as_str()),
+        "message": refusal.map(|r| &r.message).or(decision.map(|d| &d.message)),
+        "rule": refusal.map(|r| &r.rule).or(decision.map(|d| &d.rule)),
         "url": url.redacted(),
-        "addresses": decision.addresses,
-        "class": decision.worst_class(),
-        "classes": decision.classes,
+        "addresses": decision.map(|d| d.addresses.as_slice()).unwrap_or_default(),
+        "class": decision.and_then(|d| d.worst_class()),
+        "classes": decision.map(|d| d.classes.as_slice()).unwrap_or_default(),
     });
     super::print(&output.to_string());
-    if decision.allow {
+    if allow {
         0
     } else {
         1

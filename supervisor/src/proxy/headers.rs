@@ -66,6 +66,15 @@ pub fn refuse_smuggling(headers: &HeaderMap, url: &NormalizedUrl) -> Result<(), 
     Ok(())
 }
 
+/// Refuses a method that is not an upper-case HTTP token with `400 invalid_request`, reason
+/// `method_not_uppercase` ([`tollgate_policy::check_method`]; the message says what to send).
+pub fn check_method(method: &str) -> Result<(), ProxyError> {
+    tollgate_policy::check_method(method).map_err(|error| {
+        ProxyError::new(ErrorCode::InvalidRequest, error.to_string())
+            .with_reason(error.reason().as_str())
+    })
+}
+
 /// The refusal of a request with both `Content-Length` and `Transfer-Encoding`.
 pub fn both_lengths() -> ProxyError {
     ProxyError::new(

@@ -76,6 +76,8 @@ pub use errors::{ErrorCode, ProxyError};
 pub use hooks::{AfterHttp, BeforeHttp, HookRequest, HookResponse, HookVerdict};
 pub use listener::ProxyHandle;
 pub use resolve::{Resolver, SystemResolver};
+/// The one decision, for `policy eval` (the proxy calls it through `gate::clear`).
+pub(crate) use gate::{evaluate, Evaluation, Gate};
 pub use stats::{DestinationStats, ProxyStats};
 pub use tls::ca::ExecutionCa;
 pub use tls::upstream_ca;

@@ -37,6 +37,9 @@ pub(crate) async fn handle(
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let mut record = Traffic::new(Kind::Http, parts.method.as_str());
+    // First of all: a method not in upper case is never matched (`delete` would miss a
+    // `DELETE` deny rule on its way to a server that upper-cases it).
+    let url = headers::check_method(parts.method.as_str()).and(url);
     let result = match url {
         Ok(url) => steps(&shared, url, parts, body, ambiguous_framing, &mut record).await,
         Err(error) => {

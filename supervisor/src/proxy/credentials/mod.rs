@@ -228,11 +228,12 @@ pub(crate) fn attach(
     swap_placeholders(credentials, url, headers, body, &mut attached)?;
     let mut set_by_us: HashSet<HeaderName> = HashSet::new();
     if let Some(name) = requested {
-        let index = named_provider(credentials, policy, name)?;
-        let provider = &credentials.providers[index];
-        if !in_scope(&provider.scope, url) {
-            return Err(scope_denied(provider, url).into());
-        }
+        let wanted = check_requested(policy, name, url)?;
+        let provider = credentials
+            .providers
+            .iter()
+            .find(|loaded| loaded.name == wanted.name)
+            .ok_or_else(|| unknown_provider(policy, name))?;
         inject(provider, headers, &mut set_by_us, true);
         push_once(&mut attached.providers, &provider.name);
     }
@@ -246,7 +247,7 @@ pub(crate) fn attach(
         };
         if !in_scope(&provider.scope, url) {
             // Validation keeps patterns inside scopes; refuse rather than trust that.
-            return Err(scope_denied(provider, url).into());
+            return Err(scope_denied(&provider.name, &provider.scope, url).into());
         }
         inject(provider, headers, &mut set_by_us, false);
         push_once(&mut attached.providers, &provider.name);
@@ -261,12 +262,14 @@ fn push_once(names: &mut Vec<String>, name: &str) {
     }
 }
 
-/// The provider `name` refers to, or the refusal the issue specifies word for word.
-fn named_provider(
-    credentials: &Credentials,
-    policy: &Policy,
+/// The provider `Tollgate-Auth: name` asks for, when the team has it and `url` lies in its
+/// scope; otherwise the refusal (`auth_provider_error`, `credential_scope_denied`). Reads
+/// the policy only, so `policy eval` asks exactly what the proxy asks (`gate::evaluate`).
+pub(crate) fn check_requested<'p>(
+    policy: &'p Policy,
     name: &str,
-) -> Result<usize, ProxyError> {
+    url: &NormalizedUrl,
+) -> Result<&'p AuthProvider, ProxyError> {
     if policy.providers.is_empty() {
         return Err(ProxyError::new(
             ErrorCode::AuthProviderError,
@@ -274,21 +277,27 @@ fn named_provider(
         )
         .with_reason("no_auth_providers"));
     }
-    let found = policy
+    let provider = policy
         .provider_named(name)
-        .and_then(|p| credentials.providers.iter().position(|l| l.name == p.name));
-    found.ok_or_else(|| {
-        let available: Vec<&str> = policy.providers.iter().map(|p| p.name.as_str()).collect();
-        ProxyError::new(
-            ErrorCode::AuthProviderError,
-            format!(
-                "Auth provider '{}' not found. Available providers: {}",
-                printable(name),
-                available.join(", ")
-            ),
-        )
-        .with_reason("unknown_auth_provider")
-    })
+        .ok_or_else(|| unknown_provider(policy, name))?;
+    if !provider.in_scope(url) {
+        return Err(scope_denied(&provider.name, &provider.scope, url));
+    }
+    Ok(provider)
+}
+
+/// The refusal of a provider name the team does not have, as the issue words it.
+fn unknown_provider(policy: &Policy, name: &str) -> ProxyError {
+    let available: Vec<&str> = policy.providers.iter().map(|p| p.name.as_str()).collect();
+    ProxyError::new(
+        ErrorCode::AuthProviderError,
+        format!(
+            "Auth provider '{}' not found. Available providers: {}",
+            printable(name),
+            available.join(", ")
+        ),
+    )
+    .with_reason("unknown_auth_provider")
 }
 
 /// At most 100 characters of what the sandbox sent, control characters dropped.
@@ -300,13 +309,13 @@ fn printable(text: &str) -> String {
         .collect()
 }
 
-fn scope_denied(provider: &Provider, url: &NormalizedUrl) -> ProxyError {
-    let scope: Vec<String> = provider.scope.iter().map(ToString::to_string).collect();
+fn scope_denied(provider: &str, scope: &[UrlPrefix], url: &NormalizedUrl) -> ProxyError {
+    let scope: Vec<String> = scope.iter().map(ToString::to_string).collect();
     ProxyError::new(
         ErrorCode::CredentialScopeDenied,
         format!(
             "auth provider '{}' may not be sent to {}: its scope is {}",
-            provider.name,
+            provider,
             url.redacted(),
             scope.join(", ")
         ),

@@ -1,9 +1,14 @@
-//! Stream wrappers that count a tunnel's bytes each way and remember when any of them last
-//! moved, for tunnel byte accounting and idle timeouts.
+//! Stream wrappers that count a tunnel's bytes each way, remember when any of them last
+//! moved, and stop the tunnel at its byte limit: for tunnel byte accounting, idle timeouts
+//! and `limits.max_tunnel_bytes`.
+//!
+//! The limit is enforced on reads, where a byte enters tollgate: a read that would take the
+//! tunnel past it is dropped whole and fails, so no more than the limit is ever relayed
+//! (up and down together) and the copy loop stops at once, both ways.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -20,6 +25,12 @@ pub(crate) struct Activity {
     pub up: AtomicU64,
     /// Bytes read from the upstream side (sent to the client).
     pub down: AtomicU64,
+    /// At most this many bytes, up and down together, are let through.
+    max_bytes: u64,
+    /// Bytes let through so far, both ways.
+    total: AtomicU64,
+    /// A read was refused because it would have passed `max_bytes`.
+    exceeded: AtomicBool,
 }
 
 /// Which side of the tunnel a [`Counted`] stream is.
@@ -30,13 +41,36 @@ pub(crate) enum Side {
 }
 
 impl Activity {
-    pub fn new() -> Arc<Activity> {
+    /// Counters for a tunnel that may carry `max_bytes` up and down together.
+    pub fn new(max_bytes: u64) -> Arc<Activity> {
         Arc::new(Activity {
             origin: Instant::now(),
             last: AtomicU64::new(0),
             up: AtomicU64::new(0),
             down: AtomicU64::new(0),
+            max_bytes,
+            total: AtomicU64::new(0),
+            exceeded: AtomicBool::new(false),
         })
+    }
+
+    /// Whether the tunnel was stopped at its byte limit.
+    pub fn bytes_exceeded(&self) -> bool {
+        self.exceeded.load(Ordering::Relaxed)
+    }
+
+    /// Takes `n` more bytes under the limit, or marks the limit exceeded and takes none.
+    fn admit(&self, n: u64) -> bool {
+        let admitted = self
+            .total
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |total| {
+                total.checked_add(n).filter(|sum| *sum <= self.max_bytes)
+            })
+            .is_ok();
+        if !admitted {
+            self.exceeded.store(true, Ordering::Relaxed);
+        }
+        admitted
     }
 
     fn touch(&self) {
@@ -87,6 +121,13 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         let moved = (buf.filled().len() - before) as u64;
         if moved > 0 {
+            if !self.activity.admit(moved) {
+                // Never handed on: the tunnel ends here, with what was relayed before.
+                buf.set_filled(before);
+                return Poll::Ready(Err(io::Error::other(
+                    "the tunnel reached limits.max_tunnel_bytes",
+                )));
+            }
             let counter = match self.side {
                 Side::Client => &self.activity.up,
                 Side::Upstream => &self.activity.down,
@@ -117,5 +158,55 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A tunnel of `limit` bytes between two in-memory pipes; `up` bytes are offered by the
+    /// client side and `down` by the upstream side, then each side closes.
+    async fn carry(limit: u64, up: usize, down: usize) -> (Arc<Activity>, io::Result<(u64, u64)>) {
+        let activity = Activity::new(limit);
+        let (client_far, client_near) = tokio::io::duplex(1 << 20);
+        let (upstream_far, upstream_near) = tokio::io::duplex(1 << 20);
+        let mut client = Counted::new(client_near, activity.clone(), Side::Client);
+        let mut upstream = Counted::new(upstream_near, activity.clone(), Side::Upstream);
+        let feed = |mut far: tokio::io::DuplexStream, n: usize| async move {
+            let _ = far.write_all(&vec![7u8; n]).await;
+            let _ = far.shutdown().await;
+            let mut sink = Vec::new();
+            let _ = far.read_to_end(&mut sink).await;
+            sink.len()
+        };
+        let client_side = tokio::spawn(feed(client_far, up));
+        let upstream_side = tokio::spawn(feed(upstream_far, down));
+        let result = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+        drop((client, upstream));
+        let (to_client, to_upstream) = (client_side.await.unwrap(), upstream_side.await.unwrap());
+        // What was read is counted; a cut may leave the last of it unwritten.
+        assert!(to_upstream as u64 <= activity.up.load(Ordering::Relaxed));
+        assert!(to_client as u64 <= activity.down.load(Ordering::Relaxed));
+        (activity, result)
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_within_its_limit_carries_everything() {
+        let (activity, result) = carry(10_000, 4_000, 6_000).await;
+        assert_eq!(result.unwrap(), (4_000, 6_000));
+        assert!(!activity.bytes_exceeded());
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_is_cut_before_it_relays_more_than_its_limit() {
+        for (up, down) in [(0, 100_000), (100_000, 0), (60_000, 60_000)] {
+            let (activity, result) = carry(64 << 10, up, down).await;
+            assert!(result.is_err(), "{up} up, {down} down");
+            assert!(activity.bytes_exceeded());
+            let total = activity.up.load(Ordering::Relaxed) + activity.down.load(Ordering::Relaxed);
+            assert!(total <= 64 << 10, "{total} bytes relayed");
+        }
     }
 }

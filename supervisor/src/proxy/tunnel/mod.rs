@@ -2,7 +2,9 @@
 //! way the matching allow entry says (`tunnel_mode`).
 //!
 //! - `tls: passthrough`: relayed byte for byte until either side closes, the tunnel idles
-//!   out, or the proxy shuts down; one request against `max_requests`.
+//!   out, carries `limits.max_tunnel_bytes` (up and down together), lives for
+//!   `limits.max_tunnel_duration`, or the proxy shuts down; one request against
+//!   `max_requests`, whatever it carries inside.
 //! - `tls: intercept` (the default): terminated with the execution's CA (`intercept`); the
 //!   tunnel itself dials nothing and counts nothing, each HTTP request inside goes through
 //!   the pipeline and is counted, decided and audited on its own.
@@ -73,7 +75,8 @@ pub(crate) async fn tunnel(
     response
 }
 
-/// Relays a passthrough tunnel until it closes, idles out or the proxy stops.
+/// Relays a passthrough tunnel until it closes, idles out, reaches a tunnel limit or the
+/// proxy stops.
 async fn passthrough(
     conn: ConnContext,
     upgrade: hyper::upgrade::OnUpgrade,
@@ -95,16 +98,22 @@ async fn passthrough(
             return;
         }
     };
-    let activity = Activity::new();
+    // Nothing inside is seen, so the tunnel itself is bounded: bytes both ways together,
+    // and its lifetime from the CONNECT.
+    let limits = &shared.policy.limits;
+    let activity = Activity::new(limits.max_tunnel_bytes);
+    let deadline = tokio::time::Instant::from_std(started) + limits.max_tunnel_duration;
     let mut client = Counted::new(client, activity.clone(), Side::Client);
     let mut upstream = Counted::new(dialed.stream, activity.clone(), Side::Upstream);
     let idle = shared.settings.idle_timeout;
     let outcome = tokio::select! {
         result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match result {
             Ok(_) => Outcome::Closed,
+            Err(_) if activity.bytes_exceeded() => Outcome::TunnelBytesExceeded,
             Err(_) => Outcome::Reset,
         },
         _ = activity.idle_for(idle) => Outcome::IdleTimeout,
+        _ = tokio::time::sleep_until(deadline) => Outcome::TunnelDurationExceeded,
         _ = crate::proxy::stopped(&mut shutdown) => Outcome::Shutdown,
     };
     close(&shared, record, &activity, outcome, started);
