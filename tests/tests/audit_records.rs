@@ -54,21 +54,31 @@ const PROXY_FIELDS: [&str; 16] = [
     "bytes_down",
 ];
 
-/// Refusals of the script: (result name, record type, host, scheme, reason).
-const REFUSALS: [(&str, &str, &str, &str, &str); 9] = [
+/// Refusals of the script: (result name, record type, host, scheme, error code, reason).
+/// A reason the contract does not name is "" (the record must still carry one).
+const REFUSALS: [(&str, &str, &str, &str, &str, &str); 9] = [
     (
         "not allowed",
         "http",
         "evil.test",
         "http",
+        "policy_denied",
         "host_not_allowed",
     ),
-    ("deny rule", "http", "rule.up.test", "http", "l7_denied"),
+    (
+        "deny rule",
+        "http",
+        "rule.up.test",
+        "http",
+        "policy_denied",
+        "l7_denied",
+    ),
     (
         "deny rule inside a tunnel",
         "http",
         "tunnel.up.test",
         "https",
+        "policy_denied",
         "l7_denied",
     ),
     (
@@ -76,6 +86,7 @@ const REFUSALS: [(&str, &str, &str, &str, &str); 9] = [
         "http",
         "uncovered.up.test",
         "http",
+        "ssrf_denied",
         "private_address",
     ),
     (
@@ -83,6 +94,7 @@ const REFUSALS: [(&str, &str, &str, &str, &str); 9] = [
         "http",
         "lower.up.test",
         "http",
+        "invalid_request",
         "method_not_uppercase",
     ),
     (
@@ -91,12 +103,14 @@ const REFUSALS: [(&str, &str, &str, &str, &str); 9] = [
         "auth.up.test",
         "http",
         "auth_provider_error",
+        "",
     ),
     (
         "placeholder outside scope",
         "http",
         "outside.up.test",
         "http",
+        "credential_placeholder_mismatch",
         "",
     ),
     (
@@ -104,6 +118,7 @@ const REFUSALS: [(&str, &str, &str, &str, &str); 9] = [
         "connect",
         "evil2.test",
         "",
+        "policy_denied",
         "host_not_allowed",
     ),
     (
@@ -111,6 +126,7 @@ const REFUSALS: [(&str, &str, &str, &str, &str); 9] = [
         "connect",
         "uncovered.up.test",
         "",
+        "ssrf_denied",
         "private_address",
     ),
 ];
@@ -242,15 +258,14 @@ fn every_record_has_one_shape_and_every_refusal_says_why_in_the_sandboxs_words()
                 }
             }
         }
-        if record["decision"] == "deny" {
+        if (kind == "http" || kind == "connect") && record["decision"] == "deny" {
             if !record["message"]
                 .as_str()
                 .is_some_and(|m| !m.trim().is_empty())
             {
                 wrong.push(format!("a refusal without a message: {record}"));
             }
-            if kind != "bypass_attempt" && !record["reason"].as_str().is_some_and(|r| !r.is_empty())
-            {
+            if !record["reason"].as_str().is_some_and(|r| !r.is_empty()) {
                 wrong.push(format!("a refusal without a reason: {record}"));
             }
         }
@@ -273,7 +288,7 @@ fn every_record_has_one_shape_and_every_refusal_says_why_in_the_sandboxs_words()
     }
 
     // Each refusal's record carries its reason and the very sentence the sandbox was given.
-    for (name, kind, host, scheme, reason) in REFUSALS {
+    for (name, kind, host, scheme, code, reason) in REFUSALS {
         let told = outcome.result(name)["message"]
             .as_str()
             .unwrap_or_default()
@@ -290,6 +305,9 @@ fn every_record_has_one_shape_and_every_refusal_says_why_in_the_sandboxs_words()
         for record in records {
             if !reason.is_empty() && record["reason"] != reason {
                 wrong.push(format!("{name}: want reason {reason}: {record}"));
+            }
+            if record["error"] != code || outcome.result(name)["error"] != code {
+                wrong.push(format!("{name}: want error {code}: {record}"));
             }
             if told.is_empty() || record["message"] != told.as_str() {
                 wrong.push(format!(

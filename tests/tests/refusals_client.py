@@ -15,7 +15,8 @@ import ssl
 import subprocess
 from urllib.parse import urlsplit
 
-_proxy = urlsplit(os.environ["HTTP_PROXY"])
+# Without `network` in the policy there is no proxy (and no $HTTP_PROXY): only `bypass` works.
+_proxy = urlsplit(os.environ.get("HTTP_PROXY", ""))
 PROXY = (_proxy.hostname, _proxy.port)
 results = {}
 
