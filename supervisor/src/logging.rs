@@ -249,7 +249,7 @@ mod tests {
         ] {
             assert!(parse_filter(asked).is_ok(), "{asked}");
         }
-        let refused = parse_filter("debug,hyper=loud").err().expect("refused");
+        let refused = parse_filter("debug,hyper=loud").expect_err("refused");
         assert!(
             refused.contains("TOLLGATE_LOG=debug,hyper=loud"),
             "{refused}"

@@ -413,9 +413,7 @@ mod tests {
         let other = dir.0.join("sub/../tollgate.log");
         std::fs::create_dir(dir.0.join("sub")).unwrap();
         for flag in ["--audit", "--summary"] {
-            let error = open_log(&path, &VIEW, &[(flag, Some(&other))])
-                .err()
-                .expect("refused");
+            let error = open_log(&path, &VIEW, &[(flag, Some(&other))]).expect_err("refused");
             assert!(error.contains(flag), "{error}");
         }
         let beside = dir.0.join("audit.jsonl");
