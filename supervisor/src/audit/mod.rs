@@ -5,8 +5,13 @@
 //! fields of its type); docs/audit.md documents each, `docs/audit.schema.json` checks them.
 //! Records are queued to a writer thread ([`writer`]) so no request waits on the disk;
 //! [`AuditLog::close`] (called when the execution ends) writes everything still queued.
+//! The writer encodes them in the log's [`Format`]: these records as they are, or the same
+//! events as OCSF objects ([`ocsf`]).
 
+pub mod ocsf;
 mod record;
+#[cfg(test)]
+mod tests;
 mod writer;
 
 pub use record::{
@@ -16,6 +21,29 @@ pub use record::{
 use std::fs::File;
 use std::io::Write;
 use std::sync::{mpsc, Arc, Mutex};
+
+/// How the audit log is written (`--audit-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// tollgate's own records, one JSON object a line (docs/audit.md).
+    #[default]
+    Json,
+    /// The same events as OCSF 1.3.0 objects, one a line, for SIEM pipelines.
+    Ocsf,
+}
+
+impl Format {
+    /// Every format by its `--audit-format` name.
+    pub const ALL: [(&'static str, Format); 2] = [("json", Format::Json), ("ocsf", Format::Ocsf)];
+
+    /// The format called `name` (`json`, `ocsf`).
+    pub fn from_name(name: &str) -> Option<Format> {
+        Format::ALL
+            .iter()
+            .find(|(known, _)| *known == name)
+            .map(|&(_, format)| format)
+    }
+}
 
 /// A handle on the execution's audit log; clones share the one writer.
 #[derive(Clone)]
@@ -34,18 +62,23 @@ impl AuditLog {
         AuditLog { inner: None }
     }
 
-    /// An audit log appending to `file`, which must be open for appending (see
-    /// `run::outputs`).
-    pub fn from_file(file: File) -> Self {
-        AuditLog::new(Box::new(file))
+    /// An audit log appending to `file` in `format`; the file must be open for appending
+    /// (see `run::outputs`).
+    pub fn from_file(file: File, format: Format) -> Self {
+        AuditLog::encoded(Box::new(file), format)
     }
 
-    /// An audit log writing records to `out`.
+    /// An audit log writing JSON records to `out`.
     pub fn new(out: Box<dyn Write + Send>) -> Self {
+        AuditLog::encoded(out, Format::Json)
+    }
+
+    /// An audit log writing records to `out` in `format`.
+    pub fn encoded(out: Box<dyn Write + Send>, format: Format) -> Self {
         let (queue, records) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("tollgate-audit".into())
-            .spawn(move || writer::run(out, records));
+            .spawn(move || writer::run(out, format, records));
         match thread {
             Ok(thread) => AuditLog {
                 inner: Some(Arc::new(Inner {

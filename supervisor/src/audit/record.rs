@@ -5,7 +5,7 @@
 //! documentation lists; the proxy fills a [`Traffic`] as a request goes and hands it to its
 //! one `finish`, the eBPF wall's reports become [`Record::bypass`].
 
-use crate::sandbox::bpf::BypassAttempt;
+use crate::sandbox::bpf::{BypassAttempt, BypassKind};
 use serde::Serialize;
 use tollgate_policy::schema::TlsMode;
 
@@ -139,6 +139,7 @@ impl Record {
             bypass: Some(Bypass {
                 decision: Verdict::Deny,
                 attempt: attempt.clone(),
+                message: bypass_message(attempt),
             }),
             sandbox: None,
         }
@@ -167,12 +168,58 @@ pub struct SandboxBuilt {
     pub landlock_abi: Option<u32>,
 }
 
-/// The fields of a `bypass_attempt` record: always refused, and what was tried.
+/// The fields of a `bypass_attempt` record: always refused, what was tried, and the
+/// operator's sentence saying so (the command itself only got `EPERM`).
 #[derive(Debug, Clone, Serialize)]
 pub struct Bypass {
     pub decision: Verdict,
     #[serde(flatten)]
     pub attempt: BypassAttempt,
+    pub message: String,
+}
+
+/// What the eBPF wall refused, in one sentence made of the record's own fields.
+fn bypass_message(attempt: &BypassAttempt) -> String {
+    let around = "a sandbox reaches other hosts only through tollgate's proxy";
+    let call = match attempt.kind {
+        BypassKind::Connect => "connect(2)",
+        BypassKind::Sendmsg => "sendmsg(2)",
+        BypassKind::SockCreate => {
+            return format!(
+                "the eBPF wall refused to create a {} socket (protocol {}): a sandbox may open \
+                 only plain TCP and UDP sockets",
+                word(&attempt.sock_type),
+                word(&attempt.protocol)
+            )
+        }
+        BypassKind::Other(hook) => {
+            return format!(
+                "the eBPF wall refused an operation it reports as hook {hook}, which this \
+                 tollgate does not know (its eBPF object and supervisor are out of step)"
+            )
+        }
+    };
+    match attempt.destination {
+        Some(to) => format!("the eBPF wall refused {call} to {to}: {around}"),
+        None => format!(
+            "the eBPF wall refused {call} to an address of family {}: {around}",
+            word(&attempt.family)
+        ),
+    }
+}
+
+/// A field's value as the record spells it: `raw`, `icmp`, or `other 16` for a number the
+/// supervisor has no name for.
+fn word(value: &impl Serialize) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(word)) => word,
+        Ok(serde_json::Value::Object(map)) => map
+            .into_iter()
+            .map(|(name, number)| format!("{name} {number}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => "unknown".to_owned(),
+    }
 }
 
 /// The fields of an `http` or `connect` record, filled in as the request goes.

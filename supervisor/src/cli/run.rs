@@ -1,5 +1,6 @@
 //! `tollgate run`: the command-line face of [`crate::run`].
 
+use crate::audit;
 use crate::run::{self, RunOptions};
 use crate::sandbox::mounts;
 use clap::Args;
@@ -81,6 +82,11 @@ pub struct RunArgs {
     /// Write the audit log (JSON Lines) here.
     #[arg(long, value_name = "FILE")]
     pub audit: Option<PathBuf>,
+    /// How --audit is written: `json`, tollgate's records (docs/audit.md), or `ocsf`, the
+    /// same events as OCSF 1.3.0 objects for SIEM pipelines.
+    #[arg(long, value_name = "FORMAT", default_value = "json", requires = "audit",
+          value_parser = parse_audit_format())]
+    pub audit_format: audit::Format,
     /// Write a JSON summary of the execution here when it ends.
     #[arg(long, value_name = "FILE")]
     pub summary: Option<PathBuf>,
@@ -101,6 +107,14 @@ pub struct RunArgs {
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<OsString>,
+}
+
+/// `--audit-format`'s names, listed in `--help` and in the message for any other word.
+fn parse_audit_format() -> impl clap::builder::TypedValueParser<Value = audit::Format> {
+    use clap::builder::TypedValueParser;
+    let names = audit::Format::ALL.map(|(name, _)| name);
+    clap::builder::PossibleValuesParser::new(names)
+        .map(|name| audit::Format::from_name(&name).unwrap_or_default())
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -258,6 +272,7 @@ pub fn run(args: RunArgs) -> i32 {
             }
         },
         audit: args.audit,
+        audit_format: args.audit_format,
         summary: args.summary,
         log: args.log,
         tty: args.tty,

@@ -74,6 +74,8 @@ pub struct RunOptions {
     /// Where the team's secrets may come from (`--secrets-dir`, `--allow-secret-env`).
     pub secrets: tollgate_policy::secrets::SecretRules,
     pub audit: Option<PathBuf>,
+    /// How the audit log is written (`--audit-format`).
+    pub audit_format: crate::audit::Format,
     pub summary: Option<PathBuf>,
     /// Where tollgate's own log lines go instead of stderr (see `crate::logging`).
     pub log: Option<PathBuf>,
@@ -101,6 +103,7 @@ impl RunOptions {
             pass_env: Vec::new(),
             secrets: Default::default(),
             audit: None,
+            audit_format: crate::audit::Format::Json,
             summary: None,
             log: None,
             tty: false,

@@ -16,7 +16,7 @@
 //! which would mix its lines into JSON. The summary is written to a fresh file in the same
 //! directory and renamed over the name, so a reader never sees half of it.
 
-use crate::audit::AuditLog;
+use crate::audit::{self, AuditLog};
 use crate::sandbox::host_path::{self, FileId};
 use crate::sandbox::mounts::{self, Share};
 use nix::fcntl::OFlag;
@@ -133,9 +133,13 @@ fn writable_ancestor(parent: &Path, view: &SandboxView<'_>) -> Result<Option<Pat
 
 /// Opens the `--audit` log at `path` for appending (creating it, mode 0600: records name
 /// destinations).
-pub fn open_audit(path: &Path, view: &SandboxView<'_>) -> Result<AuditLog, String> {
+pub fn open_audit(
+    path: &Path,
+    view: &SandboxView<'_>,
+    format: audit::Format,
+) -> Result<AuditLog, String> {
     let placed = place("--audit", path, view)?;
-    open_appended("--audit", &placed).map(AuditLog::from_file)
+    open_appended("--audit", &placed).map(|file| AuditLog::from_file(file, format))
 }
 
 /// Opens tollgate's `--log` at `path` for appending (creating it, mode 0600: its lines name
@@ -323,7 +327,7 @@ mod tests {
         let dir = scratch("append");
         let path = dir.0.join("audit.jsonl");
         std::fs::write(&path, "{\"earlier\":1}\n").unwrap();
-        let log = open_audit(&path, &VIEW).expect("open");
+        let log = open_audit(&path, &VIEW, audit::Format::Json).expect("open");
         log.write(crate::audit::Record::sandbox("exec-later", None, None));
         log.close();
         let text = std::fs::read_to_string(&path).unwrap();
@@ -342,7 +346,7 @@ mod tests {
         nix::unistd::mkfifo(&dir.0.join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
         std::fs::hard_link(&victim, dir.0.join("hard")).unwrap();
         for name in ["link", "dirlink/audit", "fifo", "hard"] {
-            assert!(open_audit(&dir.0.join(name), &VIEW).is_err(), "{name}");
+            assert!(open_audit(&dir.0.join(name), &VIEW, audit::Format::Json).is_err(), "{name}");
         }
         for name in ["link", "dirlink/summary", "fifo"] {
             assert!(
@@ -359,7 +363,7 @@ mod tests {
         // fine; the same directory shared is not.
         let dir = scratch("writable");
         std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o777)).unwrap();
-        assert!(open_audit(&dir.0.join("a"), &VIEW).is_ok());
+        assert!(open_audit(&dir.0.join("a"), &VIEW, audit::Format::Json).is_ok());
         let shares = [Share {
             path: dir.0.clone(),
             read_only: true,
@@ -370,7 +374,7 @@ mod tests {
             share_ids: &[id],
             ..VIEW
         };
-        let error = open_audit(&dir.0.join("b"), &view).err().expect("refused");
+        let error = open_audit(&dir.0.join("b"), &view, audit::Format::Json).err().expect("refused");
         assert!(error.contains("shares"), "{error}");
         std::fs::create_dir(dir.0.join("sub")).unwrap();
         assert!(SummaryTarget::open(&dir.0.join("sub/s.json"), &view).is_err());
@@ -388,14 +392,14 @@ mod tests {
         std::fs::create_dir_all(top.join("out")).unwrap();
         let _cleanup = Dir(top.clone());
         std::fs::set_permissions(&top, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let error = open_audit(&top.join("out/a"), &VIEW)
+        let error = open_audit(&top.join("out/a"), &VIEW, audit::Format::Json)
             .err()
             .expect("refused");
         assert!(error.contains(top.to_str().unwrap()), "{error}");
         std::fs::set_permissions(&top, std::fs::Permissions::from_mode(0o1777)).unwrap();
-        assert!(open_audit(&top.join("out/a"), &VIEW).is_ok());
+        assert!(open_audit(&top.join("out/a"), &VIEW, audit::Format::Json).is_ok());
         assert!(
-            open_audit(&top.join("b"), &VIEW).is_err(),
+            open_audit(&top.join("b"), &VIEW, audit::Format::Json).is_err(),
             "the directory itself"
         );
     }

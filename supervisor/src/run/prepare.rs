@@ -136,7 +136,8 @@ pub(super) fn prepare(mut options: RunOptions) -> Result<Prepared, Refusal> {
     };
     // Every output is opened before the child exists (see `outputs`).
     let audit = match &options.audit {
-        Some(path) => outputs::open_audit(path, &output_view).map_err(Refusal::tollgate)?,
+        Some(path) => outputs::open_audit(path, &output_view, options.audit_format)
+            .map_err(Refusal::tollgate)?,
         None => AuditLog::disabled(),
     };
     let summary = options
