@@ -8,6 +8,7 @@
 //! The writer encodes them in the log's [`Format`]: these records as they are, or the same
 //! events as OCSF objects ([`ocsf`]).
 
+pub(crate) mod aggregate;
 pub mod ocsf;
 mod record;
 #[cfg(test)]

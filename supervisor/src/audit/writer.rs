@@ -5,12 +5,17 @@
 //! are batched into few writes, when idle each reaches the file at once. The file is open
 //! `O_APPEND` (see `run::outputs`), so every batch lands whole at the end, whoever else
 //! writes the same file.
+//!
+//! Identical refusals are summed on the way ([`super::aggregate`]): the writer wakes when an
+//! interval ends to write its summed record, and writes every pending one on sync and close.
 
+use super::aggregate::Held;
 use super::record::Record;
 use super::{ocsf, Format};
 use serde::Serialize;
 use std::io::Write;
 use std::sync::mpsc;
+use std::time::Instant;
 
 pub(super) enum Message {
     Record(Box<Record>),
@@ -22,24 +27,47 @@ pub(super) enum Message {
 const BATCH_BYTES: usize = 1024 * 1024;
 
 /// Runs until every sender is gone, then writes what is left.
-pub(super) fn run(
-    mut out: Box<dyn Write + Send>,
-    format: Format,
-    queue: mpsc::Receiver<Message>,
-) {
+pub(super) fn run(mut out: Box<dyn Write + Send>, format: Format, queue: mpsc::Receiver<Message>) {
     let mut encoder = Encoder::new(format);
     let mut batch = Vec::with_capacity(64 * 1024);
     let mut acks = Vec::new();
-    while let Ok(first) = queue.recv() {
-        let mut next = Some(first);
+    // Identical refusals are summed (see `aggregate`): `held` decides what is written when.
+    let mut held = Held::default();
+    let mut ready = Vec::new();
+    let mut open = true;
+    while open {
+        let mut next = match receive(&queue, held.next_close()) {
+            Ok(message) => message,
+            Err(Closed) => {
+                open = false;
+                None
+            }
+        };
         while let Some(message) = next.take() {
             match message {
-                Message::Record(record) => encoder.encode(&record, &mut batch),
-                Message::Sync(ack) => acks.push(ack),
+                Message::Record(record) => held.offer(*record, &mut ready),
+                Message::Sync(ack) => {
+                    held.drain(&mut ready);
+                    acks.push(ack);
+                }
+            }
+            for record in ready.drain(..) {
+                encoder.encode(&record, &mut batch);
             }
             if batch.len() < BATCH_BYTES {
                 next = queue.try_recv().ok();
             }
+        }
+        if open {
+            held.due(&mut ready);
+        } else {
+            held.drain(&mut ready);
+        }
+        for record in ready.drain(..) {
+            encoder.encode(&record, &mut batch);
+        }
+        if batch.is_empty() && acks.is_empty() {
+            continue;
         }
         if let Err(error) = out.write_all(&batch).and_then(|()| out.flush()) {
             // A full disk must not take the sandbox down.
@@ -49,6 +77,25 @@ pub(super) fn run(
         for ack in acks.drain(..) {
             let _ = ack.send(());
         }
+    }
+}
+
+/// Every sender is gone: the log is closed.
+struct Closed;
+
+/// The next message, waiting until `deadline` at most (`Ok(None)` then), or forever without
+/// one.
+fn receive(
+    queue: &mpsc::Receiver<Message>,
+    deadline: Option<Instant>,
+) -> Result<Option<Message>, Closed> {
+    let Some(deadline) = deadline else {
+        return queue.recv().map(Some).map_err(|_| Closed);
+    };
+    match queue.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        Ok(message) => Ok(Some(message)),
+        Err(mpsc::RecvTimeoutError::Timeout) => Ok(None),
+        Err(mpsc::RecvTimeoutError::Disconnected) => Err(Closed),
     }
 }
 

@@ -4,6 +4,7 @@
 
 use crate::audit::AuditLog;
 use super::credentials::Credentials;
+use super::denials::{Denials, ViolationAlarm};
 use super::hooks::{AfterHttp, BeforeHttp};
 use super::listener::{self, ProxyHandle};
 use super::resolve::{Resolver, SystemResolver};
@@ -61,6 +62,7 @@ pub struct ProxyBuilder {
     settings: Settings,
     credentials: Option<Credentials>,
     tls: Option<Arc<Interception>>,
+    alarm: Option<ViolationAlarm>,
 }
 
 impl ProxyBuilder {
@@ -132,6 +134,13 @@ impl ProxyBuilder {
         self
     }
 
+    /// Rung once, with a sentence saying why, when the policy's `limits.on_violation: kill`
+    /// asks for the execution to end (`max_denied` refusals); ending it is the caller's.
+    pub fn violation_alarm(mut self, alarm: impl Fn(String) + Send + Sync + 'static) -> Self {
+        self.alarm = Some(Arc::new(alarm));
+        self
+    }
+
     pub fn settings(mut self, settings: Settings) -> Self {
         self.settings = settings;
         self
@@ -152,6 +161,7 @@ impl ProxyBuilder {
                 e.to_string()
             }),
         };
+        let denials = Denials::new(&self.policy.limits, self.alarm);
         Proxy {
             shared: Arc::new(Shared {
                 policy: self.policy,
@@ -162,6 +172,8 @@ impl ProxyBuilder {
                 after: self.after,
                 audit: self.audit,
                 stats: stats::Stats::default(),
+                denials,
+                log: Default::default(),
                 budget,
                 pool: Default::default(),
                 settings: self.settings,
@@ -190,6 +202,7 @@ impl Proxy {
             settings: Settings::default(),
             credentials: None,
             tls: None,
+            alarm: None,
         }
     }
 

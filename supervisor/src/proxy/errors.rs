@@ -31,6 +31,8 @@ pub enum ErrorCode {
     InvalidRequest,
     /// The execution's `max_requests` budget is used up.
     RequestLimitExceeded,
+    /// The execution was refused `max_denied` requests; it gets nothing more.
+    DenialLimit,
     /// The request body is larger than `max_request_bytes`.
     RequestTooLarge,
     /// The response body is larger than `max_response_bytes`.
@@ -61,6 +63,7 @@ impl ErrorCode {
             ErrorCode::InvalidUrl => "invalid_url",
             ErrorCode::InvalidRequest => "invalid_request",
             ErrorCode::RequestLimitExceeded => "request_limit_exceeded",
+            ErrorCode::DenialLimit => "denial_limit",
             ErrorCode::RequestTooLarge => "request_too_large",
             ErrorCode::ResponseTooLarge => "response_too_large",
             ErrorCode::ConnectError => "connect_error",
@@ -94,7 +97,9 @@ impl ErrorCode {
             | ErrorCode::CredentialScopeDenied
             | ErrorCode::CredentialPlaceholderMismatch => StatusCode::FORBIDDEN,
             ErrorCode::InvalidUrl | ErrorCode::InvalidRequest => StatusCode::BAD_REQUEST,
-            ErrorCode::RequestLimitExceeded => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RequestLimitExceeded | ErrorCode::DenialLimit => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ErrorCode::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::ResponseTooLarge | ErrorCode::ConnectError | ErrorCode::UpstreamTlsError => {
                 StatusCode::BAD_GATEWAY

@@ -2,25 +2,28 @@
 //! refusal or relayed response or tunnel, ends here.
 //!
 //! [`finish`] stamps the duration, writes the one operator log line (made from the record,
-//! so the log and the audit can never tell different stories), counts the stats and queues
-//! the audit record. [`refuse`] fills a record from a [`ProxyError`] first and returns the
+//! so the log and the audit can never tell different stories; identical refusals summed),
+//! counts the stats and queues the audit record, then counts a refusal against
+//! `limits.max_denied` ([`super::denials`]). [`refuse`] fills a record from a [`ProxyError`] first and returns the
 //! response the sandbox gets.
 
 use super::body::ProxyBody;
 use super::errors::ProxyError;
 use super::Shared;
+use crate::audit::aggregate::Key;
 use crate::audit::{Outcome, Record, Traffic, Verdict};
 use http::Response;
 use std::time::{Duration, Instant};
+use tracing::Level;
 
 /// Completes `traffic`, which started at `started`.
 pub(crate) fn finish(shared: &Shared, mut traffic: Traffic, started: Instant) {
     traffic.duration_ms = millis(started.elapsed());
-    log_line(&traffic);
+    // Identical refusals are logged once a second with their count (see `repeats`).
+    let (level, line) = log_line(&traffic);
+    shared.log.log(Key::of_traffic(&traffic), level, line);
     // Every refusal the sandbox caused is `deny`; an upstream failure stays `allow`.
-    if traffic.decision == Verdict::Deny {
-        shared.stats.denied();
-    }
+    let refused = (traffic.decision == Verdict::Deny).then(|| shared.stats.refused(&traffic));
     if traffic.outcome != Outcome::Retrying && traffic.address.is_some() {
         shared.stats.bytes(traffic.bytes_up, traffic.bytes_down);
     }
@@ -30,6 +33,10 @@ pub(crate) fn finish(shared: &Shared, mut traffic: Traffic, started: Instant) {
             &shared.policy.team,
             traffic,
         ));
+    }
+    // After the record is queued: an alarm that ends the execution leaves it in the log.
+    if let Some(refused) = refused {
+        shared.denials.counted(refused);
     }
 }
 
@@ -65,8 +72,8 @@ pub(crate) fn millis(duration: Duration) -> u64 {
 }
 
 /// `GET https://api.test:443/v1 -> 200 complete (12ms, 0 bytes up, 512 bytes down)`, and on a
-/// refusal the sentence the sandbox got.
-fn log_line(traffic: &Traffic) {
+/// refusal the sentence the sandbox got; at WARN for what an operator should look at.
+fn log_line(traffic: &Traffic) -> (Level, String) {
     let status = match (traffic.status, traffic.error) {
         (Some(status), Some(error)) => format!("{status} {error}"),
         (Some(status), None) => status.to_string(),
@@ -92,12 +99,13 @@ fn log_line(traffic: &Traffic) {
         line.push_str(": ");
         line.push_str(message);
     }
-    match traffic.outcome {
+    let level = match traffic.outcome {
         Outcome::ResponseTooLarge
         | Outcome::Timeout
         | Outcome::UpstreamError
         | Outcome::TunnelBytesExceeded
-        | Outcome::TunnelDurationExceeded => tracing::warn!("{line}"),
-        _ => tracing::info!("{line}"),
-    }
+        | Outcome::TunnelDurationExceeded => Level::WARN,
+        _ => Level::INFO,
+    };
+    (level, line)
 }

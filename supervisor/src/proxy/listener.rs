@@ -52,6 +52,7 @@ impl ProxyHandle {
             tracing::error!("the proxy task ended abnormally: {error}");
         }
         self.shared.pool.clear();
+        self.shared.log.flush();
         // The log may be shared with the rest of the execution, which closes it.
         if let Some(audit) = &self.shared.audit {
             audit.sync();
@@ -151,7 +152,7 @@ async fn route(
 /// Over the connection cap: a short 503 with the error body, then close.
 async fn refuse_connection(context: ConnContext, mut stream: TcpStream) {
     let shared = &context.shared;
-    shared.stats.denied();
+    super::denials::connection_refused(shared);
     let limit = shared
         .settings
         .max_connections

@@ -50,6 +50,7 @@ pub mod body;
 mod builder;
 mod finish;
 mod credentials;
+mod denials;
 pub mod errors;
 mod forward;
 mod gate;
@@ -60,6 +61,7 @@ mod limits;
 mod listener;
 mod pipeline;
 mod relay;
+mod repeats;
 mod resolve;
 mod stats;
 #[cfg(feature = "testing")]
@@ -72,13 +74,14 @@ pub use builder::{Proxy, ProxyBuilder, Settings};
 pub use credentials::bot_auth::{thumbprint, BotSigner};
 pub use credentials::secrets::{self, TeamSecrets};
 pub use credentials::{CredentialError, Credentials};
+pub use denials::ViolationAlarm;
 pub use errors::{ErrorCode, ProxyError};
 pub use hooks::{AfterHttp, BeforeHttp, HookRequest, HookResponse, HookVerdict};
 pub use listener::ProxyHandle;
 pub use resolve::{Resolver, SystemResolver};
 /// The one decision, for `policy eval` (the proxy calls it through `gate::clear`).
 pub(crate) use gate::{evaluate, Evaluation, Gate};
-pub use stats::{DestinationStats, ProxyStats};
+pub use stats::{DestinationStats, ProxyStats, RefusedStats};
 pub use tls::ca::ExecutionCa;
 pub use tls::upstream_ca;
 pub use tls::{Interception, TlsSetupError};
@@ -103,6 +106,10 @@ pub(crate) struct Shared {
     pub after: Vec<Arc<dyn AfterHttp>>,
     pub audit: Option<AuditLog>,
     pub stats: stats::Stats,
+    /// `limits.max_denied` and the violation alarm.
+    pub denials: denials::Denials,
+    /// The operator log, identical refusals summed.
+    pub log: repeats::LogRepeats,
     pub budget: limits::Budget,
     pub pool: upstream::pool::Pool,
     pub settings: Settings,

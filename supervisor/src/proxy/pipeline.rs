@@ -35,6 +35,9 @@ pub(crate) async fn handle(
     body: Incoming,
     ambiguous_framing: bool,
 ) -> Response<ProxyBody> {
+    if let Some(refused) = super::denials::past_limit(&shared, &parts, url.as_ref().ok()) {
+        return refused;
+    }
     let started = Instant::now();
     let mut record = Traffic::new(Kind::Http, parts.method.as_str());
     // First of all: a method not in upper case is never matched (`delete` would miss a

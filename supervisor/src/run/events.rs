@@ -1,37 +1,33 @@
-//! Streams the eBPF wall's bypass reports into the audit log while the command runs.
+//! Streams the eBPF wall's bypass reports into the audit log while the command runs, and
+//! rings the circuit breaker ([`Violations`]) when the wall has refused enough of them.
 //!
 //! Reading as they come keeps the ring from filling (a full ring drops reports, never
 //! refusals) and puts each attempt in the audit log at the time it happened. A command that
-//! hammers `connect` must not be able to flood the log either: past [`MAX_RECORDS`] the
-//! attempts are only counted (the summary still has the total).
+//! hammers `connect` cannot flood the log: the audit writer sums identical attempts, and
+//! distinct ones past a bound, once a second (`audit::aggregate`), so every attempt is
+//! written or counted and none is left out.
 
+use super::violation::Violations;
 use crate::audit::{AuditLog, Record};
 use crate::sandbox::bpf::{AttachedWall, WallReport};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::thread::JoinHandle;
 
-/// Individual `bypass_attempt` records written per execution at most.
-pub const MAX_RECORDS: usize = 1000;
-
 struct Writer {
     audit: AuditLog,
     execution: String,
     team: Option<String>,
-    written: usize,
+    violations: Violations,
 }
 
 impl Writer {
     fn write(&mut self, attempts: &[crate::sandbox::bpf::BypassAttempt]) {
         for attempt in attempts {
-            if self.written >= MAX_RECORDS {
-                return;
-            }
             self.audit.write(Record::bypass(
                 &self.execution,
                 self.team.as_deref(),
                 attempt,
             ));
-            self.written += 1;
         }
     }
 }
@@ -50,18 +46,21 @@ impl EventPump {
         audit: AuditLog,
         execution: String,
         team: Option<String>,
+        violations: Violations,
     ) -> std::io::Result<EventPump> {
         let (stopped, stop) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         let mut writer = Writer {
             audit,
             execution,
             team,
-            written: 0,
+            violations,
         };
         let thread = std::thread::spawn(move || {
             while wait(&wall, &stopped) {
                 let attempts = wall.drain_events();
                 writer.write(&attempts);
+                // The wall's own count: it has the attempts whose reports the ring dropped.
+                writer.violations.bypass_attempts(wall.counters().denied);
             }
             (wall, writer)
         });

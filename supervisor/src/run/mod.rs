@@ -20,6 +20,7 @@ mod report;
 mod summary;
 mod supervise;
 mod tty;
+mod violation;
 mod walls;
 
 use crate::sandbox::cgroup;
@@ -169,7 +170,14 @@ fn execute(options: RunOptions) -> Result<i32, Refusal> {
         limits,
         &prepared.options.limits,
     )?;
-    let network = network::start(&mut prepared, &execution, walls.listener.take(), &runtime)?;
+    let violations = violation::Violations::new(prepared.policy.as_ref().map(|p| &p.limits));
+    let network = network::start(
+        &mut prepared,
+        &execution,
+        walls.listener.take(),
+        &runtime,
+        &violations,
+    )?;
     walls.pump = walls
         .wall
         .take()
@@ -179,6 +187,7 @@ fn execute(options: RunOptions) -> Result<i32, Refusal> {
                 prepared.audit.clone(),
                 execution.clone(),
                 team.clone(),
+                violations.clone(),
             )
         })
         .transpose()
@@ -212,6 +221,7 @@ fn execute(options: RunOptions) -> Result<i32, Refusal> {
         &prepared.options,
         child,
         &walls,
+        &violations,
         terminal.as_mut(),
     ));
     let totals = walls.tear_down(&prepared.audit, &execution, team.as_deref());

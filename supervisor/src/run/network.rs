@@ -3,6 +3,7 @@
 //! namespace, and the child's environment that points every client at them.
 
 use super::prepare::Prepared;
+use super::violation::Violations;
 use super::{env, Refusal};
 use crate::proxy::{Credentials, Interception, Proxy, ProxyHandle};
 use std::collections::BTreeMap;
@@ -29,6 +30,7 @@ pub(super) fn start(
     execution: &str,
     listener: Option<std::net::TcpListener>,
     runtime: &tokio::runtime::Runtime,
+    violations: &Violations,
 ) -> Result<Network, Refusal> {
     let on = match (&prepared.policy, listener) {
         (Some(policy), Some(listener)) if prepared.network => Some((policy, listener)),
@@ -84,7 +86,11 @@ pub(super) fn start(
     let mut builder = Proxy::builder(Arc::new(policy.clone()))
         .execution_id(execution.to_owned())
         .credentials(credentials)
-        .interception(interception);
+        .interception(interception)
+        .violation_alarm({
+            let violations = violations.clone();
+            move |sentence| violations.ring(sentence)
+        });
     if prepared.audit.is_enabled() {
         builder = builder.audit_log(prepared.audit.clone());
     }

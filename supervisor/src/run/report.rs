@@ -1,5 +1,5 @@
-//! What an execution leaves for its caller once it ended: the audit log's opening record, the
-//! out-of-memory message, the `--summary`, and the exit status.
+//! What an execution leaves for its caller once it ended: why the circuit breaker ended it,
+//! the out-of-memory message, the `--summary`, and the exit status.
 
 use super::prepare::Prepared;
 use super::supervise::{exit_status_of, Ending};
@@ -35,7 +35,12 @@ pub(super) fn report(outcome: Outcome<'_>) -> i32 {
         proxy_stats,
     } = outcome;
     let (exit_status, signal) = exit_status_of(ending);
-    let ended_by = signal.filter(|_| !ending.timed_out && ending.interrupted_by.is_none());
+    if let Some(violation) = &ending.violation {
+        eprintln!("tollgate: ended: {violation}");
+    }
+    let ended_by = signal.filter(|_| {
+        !ending.timed_out && ending.interrupted_by.is_none() && ending.violation.is_none()
+    });
     if let Some(message) = limits::oom_message(&totals.usage, limits, ended_by) {
         eprintln!("tollgate: {message}");
     }
@@ -57,6 +62,7 @@ pub(super) fn report(outcome: Outcome<'_>) -> i32 {
         exit_status,
         signal,
         timed_out: ending.timed_out,
+        violation: ending.violation.clone(),
         duration_ms: started.elapsed().as_millis() as u64,
         bypass_attempts: totals.denied,
         bypass_reports_dropped: totals.dropped,

@@ -19,12 +19,15 @@ pub struct Summary {
     /// The signal that ended the command, if any.
     pub signal: Option<i32>,
     pub timed_out: bool,
+    /// Why `limits.on_violation: kill` ended the execution (`null`: it did not).
+    pub violation: Option<String>,
     pub duration_ms: u64,
     /// Direct connection attempts the eBPF wall refused (and reported).
     pub bypass_attempts: u64,
     /// Reports lost because the event ring was full (attempts were still refused).
     pub bypass_reports_dropped: u64,
-    /// Proxy counters (requests, denials, bytes, destinations), when the network is enabled.
+    /// Proxy counters (requests, denials, bytes, destinations, and `refused`: what was
+    /// refused where and why, most first), when the network is enabled.
     pub proxy: Option<serde_json::Value>,
     /// The memory limit killed a process of the execution (the kernel's OOM killer, inside
     /// the execution's cgroup); with exit status 137, the command itself.

@@ -1,7 +1,8 @@
 //! Starting the command inside the walls and waiting for it: the timeout, the signals
-//! tollgate receives (passed on to the command through the sandbox's init), the terminal of
-//! `--tty`; then how the command ended.
+//! tollgate receives (passed on to the command through the sandbox's init), the circuit
+//! breaker (`violation`), the terminal of `--tty`; then how the command ended.
 
+use super::violation::Violations;
 use super::walls::{kill_sandbox, Walls};
 use super::{status, tty, Refusal, RunOptions};
 use crate::sandbox::landlock::LandlockPlan;
@@ -20,11 +21,16 @@ pub(super) struct Ending {
     pub(super) timed_out: bool,
     /// A signal sent to tollgate that ended the run (SIGINT, SIGTERM, SIGHUP).
     pub(super) interrupted_by: Option<i32>,
+    /// Why the circuit breaker ended the execution (`limits.on_violation: kill`).
+    pub(super) violation: Option<String>,
 }
 
 /// The status `tollgate run` exits with, and the signal that ended the command.
 pub(super) fn exit_status_of(ending: &Ending) -> (i32, Option<i32>) {
     let signal = ending.status.signal();
+    if ending.violation.is_some() {
+        return (status::TOLLGATE_ERROR, signal);
+    }
     if ending.timed_out {
         return (status::TIMEOUT, signal);
     }
@@ -50,11 +56,13 @@ pub(super) struct Child<'a> {
     pub(super) mounts: PrivateMounts,
 }
 
-/// Spawns the command inside the walls and waits for it, a timeout or a signal.
+/// Spawns the command inside the walls and waits for it, a timeout, a signal or the circuit
+/// breaker.
 pub(super) async fn supervise(
     options: &RunOptions,
     child: Child<'_>,
     walls: &Walls,
+    violations: &Violations,
     mut terminal: Option<&mut tty::SandboxTerminal>,
 ) -> Result<Ending, Refusal> {
     let Child {
@@ -112,11 +120,16 @@ pub(super) async fn supervise(
     let mut timed_out = false;
     let mut interrupted_by = None;
     let mut killed = false;
+    let mut violation = None;
     let status = loop {
         tokio::select! {
             status = child.wait() => break status,
             _ = &mut deadline, if !timed_out => {
                 timed_out = true;
+                kill_sandbox(walls);
+            }
+            reason = violations.rung(), if violation.is_none() && !timed_out && !killed => {
+                violation = Some(reason);
                 kill_sandbox(walls);
             }
             _ = interrupt.recv() => {
@@ -154,6 +167,7 @@ pub(super) async fn supervise(
         timed_out,
         // A command that ended on its own after the signal reports its own status.
         interrupted_by: interrupted_by.filter(|_| killed),
+        violation,
     })
 }
 

@@ -54,6 +54,9 @@ pub(crate) async fn tunnel(
     conn: ConnContext,
     mut request: Request<Incoming>,
 ) -> Response<ProxyBody> {
+    if let Some(refused) = crate::proxy::denials::tunnel_past_limit(&conn.shared, &request) {
+        return refused;
+    }
     let started = Instant::now();
     let shared = conn.shared.clone();
     let mut record = Traffic::new(Kind::Connect, "CONNECT");
