@@ -40,9 +40,6 @@ pub(crate) async fn handle(
     }
     let started = Instant::now();
     let mut record = Traffic::new(Kind::Http, parts.method.as_str());
-    // First of all: a method not in upper case is never matched (`delete` would miss a
-    // `DELETE` deny rule on its way to a server that upper-cases it).
-    let url = headers::check_method(parts.method.as_str()).and(url);
     let result = match url {
         Ok(url) => steps(&shared, url, parts, body, ambiguous_framing, &mut record).await,
         Err(error) => {
@@ -55,7 +52,8 @@ pub(crate) async fn handle(
                 .to_ascii_lowercase();
             record.host = parts.uri.host().unwrap_or_default().to_ascii_lowercase();
             record.port = parts.uri.port_u16().unwrap_or(0);
-            Err(error)
+            // The method is the first thing wrong with a `connect host:443`.
+            Err(headers::check_method(parts.method.as_str()).err().unwrap_or(error))
         }
     };
     match result {
@@ -73,6 +71,9 @@ async fn steps(
     record: &mut Traffic,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     set_url(record, &url);
+    // First of all: a method not in upper case is never matched (`delete` would miss a
+    // `DELETE` deny rule on its way to a server that upper-cases it).
+    headers::check_method(parts.method.as_str())?;
     if ambiguous_framing {
         return Err(headers::both_lengths());
     }
