@@ -79,9 +79,9 @@ async fn past_max_denied_everything_gets_denial_limit_before_any_policy_work() {
         refused,
         [
             ("http://evil.test:80".into(), "host_not_allowed".into(), 3),
-            ("<invalid target>".into(), "max_denied".into(), 1),
-            ("connect://api.test:443".into(), "max_denied".into(), 1),
-            ("http://api.test:80".into(), "max_denied".into(), 1),
+            ("<invalid target>".into(), "denial_limit".into(), 1),
+            ("connect://api.test:443".into(), "denial_limit".into(), 1),
+            ("http://api.test:80".into(), "denial_limit".into(), 1),
         ],
         "{:?}",
         stats.refused
@@ -100,7 +100,7 @@ async fn past_max_denied_everything_gets_denial_limit_before_any_policy_work() {
     assert_eq!(limit.len(), 3, "{records:#?}");
     for record in limit {
         assert_eq!(record["status"], 429);
-        assert_eq!(record["reason"], "max_denied");
+        assert_eq!(record["reason"], "denial_limit");
         assert!(record["message"].as_str().unwrap().contains("max_denied"));
     }
     proxy.handle.shutdown().await;

@@ -153,7 +153,7 @@ results["statuses"] = statuses
         list[0],
         serde_json::json!({
             "destination": "http://flood.up.test:8080",
-            "reason": "max_denied",
+            "reason": "denial_limit",
             "count": FLOOD / 2 - 40,
         }),
         "{}",

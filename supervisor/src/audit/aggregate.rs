@@ -184,9 +184,15 @@ impl<T: Clone> Windows<T> {
         ended.into_iter().map(|(_, repeats)| repeats).collect()
     }
 
-    /// Closes every interval now (the log is synced or closed).
+    /// Closes every interval now (the log is synced or closed); their repeats, oldest first.
     pub fn drain(&mut self) -> Vec<Repeats<T>> {
-        self.due(Instant::now() + INTERVAL)
+        let mut ended: Vec<(Instant, Repeats<T>)> = self
+            .open
+            .drain()
+            .filter_map(|(_, window)| Some((window.closes, window.repeats?)))
+            .collect();
+        ended.sort_by_key(|(closes, _)| *closes);
+        ended.into_iter().map(|(_, repeats)| repeats).collect()
     }
 
     /// When the next interval ends, if one is open.

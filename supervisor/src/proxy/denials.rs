@@ -49,15 +49,15 @@ impl Denials {
         if refused < self.limit {
             return Ok(());
         }
+        // The same sentence every time, so that identical refusals stay identical.
         Err(ProxyError::new(
             ErrorCode::DenialLimit,
             format!(
-                "this execution was refused {refused} requests (limits.max_denied: {}), so \
-                 tollgate refuses every request and tunnel it asks for from now on",
+                "this execution was refused {} requests (limits.max_denied), so tollgate \
+                 refuses every request and tunnel it asks for from now on",
                 self.limit
             ),
-        )
-        .with_reason("max_denied"))
+        ))
     }
 
     /// After a refusal, `refused` so far: rings the alarm at the limit under `kill`.
@@ -157,12 +157,14 @@ mod tests {
         let error = denials.admit(3).unwrap_err();
         assert_eq!(error.code, ErrorCode::DenialLimit);
         assert_eq!(error.code.status().as_u16(), 429);
-        assert_eq!(error.reason, "max_denied");
+        assert_eq!(error.reason, "denial_limit");
         assert!(
-            error.message.contains("limits.max_denied: 3"),
+            error.message.contains("refused 3 requests (limits.max_denied)"),
             "{}",
             error.message
         );
+        // The same sentence whatever the count: identical refusals stay identical.
+        assert_eq!(denials.admit(10).unwrap_err().message, error.message);
     }
 
     #[test]
