@@ -259,19 +259,19 @@ fn every_record_has_one_shape_and_every_refusal_says_why_in_the_sandboxs_words()
             }
         }
         if (kind == "http" || kind == "connect") && record["decision"] == "deny" {
-            if !record["message"]
+            if record["message"]
                 .as_str()
-                .is_some_and(|m| !m.trim().is_empty())
+                .is_none_or(|m| m.trim().is_empty())
             {
                 wrong.push(format!("a refusal without a message: {record}"));
             }
-            if !record["reason"].as_str().is_some_and(|r| !r.is_empty()) {
+            if record["reason"].as_str().is_none_or(str::is_empty) {
                 wrong.push(format!("a refusal without a reason: {record}"));
             }
         }
         if let Some(count) = record.get("count") {
             let first = record["first_time"].as_str().unwrap_or_default();
-            if !count.as_u64().is_some_and(|n| n >= 1)
+            if count.as_u64().is_none_or(|n| n < 1)
                 || !is_rfc3339_ms(first)
                 || first > record["time"].as_str().unwrap_or_default()
             {

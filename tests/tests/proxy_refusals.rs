@@ -330,15 +330,13 @@ for scheme, port in [("http", ":8080"), ("https", "")]:
                 ));
             }
             match statuses[0] {
-                403 => {
-                    if eval.code != 1 || reasons.len() != 1 || !reasons.contains(eval.reason()) {
-                        wrong.push(format!(
-                            "{scheme} {path}: the proxy refused with {reasons:?}, policy eval \
-                             exited {} with {:?}",
-                            eval.code,
-                            eval.reason()
-                        ));
-                    }
+                403 if eval.code != 1 || reasons.len() != 1 || !reasons.contains(eval.reason()) => {
+                    wrong.push(format!(
+                        "{scheme} {path}: the proxy refused with {reasons:?}, policy eval \
+                         exited {} with {:?}",
+                        eval.code,
+                        eval.reason()
+                    ));
                 }
                 400 if eval.code != 2 => wrong.push(format!(
                     "{scheme} {path}: the proxy answered 400, policy eval exited {}: {eval:?}",
@@ -480,7 +478,6 @@ for scheme, port in [("http", ":8080"), ("https", "")]:
     }
     let refused_seen: Vec<Value> = seen
         .iter()
-        .cloned()
         .filter(|r| {
             !OPT_INS.iter().any(|(host, path, _)| {
                 r["headers"].to_string().contains(host)
@@ -489,6 +486,7 @@ for scheme, port in [("http", ":8080"), ("https", "")]:
                         .is_some_and(|p| p.eq_ignore_ascii_case(path))
             })
         })
+        .cloned()
         .collect();
     if !refused_seen.is_empty() {
         wrong.push(format!(
@@ -751,18 +749,84 @@ results["https after"] = brief(hc("h", "GET", "https://flood.up.test/ok/after"))
 }
 
 #[test]
+fn inside_one_kept_alive_intercepted_tunnel_each_request_counts_against_max_denied() {
+    let _lock = SuiteLock::shared();
+    let mut bench = Bench::new("refusals-tunnel-flood");
+    let policy = bench.policy(
+        &["flood.up.test"],
+        &entry("flood.up.test", DENY_ADMIN),
+        "limits:\n  max_requests: 100\n  max_denied: 20\n",
+    );
+    let outcome = bench.run(
+        Sandbox::new(),
+        &policy,
+        r#"
+# One HTTPS connection, kept alive: http.client reopens it (tunnel and all) only if tollgate
+# closes it.
+conn = http.client.HTTPSConnection(*PROXY, timeout=20, context=ssl.create_default_context())
+conn.set_tunnel("flood.up.test", 443)
+statuses = []
+for path in ["/ok/first"] + ["/admin/x"] * 60 + ["/ok/after"]:
+    try:
+        conn.request("GET", path, headers={"Host": "flood.up.test"})
+        r = conn.getresponse()
+        body = r.read()
+        statuses.append([r.status, r.getheader("tollgate-error")])
+    except Exception as e:
+        statuses.append([None, type(e).__name__])
+        conn.close()
+results["statuses"] = statuses
+"#,
+    );
+    assert_ran(&outcome);
+    let statuses = outcome.result("statuses").as_array().unwrap().clone();
+    assert_eq!(statuses.len(), 62);
+    assert_eq!(statuses[0][0], 200, "{}", outcome.describe());
+    for (i, got) in statuses[1..].iter().enumerate() {
+        if i < 20 {
+            assert_eq!(got[0], 403, "denied request {}: {got:?}", i + 1);
+            assert_eq!(got[1], "policy_denied", "denied request {}: {got:?}", i + 1);
+        } else {
+            assert_eq!(got[0], 429, "request {}: {got:?}", i + 1);
+            assert_eq!(got[1], "denial_limit", "request {}: {got:?}", i + 1);
+        }
+    }
+    assert_eq!(
+        lines(&bench.seen()),
+        ["https flood.up.test: GET /ok/first HTTP/1.1"]
+    );
+    let inner: Vec<&Value> = outcome
+        .records("http")
+        .into_iter()
+        .filter(|r| r["scheme"] == "https")
+        .collect();
+    assert_eq!(
+        refused_events(inner.iter().copied()),
+        61,
+        "{}",
+        outcome.audit_text
+    );
+    assert!(inner.len() < FLOOD_RECORDS, "{}", outcome.audit_text);
+    assert!(
+        outcome.finished.stderr_lines().len() < FLOOD_STDERR_LINES,
+        "{}",
+        outcome.finished.stderr
+    );
+}
+
+#[test]
 fn every_refusal_the_sandbox_causes_counts_against_max_denied_and_upstream_failures_do_not() {
     let _lock = SuiteLock::shared();
     let mut bench = Bench::new("refusals-kinds");
     let allow = [
-        "    - host: kinds.up.test\n      ports: [8080, 443, 9]\n      schemes: [http, https]\n      allowed_ips: [SUBNET]\n",
-        &entry("uncovered.up.test", ""),
+        format!("    - host: kinds.up.test\n      ports: [8080, 443, 9]\n      schemes: [http, https]\n      allowed_ips: [SUBNET]\n{DENY_ADMIN}"),
+        entry("uncovered.up.test", ""),
     ]
     .concat();
     let policy = bench.policy(
         &["kinds.up.test", "uncovered.up.test=10.0.0.7"],
         &allow,
-        "limits:\n  max_requests: 100\n  max_denied: 7\n  max_request_bytes: 1KiB\nretry: {attempts: 1}\n",
+        "limits:\n  max_requests: 100\n  max_denied: 8\n  max_request_bytes: 1KiB\nretry: {attempts: 1}\n",
     );
     let outcome = bench.run(
         Sandbox::new(),
@@ -778,6 +842,7 @@ results["smuggling"] = brief(raw("r", b"POST http://kinds.up.test:8080/s HTTP/1.
 results["lower case"] = brief(hc("h", "get", "http://kinds.up.test:8080/lower"))
 results["auth"] = brief(hc("h", "GET", "http://kinds.up.test:8080/auth", headers=[("Tollgate-Auth", "Nope")]))
 results["too large"] = brief(hc("h", "POST", "http://kinds.up.test:8080/big", body=b"x" * 4096))
+results["inside a tunnel"] = brief(hc("h", "GET", "https://kinds.up.test/admin/x"))
 results["after"] = brief(hc("h", "GET", "http://kinds.up.test:8080/ok/after"))
 "#,
     );
@@ -795,6 +860,7 @@ results["after"] = brief(hc("h", "GET", "http://kinds.up.test:8080/ok/after"))
         ("lower case", 400, "invalid_request"),
         ("auth", 403, "auth_provider_error"),
         ("too large", 413, "request_too_large"),
+        ("inside a tunnel", 403, "policy_denied"),
         ("after", 429, "denial_limit"),
     ] {
         let got = outcome.result(name);
@@ -808,6 +874,101 @@ results["after"] = brief(hc("h", "GET", "http://kinds.up.test:8080/ok/after"))
     }
     let seen = lines(&bench.seen());
     assert!(seen.is_empty(), "the upstream saw {seen:?}");
+}
+
+#[test]
+fn requests_over_max_requests_count_against_max_denied_too() {
+    let _lock = SuiteLock::shared();
+    let mut bench = Bench::new("refusals-budget");
+    let policy = bench.policy(
+        &["budget.up.test"],
+        &entry("budget.up.test", ""),
+        "limits:\n  max_requests: 2\n  max_denied: 2\n",
+    );
+    let outcome = bench.run(
+        Sandbox::new(),
+        &policy,
+        r#"
+results["statuses"] = [brief(hc("h", "GET", "http://budget.up.test:8080/ok/%d" % i)) for i in range(6)]
+"#,
+    );
+    assert_ran(&outcome);
+    let got: Vec<(u64, Option<&str>)> = outcome
+        .result("statuses")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["status"].as_u64().unwrap_or(0), r["error"].as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (200, None),
+            (200, None),
+            (429, Some("request_limit_exceeded")),
+            (429, Some("request_limit_exceeded")),
+            (429, Some("denial_limit")),
+            (429, Some("denial_limit")),
+        ],
+        "{}",
+        outcome.describe()
+    );
+    assert_eq!(bench.seen().len(), 2);
+}
+
+#[test]
+fn policy_check_names_a_bad_limit_or_opt_in_and_exits_2() {
+    let scratch = tollgate_tests::Scratch::new("refusals-check");
+    for (yaml, field) in [
+        ("limits:\n  on_violation: explode\n", "on_violation"),
+        ("limits:\n  max_denied: lots\n", "max_denied"),
+        ("limits:\n  max_denied: -1\n", "max_denied"),
+        (
+            "network:\n  allow:\n    - host: a.example\n      allow_path_parameters: sometimes\n",
+            "allow_path_parameters",
+        ),
+        (
+            "network:\n  allow:\n    - host: a.example\n      allow_encoded_percent: 1\n",
+            "allow_encoded_percent",
+        ),
+        (
+            "network:\n  allow:\n    - host: a.example\n      allow_trailing_dot: [true]\n",
+            "allow_trailing_dot",
+        ),
+    ] {
+        let file = scratch.file("bad.yaml", &format!("version: 1\nteam: e2e\n{yaml}"));
+        let output = tollgate_tests::tollgate()
+            .args(["policy", "check"])
+            .arg(&file)
+            .output()
+            .expect("run tollgate policy check");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(output.status.code(), Some(2), "{yaml:?}: {text}");
+        assert!(
+            text.contains(field),
+            "{yaml:?}: the message names {field}: {text}"
+        );
+        assert!(!text.contains("panicked"), "{text}");
+    }
+    let good = scratch.file(
+        "good.yaml",
+        "version: 1\nteam: e2e\nnetwork:\n  allow:\n    - host: a.example\n      allow_path_parameters: true\n      allow_encoded_percent: true\n      allow_trailing_dot: true\nlimits:\n  max_denied: 5\n  on_violation: kill\n",
+    );
+    let output = tollgate_tests::tollgate()
+        .args(["policy", "check"])
+        .arg(&good)
+        .output()
+        .expect("run tollgate policy check");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
 }
 
 /// A client that makes exactly `max_denied` refused requests (plain and tunnels), says so,
