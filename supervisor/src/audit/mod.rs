@@ -102,9 +102,11 @@ impl AuditLog {
     pub fn write(&self, record: Record) {
         let Some(inner) = &self.inner else { return };
         let queue = inner.queue.lock().unwrap_or_else(|p| p.into_inner());
-        let sent = queue
-            .as_ref()
-            .is_some_and(|queue| queue.send(writer::Message::Record(Box::new(record))).is_ok());
+        let sent = queue.as_ref().is_some_and(|queue| {
+            queue
+                .send(writer::Message::Record(Box::new(record)))
+                .is_ok()
+        });
         if !sent {
             tracing::error!("audit record dropped: the audit log is closed");
         }
@@ -130,7 +132,11 @@ impl AuditLog {
     pub fn close(&self) {
         let Some(inner) = &self.inner else { return };
         inner.queue.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let thread = inner.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let thread = inner
+            .thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         if let Some(thread) = thread {
             if thread.join().is_err() {
                 tracing::error!("the audit writer thread panicked");

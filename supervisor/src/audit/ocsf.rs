@@ -101,7 +101,12 @@ pub struct Encoder {
 impl Encoder {
     /// The OCSF events `record` stands for: one, or two for a request that is a finding too.
     pub fn events(&mut self, record: &Record) -> Vec<Value> {
-        match (record.kind, &record.traffic, &record.bypass, &record.sandbox) {
+        match (
+            record.kind,
+            &record.traffic,
+            &record.bypass,
+            &record.sandbox,
+        ) {
             (Kind::Http, Some(traffic), _, _) => {
                 let uid = self.next_uid(record);
                 let mut events = vec![http_activity(record, traffic, &uid)];
@@ -526,7 +531,10 @@ fn dst_endpoint(traffic: &Traffic) -> Option<Value> {
         endpoint.insert("hostname".into(), json!(traffic.host));
         endpoint.insert("port".into(), json!(traffic.port));
     }
-    let dialed = traffic.address.as_deref().and_then(|a| a.parse::<SocketAddr>().ok());
+    let dialed = traffic
+        .address
+        .as_deref()
+        .and_then(|a| a.parse::<SocketAddr>().ok());
     if let Some(dialed) = dialed {
         endpoint.insert("ip".into(), json!(dialed.ip().to_string()));
         endpoint.insert("port".into(), json!(dialed.port()));

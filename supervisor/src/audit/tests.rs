@@ -354,8 +354,17 @@ fn every_record_of_every_type_outcome_and_finding_is_valid_against_the_schema() 
             wrong.push(format!("{value}\n  {why}"));
         }
     }
-    assert!(wrong.is_empty(), "records the schema refuses:\n{}", wrong.join("\n"));
-    for kind in [Kind::Http, Kind::Connect, Kind::BypassAttempt, Kind::Sandbox] {
+    assert!(
+        wrong.is_empty(),
+        "records the schema refuses:\n{}",
+        wrong.join("\n")
+    );
+    for kind in [
+        Kind::Http,
+        Kind::Connect,
+        Kind::BypassAttempt,
+        Kind::Sandbox,
+    ] {
         assert!(records.iter().any(|r| r.kind == kind), "no {kind:?} record");
     }
 }
@@ -497,7 +506,11 @@ fn the_schema_refuses_what_the_documentation_does_not_have() {
             accepted.push(format!("{what}: {record}"));
         }
     }
-    assert!(accepted.is_empty(), "the schema accepts:\n{}", accepted.join("\n"));
+    assert!(
+        accepted.is_empty(),
+        "the schema accepts:\n{}",
+        accepted.join("\n")
+    );
 }
 
 /// The words of `$defs.<name>.enum` in the schema.
@@ -530,7 +543,10 @@ fn the_schemas_closed_sets_are_the_codes() {
             .collect()
     };
     assert_eq!(schema_enum(&schema, "outcome"), outcomes(None));
-    assert_eq!(schema_enum(&schema, "http_outcome"), outcomes(Some(Kind::Http)));
+    assert_eq!(
+        schema_enum(&schema, "http_outcome"),
+        outcomes(Some(Kind::Http))
+    );
     assert_eq!(
         schema_enum(&schema, "connect_outcome"),
         outcomes(Some(Kind::Connect))
@@ -556,17 +572,36 @@ fn docs_audit_md_names_every_field_and_every_value() {
     let text = std::fs::read_to_string(docs("audit.md")).expect("docs/audit.md");
     let mut names = BTreeSet::new();
     for record in every_record() {
-        names.extend(json_of(&record).as_object().expect("an object").keys().cloned());
+        names.extend(
+            json_of(&record)
+                .as_object()
+                .expect("an object")
+                .keys()
+                .cloned(),
+        );
     }
     names.extend(every_outcome().into_iter().map(|(o, _)| word(o)));
     names.extend(reasons());
     names.extend(FINDINGS.map(word));
-    names.extend(["http", "connect", "bypass_attempt", "sandbox", "allow", "deny"].map(str::to_owned));
+    names.extend(
+        [
+            "http",
+            "connect",
+            "bypass_attempt",
+            "sandbox",
+            "allow",
+            "deny",
+        ]
+        .map(str::to_owned),
+    );
     let missing: Vec<&String> = names
         .iter()
         .filter(|name| !text.contains(&format!("`{name}`")))
         .collect();
-    assert!(missing.is_empty(), "docs/audit.md does not name {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "docs/audit.md does not name {missing:?}"
+    );
 }
 
 /// The checks every OCSF event passes, whatever its class.
@@ -580,7 +615,10 @@ fn check_event(event: &Value, record: &Record) -> Vec<String> {
     if activity.is_none() || event["type_uid"].as_u64() != activity.map(|a| class * 100 + a) {
         wrong.push("type_uid is not class_uid × 100 + activity_id".to_owned());
     }
-    if !event["severity_id"].as_u64().is_some_and(|s| (1..=6).contains(&s)) {
+    if !event["severity_id"]
+        .as_u64()
+        .is_some_and(|s| (1..=6).contains(&s))
+    {
         wrong.push("no severity_id".to_owned());
     }
     let time = humantime::parse_rfc3339(&record.time).expect("a record's time");
@@ -639,7 +677,10 @@ fn every_record_is_one_ocsf_event_of_its_class_and_findings_are_findings_too() {
             Kind::Sandbox => vec![6002],
         };
         if classes != want {
-            wrong.push(format!("{:?} became classes {classes:?}, want {want:?}", record.kind));
+            wrong.push(format!(
+                "{:?} became classes {classes:?}, want {want:?}",
+                record.kind
+            ));
         }
         for event in &events {
             for problem in check_event(event, &record) {
@@ -677,7 +718,9 @@ fn an_http_record_becomes_http_activity_with_its_request_response_and_endpoint()
     assert_eq!(event["status_detail"], "refused");
     assert_eq!(event["status_code"], "policy_denied");
     assert_eq!(event["dst_endpoint"]["hostname"], "api.example.test");
-    assert!(event["message"].as_str().is_some_and(|m| m.contains("refused")));
+    assert!(event["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("refused")));
     let unmapped = &event["unmapped"];
     assert_eq!(unmapped["team"], "payments");
     assert_eq!(unmapped["reason"], "l7_denied");
@@ -710,15 +753,24 @@ fn a_tunnel_becomes_network_activity_refused_closed_reset_or_failed() {
             .events(&record(traffic(Kind::Connect, outcome, decision)))
             .remove(0);
         assert_eq!(event["class_uid"], 4001, "{event}");
-        (event["activity_name"].as_str().unwrap_or("").to_owned(), event)
+        (
+            event["activity_name"].as_str().unwrap_or("").to_owned(),
+            event,
+        )
     };
     assert_eq!(activity(Outcome::Refused, Verdict::Deny).0, "Refuse");
     assert_eq!(activity(Outcome::NotTls, Verdict::Deny).0, "Refuse");
     assert_eq!(activity(Outcome::Closed, Verdict::Allow).0, "Close");
     assert_eq!(activity(Outcome::Reset, Verdict::Allow).0, "Reset");
-    assert_eq!(activity(Outcome::TunnelDurationExceeded, Verdict::Allow).0, "Reset");
+    assert_eq!(
+        activity(Outcome::TunnelDurationExceeded, Verdict::Allow).0,
+        "Reset"
+    );
     assert_eq!(activity(Outcome::Failed, Verdict::Allow).0, "Fail");
-    assert_eq!(activity(Outcome::TlsHandshakeFailed, Verdict::Allow).0, "Fail");
+    assert_eq!(
+        activity(Outcome::TlsHandshakeFailed, Verdict::Allow).0,
+        "Fail"
+    );
     let (_, closed) = activity(Outcome::Closed, Verdict::Allow);
     assert_eq!(closed["traffic"]["bytes"], 5_120);
     assert_eq!(closed["unmapped"]["tls"], "intercept");
@@ -764,7 +816,10 @@ fn a_bypass_attempt_and_a_placeholder_outside_its_scope_are_detection_findings()
         finding["finding_info"]["related_events"][0]["uid"],
         request["metadata"]["uid"]
     );
-    assert_eq!(finding["evidences"][0]["url"]["hostname"], "api.example.test");
+    assert_eq!(
+        finding["evidences"][0]["url"]["hostname"],
+        "api.example.test"
+    );
 }
 
 #[test]
@@ -786,5 +841,8 @@ fn a_bypass_record_says_what_was_refused_in_a_sentence() {
     odd.sock_type = SocketType::Other(10);
     odd.protocol = Protocol::Other(262);
     let odd = message(&odd);
-    assert!(odd.contains("other 10 socket (protocol other 262)"), "{odd}");
+    assert!(
+        odd.contains("other 10 socket (protocol other 262)"),
+        "{odd}"
+    );
 }

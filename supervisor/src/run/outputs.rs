@@ -346,7 +346,10 @@ mod tests {
         nix::unistd::mkfifo(&dir.0.join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
         std::fs::hard_link(&victim, dir.0.join("hard")).unwrap();
         for name in ["link", "dirlink/audit", "fifo", "hard"] {
-            assert!(open_audit(&dir.0.join(name), &VIEW, audit::Format::Json).is_err(), "{name}");
+            assert!(
+                open_audit(&dir.0.join(name), &VIEW, audit::Format::Json).is_err(),
+                "{name}"
+            );
         }
         for name in ["link", "dirlink/summary", "fifo"] {
             assert!(
@@ -374,7 +377,9 @@ mod tests {
             share_ids: &[id],
             ..VIEW
         };
-        let error = open_audit(&dir.0.join("b"), &view, audit::Format::Json).err().expect("refused");
+        let error = open_audit(&dir.0.join("b"), &view, audit::Format::Json)
+            .err()
+            .expect("refused");
         assert!(error.contains("shares"), "{error}");
         std::fs::create_dir(dir.0.join("sub")).unwrap();
         assert!(SummaryTarget::open(&dir.0.join("sub/s.json"), &view).is_err());
