@@ -47,8 +47,9 @@ pub enum PolicyCommand {
         #[command(flatten)]
         secrets: SecretArgs,
     },
-    /// Decide one request against a policy and print the decision as JSON.
-    /// Exits 0 when allowed, 1 when denied, 2 on a usage or policy error.
+    /// Decide one request as the proxy would and print the decision as JSON (docs/policy.md).
+    /// Exits 0 when allowed, 1 when refused, 2 on a usage or policy error or a request the
+    /// proxy answers with 400 (a method not in upper case, an invalid URL).
     Eval(EvalArgs),
     /// Print the JSON Schema of the policy file (for editor validation and completion).
     Schema,
@@ -66,10 +67,12 @@ pub struct EvalArgs {
     pub method: String,
     #[arg(value_name = "URL")]
     pub url: String,
-    /// Use IP for HOST instead of the policy's `hosts` pins and DNS (repeatable).
+    /// Answer for HOST with IP instead of DNS (repeatable). The policy's `hosts` pins are
+    /// still used first, as the proxy uses them.
     #[arg(long = "resolve", value_name = "HOST=IP", value_parser = parse_resolve)]
     pub resolve: Vec<(String, IpAddr)>,
-    /// A request header, `Name: value` (repeatable). `Tollgate-Auth` names a provider.
+    /// A request header, `Name: value` (repeatable), checked as the proxy checks it:
+    /// `Tollgate-Auth` names a provider, which must exist and whose scope must hold URL.
     #[arg(long = "header", short = 'H', value_name = "NAME: VALUE", value_parser = parse_header)]
     pub headers: Vec<(HeaderName, HeaderValue)>,
 }
@@ -228,7 +231,7 @@ fn eval(args: &EvalArgs) -> i32 {
 fn report(url: &NormalizedUrl, evaluation: &Evaluation) -> i32 {
     let (decision, refusal) = match evaluation {
         Evaluation::Refused(refusal) => (None, Some(refusal)),
-        Evaluation::Decided { decision, refusal } => (Some(decision), refusal.as_ref()),
+        Evaluation::Decided { decision, refusal } => (Some(&**decision), refusal.as_ref()),
     };
     // What the proxy answers with 400 is an input error here.
     if let Some(refusal) = refusal.filter(|r| r.code.status() == http::StatusCode::BAD_REQUEST) {

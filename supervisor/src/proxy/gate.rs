@@ -110,7 +110,7 @@ pub(crate) enum Evaluation {
     /// The gate decided; `refusal` is what the sandbox would get instead of the upstream's
     /// answer (the decision's, or the `Tollgate-Auth` check's after an allow).
     Decided {
-        decision: Decision,
+        decision: Box<Decision>,
         refusal: Option<ProxyError>,
     },
 }
@@ -164,7 +164,10 @@ pub(crate) async fn evaluate(
             .as_deref()
             .and_then(|name| credentials::check_requested(gate.policy, name, url).err())
     };
-    Evaluation::Decided { decision, refusal }
+    Evaluation::Decided {
+        decision: Box::new(decision),
+        refusal,
+    }
 }
 
 #[cfg(test)]
