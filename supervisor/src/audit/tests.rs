@@ -133,6 +133,36 @@ const TOLLGATE_REASONS: [&str; 11] = [
     "placeholder_repeated",
 ];
 
+/// tollgate's own reasons are string literals at the refusal (`with_reason("…")`): a new one
+/// must reach the list above, and through it the schema and docs/audit.md.
+#[test]
+fn every_reason_the_proxy_gives_of_its_own_is_listed() {
+    let mut given = BTreeSet::new();
+    let mut dirs = vec![PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("a source directory") {
+            let path = entry.expect("an entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).expect("a source file");
+                const CALL: &str = "with_reason(\"";
+                for (at, _) in text.match_indices(CALL) {
+                    let word = text[at + CALL.len()..].split('"').next();
+                    given.extend(word.map(str::to_owned));
+                }
+            }
+        }
+    }
+    let listed: BTreeSet<String> = TOLLGATE_REASONS.map(str::to_owned).into_iter().collect();
+    let missing: Vec<&String> = given.difference(&listed).collect();
+    assert!(
+        missing.is_empty(),
+        "reasons given with with_reason but not in TOLLGATE_REASONS (and so not in the schema and docs/audit.md): {missing:?}"
+    );
+    assert!(given.contains("max_requests"), "the scan found {given:?}");
+}
+
 const FINDINGS: [Finding; 2] = [Finding::PlaceholderOutsideScope, Finding::SecretEchoed];
 
 fn docs(name: &str) -> PathBuf {
