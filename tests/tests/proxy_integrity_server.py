@@ -34,6 +34,9 @@
 #                        body whose two chunks cut it in half (`split`).
 #   anything else        200, the request as JSON
 #
+# A query `?notify=1` makes the server close the connection after this request with a TLS
+# close_notify (a clean TLS close) instead of the bare TCP close of every other connection.
+#
 # A leading `/scoped` is ignored (the tests' providers are scoped to it, so the same routes
 # can be fetched inside and outside every scope).
 
@@ -268,6 +271,7 @@ def answer(sock, scheme, method, target, headers, rfile):
 
 def serve(sock, scheme):
     rfile = sock.makefile("rb")
+    notify = False
     try:
         while True:
             request = read_head(rfile)
@@ -275,14 +279,22 @@ def serve(sock, scheme):
                 return
             method, target, headers = request
             log({"scheme": scheme, "method": method, "path": target, "headers": headers})
+            notify = target.endswith("?notify=1")
             if not answer(sock, scheme, method, target, headers, rfile):
                 return
     except (OSError, ValueError):
         return
     finally:
         # Closing the socket (after the file that holds a reference to it), never unwrap():
-        # the peer sees TCP's FIN with no TLS close_notify before it.
+        # the peer sees TCP's FIN with no TLS close_notify before it. Unless the request
+        # asked for a clean TLS close (`?notify=1`): then close_notify goes first.
         rfile.close()
+        if notify and scheme == "https":
+            try:
+                sock.settimeout(5)
+                sock.unwrap()
+            except (OSError, ValueError):
+                pass
         try:
             sock.close()
         except OSError:
