@@ -318,7 +318,13 @@ mod tests {
 
     #[tokio::test]
     async fn evaluate_checks_tollgate_auth_as_the_proxy_does() {
-        let cases: [(&str, &[(&str, &str)], Option<(&str, &str)>); 8] = [
+        /// (URL, headers, the refusal's reason and code).
+        type Case<'a> = (
+            &'a str,
+            &'a [(&'a str, &'a str)],
+            Option<(&'a str, &'a str)>,
+        );
+        let cases: [Case; 8] = [
             ("https://api.test/ok/x", &[], None),
             ("https://api.test/ok/x", &[("tollgate-auth", " tok ")], None),
             (
