@@ -475,16 +475,38 @@ fn eval_uses_host_pins_and_reports_cannot_resolve() {
     assert_eq!(code, 0, "{json}");
     assert_eq!(json["addresses"], serde_json::json!(["10.86.8.223"]));
     assert_eq!(json["class"], "internal");
-    // `.invalid` never resolves (RFC 6761), so this needs no network.
+    // The system resolver, asked from a network namespace of its own with nothing in it: the
+    // lookup fails on this machine, and no query leaves it.
     let scratch = Scratch::new("resolve");
     let policy = scratch.file(
         "p.yaml",
         "version: 1\nteam: t\nnetwork:\n  allow: [https://nothing.invalid]\n",
     );
-    let (code, json) = eval(&policy, &["GET", "https://nothing.invalid/"]);
+    let output = std::process::Command::new("/usr/bin/unshare")
+        .arg("--net")
+        .arg(tollgate_tests::tollgate_path())
+        .args(["policy", "eval"])
+        .arg(&policy)
+        .args(["GET", "https://nothing.invalid/"])
+        .output()
+        .expect("run tollgate in a network namespace of its own");
+    let json: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
     assert_eq!(
-        (code, json["reason"].as_str()),
-        (1, Some("cannot_resolve")),
+        (output.status.code(), json["reason"].as_str()),
+        (Some(1), Some("cannot_resolve")),
+        "{json}"
+    );
+    assert_eq!(json["error"], "connect_error", "{json}");
+    // The message says why the lookup failed.
+    assert!(
+        json["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("does not resolve (")),
         "{json}"
     );
 }
