@@ -14,13 +14,13 @@
 mod activity;
 mod intercept;
 
-use activity::{Activity, Counted, Side};
+use crate::audit::{Kind, Outcome, Traffic, Verdict};
 use crate::proxy::body::{self, ProxyBody};
 use crate::proxy::errors::{ErrorCode, ProxyError};
-use crate::proxy::upstream::{DialError, DialTarget, Dialed};
-use crate::audit::{Kind, Outcome, Traffic, Verdict};
 use crate::proxy::finish::{finish, refuse};
+use crate::proxy::upstream::{DialError, DialTarget, Dialed};
 use crate::proxy::{gate, headers, ConnContext, Shared};
+use activity::{Activity, Counted, Side};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
