@@ -13,6 +13,7 @@ pub mod ip;
 mod load;
 pub mod locate;
 pub mod model;
+pub mod path_readings;
 pub mod rego;
 pub mod request;
 pub mod schema;

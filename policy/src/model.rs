@@ -1,5 +1,6 @@
 //! The validated policy: what decisions are made from, after every check in `validate` passed.
 
+use crate::path_readings::lenient_reading;
 use crate::schema::{Access, OnViolation, ProviderKind, Scheme, SecretRef, TlsMode};
 use crate::url::{HostPattern, NormalizedUrl, PathHazards, PathPattern, UrlHost, UrlPrefix};
 use std::collections::BTreeMap;
@@ -179,9 +180,12 @@ impl L7Rule {
 
     /// As an entry of `deny_rules`: the path ignoring ASCII case, so a refusal cannot be
     /// dodged by asking a case-insensitive server (IIS, a Windows or macOS file system)
-    /// for `/ADMIN` instead of `/admin`.
+    /// for `/ADMIN` instead of `/admin`; and the path as a lenient server reads it
+    /// ([`lenient_reading`]), so an entry's opt-ins never open a way around its deny rules.
     pub fn denies(&self, method: &str, path: &str) -> bool {
-        self.method_matches(method) && self.path.matches_ignoring_ascii_case(path)
+        self.method_matches(method)
+            && (self.path.matches_ignoring_ascii_case(path)
+                || self.path.matches_ignoring_ascii_case(&lenient_reading(path)))
     }
 
     /// Methods are case-sensitive (RFC 9110): the rule's is stored upper case, and a request
