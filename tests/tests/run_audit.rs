@@ -38,7 +38,10 @@ fn a_flood_of_attempts_is_counted_but_the_log_stays_bounded() {
         .iter()
         .map(|r| r["count"].as_u64().unwrap_or(1))
         .sum();
-    assert_eq!(events, attempts as u64, "the records stand for every attempt");
+    assert_eq!(
+        events, attempts as u64,
+        "the records stand for every attempt"
+    );
     let summary = read_json(&summary);
     assert_eq!(
         summary["bypass_attempts"], attempts,

@@ -159,7 +159,9 @@ mod tests {
         assert_eq!(error.code.status().as_u16(), 429);
         assert_eq!(error.reason, "denial_limit");
         assert!(
-            error.message.contains("refused 3 requests (limits.max_denied)"),
+            error
+                .message
+                .contains("refused 3 requests (limits.max_denied)"),
             "{}",
             error.message
         );
