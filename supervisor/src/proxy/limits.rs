@@ -1,13 +1,24 @@
 //! Per-execution limits enforced on the request side: the `max_requests` budget (checked
 //! before every upstream attempt) and `max_request_bytes` (checked on `Content-Length`
-//! before any byte is read, then counted while the body streams in).
+//! before any byte is read, then counted while the body streams in); and the response
+//! body read whole under `max_response_bytes`.
+//!
+//! A refused request's body is read and thrown away before the refusal is sent (up to
+//! [`DRAIN_LIMIT`], within the request timeout), as nginx's lingering close does: a server
+//! that answers and closes while the client is still sending makes the kernel reset the
+//! connection, and the client reads `Broken pipe` or a TLS EOF instead of its `413`.
 
 use super::errors::{ErrorCode, ProxyError};
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// At most this much of a refused request's body is read (and thrown away) so that its client
+/// gets to read the refusal; a client that sends more gets the answer and a closed connection.
+pub(crate) const DRAIN_LIMIT: u64 = 256 * 1024 * 1024;
 
 /// The execution's upstream attempts: every attempt (retries and tunnels included) takes one.
 pub(crate) struct Budget {
@@ -64,25 +75,95 @@ pub(crate) fn check_declared_length(headers: &HeaderMap, limit: u64) -> Result<(
     }
 }
 
-/// Reads the whole request body, at most `limit` bytes, so it can be replayed on retries.
-pub(crate) async fn read_body(body: Incoming, limit: u64) -> Result<Bytes, ProxyError> {
-    let mut body = body;
-    let mut buffer = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            ProxyError::new(
-                ErrorCode::InvalidRequest,
-                format!("the request body could not be read: {e}"),
-            )
-        })?;
-        if let Ok(data) = frame.into_data() {
-            if (buffer.len() as u64).saturating_add(data.len() as u64) > limit {
-                return Err(too_large(limit));
-            }
-            buffer.extend_from_slice(&data);
+/// The sandbox's request body, held until the request is answered: read whole for the
+/// upstream, or, when the request is refused, read and thrown away first.
+pub(crate) struct RequestBody {
+    body: Incoming,
+    /// The client waits for `100 Continue` before it sends the body (hyper sends that when
+    /// the body is first read).
+    awaits_continue: bool,
+    /// Reading started: any `100 Continue` went out, the client is sending.
+    started: bool,
+    /// The body broke or stalled: nothing more can be read from it.
+    broken: bool,
+}
+
+impl RequestBody {
+    pub fn new(body: Incoming, headers: &HeaderMap) -> RequestBody {
+        let awaits_continue = headers
+            .get(header::EXPECT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"));
+        RequestBody {
+            body,
+            awaits_continue,
+            started: false,
+            broken: false,
         }
     }
-    Ok(buffer.freeze())
+
+    /// Reads the whole body, at most `limit` bytes within `timeout`, so it can be replayed
+    /// on retries.
+    pub async fn read(&mut self, limit: u64, timeout: Duration) -> Result<Bytes, ProxyError> {
+        self.started = true;
+        let mut buffer = BytesMut::new();
+        let read = async {
+            while let Some(frame) = self.body.frame().await {
+                let frame = frame.map_err(|e| {
+                    ProxyError::new(
+                        ErrorCode::InvalidRequest,
+                        format!("the request body could not be read: {e}"),
+                    )
+                })?;
+                if let Ok(data) = frame.into_data() {
+                    if (buffer.len() as u64).saturating_add(data.len() as u64) > limit {
+                        return Err(too_large(limit));
+                    }
+                    buffer.extend_from_slice(&data);
+                }
+            }
+            Ok(())
+        };
+        let result = match tokio::time::timeout(timeout, read).await {
+            Ok(result) => result,
+            Err(_) => Err(ProxyError::new(
+                ErrorCode::ClientTimeout,
+                format!("the request body did not arrive within {timeout:?}"),
+            )),
+        };
+        if let Err(error) = &result {
+            self.broken = error.code != ErrorCode::RequestTooLarge;
+        }
+        result.map(|()| buffer.freeze())
+    }
+
+    /// Makes a refusal readable before it is sent: reads and throws away what is left of the
+    /// body (at most [`DRAIN_LIMIT`] bytes within `within`), unless the client still waits
+    /// for `100 Continue` (it has sent nothing and will send nothing) or the body is broken.
+    /// Returns whether the connection must close after the refusal: whenever the body had not
+    /// been read to its end.
+    pub async fn settle(&mut self, within: Duration) -> bool {
+        if self.body.is_end_stream() {
+            return false;
+        }
+        if self.broken || (self.awaits_continue && !self.started) {
+            return true;
+        }
+        let body = &mut self.body;
+        let drain = async {
+            let mut thrown = 0u64;
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Ok(data) = frame.into_data() {
+                    thrown = thrown.saturating_add(data.len() as u64);
+                    if thrown > DRAIN_LIMIT {
+                        return;
+                    }
+                }
+            }
+        };
+        let _ = tokio::time::timeout(within, drain).await;
+        true
+    }
 }
 
 /// Reads a whole response body (to search it for echoed secrets), at most `limit` bytes.

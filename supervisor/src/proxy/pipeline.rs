@@ -8,17 +8,20 @@
 //! signature, exchange, retry) → relay the response (echoed secrets redacted) → audit.
 
 use super::body::{self, ProxyBody};
-use super::errors::{ErrorCode, ProxyError};
-use super::hooks::{HookRequest, HookResponse, HookVerdict};
-use super::relay::{Finish, RelayBody};
 use super::credentials::redact;
-use super::upstream::{self, Outgoing};
+use super::errors::{ErrorCode, ProxyError};
 use super::finish::refuse;
+use super::hooks::{HookRequest, HookResponse, HookVerdict};
+use super::http1::Delivery;
+use super::relay::{Finish, RelayBody, MAX_BUFFERED};
+use super::upstream::{self, Outgoing};
 use super::{credentials, gate, headers, limits, Shared};
 use crate::audit::{Finding, Kind, Outcome, Traffic, Verdict};
 use bytes::Bytes;
 use http::request::Parts;
-use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri};
+use http::{
+    header, HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri, Version,
+};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::sync::Arc;
@@ -40,8 +43,19 @@ pub(crate) async fn handle(
     }
     let started = Instant::now();
     let mut record = Traffic::new(Kind::Http, parts.method.as_str());
+    let mut body = limits::RequestBody::new(body, &parts.headers);
     let result = match url {
-        Ok(url) => steps(&shared, url, parts, body, ambiguous_framing, &mut record).await,
+        Ok(url) => {
+            steps(
+                &shared,
+                url,
+                parts,
+                &mut body,
+                ambiguous_framing,
+                &mut record,
+            )
+            .await
+        }
         Err(error) => {
             // The target was refused before normalisation, but its scheme and authority
             // still say where the request was headed; the path is left out, unparsed.
@@ -53,23 +67,46 @@ pub(crate) async fn handle(
             record.host = parts.uri.host().unwrap_or_default().to_ascii_lowercase();
             record.port = parts.uri.port_u16().unwrap_or(0);
             // The method is the first thing wrong with a `connect host:443`.
-            Err(headers::check_method(parts.method.as_str()).err().unwrap_or(error))
+            Err(headers::check_method(parts.method.as_str())
+                .err()
+                .unwrap_or(error))
         }
     };
     match result {
         Ok(response) => response,
-        Err(error) => refuse(&shared, record, &error, started),
+        Err(error) => {
+            let refusal = refuse(&shared, record, &error, started);
+            once_readable(&shared, &mut body, refusal).await
+        }
     }
+}
+
+/// A refusal goes out once its client can read it: the rest of the request body is read and
+/// thrown away first, and the connection closes after the answer when any of it was left
+/// (see [`limits::RequestBody::settle`]).
+async fn once_readable(
+    shared: &Shared,
+    body: &mut limits::RequestBody,
+    mut refusal: Response<ProxyBody>,
+) -> Response<ProxyBody> {
+    let within = shared.policy.limits.clamp_timeout(None);
+    if body.settle(within).await {
+        refusal
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    refusal
 }
 
 async fn steps(
     shared: &Arc<Shared>,
     url: NormalizedUrl,
     parts: Parts,
-    body: Incoming,
+    body: &mut limits::RequestBody,
     ambiguous_framing: bool,
     record: &mut Traffic,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    let delivery = parts.extensions.get::<Arc<Delivery>>().cloned();
     set_url(record, &url);
     // First of all: a method not in upper case is never matched (`delete` would miss a
     // `DELETE` deny rule on its way to a server that upper-cases it).
@@ -100,15 +137,7 @@ async fn steps(
     outgoing_headers.remove(header::CONTENT_LENGTH);
     headers::set_host(&mut outgoing_headers, &url)?;
     headers::add_via(&mut outgoing_headers);
-    let body = match tokio::time::timeout(timeout, limits::read_body(body, limit)).await {
-        Ok(body) => body?,
-        Err(_) => {
-            return Err(ProxyError::new(
-                ErrorCode::ClientTimeout,
-                format!("the request body did not arrive within {timeout:?}"),
-            ))
-        }
-    };
+    let body = body.read(limit, timeout).await?;
     record.bytes_up = body.len() as u64;
     let attached = credentials::attach(
         &shared.credentials,
@@ -146,7 +175,7 @@ async fn steps(
         redact: attached.redact,
     };
     let sent = upstream::attempts(shared, &outgoing, record).await?;
-    relay(shared, &outgoing, sent, record.clone()).await
+    relay(shared, &outgoing, sent, record.clone(), delivery).await
 }
 
 fn set_url(record: &mut Traffic, url: &NormalizedUrl) {
@@ -218,15 +247,26 @@ fn apply_team_edits(headers: &mut HeaderMap, decision: &Decision) {
 }
 
 /// Relays the final response: size check on `Content-Length`, hop-by-hop removal, `Via`,
-/// redaction of echoed secrets, `after_http` hooks, then the body under its limits (see
-/// `relay`), buffered when it must be searched for secrets.
+/// redaction of echoed secrets, `after_http` hooks, then the body under its limits: streamed
+/// (see `relay`), or buffered whole when it must be searched for secrets or has no length
+/// while the limit is small enough to hold ([`MAX_BUFFERED`]), so that an over-limit body is
+/// a `response_too_large` refusal instead of a truncated answer.
+///
+/// What the sandbox gets is tollgate's own HTTP/1.1 message, not a copy of the upstream's:
+/// an HTTP/1.0 answer copied as such would reach the sandbox close-delimited, where a body
+/// cut short looks complete (hyper answers an HTTP/1.0 client in HTTP/1.0 by itself); and the
+/// upstream's reason phrase (which hyper keeps in an extension for its server to repeat) may
+/// carry anything, an echoed secret included: the sandbox gets the standard one.
 async fn relay(
     shared: &Arc<Shared>,
     outgoing: &Outgoing,
     sent: upstream::Sent,
     mut record: Traffic,
+    delivery: Option<Arc<Delivery>>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = sent.response.into_parts();
+    parts.version = Version::HTTP_11;
+    parts.extensions = http::Extensions::new();
     record.address = Some(sent.peer.to_string());
     record.attempt = Some(sent.attempt);
     record.status = Some(parts.status.as_u16());
@@ -236,18 +276,9 @@ async fn relay(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    // A HEAD answer (and 204/304) carries no body whatever its Content-Length says.
-    let bodiless = outgoing.method == Method::HEAD
-        || parts.status == StatusCode::NO_CONTENT
-        || parts.status == StatusCode::NOT_MODIFIED;
+    let bodiless = is_bodiless(&outgoing.method, parts.status);
     if !bodiless && declared.is_some_and(|length| length > limit) {
-        return Err(ProxyError::new(
-            ErrorCode::ResponseTooLarge,
-            format!(
-                "the response from {} is larger than the {limit}-byte limit (limits.max_response_bytes)",
-                outgoing.url.authority()
-            ),
-        ));
+        return Err(response_too_large(&outgoing.url, limit));
     }
     let reusable = !parts.headers.get_all(header::CONNECTION).iter().any(|v| {
         v.to_str()
@@ -280,17 +311,37 @@ async fn relay(
         started: sent.started,
         reuse: reusable.then_some(sent.connection),
     };
-    if outgoing.redact {
+    let unknown_length = !bodiless && declared.is_none();
+    if outgoing.redact || (unknown_length && limit <= MAX_BUFFERED) {
         return buffered(shared, outgoing, parts, body, limit, sent.deadline, finish).await;
     }
     let deadline = Box::pin(tokio::time::sleep_until(sent.deadline));
-    let body = RelayBody::new(body, limit, deadline, finish);
+    let body = RelayBody::new(body, limit, deadline, delivery, finish);
     Ok(Response::from_parts(parts, body.boxed()))
 }
 
-/// The whole body read (under the limit and the deadline), searched for every secret, and
-/// sent with its new length. A compressed body cannot be searched, so it is refused: tollgate
-/// asked for `Accept-Encoding: identity`.
+/// A HEAD answer (and every 1xx, 204 and 304) carries no body whatever its
+/// `Content-Length` says.
+fn is_bodiless(method: &Method, status: StatusCode) -> bool {
+    method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+}
+
+fn response_too_large(url: &NormalizedUrl, limit: u64) -> ProxyError {
+    ProxyError::new(
+        ErrorCode::ResponseTooLarge,
+        format!(
+            "the response from {} is larger than the {limit}-byte limit (limits.max_response_bytes)",
+            url.authority()
+        ),
+    )
+}
+
+/// The whole body read (under the limit and the deadline), searched for every secret when
+/// `outgoing.redact`, and sent with its length. A compressed body cannot be searched, so it
+/// is refused there: tollgate asked for `Accept-Encoding: identity`.
 async fn buffered(
     shared: &Arc<Shared>,
     outgoing: &Outgoing,
@@ -307,7 +358,7 @@ async fn buffered(
         .map(str::trim)
         .filter(|v| !v.is_empty() && !v.eq_ignore_ascii_case("identity"))
         .map(str::to_owned);
-    if let Some(encoding) = encoded {
+    if let Some(encoding) = encoded.filter(|_| outgoing.redact) {
         finish.abandon();
         return Err(ProxyError::new(
             ErrorCode::ConnectError,
@@ -337,17 +388,18 @@ async fn buffered(
         }
         Ok(Ok(data)) => data,
     };
-    let data = match redact::bytes(&data, shared.credentials.needles()) {
+    let redacted = outgoing
+        .redact
+        .then(|| redact::bytes(&data, shared.credentials.needles()))
+        .flatten();
+    let data = match redacted {
         Some(clean) => {
             finish.traffic.finding = Some(Finding::SecretEchoed);
             Bytes::from(clean)
         }
         None => data,
     };
-    let status = parts.status.as_u16();
-    let bodiless =
-        outgoing.method == Method::HEAD || status < 200 || status == 204 || status == 304;
-    if !bodiless {
+    if !is_bodiless(&outgoing.method, parts.status) {
         parts.headers.remove(header::TRANSFER_ENCODING);
         parts
             .headers

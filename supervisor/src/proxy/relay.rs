@@ -1,13 +1,18 @@
 //! Relaying an upstream response body to the sandbox under the execution's limits.
 //!
 //! The body streams through unbuffered. Bytes are counted against `max_response_bytes` and the
-//! request's deadline keeps running; crossing either aborts the client connection mid-body,
-//! so the client sees a truncated message, never a shortened one that looks complete. The
-//! audit record and operator log line of the attempt are written when the body ends, fails,
-//! or is dropped.
+//! request's deadline keeps running. Crossing either, or the upstream breaking its own framing
+//! off, cuts the body: the client first gets every byte tollgate accepted before the cut (see
+//! [`Delivery`]), then its connection is aborted mid-body (no last chunk, no `close_notify`),
+//! so it sees a truncated message, never a shortened one that looks complete. The sandbox is
+//! always answered in HTTP/1.1 framing (`pipeline` sees to that), so an abort is visible
+//! whatever framing the upstream used. The audit record and operator log line of the attempt
+//! are written when the body ends, is cut, or is dropped.
 
 use super::body::BoxError;
+use super::errors::ErrorCode;
 use super::finish::finish;
+use super::http1::Delivery;
 use super::upstream::pool;
 use super::Shared;
 use crate::audit::{Outcome, Traffic};
@@ -17,8 +22,17 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::time::Sleep;
+
+/// Responses without a length are buffered whole (to answer `response_too_large` before the
+/// head when they are over the limit) while `max_response_bytes` is at most this; above it
+/// they stream and an over-limit body is aborted.
+pub(crate) const MAX_BUFFERED: u64 = 16 * 1024 * 1024;
+
+/// How long a cut body waits for the client to take the bytes before the cut: a client that
+/// stops reading does not keep the connection for ever.
+const FLUSH_GRACE: Duration = Duration::from_secs(5);
 
 /// What is written when the body is done: the record so far.
 pub(crate) struct Finish {
@@ -54,16 +68,46 @@ pub(crate) struct RelayBody {
     limit: u64,
     sent: u64,
     deadline: Pin<Box<Sleep>>,
+    /// The client connection's flushes; `None` aborts a cut at once.
+    delivery: Option<Arc<Delivery>>,
+    phase: Phase,
     finish: Option<Finish>,
 }
 
+enum Phase {
+    Relaying,
+    /// Cut short: `error` goes to hyper (which aborts the connection) once the client has
+    /// every byte before the cut, or after [`FLUSH_GRACE`].
+    Cutting {
+        error: BoxError,
+        grace: Pin<Box<Sleep>>,
+    },
+    Ended,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Cut {
+    #[error("the response body is larger than the {0}-byte limit (limits.max_response_bytes)")]
+    TooLarge(u64),
+    #[error("the request timed out while the response body was streaming")]
+    Timeout,
+}
+
 impl RelayBody {
-    pub fn new(inner: Incoming, limit: u64, deadline: Pin<Box<Sleep>>, finish: Finish) -> Self {
+    pub fn new(
+        inner: Incoming,
+        limit: u64,
+        deadline: Pin<Box<Sleep>>,
+        delivery: Option<Arc<Delivery>>,
+        finish: Finish,
+    ) -> Self {
         RelayBody {
             inner,
             limit,
             sent: 0,
             deadline,
+            delivery,
+            phase: Phase::Relaying,
             finish: Some(finish),
         }
     }
@@ -73,14 +117,20 @@ impl RelayBody {
             finish.write(outcome, self.sent);
         }
     }
-}
 
-#[derive(Debug, thiserror::Error)]
-enum Cut {
-    #[error("the response body is larger than the limit of {0} bytes")]
-    TooLarge(u64),
-    #[error("the request timed out while the response body was streaming")]
-    Timeout,
+    /// Completes the record as cut (`code` and the sentence when tollgate cut it) and starts
+    /// waiting for the client to have every byte before the cut.
+    fn cut(&mut self, outcome: Outcome, code: Option<ErrorCode>, error: BoxError) {
+        if let (Some(finish), Some(code)) = (self.finish.as_mut(), code) {
+            finish.traffic.error = Some(code.as_str());
+            finish.traffic.message = Some(error.to_string());
+        }
+        self.end(outcome);
+        self.phase = Phase::Cutting {
+            error,
+            grace: Box::pin(tokio::time::sleep(FLUSH_GRACE)),
+        };
+    }
 }
 
 impl Body for RelayBody {
@@ -92,43 +142,69 @@ impl Body for RelayBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        if this.finish.is_none() {
-            return Poll::Ready(None);
-        }
-        if this.deadline.as_mut().poll(cx).is_ready() {
-            this.end(Outcome::Timeout);
-            return Poll::Ready(Some(Err(Box::new(Cut::Timeout))));
-        }
         loop {
-            return match Pin::new(&mut this.inner).poll_frame(cx) {
-                Poll::Pending => Poll::Pending,
+            match &mut this.phase {
+                Phase::Ended => return Poll::Ready(None),
+                Phase::Cutting { grace, .. } => {
+                    let flushed = this.delivery.as_ref().is_none_or(|d| d.flushed(cx));
+                    if !flushed && grace.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    let Phase::Cutting { error, .. } =
+                        std::mem::replace(&mut this.phase, Phase::Ended)
+                    else {
+                        unreachable!("the phase was matched just above");
+                    };
+                    return Poll::Ready(Some(Err(error)));
+                }
+                Phase::Relaying => {}
+            }
+            if this.deadline.as_mut().poll(cx).is_ready() {
+                this.cut(
+                    Outcome::Timeout,
+                    Some(ErrorCode::Timeout),
+                    Box::new(Cut::Timeout),
+                );
+                continue;
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => {
                     this.end(Outcome::Complete);
-                    Poll::Ready(None)
+                    this.phase = Phase::Ended;
+                    return Poll::Ready(None);
                 }
                 Poll::Ready(Some(Err(error))) => {
-                    this.end(Outcome::UpstreamError);
-                    Poll::Ready(Some(Err(Box::new(error))))
+                    this.cut(Outcome::UpstreamError, None, Box::new(error));
                 }
-                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => {
-                        let total = this.sent.saturating_add(data.len() as u64);
-                        if total > this.limit {
-                            this.end(Outcome::ResponseTooLarge);
-                            return Poll::Ready(Some(Err(Box::new(Cut::TooLarge(this.limit)))));
-                        }
-                        this.sent = total;
-                        Poll::Ready(Some(Ok(Frame::data(data))))
-                    }
+                Poll::Ready(Some(Ok(frame))) => {
                     // Trailers are hop-by-hop here (`TE`/`Trailer` were removed): dropped.
-                    Err(_) => continue,
-                },
-            };
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    let total = this.sent.saturating_add(data.len() as u64);
+                    if total > this.limit {
+                        let error = Box::new(Cut::TooLarge(this.limit));
+                        let code = Some(ErrorCode::ResponseTooLarge);
+                        this.cut(Outcome::ResponseTooLarge, code, error);
+                        continue;
+                    }
+                    this.sent = total;
+                    if let Some(delivery) = &this.delivery {
+                        delivery.handed();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.finish.is_none() || self.inner.is_end_stream()
+        match self.phase {
+            Phase::Relaying => self.inner.is_end_stream(),
+            Phase::Cutting { .. } => false,
+            Phase::Ended => true,
+        }
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -18,15 +18,17 @@
 //! needle for [`redact`], which keeps upstream echoes away from the sandbox.
 
 pub(crate) mod bot_auth;
+mod needles;
 pub(crate) mod redact;
 pub mod secrets;
 
-use bot_auth::{BotAuthError, BotSigner};
 use crate::proxy::errors::{ErrorCode, ProxyError};
-use secrets::{Secret, SecretError, TeamSecrets};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use bot_auth::{BotAuthError, BotSigner};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use redact::Needles;
+use secrets::{Secret, SecretError, TeamSecrets};
 use std::collections::HashSet;
 use tollgate_policy::model::AuthProvider;
 use tollgate_policy::schema::ProviderKind;
@@ -68,8 +70,9 @@ pub struct Credentials {
     providers: Vec<Provider>,
     placeholders: Vec<PlaceholderValue>,
     bot: Option<BotSigner>,
-    /// Secrets and the header values built from them, longest first.
-    needles: Vec<Vec<u8>>,
+    /// What [`redact`] looks for: secrets, the header values built from them, the bare
+    /// tokens of Basic credentials.
+    needles: Needles,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -146,17 +149,7 @@ impl Credentials {
             Some(bot) => Some(BotSigner::load(bot, &mut secrets)?),
             None => None,
         };
-        let mut needles: Vec<Vec<u8>> = Vec::new();
-        for provider in &providers {
-            for owned in &provider.owned {
-                needles.push(owned.secret.expose().as_bytes().to_vec());
-            }
-            for (_, value) in &provider.headers {
-                needles.push(value.as_bytes().to_vec());
-            }
-        }
-        needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
-        needles.dedup();
+        let needles = Needles::new(providers.iter().flat_map(needles_of).collect());
         Ok(Credentials {
             providers,
             placeholders,
@@ -179,7 +172,7 @@ impl Credentials {
     }
 
     /// What redaction looks for in responses.
-    pub(crate) fn needles(&self) -> &[Vec<u8>] {
+    pub(crate) fn needles(&self) -> &Needles {
         &self.needles
     }
 
@@ -187,6 +180,36 @@ impl Credentials {
     pub(crate) fn in_any_scope(&self, url: &NormalizedUrl) -> bool {
         self.providers.iter().any(|p| in_scope(&p.scope, url))
     }
+}
+
+/// What an echo of `provider`'s credentials may look like: each secret, each header value
+/// built from one, and for Basic the `user:secret` pair and its base64 token without the
+/// `Basic ` before it (standard and URL-safe alphabets, with and without padding). Their
+/// JSON and URL spellings are found by [`Needles`] itself.
+fn needles_of(provider: &Provider) -> Vec<Vec<u8>> {
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    let mut needles = Vec::new();
+    for owned in &provider.owned {
+        needles.push(owned.secret.expose().as_bytes().to_vec());
+    }
+    for (name, value) in &provider.headers {
+        needles.push(value.as_bytes().to_vec());
+        let basic = provider.owned.iter().any(|o| o.basic && o.header == name);
+        let token = basic_token(value).filter(|_| basic);
+        if let Some(pair) = token.and_then(|t| STANDARD.decode(t).ok()) {
+            for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
+                needles.push(engine.encode(&pair).into_bytes());
+            }
+            needles.push(pair);
+        }
+    }
+    needles
+}
+
+/// The token of a `Basic <token>` value.
+fn basic_token(value: &HeaderValue) -> Option<&str> {
+    let (scheme, token) = value.to_str().ok()?.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("basic").then(|| token.trim())
 }
 
 /// What [`attach`] did, for the audit record and the response side.
@@ -654,6 +677,38 @@ mod tests {
             swap_in_value(&twice, ph, &secret, false),
             Swap::Repeated
         ));
+    }
+
+    #[test]
+    fn the_needles_of_basic_credentials_include_their_bare_token() {
+        let pair = "robot:pw?/x+y?>z";
+        let token = STANDARD.encode(pair);
+        let value = HeaderValue::from_str(&format!("Basic {token}")).expect("value");
+        let provider = Provider {
+            name: "Basic One".into(),
+            scope: Vec::new(),
+            headers: vec![(header::AUTHORIZATION, value)],
+            owned: vec![Owned {
+                header: header::AUTHORIZATION,
+                secret: Secret::for_test("pw?/x+y?>z"),
+                basic: true,
+            }],
+        };
+        let needles: Vec<String> = needles_of(&provider)
+            .into_iter()
+            .map(|n| String::from_utf8(n).expect("utf8"))
+            .collect();
+        assert!(token.contains('+') && token.contains('/'), "{token}");
+        for want in [
+            "pw?/x+y?>z".to_owned(),
+            format!("Basic {token}"),
+            token.clone(),
+            token.trim_end_matches('=').to_owned(),
+            token.replace('+', "-").replace('/', "_"),
+            pair.to_owned(),
+        ] {
+            assert!(needles.contains(&want), "{want} not in {needles:?}");
+        }
     }
 
     #[test]

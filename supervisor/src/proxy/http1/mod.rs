@@ -1,10 +1,14 @@
 //! The HTTP/1.1 server tollgate speaks to the sandbox, on its connections to the proxy and
 //! inside intercepted tunnels: hyper with the header read timeout (also the keep-alive idle
 //! timeout), the 16 KiB header limit and CONNECT upgrades, and the framing witness on the
-//! raw bytes, which tells each request whether its head was ambiguous.
+//! raw bytes, which tells each request whether its head was ambiguous. Each request carries
+//! its connection's [`Delivery`] (in its extensions), so that a relayed body cut short can
+//! first make sure the client has every byte before the cut.
 
+mod delivery;
 mod witness;
 
+pub(crate) use delivery::Delivery;
 pub(crate) use witness::Verdicts;
 
 use super::body::ProxyBody;
@@ -14,6 +18,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use witness::Witnessed;
 
@@ -33,8 +38,13 @@ where
     let settings = context.shared.settings.clone();
     let mut stop = context.shutdown.clone();
     let guard = context.guard.clone();
-    let stream = Witnessed::new(stream, context.framing.clone());
-    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+    let delivery = Arc::new(delivery::Delivery::default());
+    let stream = delivery::Tracked::new(
+        Witnessed::new(stream, context.framing.clone()),
+        delivery.clone(),
+    );
+    let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+        request.extensions_mut().insert(delivery.clone());
         let context = context.clone();
         let ambiguous = context.framing.next() == Some(true);
         let answer = route(context, request, ambiguous);
@@ -63,4 +73,3 @@ where
     }
     drop(guard);
 }
-

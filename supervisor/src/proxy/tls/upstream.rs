@@ -13,16 +13,22 @@
 //! A certificate the upstream presents that does not verify is a `upstream_tls_error` with
 //! rustls's reason, never retried; a connection reset during the handshake is retried like
 //! any reset.
+//!
+//! A TCP close without a TLS `close_notify` reads as the end of the stream
+//! ([`CloseIsEnd`]), as it does for curl and browsers: see there why that is safe for HTTP.
 
-use crate::proxy::upstream::Upstream;
 use super::upstream_ca;
+use crate::proxy::upstream::Upstream;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::pem::PemObject;
 use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tollgate_policy::url::UrlHost;
@@ -140,7 +146,7 @@ impl UpstreamTrust {
         &self,
         host: &UrlHost,
         stream: Box<dyn Upstream>,
-    ) -> Result<TlsStream<Box<dyn Upstream>>, HandshakeError> {
+    ) -> Result<CloseIsEnd<TlsStream<Box<dyn Upstream>>>, HandshakeError> {
         let name = match host {
             UrlHost::Ip(ip) => ServerName::IpAddress(ip_for_rustls(*ip)),
             UrlHost::Domain(name) => ServerName::try_from(name.clone()).map_err(|e| {
@@ -151,7 +157,69 @@ impl UpstreamTrust {
         TlsConnector::from(config)
             .connect(name, stream)
             .await
+            .map(CloseIsEnd)
             .map_err(classify)
+    }
+}
+
+/// An upstream TLS stream on which the peer's TCP close without a `close_notify` alert is
+/// the end of the stream rather than an error.
+///
+/// Many servers close that way, and rustls reports it as `UnexpectedEof` after the last
+/// bytes. Taken as an error it fails every close-delimited body (no `Content-Length`, not
+/// chunked: the close is its end) at its very end, after all of it arrived. RFC 9112 §9.8
+/// would call such a body complete only with the alert, since without it a forged TCP close
+/// can shorten it unnoticed; curl (`SSL_OP_IGNORE_UNEXPECTED_EOF`) and browsers accept it
+/// anyway, because refusing it breaks downloads from all those servers, and so does tollgate
+/// (the reproduction: curl straight to such a server got 15 of 15 bodies whole).
+/// Nothing else is relaxed: a `Content-Length` not reached or a chunked body without its
+/// last chunk is an error in hyper whatever ended the stream, and reaches the sandbox as a
+/// body cut short.
+pub struct CloseIsEnd<S>(S);
+
+impl<S: AsyncRead + Unpin> AsyncRead for CloseIsEnd<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match Pin::new(&mut self.0).poll_read(cx, buf) {
+            Poll::Ready(Err(error)) if error.kind() == io::ErrorKind::UnexpectedEof => {
+                tracing::debug!("upstream TLS closed without close_notify: end of stream");
+                Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for CloseIsEnd<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
     }
 }
 
