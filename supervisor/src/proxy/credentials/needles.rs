@@ -79,29 +79,43 @@ impl Needles {
 
     /// The length of the longest spelling of a secret starting at `data[at]`.
     fn match_at(&self, data: &[u8], at: usize) -> Option<usize> {
-        if !self.may_start[usize::from(data[at])] {
+        let byte = data[at];
+        if !self.may_start[usize::from(byte)] {
             return None;
         }
+        let escaped = matches!(byte, b'%' | b'\\' | b'+');
         self.secrets
             .iter()
+            .filter(|secret| escaped || secret[0] == byte)
             .find_map(|secret| spelled_at(data, at, secret))
     }
 }
 
 /// The length of the longest spelling of `secret` at `data[at..]`, if there is one.
 ///
-/// A character may have two spellings there (a `%` in the secret, say, is itself or the
-/// start of `%25`), so the candidates are followed together: the ends reached after each
-/// character, at most a handful since every spelling is 1 to 6 bytes long.
+/// Almost always each character has at most one spelling where it is read, and the walk is
+/// a straight line. A character may have two (a `%` in the secret is itself, or the start of
+/// `%25`): from there both are followed ([`spelled_from`]).
 fn spelled_at(data: &[u8], at: usize, secret: &[u8]) -> Option<usize> {
-    // Most positions fail on the first character: decide those without allocating.
-    let first = spellings(data, at, secret[0]);
-    if first == [None, None] {
-        return None;
+    let mut end = at;
+    for (i, &want) in secret.iter().enumerate() {
+        end += match spellings(data, end, want) {
+            [None, None] => return None,
+            [Some(len), None] | [None, Some(len)] => len,
+            [Some(a), Some(b)] => {
+                let rest = &secret[i + 1..];
+                return spelled_from(data, vec![end + a, end + b], rest).map(|e| e - at);
+            }
+        };
     }
-    let mut ends: Vec<usize> = first.iter().flatten().map(|len| at + len).collect();
-    for &want in &secret[1..] {
-        let mut next: Vec<usize> = Vec::with_capacity(ends.len());
+    Some(end - at)
+}
+
+/// Where the longest spelling of `rest` ends when it may start at any of `ends`: the
+/// candidates are followed together, at most a handful since each spelling is 1 to 6 bytes.
+fn spelled_from(data: &[u8], mut ends: Vec<usize>, rest: &[u8]) -> Option<usize> {
+    for &want in rest {
+        let mut next: Vec<usize> = Vec::with_capacity(ends.len() + 1);
         for &end in &ends {
             for len in spellings(data, end, want).into_iter().flatten() {
                 if !next.contains(&(end + len)) {
@@ -114,7 +128,7 @@ fn spelled_at(data: &[u8], at: usize, secret: &[u8]) -> Option<usize> {
         }
         ends = next;
     }
-    ends.into_iter().max().map(|end| end - at)
+    ends.into_iter().max()
 }
 
 /// The lengths of the spellings of the byte `want` that begin at `data[at]`: the byte
