@@ -184,7 +184,7 @@ async fn audit_records_carry_every_field_and_no_secret() {
         operator.contains("POST http://api.test/v1/items -> 503 retrying ("),
         "{operator}"
     );
-    assert!(operator.contains("next attempt in"), "{operator}");
+    assert!(operator.contains("retrying (attempt 2/3) in"), "{operator}");
     assert!(
         operator.contains("POST http://api.test/v1/items -> 200 complete ("),
         "{operator}"

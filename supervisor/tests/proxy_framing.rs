@@ -72,6 +72,7 @@ fn chunked(data: &[u8], last: bool) -> Vec<u8> {
 /// - `/short-chunked/M` M bytes in chunks, no last chunk
 /// - `/status/CODE` CODE with no body, `Content-Length: 5000000`
 /// - `/reason/CODE/TEXT` CODE with the reason phrase TEXT (`_` for spaces)
+/// - `/events` a `text/event-stream` that sends one event and never ends
 /// - `/echo/WHERE/WHAT/HOW` the request's `Authorization` (WHAT: `header`, `secret` (the
 ///   bearer token or the Basic password), `token` (the base64 of Basic)), spelled HOW (see
 ///   [`spell`]), in WHERE: `reason`, `body`, `location`, `cookie`, `xecho`
@@ -86,6 +87,18 @@ fn answer(path: &str, request: &str) -> Vec<u8> {
     let octets = || ("Content-Type", "application/octet-stream".to_owned());
     let close = || ("Connection", "close".to_owned());
     match parts[0] {
+        // One event, then the stream stays open (see `serve_one`).
+        "events" => [
+            head(
+                "HTTP/1.1 200 OK",
+                &[
+                    ("Content-Type", "text/event-stream".to_owned()),
+                    ("Transfer-Encoding", "chunked".to_owned()),
+                ],
+            ),
+            chunked(b"data: first\n\n", false),
+        ]
+        .concat(),
         "close10" => [head("HTTP/1.0 200 OK", &[octets()]), pattern(number(1))].concat(),
         "close" => [
             head("HTTP/1.1 200 OK", &[octets(), close()]),
@@ -331,6 +344,10 @@ async fn serve_one<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     let _ = stream.flush().await;
+    if path.starts_with("/events") {
+        // An event stream has no end: held open until the proxy lets go of it.
+        while matches!(stream.read(&mut byte).await, Ok(n) if n > 0) {}
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -764,6 +781,49 @@ async fn a_body_of_unknown_length_over_max_response_bytes_is_a_502_response_too_
             let record = w.record(&over).await;
             assert_eq!(record["error"], "response_too_large", "{over}: {record}");
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stream_is_relayed_as_it_comes_not_held_until_it_ends() {
+    // The limit is small enough to buffer and the stream has no length; were it held until
+    // it ended, the client would get the deadline's 504 (after 60 s) instead of the event.
+    let w = world("  max_response_bytes: 64KiB\n").await;
+    for scheme in ["http", "https"] {
+        let path = format!("/events/{scheme}");
+        let request = get(scheme, &path);
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        let mut tcp = socket.connect(w.proxy.addr).await.unwrap();
+        let mut seen = Vec::new();
+        let mut buffer = [0u8; 4096];
+        if scheme == "http" {
+            tcp.write_all(request.as_bytes()).await.unwrap();
+            while !String::from_utf8_lossy(&seen).contains("data: first") {
+                let n = tcp.read(&mut buffer).await.unwrap();
+                assert!(n > 0, "{path}: closed: {}", String::from_utf8_lossy(&seen));
+                seen.extend_from_slice(&buffer[..n]);
+            }
+        } else {
+            tcp.write_all(b"CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\n\r\n")
+                .await
+                .unwrap();
+            let mut answer = Vec::new();
+            let mut byte = [0u8; 1];
+            while !answer.ends_with(b"\r\n\r\n") {
+                assert_eq!(tcp.read(&mut byte).await.unwrap(), 1, "CONNECT answer");
+                answer.push(byte[0]);
+            }
+            let mut tls = tls_client(&w.proxy.ca_file, tcp).await;
+            tls.write_all(request.as_bytes()).await.unwrap();
+            tls.flush().await.unwrap();
+            while !String::from_utf8_lossy(&seen).contains("data: first") {
+                let n = tls.read(&mut buffer).await.unwrap();
+                assert!(n > 0, "{path}: closed: {}", String::from_utf8_lossy(&seen));
+                seen.extend_from_slice(&buffer[..n]);
+            }
+        }
+        let text = String::from_utf8_lossy(&seen);
+        assert!(text.starts_with("HTTP/1.1 200"), "{path}: {text}");
     }
 }
 

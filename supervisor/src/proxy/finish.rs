@@ -20,7 +20,7 @@ use tracing::Level;
 pub(crate) fn finish(shared: &Shared, mut traffic: Traffic, started: Instant) {
     traffic.duration_ms = millis(started.elapsed());
     // Identical refusals are logged once a second with their count (see `repeats`).
-    let (level, line) = log_line(&traffic);
+    let (level, line) = log_line(&traffic, shared.policy.retry.attempts);
     shared.log.log(Key::of_traffic(&traffic), level, line);
     // Every refusal the sandbox caused is `deny`; an upstream failure stays `allow`.
     let refused = (traffic.decision == Verdict::Deny).then(|| shared.stats.refused(&traffic));
@@ -72,8 +72,9 @@ pub(crate) fn millis(duration: Duration) -> u64 {
 }
 
 /// `GET https://api.test:443/v1 -> 200 complete (12ms, 0 bytes up, 512 bytes down)`, and on a
-/// refusal the sentence the sandbox got; at WARN for what an operator should look at.
-fn log_line(traffic: &Traffic) -> (Level, String) {
+/// refusal the sentence the sandbox got, on a retried attempt which attempt comes next
+/// (`attempts` in all); at WARN for what an operator should look at.
+fn log_line(traffic: &Traffic, attempts: u32) -> (Level, String) {
     let status = match (traffic.status, traffic.error) {
         (Some(status), Some(error)) => format!("{status} {error}"),
         (Some(status), None) => status.to_string(),
@@ -93,7 +94,10 @@ fn log_line(traffic: &Traffic) -> (Level, String) {
         traffic.bytes_down
     );
     if let Some(wait) = traffic.retry_wait_ms {
-        line.push_str(&format!(", next attempt in {wait}ms"));
+        let next = traffic.attempt.unwrap_or(0) + 1;
+        line.push_str(&format!(
+            ", retrying (attempt {next}/{attempts}) in {wait}ms"
+        ));
     }
     if let Some(message) = &traffic.message {
         line.push_str(": ");

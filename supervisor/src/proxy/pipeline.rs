@@ -38,12 +38,12 @@ pub(crate) async fn handle(
     body: Incoming,
     ambiguous_framing: bool,
 ) -> Response<ProxyBody> {
+    let mut body = limits::RequestBody::new(body, &parts.headers);
     if let Some(refused) = super::denials::past_limit(&shared, &parts, url.as_ref().ok()) {
-        return refused;
+        return once_readable(&shared, &mut body, refused).await;
     }
     let started = Instant::now();
     let mut record = Traffic::new(Kind::Http, parts.method.as_str());
-    let mut body = limits::RequestBody::new(body, &parts.headers);
     let result = match url {
         Ok(url) => {
             steps(
@@ -250,7 +250,8 @@ fn apply_team_edits(headers: &mut HeaderMap, decision: &Decision) {
 /// redaction of echoed secrets, `after_http` hooks, then the body under its limits: streamed
 /// (see `relay`), or buffered whole when it must be searched for secrets or has no length
 /// while the limit is small enough to hold ([`MAX_BUFFERED`]), so that an over-limit body is
-/// a `response_too_large` refusal instead of a truncated answer.
+/// a `response_too_large` refusal instead of a truncated answer; event streams, which never
+/// end, stream and are aborted at the limit ([`is_event_stream`]).
 ///
 /// What the sandbox gets is tollgate's own HTTP/1.1 message, not a copy of the upstream's:
 /// an HTTP/1.0 answer copied as such would reach the sandbox close-delimited, where a body
@@ -312,12 +313,31 @@ async fn relay(
         reuse: reusable.then_some(sent.connection),
     };
     let unknown_length = !bodiless && declared.is_none();
-    if outgoing.redact || (unknown_length && limit <= MAX_BUFFERED) {
+    if outgoing.redact || (unknown_length && limit <= MAX_BUFFERED && !is_event_stream(&parts)) {
         return buffered(shared, outgoing, parts, body, limit, sent.deadline, finish).await;
     }
     let deadline = Box::pin(tokio::time::sleep_until(sent.deadline));
     let body = RelayBody::new(body, limit, deadline, delivery, finish);
     Ok(Response::from_parts(parts, body.boxed()))
+}
+
+/// A stream of events (server-sent events, newline-delimited JSON) has no end to wait for:
+/// holding it until it ends would hold back every event. It streams even when its limit
+/// could be buffered, and one byte over the limit aborts it (no last chunk), so no client
+/// takes a cut stream as complete.
+fn is_event_stream(parts: &http::response::Parts) -> bool {
+    parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .is_some_and(|v| {
+            matches!(
+                v.as_str(),
+                "text/event-stream" | "application/x-ndjson" | "application/jsonl"
+            )
+        })
 }
 
 /// A HEAD answer (and every 1xx, 204 and 304) carries no body whatever its
