@@ -185,7 +185,9 @@ impl L7Rule {
     pub fn denies(&self, method: &str, path: &str) -> bool {
         self.method_matches(method)
             && (self.path.matches_ignoring_ascii_case(path)
-                || self.path.matches_ignoring_ascii_case(&lenient_reading(path)))
+                || self
+                    .path
+                    .matches_ignoring_ascii_case(&lenient_reading(path)))
     }
 
     /// Methods are case-sensitive (RFC 9110): the rule's is stored upper case, and a request

@@ -239,7 +239,12 @@ fn an_encoded_percent_is_refused() {
     assert_allowed(&p, "GET", "https://percent.example.com/100%25");
     // An opt-in never opens a way around the entry's deny rules: they also match the
     // path as a lenient server reads it.
-    assert_refused(&p, "GET", "https://open.example.com/admin%252fx", "l7_denied");
+    assert_refused(
+        &p,
+        "GET",
+        "https://open.example.com/admin%252fx",
+        "l7_denied",
+    );
     assert_refused(
         &p,
         "GET",

@@ -1496,7 +1496,11 @@ results["retried"] = fetch(U + "/flaky/503/1/audit?token=" + S, headers=planted)
     assert_eq!(out.record("/audit/ssrf")["reason"], "private_address");
     assert_eq!(out.records("/audit/refused").len(), 2);
     assert_eq!(out.records("/flaky/503/1/audit").len(), 2);
-    for record in out.audit.iter().filter(|r| matches!(r["type"].as_str(), Some("http" | "connect"))) {
+    for record in out
+        .audit
+        .iter()
+        .filter(|r| matches!(r["type"].as_str(), Some("http" | "connect")))
+    {
         for key in [
             "time",
             "execution",

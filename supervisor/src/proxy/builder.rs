@@ -2,7 +2,6 @@
 //! and TLS interception, the pluggable parts (transport, resolver, hooks, audit writer), plus
 //! the connection-level settings.
 
-use crate::audit::AuditLog;
 use super::credentials::Credentials;
 use super::denials::{Denials, ViolationAlarm};
 use super::hooks::{AfterHttp, BeforeHttp};
@@ -12,6 +11,7 @@ use super::stats::ProxyStats;
 use super::tls::Interception;
 use super::upstream::{DirectTransport, Transport};
 use super::{limits, stats, Shared};
+use crate::audit::AuditLog;
 use std::future::Future;
 use std::io::{self, Write};
 use std::sync::Arc;

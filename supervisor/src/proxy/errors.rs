@@ -227,7 +227,13 @@ fn header_text(message: &str) -> String {
     message
         .chars()
         .take(512)
-        .map(|c| if c == ' ' || c.is_ascii_graphic() { c } else { '?' })
+        .map(|c| {
+            if c == ' ' || c.is_ascii_graphic() {
+                c
+            } else {
+                '?'
+            }
+        })
         .collect()
 }
 

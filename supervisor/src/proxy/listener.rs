@@ -4,8 +4,8 @@
 
 use super::body::ProxyBody;
 use super::errors::{raw_response, ErrorCode};
-use super::stats::ProxyStats;
 use super::http1::serve_http;
+use super::stats::ProxyStats;
 use super::{forward, tunnel, ConnContext, Shared};
 use http::{Method, Request, Response};
 use hyper::body::Incoming;

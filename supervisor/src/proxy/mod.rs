@@ -48,10 +48,10 @@
 
 pub mod body;
 mod builder;
-mod finish;
 mod credentials;
 mod denials;
 pub mod errors;
+mod finish;
 mod forward;
 mod gate;
 mod headers;
@@ -76,11 +76,11 @@ pub use credentials::secrets::{self, TeamSecrets};
 pub use credentials::{CredentialError, Credentials};
 pub use denials::ViolationAlarm;
 pub use errors::{ErrorCode, ProxyError};
+/// The one decision, for `policy eval` (the proxy calls it through `gate::clear`).
+pub(crate) use gate::{evaluate, Evaluation, Gate};
 pub use hooks::{AfterHttp, BeforeHttp, HookRequest, HookResponse, HookVerdict};
 pub use listener::ProxyHandle;
 pub use resolve::{Resolver, SystemResolver};
-/// The one decision, for `policy eval` (the proxy calls it through `gate::clear`).
-pub(crate) use gate::{evaluate, Evaluation, Gate};
 pub use stats::{DestinationStats, ProxyStats, RefusedStats};
 pub use tls::ca::ExecutionCa;
 pub use tls::upstream_ca;

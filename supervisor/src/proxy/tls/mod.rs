@@ -14,13 +14,13 @@ pub mod ca;
 pub(crate) mod upstream;
 pub mod upstream_ca;
 
-pub(crate) use upstream::HandshakeError;
-use ca::{CaError, ExecutionCa};
-use upstream::{TrustError, UpstreamTrust};
 use base64::{engine::general_purpose::STANDARD, Engine as _};
+use ca::{CaError, ExecutionCa};
 use rustls_pki_types::CertificateDer;
 use std::time::Duration;
 use tollgate_policy::Policy;
+pub(crate) use upstream::HandshakeError;
+use upstream::{TrustError, UpstreamTrust};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsSetupError {

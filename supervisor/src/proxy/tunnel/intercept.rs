@@ -8,11 +8,11 @@
 //! `listener` on the decrypted stream, its requests in origin form and bound to the
 //! tunnel's origin → the tunnel's audit record when it closes.
 
+use crate::audit::{Outcome, Traffic, Verdict};
 use crate::proxy::body::ProxyBody;
 use crate::proxy::errors::{raw_response, ErrorCode, ProxyError};
-use crate::proxy::http1::serve_http;
-use crate::audit::{Outcome, Traffic, Verdict};
 use crate::proxy::finish::finish;
+use crate::proxy::http1::serve_http;
 use crate::proxy::{pipeline, ConnContext, Shared};
 use bytes::Bytes;
 use http::{Method, Request, Response};

@@ -3,12 +3,12 @@
 //! team has Web Bot Auth, exchange, and decide whether to retry (retryable status, refused
 //! or reset connection, connect timeout) and how long to wait.
 
-use crate::audit::{Outcome, Traffic};
-use crate::proxy::finish::{finish, millis};
-use crate::proxy::errors::{ErrorCode, ProxyError};
 use super::transport::{DialError, DialTarget, Upstream};
-use crate::proxy::tls::HandshakeError;
 use super::{exchange, pool, retry};
+use crate::audit::{Outcome, Traffic};
+use crate::proxy::errors::{ErrorCode, ProxyError};
+use crate::proxy::finish::{finish, millis};
+use crate::proxy::tls::HandshakeError;
 use crate::proxy::Shared;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
