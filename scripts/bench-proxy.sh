@@ -7,6 +7,8 @@
 #
 #   bash scripts/bench-proxy.sh            # 10 s per measurement
 #   DURATION=5s bash scripts/bench-proxy.sh
+#   BASELINE=/path/to/older/proxy_bench bash scripts/bench-proxy.sh   # adds a "tollgate-before"
+#                                   # row: an older build of the example, in the same run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -28,10 +30,15 @@ bench_start_nginx
 
 bench_start "$BIN" "127.0.0.1:$TOLLGATE_PORT" "127.0.0.1:$NGINX_PORT" "$WORK/audit.jsonl" >"$WORK/tollgate.out"
 TOLLGATE_PID=$STARTED
+BASELINE_PORT=$(free_port)
+if [ -n "${BASELINE:-}" ]; then
+  bench_start "$BASELINE" "127.0.0.1:$BASELINE_PORT" "127.0.0.1:$NGINX_PORT" "$WORK/audit-before.jsonl" >"$WORK/baseline.out"
+  BASELINE_PID=$STARTED
+fi
 bench_start_squid "$SQUID_PORT"
 bench_start_tinyproxy "$TINY_PORT"
 
-for port in $NGINX_PORT $TOLLGATE_PORT $SQUID_PORT $TINY_PORT; do wait_tcp 127.0.0.1 "$port"; done
+for port in $NGINX_PORT $TOLLGATE_PORT $SQUID_PORT $TINY_PORT ${BASELINE:+$BASELINE_PORT}; do wait_tcp 127.0.0.1 "$port"; done
 sleep 0.5
 
 bench_results
@@ -41,6 +48,7 @@ measure() {
   case $label in
     direct)    target="http://127.0.0.1:$NGINX_PORT/$file" ;;
     tollgate)  target="http://127.0.0.1:$TOLLGATE_PORT"; host=bench.test ;;
+    tollgate-before) target="http://127.0.0.1:$BASELINE_PORT"; host=bench.test ;;
     squid)     target="http://127.0.0.1:$SQUID_PORT"; host="127.0.0.1:$NGINX_PORT" ;;
     tinyproxy) target="http://127.0.0.1:$TINY_PORT"; host="127.0.0.1:$NGINX_PORT" ;;
   esac
@@ -53,6 +61,7 @@ for scenario in "small 1 1" "small 32 2" "big 8 2"; do
   read -r file conns threads <<<"$scenario"
   measure direct - "$conns" "$threads" "$file"
   measure tollgate "$TOLLGATE_PID" "$conns" "$threads" "$file"
+  [ -z "${BASELINE:-}" ] || measure tollgate-before "$BASELINE_PID" "$conns" "$threads" "$file"
   measure squid "$SQUID_PID" "$conns" "$threads" "$file"
   measure tinyproxy "$TINY_PID" "$conns" "$threads" "$file"
 done

@@ -148,7 +148,10 @@ fn every_reason_the_proxy_gives_of_its_own_is_listed() {
                 let text = std::fs::read_to_string(&path).expect("a source file");
                 const CALL: &str = "with_reason(\"";
                 for (at, _) in text.match_indices(CALL) {
-                    let word = text[at + CALL.len()..].split('"').next();
+                    // A reason is a snake_case word; anything else is prose about the call.
+                    let word = text[at + CALL.len()..].split('"').next().filter(|w| {
+                        !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                    });
                     given.extend(word.map(str::to_owned));
                 }
             }
