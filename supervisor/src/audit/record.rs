@@ -8,6 +8,7 @@
 use crate::sandbox::bpf::{BypassAttempt, BypassKind};
 use serde::Serialize;
 use tollgate_policy::schema::TlsMode;
+use tollgate_policy::url::NormalizedUrl;
 
 /// What a record is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -299,6 +300,22 @@ impl Traffic {
             finding: None,
             tls: None,
         }
+    }
+
+    /// Where the request was headed: the normalised URL's scheme, host, port and path.
+    pub fn set_url(&mut self, url: &NormalizedUrl) {
+        self.scheme = url.scheme.clone();
+        self.host = url.host_str();
+        self.port = url.port;
+        self.path = url.path.clone();
+    }
+
+    /// Where a request whose target could not be normalised was headed: its scheme and
+    /// authority as sent, lower-cased; the path is left out, unparsed.
+    pub fn set_unparsed_target(&mut self, uri: &http::Uri) {
+        self.scheme = uri.scheme_str().unwrap_or_default().to_ascii_lowercase();
+        self.host = uri.host().unwrap_or_default().to_ascii_lowercase();
+        self.port = uri.port_u16().unwrap_or(0);
     }
 
     /// `scheme://host[:port]/path` (the port when not the scheme's default) for log lines (`<invalid target>` when none was parsed).

@@ -86,21 +86,8 @@ pub(crate) fn past_limit(
     let started = Instant::now();
     let mut record = Traffic::new(Kind::Http, parts.method.as_str());
     match url {
-        Some(url) => {
-            record.scheme = url.scheme.clone();
-            record.host = url.host_str();
-            record.port = url.port;
-            record.path = url.path.clone();
-        }
-        None => {
-            record.scheme = parts
-                .uri
-                .scheme_str()
-                .unwrap_or_default()
-                .to_ascii_lowercase();
-            record.host = parts.uri.host().unwrap_or_default().to_ascii_lowercase();
-            record.port = parts.uri.port_u16().unwrap_or(0);
-        }
+        Some(url) => record.set_url(url),
+        None => record.set_unparsed_target(&parts.uri),
     }
     Some(refuse(shared, record, &error, started))
 }

@@ -57,15 +57,9 @@ pub(crate) async fn handle(
             .await
         }
         Err(error) => {
-            // The target was refused before normalisation, but its scheme and authority
-            // still say where the request was headed; the path is left out, unparsed.
-            record.scheme = parts
-                .uri
-                .scheme_str()
-                .unwrap_or_default()
-                .to_ascii_lowercase();
-            record.host = parts.uri.host().unwrap_or_default().to_ascii_lowercase();
-            record.port = parts.uri.port_u16().unwrap_or(0);
+            // Refused before normalisation, but its scheme and authority still say where
+            // the request was headed.
+            record.set_unparsed_target(&parts.uri);
             // The method is the first thing wrong with a `connect host:443`.
             Err(headers::check_method(parts.method.as_str())
                 .err()
@@ -107,7 +101,7 @@ async fn steps(
     record: &mut Traffic,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let delivery = parts.extensions.get::<Arc<Delivery>>().cloned();
-    set_url(record, &url);
+    record.set_url(&url);
     // First of all: a method not in upper case is never matched (`delete` would miss a
     // `DELETE` deny rule on its way to a server that upper-cases it).
     headers::check_method(parts.method.as_str())?;
@@ -178,13 +172,6 @@ async fn steps(
     relay(shared, &outgoing, sent, record.clone(), delivery).await
 }
 
-fn set_url(record: &mut Traffic, url: &NormalizedUrl) {
-    record.scheme = url.scheme.clone();
-    record.host = url.host_str();
-    record.port = url.port;
-    record.path = url.path.clone();
-}
-
 fn set_decision(record: &mut Traffic, decision: &Decision) {
     record.decision = Verdict::Allow;
     record.reason = decision.reason.as_str().to_owned();
@@ -222,7 +209,7 @@ async fn decide_and_hook(
         return Ok((url, decision));
     }
     let url = hooked.url;
-    set_url(record, &url);
+    record.set_url(&url);
     let names = headers::names(headers);
     let decision = gate::clear(shared, method.as_str(), &url, false, &names, credential).await?;
     set_decision(record, &decision);
