@@ -5,22 +5,11 @@
 mod proxy_support;
 
 use proxy_support::*;
-use std::sync::OnceLock;
 use tollgate::proxy::Proxy;
 
-/// The operator log (tracing at INFO), captured for the whole test binary.
+/// The operator log at DEBUG, captured for the whole test binary.
 fn operator_log() -> &'static Captured {
-    static LOG: OnceLock<Captured> = OnceLock::new();
-    LOG.get_or_init(|| {
-        let log = Captured::default();
-        let writer = log.clone();
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::DEBUG)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .init();
-        log
-    })
+    proxy_support::operator_log(tracing::Level::DEBUG)
 }
 
 const SECRETS: [&str; 7] = [

@@ -7,22 +7,12 @@
 mod proxy_support;
 
 use proxy_support::*;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use tollgate::proxy::Proxy;
 
-/// The operator log (tracing at INFO), captured for the whole test binary.
+/// The operator log at INFO, captured for the whole test binary.
 fn operator_log() -> &'static Captured {
-    static LOG: OnceLock<Captured> = OnceLock::new();
-    LOG.get_or_init(|| {
-        let log = Captured::default();
-        let writer = log.clone();
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::INFO)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .init();
-        log
-    })
+    proxy_support::operator_log(tracing::Level::INFO)
 }
 
 fn events(record: &serde_json::Value) -> u64 {

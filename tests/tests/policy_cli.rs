@@ -24,6 +24,16 @@ fn eval(policy: &std::path::Path, args: &[&str]) -> (i32, Value) {
     (output.status.code().expect("exit code"), json)
 }
 
+/// `policy eval` of `policy` with `args`, asserting its exit status and its `reason`.
+fn assert_eval(policy: &std::path::Path, args: &[&str], code: i32, reason: &str) {
+    let (got, json) = eval(policy, args);
+    assert_eq!(
+        (got, json["reason"].as_str()),
+        (code, Some(reason)),
+        "{args:?}: {json}"
+    );
+}
+
 fn allowlist() -> std::path::PathBuf {
     repo_root().join("examples/policies/allowlist.yaml")
 }
@@ -399,7 +409,7 @@ fn eval_honours_tollgate_auth_as_the_proxy_does() {
         );
     }
     // The policy decides first, as in the proxy: a refused destination keeps its reason.
-    let (code, json) = eval(
+    assert_eval(
         &policy,
         &[
             "GET",
@@ -407,14 +417,11 @@ fn eval_honours_tollgate_auth_as_the_proxy_does() {
             "--header",
             "Tollgate-Auth: Nope",
         ],
-    );
-    assert_eq!(
-        (code, json["reason"].as_str()),
-        (1, Some("host_not_allowed")),
-        "{json}"
+        1,
+        "host_not_allowed",
     );
     // A tunnel carries no credential, so Tollgate-Auth on a CONNECT changes nothing.
-    let (code, json) = eval(
+    assert_eval(
         &policy,
         &[
             "CONNECT",
@@ -424,11 +431,8 @@ fn eval_honours_tollgate_auth_as_the_proxy_does() {
             "-H",
             "Tollgate-Auth: Nope",
         ],
-    );
-    assert_eq!(
-        (code, json["reason"].as_str()),
-        (0, Some("allowed")),
-        "{json}"
+        0,
+        "allowed",
     );
 }
 
@@ -459,12 +463,7 @@ fn eval_classifies_ip_literals_in_every_encoding() {
         "http://[2001:db8::1]/",
         "http://100.64.0.1/",
     ] {
-        let (code, json) = eval(&policy, &["GET", url]);
-        assert_eq!(
-            (code, json["reason"].as_str()),
-            (1, Some("private_address")),
-            "{url}: {json}"
-        );
+        assert_eval(&policy, &["GET", url], 1, "private_address");
     }
 }
 
@@ -870,7 +869,7 @@ fn eval_refuses_the_nodes_own_addresses_whatever_the_policy_opens() {
             assert_eq!(json["class"], "always_blocked", "{address}: {json}");
         }
         // The other end of the veth is not this machine's.
-        let (code, json) = eval(
+        assert_eval(
             policy,
             &[
                 "GET",
@@ -878,19 +877,16 @@ fn eval_refuses_the_nodes_own_addresses_whatever_the_policy_opens() {
                 "--resolve",
                 &format!("up.test={}", up.addr),
             ],
-        );
-        assert_eq!(
-            (code, json["reason"].as_str()),
-            (0, Some("allowed")),
-            "{json}"
+            0,
+            "allowed",
         );
     }
     // An IP literal of the node, too.
-    let (code, json) = eval(&policies[2], &["GET", &format!("http://{}/", up.gateway)]);
-    assert_eq!(
-        (code, json["reason"].as_str()),
-        (1, Some("host_address")),
-        "{json}"
+    assert_eval(
+        &policies[2],
+        &["GET", &format!("http://{}/", up.gateway)],
+        1,
+        "host_address",
     );
 }
 
@@ -1101,7 +1097,7 @@ fn eval_refuses_with_team_rule_error_when_team_rego_exceeds_its_bounds() {
     }
     // The same module's ordinary rule still decides.
     let policy = hostile_team_policy(&scratch, "ordinary", "");
-    let (code, json) = eval(
+    assert_eval(
         &policy,
         &[
             "DELETE",
@@ -1109,13 +1105,10 @@ fn eval_refuses_with_team_rule_error_when_team_rego_exceeds_its_bounds() {
             "--resolve",
             "api.example.com=140.82.112.5",
         ],
+        1,
+        "team_rule",
     );
-    assert_eq!(
-        (code, json["reason"].as_str()),
-        (1, Some("team_rule")),
-        "{json}"
-    );
-    let (code, json) = eval(
+    assert_eval(
         &policy,
         &[
             "GET",
@@ -1123,11 +1116,8 @@ fn eval_refuses_with_team_rule_error_when_team_rego_exceeds_its_bounds() {
             "--resolve",
             "api.example.com=140.82.112.5",
         ],
-    );
-    assert_eq!(
-        (code, json["reason"].as_str()),
-        (0, Some("allowed")),
-        "{json}"
+        0,
+        "allowed",
     );
 }
 

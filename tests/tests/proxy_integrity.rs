@@ -29,8 +29,8 @@ use std::{
 use base64::{engine::general_purpose::STANDARD, Engine as _};
 use serde_json::Value;
 use tollgate_tests::{
+    certs::{make_certificates, Certificates},
     leaks::SuiteLock,
-    openssl,
     sandbox::{read_json, read_json_lines, shared_dir, Finished, Sandbox, PYTHON},
     upstream::UpstreamHost,
     Scratch,
@@ -52,43 +52,6 @@ const USER: &str = "robot";
 
 /// The names the upstream's certificate is valid for (both pinned to it).
 const NAMES: [&str; 2] = ["api.example.com", "passthrough.example.com"];
-
-/// A CA and a leaf for [`NAMES`], made with the `openssl` CLI in `dir`: (ca, cert, key).
-fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
-    let args = |text: &str| -> Vec<String> { text.split(' ').map(str::to_owned).collect() };
-    let run = |list: Vec<String>| {
-        let refs: Vec<&str> = list.iter().map(String::as_str).collect();
-        openssl(dir, &refs);
-    };
-    let mut ca = args(&format!(
-        "req -x509 {ec} -keyout ca.key -out ca.pem -days 2 -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign"
-    ));
-    ca.extend(["-subj".into(), "/CN=tollgate integrity upstream CA".into()]);
-    run(ca);
-    run(args(&format!(
-        "req {ec} -keyout leaf.key -out leaf.csr -subj /CN=api.example.com"
-    )));
-    let sans: Vec<String> = NAMES.iter().map(|n| format!("DNS:{n}")).collect();
-    fs::write(
-        dir.join("leaf.ext"),
-        format!(
-            "subjectAltName={}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-            sans.join(",")
-        ),
-    )
-    .expect("write leaf.ext");
-    run(args(
-        "x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out leaf.pem -days 2 -extfile leaf.ext",
-    ));
-    // The CA certificate is public: tollgate's `upstream_ca` wants it readable by all.
-    fs::set_permissions(dir.join("ca.pem"), fs::Permissions::from_mode(0o644)).expect("chmod");
-    (
-        dir.join("ca.pem"),
-        dir.join("leaf.pem"),
-        dir.join("leaf.key"),
-    )
-}
 
 /// One test's upstream, certificates, secrets and scratch space.
 struct Bench {
@@ -114,7 +77,7 @@ impl Bench {
     fn new(tag: &str) -> Bench {
         let scratch = Scratch::new(tag);
         fs::set_permissions(&scratch.dir, fs::Permissions::from_mode(0o755)).expect("chmod");
-        let (ca, cert, key) = make_certificates(&scratch.dir);
+        let Certificates { ca, cert, key } = make_certificates(&scratch.dir, &NAMES);
         let host = UpstreamHost::start_server(SERVER_PY, move |addr, log| {
             vec![addr.to_string().into(), cert.into(), key.into(), log.into()]
         });

@@ -13,30 +13,14 @@
 mod refusals_support;
 
 use refusals_support::{
-    entry, events, origin, refusal_body, refused_events, tollgate_error, Bench, Eval, Outcome,
-    DENY_ADMIN,
+    assert_ran, entry, events, origin, refusal_body, refused_events, tollgate_error, Bench, Eval,
+    Outcome, DENY_ADMIN,
 };
 use serde_json::Value;
 use tollgate_tests::{
     leaks::SuiteLock,
     sandbox::{assert_execution_gone, Sandbox},
 };
-
-/// Asserts the run itself went through (the client printed its results).
-fn assert_ran(outcome: &Outcome) {
-    assert_eq!(
-        outcome.finished.code(),
-        0,
-        "the run failed\n{}",
-        outcome.describe()
-    );
-    assert!(
-        outcome.results.is_object(),
-        "the client printed no results\n{}",
-        outcome.describe()
-    );
-    assert_execution_gone(&outcome.execution());
-}
 
 /// Asserts a refusal as the client saw it: `status`, `Tollgate-Error: code`, a JSON body with
 /// that code and a message.
@@ -48,6 +32,16 @@ fn assert_refused(what: &str, response: &Value, status: u64, code: &str) {
     assert!(
         body["message"].as_str().is_some_and(|m| !m.is_empty()),
         "{what}: a refusal without a message: {response:#}"
+    );
+}
+
+/// Asserts no check of a test found anything `wrong`, showing the run with what did.
+fn assert_nothing_wrong(wrong: &[String], outcome: &Outcome) {
+    assert!(
+        wrong.is_empty(),
+        "{}\n{}",
+        wrong.join("\n"),
+        outcome.describe()
     );
 }
 
@@ -366,11 +360,10 @@ const OPT_INS: [(&str, &str, &str); 3] = [
     ("dot.up.test", "/ok./x", "trailing_dot"),
 ];
 
-#[test]
-fn path_parameters_encoded_percent_and_trailing_dots_pass_only_where_the_entry_opts_in() {
-    let _lock = SuiteLock::shared();
-    let mut bench = Bench::new("refusals-optin");
-    let allow = [
+/// The entries of `params.up.test`, `percent.up.test` and `dot.up.test`, each denying
+/// `/admin/**` and opting in to the spelling its name says ([`OPT_INS`]).
+fn opted_in_entries() -> String {
+    [
         entry(
             "params.up.test",
             &format!("      allow_path_parameters: true\n{DENY_ADMIN}"),
@@ -383,9 +376,15 @@ fn path_parameters_encoded_percent_and_trailing_dots_pass_only_where_the_entry_o
             "dot.up.test",
             &format!("      allow_trailing_dot: true\n{DENY_ADMIN}"),
         ),
-        entry("plain.up.test", DENY_ADMIN),
     ]
-    .concat();
+    .concat()
+}
+
+#[test]
+fn path_parameters_encoded_percent_and_trailing_dots_pass_only_where_the_entry_opts_in() {
+    let _lock = SuiteLock::shared();
+    let mut bench = Bench::new("refusals-optin");
+    let allow = opted_in_entries() + &entry("plain.up.test", DENY_ADMIN);
     let policy = bench.policy(
         &[
             "params.up.test",
@@ -493,12 +492,7 @@ for scheme, port in [("http", ":8080"), ("https", "")]:
             lines(&refused_seen).join("\n")
         ));
     }
-    assert!(
-        wrong.is_empty(),
-        "{}\n{}",
-        wrong.join("\n"),
-        outcome.describe()
-    );
+    assert_nothing_wrong(&wrong, &outcome);
 }
 
 /// On an entry that opted in, spellings some server still reads as `/admin/...`: Tomcat drops
@@ -520,21 +514,7 @@ const OPTED_IN_DODGES: [(&str, &str); 7] = [
 fn an_opt_in_does_not_open_a_way_around_the_entrys_deny_rules() {
     let _lock = SuiteLock::shared();
     let mut bench = Bench::new("refusals-optin-dodge");
-    let allow = [
-        entry(
-            "params.up.test",
-            &format!("      allow_path_parameters: true\n{DENY_ADMIN}"),
-        ),
-        entry(
-            "percent.up.test",
-            &format!("      allow_encoded_percent: true\n{DENY_ADMIN}"),
-        ),
-        entry(
-            "dot.up.test",
-            &format!("      allow_trailing_dot: true\n{DENY_ADMIN}"),
-        ),
-    ]
-    .concat();
+    let allow = opted_in_entries();
     let policy = bench.policy(
         &["params.up.test", "percent.up.test", "dot.up.test"],
         &allow,
@@ -629,15 +609,20 @@ const FLOOD_STDERR_LINES: usize = 50;
 /// Records in the audit log of a flood of 200 identical refusals: "far fewer than 200".
 const FLOOD_RECORDS: usize = 50;
 
+/// A policy allowing `flood.up.test` but `/admin/**`, with `limits` as its top-level lines.
+fn flood_policy(bench: &Bench, limits: &str) -> String {
+    bench.policy(
+        &["flood.up.test"],
+        &entry("flood.up.test", DENY_ADMIN),
+        limits,
+    )
+}
+
 #[test]
 fn past_max_denied_every_request_gets_denial_limit_and_the_flood_is_aggregated() {
     let _lock = SuiteLock::shared();
     let mut bench = Bench::new("refusals-flood");
-    let policy = bench.policy(
-        &["flood.up.test"],
-        &entry("flood.up.test", DENY_ADMIN),
-        "limits:\n  max_requests: 100\n  max_denied: 20\n",
-    );
+    let policy = flood_policy(&bench, "limits:\n  max_requests: 100\n  max_denied: 20\n");
     let outcome = bench.run(
         Sandbox::new(),
         &policy,
@@ -756,11 +741,7 @@ results["https after"] = brief(hc("h", "GET", "https://flood.up.test/ok/after"))
 fn concurrent_refusals_stop_at_max_denied_but_for_the_requests_in_flight() {
     let _lock = SuiteLock::shared();
     let mut bench = Bench::new("refusals-concurrent");
-    let policy = bench.policy(
-        &["flood.up.test"],
-        &entry("flood.up.test", DENY_ADMIN),
-        "limits:\n  max_denied: 20\n",
-    );
+    let policy = flood_policy(&bench, "limits:\n  max_denied: 20\n");
     let outcome = bench.run(
         Sandbox::new(),
         &policy,
@@ -814,11 +795,7 @@ results["after"] = brief(hc("h", "GET", "http://flood.up.test:8080/ok/after"))
 fn inside_one_kept_alive_intercepted_tunnel_each_request_counts_against_max_denied() {
     let _lock = SuiteLock::shared();
     let mut bench = Bench::new("refusals-tunnel-flood");
-    let policy = bench.policy(
-        &["flood.up.test"],
-        &entry("flood.up.test", DENY_ADMIN),
-        "limits:\n  max_requests: 100\n  max_denied: 20\n",
-    );
+    let policy = flood_policy(&bench, "limits:\n  max_requests: 100\n  max_denied: 20\n");
     let outcome = bench.run(
         Sandbox::new(),
         &policy,
@@ -1405,12 +1382,7 @@ fn policy_eval_refuses_tollgate_auth_exactly_as_the_proxy_does() {
             "tollgate-auth (lower case): the proxy's reason is {unknown}, policy eval: {eval:?}"
         ));
     }
-    assert!(
-        wrong.is_empty(),
-        "{}\n{}",
-        wrong.join("\n"),
-        outcome.describe()
-    );
+    assert_nothing_wrong(&wrong, &outcome);
 }
 
 #[test]

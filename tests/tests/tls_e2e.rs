@@ -20,8 +20,8 @@ use std::{
 use base64::{engine::general_purpose::STANDARD, Engine as _};
 use serde_json::Value;
 use tollgate_tests::{
+    certs::{make_certificates, Certificates},
     leaks::SuiteLock,
-    openssl,
     sandbox::{read_json, read_json_lines, shared_dir, Finished, Sandbox, PYTHON},
     tollgate,
     upstream::UpstreamHost,
@@ -41,97 +41,16 @@ const PORT: u16 = 443;
 // An HTTPS upstream in its own network namespace
 // ---------------------------------------------------------------------------------------
 
-/// The upstream's certificate material, made with the `openssl` CLI: a CA of its own and a
-/// leaf for every name the tests use.
-struct Material {
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
+/// The names the upstream's leaf is valid for.
 const NAMES: [&str; 3] = [
     "api.example.com",
     "other.example.com",
     "passthrough.example.com",
 ];
 
-fn make_material(dir: &Path) -> Material {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut ca = vec!["req", "-x509"];
-    ca.extend(ec);
-    ca.extend([
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=tollgate e2e upstream CA",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-    ]);
-    openssl(dir, &ca);
-    let mut csr = vec!["req"];
-    csr.extend(ec);
-    csr.extend([
-        "-keyout",
-        "leaf.key",
-        "-out",
-        "leaf.csr",
-        "-subj",
-        "/CN=api.example.com",
-    ]);
-    openssl(dir, &csr);
-    let sans: Vec<String> = NAMES.iter().map(|n| format!("DNS:{n}")).collect();
-    fs::write(
-        dir.join("leaf.ext"),
-        format!(
-            "subjectAltName={}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-            sans.join(",")
-        ),
-    )
-    .unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "leaf.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "leaf.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "leaf.ext",
-        ],
-    );
-    // The CA certificate is public: the sandbox may read it (passthrough test).
-    fs::set_permissions(dir.join("ca.pem"), fs::Permissions::from_mode(0o644)).unwrap();
-    Material {
-        ca: dir.join("ca.pem"),
-        cert: dir.join("leaf.pem"),
-        key: dir.join("leaf.key"),
-    }
-}
-
 /// One HTTPS upstream host in its own namespace (see `tollgate_tests::upstream`), serving
 /// `tls_e2e_server.py` with the test CA's leaf on :443.
-fn start_upstream(material: &Material) -> UpstreamHost {
+fn start_upstream(material: &Certificates) -> UpstreamHost {
     let (cert, key) = (material.cert.clone(), material.key.clone());
     UpstreamHost::start_server(SERVER_PY, move |addr, log| {
         vec![
@@ -183,7 +102,7 @@ def urlopen(name, url, data=None, headers={}):
 
 struct Bench {
     host: UpstreamHost,
-    material: Material,
+    material: Certificates,
     scratch: Scratch,
     runs: u32,
 }
@@ -203,7 +122,7 @@ impl Bench {
     fn new(tag: &str) -> Bench {
         let scratch = Scratch::new(tag);
         fs::set_permissions(&scratch.dir, fs::Permissions::from_mode(0o755)).unwrap();
-        let material = make_material(&scratch.dir);
+        let material = make_certificates(&scratch.dir, &NAMES);
         let host = start_upstream(&material);
         Bench {
             host,

@@ -18,7 +18,7 @@ use std::{
 };
 
 use tollgate_tests::{
-    openssl,
+    certs, openssl,
     sandbox::{shared_dir, Finished, Sandbox, PYTHON},
     tollgate, Scratch,
 };
@@ -31,32 +31,8 @@ const CHECK_FAILED: i32 = 2;
 /// A CA of the team's own in `dir`: `ca.pem` (certificate, 0644), `ca.key` (PKCS#8, `BEGIN
 /// PRIVATE KEY`) and `ca-ec.key` (the same key as `BEGIN EC PRIVATE KEY`).
 fn make_ca(dir: &Path) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=tollgate upstream_ca test CA",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-    );
+    certs::make_ca(dir);
     openssl(dir, &["ec", "-in", "ca.key", "-out", "ca-ec.key"]);
-    fs::set_permissions(dir.join("ca.pem"), fs::Permissions::from_mode(0o644)).unwrap();
 }
 
 /// A scratch directory (root, 0755) holding the team's CA.

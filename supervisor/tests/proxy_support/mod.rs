@@ -224,6 +224,23 @@ impl Captured {
     }
 }
 
+/// The operator log (tracing at `level`, without colours), captured for the whole test
+/// binary: a process has one subscriber, so the first call installs it and every later call
+/// gets the same capture, whatever `level` it names.
+pub fn operator_log(level: tracing::Level) -> &'static Captured {
+    static LOG: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+    LOG.get_or_init(|| {
+        let log = Captured::default();
+        let writer = log.clone();
+        tracing_subscriber::fmt()
+            .with_max_level(level)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .init();
+        log
+    })
+}
+
 /// A running in-process proxy on 127.0.0.1.
 pub struct Harness {
     pub handle: ProxyHandle,

@@ -19,8 +19,8 @@ use std::{
 
 use serde_json::Value;
 use tollgate_tests::{
-    openssl,
-    sandbox::{read_json_lines, Finished, Sandbox, PYTHON},
+    certs::{make_certificates, Certificates},
+    sandbox::{assert_execution_gone, read_json_lines, Finished, Sandbox, PYTHON},
     tollgate,
     upstream::UpstreamHost,
     Scratch,
@@ -91,7 +91,9 @@ impl Bench {
     pub fn new(tag: &str) -> Bench {
         let scratch = Scratch::new(tag);
         fs::set_permissions(&scratch.dir, fs::Permissions::from_mode(0o755)).unwrap();
-        let (ca, cert, key) = make_material(&scratch.dir);
+        // One leaf for every name the tests use (see the module doc).
+        let Certificates { ca, cert, key } =
+            make_certificates(&scratch.dir, &["up.test", "*.up.test"]);
         let up = UpstreamHost::start_server(SERVER_PY, move |addr, log| {
             vec![
                 addr.to_string().into(),
@@ -296,6 +298,23 @@ pub fn is_rfc3339_ms(text: &str) -> bool {
         && text[17..19].parse::<u32>().unwrap_or(99) < 61
 }
 
+/// Asserts the run itself went through: tollgate exited 0, the client printed its results,
+/// and nothing of the execution is left behind.
+pub fn assert_ran(outcome: &Outcome) {
+    assert_eq!(
+        outcome.finished.code(),
+        0,
+        "the run failed\n{}",
+        outcome.describe()
+    );
+    assert!(
+        outcome.results.is_object(),
+        "the client printed no results\n{}",
+        outcome.describe()
+    );
+    assert_execution_gone(&outcome.execution());
+}
+
 /// The `Tollgate-Error` header of a client result.
 pub fn tollgate_error(response: &Value) -> Option<&str> {
     response["headers"].as_array()?.iter().find_map(|pair| {
@@ -308,76 +327,4 @@ pub fn tollgate_error(response: &Value) -> Option<&str> {
 /// The JSON refusal body of a client result (Null when the body is not JSON).
 pub fn refusal_body(response: &Value) -> Value {
     serde_json::from_str(response["body"].as_str().unwrap_or_default()).unwrap_or(Value::Null)
-}
-
-/// A CA and a leaf for `up.test` and `*.up.test`, made with the `openssl` CLI in `dir`:
-/// (CA certificate, leaf certificate, leaf key).
-fn make_material(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut ca = vec!["req", "-x509"];
-    ca.extend(ec);
-    ca.extend([
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=tollgate refusals upstream CA",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-    ]);
-    openssl(dir, &ca);
-    let mut csr = vec!["req"];
-    csr.extend(ec);
-    csr.extend([
-        "-keyout",
-        "leaf.key",
-        "-out",
-        "leaf.csr",
-        "-subj",
-        "/CN=up.test",
-    ]);
-    openssl(dir, &csr);
-    fs::write(
-        dir.join("leaf.ext"),
-        "subjectAltName=DNS:up.test,DNS:*.up.test\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "leaf.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "leaf.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "leaf.ext",
-        ],
-    );
-    // tollgate reads `upstream_ca` only if everyone may read it and only root may write it.
-    fs::set_permissions(dir.join("ca.pem"), fs::Permissions::from_mode(0o644)).unwrap();
-    (
-        dir.join("ca.pem"),
-        dir.join("leaf.pem"),
-        dir.join("leaf.key"),
-    )
 }
