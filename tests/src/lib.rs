@@ -11,6 +11,7 @@ pub mod leaks;
 pub mod netns;
 pub mod probes;
 pub mod sandbox;
+pub mod script_run;
 pub mod upstream;
 
 use std::path::{Path, PathBuf};

@@ -18,6 +18,7 @@ use serde_json::Value;
 use tollgate_tests::{
     leaks::SuiteLock,
     sandbox::{assert_execution_gone, read_json, read_json_lines, Finished, Sandbox, PYTHON},
+    script_run::ScriptRun,
     upstream::UpstreamHost,
     Scratch,
 };
@@ -89,17 +90,8 @@ network:
     fn run_with(&mut self, sandbox: Sandbox, policy: &str, script: &str) -> Outcome {
         self.runs += 1;
         let n = self.runs;
-        let policy_path = self.scratch.file(&format!("policy{n}.yaml"), policy);
-        let script_path = self
-            .scratch
-            .file(&format!("client{n}.py"), &format!("{CLIENT_PY}\n{script}"));
-        let audit = self.scratch.output(&format!("audit{n}.jsonl"));
-        let summary = self.scratch.output(&format!("summary{n}.json"));
-        let finished = sandbox
-            .policy(&policy_path)
-            .audit(&audit)
-            .summary(&summary)
-            .run([PYTHON, script_path.to_str().expect("utf-8 path")]);
+        let run = ScriptRun::write(&self.scratch, n, "client", policy, CLIENT_PY, script);
+        let finished = run.sandbox(sandbox).run([PYTHON, run.script_arg()]);
         assert!(
             self.up.alive(),
             "the upstream server died during the run\n{}",
@@ -114,13 +106,13 @@ network:
             .unwrap_or_else(|| panic!("the client printed no results\n{}", finished.describe()));
         let results: Value = serde_json::from_str(last)
             .unwrap_or_else(|e| panic!("results are not JSON ({e})\n{}", finished.describe()));
-        let summary_text = fs::read_to_string(&summary).expect("read the summary");
-        let summary = read_json(&summary);
+        let summary_text = fs::read_to_string(&run.summary).expect("read the summary");
+        let summary = read_json(&run.summary);
         let execution = summary["execution"].as_str().expect("summary.execution");
         assert_execution_gone(execution);
         Outcome {
-            audit: read_json_lines(&audit),
-            audit_text: fs::read_to_string(&audit).unwrap_or_default(),
+            audit: read_json_lines(&run.audit),
+            audit_text: run.audit_text(),
             finished,
             results,
             summary,

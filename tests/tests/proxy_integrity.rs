@@ -32,6 +32,7 @@ use tollgate_tests::{
     certs::{make_certificates, Certificates},
     leaks::SuiteLock,
     sandbox::{read_json, read_json_lines, shared_dir, Finished, Sandbox, PYTHON},
+    script_run::{files_in, results_line, ScriptRun},
     upstream::UpstreamHost,
     Scratch,
 };
@@ -154,50 +155,29 @@ auth_providers:
     fn run(&mut self, policy: &str, script: &str) -> Outcome {
         self.runs += 1;
         let n = self.runs;
-        let policy_file = self.scratch.file(&format!("policy{n}.yaml"), policy);
-        let script_file = self
-            .scratch
-            .file(&format!("script{n}.py"), &format!("{CLIENT_PY}\n{script}"));
-        fs::set_permissions(&script_file, fs::Permissions::from_mode(0o644)).expect("chmod");
+        let run = ScriptRun::write(&self.scratch, n, "script", policy, CLIENT_PY, script);
         let out = shared_dir(&self.scratch, &format!("out{n}"));
-        let audit = self.scratch.output(&format!("audit{n}.jsonl"));
-        let summary = self.scratch.output(&format!("summary{n}.json"));
-        let finished = Sandbox::new()
-            .policy(&policy_file)
+        let finished = run
+            .sandbox(Sandbox::new())
             .arg("--secrets-dir")
             .arg(self.secrets_root())
-            .audit(&audit)
-            .summary(&summary)
             .timeout("55s")
-            .run([
-                PYTHON,
-                script_file.to_str().expect("utf-8"),
-                out.to_str().expect("utf-8"),
-            ]);
+            .run([PYTHON, run.script_arg(), out.to_str().expect("utf-8")]);
         assert!(
             self.host.alive(),
             "the upstream died during the run\n{}",
             finished.describe()
         );
-        let results = finished
-            .stdout
-            .lines()
-            .rev()
-            .find(|l| l.starts_with('{'))
-            .and_then(|l| serde_json::from_str(l).ok())
+        let results = results_line(&finished.stdout)
             .unwrap_or_else(|| panic!("the script printed no results\n{}", finished.describe()));
         assert_eq!(finished.code(), 0, "{}", finished.describe());
-        let mut files = Vec::new();
-        for entry in fs::read_dir(&out).expect("read the output dir").flatten() {
-            files.push((entry.path(), fs::read(entry.path()).unwrap_or_default()));
-        }
         Outcome {
             results,
-            audit: read_json_lines(&audit),
-            audit_text: fs::read_to_string(&audit).unwrap_or_default(),
-            summary: read_json(&summary),
-            summary_text: fs::read_to_string(&summary).unwrap_or_default(),
-            files,
+            audit: read_json_lines(&run.audit),
+            audit_text: run.audit_text(),
+            summary: read_json(&run.summary),
+            summary_text: run.summary_text(),
+            files: files_in(&out),
             finished,
         }
     }

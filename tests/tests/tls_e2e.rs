@@ -23,6 +23,7 @@ use tollgate_tests::{
     certs::{make_certificates, Certificates},
     leaks::SuiteLock,
     sandbox::{read_json, read_json_lines, shared_dir, Finished, Sandbox, PYTHON},
+    script_run::{files_in, ScriptRun},
     tollgate,
     upstream::UpstreamHost,
     Scratch,
@@ -183,22 +184,14 @@ limits:
     fn run(&mut self, sandbox: Sandbox, policy: &str, script: &str) -> Outcome {
         self.runs += 1;
         let n = self.runs;
-        let policy_file = self.scratch.file(&format!("policy{n}.yaml"), policy);
-        let script_file = self
-            .scratch
-            .file(&format!("script{n}.py"), &format!("{PRELUDE}\n{script}"));
-        fs::set_permissions(&script_file, fs::Permissions::from_mode(0o644)).unwrap();
+        let run = ScriptRun::write(&self.scratch, n, "script", policy, PRELUDE, script);
         let out = shared_dir(&self.scratch, &format!("out{n}"));
-        let audit = self.scratch.output(&format!("audit{n}.jsonl"));
-        let summary = self.scratch.output(&format!("summary{n}.json"));
-        let finished = sandbox
-            .policy(&policy_file)
+        let finished = run
+            .sandbox(sandbox)
             .arg("--secrets-dir")
             .arg(self.secrets_root())
-            .audit(&audit)
-            .summary(&summary)
             .timeout("60s")
-            .run([PYTHON, script_file.to_str().unwrap(), out.to_str().unwrap()]);
+            .run([PYTHON, run.script_arg(), out.to_str().unwrap()]);
         let last = finished
             .stdout
             .lines()
@@ -207,17 +200,13 @@ limits:
             .to_owned();
         let results = serde_json::from_str(&last)
             .unwrap_or_else(|e| panic!("no results ({e}):\n{}", finished.describe()));
-        let mut files = Vec::new();
-        for entry in fs::read_dir(&out).unwrap().flatten() {
-            files.push((entry.path(), fs::read(entry.path()).unwrap_or_default()));
-        }
         Outcome {
             results,
-            audit: read_json_lines(&audit),
-            audit_text: fs::read_to_string(&audit).unwrap_or_default(),
-            summary: read_json(&summary),
-            summary_text: fs::read_to_string(&summary).unwrap_or_default(),
-            files,
+            audit: read_json_lines(&run.audit),
+            audit_text: run.audit_text(),
+            summary: read_json(&run.summary),
+            summary_text: run.summary_text(),
+            files: files_in(&out),
             finished,
         }
     }

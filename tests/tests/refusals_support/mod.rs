@@ -21,6 +21,7 @@ use serde_json::Value;
 use tollgate_tests::{
     certs::{make_certificates, Certificates},
     sandbox::{assert_execution_gone, read_json_lines, Finished, Sandbox, PYTHON},
+    script_run::{results_line, ScriptRun},
     tollgate,
     upstream::UpstreamHost,
     Scratch,
@@ -143,39 +144,23 @@ impl Bench {
     pub fn run(&mut self, sandbox: Sandbox, policy: &str, script: &str) -> Outcome {
         self.runs += 1;
         let n = self.runs;
-        let policy_path = self.scratch.file(&format!("policy{n}.yaml"), policy);
-        let script_path = self
-            .scratch
-            .file(&format!("client{n}.py"), &format!("{CLIENT_PY}\n{script}"));
-        fs::set_permissions(&script_path, fs::Permissions::from_mode(0o644)).unwrap();
-        let audit = self.scratch.output(&format!("audit{n}.jsonl"));
-        let summary = self.scratch.output(&format!("summary{n}.json"));
-        let finished = sandbox
-            .policy(&policy_path)
-            .audit(&audit)
-            .summary(&summary)
-            .run([PYTHON, script_path.to_str().expect("utf-8 path")]);
+        let run = ScriptRun::write(&self.scratch, n, "client", policy, CLIENT_PY, script);
+        let finished = run.sandbox(sandbox).run([PYTHON, run.script_arg()]);
         assert!(
             self.up.alive(),
             "the upstream server died during the run\n{}",
             finished.describe()
         );
-        let results = finished
-            .stdout
-            .lines()
-            .rev()
-            .find(|l| l.starts_with('{'))
-            .and_then(|l| serde_json::from_str(l).ok())
-            .unwrap_or(Value::Null);
-        let summary_text = fs::read_to_string(&summary).unwrap_or_default();
+        let results = results_line(&finished.stdout).unwrap_or(Value::Null);
+        let summary_text = run.summary_text();
         Outcome {
-            audit: read_json_lines(&audit),
-            audit_text: fs::read_to_string(&audit).unwrap_or_default(),
+            audit: read_json_lines(&run.audit),
+            audit_text: run.audit_text(),
             summary: serde_json::from_str(summary_text.trim()).unwrap_or(Value::Null),
             summary_text,
             results,
             finished,
-            policy: policy_path,
+            policy: run.policy,
         }
     }
 
