@@ -198,6 +198,20 @@ placeholders:\n  - {env: TOK_PH, provider: Tok}\n",
     (outcome, start, end)
 }
 
+/// What the audit log of `outcome` holds of the team's secret and of the placeholder the
+/// sandbox was given for it (the script's result `placeholder`).
+fn leaked(outcome: &Outcome) -> Vec<String> {
+    let placeholder = outcome
+        .result("placeholder")
+        .as_str()
+        .unwrap_or("?")
+        .to_owned();
+    [SECRET.to_owned(), placeholder]
+        .into_iter()
+        .filter(|needle| outcome.audit_text.contains(needle.as_str()))
+        .collect()
+}
+
 fn now_ms() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -325,15 +339,8 @@ fn every_record_has_one_shape_and_every_refusal_says_why_in_the_sandboxs_words()
     }
 
     // Nothing secret reaches the audit log: not the secret, not the placeholder.
-    let placeholder = outcome
-        .result("placeholder")
-        .as_str()
-        .unwrap_or("?")
-        .to_owned();
-    for needle in [SECRET, placeholder.as_str()] {
-        if outcome.audit_text.contains(needle) {
-            wrong.push(format!("the audit log contains {needle:?}"));
-        }
+    for needle in leaked(&outcome) {
+        wrong.push(format!("the audit log contains {needle:?}"));
     }
     assert!(
         wrong.is_empty(),
@@ -494,15 +501,8 @@ fn audit_format_ocsf_writes_the_same_events_as_ocsf_1_objects() {
             wrong.push(format!("{name}: {got} events, the JSON log has {want}"));
         }
     }
-    let placeholder = ocsf
-        .result("placeholder")
-        .as_str()
-        .unwrap_or("?")
-        .to_owned();
-    for needle in [SECRET, placeholder.as_str()] {
-        if ocsf.audit_text.contains(needle) {
-            wrong.push(format!("the OCSF log contains {needle:?}"));
-        }
+    for needle in leaked(&ocsf) {
+        wrong.push(format!("the OCSF log contains {needle:?}"));
     }
     assert!(
         wrong.is_empty() && !ocsf.audit.is_empty(),
