@@ -45,6 +45,14 @@ bench_nginx_conf "127.0.0.1:$NGINX_PORT ssl" "" "    ssl_certificate $WORK/leaf.
     ssl_session_cache off;"
 bench_start_nginx
 bench_start "$BIN" proxy "127.0.0.1:$TOLLGATE_PORT" "127.0.0.1:$NGINX_PORT" "$WORK/ca.pem" "$WORK/execution-ca.pem" >"$WORK/proxy.out"
+# BASELINE=/path/to/older/tls_bench: an older build's proxy measured in the same run.
+BASELINE_PORT=$(free_port)
+if [ -n "${BASELINE:-}" ]; then
+  mkdir -p "$WORK/before"
+  bench_start "$BASELINE" proxy "127.0.0.1:$BASELINE_PORT" "127.0.0.1:$NGINX_PORT" "$WORK/ca.pem" "$WORK/before/execution-ca.pem" >"$WORK/baseline.out"
+  wait_tcp 127.0.0.1 "$BASELINE_PORT" 200
+  for _ in $(seq 100); do [ -s "$WORK/before/execution-ca.pem" ] && break; sleep 0.05; done
+fi
 wait_tcp 127.0.0.1 "$NGINX_PORT" 200; wait_tcp 127.0.0.1 "$TOLLGATE_PORT" 200
 for _ in $(seq 100); do [ -s "$WORK/execution-ca.pem" ] && break; sleep 0.05; done
 
@@ -54,6 +62,13 @@ RESULTS="$WORK/results.jsonl"
 "$BIN" client proxy "127.0.0.1:$TOLLGATE_PORT" "$WORK/execution-ca.pem" "$N_KEEPALIVE" keepalive >>"$RESULTS"
 "$BIN" client direct "127.0.0.1:$NGINX_PORT" "$WORK/ca.pem" "$N_NEW" new >>"$RESULTS"
 "$BIN" client proxy "127.0.0.1:$TOLLGATE_PORT" "$WORK/execution-ca.pem" "$N_NEW" new >>"$RESULTS"
+if [ -n "${BASELINE:-}" ]; then
+  for mode in keepalive new; do
+    n=$([ "$mode" = keepalive ] && echo "$N_KEEPALIVE" || echo "$N_NEW")
+    "$BIN" client proxy "127.0.0.1:$BASELINE_PORT" "$WORK/before/execution-ca.pem" "$n" "$mode" \
+      | sed 's/"tollgate"/"tollgate-before"/' >>"$RESULTS"
+  done
+fi
 
 if [ "${MITM:-0}" = 1 ]; then
   /usr/bin/python3 -m venv "$WORK/venv" >/dev/null
