@@ -114,42 +114,37 @@ pub struct Record {
 impl Record {
     /// The record of one request or tunnel, stamped now.
     pub fn traffic(execution: &str, team: &str, traffic: Traffic) -> Record {
+        let kind = traffic.kind;
         Record {
-            kind: traffic.kind,
-            time: now_rfc3339(),
-            execution: execution.to_owned(),
-            team: Some(team.to_owned()),
-            count: None,
-            first_time: None,
             traffic: Some(traffic),
-            bypass: None,
-            sandbox: None,
+            ..Record::stamped(kind, execution, Some(team))
         }
     }
 
     /// The record of one socket the eBPF wall refused, stamped now.
     pub fn bypass(execution: &str, team: Option<&str>, attempt: &BypassAttempt) -> Record {
         Record {
-            kind: Kind::BypassAttempt,
-            time: now_rfc3339(),
-            execution: execution.to_owned(),
-            team: team.map(str::to_owned),
-            count: None,
-            first_time: None,
-            traffic: None,
             bypass: Some(Bypass {
                 decision: Verdict::Deny,
                 attempt: attempt.clone(),
                 message: bypass_message(attempt),
             }),
-            sandbox: None,
+            ..Record::stamped(Kind::BypassAttempt, execution, team)
         }
     }
 
     /// The record that opens an execution's audit trail, stamped now.
     pub fn sandbox(execution: &str, team: Option<&str>, landlock_abi: Option<u32>) -> Record {
         Record {
-            kind: Kind::Sandbox,
+            sandbox: Some(SandboxBuilt { landlock_abi }),
+            ..Record::stamped(Kind::Sandbox, execution, team)
+        }
+    }
+
+    /// The fields every record has, stamped now; the fields of its type still empty.
+    fn stamped(kind: Kind, execution: &str, team: Option<&str>) -> Record {
+        Record {
+            kind,
             time: now_rfc3339(),
             execution: execution.to_owned(),
             team: team.map(str::to_owned),
@@ -157,7 +152,7 @@ impl Record {
             first_time: None,
             traffic: None,
             bypass: None,
-            sandbox: Some(SandboxBuilt { landlock_abi }),
+            sandbox: None,
         }
     }
 }

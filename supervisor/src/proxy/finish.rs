@@ -14,14 +14,19 @@ use crate::audit::aggregate::Key;
 use crate::audit::{Outcome, Record, Traffic, Verdict};
 use http::Response;
 use std::time::{Duration, Instant};
+use tracing::level_filters::LevelFilter;
 use tracing::Level;
 
 /// Completes `traffic`, which started at `started`.
 pub(crate) fn finish(shared: &Shared, mut traffic: Traffic, started: Instant) {
     traffic.duration_ms = millis(started.elapsed());
-    // Identical refusals are logged once a second with their count (see `repeats`).
-    let (level, line) = log_line(&traffic, shared.policy.retry.attempts);
-    shared.log.log(Key::of_traffic(&traffic), level, line);
+    // Identical refusals are logged once a second with their count (see `repeats`). A line
+    // no subscriber would show is not even made: this runs for every request.
+    let level = level_of(traffic.outcome);
+    if level <= LevelFilter::current() {
+        let line = log_line(&traffic, shared.policy.retry.attempts);
+        shared.log.log(Key::of_traffic(&traffic), level, line);
+    }
     // Every refusal the sandbox caused is `deny`; an upstream failure stays `allow`.
     let refused = (traffic.decision == Verdict::Deny).then(|| shared.stats.refused(&traffic));
     if traffic.outcome != Outcome::Retrying && traffic.address.is_some() {
@@ -73,8 +78,8 @@ pub(crate) fn millis(duration: Duration) -> u64 {
 
 /// `GET https://api.test:443/v1 -> 200 complete (12ms, 0 bytes up, 512 bytes down)`, and on a
 /// refusal the sentence the sandbox got, on a retried attempt which attempt comes next
-/// (`attempts` in all); at WARN for what an operator should look at.
-fn log_line(traffic: &Traffic, attempts: u32) -> (Level, String) {
+/// (`attempts` in all).
+fn log_line(traffic: &Traffic, attempts: u32) -> String {
     let status = match (traffic.status, traffic.error) {
         (Some(status), Some(error)) => format!("{status} {error}"),
         (Some(status), None) => status.to_string(),
@@ -103,13 +108,17 @@ fn log_line(traffic: &Traffic, attempts: u32) -> (Level, String) {
         line.push_str(": ");
         line.push_str(message);
     }
-    let level = match traffic.outcome {
+    line
+}
+
+/// WARN for what an operator should look at (a body or tunnel cut short), INFO for the rest.
+fn level_of(outcome: Outcome) -> Level {
+    match outcome {
         Outcome::ResponseTooLarge
         | Outcome::Timeout
         | Outcome::UpstreamError
         | Outcome::TunnelBytesExceeded
         | Outcome::TunnelDurationExceeded => Level::WARN,
         _ => Level::INFO,
-    };
-    (level, line)
+    }
 }
