@@ -16,6 +16,7 @@ pub mod model;
 pub mod path_readings;
 pub mod rego;
 pub mod request;
+pub mod sandbox_env;
 pub mod schema;
 pub mod secrets;
 pub mod units;
