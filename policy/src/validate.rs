@@ -29,31 +29,6 @@ pub const RESERVED_HEADERS: &[&str] = &[
     "via",
 ];
 
-/// Environment variables tollgate sets in the child itself (proxy settings, CA bundle
-/// locations, the helper's `PYTHONPATH`, the basics): a placeholder may not take one of them.
-pub const RESERVED_ENV: &[&str] = &[
-    "PATH",
-    "HOME",
-    "LANG",
-    "TERM",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "ALL_PROXY",
-    "NO_PROXY",
-    "SSL_CERT_FILE",
-    "SSL_CERT_DIR",
-    "REQUESTS_CA_BUNDLE",
-    "CURL_CA_BUNDLE",
-    "NODE_EXTRA_CA_CERTS",
-    "GIT_SSL_CAINFO",
-    "PIP_CERT",
-    "DENO_CERT",
-    "CARGO_HTTP_CAINFO",
-    "PYTHONPATH",
-    "LD_PRELOAD",
-    "LD_LIBRARY_PATH",
-];
-
 /// Collects errors by YAML path; the loader turns paths into locations.
 #[derive(Default)]
 pub(crate) struct Problems(pub(crate) Vec<(String, String)>);
@@ -709,7 +684,7 @@ fn validate_placeholders(
                         section.env
                     ),
                 );
-            } else if RESERVED_ENV.contains(&section.env.as_str()) {
+            } else if crate::sandbox_env::is_reserved(&section.env) {
                 problems.add(
                     format!("{path}.env"),
                     format!(
