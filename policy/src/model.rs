@@ -16,6 +16,10 @@ pub struct Network {
     pub entries: Vec<AllowEntry>,
     pub hosts: BTreeMap<String, IpAddr>,
     pub upstream_ca: Option<PathBuf>,
+    /// `network.transparent` (default true): clients that ignore the proxy settings reach
+    /// the proxy anyway, through the sandbox's stub resolver and a redirect of its
+    /// synthetic addresses (docs/policy.md, "Transparent egress").
+    pub transparent: bool,
 }
 
 impl Network {
@@ -38,6 +42,40 @@ impl Network {
         }
         Some(names)
     }
+
+    /// Whether some request to `host` could be allowed: the host of an allow entry matches
+    /// it, whatever the scheme, port or L7 rules. This is the question the sandbox's stub
+    /// resolver asks before it hands out a synthetic address; the proxy still decides every
+    /// request in full.
+    ///
+    /// Only names: an IP host is always false (a client that dials an address literally
+    /// meets the eBPF wall, and an IP-literal entry is reached through the proxy settings).
+    /// `host` must be in the form [`UrlHost::parse`] gives (lowercase, IDN as punycode, no
+    /// trailing dot); the caller normalises, and any other spelling is false, so a name is
+    /// never allowed in a spelling the proxy would not match.
+    ///
+    /// With `allow_all`, every syntactically valid name of two labels or more, except the
+    /// names that only ever mean something on this machine or its link: `localhost` and
+    /// `*.localhost` (RFC 6761), `*.local` (mDNS, RFC 6762) and `*.arpa` (reverse lookups).
+    pub fn could_allow_host(&self, host: &UrlHost) -> bool {
+        let UrlHost::Domain(name) = host else {
+            return false;
+        };
+        if !matches!(UrlHost::parse(name), Ok(UrlHost::Domain(normal)) if normal == *name) {
+            return false;
+        }
+        if self.allow_all {
+            return name.contains('.') && !is_local_only_name(name);
+        }
+        self.entries.iter().any(|entry| entry.matches_host(host))
+    }
+}
+
+/// Names that resolve on this machine or its link, never on the Internet `allow_all`
+/// opens: they get no synthetic address.
+fn is_local_only_name(name: &str) -> bool {
+    let top = name.rsplit('.').next().unwrap_or(name);
+    matches!(top, "localhost" | "local" | "arpa")
 }
 
 /// One allow-list entry, short or long form.
@@ -130,6 +168,15 @@ impl AllowEntry {
                     Ok(())
                 }
             }
+        }
+    }
+
+    /// Whether the entry's host is `host` (or its pattern matches it), whatever the
+    /// scheme, port and path. `host` is normalised (see [`Network::could_allow_host`]).
+    pub fn matches_host(&self, host: &UrlHost) -> bool {
+        match &self.target {
+            EntryTarget::Prefix(prefix) => prefix.host == *host,
+            EntryTarget::Host { pattern, .. } => pattern.matches(host),
         }
     }
 
@@ -337,5 +384,122 @@ mod tests {
         );
         assert_eq!(subtrees("  allow_all: true\n"), None);
         assert_eq!(subtrees("  allow: []\n"), Some(vec![]));
+    }
+
+    fn network(section: &str) -> super::Network {
+        let yaml = format!("version: 1\nteam: acme\nnetwork:\n{section}");
+        Policy::from_yaml("t.yaml", &yaml)
+            .expect("policy")
+            .network
+            .expect("network")
+    }
+
+    /// `could_allow_host` of a name as the resolver passes it: through `UrlHost::parse`.
+    fn could_allow(network: &super::Network, name: &str) -> bool {
+        network.could_allow_host(&UrlHost::parse(name).expect("a host"))
+    }
+
+    #[test]
+    fn exact_hosts_and_prefixes_allow_their_name_on_any_port_and_scheme() {
+        let net = network(
+            "  allow:\n    - https://api.example.com/v1\n    - http://plain.example.org:8080/x\n    - host: files.example.net\n      ports: [8443]\n      schemes: [https]\n      rules: [{method: GET, path: /only/this}]\n",
+        );
+        for allowed in ["api.example.com", "plain.example.org", "files.example.net"] {
+            assert!(could_allow(&net, allowed), "{allowed}");
+        }
+        for refused in [
+            "example.com",
+            "www.api.example.com",
+            "api.example.co",
+            "apiexample.com",
+            "other.test",
+        ] {
+            assert!(!could_allow(&net, refused), "{refused}");
+        }
+    }
+
+    #[test]
+    fn wildcards_allow_what_they_match() {
+        let net = network(
+            "  allow:\n    - host: '*.svc.example.org'\n    - host: '**.deep.example.net'\n",
+        );
+        assert!(could_allow(&net, "a.svc.example.org"));
+        assert!(!could_allow(&net, "svc.example.org"));
+        assert!(!could_allow(&net, "a.b.svc.example.org"));
+        assert!(could_allow(&net, "a.deep.example.net"));
+        assert!(could_allow(&net, "a.b.c.deep.example.net"));
+        assert!(!could_allow(&net, "deep.example.net"));
+        assert!(!could_allow(&net, "xdeep.example.net"));
+    }
+
+    #[test]
+    fn ip_hosts_never_get_a_name() {
+        let net = network(
+            "  allow:\n    - host: 10.1.2.3\n      allowed_ips: [10.1.2.0/24]\n    - http://192.0.2.7/\n",
+        );
+        for ip in ["10.1.2.3", "192.0.2.7", "0x0a.1.2.3", "167838211", "[::1]"] {
+            assert!(!could_allow(&net, ip), "{ip}");
+        }
+        // Built by hand, an address spelt as a domain is not a name either.
+        assert!(!net.could_allow_host(&UrlHost::Domain("10.1.2.3".into())));
+        let all = network("  allow_all: true\n");
+        assert!(!could_allow(&all, "10.1.2.3"));
+        assert!(!all.could_allow_host(&UrlHost::Domain("10.1.2.3".into())));
+        assert!(!all.could_allow_host(&UrlHost::Domain("1.2.3.4".into())));
+    }
+
+    #[test]
+    fn allow_all_allows_names_of_two_labels_except_local_ones() {
+        let all = network("  allow_all: true\n");
+        for allowed in [
+            "example.com",
+            "a.b.c.example.org",
+            "xn--bcher-kva.example",
+            "under_score.example",
+            "localhost.example.com",
+            "local.example",
+        ] {
+            assert!(could_allow(&all, allowed), "{allowed}");
+        }
+        for refused in [
+            "localhost",
+            "printer",
+            "a.localhost",
+            "printer.local",
+            "x.y.local",
+            "1.0.0.127.in-addr.arpa",
+            "arpa",
+        ] {
+            assert!(!could_allow(&all, refused), "{refused}");
+        }
+    }
+
+    #[test]
+    fn the_caller_normalises_case_trailing_dots_and_idn() {
+        let net = network("  allow:\n    - https://api.example.com\n    - host: bücher.example\n");
+        // Through UrlHost::parse, the spellings of one name are that name.
+        for spelling in [
+            "API.Example.COM",
+            "api.example.com.",
+            "bücher.example",
+            "BÜCHER.example.",
+            "xn--bcher-kva.example",
+        ] {
+            assert!(could_allow(&net, spelling), "{spelling}");
+        }
+        // Not normalised, a host is refused rather than guessed at, for entries and
+        // allow_all alike.
+        let all = network("  allow_all: true\n");
+        for raw in ["API.example.com", "api.example.com.", "bücher.example"] {
+            let host = UrlHost::Domain(raw.to_owned());
+            assert!(!net.could_allow_host(&host), "{raw}");
+            assert!(!all.could_allow_host(&host), "{raw}");
+        }
+    }
+
+    #[test]
+    fn an_empty_allow_list_allows_no_name() {
+        let net = network("  allow: []\n");
+        assert!(!could_allow(&net, "example.com"));
     }
 }

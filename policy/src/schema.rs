@@ -70,6 +70,13 @@ pub struct NetworkSection {
     /// Extra CA certificates (PEM) trusted for upstream TLS, e.g. an internal CA.
     #[serde(default)]
     pub upstream_ca: Option<FileRef>,
+    /// Transparent egress: a stub resolver in the sandbox answers the names the policy
+    /// could allow with synthetic loopback addresses, and connections to them are
+    /// redirected to the proxy, so clients that ignore the proxy settings go through it
+    /// too. Default true; false leaves only the proxy settings (and `/etc/resolv.conf`
+    /// as it is).
+    #[serde(default = "yes")]
+    pub transparent: bool,
 }
 
 /// An allow-list entry: a URL prefix string, or the long form.

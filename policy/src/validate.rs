@@ -159,6 +159,7 @@ fn validate_network(section: &NetworkSection, problems: &mut Problems) -> Networ
             .map(|(name, ip)| (normalise_pin_name(name), *ip))
             .collect(),
         upstream_ca: section.upstream_ca.as_ref().map(|r| PathBuf::from(&r.file)),
+        transparent: section.transparent,
     }
 }
 
