@@ -442,7 +442,9 @@ fn tunnel_activity(decision: Verdict, outcome: Outcome) -> Activity<'static> {
         | Outcome::TlsUnavailable
         | Outcome::ClientTimeout
         | Outcome::TlsHandshakeFailed
-        | Outcome::CertificateError => FAIL,
+        | Outcome::CertificateError
+        | Outcome::NonHttpRefused
+        | Outcome::UnmappedAddress => FAIL,
     }
 }
 
@@ -465,7 +467,9 @@ fn succeeded(outcome: Outcome) -> bool {
         | Outcome::TlsUnavailable
         | Outcome::ClientTimeout
         | Outcome::TlsHandshakeFailed
-        | Outcome::CertificateError => false,
+        | Outcome::CertificateError
+        | Outcome::NonHttpRefused
+        | Outcome::UnmappedAddress => false,
     }
 }
 
@@ -556,6 +560,10 @@ fn traffic_unmapped(record: &Record, traffic: &Traffic) -> Value {
     }
     put(&mut unmapped, "finding", traffic.finding);
     put(&mut unmapped, "tls", traffic.tls);
+    put(&mut unmapped, "tls_alert", &traffic.tls_alert);
+    if traffic.transparent {
+        put(&mut unmapped, "transparent", true);
+    }
     Value::Object(unmapped)
 }
 

@@ -76,6 +76,10 @@ pub enum Outcome {
     TlsHandshakeFailed,
     /// Intercepted tunnel: no leaf certificate could be made for the host.
     CertificateError,
+    /// Transparent egress: the connection carried neither TLS nor HTTP.
+    NonHttpRefused,
+    /// Transparent egress: a synthetic address the resolver never handed out.
+    UnmappedAddress,
 }
 
 /// Something an operator should look at, beyond the verdict.
@@ -265,6 +269,13 @@ pub struct Traffic {
     /// For tunnels: `intercept` or `passthrough`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsMode>,
+    /// For tunnels whose handshake the sandbox's client broke off: the TLS alert it sent
+    /// (`unknown_ca`, `bad_certificate`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_alert: Option<String>,
+    /// Arrived through transparent egress (a client that ignored the proxy settings).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub transparent: bool,
 }
 
 impl Traffic {
@@ -294,6 +305,8 @@ impl Traffic {
             credentials: Vec::new(),
             finding: None,
             tls: None,
+            tls_alert: None,
+            transparent: false,
         }
     }
 

@@ -104,6 +104,11 @@ pub struct RunArgs {
     /// terminal: it cannot push input into the caller's.
     #[arg(long, short = 't')]
     pub tty: bool,
+    /// Turn transparent egress off for this run: clients that ignore the proxy settings then
+    /// cannot resolve or reach anything (see docs/clients.md). Also `network.transparent:
+    /// false` in the policy.
+    #[arg(long)]
+    pub no_transparent: bool,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -276,6 +281,7 @@ pub fn run(args: RunArgs) -> i32 {
         summary: args.summary,
         log: args.log,
         tty: args.tty,
+        transparent: !args.no_transparent,
         rootfs: args.rootfs,
         command: args.command,
     })

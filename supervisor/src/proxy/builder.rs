@@ -9,6 +9,7 @@ use super::listener::{self, ProxyHandle};
 use super::resolve::{Resolver, SystemResolver};
 use super::stats::ProxyStats;
 use super::tls::Interception;
+use super::transparent::TransparentListener;
 use super::upstream::{DirectTransport, Transport};
 use super::{limits, stats, Shared};
 use crate::audit::AuditLog;
@@ -226,7 +227,17 @@ impl Proxy {
         runtime: &tokio::runtime::Handle,
         listener: std::net::TcpListener,
     ) -> io::Result<ProxyHandle> {
-        listener::start(self.shared, runtime, listener)
+        listener::start(self.shared, runtime, listener, None)
+    }
+
+    /// [`Proxy::start`], also serving transparent egress's listener (see `transparent`).
+    pub fn start_transparent(
+        self,
+        runtime: &tokio::runtime::Handle,
+        listener: std::net::TcpListener,
+        transparent: TransparentListener,
+    ) -> io::Result<ProxyHandle> {
+        listener::start(self.shared, runtime, listener, Some(transparent))
     }
 
     /// Serves `listener` on the current runtime until `shutdown` resolves, then returns the
@@ -236,7 +247,8 @@ impl Proxy {
         listener: std::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> io::Result<ProxyStats> {
-        let handle = listener::start(self.shared, &tokio::runtime::Handle::current(), listener)?;
+        let handle =
+            listener::start(self.shared, &tokio::runtime::Handle::current(), listener, None)?;
         shutdown.await;
         Ok(handle.shutdown().await)
     }

@@ -3,7 +3,7 @@
 
 use super::body::ProxyBody;
 use super::errors::{ErrorCode, ProxyError};
-use super::{pipeline, Shared};
+use super::{pipeline, Shared, Via};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use std::sync::Arc;
@@ -20,7 +20,7 @@ pub(crate) async fn forward(
 ) -> Response<ProxyBody> {
     let (parts, body) = request.into_parts();
     let url = parse_target(&parts.uri);
-    pipeline::handle(shared, url, parts, body, ambiguous_framing).await
+    pipeline::handle(shared, url, parts, body, ambiguous_framing, Via::Proxy).await
 }
 
 /// parse + normalise: an absolute `http://` URL, through the policy crate's one parser.

@@ -1,11 +1,13 @@
 //! Accepting the sandbox's connections: the concurrent-connection cap, one HTTP/1.1 server
 //! ([`super::http1`]) per connection routing CONNECT to [`super::tunnel`] and the rest to
-//! [`super::forward`], and an orderly shutdown that waits briefly for in-flight work.
+//! [`super::forward`], the transparent listener's connections to [`super::transparent`]
+//! (under the same cap), and an orderly shutdown that waits briefly for in-flight work.
 
 use super::body::ProxyBody;
 use super::errors::{raw_response, ErrorCode};
 use super::http1::serve_http;
 use super::stats::ProxyStats;
+use super::transparent::{self, NameOf, TransparentListener};
 use super::{forward, tunnel, ConnContext, Shared};
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
@@ -65,15 +67,19 @@ pub(crate) fn start(
     shared: Arc<Shared>,
     runtime: &tokio::runtime::Handle,
     listener: std::net::TcpListener,
+    transparent: Option<TransparentListener>,
 ) -> io::Result<ProxyHandle> {
-    listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
-    let listener = {
+    let (listener, transparent) = {
         let _entered = runtime.enter();
-        TcpListener::from_std(listener)?
+        let listener = async_listener(listener)?;
+        let transparent = transparent
+            .map(|t| Ok::<_, io::Error>((async_listener(t.listener)?, t.names)))
+            .transpose()?;
+        (listener, transparent)
     };
     let (stop, stopped) = watch::channel(false);
-    let task = runtime.spawn(accept_loop(shared.clone(), listener, stopped));
+    let task = runtime.spawn(accept_loop(shared.clone(), listener, transparent, stopped));
     Ok(ProxyHandle {
         shared,
         stop,
@@ -82,7 +88,27 @@ pub(crate) fn start(
     })
 }
 
-async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+fn async_listener(listener: std::net::TcpListener) -> io::Result<TcpListener> {
+    listener.set_nonblocking(true)?;
+    TcpListener::from_std(listener)
+}
+
+/// The next connection on the transparent listener; never, without one.
+async fn accept_transparent(
+    transparent: &Option<(TcpListener, NameOf)>,
+) -> (io::Result<(TcpStream, SocketAddr)>, NameOf) {
+    match transparent {
+        Some((listener, names)) => (listener.accept().await, names.clone()),
+        None => std::future::pending().await,
+    }
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    transparent: Option<(TcpListener, NameOf)>,
+    mut stop: watch::Receiver<bool>,
+) {
     let slots = shared
         .settings
         .max_connections
@@ -92,9 +118,10 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, mut stop: watch
     // Every connection and tunnel holds a clone of `guard`; shutdown waits for all of them.
     let (guard, mut all_done) = mpsc::channel::<()>(1);
     loop {
-        let accepted = tokio::select! {
+        let (accepted, names) = tokio::select! {
             _ = super::stopped(&mut stop) => break,
-            accepted = listener.accept() => accepted,
+            accepted = listener.accept() => (accepted, None),
+            (accepted, names) = accept_transparent(&transparent) => (accepted, Some(names)),
         };
         let stream = match accepted {
             Ok((stream, _)) => stream,
@@ -112,20 +139,29 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, mut stop: watch
             framing: Default::default(),
             slot: None,
         };
-        match slots.clone().try_acquire_owned() {
-            Ok(permit) => {
+        match (slots.clone().try_acquire_owned(), names) {
+            (Ok(permit), names) => {
                 let context = ConnContext {
                     slot: Some(Arc::new(permit)),
                     ..context
                 };
-                tokio::spawn(serve_connection(context, stream));
+                match names {
+                    None => tokio::spawn(serve_connection(context, stream)),
+                    Some(names) => tokio::spawn(transparent::serve(context, stream, names)),
+                };
             }
-            Err(_) => {
+            (Err(_), None) => {
                 tokio::spawn(refuse_connection(context, stream));
+            }
+            (Err(_), Some(_)) => {
+                // Whatever it speaks, an answer it understands cannot be assumed: closed.
+                super::denials::connection_refused(&context.shared);
+                drop(stream);
             }
         }
     }
     drop(listener);
+    drop(transparent);
     drop(guard);
     let grace = shared.settings.shutdown_grace + Duration::from_millis(500);
     let _ = tokio::time::timeout(grace, all_done.recv()).await;

@@ -67,6 +67,7 @@ mod stats;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod tls;
+pub mod transparent;
 mod tunnel;
 mod upstream;
 
@@ -130,6 +131,16 @@ pub(crate) struct ConnContext {
     pub framing: Arc<http1::Verdicts>,
     /// The connection's place under `max_connections`; a tunnel keeps it until it closes.
     pub slot: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
+}
+
+/// How a connection reached the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Via {
+    /// A client that uses the proxy settings (absolute-form requests, CONNECT).
+    Proxy,
+    /// A client that ignored them, redirected to the transparent listener (see
+    /// `transparent`).
+    Transparent,
 }
 
 /// Resolves when the shutdown signal is set (or its sender is gone).

@@ -15,7 +15,7 @@ use super::hooks::{HookRequest, HookResponse, HookVerdict};
 use super::http1::Delivery;
 use super::relay::{Finish, RelayBody, MAX_BUFFERED};
 use super::upstream::{self, Outgoing};
-use super::{credentials, gate, headers, limits, Shared};
+use super::{credentials, gate, headers, limits, Shared, Via};
 use crate::audit::{Finding, Kind, Outcome, Traffic, Verdict};
 use bytes::Bytes;
 use http::request::Parts;
@@ -37,6 +37,7 @@ pub(crate) async fn handle(
     parts: Parts,
     body: Incoming,
     ambiguous_framing: bool,
+    via: Via,
 ) -> Response<ProxyBody> {
     let mut body = limits::RequestBody::new(body, &parts.headers);
     if let Some(refused) = super::denials::past_limit(&shared, &parts, url.as_ref().ok()) {
@@ -44,6 +45,7 @@ pub(crate) async fn handle(
     }
     let started = Instant::now();
     let mut record = Traffic::new(Kind::Http, parts.method.as_str());
+    record.transparent = via == Via::Transparent;
     let result = match url {
         Ok(url) => {
             steps(

@@ -84,6 +84,9 @@ pub struct RunOptions {
     pub tty: bool,
     /// A prepared root filesystem to run on instead of the host's system directories.
     pub rootfs: Option<PathBuf>,
+    /// Transparent egress (`--no-transparent` turns it off; so does the policy's
+    /// `network.transparent: false`).
+    pub transparent: bool,
     pub command: Vec<OsString>,
 }
 
@@ -109,6 +112,7 @@ impl RunOptions {
             log: None,
             tty: false,
             rootfs: None,
+            transparent: true,
             command,
         }
     }
@@ -167,6 +171,7 @@ fn execute(options: RunOptions) -> Result<i32, Refusal> {
         &execution,
         prepared.layers,
         prepared.network,
+        prepared.transparent,
         limits,
         &prepared.options.limits,
     )?;
@@ -175,6 +180,7 @@ fn execute(options: RunOptions) -> Result<i32, Refusal> {
         &mut prepared,
         &execution,
         walls.listener.take(),
+        walls.transparent.take(),
         &runtime,
         &violations,
     )?;
@@ -209,6 +215,11 @@ fn execute(options: RunOptions) -> Result<i32, Refusal> {
             runtime_dir: network.runtime_dir.as_ref().map(|dir| dir.path()),
             shares: &prepared.shares,
             tmp_size: prepared.options.tmp_size,
+            trust_store: network
+                .runtime_dir
+                .as_ref()
+                .is_some_and(|dir| dir.holds_ca_bundle()),
+            resolv_conf: prepared.transparent,
         })?,
     };
     let mut terminal = prepared
@@ -231,6 +242,9 @@ fn execute(options: RunOptions) -> Result<i32, Refusal> {
     let proxy_stats = network
         .proxy
         .map(|handle| runtime.block_on(handle.shutdown()));
+    let dns_stats = network
+        .resolver
+        .map(|resolver| runtime.block_on(resolver.shutdown()));
     drop(network.runtime_dir);
     let ending = ending?;
     Ok(report::report(report::Outcome {
@@ -242,5 +256,6 @@ fn execute(options: RunOptions) -> Result<i32, Refusal> {
         totals,
         limits: &limits,
         proxy_stats,
+        dns_stats,
     }))
 }

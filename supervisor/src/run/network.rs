@@ -1,11 +1,16 @@
 //! The execution's way out, when its policy turns the network on: the execution's CA and the
 //! runtime directory the sandbox reads it from, the proxy on the listener inside the sandbox's
-//! namespace, and the child's environment that points every client at them.
+//! namespace, the child's environment that points every client at them, and — transparent
+//! egress — the stub resolver and the proxy's transparent listener for the clients that
+//! ignore that environment.
 
 use super::prepare::Prepared;
 use super::violation::Violations;
 use super::{env, Refusal};
+use crate::dns::{StubResolver, SyntheticNames};
+use crate::proxy::transparent::{NameOf, TransparentListener};
 use crate::proxy::{Credentials, Interception, Proxy, ProxyHandle};
+use crate::sandbox::netns::TransparentSockets;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +23,8 @@ const CA_LIFETIME_WITHOUT_TIMEOUT: Duration = Duration::from_secs(7 * 86_400);
 pub(super) struct Network {
     pub(super) runtime_dir: Option<env::RuntimeDir>,
     pub(super) proxy: Option<ProxyHandle>,
+    /// The stub resolver, with transparent egress.
+    pub(super) resolver: Option<StubResolver>,
     /// The child's whole environment (also without the network).
     pub(super) environment: BTreeMap<String, String>,
 }
@@ -29,6 +36,7 @@ pub(super) fn start(
     prepared: &mut Prepared,
     execution: &str,
     listener: Option<std::net::TcpListener>,
+    transparent: Option<TransparentSockets>,
     runtime: &tokio::runtime::Runtime,
     violations: &Violations,
 ) -> Result<Network, Refusal> {
@@ -51,6 +59,7 @@ pub(super) fn start(
         return Ok(Network {
             runtime_dir: Some(runtime_dir),
             proxy: None,
+            resolver: None,
             environment,
         });
     };
@@ -94,13 +103,46 @@ pub(super) fn start(
     if prepared.audit.is_enabled() {
         builder = builder.audit_log(prepared.audit.clone());
     }
-    let proxy = builder
-        .build()
-        .start(runtime.handle(), listener)
-        .map_err(|e| Refusal::tollgate(format!("cannot start the proxy: {e}")))?;
+    let proxy = builder.build();
+    let (proxy, resolver) = match transparent {
+        None => (proxy.start(runtime.handle(), listener), None),
+        Some(sockets) => {
+            let (resolver, transparent) = start_transparent(policy, sockets, runtime)?;
+            let proxy = proxy.start_transparent(runtime.handle(), listener, transparent);
+            (proxy, Some(resolver))
+        }
+    };
+    let proxy = proxy.map_err(|e| Refusal::tollgate(format!("cannot start the proxy: {e}")))?;
     Ok(Network {
         runtime_dir: Some(runtime_dir),
         proxy: Some(proxy),
+        resolver,
         environment,
     })
+}
+
+/// Starts the stub resolver on its sockets, with a fresh table of synthetic names that the
+/// proxy's transparent listener maps addresses back through.
+fn start_transparent(
+    policy: &tollgate_policy::Policy,
+    sockets: TransparentSockets,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<(StubResolver, TransparentListener), Refusal> {
+    let names = Arc::new(SyntheticNames::new());
+    let resolver = StubResolver::start(
+        runtime.handle(),
+        sockets.dns_udp,
+        sockets.dns_tcp,
+        names.clone(),
+        Arc::new(policy.clone()),
+    )
+    .map_err(|e| Refusal::tollgate(format!("cannot start the stub resolver: {e}")))?;
+    let name_of: NameOf = Arc::new(move |address| names.name_of(address));
+    Ok((
+        resolver,
+        TransparentListener {
+            listener: sockets.listener,
+            names: name_of,
+        },
+    ))
 }

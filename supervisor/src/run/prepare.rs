@@ -20,6 +20,9 @@ pub(super) struct Prepared {
     pub(super) policy: Option<Policy>,
     /// Whether the policy turns the network (and so the proxy) on: decided once, here.
     pub(super) network: bool,
+    /// Transparent egress: the network is on, neither `--no-transparent` nor the policy turns
+    /// it off, and the sandbox has a namespace of its own to redirect in.
+    pub(super) transparent: bool,
     pub(super) credentials: Option<Credentials>,
     /// Held until the run returns, after every process of the execution is dead.
     pub(super) _lease: Option<UserLease>,
@@ -167,10 +170,18 @@ pub(super) fn prepare(mut options: RunOptions) -> Result<Prepared, Refusal> {
             "the sandbox cannot see --cwd: {why}"
         )));
     }
+    let transparent = network
+        && options.transparent
+        && layers.netns
+        && policy
+            .as_ref()
+            .and_then(|p| p.network.as_ref())
+            .is_some_and(|n| n.transparent);
     Ok(Prepared {
         options,
         policy,
         network,
+        transparent,
         credentials,
         _lease: lease,
         uid,

@@ -19,6 +19,8 @@ pub(super) struct Outcome<'a> {
     pub(super) totals: WallTotals,
     pub(super) limits: &'a ResourceLimits,
     pub(super) proxy_stats: Option<ProxyStats>,
+    /// The stub resolver's counters, when transparent egress ran.
+    pub(super) dns_stats: Option<crate::dns::DnsStats>,
 }
 
 /// Says why the command died if it ran out of memory, writes the summary, and returns the
@@ -33,6 +35,7 @@ pub(super) fn report(outcome: Outcome<'_>) -> i32 {
         totals,
         limits,
         proxy_stats,
+        dns_stats,
     } = outcome;
     let (exit_status, signal) = exit_status_of(ending);
     if let Some(violation) = &ending.violation {
@@ -67,6 +70,7 @@ pub(super) fn report(outcome: Outcome<'_>) -> i32 {
         bypass_attempts: totals.denied,
         bypass_reports_dropped: totals.dropped,
         proxy: proxy_stats.and_then(|stats| serde_json::to_value(stats).ok()),
+        dns: dns_stats,
         oom_killed: totals.usage.oom_kills > 0,
         memory_peak_bytes: totals.usage.memory_peak_bytes,
         cpu_time_ms: totals.usage.cpu_time_ms,

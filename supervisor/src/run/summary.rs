@@ -29,6 +29,10 @@ pub struct Summary {
     /// Proxy counters (requests, denials, bytes, destinations, and `refused`: what was
     /// refused where and why, most first), when the network is enabled.
     pub proxy: Option<serde_json::Value>,
+    /// The stub resolver's counters (queries, answered with an address, refused), when
+    /// transparent egress ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<crate::dns::DnsStats>,
     /// The memory limit killed a process of the execution (the kernel's OOM killer, inside
     /// the execution's cgroup); with exit status 137, the command itself.
     pub oom_killed: bool,

@@ -8,7 +8,7 @@ use crate::sandbox::bpf::{AttachedWall, EgressPrograms};
 use crate::sandbox::cgroup::ExecutionCgroup;
 use crate::sandbox::layers::Layers;
 use crate::sandbox::limits::{self, ExecutionLimits, LimitFlags, ResourceLimits};
-use crate::sandbox::netns::{self, NamespaceWalls, SandboxNet};
+use crate::sandbox::netns::{self, NamespaceWalls, SandboxNet, TransparentSockets};
 
 /// The walls of one execution, torn down in `tear_down` (and, for what the drop guards own,
 /// on any early return).
@@ -24,6 +24,8 @@ pub(super) struct Walls {
     /// The proxy's listener: bound inside the sandbox namespace (in test builds without the
     /// namespace wall, on the supervisor's own loopback).
     pub(super) listener: Option<std::net::TcpListener>,
+    /// Transparent egress's sockets, inside the namespace (when it is on).
+    pub(super) transparent: Option<TransparentSockets>,
 }
 
 /// What the eBPF wall saw, for the summary.
@@ -41,6 +43,7 @@ impl Walls {
         execution: &str,
         layers: Layers,
         network: bool,
+        transparent: bool,
         limits: ResourceLimits,
         flags: &LimitFlags,
     ) -> Result<Walls, Refusal> {
@@ -52,6 +55,7 @@ impl Walls {
                 netns::start(NamespaceWalls {
                     nftables: layers.nftables,
                     listener: network,
+                    transparent,
                 })
             })
             .transpose()?;
@@ -63,14 +67,16 @@ impl Walls {
         } else {
             None
         };
-        let (net, listener) = if let Some(pending) = pending {
+        let (net, listener, transparent) = if let Some(pending) = pending {
             let mut net = pending.finish()?;
             let listener = net.listener.take();
-            (Some(net), listener)
+            let transparent = net.transparent.take();
+            (Some(net), listener, transparent)
         } else if network {
-            (None, Some(netns::bind_proxy_listener()?))
+            // Without a namespace of its own (test builds) there is nothing to redirect in.
+            (None, Some(netns::bind_proxy_listener()?), None)
         } else {
-            (None, None)
+            (None, None, None)
         };
         Ok(Walls {
             cgroup,
@@ -79,6 +85,7 @@ impl Walls {
             pump: None,
             net,
             listener,
+            transparent,
         })
     }
 
@@ -96,6 +103,7 @@ impl Walls {
             pump,
             net,
             listener,
+            transparent,
         } = self;
         // Killed first, so the counters are final when read; removed after.
         if let Err(error) = cgroup.kill() {
@@ -130,6 +138,7 @@ impl Walls {
             totals.dropped = report.dropped;
         }
         drop(listener);
+        drop(transparent);
         drop(net);
         totals
     }

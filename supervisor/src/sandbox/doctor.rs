@@ -122,13 +122,15 @@ fn namespace() -> Result<String, String> {
     let net = netns::create(NamespaceWalls {
         nftables: true,
         listener: true,
+        transparent: true,
     })
     .map_err(|e| e.to_string())?;
     let address = net
         .proxy_address()
         .ok_or("the proxy listener has no address")?;
     Ok(format!(
-        "loopback up, nftables table installed, proxy listener bound on {address}"
+        "loopback up, nftables table installed, proxy listener bound on {address}, \
+         transparent redirect and stub resolver sockets ready"
     ))
 }
 

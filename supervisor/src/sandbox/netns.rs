@@ -7,9 +7,13 @@
 //! threads stay in the host namespace, so the proxy accepts inside the sandbox and dials out
 //! from the host. There is no veth, no address, no route but loopback, and nothing is
 //! bind-mounted: the namespace dies with the last process or descriptor holding it.
+//!
+//! With transparent egress the thread also binds, inside the namespace, the stub resolver's
+//! sockets (UDP and TCP on 127.0.0.1:53) and the proxy's transparent listener, and installs the
+//! rule that sends connections to the synthetic addresses to that listener (see `nft`).
 
 use super::SandboxError;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::OwnedFd;
 
 /// Which walls to build inside the namespace.
@@ -18,6 +22,21 @@ pub struct NamespaceWalls {
     pub nftables: bool,
     /// Bind the proxy listener (network enabled).
     pub listener: bool,
+    /// Also set up transparent egress (with `listener` only).
+    pub transparent: bool,
+}
+
+/// The port of the stub resolver inside the namespace (on 127.0.0.1).
+pub const DNS_PORT: u16 = 53;
+
+/// Transparent egress's sockets, bound inside the namespace.
+#[derive(Debug)]
+pub struct TransparentSockets {
+    /// Where the redirect rule sends connections to the synthetic addresses.
+    pub listener: TcpListener,
+    /// The stub resolver, on 127.0.0.1:53.
+    pub dns_udp: UdpSocket,
+    pub dns_tcp: TcpListener,
 }
 
 /// A sandbox network namespace.
@@ -27,6 +46,8 @@ pub struct SandboxNet {
     pub netns: OwnedFd,
     /// The proxy's listener on 127.0.0.1 inside the namespace (network enabled only).
     pub listener: Option<TcpListener>,
+    /// Transparent egress's sockets (when asked for).
+    pub transparent: Option<TransparentSockets>,
 }
 
 impl SandboxNet {
@@ -103,7 +124,47 @@ fn build_in_new_namespace(walls: NamespaceWalls) -> Result<SandboxNet, SandboxEr
     } else {
         None
     };
-    Ok(SandboxNet { netns, listener })
+    let transparent = if walls.listener && walls.transparent {
+        Some(transparent_sockets()?)
+    } else {
+        None
+    };
+    Ok(SandboxNet {
+        netns,
+        listener,
+        transparent,
+    })
+}
+
+/// Binds the transparent listener and the stub resolver's sockets, and installs the redirect.
+fn transparent_sockets() -> Result<TransparentSockets, SandboxError> {
+    let failed = |step: &'static str| {
+        move |e: std::io::Error| SandboxError::Netns {
+            step,
+            detail: e.to_string(),
+        }
+    };
+    let listener = bind_proxy_listener()?;
+    let port = listener
+        .local_addr()
+        .map_err(failed("read the transparent listener's port"))?
+        .port();
+    let resolver = (Ipv4Addr::LOCALHOST, DNS_PORT);
+    let dns_udp = UdpSocket::bind(resolver).map_err(failed("bind the stub resolver (UDP 127.0.0.1:53)"))?;
+    let dns_tcp =
+        TcpListener::bind(resolver).map_err(failed("bind the stub resolver (TCP 127.0.0.1:53)"))?;
+    for nonblocking in [dns_udp.set_nonblocking(true), dns_tcp.set_nonblocking(true)] {
+        nonblocking.map_err(failed("configure the stub resolver's sockets"))?;
+    }
+    super::nft::install_transparent_redirect(port).map_err(|detail| SandboxError::Netns {
+        step: "install the transparent redirect (nftables nat)",
+        detail,
+    })?;
+    Ok(TransparentSockets {
+        listener,
+        dns_udp,
+        dns_tcp,
+    })
 }
 
 /// Binds the proxy's listener on 127.0.0.1 in the calling thread's network namespace.

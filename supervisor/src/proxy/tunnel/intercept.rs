@@ -13,7 +13,7 @@ use crate::proxy::body::ProxyBody;
 use crate::proxy::errors::{raw_response, ErrorCode, ProxyError};
 use crate::proxy::finish::finish;
 use crate::proxy::http1::serve_http;
-use crate::proxy::{pipeline, ConnContext, Shared};
+use crate::proxy::{pipeline, ConnContext, Shared, Via};
 use bytes::Bytes;
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
@@ -31,15 +31,14 @@ use tollgate_policy::url::{NormalizedUrl, UrlHost};
 /// The first byte of every TLS record carrying a handshake (RFC 8446 §5.1).
 const TLS_HANDSHAKE: u8 = 0x16;
 
-/// Serves one intercepted tunnel until it closes; writes its audit record.
+/// Serves one intercepted CONNECT tunnel until it closes; writes its audit record.
 pub(crate) async fn serve(
     conn: ConnContext,
     upgrade: OnUpgrade,
     origin: NormalizedUrl,
-    mut record: Traffic,
+    record: Traffic,
     started: Instant,
 ) {
-    let shared = conn.shared.clone();
     let client = match upgrade.await {
         Ok(upgraded) => TokioIo::new(upgraded),
         Err(error) => {
@@ -47,9 +46,30 @@ pub(crate) async fn serve(
             return;
         }
     };
-    record.outcome = match terminate(&conn, client, &origin).await {
+    serve_stream(conn, client, origin, record, started, Via::Proxy).await;
+}
+
+/// Serves one intercepted connection from the sandbox — a CONNECT tunnel, or a transparent
+/// TLS connection (`via`) — until it closes; writes its audit record.
+pub(crate) async fn serve_stream<S>(
+    conn: ConnContext,
+    client: S,
+    origin: NormalizedUrl,
+    mut record: Traffic,
+    started: Instant,
+    via: Via,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let shared = conn.shared.clone();
+    record.outcome = match terminate(&conn, client, &origin, via).await {
         Ok(()) => Outcome::Closed,
         Err(Ended::Quiet(outcome)) => outcome,
+        Err(Ended::HandshakeFailed { alert, message }) => {
+            record.tls_alert = alert;
+            record.message = Some(message);
+            Outcome::TlsHandshakeFailed
+        }
         Err(Ended::Refused(error, outcome)) => {
             record.decision = Verdict::Deny;
             record.reason = error.reason.clone();
@@ -64,8 +84,14 @@ pub(crate) async fn serve(
 
 /// How a tunnel ended before or instead of serving requests.
 enum Ended {
-    /// Nothing to tell the sandbox (it closed, or the handshake failed: it sees that).
+    /// Nothing to tell the sandbox (it closed, or timed out).
     Quiet(Outcome),
+    /// The sandbox's client broke off the handshake (most often: it does not trust the
+    /// execution's CA), with the alert it sent, if any.
+    HandshakeFailed {
+        alert: Option<String>,
+        message: String,
+    },
     /// Refused; the tunnel's record says why.
     Refused(ProxyError, Outcome),
 }
@@ -74,6 +100,7 @@ async fn terminate<S>(
     conn: &ConnContext,
     mut client: S,
     origin: &NormalizedUrl,
+    via: Via,
 ) -> Result<(), Ended>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -115,21 +142,9 @@ where
     let handshake = async {
         let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream)
             .await
-            .map_err(|e| Ended::Quiet(log_handshake(origin, &e)))?;
-        if let Some(sni) = start.client_hello().server_name() {
-            if !names_host(sni, &origin.host) {
-                let error = ProxyError::new(
-                    ErrorCode::InvalidRequest,
-                    format!(
-                        "the TLS server name {} does not match the tunnel's host {}",
-                        printable(sni),
-                        origin.host
-                    ),
-                )
-                .with_reason("sni_mismatch");
-                return Err(Ended::Refused(error, Outcome::SniMismatch));
-            }
-        }
+            .map_err(|e| handshake_failed(origin, &e))?;
+        check_server_name(start.client_hello().server_name(), origin, via)
+            .map_err(|error| Ended::Refused(error, Outcome::SniMismatch))?;
         let config = interception.ca().server_config(&origin.host).map_err(|e| {
             tracing::error!("{e}");
             Ended::Quiet(Outcome::CertificateError)
@@ -137,7 +152,7 @@ where
         start
             .into_stream(config)
             .await
-            .map_err(|e| Ended::Quiet(log_handshake(origin, &e)))
+            .map_err(|e| handshake_failed(origin, &e))
     };
     let tls = match tokio::time::timeout(settings.header_read_timeout, handshake).await {
         Err(_) => return Err(Ended::Quiet(Outcome::ClientTimeout)),
@@ -150,23 +165,25 @@ where
     let origin = Arc::new(origin.clone());
     let route = move |context: ConnContext, inner: Request<Incoming>, ambiguous: bool| {
         let origin = origin.clone();
-        async move { request(context.shared.clone(), &origin, inner, ambiguous).await }
+        async move { request(context.shared.clone(), &origin, inner, ambiguous, via).await }
     };
     serve_http(inner, tls, route).await;
     Ok(())
 }
 
-/// One request inside an intercepted tunnel: origin form (or absolute form naming the same
-/// origin) becomes `https://<tunnel origin><path>`; then the pipeline.
+/// One request on a connection bound to `origin` (an intercepted tunnel, or a transparent
+/// connection): origin form (or absolute form naming the same origin) becomes
+/// `<origin's scheme>://<origin><path>`; then the pipeline.
 pub(crate) async fn request(
     shared: Arc<Shared>,
     origin: &NormalizedUrl,
     request: Request<Incoming>,
     ambiguous_framing: bool,
+    via: Via,
 ) -> Response<ProxyBody> {
     let (parts, body) = request.into_parts();
     let url = inner_url(origin, &parts.method, &parts.uri);
-    pipeline::handle(shared, url, parts, body, ambiguous_framing).await
+    pipeline::handle(shared, url, parts, body, ambiguous_framing, via).await
 }
 
 fn inner_url(
@@ -175,26 +192,55 @@ fn inner_url(
     uri: &http::Uri,
 ) -> Result<NormalizedUrl, ProxyError> {
     let invalid = |m: String| ProxyError::new(ErrorCode::InvalidUrl, m);
+    let scheme = origin.scheme.as_str();
     if method == Method::CONNECT {
-        return Err(invalid(
-            "CONNECT inside an intercepted tunnel is not supported".into(),
-        ));
+        return Err(invalid(format!(
+            "CONNECT is not supported on a connection to {scheme}://{}",
+            origin.authority()
+        )));
     }
     let authority = origin.authority();
-    if let Some(scheme) = uri.scheme_str() {
-        let same = scheme.eq_ignore_ascii_case("https")
+    if let Some(sent) = uri.scheme_str() {
+        let same = sent.eq_ignore_ascii_case(scheme)
             && uri.authority().is_some_and(|a| {
-                NormalizedUrl::from_parts("https", a.as_str(), "/")
+                NormalizedUrl::from_parts(scheme, a.as_str(), "/")
                     .is_ok_and(|u| u.host == origin.host && u.port == origin.port)
             });
         if !same {
             return Err(invalid(format!(
-                "a request inside the tunnel to {authority} must be for https://{authority}"
+                "a request on this connection to {authority} must be for {scheme}://{authority}"
             )));
         }
     }
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    NormalizedUrl::from_parts("https", &authority, path).map_err(|e| invalid(e.to_string()))
+    NormalizedUrl::from_parts(scheme, &authority, path).map_err(|e| invalid(e.to_string()))
+}
+
+/// The TLS server name must name the origin's host: when sent, through CONNECT (the tunnel
+/// already says where it goes); always, on a transparent connection (the name is what the
+/// synthetic address was handed out for).
+pub(crate) fn check_server_name(sni: Option<&str>, origin: &NormalizedUrl, via: Via) -> Result<(), ProxyError> {
+    let refused = |message: String, reason: &'static str| {
+        Err(ProxyError::new(ErrorCode::InvalidRequest, message).with_reason(reason))
+    };
+    match sni {
+        Some(sni) if !names_host(sni, &origin.host) => refused(
+            format!(
+                "the TLS server name {} does not match the host {} this connection is for",
+                printable(sni),
+                origin.host
+            ),
+            "sni_mismatch",
+        ),
+        None if via == Via::Transparent => refused(
+            format!(
+                "the TLS handshake to {} sent no server name (SNI); send one naming the host",
+                origin.host
+            ),
+            "sni_missing",
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// Whether a TLS server name (SNI) names `host`: case-insensitively, one trailing dot
@@ -213,24 +259,60 @@ fn printable(text: &str) -> String {
     text.chars().filter(|c| !c.is_control()).take(255).collect()
 }
 
-/// Logs why the sandbox's handshake failed (an unknown-CA alert means the client does not
-/// trust the execution's CA: its bundle variables were not honoured).
-fn log_handshake(origin: &NormalizedUrl, error: &io::Error) -> Outcome {
-    tracing::info!(
-        "CONNECT {}: the sandbox's TLS handshake failed: {error}",
-        origin.authority()
-    );
-    Outcome::TlsHandshakeFailed
+/// Why the sandbox's handshake failed, for its record and the log: most often an alert
+/// (`unknown_ca`) from a client that does not trust the execution's CA.
+fn handshake_failed(origin: &NormalizedUrl, error: &io::Error) -> Ended {
+    let alert = error
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+        .and_then(|e| match e {
+            rustls::Error::AlertReceived(alert) => Some(alert_name(*alert)),
+            _ => None,
+        });
+    let message = match &alert {
+        Some(alert) => format!(
+            "the client broke off the TLS handshake to {} with the alert {alert}: it does not \
+             trust the execution's CA (point it at the bundle in SSL_CERT_FILE, or use a client \
+             that reads the system trust store)",
+            origin.authority()
+        ),
+        None => format!(
+            "the client's TLS handshake to {} failed: {error}",
+            origin.authority()
+        ),
+    };
+    tracing::info!("{message}");
+    Ended::HandshakeFailed { alert, message }
+}
+
+/// A TLS alert in snake case, as TLS names it (`UnknownCA` → `unknown_ca`).
+fn alert_name(alert: rustls::AlertDescription) -> String {
+    if let rustls::AlertDescription::Unknown(code) = alert {
+        return format!("alert_{code}");
+    }
+    let camel: Vec<char> = format!("{alert:?}").chars().collect();
+    let mut name = String::new();
+    for (i, &c) in camel.iter().enumerate() {
+        let after_lower = i > 0 && camel[i - 1].is_ascii_lowercase();
+        let starts_word = i > 0
+            && camel[i - 1].is_ascii_uppercase()
+            && camel.get(i + 1).is_some_and(|n| n.is_ascii_lowercase());
+        if c.is_ascii_uppercase() && (after_lower || starts_word) {
+            name.push('_');
+        }
+        name.push(c.to_ascii_lowercase());
+    }
+    name
 }
 
 /// A stream that first replays bytes already read from it.
-struct Prefixed<S> {
+pub(crate) struct Prefixed<S> {
     prefix: Bytes,
     inner: S,
 }
 
 impl<S> Prefixed<S> {
-    fn new(prefix: Bytes, inner: S) -> Self {
+    pub(crate) fn new(prefix: Bytes, inner: S) -> Self {
         Prefixed { prefix, inner }
     }
 }
@@ -312,6 +394,35 @@ mod tests {
         let alt = origin("api.test:8443");
         let url = inner_url(&alt, &Method::GET, &"/".parse().expect("uri")).expect("ok");
         assert_eq!(url.redacted(), "https://api.test:8443/");
+    }
+
+    #[test]
+    fn alerts_are_named_as_tls_names_them() {
+        use rustls::AlertDescription as A;
+        assert_eq!(alert_name(A::UnknownCA), "unknown_ca");
+        assert_eq!(alert_name(A::BadCertificate), "bad_certificate");
+        assert_eq!(alert_name(A::CertificateUnknown), "certificate_unknown");
+        assert_eq!(alert_name(A::UnknownPSKIdentity), "unknown_psk_identity");
+        assert_eq!(alert_name(A::Unknown(200)), "alert_200");
+    }
+
+    #[test]
+    fn a_transparent_connection_must_send_the_mapped_name() {
+        let o = origin("api.test:443");
+        assert!(check_server_name(None, &o, Via::Proxy).is_ok());
+        let missing = check_server_name(None, &o, Via::Transparent).unwrap_err();
+        assert_eq!(missing.reason, "sni_missing");
+        assert!(check_server_name(Some("api.test"), &o, Via::Transparent).is_ok());
+        let other = check_server_name(Some("evil.test"), &o, Via::Transparent).unwrap_err();
+        assert_eq!(other.reason, "sni_mismatch");
+    }
+
+    #[test]
+    fn plain_http_origins_keep_their_scheme() {
+        let o = NormalizedUrl::from_parts("http", "api.test:8080", "/").expect("origin");
+        let url = inner_url(&o, &Method::GET, &"/x".parse().expect("uri")).expect("ok");
+        assert_eq!(url.redacted(), "http://api.test:8080/x");
+        assert!(inner_url(&o, &Method::GET, &"https://api.test:8080/x".parse().expect("uri")).is_err());
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! Either way the tunnel has one audit record, written when it closes.
 
 mod activity;
-mod intercept;
+pub(crate) mod intercept;
 
 use crate::audit::{Kind, Outcome, Traffic, Verdict};
 use crate::proxy::body::{self, ProxyBody};
@@ -87,13 +87,6 @@ async fn passthrough(
     record: Traffic,
     started: Instant,
 ) {
-    let ConnContext {
-        shared,
-        guard,
-        mut shutdown,
-        slot,
-        ..
-    } = conn;
     let client = match upgrade.await {
         Ok(upgraded) => TokioIo::new(upgraded),
         Err(error) => {
@@ -101,6 +94,27 @@ async fn passthrough(
             return;
         }
     };
+    relay(conn, client, dialed, record, started).await;
+}
+
+/// Relays an allowed passthrough tunnel's bytes between `client` and the dialed upstream
+/// until it closes, idles out, reaches a tunnel limit or the proxy stops; then its record.
+pub(crate) async fn relay<S>(
+    conn: ConnContext,
+    client: S,
+    dialed: Dialed,
+    record: Traffic,
+    started: Instant,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let ConnContext {
+        shared,
+        guard,
+        mut shutdown,
+        slot,
+        ..
+    } = conn;
     // Nothing inside is seen, so the tunnel itself is bounded: bytes both ways together,
     // and its lifetime from the CONNECT.
     let limits = &shared.policy.limits;
@@ -125,24 +139,38 @@ async fn passthrough(
 }
 
 /// How an allowed tunnel goes on.
-enum Opened {
+pub(crate) enum Opened {
     Passthrough(Dialed),
     /// Terminated locally; the URL carries the tunnel's scheme, host and port.
     Intercept(NormalizedUrl),
 }
 
-/// parse → decide → resolve → decide → mode → (passthrough: budget → dial).
+/// parse → [`open_target`].
 async fn open(
     shared: &Shared,
     request: &Request<Incoming>,
     record: &mut Traffic,
 ) -> Result<Opened, ProxyError> {
     let url = target(request)?;
+    let names = headers::names(request.headers());
+    let timeout = headers::requested_timeout(request.headers())?;
+    open_target(shared, url, &names, timeout, record).await
+}
+
+/// decide → resolve → decide → mode → (passthrough: budget → dial), for a tunnel to `url`
+/// (`https://host:port/`): asked for with CONNECT, or a transparent TLS connection.
+pub(crate) async fn open_target(
+    shared: &Shared,
+    url: NormalizedUrl,
+    header_names: &[String],
+    requested_timeout: Option<std::time::Duration>,
+    record: &mut Traffic,
+) -> Result<Opened, ProxyError> {
     record.scheme = "connect".into();
     record.host = url.host_str();
     record.port = url.port;
-    let names = headers::names(request.headers());
-    let decision: Decision = gate::clear(shared, "CONNECT", &url, true, &names, None).await?;
+    let decision: Decision =
+        gate::clear(shared, "CONNECT", &url, true, header_names, None).await?;
     record.decision = Verdict::Allow;
     record.reason = decision.reason.as_str().to_owned();
     record.rule = decision.rule.clone();
@@ -170,10 +198,7 @@ async fn open(
     shared
         .stats
         .attempt(&format!("connect://{}:{}", url.host, url.port), false);
-    let timeout = shared
-        .policy
-        .limits
-        .clamp_timeout(headers::requested_timeout(request.headers())?);
+    let timeout = shared.policy.limits.clamp_timeout(requested_timeout);
     let host = url.host_str();
     let target = DialTarget {
         host: &host,
