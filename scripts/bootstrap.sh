@@ -17,6 +17,10 @@ APT_PACKAGES=(
   openssl         # test certificates for upstream HTTPS servers
   mmdebstrap      # builds the images/sandbox/ root filesystems (--rootfs) from Debian packages
   libcap2-bin     # getcap/setcap: images/sandbox/build.sh strips file capabilities
+  golang-go       # Go 1.19: test clients (http.DefaultClient, a bare http.Transport) built at test time
+  python3-aiohttp # aiohttp with default settings (ignores the proxy variables) as a sandboxed client
+  wget            # wget (GnuTLS: reads only the system trust store) as a sandboxed client
+  bind9-dnsutils  # dig: DNS queries to the sandbox's stub resolver in the transparent-egress tests
 )
 
 log() { printf 'bootstrap: %s\n' "$*" >&2; }
