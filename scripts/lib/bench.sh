@@ -1,7 +1,8 @@
 # Shared pieces of the benchmark scripts (scripts/bench-proxy.sh, bench-proxy-sandbox.sh,
-# bench-tls.sh): packages, the release build, a work directory and the processes started in
-# it (stopped and removed on every exit), loopback ports, the nginx upstream, squid and
-# tinyproxy as plain forward proxies, wrk measurements and the results table.
+# bench-tls.sh, bench-transparent.sh): packages, the release build, a work directory and the
+# processes started in it (stopped and removed on every exit), loopback ports, the nginx
+# upstream (on loopback or in a test namespace behind a veth), squid and tinyproxy as plain
+# forward proxies, wrk measurements and the results table.
 #
 # Sourced, not run, from the repository root by a script that has already done
 #   set -euo pipefail; cd "$(dirname "$0")/.."
@@ -253,4 +254,69 @@ bench_print_table() {
     size=$([ "$file" = small ] && echo "100 B" || echo "1 MiB")
     printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$size" "$conns" "$label" "$rps" "$p50" "$p99" "$cpu" "$errors"
   done <"$RESULTS"
+}
+
+# bench_upstream_host PREFIX — an upstream host for the sandboxed benchmarks: an unnamed
+# network namespace (held by a sleep, UPSTREAM_HOLDER) joined to this one by a veth pair
+# (PREFIX<slot> here, tgq<slot> there) on a /30 of 10.201.0.0/16, locked like the test
+# suite's upstream hosts (tests/src/upstream.rs) so that neither picks a subnet in use. Sets
+# UPSTREAM (the namespace's address), GATEWAY (this side's), SUBNET and UPSTREAM_NS (a
+# prefix that runs a command in the namespace: nsenter execs it, so a started process's pid
+# is the command's). Remove it with bench_upstream_host_remove.
+UPSTREAM_HOLDER=
+UPSTREAM_VETH=
+bench_upstream_host() {
+  local locks=/tmp/tollgate-e2e-upstreams slot='' candidate base _
+  mkdir -p "$locks"
+  for candidate in $(seq 16383 -1 16000); do
+    exec 9>"$locks/$candidate.lock"
+    if flock -n 9; then
+      base=$((candidate * 4))
+      if ! ip -4 -o addr show | grep -q " 10.201.$((base / 256)).$((base % 256 + 1))/"; then
+        slot=$candidate; break
+      fi
+      flock -u 9
+    fi
+  done
+  [ -n "$slot" ] || { echo "no free /30 in 10.201.0.0/16" >&2; return 1; }
+  SUBNET="10.201.$((base / 256)).$((base % 256))/30"
+  GATEWAY="10.201.$((base / 256)).$((base % 256 + 1))"
+  UPSTREAM="10.201.$((base / 256)).$((base % 256 + 2))"
+
+  unshare --net -- sleep infinity &
+  UPSTREAM_HOLDER=$!
+  for _ in $(seq 200); do
+    [ "$(readlink /proc/$UPSTREAM_HOLDER/ns/net)" != "$(readlink /proc/self/ns/net)" ] && break
+    sleep 0.01
+  done
+  UPSTREAM_NS="nsenter --net=/proc/$UPSTREAM_HOLDER/ns/net --"
+  UPSTREAM_VETH="$1$slot"
+  ip link add "$UPSTREAM_VETH" type veth peer name "tgq$slot" netns "$UPSTREAM_HOLDER"
+  ip link set dev "$UPSTREAM_VETH" addrgenmode none
+  ip addr add "$GATEWAY/30" dev "$UPSTREAM_VETH"
+  ip link set dev "$UPSTREAM_VETH" up
+  $UPSTREAM_NS ip link set dev lo up
+  $UPSTREAM_NS ip link set dev "tgq$slot" addrgenmode none
+  $UPSTREAM_NS ip addr add "$UPSTREAM/30" dev "tgq$slot"
+  $UPSTREAM_NS ip link set dev "tgq$slot" up
+}
+
+# bench_upstream_host_remove — stops every process in the upstream host's namespace (the
+# holder last) and removes the veth pair; does nothing if bench_upstream_host did not run.
+bench_upstream_host_remove() {
+  local ns pid
+  if [ -n "$UPSTREAM_HOLDER" ]; then
+    if ns=$(readlink "/proc/$UPSTREAM_HOLDER/ns/net" 2>/dev/null); then
+      for pid in /proc/[0-9]*; do
+        pid=${pid#/proc/}
+        [ "$pid" != "$UPSTREAM_HOLDER" ] && [ "$(readlink "/proc/$pid/ns/net" 2>/dev/null)" = "$ns" ] &&
+          { kill "$pid" 2>/dev/null || true; }
+      done
+    fi
+    kill "$UPSTREAM_HOLDER" 2>/dev/null || true
+    wait "$UPSTREAM_HOLDER" 2>/dev/null || true
+    UPSTREAM_HOLDER=
+  fi
+  if [ -n "$UPSTREAM_VETH" ]; then ip link del "$UPSTREAM_VETH" 2>/dev/null || true; UPSTREAM_VETH=; fi
+  return 0
 }

@@ -1,0 +1,348 @@
+#!/usr/bin/env bash
+# Transparent egress benchmark: the same request from inside `tollgate run`, side by side in
+# one run, through the proxy variables (the client talks to the proxy listener) and in
+# transparent mode (the client ignores the proxy: it resolves the name through the stub
+# resolver, gets a synthetic 127.77.x.y address and its connection is DNATed to the
+# transparent listener); plus what transparent mode adds to starting `tollgate run`.
+#
+# The upstream is nginx in a test network namespace behind a veth (10.201.x.y/30), reached
+# by name through a `network.hosts` pin and `allowed_ips`, as bench-proxy-sandbox.sh does.
+# Measured, each cell its own `tollgate run` (as shipped: INFO log, audit on):
+#   - HTTP, 100-byte response, wrk: 1 and 32 keep-alive connections, and 1 connection with
+#     `Connection: close` (a new connection per request, so the per-connection work shows:
+#     the DNAT, SO_ORIGINAL_DST, sniffing the first bytes). wrk has no proxy support, so the
+#     proxy row sends absolute-form requests to $HTTP_PROXY (bench_wrk_lua); the transparent
+#     row is wrk straight at http://upstream.test/small.
+#   - HTTPS (intercepted), 100-byte response, curl: N requests from one curl process on one
+#     keep-alive connection, and with `Connection: close` (a TLS handshake per request). wrk
+#     cannot CONNECT, so both rows use curl: through $HTTPS_PROXY, and with `--noproxy '*'`
+#     and no CA variables (the execution CA comes from the system trust store tollgate binds
+#     over).
+#   - DNS: N getaddrinfo() lookups (A only, from Python) of the allowed name against the stub
+#     resolver, and of localhost (answered from /etc/hosts: the same loop without a query).
+#   - startup: `tollgate run --policy P -- /bin/true` transparent (the default) vs
+#     `--no-transparent`, and `tollgate run -- /bin/true` without a network (hyperfine).
+# Proxy CPU is the supervisor's utime+stime per request (or lookup) during the measurement.
+# The host-namespace "direct" rows (wrk, curl over the veth) are there for scale.
+#
+#   bash scripts/bench-transparent.sh
+#   DURATION=5s N_KEEPALIVE=1000 N_NEW=200 N_DNS=1000 RUNS=30 bash scripts/bench-transparent.sh
+#
+# Needs root. Every packet stays on this machine: loopback, the sandbox's own namespace, and
+# a veth pair to a namespace this script creates, all removed at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+. scripts/lib/bench.sh
+DURATION=${DURATION:-10s}
+N_KEEPALIVE=${N_KEEPALIVE:-2000}
+N_NEW=${N_NEW:-300}
+N_DNS=${N_DNS:-2000}
+RUNS=${RUNS:-50}
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "run as root: it builds a network namespace and runs tollgate" >&2
+  exit 1
+fi
+
+bench_need wrk:wrk nginx:nginx-light hyperfine:hyperfine curl:curl
+WRK=$(command -v wrk)
+
+# TOLLGATE=/path/to/tollgate measures that build instead (no build).
+if [ -z "${TOLLGATE:-}" ]; then
+  bench_build -p tollgate
+  TOLLGATE=${CARGO_TARGET_DIR:-$PWD/target}/release/tollgate
+fi
+
+bench_work tollgate-bench-transparent
+# The upstream CA for network.upstream_ca: a root-owned directory no sandbox shares or can
+# write (tollgate refuses a CA file a sandbox could rewrite); the audit and the summary go
+# to a private one (tollgate refuses to write as root where the sandbox could plant a link).
+CA_DIR="$WORK-ca"; PRIVATE="$WORK-private"
+mkdir -m 755 "$CA_DIR"; mkdir -m 700 "$PRIVATE"
+cleanup() {
+  bench_stop_processes
+  bench_upstream_host_remove
+  rm -rf "$WORK" "$CA_DIR" "$PRIVATE"
+}
+bench_on_exit cleanup
+
+# ---- the upstream: nginx on :80 and :443 (TLS, a leaf for upstream.test from our own CA).
+bench_upstream_host tgt
+(
+  cd "$CA_DIR"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key \
+    -out ca.pem -days 2 -subj "/CN=bench upstream CA" \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout leaf.key \
+    -out leaf.csr -subj /CN=upstream.test 2>/dev/null
+  printf 'subjectAltName=DNS:upstream.test\nextendedKeyUsage=serverAuth\n' >leaf.ext
+  openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out leaf.pem \
+    -days 2 -extfile leaf.ext 2>/dev/null
+  chmod 644 ca.pem; chmod 600 ca.key leaf.key
+)
+bench_www small
+bench_nginx_conf "$UPSTREAM:80" "" "    listen $UPSTREAM:443 ssl;
+    ssl_certificate $CA_DIR/leaf.pem;
+    ssl_certificate_key $CA_DIR/leaf.key;
+    ssl_session_tickets off;
+    ssl_session_cache off;"
+# shellcheck disable=SC2086 # UPSTREAM_NS is a command prefix
+bench_start_nginx $UPSTREAM_NS
+wait_tcp "$UPSTREAM" 80
+wait_tcp "$UPSTREAM" 443
+
+cat >"$WORK/policy.yaml" <<YAML
+version: 1
+team: bench
+network:
+  hosts:
+    upstream.test: $UPSTREAM
+  upstream_ca: {file: $CA_DIR/ca.pem}
+  allow:
+    - host: upstream.test
+      ports: [80, 443]
+      schemes: [http, https]
+      allowed_ips: [$SUBNET]
+limits:
+  max_requests: 1000000000
+  max_connections: 1024
+YAML
+bench_wrk_lua upstream-small upstream.test small >/dev/null
+# curl configurations: N transfers of the small file, one per line of -w output (seconds).
+curl_config() { # NAME COUNT [HEADER]
+  {
+    echo 'silent'; echo 'fail'
+    # shellcheck disable=SC2028 # the \n is curl's to expand
+    echo 'write-out = "%{time_total}\n"'
+    [ -z "${3:-}" ] || echo "header = \"$3\""
+    for _ in $(seq "$2"); do echo 'url = "https://upstream.test/small"'; echo 'output = "/dev/null"'; done
+  } >"$WORK/$1.curl"
+}
+curl_config warm 20
+curl_config keepalive "$N_KEEPALIVE"
+curl_config new "$N_NEW" "Connection: close"
+
+# ---- what runs inside `tollgate run`. The sandbox cannot see the supervisor's /proc entry
+# (hidepid), so the script marks the measured window with files in its output directory
+# and the supervisor's CPU ticks are read out here around it.
+mkdir -p "$WORK/out"; chmod 777 "$WORK/out"
+cat >"$WORK/inside.sh" <<'SH'
+#!/bin/sh
+# Runs inside `tollgate run`. PATH_ is `proxy` (through $HTTP_PROXY / $HTTPS_PROXY) or
+# `transparent` (ignoring them); CLIENT is `wrk`, `curl` or `dns`. Marks the measured window
+# for the outside: $OUT/measuring, then $OUT/measured, then waits (at most 10 s) for
+# $OUT/read, written once the supervisor's ticks were taken.
+set -eu
+wrk_run() { # WRK-ARGS… (duration, --latency)
+  [ "$CLOSE" = 0 ] || set -- -H "Connection: close" "$@"
+  case $PATH_ in
+    proxy) "$WRK" -t"$THREADS" -c"$CONNS" "$@" -s "$WORK/upstream-small.lua" "$HTTP_PROXY" ;;
+    transparent) "$WRK" -t"$THREADS" -c"$CONNS" "$@" http://upstream.test/small ;;
+  esac
+}
+curl_run() { # CONFIG-NAME
+  case $PATH_ in
+    proxy) /usr/bin/curl -K "$WORK/$1.curl" ;;
+    transparent) env -u CURL_CA_BUNDLE -u SSL_CERT_FILE /usr/bin/curl --noproxy '*' -K "$WORK/$1.curl" ;;
+  esac
+}
+dns_run() { # COUNT — lookups of $NAME, one time in seconds a line
+  /usr/bin/python3 -c '
+import socket, sys, time
+for _ in range(int(sys.argv[1])):
+    start = time.perf_counter()
+    socket.getaddrinfo(sys.argv[2], 80, socket.AF_INET, socket.SOCK_STREAM)
+    print(f"{time.perf_counter() - start:.9f}")
+' "$1" "$NAME"
+}
+case $CLIENT in
+  wrk) wrk_run -d1s >/dev/null ;;
+  curl) curl_run warm >/dev/null ;;
+  dns) dns_run 20 >/dev/null ;;
+esac
+: >"$OUT/measuring"
+date +%s%N >"$OUT/start"
+case $CLIENT in
+  wrk) wrk_run -d"$DURATION" --latency >"$OUT/client.out" ;;
+  curl) curl_run "$CURL" >"$OUT/client.out" ;;
+  dns) dns_run "$N_DNS" >"$OUT/client.out" ;;
+esac
+date +%s%N >"$OUT/end"
+: >"$OUT/measured"
+i=0; while [ ! -e "$OUT/read" ] && [ $i -lt 1000 ]; do sleep 0.01; i=$((i + 1)); done
+SH
+chmod 755 "$WORK/inside.sh"
+
+bench_results
+# wait_for FILE PID — until FILE exists or PID has exited.
+wait_for() { while [ ! -e "$1" ] && kill -0 "$2" 2>/dev/null; do sleep 0.01; done; }
+
+# record_timings LABEL FILE CONNS TICKS DIR — one RESULTS line from a file of per-operation
+# times in seconds (curl's -w, the lookup loop) and the window's wall clock.
+record_timings() {
+  /usr/bin/python3 - "$@" "$TICK" >>"$RESULTS" <<'PY'
+import sys
+label, file, conns, ticks, out, tick = sys.argv[1:]
+times = sorted(float(line) for line in open(f"{out}/client.out") if line.strip())
+wall = (int(open(f"{out}/end").read()) - int(open(f"{out}/start").read())) / 1e9
+n = len(times)
+us = lambda q: f"{times[min(n - 1, int(n * q))] * 1e6:.0f}us"
+cpu = "-" if ticks == "-" else f"{int(ticks) * 1e6 / int(tick) / n:.1f}"
+print("\t".join([file, conns, label, f"{n / wall:.0f}", us(0.5), us(0.99), cpu, ""]))
+PY
+}
+
+# check_path DIR PATH_ CLIENT — the audit says the traffic took the path the row is named
+# after (every record of the transparent listener has "transparent": true), and the
+# summary's resolver counters are there exactly when the stub resolver ran.
+check_path() {
+  local dir=$1 path=$2 client=$3 transparent
+  transparent=$(grep -c '"transparent":true' "$PRIVATE/audit.jsonl" || true)
+  if [ "$client" = dns ]; then :
+  elif [ "$path" = transparent ] && [ "$transparent" -eq 0 ]; then
+    echo "transparent row without transparent audit records (see $dir)" >&2; exit 1
+  elif [ "$path" = proxy ] && [ "$transparent" -ne 0 ]; then
+    echo "proxy row with transparent audit records (see $dir)" >&2; exit 1
+  fi
+  grep -q '"dns"' "$PRIVATE/summary.json" ||
+    { echo "no dns counters in the summary: is transparent egress on? (see $dir)" >&2; exit 1; }
+}
+
+CELL=0
+measure_sandbox() { # LABEL PATH_ CLIENT SCHEME ROW CONNS THREADS CLOSE CURL-CONFIG [NAME]
+  local label=$1 path=$2 client=$3 scheme=$4 row=$5 conns=$6 threads=$7 close=$8 curl=$9 name=${10:-}
+  local dir supervisor before after
+  CELL=$((CELL + 1)); dir="$WORK/out/$CELL"
+  mkdir -p "$dir"; chmod 777 "$dir"
+  "$TOLLGATE" run --policy "$WORK/policy.yaml" --audit "$PRIVATE/audit.jsonl" \
+    --summary "$PRIVATE/summary.json" --share "$WORK" \
+    --env "WRK=$WRK" --env "WORK=$WORK" --env "OUT=$dir" --env "DURATION=$DURATION" \
+    --env "PATH_=$path" --env "CLIENT=$client" --env "CONNS=$conns" --env "THREADS=$threads" \
+    --env "CLOSE=$close" --env "CURL=$curl" --env "N_DNS=$N_DNS" --env "NAME=$name" \
+    -- /bin/sh "$WORK/inside.sh" >"$dir/stdout" 2>"$dir/stderr" &
+  supervisor=$!
+  wait_for "$dir/measuring" "$supervisor"; before=$(bench_ticks "$supervisor" 2>/dev/null || echo 0)
+  wait_for "$dir/measured" "$supervisor"; after=$(bench_ticks "$supervisor" 2>/dev/null || echo 0)
+  : >"$dir/read"
+  wait "$supervisor" || {
+    echo "tollgate run failed ($label, $client, $row):" >&2; tail -5 "$dir/stdout" "$dir/stderr" >&2; exit 1
+  }
+  check_path "$dir" "$path" "$client"
+  if [ "$client" = wrk ]; then
+    bench_record "$label" "$scheme" "$row" "$((after - before))" "$dir/client.out"
+  else
+    record_timings "$label" "$scheme" "$row" "$((after - before))" "$dir"
+  fi
+  [ "$name" != upstream.test ] || DNS_SUMMARY=$(cat "$PRIVATE/summary.json")
+  rm -f "$PRIVATE/audit.jsonl" "$PRIVATE/summary.json" "$dir/stdout" "$dir/stderr"
+}
+
+# The host-namespace reference rows, over the veth, no proxy.
+measure_direct_wrk() { # CONNS THREADS CLOSE ROW
+  local header=()
+  [ "$3" = 0 ] || header=(-H "Connection: close")
+  wrk -t"$2" -c"$1" -d1s "${header[@]}" "http://$UPSTREAM/small" >/dev/null
+  wrk -t"$2" -c"$1" -d"$DURATION" --latency "${header[@]}" "http://$UPSTREAM/small" >"$WORK/wrk.out"
+  bench_record direct http "$4" - "$WORK/wrk.out"
+}
+measure_direct_curl() { # CONFIG ROW
+  local dir="$WORK/out/direct-curl-$1"
+  local direct=(--noproxy "*" --cacert "$CA_DIR/ca.pem" --resolve "upstream.test:443:$UPSTREAM")
+  mkdir -p "$dir"
+  curl "${direct[@]}" -K "$WORK/warm.curl" >/dev/null
+  date +%s%N >"$dir/start"
+  curl "${direct[@]}" -K "$WORK/$1.curl" >"$dir/client.out"
+  date +%s%N >"$dir/end"
+  record_timings direct https "$2" - "$dir"
+}
+
+# Side by side: every path for one scenario before the next scenario.
+# HTTP, wrk: CONNS THREADS CLOSE
+for scenario in "1 1 0" "32 2 0" "1 1 1"; do
+  read -r conns threads close <<<"$scenario"
+  what=$conns; [ "$close" = 0 ] || what="$conns, Connection: close"
+  measure_direct_wrk "$conns" "$threads" "$close" "$what"
+  measure_sandbox "proxy variables" proxy wrk http "$what" "$conns" "$threads" "$close" -
+  measure_sandbox transparent transparent wrk http "$what" "$conns" "$threads" "$close" -
+done
+# HTTPS (intercepted), curl: one keep-alive connection, then a new one per request.
+for curl in keepalive new; do
+  what="1, curl $([ "$curl" = keepalive ] && echo "keep-alive ($N_KEEPALIVE)" || echo "Connection: close ($N_NEW)")"
+  measure_direct_curl "$curl" "$what"
+  measure_sandbox "proxy variables" proxy curl https "$what" 1 1 0 "$curl"
+  measure_sandbox transparent transparent curl https "$what" 1 1 0 "$curl"
+done
+# DNS: lookups against the stub resolver, and of localhost (from /etc/hosts, no query: what
+# Python and glibc cost without the resolver).
+measure_sandbox "stub resolver" transparent dns dns "getaddrinfo A ($N_DNS)" 1 1 0 - upstream.test
+measure_sandbox "/etc/hosts" transparent dns dns "getaddrinfo A ($N_DNS)" 1 1 0 - localhost
+
+# ---- startup.
+cat >"$WORK/startup.yaml" <<YAML
+version: 1
+team: bench
+network:
+  hosts:
+    upstream.test: $UPSTREAM
+  allow:
+    - host: upstream.test
+      ports: [80]
+      schemes: [http]
+      allowed_ips: [$SUBNET]
+YAML
+hyperfine -N --warmup 5 --runs "$RUNS" --export-json "$WORK/startup.json" \
+  -n 'network off' "$TOLLGATE run -- /bin/true" \
+  -n 'network on, --no-transparent' "$TOLLGATE run --no-transparent --policy $WORK/startup.yaml -- /bin/true" \
+  -n 'network on, transparent' "$TOLLGATE run --policy $WORK/startup.yaml -- /bin/true" >/dev/null
+
+echo
+echo "nginx (1 worker) in a test namespace at $UPSTREAM behind a veth, reached as upstream.test"
+echo "(hosts pin + allowed_ips); sandboxed rows run inside \`tollgate run\` as the sandbox user;"
+echo "direct rows run in the host namespace. wrk $DURATION per cell. $(nproc) cores."
+echo "CPU = supervisor utime+stime per request (per lookup for the resolver)."
+/usr/bin/python3 - "$RESULTS" "$WORK/startup.json" "${DNS_SUMMARY:-}" <<'PY'
+import json, sys
+
+def micros(text):
+    for unit, scale in (("us", 1), ("ms", 1e3), ("s", 1e6)):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * scale
+    return float("nan")
+
+def shown(us):
+    return f"{us:.0f} µs" if us < 1000 else f"{us / 1000:.2f} ms"
+
+rows = [line.rstrip("\n").split("\t") for line in open(sys.argv[1]) if line.strip()]
+proxy = {(r[0], r[1]): r for r in rows if r[2] == "proxy variables"}
+print()
+print("| scheme | conns | path | req/s | p50 | p99 | proxy CPU/req (µs) | req/s vs proxy | p50 vs proxy | CPU vs proxy | errors |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
+for scheme, conns, label, rps, p50, p99, cpu, errors in rows:
+    base = proxy.get((scheme, conns))
+    ratios = ["", "", ""]
+    if label == "transparent" and base:
+        ratios = [f"{float(rps) / float(base[3]):.2f}x",
+                  f"{micros(p50) / micros(base[4]):.2f}x",
+                  f"{float(cpu) / float(base[6]):.2f}x" if cpu != "-" and base[6] != "-" else ""]
+    print(f"| {scheme} | {conns} | {label} | {float(rps):.0f} | {shown(micros(p50))} | "
+          f"{shown(micros(p99))} | {cpu} | " + " | ".join(ratios) + f" | {errors} |")
+if sys.argv[3]:
+    print()
+    print(f"resolver counters of the lookup run (summary): {json.dumps(json.loads(sys.argv[3])['dns'])}")
+
+results = json.load(open(sys.argv[2]))["results"]
+median = {r["command"]: r["median"] for r in results}
+off, plain = median["network off"], median["network on, --no-transparent"]
+print()
+print("| `tollgate run … -- /bin/true` | median | p95 | vs network off | vs --no-transparent |")
+print("|---|---|---|---|---|")
+for r in results:
+    times = sorted(r["times"])
+    p95 = times[max(0, int(len(times) * 0.95) - 1)]
+    print(f"| {r['command']} | {r['median'] * 1000:.2f} ms | {p95 * 1000:.2f} ms | "
+          f"{r['median'] / off:.2f}x | {r['median'] / plain:.2f}x |")
+added = median["network on, transparent"] - plain
+print()
+print(f"transparent egress adds {added * 1000:+.2f} ms to the median start (network on).")
+PY
