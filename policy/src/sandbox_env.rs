@@ -101,7 +101,13 @@ mod tests {
         {
             assert!(is_reserved(name), "{name}");
         }
-        for free in ["API_KEY", "OPENAI_API_KEY", "MY_PATH", "LDAP_TOKEN", "HOME_DIR"] {
+        for free in [
+            "API_KEY",
+            "OPENAI_API_KEY",
+            "MY_PATH",
+            "LDAP_TOKEN",
+            "HOME_DIR",
+        ] {
             assert!(!is_reserved(free), "{free}");
         }
     }

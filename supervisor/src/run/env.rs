@@ -1,12 +1,15 @@
 //! The child's environment: clean by default, never holding a secret; the Python helper on
 //! `PYTHONPATH` in every sandbox, and `TOLLGATE_HTTP` saying whether it may send; with the
-//! network on, the proxy settings, the trust bundle for the execution's CA and the
-//! placeholders.
+//! network on, the proxy settings (and `NODE_USE_ENV_PROXY=1`), the trust bundle for the
+//! execution's CA in every CA variable, and the placeholders.
 //!
 //! The runtime directory (`/run/tollgate/<execution-id>/`, root-owned, world-readable, no
 //! secret in it) holds `tollgate_http.py` in every sandbox (so code written against the
 //! helper imports it whatever the policy, and gets `HttpNotEnabled` when the network is off)
-//! and, with the network only, the CA bundle. Its guard removes it on every exit path;
+//! and, with the network only, the CA bundle (which `sandbox::mounts` also binds over the
+//! system trust stores) and the `resolv.conf` naming the execution's stub resolver (bound
+//! over the sandbox's `/etc/resolv.conf` in transparent mode). Its guard removes it on every
+//! exit path;
 //! `sandbox::gc` removes those of supervisors that were killed (a runtime directory whose
 //! execution cgroup is gone).
 
@@ -25,39 +28,11 @@ pub const SANDBOX_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// Where executions' runtime directories live.
 pub use crate::sandbox::gc::RUNTIME_ROOT;
 
-/// The variables that name the CA bundle, one per client family: OpenSSL (Python's `ssl`,
-/// curl, git, Ruby…), requests, curl, Node (added to its own roots), git, pip, Deno, Cargo.
-pub const CA_VARIABLES: [&str; 8] = [
-    "SSL_CERT_FILE",
-    "REQUESTS_CA_BUNDLE",
-    "CURL_CA_BUNDLE",
-    "NODE_EXTRA_CA_CERTS",
-    "GIT_SSL_CAINFO",
-    "PIP_CERT",
-    "DENO_CERT",
-    "CARGO_HTTP_CAINFO",
-];
-
-/// The proxy variables tollgate sets when the network is on.
-pub const PROXY_VARIABLES: [&str; 8] = [
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "ALL_PROXY",
-    "http_proxy",
-    "https_proxy",
-    "all_proxy",
-    "NO_PROXY",
-    "no_proxy",
-];
-
-/// Tells the Python helper whether this execution has a network: `enabled` or `disabled`
-/// (every call then raises `HttpNotEnabled`).
-pub const HELPER_SWITCH: &str = "TOLLGATE_HTTP";
-
-/// Variables that make the dynamic loader run code of the caller's choosing in every program
-/// of the sandbox, tollgate's helpers included. The sandbox may set them for itself; the
-/// command line may not hand them in.
-const LOADER_INJECTION: [&str; 3] = ["LD_PRELOAD", "LD_AUDIT", "LD_DEBUG_OUTPUT"];
+// The variables themselves are listed once, in `tollgate_policy::sandbox_env`, which the
+// validator reads too (a placeholder may not take one of them).
+use tollgate_policy::sandbox_env::{
+    self, CA_VARIABLES, HELPER_SWITCH, LOADER_INJECTION, NODE_USE_ENV_PROXY, PROXY_VARIABLES,
+};
 
 /// Why `name` may not be given with `--env` or `--pass-env` (`flag`), if it may not.
 fn refused_variable(flag: &str, name: &str) -> Option<String> {
@@ -67,7 +42,7 @@ fn refused_variable(flag: &str, name: &str) -> Option<String> {
              this execution has a network); leave it out"
         ));
     }
-    if PROXY_VARIABLES.contains(&name) || CA_VARIABLES.contains(&name) {
+    if sandbox_env::is_way_out(name) {
         return Some(format!(
             "{flag} {name}: tollgate sets {name} itself (the proxy and the execution's CA are \
              the sandbox's only way out); leave it out"
@@ -176,6 +151,7 @@ pub fn child_environment(
             };
             env.insert(name.to_owned(), value.to_owned());
         }
+        env.insert(NODE_USE_ENV_PROXY.to_owned(), "1".to_owned());
         let bundle = network.ca_bundle.display().to_string();
         for name in CA_VARIABLES {
             env.insert(name.to_owned(), bundle.clone());
@@ -220,16 +196,23 @@ fn secret_variables(policy: Option<&Policy>) -> Vec<String> {
     names
 }
 
+/// The sandbox's `/etc/resolv.conf` in transparent mode: the stub resolver the supervisor
+/// serves inside the execution's network namespace.
+pub const RESOLV_CONF: &str =
+    "# tollgate: names are answered by the execution's stub resolver\nnameserver 127.0.0.1\n";
+
 /// `/run/tollgate/<execution-id>/`: files the sandbox reads, removed when dropped.
 #[derive(Debug)]
 pub struct RuntimeDir {
     path: PathBuf,
+    /// Whether it holds the CA bundle (and `resolv.conf`): the network is on.
+    network: bool,
 }
 
 impl RuntimeDir {
     /// Creates the directory (0755, root's) with the Python helper
     /// (`python/tollgate_http.py`, 0644) and, when the network is on, the CA bundle
-    /// (`ca-bundle.pem`, 0644).
+    /// (`ca-bundle.pem`) and [`RESOLV_CONF`] (`resolv.conf`), 0644.
     pub fn create(execution: &str, ca_bundle: Option<&[u8]>) -> Result<RuntimeDir, String> {
         RuntimeDir::create_under(Path::new(RUNTIME_ROOT), execution, ca_bundle)
     }
@@ -254,7 +237,10 @@ impl RuntimeDir {
             .create(&path)
             .map_err(|e| failed(&path, e))?;
         // From here on the guard removes whatever was made.
-        let dir = RuntimeDir { path };
+        let dir = RuntimeDir {
+            path,
+            network: ca_bundle.is_some(),
+        };
         let python = dir.path.join("python");
         std::fs::DirBuilder::new()
             .mode(0o755)
@@ -262,6 +248,8 @@ impl RuntimeDir {
             .map_err(|e| failed(&python, e))?;
         if let Some(ca_bundle) = ca_bundle {
             write_public(&dir.ca_bundle(), ca_bundle).map_err(|e| failed(&dir.ca_bundle(), e))?;
+            write_public(&dir.resolv_conf(), RESOLV_CONF.as_bytes())
+                .map_err(|e| failed(&dir.resolv_conf(), e))?;
         }
         let helper = python.join("tollgate_http.py");
         write_public(&helper, PYTHON_HELPER.as_bytes()).map_err(|e| failed(&helper, e))?;
@@ -273,7 +261,16 @@ impl RuntimeDir {
     }
 
     pub fn ca_bundle(&self) -> PathBuf {
-        self.path.join("ca-bundle.pem")
+        self.path.join(crate::sandbox::mounts::CA_BUNDLE_NAME)
+    }
+
+    /// Whether the directory holds the CA bundle and `resolv.conf` (the network is on).
+    pub fn holds_ca_bundle(&self) -> bool {
+        self.network
+    }
+
+    pub fn resolv_conf(&self) -> PathBuf {
+        self.path.join(crate::sandbox::mounts::RESOLV_CONF_NAME)
     }
 
     pub fn python_path(&self) -> PathBuf {
@@ -321,6 +318,14 @@ mod tests {
         assert_eq!(mode(dir.path()), 0o755);
         assert_eq!(mode(&dir.ca_bundle()), 0o644);
         assert_eq!(std::fs::read(dir.ca_bundle()).expect("read"), b"PEM");
+        assert!(dir.holds_ca_bundle());
+        assert_eq!(mode(&dir.resolv_conf()), 0o644);
+        let resolv = std::fs::read_to_string(dir.resolv_conf()).expect("resolv.conf");
+        assert!(resolv.starts_with("# tollgate"), "{resolv}");
+        assert!(
+            resolv.lines().any(|l| l == "nameserver 127.0.0.1"),
+            "{resolv}"
+        );
         let helper = dir.python_path().join("tollgate_http.py");
         assert!(std::fs::read_to_string(helper)
             .expect("helper")
@@ -332,6 +337,8 @@ mod tests {
         let offline = RuntimeDir::create_under(&root, "exec-2", None).expect("create");
         assert!(offline.python_path().join("tollgate_http.py").exists());
         assert!(!offline.ca_bundle().exists());
+        assert!(!offline.resolv_conf().exists());
+        assert!(!offline.holds_ca_bundle());
         drop(offline);
         let _ = std::fs::remove_dir_all(root);
     }
@@ -361,6 +368,8 @@ mod tests {
         for name in CA_VARIABLES {
             assert_eq!(env[name], "/run/tollgate/x/ca-bundle.pem");
         }
+        assert_eq!(env["AWS_CA_BUNDLE"], "/run/tollgate/x/ca-bundle.pem");
+        assert_eq!(env[NODE_USE_ENV_PROXY], "1");
         assert_eq!(env["PYTHONPATH"], "/run/tollgate/x/python:/mine");
         assert_eq!(env[HELPER_SWITCH], "enabled");
         assert_eq!(env["API_KEY"], "tollgate_ph_0123");
@@ -381,8 +390,42 @@ mod tests {
         let env = child_environment(None, &[], &[], Some(helper), None, "/tmp").expect("env");
         assert_eq!(env["PYTHONPATH"], "/run/tollgate/x/python");
         assert_eq!(env[HELPER_SWITCH], "disabled");
-        for name in CA_VARIABLES.iter().chain(&PROXY_VARIABLES) {
+        for name in CA_VARIABLES
+            .iter()
+            .chain(&PROXY_VARIABLES)
+            .chain(&[NODE_USE_ENV_PROXY])
+        {
             assert!(!env.contains_key(*name), "no network, no {name}");
+        }
+    }
+
+    #[test]
+    fn every_variable_tollgate_sets_is_reserved_for_placeholders() {
+        // The one list (`tollgate_policy::sandbox_env`) must cover everything set here, or a
+        // placeholder could take a variable tollgate overwrites (or that overwrites the proxy).
+        let policy = Policy::from_yaml(
+            "t.yaml",
+            "version: 1\nteam: acme\nnetwork:\n  allow: [https://api.example.com]\nauth_providers:\n  - name: K\n    type: bearer\n    secret: {env: K_SECRET}\n    scope: [https://api.example.com]\nplaceholders:\n  - {env: API_KEY, provider: K}\n",
+        )
+        .expect("policy");
+        let network = NetworkEnv {
+            proxy: "127.0.0.1:3128".parse().expect("addr"),
+            ca_bundle: "/run/tollgate/x/ca-bundle.pem".into(),
+            placeholders: vec![("API_KEY".into(), "tollgate_ph_0123".into())],
+        };
+        let helper = Path::new("/run/tollgate/x/python");
+        for network in [Some(&network), None] {
+            let env = child_environment(Some(&policy), &[], &[], Some(helper), network, "/tmp")
+                .expect("env");
+            for name in env.keys() {
+                if network.is_some_and(|n| n.placeholders.iter().any(|(p, _)| p == name)) {
+                    continue;
+                }
+                assert!(
+                    sandbox_env::is_reserved(name),
+                    "tollgate sets {name}, which a placeholder could take"
+                );
+            }
         }
     }
 
@@ -394,6 +437,8 @@ mod tests {
             "NO_PROXY",
             "SSL_CERT_FILE",
             "NODE_EXTRA_CA_CERTS",
+            "AWS_CA_BUNDLE",
+            NODE_USE_ENV_PROXY,
             "LD_PRELOAD",
             "LD_AUDIT",
             "TOLLGATE_SECRET_ACME_KEY",

@@ -1,9 +1,9 @@
 //! The child's side of the mounts: between clone and exec, as root, system calls only.
 
-use super::{Attach, PrivateMounts, DEV_PTS_MAX};
+use super::{trust_stores, Attach, PrivateMounts, DEV_PTS_MAX};
 use std::ffi::CStr;
 use std::io;
-use std::os::fd::AsRawFd as _;
+use std::os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd};
 
 /// Where the new root is assembled before `pivot_root` (any directory of the old root; it is
 /// detached with the rest of the old root).
@@ -156,6 +156,14 @@ impl PrivateMounts {
             for share in &self.shares {
                 attach_at(share)?;
             }
+            // Over files of the root and the shares, before /proc and /sys exist: no link of
+            // the root can lead into them.
+            if let Some(bundle) = &self.trust_store {
+                trust_stores::cover(bundle)?;
+            }
+            if let Some((source, plan)) = &self.resolv_conf {
+                plan.apply(source)?;
+            }
             mount_fs(
                 c"proc",
                 c"/proc",
@@ -243,7 +251,7 @@ unsafe fn attach_at(attach: &Attach) -> io::Result<()> {
     }
 }
 
-unsafe fn make_dir(path: &CStr, mode: libc::mode_t) -> io::Result<()> {
+pub(super) unsafe fn make_dir(path: &CStr, mode: libc::mode_t) -> io::Result<()> {
     // SAFETY: a NUL-terminated path.
     if unsafe { libc::mkdir(path.as_ptr(), mode) } != 0 {
         let error = io::Error::last_os_error();
@@ -312,6 +320,98 @@ unsafe fn mount_fs(
             options.as_ptr().cast(),
         )
     })
+}
+
+/// Opens `path` in the sandbox's view as an `O_PATH` descriptor (`openat2(2)`, Linux 5.6),
+/// never through a magic link (`/proc/<pid>/root` and the like). With `follow`, its links are
+/// followed, inside the sandbox's root (the child has made it its own); without, no link is.
+pub(super) fn open_in_view(path: &CStr, follow: bool) -> io::Result<OwnedFd> {
+    let (flags, resolve) = if follow {
+        (0, libc::RESOLVE_NO_MAGICLINKS)
+    } else {
+        (
+            libc::O_NOFOLLOW,
+            libc::RESOLVE_NO_MAGICLINKS | libc::RESOLVE_NO_SYMLINKS,
+        )
+    };
+    // SAFETY: open_how is plain data (zero: no flag, no mode).
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_PATH | libc::O_CLOEXEC | flags) as u64;
+    how.resolve = resolve;
+    // SAFETY: a NUL-terminated path and an open_how of the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: openat2 returned a new descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
+/// What `fstat` says of an open descriptor.
+pub(super) fn fstat(fd: &OwnedFd) -> io::Result<libc::stat> {
+    // SAFETY: stat is plain data, filled by fstat for an open descriptor.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    check(unsafe { libc::fstat(fd.as_raw_fd(), &mut stat) })?;
+    Ok(stat)
+}
+
+/// Binds the file `source` (a path of the sandbox with no link in it) over the file `target`,
+/// read-only, with no set-uid, no devices and no execution: a clone of its mount
+/// (`open_tree`), set (`mount_setattr`), then moved onto the descriptor (`move_mount`).
+pub(super) fn bind_file_onto(source: &CStr, target: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: a NUL-terminated path; the descriptor returned is owned right below.
+    let tree = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            source.as_ptr(),
+            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_SYMLINK_NOFOLLOW as u32,
+        )
+    };
+    if tree < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: open_tree returned a new descriptor nothing else owns.
+    let tree = unsafe { OwnedFd::from_raw_fd(tree as libc::c_int) };
+    // SAFETY: mount_attr is plain data; zero is "change nothing".
+    let mut attributes: libc::mount_attr = unsafe { std::mem::zeroed() };
+    attributes.attr_set = libc::MOUNT_ATTR_RDONLY
+        | libc::MOUNT_ATTR_NOSUID
+        | libc::MOUNT_ATTR_NODEV
+        | libc::MOUNT_ATTR_NOEXEC;
+    attributes.propagation = libc::MS_PRIVATE;
+    // SAFETY: the detached tree, an empty path and a mount_attr of the size passed.
+    let set = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint,
+            &attributes as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    check(set as libc::c_int)?;
+    // SAFETY: two open descriptors and empty paths.
+    let moved = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            target.as_raw_fd(),
+            c"".as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH | libc::MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    check(moved as libc::c_int)
 }
 
 fn check(result: libc::c_int) -> io::Result<()> {

@@ -15,8 +15,13 @@
 //!   directory — or, with `--rootfs DIR`, DIR itself, read-only, as the root;
 //! - fresh `/tmp` and `/var/tmp` (tmpfs, mode 1777, each at most `--tmp-size`) and `/dev/shm`
 //!   (at most [`DEV_SHM_SIZE`]), freed with the namespace (tmpfs pages are memory);
-//! - a fresh `/run` holding only the execution's runtime directory (the CA bundle and the
-//!   Python helper);
+//! - a fresh `/run` holding only the execution's runtime directory (the CA bundle, the
+//!   Python helper and, with the network on, the stub resolver's `resolv.conf`);
+//! - with the network on, the CA bundle bound read-only over every system trust store of the
+//!   root ([`trust_stores`]), and in transparent mode `resolv.conf` over the file the root's
+//!   `/etc/resolv.conf` names ([`resolv_conf`]), so clients that read neither the CA
+//!   variables nor a resolver setting of tollgate's trust the interception and ask the stub
+//!   resolver;
 //! - a minimal `/dev` (a tmpfs with `null`, `zero`, `full`, `random`, `urandom`, `tty`, a
 //!   devpts instance of its own of at most [`DEV_PTS_MAX`] terminals with `ptmx`, and the
 //!   `fd`, `stdin`, `stdout`, `stderr` links);
@@ -40,6 +45,8 @@
 //! that layer holds alone.
 
 mod child;
+pub mod resolv_conf;
+pub mod trust_stores;
 mod view;
 
 pub use view::{arrange_shares, check_share, max_tmp_size, View};
@@ -54,6 +61,10 @@ use std::path::{Path, PathBuf};
 
 /// Where the execution's runtime directories live on the host and in the sandbox.
 const RUNTIME_ROOT: &str = "/run/tollgate";
+/// The CA bundle's name in the runtime directory.
+pub const CA_BUNDLE_NAME: &str = "ca-bundle.pem";
+/// The stub resolver's `resolv.conf` in the runtime directory.
+pub const RESOLV_CONF_NAME: &str = "resolv.conf";
 
 /// The host's system directories the sandbox's own root holds (those that exist).
 pub const SYSTEM_DIRS: [&str; 8] = [
@@ -131,6 +142,12 @@ pub struct MountRequest<'a> {
     pub shares: &'a [OpenShare],
     /// Size of `/tmp` and of `/var/tmp`, each.
     pub tmp_size: u64,
+    /// Bind the runtime directory's CA bundle over the root's system trust stores (the
+    /// directory holds one: the network is on).
+    pub trust_store: bool,
+    /// Bind the runtime directory's `resolv.conf` over what the root's `/etc/resolv.conf`
+    /// names (transparent mode).
+    pub resolv_conf: bool,
 }
 
 /// A mount prepared in the supervisor: a detached tree, and the directories to create for its
@@ -161,6 +178,10 @@ pub struct PrivateMounts {
     /// The runtime directory: its path (the same in the new `/run`) and its mount.
     runtime_dir: Option<(CString, OwnedFd)>,
     shares: Vec<Attach>,
+    /// The CA bundle's path in the sandbox, to bind over the trust stores.
+    trust_store: Option<CString>,
+    /// The runtime directory's `resolv.conf` (its path in the sandbox), and where it goes.
+    resolv_conf: Option<(CString, resolv_conf::Plan)>,
     /// In the host's tree: whether these exist to mount over.
     var_tmp: bool,
     dev_shm: bool,
@@ -263,8 +284,35 @@ impl PrivateMounts {
                 (Some(None), system, links)
             }
         };
+        // The files bound over the root's come from the runtime directory.
+        let in_runtime_dir =
+            |wanted: bool, name: &str, step: &'static str| match (wanted, request.runtime_dir) {
+                (false, _) => Ok(None),
+                (true, Some(dir)) => c_path(step, &dir.join(name)).map(Some),
+                (true, None) => Err(mount_error(
+                    step,
+                    format!("{name} comes from the runtime directory, and there is none"),
+                )),
+            };
+        let trust_store = in_runtime_dir(request.trust_store, CA_BUNDLE_NAME, "trust stores")?;
+        let source = in_runtime_dir(request.resolv_conf, RESOLV_CONF_NAME, "resolv.conf")?;
+        let resolv_conf = match source {
+            None => None,
+            Some(source) => match resolv_conf::Plan::for_root(&request.root) {
+                Ok(resolv_conf::Plan::Leave) => None,
+                Ok(plan) => Some((source, plan)),
+                Err(source) => {
+                    return Err(SandboxError::Mounts {
+                        step: "reading the root's /etc/resolv.conf",
+                        source,
+                    })
+                }
+            },
+        };
         let in_host_tree = new_root.is_none();
         Ok(PrivateMounts {
+            trust_store,
+            resolv_conf,
             hide_etc_tollgate: matches!(request.root, Root::System)
                 && Path::new(HIDDEN_IN_ETC).is_dir(),
             new_root,

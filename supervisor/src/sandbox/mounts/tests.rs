@@ -12,6 +12,8 @@ fn request<'a>(
         runtime_dir,
         shares,
         tmp_size,
+        trust_store: false,
+        resolv_conf: false,
     }
 }
 
@@ -77,6 +79,8 @@ fn the_system_root_holds_the_system_directories_and_recreates_their_links() {
         runtime_dir: None,
         shares: &[],
         tmp_size: GIB,
+        trust_store: false,
+        resolv_conf: false,
     })
     .expect("prepare");
     let bound: Vec<_> = mounts
