@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod cli;
+pub mod dns;
 pub mod host_addresses;
 pub mod logging;
 pub mod proxy;
