@@ -17,7 +17,7 @@ use tollgate_policy::Reason;
 const EXECUTION: &str = "exec-7f3a";
 
 /// Every outcome, with the record type it is written on.
-const OUTCOMES: [(Outcome, Kind); 22] = [
+const OUTCOMES: [(Outcome, Kind); 24] = [
     (Outcome::Refused, Kind::Http),
     (Outcome::Failed, Kind::Http),
     (Outcome::Retrying, Kind::Http),
@@ -40,6 +40,8 @@ const OUTCOMES: [(Outcome, Kind); 22] = [
     (Outcome::ClientTimeout, Kind::Connect),
     (Outcome::TlsHandshakeFailed, Kind::Connect),
     (Outcome::CertificateError, Kind::Connect),
+    (Outcome::NonHttpRefused, Kind::Connect),
+    (Outcome::UnmappedAddress, Kind::Connect),
 ];
 
 /// Fails to compile when an outcome is added, until it is listed above and in the schema.
@@ -64,7 +66,9 @@ fn listed(outcome: Outcome) -> bool {
         | Outcome::TlsUnavailable
         | Outcome::ClientTimeout
         | Outcome::TlsHandshakeFailed
-        | Outcome::CertificateError => true,
+        | Outcome::CertificateError
+        | Outcome::NonHttpRefused
+        | Outcome::UnmappedAddress => true,
     }
 }
 
@@ -119,8 +123,11 @@ fn every_error_code() -> Vec<ErrorCode> {
 
 /// The reasons tollgate gives of its own (`ProxyError::with_reason`), beside the policy's
 /// [`Reason`]s and the error codes (a refusal with no more specific word has its code).
-const TOLLGATE_REASONS: [&str; 11] = [
+const TOLLGATE_REASONS: [&str; 14] = [
     "max_requests",
+    "non_http",
+    "unmapped_address",
+    "sni_missing",
     "hook_cancelled",
     "encoded_response",
     "not_tls",
@@ -203,6 +210,9 @@ fn traffic(kind: Kind, outcome: Outcome, decision: Verdict) -> Traffic {
             let mut t = Traffic::new(Kind::Connect, "CONNECT");
             t.scheme = "connect".into();
             t.tls = Some(TlsMode::Intercept);
+            // Every field a tunnel record can carry, so the schema is checked against each.
+            t.transparent = true;
+            t.tls_alert = Some("unknown_ca".into());
             t
         }
         _ => {

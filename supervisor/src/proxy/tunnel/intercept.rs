@@ -276,6 +276,17 @@ fn handshake_failed(origin: &NormalizedUrl, error: &io::Error) -> Ended {
              that reads the system trust store)",
             origin.authority()
         ),
+        None if matches!(
+            error.kind(),
+            io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
+        ) =>
+        {
+            format!(
+                "the client closed the connection during the TLS handshake to {}, without an \
+                 alert; clients that do not trust the execution's CA often do",
+                origin.authority()
+            )
+        }
         None => format!(
             "the client's TLS handshake to {} failed: {error}",
             origin.authority()
