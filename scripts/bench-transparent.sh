@@ -15,18 +15,19 @@
 #     row is wrk straight at http://upstream.test/small.
 #   - HTTPS (intercepted), 100-byte response, curl: N requests from one curl process on one
 #     keep-alive connection, and with `Connection: close` (a TLS handshake per request). wrk
-#     cannot CONNECT, so both rows use curl: through $HTTPS_PROXY, and with `--noproxy '*'`
-#     and no CA variables (the execution CA comes from the system trust store tollgate binds
-#     over).
+#     cannot CONNECT, so both rows use curl: through $HTTPS_PROXY, and with `--noproxy '*'`.
+#     curl is given only the execution CA (see inside.sh for why); one more pair of rows
+#     leaves it the system trust store tollgate binds over, with no CA variable.
 #   - DNS: N getaddrinfo() lookups (A only, from Python) of the allowed name against the stub
 #     resolver, and of localhost (answered from /etc/hosts: the same loop without a query).
 #   - startup: `tollgate run --policy P -- /bin/true` transparent (the default) vs
-#     `--no-transparent`, and `tollgate run -- /bin/true` without a network (hyperfine).
+#     `--no-transparent`, and `tollgate run -- /bin/true` without a network (hyperfine, RUNS
+#     runs of each in ROUNDS interleaved rounds).
 # Proxy CPU is the supervisor's utime+stime per request (or lookup) during the measurement.
 # The host-namespace "direct" rows (wrk, curl over the veth) are there for scale.
 #
 #   bash scripts/bench-transparent.sh
-#   DURATION=5s N_KEEPALIVE=1000 N_NEW=200 N_DNS=1000 RUNS=30 bash scripts/bench-transparent.sh
+#   DURATION=5s N_KEEPALIVE=1000 N_NEW=200 N_DNS=1000 RUNS=50 bash scripts/bench-transparent.sh
 #
 # Needs root. Every packet stays on this machine: loopback, the sandbox's own namespace, and
 # a veth pair to a namespace this script creates, all removed at the end.
@@ -38,7 +39,8 @@ DURATION=${DURATION:-10s}
 N_KEEPALIVE=${N_KEEPALIVE:-2000}
 N_NEW=${N_NEW:-300}
 N_DNS=${N_DNS:-2000}
-RUNS=${RUNS:-50}
+RUNS=${RUNS:-100}
+ROUNDS=${ROUNDS:-5}
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "run as root: it builds a network namespace and runs tollgate" >&2
@@ -130,10 +132,18 @@ mkdir -p "$WORK/out"; chmod 777 "$WORK/out"
 cat >"$WORK/inside.sh" <<'SH'
 #!/bin/sh
 # Runs inside `tollgate run`. PATH_ is `proxy` (through $HTTP_PROXY / $HTTPS_PROXY) or
-# `transparent` (ignoring them); CLIENT is `wrk`, `curl` or `dns`. Marks the measured window
-# for the outside: $OUT/measuring, then $OUT/measured, then waits (at most 10 s) for
-# $OUT/read, written once the supervisor's ticks were taken.
+# `transparent` (ignoring them); CLIENT is `wrk`, `curl` or `dns`; the cell's settings
+# (CONNS, THREADS, CLOSE, CURL, TRUST, NAME) come from --env. Marks the measured window for
+# the outside: $OUT/measuring, then $OUT/measured, then waits (at most 10 s) for $OUT/read,
+# written once the supervisor's ticks were taken.
 set -eu
+CONNS=${CONNS:-1} THREADS=${THREADS:-1} CLOSE=${CLOSE:-0} TRUST=${TRUST:-execution-ca}
+# curl with OpenSSL 3.0 parses its whole CA file for every new connection (Debian's curl has
+# a CA path, which turns its CA cache off): ~50 ms for the 146 certificates of the system
+# store on this machine, the same with or without tollgate. TRUST=execution-ca gives it only
+# the execution CA (the bundle's first certificate), as the direct row gets only the
+# upstream's; TRUST=system leaves it the system store tollgate binds over (no CA variable).
+awk '/BEGIN/ {n++} n == 1; n == 1 && /END/ {exit}' "$CURL_CA_BUNDLE" >"$OUT/execution-ca.pem"
 wrk_run() { # WRK-ARGS… (duration, --latency)
   [ "$CLOSE" = 0 ] || set -- -H "Connection: close" "$@"
   case $PATH_ in
@@ -142,9 +152,11 @@ wrk_run() { # WRK-ARGS… (duration, --latency)
   esac
 }
 curl_run() { # CONFIG-NAME
-  case $PATH_ in
-    proxy) /usr/bin/curl -K "$WORK/$1.curl" ;;
-    transparent) env -u CURL_CA_BUNDLE -u SSL_CERT_FILE /usr/bin/curl --noproxy '*' -K "$WORK/$1.curl" ;;
+  set -- -K "$WORK/$1.curl"
+  [ "$PATH_" = proxy ] || set -- --noproxy '*' "$@"
+  case $TRUST in
+    execution-ca) /usr/bin/curl --cacert "$OUT/execution-ca.pem" "$@" ;;
+    system) env -u CURL_CA_BUNDLE -u SSL_CERT_FILE /usr/bin/curl "$@" ;;
   esac
 }
 dns_run() { # COUNT — lookups of $NAME, one time in seconds a line
@@ -210,16 +222,19 @@ check_path() {
 }
 
 CELL=0
-measure_sandbox() { # LABEL PATH_ CLIENT SCHEME ROW CONNS THREADS CLOSE CURL-CONFIG [NAME]
-  local label=$1 path=$2 client=$3 scheme=$4 row=$5 conns=$6 threads=$7 close=$8 curl=$9 name=${10:-}
-  local dir supervisor before after
+# measure_sandbox LABEL PATH_ CLIENT SCHEME ROW [VAR=VALUE…] — one cell: one `tollgate run`
+# of inside.sh, the VARs (CONNS, THREADS, CLOSE, CURL, TRUST, NAME) passed to it; recorded
+# as row ROW, path LABEL.
+measure_sandbox() {
+  local label=$1 path=$2 client=$3 scheme=$4 row=$5 dir supervisor before after setting settings=()
+  shift 5
+  for setting in "$@"; do settings+=(--env "$setting"); done
   CELL=$((CELL + 1)); dir="$WORK/out/$CELL"
   mkdir -p "$dir"; chmod 777 "$dir"
   "$TOLLGATE" run --policy "$WORK/policy.yaml" --audit "$PRIVATE/audit.jsonl" \
     --summary "$PRIVATE/summary.json" --share "$WORK" \
     --env "WRK=$WRK" --env "WORK=$WORK" --env "OUT=$dir" --env "DURATION=$DURATION" \
-    --env "PATH_=$path" --env "CLIENT=$client" --env "CONNS=$conns" --env "THREADS=$threads" \
-    --env "CLOSE=$close" --env "CURL=$curl" --env "N_DNS=$N_DNS" --env "NAME=$name" \
+    --env "N_DNS=$N_DNS" --env "PATH_=$path" --env "CLIENT=$client" "${settings[@]}" \
     -- /bin/sh "$WORK/inside.sh" >"$dir/stdout" 2>"$dir/stderr" &
   supervisor=$!
   wait_for "$dir/measuring" "$supervisor"; before=$(bench_ticks "$supervisor" 2>/dev/null || echo 0)
@@ -234,7 +249,7 @@ measure_sandbox() { # LABEL PATH_ CLIENT SCHEME ROW CONNS THREADS CLOSE CURL-CON
   else
     record_timings "$label" "$scheme" "$row" "$((after - before))" "$dir"
   fi
-  [ "$name" != upstream.test ] || DNS_SUMMARY=$(cat "$PRIVATE/summary.json")
+  [ "$label" != "stub resolver" ] || DNS_SUMMARY=$(cat "$PRIVATE/summary.json")
   rm -f "$PRIVATE/audit.jsonl" "$PRIVATE/summary.json" "$dir/stdout" "$dir/stderr"
 }
 
@@ -263,20 +278,26 @@ for scenario in "1 1 0" "32 2 0" "1 1 1"; do
   read -r conns threads close <<<"$scenario"
   what=$conns; [ "$close" = 0 ] || what="$conns, Connection: close"
   measure_direct_wrk "$conns" "$threads" "$close" "$what"
-  measure_sandbox "proxy variables" proxy wrk http "$what" "$conns" "$threads" "$close" -
-  measure_sandbox transparent transparent wrk http "$what" "$conns" "$threads" "$close" -
+  cell=(http "$what" "CONNS=$conns" "THREADS=$threads" "CLOSE=$close")
+  measure_sandbox "proxy variables" proxy wrk "${cell[@]}"
+  measure_sandbox transparent transparent wrk "${cell[@]}"
 done
 # HTTPS (intercepted), curl: one keep-alive connection, then a new one per request.
 for curl in keepalive new; do
   what="1, curl $([ "$curl" = keepalive ] && echo "keep-alive ($N_KEEPALIVE)" || echo "Connection: close ($N_NEW)")"
   measure_direct_curl "$curl" "$what"
-  measure_sandbox "proxy variables" proxy curl https "$what" 1 1 0 "$curl"
-  measure_sandbox transparent transparent curl https "$what" 1 1 0 "$curl"
+  measure_sandbox "proxy variables" proxy curl https "$what" "CURL=$curl"
+  measure_sandbox transparent transparent curl https "$what" "CURL=$curl"
 done
+# The same new connections with curl trusting the system store (what a client that ignores
+# the CA variables does): the CA file's parsing per connection, in both paths alike.
+what="1, curl Connection: close ($N_NEW), system store"
+measure_sandbox "proxy variables" proxy curl https "$what" CURL=new TRUST=system
+measure_sandbox transparent transparent curl https "$what" CURL=new TRUST=system
 # DNS: lookups against the stub resolver, and of localhost (from /etc/hosts, no query: what
 # Python and glibc cost without the resolver).
-measure_sandbox "stub resolver" transparent dns dns "getaddrinfo A ($N_DNS)" 1 1 0 - upstream.test
-measure_sandbox "/etc/hosts" transparent dns dns "getaddrinfo A ($N_DNS)" 1 1 0 - localhost
+measure_sandbox "stub resolver" transparent dns dns "getaddrinfo A ($N_DNS)" NAME=upstream.test
+measure_sandbox "/etc/hosts" transparent dns dns "getaddrinfo A ($N_DNS)" NAME=localhost
 
 # ---- startup.
 cat >"$WORK/startup.yaml" <<YAML
@@ -291,18 +312,23 @@ network:
       schemes: [http]
       allowed_ips: [$SUBNET]
 YAML
-hyperfine -N --warmup 5 --runs "$RUNS" --export-json "$WORK/startup.json" \
-  -n 'network off' "$TOLLGATE run -- /bin/true" \
-  -n 'network on, --no-transparent' "$TOLLGATE run --no-transparent --policy $WORK/startup.yaml -- /bin/true" \
-  -n 'network on, transparent' "$TOLLGATE run --policy $WORK/startup.yaml -- /bin/true" >/dev/null
+# In ROUNDS rounds of RUNS/ROUNDS runs of each command, so that the machine's load drifting
+# during the measurement weighs on the three alike.
+PER_ROUND=$(( RUNS / ROUNDS > 2 ? RUNS / ROUNDS : 2 ))
+for round in $(seq "$ROUNDS"); do
+  hyperfine -N --warmup 3 --runs "$PER_ROUND" --export-json "$WORK/startup-$round.json" \
+    -n 'network off' "$TOLLGATE run -- /bin/true" \
+    -n 'network on, --no-transparent' "$TOLLGATE run --no-transparent --policy $WORK/startup.yaml -- /bin/true" \
+    -n 'network on, transparent' "$TOLLGATE run --policy $WORK/startup.yaml -- /bin/true" >/dev/null
+done
 
 echo
 echo "nginx (1 worker) in a test namespace at $UPSTREAM behind a veth, reached as upstream.test"
 echo "(hosts pin + allowed_ips); sandboxed rows run inside \`tollgate run\` as the sandbox user;"
 echo "direct rows run in the host namespace. wrk $DURATION per cell. $(nproc) cores."
 echo "CPU = supervisor utime+stime per request (per lookup for the resolver)."
-/usr/bin/python3 - "$RESULTS" "$WORK/startup.json" "${DNS_SUMMARY:-}" <<'PY'
-import json, sys
+/usr/bin/python3 - "$RESULTS" "${DNS_SUMMARY:-}" "$WORK"/startup-*.json <<'PY'
+import json, statistics, sys
 
 def micros(text):
     for unit, scale in (("us", 1), ("ms", 1e3), ("s", 1e6)):
@@ -327,21 +353,24 @@ for scheme, conns, label, rps, p50, p99, cpu, errors in rows:
                   f"{float(cpu) / float(base[6]):.2f}x" if cpu != "-" and base[6] != "-" else ""]
     print(f"| {scheme} | {conns} | {label} | {float(rps):.0f} | {shown(micros(p50))} | "
           f"{shown(micros(p99))} | {cpu} | " + " | ".join(ratios) + f" | {errors} |")
-if sys.argv[3]:
+if sys.argv[2]:
     print()
-    print(f"resolver counters of the lookup run (summary): {json.dumps(json.loads(sys.argv[3])['dns'])}")
+    print(f"resolver counters of the lookup run (summary): {json.dumps(json.loads(sys.argv[2])['dns'])}")
 
-results = json.load(open(sys.argv[2]))["results"]
-median = {r["command"]: r["median"] for r in results}
+times = {}
+for round_file in sys.argv[3:]:
+    for r in json.load(open(round_file))["results"]:
+        times.setdefault(r["command"], []).extend(r["times"])
+median = {command: statistics.median(t) for command, t in times.items()}
 off, plain = median["network off"], median["network on, --no-transparent"]
 print()
-print("| `tollgate run … -- /bin/true` | median | p95 | vs network off | vs --no-transparent |")
+print(f"| `tollgate run … -- /bin/true` ({len(sys.argv) - 3} rounds) | median | p95 | vs network off | vs --no-transparent |")
 print("|---|---|---|---|---|")
-for r in results:
-    times = sorted(r["times"])
-    p95 = times[max(0, int(len(times) * 0.95) - 1)]
-    print(f"| {r['command']} | {r['median'] * 1000:.2f} ms | {p95 * 1000:.2f} ms | "
-          f"{r['median'] / off:.2f}x | {r['median'] / plain:.2f}x |")
+for command, t in times.items():
+    t = sorted(t)
+    p95 = t[max(0, int(len(t) * 0.95) - 1)]
+    print(f"| {command} | {median[command] * 1000:.2f} ms | {p95 * 1000:.2f} ms | "
+          f"{median[command] / off:.2f}x | {median[command] / plain:.2f}x |")
 added = median["network on, transparent"] - plain
 print()
 print(f"transparent egress adds {added * 1000:+.2f} ms to the median start (network on).")
