@@ -343,6 +343,13 @@ try:
 except OSError as e:
     results["write"] = errno.errorcode[e.errno]
 results["stub"] = dig("allowed.test")
+# The stub's and the listener's sockets live in the sandbox's namespace: none may be inherited.
+results["fds"] = {}
+for fd in os.listdir("/proc/self/fd"):
+    try:
+        results["fds"][fd] = os.readlink("/proc/self/fd/" + fd)
+    except OSError:
+        pass  # the descriptor listdir itself used, closed by now
 print("pid", os.getpid(), flush=True)
 import sys
 sys.stdin.read()
@@ -397,6 +404,16 @@ fn probe_resolv_conf(
     (outcome_of(&run, finished), namespace)
 }
 
+/// Asserts the probe held no descriptor but stdin, stdout and stderr.
+fn assert_no_inherited_descriptors(outcome: &Outcome, what: &str) {
+    let fds = outcome.result("fds").as_object().expect("fds");
+    let extra: Vec<(&String, &Value)> = fds
+        .iter()
+        .filter(|(fd, _)| fd.parse::<u32>().map_or(true, |n| n > 2))
+        .collect();
+    assert!(extra.is_empty(), "{what}: the sandbox inherited {extra:?}");
+}
+
 /// Whether `ss` output lists a socket bound to exactly 127.0.0.1:53.
 fn listens_on_53(ss: &str) -> bool {
     ss.lines()
@@ -424,6 +441,7 @@ fn resolv_conf_names_the_stub_read_only_and_the_redirect_is_in_place() {
     assert_eq!(outcome.result("read-only mount"), true, "{text:?}");
     assert_ne!(outcome.result("write"), "ok");
     assert!(is_synthetic(&a_record(&outcome, "stub").1));
+    assert_no_inherited_descriptors(&outcome, "transparent");
 
     // Inside the namespace: the stub on 127.0.0.1:53 (UDP and TCP), the contract's DNAT rule,
     // and the filter wall as before.
@@ -487,6 +505,7 @@ fn without_transparent_mode_there_is_no_stub_and_resolv_conf_is_the_hosts() {
             "{what}: no dns counters: {}",
             outcome.summary
         );
+        assert_no_inherited_descriptors(&outcome, what);
         assert!(
             !listens_on_53(&namespace.listening_udp),
             "{what}: {}",
