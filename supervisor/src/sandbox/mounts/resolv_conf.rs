@@ -246,6 +246,7 @@ fn c_string(path: &Path) -> io::Result<CString> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt as _;
 
     /// A scratch tree standing in for an image root.
     struct Tree(PathBuf);
@@ -262,8 +263,22 @@ mod tests {
             Tree(dir)
         }
 
+        /// The plan for this tree as an image root; a file to bind over must be the one the
+        /// kernel reaches when it resolves `/etc/resolv.conf` inside the tree itself.
         fn plan(&self) -> Plan {
-            Plan::for_root(&Root::Image(self.0.clone())).expect("plan")
+            let plan = Plan::for_root(&Root::Image(self.0.clone())).expect("plan");
+            if let Plan::Over(file) = &plan {
+                let root = host_path::open_dir(&self.0).unwrap();
+                let how = nix::fcntl::OpenHow::new()
+                    .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+                    .resolve(nix::fcntl::ResolveFlag::RESOLVE_IN_ROOT);
+                let kernel = nix::fcntl::openat2(root.as_fd(), "etc/resolv.conf", how).unwrap();
+                let ours = self.0.join(file.to_str().unwrap().trim_start_matches('/'));
+                let ours = std::fs::metadata(ours).unwrap();
+                let kernel = host_path::stat(kernel.as_fd()).unwrap();
+                assert_eq!((kernel.st_dev, kernel.st_ino), (ours.dev(), ours.ino()));
+            }
+            plan
         }
 
         fn link(&self, at: &str, target: &str) {
@@ -305,7 +320,7 @@ mod tests {
     fn links_are_followed_inside_the_root_relative_and_absolute() {
         let tree = Tree::new("links");
         tree.file("usr/share/dns/resolv.conf");
-        tree.link("etc/resolv.conf", "../usr/lib/../share/dns/resolv.conf");
+        tree.link("etc/resolv.conf", "../usr/lib/../dns/resolv.conf");
         tree.link("usr/lib", "/usr/share/dns");
         // `../usr/lib` is a link to /usr/share/dns, whose `..` is /usr/share.
         assert_eq!(tree.plan(), Plan::Over(c("/usr/share/dns/resolv.conf")));

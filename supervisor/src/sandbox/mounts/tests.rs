@@ -245,3 +245,39 @@ fn host_directories_are_reached_through_shares_and_the_system_binds_only() {
     };
     assert!(!image.reaches_host_dir(Path::new("/etc")));
 }
+
+#[test]
+fn the_files_bound_over_the_roots_need_the_runtime_directory() {
+    for (trust_store, resolv_conf) in [(true, false), (false, true)] {
+        let error = PrivateMounts::prepare(&MountRequest {
+            trust_store,
+            resolv_conf,
+            ..request(None, &[], GIB)
+        })
+        .expect_err("no runtime directory");
+        assert!(error.to_string().contains("runtime directory"), "{error}");
+    }
+    let mounts = PrivateMounts::prepare(&request(None, &[], GIB)).expect("prepare");
+    assert!(mounts.trust_store.is_none() && mounts.resolv_conf.is_none());
+}
+
+#[test]
+fn the_trust_stores_are_the_contracts_list() {
+    let stores: Vec<&str> = trust_stores::TRUST_STORES
+        .iter()
+        .map(|path| path.to_str().unwrap())
+        .collect();
+    assert_eq!(
+        stores,
+        [
+            "/etc/ssl/certs/ca-certificates.crt",
+            "/etc/pki/tls/certs/ca-bundle.crt",
+            "/etc/ssl/ca-bundle.pem",
+            "/etc/pki/tls/cacert.pem",
+            "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
+            "/etc/ssl/cert.pem",
+            "/usr/lib/ssl/cert.pem",
+            "/usr/local/share/certs/ca-root-nss.crt",
+        ]
+    );
+}
