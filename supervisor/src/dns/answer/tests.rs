@@ -503,7 +503,8 @@ fn edns_is_answered_with_edns_and_other_versions_with_badvers() {
     // A version this resolver does not speak.
     let message = with_edns(query("api.example.com", A), &[opt(4096, 1)]);
     let (response, outcome) = reply(Some(&net), &names, &message);
-    assert_eq!(response.response_code, ResponseCode::BADVERS);
+    // BADVERS is 16 (which hickory reads back as BADSIG, the same number).
+    assert_eq!(u16::from(response.response_code), 16);
     assert_eq!(outcome, Outcome::Refused);
     assert!(response.answers.is_empty());
     assert_eq!(response.edns.as_ref().map(|e| e.version()), Some(0));
