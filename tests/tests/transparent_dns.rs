@@ -653,3 +653,82 @@ fn hostile_messages_do_not_break_the_resolver() {
     let (queries, answered, _) = counters(&outcome);
     assert!(queries >= answered && answered >= 6, "{}", outcome.dns());
 }
+
+/// Fills the execution's table of synthetic names (16384, contract) by hand over UDP, one
+/// query at a time, then asks for more.
+const FILL_THE_TABLE: &str = r#"
+import struct
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.settimeout(5)
+
+def ask(name, qid):
+    """(rcode, address) of an A query for `name` (asked again once if it is lost)."""
+    labels = b"".join(bytes([len(l)]) + l.encode() for l in name.split("."))
+    query = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0) + labels + b"\0\0\1\0\1"
+    for attempt in range(2):
+        results["resent"] = results.get("resent", 0) + (attempt > 0)
+        sock.sendto(query, ("127.0.0.1", 53))
+        try:
+            while True:
+                data = sock.recv(4096)
+                if data[:2] == query[:2]:
+                    answers = struct.unpack(">H", data[6:8])[0]
+                    address = ".".join(str(b) for b in data[-4:]) if answers else None
+                    return data[3] & 0xF, address
+        except socket.timeout:
+            continue
+    return None, None
+
+for i in range(16384):
+    got = ask("n%d.example" % i, i & 0xFFFF)
+    if got[0] != 0:
+        results["failed at"] = [i, got]
+        break
+    results["last"] = got
+results["first again"] = ask("n0.example", 1)
+results["one more"] = ask("one-more.example", 2)
+results["one more again"] = ask("one-more.example", 3)
+results["last again"] = ask("n16383.example", 4)
+"#;
+
+#[test]
+fn the_table_of_names_is_bounded_and_what_it_holds_stays() {
+    let _lock = SuiteLock::shared();
+    let scratch = scratch("dns-table");
+    let outcome = run(
+        &scratch,
+        1,
+        "version: 1\nteam: e2e\nnetwork:\n  allow_all: true\n",
+        FILL_THE_TABLE,
+    );
+    assert_ran(&outcome);
+    assert!(
+        outcome.results.get("failed at").is_none(),
+        "every name up to 16384 gets an address: {}",
+        outcome.results
+    );
+    const SERVFAIL: u64 = 2;
+    let pair = |name: &str| -> (Option<u64>, Option<String>) {
+        let got = outcome.result(name);
+        (got[0].as_u64(), got[1].as_str().map(str::to_owned))
+    };
+    // 127.77.0.1 upward, one each: the 16384th name has 127.77.0.1 + 16383.
+    let last = Some("127.77.64.0".to_owned());
+    assert_eq!(pair("last"), (Some(0), last.clone()));
+    assert_eq!(
+        pair("first again"),
+        (Some(0), Some("127.77.0.1".to_owned()))
+    );
+    assert_eq!(pair("last again"), (Some(0), last));
+    assert_eq!(pair("one more"), (Some(SERVFAIL), None));
+    assert_eq!(pair("one more again"), (Some(SERVFAIL), None));
+    // Every query counted (a lost datagram asked again counts twice, so those are added).
+    let resent = outcome.result("resent").as_u64().unwrap();
+    let (queries, answered, refused) = counters(&outcome);
+    assert_eq!(
+        (queries, answered, refused),
+        (16384 + 4 + resent, 16384 + 2, 2),
+        "SERVFAIL counts as refused: {}",
+        outcome.dns()
+    );
+}
