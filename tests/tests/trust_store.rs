@@ -30,7 +30,7 @@ use tollgate_tests::{
     certs::{make_certificates, Certificates},
     images,
     leaks::SuiteLock,
-    sandbox::{shared_dir, Finished, Sandbox, OFFLINE_POLICY, PYTHON},
+    sandbox::{shared_dir, Finished, Sandbox, NETWORK_POLICY, OFFLINE_POLICY, PYTHON},
     script_run::results_line,
     upstream::UpstreamHost,
     Scratch,
@@ -318,6 +318,48 @@ fn assert_trust_store_is_the_bundle(scratch: &Scratch, outcome: &Outcome) {
     );
 }
 
+/// A copy of the `minimal` image (hard links, so it costs no data) whose `/etc/resolv.conf`
+/// is systemd-resolved's link into `/run`; removed on drop. It lives beside the image cache,
+/// since tollgate refuses a root below a directory others may write (`/tmp`).
+struct ResolvedImage(PathBuf);
+
+impl ResolvedImage {
+    fn new() -> ResolvedImage {
+        let image = images::image("minimal");
+        let path = Path::new(images::CACHE_ROOT).with_file_name(format!(
+            "trust-store-resolved-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
+        let copy = Command::new("/bin/cp")
+            .arg("-al")
+            .arg(&image)
+            .arg(&path)
+            .status()
+            .expect("run cp");
+        let made = ResolvedImage(path);
+        assert!(copy.success(), "cp -al {} failed", image.display());
+        std::os::unix::fs::symlink(
+            "../run/systemd/resolve/stub-resolv.conf",
+            made.0.join("etc/resolv.conf"),
+        )
+        .expect("link resolv.conf");
+        made
+    }
+}
+
+impl Drop for ResolvedImage {
+    fn drop(&mut self) {
+        let _ = Command::new("/bin/rm")
+            .args(["-rf", "--one-file-system"])
+            .arg(&self.0)
+            .status();
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Tests
 // ---------------------------------------------------------------------------------------
@@ -385,6 +427,8 @@ fn unconfigured_clients_trust_the_interception_in_an_image_root() {
         fs::read(&image_store).expect("the image's trust store") == image_before,
         "the image's trust store changed"
     );
+    // The image has no /etc/resolv.conf: none is made (the resolver asks 127.0.0.1 anyway).
+    assert_eq!(outcome.results["resolv_conf"], "", "{}", outcome.results);
 }
 
 #[test]
@@ -468,5 +512,47 @@ fn in_transparent_mode_resolv_conf_names_the_stub_resolver_read_only() {
     assert!(
         fs::read("/etc/resolv.conf").unwrap_or_default() == host_before,
         "the host's /etc/resolv.conf changed"
+    );
+}
+
+#[test]
+fn a_systemd_resolved_link_gets_its_target_made_in_the_fresh_run() {
+    let _lock = SuiteLock::shared();
+    let image = ResolvedImage::new();
+    let scratch = Scratch::new("trust-resolved");
+    let policy = scratch.file("policy.yaml", NETWORK_POLICY);
+    // The image has coreutils and dash only.
+    let finished = Sandbox::new()
+        .policy(&policy)
+        .arg("--rootfs")
+        .arg(&image.0)
+        .run([
+            "/bin/sh",
+            "-c",
+            "cat /etc/resolv.conf; echo ---; \
+             (echo x >> /run/systemd/resolve/stub-resolv.conf) 2>/dev/null && echo written; \
+             echo ---; ls /etc/ssl/certs; echo ---; cat /proc/self/mountinfo",
+        ]);
+    assert_eq!(finished.code(), 0, "{}", finished.describe());
+    let parts: Vec<&str> = finished.stdout.split("---\n").collect();
+    let [resolv, written, certs, mountinfo] = parts[..] else {
+        panic!("{}", finished.describe());
+    };
+    assert!(resolv.starts_with("# tollgate"), "{}", finished.describe());
+    assert!(resolv.lines().any(|l| l == STUB_NAMESERVER), "{resolv}");
+    // Bound read-only over the file made in the sandbox's /run.
+    assert_eq!(written, "", "the sandbox wrote its resolv.conf");
+    let bound: Vec<&str> = mountinfo
+        .lines()
+        .filter(|line| line.split(' ').nth(4) == Some("/run/systemd/resolve/stub-resolv.conf"))
+        .collect();
+    assert_eq!(bound.len(), 1, "{mountinfo}");
+    let options = bound[0].split(' ').nth(5).unwrap_or_default();
+    assert!(options.split(',').any(|o| o == "ro"), "{}", bound[0]);
+    // The image has no trust store (its /etc/ssl/certs is empty), which is no error.
+    assert_eq!(certs, "", "{}", finished.describe());
+    assert!(
+        fs::symlink_metadata(image.0.join("run/systemd")).is_err(),
+        "the image's own /run was written"
     );
 }
