@@ -101,8 +101,15 @@ fn without_transparent_egress_there_is_no_redirect_and_no_resolver() {
     .unwrap();
     assert!(net.transparent.is_none());
     let fd = net.netns.as_raw_fd();
-    let nat = inside(fd, "/usr/sbin/nft", &["list", "table", "ip", "tollgate_nat"]);
-    assert!(!nat.status.success(), "no nat table without transparent egress");
+    let nat = inside(
+        fd,
+        "/usr/sbin/nft",
+        &["list", "table", "ip", "tollgate_nat"],
+    );
+    assert!(
+        !nat.status.success(),
+        "no nat table without transparent egress"
+    );
     let sockets = inside(fd, "/usr/bin/ss", &["-lntuH"]);
     let sockets = String::from_utf8_lossy(&sockets.stdout);
     assert!(!sockets.contains("127.0.0.1:53 "), "{sockets}");
@@ -120,7 +127,11 @@ fn connections_to_synthetic_addresses_reach_the_transparent_listener() {
     .unwrap();
     let sockets = net.transparent.take().expect("transparent sockets");
     let fd = net.netns.as_raw_fd();
-    let nat = inside(fd, "/usr/sbin/nft", &["list", "table", "ip", "tollgate_nat"]);
+    let nat = inside(
+        fd,
+        "/usr/sbin/nft",
+        &["list", "table", "ip", "tollgate_nat"],
+    );
     let nat = String::from_utf8_lossy(&nat.stdout);
     let port = sockets.listener.local_addr().unwrap().port();
     assert!(
@@ -159,5 +170,9 @@ fn connections_to_synthetic_addresses_reach_the_transparent_listener() {
     assert_eq!(u16::from_be(original.sin_port), 443);
     drop(accepted);
     let output = client.join().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

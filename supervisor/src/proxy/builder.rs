@@ -247,8 +247,12 @@ impl Proxy {
         listener: std::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> io::Result<ProxyStats> {
-        let handle =
-            listener::start(self.shared, &tokio::runtime::Handle::current(), listener, None)?;
+        let handle = listener::start(
+            self.shared,
+            &tokio::runtime::Handle::current(),
+            listener,
+            None,
+        )?;
         shutdown.await;
         Ok(handle.shutdown().await)
     }

@@ -150,7 +150,8 @@ fn transparent_sockets() -> Result<TransparentSockets, SandboxError> {
         .map_err(failed("read the transparent listener's port"))?
         .port();
     let resolver = (Ipv4Addr::LOCALHOST, DNS_PORT);
-    let dns_udp = UdpSocket::bind(resolver).map_err(failed("bind the stub resolver (UDP 127.0.0.1:53)"))?;
+    let dns_udp =
+        UdpSocket::bind(resolver).map_err(failed("bind the stub resolver (UDP 127.0.0.1:53)"))?;
     let dns_tcp =
         TcpListener::bind(resolver).map_err(failed("bind the stub resolver (TCP 127.0.0.1:53)"))?;
     for nonblocking in [dns_udp.set_nonblocking(true), dns_tcp.set_nonblocking(true)] {

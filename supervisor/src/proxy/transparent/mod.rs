@@ -78,7 +78,12 @@ pub(crate) async fn serve(conn: ConnContext, mut stream: TcpStream, names: NameO
     };
     record.host = name.clone();
     let settings = &conn.shared.settings;
-    match sniff::first_bytes(&mut stream, settings.header_read_timeout, conn.shutdown.clone()).await
+    match sniff::first_bytes(
+        &mut stream,
+        settings.header_read_timeout,
+        conn.shutdown.clone(),
+    )
+    .await
     {
         Sniffed::Tls(prefix) => {
             let client = Prefixed::new(prefix, stream);
@@ -119,8 +124,14 @@ fn original_destination(stream: &TcpStream) -> std::io::Result<SocketAddrV4> {
 
 /// TLS to `name:port`: the ClientHello's SNI must be `name`; then the tunnel is decided and
 /// carried as a CONNECT to `name:port` would be.
-async fn tls<S>(conn: ConnContext, mut client: S, name: &str, port: u16, mut record: Traffic, started: Instant)
-where
+async fn tls<S>(
+    conn: ConnContext,
+    mut client: S,
+    name: &str,
+    port: u16,
+    mut record: Traffic,
+    started: Instant,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let shared = conn.shared.clone();
@@ -184,8 +195,14 @@ where
     let route = move |context: ConnContext, request: Request<Incoming>, ambiguous: bool| {
         let origin = origin.clone();
         async move {
-            intercept::request(context.shared.clone(), &origin, request, ambiguous, Via::Transparent)
-                .await
+            intercept::request(
+                context.shared.clone(),
+                &origin,
+                request,
+                ambiguous,
+                Via::Transparent,
+            )
+            .await
         }
     };
     serve_http(conn, client, route).await;

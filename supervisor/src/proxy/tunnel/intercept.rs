@@ -219,7 +219,11 @@ fn inner_url(
 /// The TLS server name must name the origin's host: when sent, through CONNECT (the tunnel
 /// already says where it goes); always, on a transparent connection (the name is what the
 /// synthetic address was handed out for).
-pub(crate) fn check_server_name(sni: Option<&str>, origin: &NormalizedUrl, via: Via) -> Result<(), ProxyError> {
+pub(crate) fn check_server_name(
+    sni: Option<&str>,
+    origin: &NormalizedUrl,
+    via: Via,
+) -> Result<(), ProxyError> {
     let refused = |message: String, reason: &'static str| {
         Err(ProxyError::new(ErrorCode::InvalidRequest, message).with_reason(reason))
     };
@@ -433,7 +437,12 @@ mod tests {
         let o = NormalizedUrl::from_parts("http", "api.test:8080", "/").expect("origin");
         let url = inner_url(&o, &Method::GET, &"/x".parse().expect("uri")).expect("ok");
         assert_eq!(url.redacted(), "http://api.test:8080/x");
-        assert!(inner_url(&o, &Method::GET, &"https://api.test:8080/x".parse().expect("uri")).is_err());
+        assert!(inner_url(
+            &o,
+            &Method::GET,
+            &"https://api.test:8080/x".parse().expect("uri")
+        )
+        .is_err());
     }
 
     #[test]

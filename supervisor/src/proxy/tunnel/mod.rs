@@ -169,8 +169,7 @@ pub(crate) async fn open_target(
     record.scheme = "connect".into();
     record.host = url.host_str();
     record.port = url.port;
-    let decision: Decision =
-        gate::clear(shared, "CONNECT", &url, true, header_names, None).await?;
+    let decision: Decision = gate::clear(shared, "CONNECT", &url, true, header_names, None).await?;
     record.decision = Verdict::Allow;
     record.reason = decision.reason.as_str().to_owned();
     record.rule = decision.rule.clone();
