@@ -205,11 +205,11 @@ print("\t".join([file, conns, label, f"{n / wall:.0f}", us(0.5), us(0.99), cpu, 
 PY
 }
 
-# check_path DIR PATH_ CLIENT — the audit says the traffic took the path the row is named
-# after (every record of the transparent listener has "transparent": true), and the
-# summary's resolver counters are there exactly when the stub resolver ran.
+# check_path DIR PATH_ CLIENT RESOLVER — the audit says the traffic took the path the row is
+# named after (every record of the transparent listener has "transparent": true), and the
+# summary has the resolver's counters exactly when it should have run (RESOLVER: on or off).
 check_path() {
-  local dir=$1 path=$2 client=$3 transparent
+  local dir=$1 path=$2 client=$3 resolver=$4 transparent
   transparent=$(grep -c '"transparent":true' "$PRIVATE/audit.jsonl" || true)
   if [ "$client" = dns ]; then :
   elif [ "$path" = transparent ] && [ "$transparent" -eq 0 ]; then
@@ -217,18 +217,28 @@ check_path() {
   elif [ "$path" = proxy ] && [ "$transparent" -ne 0 ]; then
     echo "proxy row with transparent audit records (see $dir)" >&2; exit 1
   fi
-  grep -q '"dns"' "$PRIVATE/summary.json" ||
-    { echo "no dns counters in the summary: is transparent egress on? (see $dir)" >&2; exit 1; }
+  if grep -q '"dns"' "$PRIVATE/summary.json"; then
+    [ "$resolver" = on ] || { echo "dns counters in the summary of a --no-transparent run (see $dir)" >&2; exit 1; }
+  else
+    [ "$resolver" = off ] || { echo "no dns counters in the summary: is transparent egress on? (see $dir)" >&2; exit 1; }
+  fi
 }
 
 CELL=0
-# measure_sandbox LABEL PATH_ CLIENT SCHEME ROW [VAR=VALUE…] — one cell: one `tollgate run`
-# of inside.sh, the VARs (CONNS, THREADS, CLOSE, CURL, TRUST, NAME) passed to it; recorded
-# as row ROW, path LABEL.
+# measure_sandbox LABEL PATH_ CLIENT SCHEME ROW [VAR=VALUE | --OPTION]… — one cell: one
+# `tollgate run` of inside.sh, the VARs (CONNS, THREADS, CLOSE, CURL, TRUST, NAME) passed
+# to it, the OPTIONs (--no-transparent) to `tollgate run`; recorded as row ROW, path LABEL.
 measure_sandbox() {
-  local label=$1 path=$2 client=$3 scheme=$4 row=$5 dir supervisor before after setting settings=()
+  local label=$1 path=$2 client=$3 scheme=$4 row=$5 dir supervisor before after setting
+  local settings=() resolver=on
   shift 5
-  for setting in "$@"; do settings+=(--env "$setting"); done
+  for setting in "$@"; do
+    case $setting in
+      --no-transparent) settings+=("$setting"); resolver=off ;;
+      --*) echo "measure_sandbox: unknown option $setting" >&2; exit 1 ;;
+      *) settings+=(--env "$setting") ;;
+    esac
+  done
   CELL=$((CELL + 1)); dir="$WORK/out/$CELL"
   mkdir -p "$dir"; chmod 777 "$dir"
   "$TOLLGATE" run --policy "$WORK/policy.yaml" --audit "$PRIVATE/audit.jsonl" \
@@ -243,7 +253,7 @@ measure_sandbox() {
   wait "$supervisor" || {
     echo "tollgate run failed ($label, $client, $row):" >&2; tail -5 "$dir/stdout" "$dir/stderr" >&2; exit 1
   }
-  check_path "$dir" "$path" "$client"
+  check_path "$dir" "$path" "$client" "$resolver"
   if [ "$client" = wrk ]; then
     bench_record "$label" "$scheme" "$row" "$((after - before))" "$dir/client.out"
   else
@@ -280,6 +290,7 @@ for scenario in "1 1 0" "32 2 0" "1 1 1"; do
   measure_direct_wrk "$conns" "$threads" "$close" "$what"
   cell=(http "$what" "CONNS=$conns" "THREADS=$threads" "CLOSE=$close")
   measure_sandbox "proxy variables" proxy wrk "${cell[@]}"
+  measure_sandbox "proxy variables, --no-transparent" proxy wrk "${cell[@]}" --no-transparent
   measure_sandbox transparent transparent wrk "${cell[@]}"
 done
 # HTTPS (intercepted), curl: one keep-alive connection, then a new one per request.
@@ -287,6 +298,7 @@ for curl in keepalive new; do
   what="1, curl $([ "$curl" = keepalive ] && echo "keep-alive ($N_KEEPALIVE)" || echo "Connection: close ($N_NEW)")"
   measure_direct_curl "$curl" "$what"
   measure_sandbox "proxy variables" proxy curl https "$what" "CURL=$curl"
+  measure_sandbox "proxy variables, --no-transparent" proxy curl https "$what" "CURL=$curl" --no-transparent
   measure_sandbox transparent transparent curl https "$what" "CURL=$curl"
 done
 # The same new connections with curl trusting the system store (what a client that ignores
@@ -347,7 +359,7 @@ print("|---|---|---|---|---|---|---|---|---|---|---|")
 for scheme, conns, label, rps, p50, p99, cpu, errors in rows:
     base = proxy.get((scheme, conns))
     ratios = ["", "", ""]
-    if label == "transparent" and base:
+    if label not in ("direct", "proxy variables") and base:
         ratios = [f"{float(rps) / float(base[3]):.2f}x",
                   f"{micros(p50) / micros(base[4]):.2f}x",
                   f"{float(cpu) / float(base[6]):.2f}x" if cpu != "-" and base[6] != "-" else ""]
@@ -357,10 +369,13 @@ if sys.argv[2]:
     print()
     print(f"resolver counters of the lookup run (summary): {json.dumps(json.loads(sys.argv[2])['dns'])}")
 
-times = {}
+times, deltas = {}, []
 for round_file in sys.argv[3:]:
-    for r in json.load(open(round_file))["results"]:
-        times.setdefault(r["command"], []).extend(r["times"])
+    results = {r["command"]: r for r in json.load(open(round_file))["results"]}
+    for command, r in results.items():
+        times.setdefault(command, []).extend(r["times"])
+    deltas.append(results["network on, transparent"]["median"]
+                  - results["network on, --no-transparent"]["median"])
 median = {command: statistics.median(t) for command, t in times.items()}
 off, plain = median["network off"], median["network on, --no-transparent"]
 print()
@@ -373,5 +388,6 @@ for command, t in times.items():
           f"{median[command] / off:.2f}x | {median[command] / plain:.2f}x |")
 added = median["network on, transparent"] - plain
 print()
-print(f"transparent egress adds {added * 1000:+.2f} ms to the median start (network on).")
+print(f"transparent egress adds {added * 1000:+.2f} ms to the median start (network on); "
+      f"per round: {', '.join(f'{d * 1000:+.2f}' for d in deltas)} ms.")
 PY
