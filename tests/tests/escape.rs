@@ -674,8 +674,12 @@ fn check_audit(tag: &str, walls: Walls, run: &Escape) {
         counted >= expected,
         "[{tag}] summary counts {counted} bypass attempts, at least {expected} were refused"
     );
-    // The resolver lookup went to the nameservers of /etc/resolv.conf: refused and audited.
-    for server in resolv_conf_nameservers() {
+    // Without a namespace of its own the sandbox keeps the host's /etc/resolv.conf: the
+    // resolver lookup went to its nameservers, refused and audited. With one, the lookup is
+    // answered by the execution's stub resolver on 127.0.0.1 (transparent egress), and DNS
+    // to any other server is refused like every other datagram (`udp:…:53` above).
+    let host_resolver = !walls.netns;
+    for server in resolv_conf_nameservers().into_iter().filter(|_| host_resolver) {
         if server.is_loopback() {
             continue;
         }
