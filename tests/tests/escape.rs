@@ -679,7 +679,10 @@ fn check_audit(tag: &str, walls: Walls, run: &Escape) {
     // answered by the execution's stub resolver on 127.0.0.1 (transparent egress), and DNS
     // to any other server is refused like every other datagram (`udp:…:53` above).
     let host_resolver = !walls.netns;
-    for server in resolv_conf_nameservers().into_iter().filter(|_| host_resolver) {
+    for server in resolv_conf_nameservers()
+        .into_iter()
+        .filter(|_| host_resolver)
+    {
         if server.is_loopback() {
             continue;
         }
