@@ -367,39 +367,15 @@ pub(super) fn fstat(fd: &OwnedFd) -> io::Result<libc::stat> {
 /// read-only, with no set-uid, no devices and no execution: a clone of its mount
 /// (`open_tree`), set (`mount_setattr`), then moved onto the descriptor (`move_mount`).
 pub(super) fn bind_file_onto(source: &CStr, target: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: a NUL-terminated path; the descriptor returned is owned right below.
-    let tree = unsafe {
-        libc::syscall(
-            libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            source.as_ptr(),
-            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_SYMLINK_NOFOLLOW as u32,
-        )
-    };
-    if tree < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: open_tree returned a new descriptor nothing else owns.
-    let tree = unsafe { OwnedFd::from_raw_fd(tree as libc::c_int) };
-    // SAFETY: mount_attr is plain data; zero is "change nothing".
-    let mut attributes: libc::mount_attr = unsafe { std::mem::zeroed() };
-    attributes.attr_set = libc::MOUNT_ATTR_RDONLY
-        | libc::MOUNT_ATTR_NOSUID
-        | libc::MOUNT_ATTR_NODEV
-        | libc::MOUNT_ATTR_NOEXEC;
-    attributes.propagation = libc::MS_PRIVATE;
-    // SAFETY: the detached tree, an empty path and a mount_attr of the size passed.
-    let set = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH as libc::c_uint,
-            &attributes as *const libc::mount_attr,
-            std::mem::size_of::<libc::mount_attr>(),
-        )
-    };
-    check(set as libc::c_int)?;
+    let tree = super::cloned_mount(
+        libc::AT_FDCWD,
+        source,
+        libc::AT_SYMLINK_NOFOLLOW,
+        libc::MOUNT_ATTR_RDONLY
+            | libc::MOUNT_ATTR_NOSUID
+            | libc::MOUNT_ATTR_NODEV
+            | libc::MOUNT_ATTR_NOEXEC,
+    )?;
     // SAFETY: two open descriptors and empty paths.
     let moved = unsafe {
         libc::syscall(

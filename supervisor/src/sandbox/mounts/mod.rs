@@ -53,7 +53,7 @@ pub use view::{arrange_shares, check_share, max_tmp_size, View};
 
 use super::host_path::{self, FileId};
 use super::SandboxError;
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::os::unix::ffi::OsStrExt as _;
@@ -372,15 +372,37 @@ fn clone_dir(step: &'static str, dir: &Path, read_only: bool) -> Result<OwnedFd,
 /// gets no set-uid and no devices (and is read-only when `read_only`), and is private: nothing
 /// mounted on the host side later propagates into the sandbox (`mount_setattr(2)`, Linux 5.12).
 fn detached_copy(dir: &OwnedFd, read_only: bool) -> io::Result<OwnedFd> {
-    // SAFETY: an open descriptor and an empty path; the descriptor returned is owned here.
+    let read_only = if read_only {
+        libc::MOUNT_ATTR_RDONLY
+    } else {
+        0
+    };
+    cloned_mount(
+        dir.as_raw_fd(),
+        c"",
+        libc::AT_RECURSIVE | libc::AT_EMPTY_PATH,
+        libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV | read_only,
+    )
+}
+
+/// A detached clone of the mount at `path` relative to `dirfd` (`open_tree(2)` with
+/// `OPEN_TREE_CLONE` and `at_flags`), with `attr_set` set on it (and on every submount when
+/// `at_flags` has `AT_RECURSIVE`) and private propagation (`mount_setattr(2)`). System calls
+/// only: the child uses it too, between clone and exec.
+fn cloned_mount(
+    dirfd: libc::c_int,
+    path: &CStr,
+    at_flags: libc::c_int,
+    attr_set: u64,
+) -> io::Result<OwnedFd> {
+    // SAFETY: a descriptor or AT_FDCWD and a NUL-terminated path; the descriptor returned is
+    // owned right below.
     let tree = unsafe {
         libc::syscall(
             libc::SYS_open_tree,
-            dir.as_raw_fd(),
-            c"".as_ptr(),
-            libc::OPEN_TREE_CLONE
-                | libc::OPEN_TREE_CLOEXEC
-                | (libc::AT_RECURSIVE | libc::AT_EMPTY_PATH) as libc::c_uint,
+            dirfd,
+            path.as_ptr(),
+            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | at_flags as libc::c_uint,
         )
     };
     if tree < 0 {
@@ -390,21 +412,16 @@ fn detached_copy(dir: &OwnedFd, read_only: bool) -> io::Result<OwnedFd> {
     let tree = unsafe { OwnedFd::from_raw_fd(tree as libc::c_int) };
     // SAFETY: mount_attr is plain data; zero is "change nothing".
     let mut attributes: libc::mount_attr = unsafe { std::mem::zeroed() };
-    attributes.attr_set = libc::MOUNT_ATTR_NOSUID
-        | libc::MOUNT_ATTR_NODEV
-        | if read_only {
-            libc::MOUNT_ATTR_RDONLY
-        } else {
-            0
-        };
+    attributes.attr_set = attr_set;
     attributes.propagation = libc::MS_PRIVATE;
+    let recursive = at_flags & libc::AT_RECURSIVE;
     // SAFETY: the detached tree, an empty path and a mount_attr of the size passed.
     let set = unsafe {
         libc::syscall(
             libc::SYS_mount_setattr,
             tree.as_raw_fd(),
             c"".as_ptr(),
-            (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as libc::c_uint,
+            (libc::AT_EMPTY_PATH | recursive) as libc::c_uint,
             &attributes as *const libc::mount_attr,
             std::mem::size_of::<libc::mount_attr>(),
         )
