@@ -343,8 +343,8 @@ mod tests {
         let _ = std::fs::remove_dir_all(root);
     }
 
-    #[test]
-    fn placeholders_and_ca_variables_are_set_and_not_overridable() {
+    /// A policy with one placeholder (`API_KEY`), and the network environment it gets.
+    fn policy_with_placeholder() -> (Policy, NetworkEnv) {
         let policy = Policy::from_yaml(
             "t.yaml",
             "version: 1\nteam: acme\nnetwork:\n  allow: [https://api.example.com]\nauth_providers:\n  - name: K\n    type: bearer\n    secret: {env: K_SECRET}\n    scope: [https://api.example.com]\nplaceholders:\n  - {env: API_KEY, provider: K}\n",
@@ -355,6 +355,12 @@ mod tests {
             ca_bundle: "/run/tollgate/x/ca-bundle.pem".into(),
             placeholders: vec![("API_KEY".into(), "tollgate_ph_0123".into())],
         };
+        (policy, network)
+    }
+
+    #[test]
+    fn placeholders_and_ca_variables_are_set_and_not_overridable() {
+        let (policy, network) = policy_with_placeholder();
         let helper = Path::new("/run/tollgate/x/python");
         let env = child_environment(
             Some(&policy),
@@ -403,16 +409,7 @@ mod tests {
     fn every_variable_tollgate_sets_is_reserved_for_placeholders() {
         // The one list (`tollgate_policy::sandbox_env`) must cover everything set here, or a
         // placeholder could take a variable tollgate overwrites (or that overwrites the proxy).
-        let policy = Policy::from_yaml(
-            "t.yaml",
-            "version: 1\nteam: acme\nnetwork:\n  allow: [https://api.example.com]\nauth_providers:\n  - name: K\n    type: bearer\n    secret: {env: K_SECRET}\n    scope: [https://api.example.com]\nplaceholders:\n  - {env: API_KEY, provider: K}\n",
-        )
-        .expect("policy");
-        let network = NetworkEnv {
-            proxy: "127.0.0.1:3128".parse().expect("addr"),
-            ca_bundle: "/run/tollgate/x/ca-bundle.pem".into(),
-            placeholders: vec![("API_KEY".into(), "tollgate_ph_0123".into())],
-        };
+        let (policy, network) = policy_with_placeholder();
         let helper = Path::new("/run/tollgate/x/python");
         for network in [Some(&network), None] {
             let env = child_environment(Some(&policy), &[], &[], Some(helper), network, "/tmp")
