@@ -7,27 +7,32 @@
 #
 # The upstream is nginx in a test network namespace behind a veth (10.201.x.y/30), reached
 # by name through a `network.hosts` pin and `allowed_ips`, as bench-proxy-sandbox.sh does.
-# Measured, each cell its own `tollgate run` (as shipped: INFO log, audit on):
+# Each cell is its own `tollgate run` (as shipped: INFO log, audit on), on four paths:
+# `direct` (the client in the host namespace, no proxy, for scale), `proxy variables`,
+# `proxy variables, --no-transparent` (the same without the stub resolver and the nat table,
+# whose hook turns conntrack on for the whole namespace) and `transparent`. Measured:
 #   - HTTP, 100-byte response, wrk: 1 and 32 keep-alive connections, and 1 connection with
 #     `Connection: close` (a new connection per request, so the per-connection work shows:
 #     the DNAT, SO_ORIGINAL_DST, sniffing the first bytes). wrk has no proxy support, so the
-#     proxy row sends absolute-form requests to $HTTP_PROXY (bench_wrk_lua); the transparent
+#     proxy rows send absolute-form requests to $HTTP_PROXY (bench_wrk_lua); the transparent
 #     row is wrk straight at http://upstream.test/small.
 #   - HTTPS (intercepted), 100-byte response, curl: N requests from one curl process on one
 #     keep-alive connection, and with `Connection: close` (a TLS handshake per request). wrk
-#     cannot CONNECT, so both rows use curl: through $HTTPS_PROXY, and with `--noproxy '*'`.
+#     cannot CONNECT, so every row uses curl: through $HTTPS_PROXY, or with `--noproxy '*'`.
 #     curl is given only the execution CA (see inside.sh for why); one more pair of rows
 #     leaves it the system trust store tollgate binds over, with no CA variable.
 #   - DNS: N getaddrinfo() lookups (A only, from Python) of the allowed name against the stub
 #     resolver, and of localhost (answered from /etc/hosts: the same loop without a query).
 #   - startup: `tollgate run --policy P -- /bin/true` transparent (the default) vs
-#     `--no-transparent`, and `tollgate run -- /bin/true` without a network (hyperfine, RUNS
-#     runs of each in ROUNDS interleaved rounds).
+#     `--no-transparent`, and `tollgate run -- /bin/true` without a network (hyperfine).
 # Proxy CPU is the supervisor's utime+stime per request (or lookup) during the measurement.
-# The host-namespace "direct" rows (wrk, curl over the veth) are there for scale.
+# The machine is noisy, so everything runs in ROUNDS rounds (the paths of a row in reverse
+# order every other round; startup in ROUNDS hyperfine runs of RUNS/ROUNDS each), and each
+# ratio is taken within a round: the table gives their median and range.
 #
-#   bash scripts/bench-transparent.sh
-#   DURATION=5s N_KEEPALIVE=1000 N_NEW=200 N_DNS=1000 RUNS=50 bash scripts/bench-transparent.sh
+#   bash scripts/bench-transparent.sh          # 3 rounds, 5 s per wrk cell: about 10 minutes
+#   ROUNDS=5 DURATION=10s N_KEEPALIVE=5000 N_NEW=500 N_DNS=10000 RUNS=500 bash scripts/bench-transparent.sh
+#   TOLLGATE=/path/to/tollgate bash scripts/bench-transparent.sh   # that build, no cargo build
 #
 # Needs root. Every packet stays on this machine: loopback, the sandbox's own namespace, and
 # a veth pair to a namespace this script creates, all removed at the end.
@@ -35,12 +40,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 . scripts/lib/bench.sh
-DURATION=${DURATION:-10s}
+DURATION=${DURATION:-5s}
 N_KEEPALIVE=${N_KEEPALIVE:-2000}
 N_NEW=${N_NEW:-300}
-N_DNS=${N_DNS:-2000}
-RUNS=${RUNS:-100}
-ROUNDS=${ROUNDS:-5}
+N_DNS=${N_DNS:-5000}
+RUNS=${RUNS:-300}
+ROUNDS=${ROUNDS:-3}
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "run as root: it builds a network namespace and runs tollgate" >&2
@@ -50,7 +55,6 @@ fi
 bench_need wrk:wrk nginx:nginx-light hyperfine:hyperfine curl:curl
 WRK=$(command -v wrk)
 
-# TOLLGATE=/path/to/tollgate measures that build instead (no build).
 if [ -z "${TOLLGATE:-}" ]; then
   bench_build -p tollgate
   TOLLGATE=${CARGO_TARGET_DIR:-$PWD/target}/release/tollgate
@@ -186,7 +190,7 @@ i=0; while [ ! -e "$OUT/read" ] && [ $i -lt 1000 ]; do sleep 0.01; i=$((i + 1));
 SH
 chmod 755 "$WORK/inside.sh"
 
-bench_results
+TICK=$(getconf CLK_TCK)
 # wait_for FILE PID — until FILE exists or PID has exited.
 wait_for() { while [ ! -e "$1" ] && kill -0 "$2" 2>/dev/null; do sleep 0.01; done; }
 
@@ -264,54 +268,67 @@ measure_sandbox() {
 }
 
 # The host-namespace reference rows, over the veth, no proxy.
-measure_direct_wrk() { # CONNS THREADS CLOSE ROW
-  local header=()
-  [ "$3" = 0 ] || header=(-H "Connection: close")
-  wrk -t"$2" -c"$1" -d1s "${header[@]}" "http://$UPSTREAM/small" >/dev/null
-  wrk -t"$2" -c"$1" -d"$DURATION" --latency "${header[@]}" "http://$UPSTREAM/small" >"$WORK/wrk.out"
-  bench_record direct http "$4" - "$WORK/wrk.out"
+measure_direct_wrk() { # ROW CONNS=… THREADS=… CLOSE=…
+  local row=$1 conns threads close header=()
+  conns=${2#CONNS=}; threads=${3#THREADS=}; close=${4#CLOSE=}
+  [ "$close" = 0 ] || header=(-H "Connection: close")
+  wrk -t"$threads" -c"$conns" -d1s "${header[@]}" "http://$UPSTREAM/small" >/dev/null
+  wrk -t"$threads" -c"$conns" -d"$DURATION" --latency "${header[@]}" "http://$UPSTREAM/small" >"$WORK/wrk.out"
+  bench_record direct http "$row" - "$WORK/wrk.out"
 }
-measure_direct_curl() { # CONFIG ROW
-  local dir="$WORK/out/direct-curl-$1"
+measure_direct_curl() { # ROW CURL=…
+  local dir="$WORK/out/direct-curl" config=${2#CURL=}
   local direct=(--noproxy "*" --cacert "$CA_DIR/ca.pem" --resolve "upstream.test:443:$UPSTREAM")
   mkdir -p "$dir"
   curl "${direct[@]}" -K "$WORK/warm.curl" >/dev/null
   date +%s%N >"$dir/start"
-  curl "${direct[@]}" -K "$WORK/$1.curl" >"$dir/client.out"
+  curl "${direct[@]}" -K "$WORK/$config.curl" >"$dir/client.out"
   date +%s%N >"$dir/end"
-  record_timings direct https "$2" - "$dir"
+  record_timings direct https "$1" - "$dir"
 }
 
-# Side by side: every path for one scenario before the next scenario.
-# HTTP, wrk: CONNS THREADS CLOSE
-for scenario in "1 1 0" "32 2 0" "1 1 1"; do
-  read -r conns threads close <<<"$scenario"
-  what=$conns; [ "$close" = 0 ] || what="$conns, Connection: close"
-  measure_direct_wrk "$conns" "$threads" "$close" "$what"
-  cell=(http "$what" "CONNS=$conns" "THREADS=$threads" "CLOSE=$close")
-  measure_sandbox "proxy variables" proxy wrk "${cell[@]}"
-  measure_sandbox "proxy variables, --no-transparent" proxy wrk "${cell[@]}" --no-transparent
-  measure_sandbox transparent transparent wrk "${cell[@]}"
-done
-# HTTPS (intercepted), curl: one keep-alive connection, then a new one per request.
-for curl in keepalive new; do
-  what="1, curl $([ "$curl" = keepalive ] && echo "keep-alive ($N_KEEPALIVE)" || echo "Connection: close ($N_NEW)")"
-  measure_direct_curl "$curl" "$what"
-  measure_sandbox "proxy variables" proxy curl https "$what" "CURL=$curl"
-  measure_sandbox "proxy variables, --no-transparent" proxy curl https "$what" "CURL=$curl" --no-transparent
-  measure_sandbox transparent transparent curl https "$what" "CURL=$curl"
-done
-# The same new connections with curl trusting the system store (what a client that ignores
-# the CA variables does): the CA file's parsing per connection, in both paths alike.
-what="1, curl Connection: close ($N_NEW), system store"
-measure_sandbox "proxy variables" proxy curl https "$what" CURL=new TRUST=system
-measure_sandbox transparent transparent curl https "$what" CURL=new TRUST=system
-# DNS: lookups against the stub resolver, and of localhost (from /etc/hosts, no query: what
-# Python and glibc cost without the resolver).
-measure_sandbox "stub resolver" transparent dns dns "getaddrinfo A ($N_DNS)" NAME=upstream.test
-measure_sandbox "/etc/hosts" transparent dns dns "getaddrinfo A ($N_DNS)" NAME=localhost
+# measure_paths ROUND CLIENT SCHEME ROW PATHS SETTINGS… — the row's cells for each of PATHS
+# (direct, proxy, no-transparent, transparent), side by side, in reverse order every other
+# round so that no path always comes first.
+measure_paths() {
+  local round=$1 client=$2 scheme=$3 row=$4 paths path
+  read -ra paths <<<"$5"
+  shift 5
+  [ $((round % 2)) = 1 ] || mapfile -t paths < <(printf '%s\n' "${paths[@]}" | tac)
+  for path in "${paths[@]}"; do
+    case $path in
+      direct) "measure_direct_$client" "$row" "$@" ;;
+      proxy) measure_sandbox "proxy variables" proxy "$client" "$scheme" "$row" "$@" ;;
+      no-transparent) measure_sandbox "proxy variables, --no-transparent" proxy "$client" "$scheme" "$row" "$@" --no-transparent ;;
+      transparent) measure_sandbox transparent transparent "$client" "$scheme" "$row" "$@" ;;
+    esac
+  done
+}
 
-# ---- startup.
+ALL="direct proxy no-transparent transparent"
+for round in $(seq "$ROUNDS"); do
+  RESULTS="$WORK/results-$round.tsv"
+  # HTTP, wrk: 1 and 32 keep-alive connections, then a new connection per request.
+  for scenario in "1 1 0" "32 2 0" "1 1 1"; do
+    read -r conns threads close <<<"$scenario"
+    row=$conns; [ "$close" = 0 ] || row="$conns, Connection: close"
+    measure_paths "$round" wrk http "$row" "$ALL" "CONNS=$conns" "THREADS=$threads" "CLOSE=$close"
+  done
+  # HTTPS (intercepted), curl: one keep-alive connection, then a new one per request.
+  measure_paths "$round" curl https "1, curl keep-alive ($N_KEEPALIVE)" "$ALL" CURL=keepalive
+  measure_paths "$round" curl https "1, curl Connection: close ($N_NEW)" "$ALL" CURL=new
+  # The same new connections with curl trusting the system store (what a client that ignores
+  # the CA variables does): the CA file's parsing per connection, in both paths alike.
+  measure_paths "$round" curl https "1, curl Connection: close ($N_NEW), system store" \
+    "proxy transparent" CURL=new TRUST=system
+  # DNS: lookups against the stub resolver, and of localhost (from /etc/hosts, no query:
+  # what Python and glibc cost without the resolver).
+  measure_sandbox "stub resolver" transparent dns dns "getaddrinfo A ($N_DNS)" NAME=upstream.test
+  measure_sandbox "/etc/hosts" transparent dns dns "getaddrinfo A ($N_DNS)" NAME=localhost
+done
+
+# ---- startup, in ROUNDS rounds of RUNS/ROUNDS runs of each command, so that the machine's
+# load drifting during the measurement weighs on the three alike.
 cat >"$WORK/startup.yaml" <<YAML
 version: 1
 team: bench
@@ -324,8 +341,6 @@ network:
       schemes: [http]
       allowed_ips: [$SUBNET]
 YAML
-# In ROUNDS rounds of RUNS/ROUNDS runs of each command, so that the machine's load drifting
-# during the measurement weighs on the three alike.
 PER_ROUND=$(( RUNS / ROUNDS > 2 ? RUNS / ROUNDS : 2 ))
 for round in $(seq "$ROUNDS"); do
   hyperfine -N --warmup 3 --runs "$PER_ROUND" --export-json "$WORK/startup-$round.json" \
@@ -337,10 +352,13 @@ done
 echo
 echo "nginx (1 worker) in a test namespace at $UPSTREAM behind a veth, reached as upstream.test"
 echo "(hosts pin + allowed_ips); sandboxed rows run inside \`tollgate run\` as the sandbox user;"
-echo "direct rows run in the host namespace. wrk $DURATION per cell. $(nproc) cores."
-echo "CPU = supervisor utime+stime per request (per lookup for the resolver)."
-/usr/bin/python3 - "$RESULTS" "${DNS_SUMMARY:-}" "$WORK"/startup-*.json <<'PY'
+echo "direct rows run in the host namespace. $ROUNDS rounds, wrk $DURATION per cell, $(nproc) cores."
+echo "Medians over the rounds; a ratio is the median of the rounds' ratios (each taken within"
+echo "one round), with their range. CPU = supervisor utime+stime per request (per lookup)."
+/usr/bin/python3 - "$WORK" "$ROUNDS" "${DNS_SUMMARY:-}" <<'PY'
 import json, statistics, sys
+
+work, rounds, dns_summary = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 
 def micros(text):
     for unit, scale in (("us", 1), ("ms", 1e3), ("s", 1e6)):
@@ -351,40 +369,66 @@ def micros(text):
 def shown(us):
     return f"{us:.0f} µs" if us < 1000 else f"{us / 1000:.2f} ms"
 
-rows = [line.rstrip("\n").split("\t") for line in open(sys.argv[1]) if line.strip()]
-proxy = {(r[0], r[1]): r for r in rows if r[2] == "proxy variables"}
-print()
-print("| scheme | conns | path | req/s | p50 | p99 | proxy CPU/req (µs) | req/s vs proxy | p50 vs proxy | CPU vs proxy | errors |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
-for scheme, conns, label, rps, p50, p99, cpu, errors in rows:
-    base = proxy.get((scheme, conns))
-    ratios = ["", "", ""]
-    if label not in ("direct", "proxy variables") and base:
-        ratios = [f"{float(rps) / float(base[3]):.2f}x",
-                  f"{micros(p50) / micros(base[4]):.2f}x",
-                  f"{float(cpu) / float(base[6]):.2f}x" if cpu != "-" and base[6] != "-" else ""]
-    print(f"| {scheme} | {conns} | {label} | {float(rps):.0f} | {shown(micros(p50))} | "
-          f"{shown(micros(p99))} | {cpu} | " + " | ".join(ratios) + f" | {errors} |")
-if sys.argv[2]:
-    print()
-    print(f"resolver counters of the lookup run (summary): {json.dumps(json.loads(sys.argv[2])['dns'])}")
+# cells[(scheme, row, label)] = one dict per round
+cells, order = {}, []
+for r in range(1, rounds + 1):
+    for line in open(f"{work}/results-{r}.tsv"):
+        scheme, row, label, rps, p50, p99, cpu, errors = line.rstrip("\n").split("\t")
+        key = (scheme, row, label)
+        if key not in cells:
+            cells[key] = {}
+            order.append(key)
+        cells[key][r] = {"rps": float(rps), "p50": micros(p50), "p99": micros(p99),
+                         "cpu": None if cpu == "-" else float(cpu), "errors": errors}
 
-times, deltas = {}, []
-for round_file in sys.argv[3:]:
-    results = {r["command"]: r for r in json.load(open(round_file))["results"]}
-    for command, r in results.items():
-        times.setdefault(command, []).extend(r["times"])
+def ratio(key, base, field):
+    values = [cells[key][r][field] / cells[base][r][field]
+              for r in cells[key] if r in cells[base] and cells[key][r][field] and cells[base][r][field]]
+    if not values:
+        return ""
+    text = f"{statistics.median(values):.2f}x"
+    return text + (f" ({min(values):.2f}–{max(values):.2f})" if len(values) > 1 else "")
+
+print()
+print("| scheme | conns | path | req/s | p50 | p99 | proxy CPU/req (µs) "
+      "| req/s vs proxy | p50 vs proxy | CPU vs proxy | errors |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
+for key in order:
+    scheme, row, label = key
+    runs = list(cells[key].values())
+    med = lambda field: statistics.median(run[field] for run in runs)
+    cpu = "-" if runs[0]["cpu"] is None else f"{med('cpu'):.0f}"
+    base = (scheme, row, "proxy variables")
+    ratios = ["", "", ""]
+    if label not in ("direct", "proxy variables") and base in cells:
+        ratios = [ratio(key, base, "rps"), ratio(key, base, "p50"),
+                  ratio(key, base, "cpu") if runs[0]["cpu"] is not None else ""]
+    errors = "; ".join(sorted({run["errors"] for run in runs if run["errors"]}))
+    print(f"| {scheme} | {row} | {label} | {med('rps'):.0f} | {shown(med('p50'))} | "
+          f"{shown(med('p99'))} | {cpu} | " + " | ".join(ratios) + f" | {errors} |")
+if dns_summary:
+    print()
+    print(f"resolver counters of the last lookup run (summary): {json.dumps(json.loads(dns_summary)['dns'])}")
+
+times, cpu, deltas = {}, {}, []
+for r in range(1, rounds + 1):
+    results = {x["command"]: x for x in json.load(open(f"{work}/startup-{r}.json"))["results"]}
+    for command, x in results.items():
+        times.setdefault(command, []).extend(x["times"])
+        cpu.setdefault(command, []).append(x["user"] + x["system"])
     deltas.append(results["network on, transparent"]["median"]
                   - results["network on, --no-transparent"]["median"])
 median = {command: statistics.median(t) for command, t in times.items()}
 off, plain = median["network off"], median["network on, --no-transparent"]
 print()
-print(f"| `tollgate run … -- /bin/true` ({len(sys.argv) - 3} rounds) | median | p95 | vs network off | vs --no-transparent |")
-print("|---|---|---|---|---|")
+print(f"| `tollgate run … -- /bin/true` | median | p95 | CPU (user+sys) | vs network off "
+      f"| vs --no-transparent |")
+print("|---|---|---|---|---|---|")
 for command, t in times.items():
     t = sorted(t)
     p95 = t[max(0, int(len(t) * 0.95) - 1)]
     print(f"| {command} | {median[command] * 1000:.2f} ms | {p95 * 1000:.2f} ms | "
+          f"{statistics.mean(cpu[command]) * 1000:.2f} ms | "
           f"{median[command] / off:.2f}x | {median[command] / plain:.2f}x |")
 added = median["network on, transparent"] - plain
 print()
