@@ -4,6 +4,7 @@
 //! The tests drive the binary that `cargo test` builds at the workspace root
 //! (`target/<profile>/tollgate`), so they exercise exactly what ships.
 
+pub mod bench;
 pub mod certs;
 pub mod checks;
 pub mod images;

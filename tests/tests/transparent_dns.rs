@@ -13,18 +13,19 @@
 //!
 //! Needs root. No packet goes anywhere but loopback and the test host's veth pair.
 
-#[path = "transparent_support/upstreams.rs"]
-mod upstreams;
+mod transparent_support;
 
 use std::{fs, os::unix::fs::PermissionsExt as _, process::Command};
 
 use serde_json::Value;
 use tollgate_tests::{
     leaks::SuiteLock,
-    sandbox::{bypass_records, record_destination, wait_host_pid, Running, Sandbox, HANG_LIMIT},
+    sandbox::{
+        bypass_records, record_destination, wait_host_pid, Running, Sandbox, HANG_LIMIT, PYTHON,
+    },
     Scratch,
 };
-use upstreams::{assert_ran, is_synthetic, outcome_of, run_script, write_run, Bench, Outcome};
+use transparent_support::{assert_ran, is_synthetic, write_run, Bench, Outcome, ENTRIES, PINNED};
 
 /// The names of the DNS policy: one exact host with a port, one https prefix, a one-label
 /// wildcard (`*.`) and a many-label one (`**.`).
@@ -59,7 +60,8 @@ fn scratch(tag: &str) -> Scratch {
 /// Runs `script` under `policy` in a plain sandbox (no test host needed: nothing here
 /// leaves the sandbox).
 fn run(scratch: &Scratch, n: u32, policy: &str, script: &str) -> Outcome {
-    run_script(scratch, n, Sandbox::new(), policy, script)
+    let run = write_run(scratch, n, policy, script);
+    run.outcome(run.sandbox(Sandbox::new()).run([PYTHON, run.script_arg()]))
 }
 
 /// The `dig` result `name` of `outcome`: its status and answers.
@@ -289,7 +291,7 @@ fn the_sandbox_cannot_ask_any_other_resolver() {
     assert!(n > 12 && buf[..2] == [0x77, 0x77]);
     assert_eq!(bench.events_of("dns").len(), 1, "{:?}", bench.events());
 
-    let policy = bench.policy(upstreams::ENTRIES, "");
+    let policy = bench.policy(&PINNED, ENTRIES, "");
     let script = format!(
         r#"
 results["dig udp"] = dig("allowed.test", server="{server}")
@@ -383,11 +385,7 @@ fn probe_resolv_conf(
     policy: &str,
 ) -> (Outcome, Namespace) {
     let run = write_run(scratch, n, policy, RESOLV_CONF_PROBE);
-    let mut running = Running::spawn(
-        &mut run
-            .sandbox(sandbox)
-            .command([tollgate_tests::sandbox::PYTHON, run.script_arg()]),
-    );
+    let mut running = Running::spawn(&mut run.sandbox(sandbox).command([PYTHON, run.script_arg()]));
     let ns_pid: u32 = running
         .wait_line("pid ", HANG_LIMIT)
         .trim_start_matches("pid ")
@@ -401,7 +399,7 @@ fn probe_resolv_conf(
     };
     running.close_stdin();
     let finished = running.finish(HANG_LIMIT);
-    (outcome_of(&run, finished), namespace)
+    (run.outcome(finished), namespace)
 }
 
 /// Asserts the probe held no descriptor but stdin, stdout and stderr.

@@ -11,12 +11,11 @@
 //! Real clients inside `tollgate run`: `/usr/bin/curl` (`--noproxy '*'` for transparent
 //! mode, the proxy variables otherwise), Python `ssl` and raw sockets, against a test host in
 //! a network namespace of its own that writes down every connection and request line
-//! (`transparent_refusals_upstream.py`).
+//! (`transparent_upstream.py`).
 //!
 //! Needs root. No packet goes anywhere but loopback and the test host's veth pair.
 
-#[path = "transparent_support/upstreams.rs"]
-mod upstreams;
+mod transparent_support;
 
 use std::collections::BTreeMap;
 
@@ -25,15 +24,15 @@ use tollgate_tests::{
     leaks::SuiteLock,
     sandbox::{bypass_records, record_destination, Sandbox},
 };
-use upstreams::{
+use transparent_support::{
     assert_ran, events, is_synthetic, tollgate_error, Bench, Outcome, ENTRIES, HTTPS_DENIED_PORT,
-    HTTP_DENIED_PORT, WEB_SERVICES,
+    HTTP_DENIED_PORT, PINNED, WEB_SERVICES,
 };
 
 /// The usual bench and policy.
 fn bench(tag: &str) -> (Bench, String) {
     let bench = Bench::new(tag, &WEB_SERVICES);
-    let policy = bench.policy(ENTRIES, "");
+    let policy = bench.policy(&PINNED, ENTRIES, "");
     (bench, policy)
 }
 
@@ -532,6 +531,7 @@ fn limits_are_the_same_in_transparent_mode() {
     let _lock = SuiteLock::shared();
     let mut bench = Bench::new("tp-parity-limits", &WEB_SERVICES);
     let policy = bench.policy(
+        &PINNED,
         ENTRIES,
         "limits:\n  max_requests: 3\n  max_response_bytes: 1KiB\n",
     );
@@ -592,6 +592,7 @@ fn credentials_are_the_same_in_transparent_mode() {
     let _lock = SuiteLock::shared();
     let mut bench = Bench::new("tp-parity-credentials", &WEB_SERVICES);
     let policy = bench.policy(
+        &PINNED,
         ENTRIES,
         "auth_providers:
   - name: K

@@ -12,20 +12,14 @@
 #![allow(dead_code)] // each test file uses its own part of the bench
 
 use std::{
-    fs,
-    os::unix::fs::PermissionsExt as _,
-    path::{Path, PathBuf},
+    ops::{Deref, DerefMut},
+    path::Path,
 };
 
 use serde_json::Value;
-use tollgate_tests::{
-    certs::{make_certificates, Certificates},
-    sandbox::{assert_execution_gone, read_json_lines, Finished, Sandbox, PYTHON},
-    script_run::{results_line, ScriptRun},
-    tollgate,
-    upstream::UpstreamHost,
-    Scratch,
-};
+#[allow(unused_imports)] // each test file uses its own part of these
+pub use tollgate_tests::script_run::{assert_ran, events, refused_events, Outcome};
+use tollgate_tests::{bench, tollgate};
 
 pub const SERVER_PY: &str = include_str!("../refusals_upstream.py");
 pub const CLIENT_PY: &str = include_str!("../refusals_client.py");
@@ -50,25 +44,22 @@ pub fn origin(scheme: &str, host: &str) -> String {
 /// `deny_rules: [{method: "*", path: /admin/**}]`, as `extra` lines of [`entry`].
 pub const DENY_ADMIN: &str = "      deny_rules:\n        - {method: \"*\", path: \"/admin/**\"}\n";
 
-/// One test's upstream host, its CA, and scratch space.
-pub struct Bench {
-    pub up: UpstreamHost,
-    pub scratch: Scratch,
-    ca: PathBuf,
-    runs: u32,
+/// The shared bench (`tollgate_tests::bench`: the host, its CA, `policy`, `run`, `output`)
+/// on `refusals_upstream.py`, plus what only these suites ask of it.
+pub struct Bench(bench::Bench);
+
+impl Deref for Bench {
+    type Target = bench::Bench;
+
+    fn deref(&self) -> &bench::Bench {
+        &self.0
+    }
 }
 
-/// What one `tollgate run` left behind.
-pub struct Outcome {
-    pub finished: Finished,
-    /// The client's `results` (Null when it printed none, e.g. when it was killed).
-    pub results: Value,
-    pub audit: Vec<Value>,
-    pub audit_text: String,
-    /// The summary (Null when tollgate wrote none).
-    pub summary: Value,
-    pub summary_text: String,
-    pub policy: PathBuf,
+impl DerefMut for Bench {
+    fn deref_mut(&mut self) -> &mut bench::Bench {
+        &mut self.0
+    }
 }
 
 /// What `tollgate policy eval` answered.
@@ -90,78 +81,23 @@ impl Eval {
 
 impl Bench {
     pub fn new(tag: &str) -> Bench {
-        let scratch = Scratch::new(tag);
-        fs::set_permissions(&scratch.dir, fs::Permissions::from_mode(0o755)).unwrap();
         // One leaf for every name the tests use (see the module doc).
-        let Certificates { ca, cert, key } =
-            make_certificates(&scratch.dir, &["up.test", "*.up.test"]);
-        let up = UpstreamHost::start_server(SERVER_PY, move |addr, log| {
-            vec![
-                addr.to_string().into(),
-                HTTP_PORT.to_string().into(),
-                HTTPS_PORT.to_string().into(),
-                cert.into(),
-                key.into(),
-                log.into(),
-            ]
-        });
-        Bench {
-            up,
-            scratch,
-            ca,
-            runs: 0,
-        }
-    }
-
-    /// A policy of team `e2e` pinning each of `names` to the upstream (`name=ADDR` to another
-    /// address), trusting its CA, with the allow entries `allow` (YAML list items indented 4;
-    /// `SUBNET` is replaced by the upstream's /30) and the top-level sections `top`.
-    pub fn policy(&self, names: &[&str], allow: &str, top: &str) -> String {
-        let up = self.up.addr.to_string();
-        let pins: String = names
-            .iter()
-            .map(|name| {
-                let (name, addr) = name.split_once('=').unwrap_or((name, &up));
-                format!("    {name}: {addr}\n")
-            })
-            .collect();
-        format!(
-            "version: 1\nteam: e2e\nnetwork:\n  hosts:\n{pins}  upstream_ca: {{file: {ca}}}\n  allow:\n{allow}\n{top}",
-            ca = self.ca.display(),
-            allow = allow.replace("SUBNET", &self.up.subnet()),
-        )
-    }
-
-    /// A path for a file tollgate writes (`--log`), in a root-only directory outside the
-    /// scratch space the sandbox shares.
-    pub fn output(&self, name: &str) -> PathBuf {
-        self.scratch.output(name)
-    }
-
-    /// Runs `script` (after the client helpers) with `/usr/bin/python3` in `tollgate run
-    /// --policy … --audit … --summary …` plus `sandbox`'s options. The exit status is the
-    /// test's to check.
-    pub fn run(&mut self, sandbox: Sandbox, policy: &str, script: &str) -> Outcome {
-        self.runs += 1;
-        let n = self.runs;
-        let run = ScriptRun::write(&self.scratch, n, "client", policy, CLIENT_PY, script);
-        let finished = run.sandbox(sandbox).run([PYTHON, run.script_arg()]);
-        assert!(
-            self.up.alive(),
-            "the upstream server died during the run\n{}",
-            finished.describe()
-        );
-        let results = results_line(&finished.stdout).unwrap_or(Value::Null);
-        let summary_text = run.summary_text();
-        Outcome {
-            audit: read_json_lines(&run.audit),
-            audit_text: run.audit_text(),
-            summary: serde_json::from_str(summary_text.trim()).unwrap_or(Value::Null),
-            summary_text,
-            results,
-            finished,
-            policy: run.policy,
-        }
+        Bench(bench::Bench::start(
+            tag,
+            &["up.test", "*.up.test"],
+            SERVER_PY,
+            |addr, leaf, log| {
+                vec![
+                    addr.to_string().into(),
+                    HTTP_PORT.to_string().into(),
+                    HTTPS_PORT.to_string().into(),
+                    leaf.cert.clone().into(),
+                    leaf.key.clone().into(),
+                    log.into(),
+                ]
+            },
+            CLIENT_PY,
+        ))
     }
 
     /// `tollgate policy eval POLICY METHOD URL --resolve HOST=<upstream> [-H header]...`,
@@ -200,63 +136,6 @@ impl Bench {
     }
 }
 
-impl Outcome {
-    /// The client's observation `name`; panics with the run's output when missing.
-    pub fn result(&self, name: &str) -> &Value {
-        let value = &self.results[name];
-        assert!(
-            !value.is_null(),
-            "the client recorded no result {name:?}\n{}",
-            self.finished.describe()
-        );
-        value
-    }
-
-    /// The records of `type` `kind` (`http`, `connect`, `bypass_attempt`).
-    pub fn records(&self, kind: &str) -> Vec<&Value> {
-        self.audit.iter().filter(|r| r["type"] == kind).collect()
-    }
-
-    /// The `http` records about `host`.
-    pub fn http_records(&self, host: &str) -> Vec<&Value> {
-        self.records("http")
-            .into_iter()
-            .filter(|r| r["host"] == host)
-            .collect()
-    }
-
-    pub fn execution(&self) -> String {
-        self.summary["execution"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
-    }
-
-    /// The run's output, audit and summary, for assertion messages.
-    pub fn describe(&self) -> String {
-        format!(
-            "{}\n--- audit ---\n{}\n--- summary ---\n{}",
-            self.finished.describe(),
-            self.audit_text,
-            self.summary_text
-        )
-    }
-}
-
-/// How many events a record stands for: `count` on an aggregated record, else one.
-pub fn events(record: &Value) -> u64 {
-    record.get("count").and_then(Value::as_u64).unwrap_or(1)
-}
-
-/// The events the refusal records (`decision: deny`) among `records` stand for.
-pub fn refused_events<'a>(records: impl IntoIterator<Item = &'a Value>) -> u64 {
-    records
-        .into_iter()
-        .filter(|r| r["decision"] == "deny")
-        .map(events)
-        .sum()
-}
-
 /// Whether `text` is an RFC 3339 UTC time with milliseconds: `2026-01-31T23:59:59.123Z`.
 pub fn is_rfc3339_ms(text: &str) -> bool {
     let b = text.as_bytes();
@@ -281,23 +160,6 @@ pub fn is_rfc3339_ms(text: &str) -> bool {
         && text[11..13].parse::<u32>().unwrap_or(99) < 24
         && text[14..16].parse::<u32>().unwrap_or(99) < 60
         && text[17..19].parse::<u32>().unwrap_or(99) < 61
-}
-
-/// Asserts the run itself went through: tollgate exited 0, the client printed its results,
-/// and nothing of the execution is left behind.
-pub fn assert_ran(outcome: &Outcome) {
-    assert_eq!(
-        outcome.finished.code(),
-        0,
-        "the run failed\n{}",
-        outcome.describe()
-    );
-    assert!(
-        outcome.results.is_object(),
-        "the client printed no results\n{}",
-        outcome.describe()
-    );
-    assert_execution_gone(&outcome.execution());
 }
 
 /// The `Tollgate-Error` header of a client result.

@@ -1,21 +1,33 @@
-# A test host for transparent_refusals.rs and transparent_dns.rs that writes down everything it
-# receives: every TCP connection, every request line, every DNS message. Run by
-# `tollgate_tests::upstream::UpstreamHost::start_server` inside a network namespace of its own;
-# standard library only, started with Debian's /usr/bin/python3.
+# The test host of the transparent-egress suites (transparent_clients.rs, transparent_dns.rs,
+# transparent_refusals.rs) and trust_store.rs: plain HTTP, HTTPS and DNS on whatever ports a
+# test asks for, writing down everything it receives (every TCP connection, every request
+# line, every DNS message). Run by `tollgate_tests::upstream::UpstreamHost::start_server`
+# inside a network namespace of its own; standard library only, started with Debian's
+# /usr/bin/python3.
 #
-#   transparent_refusals_upstream.py ADDRESS CERT KEY LOG_FILE SERVICE...
+#   transparent_upstream.py ADDRESS CERT KEY LOG_FILE SERVICE...
 #
 # Each SERVICE is `http:PORT`, `https:PORT` (CERT, signed by the test's own CA) or `dns:PORT`
-# (UDP and TCP). It binds them all, prints `ready`, and serves until killed. Every event is
-# appended to LOG_FILE as one JSON line before it is answered, so a test can assert what never
-# reached this host, not only what a client was told:
+# (UDP and TCP). It waits until ADDRESS exists, binds them all, prints `ready`, and serves
+# until killed. Every event is appended to LOG_FILE as one JSON line before it is answered, so
+# a test can assert what never reached this host, not only what a client was told:
 #   {"event": "connection", "scheme", "port"}                       a TCP connection accepted
-#   {"event": "request", "scheme", "port", "line", "method", "path", "headers", "body_len"}
+#   {"event": "request", "scheme", "port", "line", "method", "path", "headers"}
 #   {"event": "dns", "proto": "udp"|"tcp", "port", "hex"}          a DNS message, as bytes
+# (each with its time `t`; header names in lower case). Requests are parsed by hand rather
+# than with http.server, which answers `501` to a method it has no `do_<METHOD>` for without
+# telling anyone: here every request line is logged verbatim before anything else happens.
 #
 # HTTP(S) answers: `/bytes/N/...` N bytes of `x` with a Content-Length; anything else 200 with
-# the request's entry as JSON. DNS answers every query with one A record 10.99.99.99 (never
-# seen by the tests unless a query reached this host, which is what they assert it cannot).
+# the request's entry as JSON (no time, so the bodies of one request have one size; plus
+# `body_len`), whose `saw` names what this host saw:
+#
+#   "saw": "upstream saw GET /w1/node-fetch-http over http port 80"
+#
+# so a test can tell from a client's output alone that the answer came from here, on which
+# listener. `Connection: close` is honoured. DNS answers every query with one A record
+# 10.99.99.99 (never seen by the tests unless a query reached this host, which is what they
+# assert it cannot).
 
 import json
 import socket
@@ -35,8 +47,7 @@ LINE_LIMIT = 65536
 
 
 def log(entry):
-    """Appends `entry` with the time (the echoed entry has none, so bodies of one request
-    have one size)."""
+    """Appends `entry` with the time."""
     with log_lock:
         with open(LOG, "a") as f:
             f.write(json.dumps(dict(entry, t=time.time())) + "\n")
@@ -58,6 +69,16 @@ def read_body(reader, headers):
     if length and length.isdigit():
         return len(reader.read(int(length)))
     return 0
+
+
+def answer(entry):
+    """(content type, body) for a logged request."""
+    segments = entry["path"].split("/")
+    if len(segments) > 2 and segments[1] == "bytes" and segments[2].isdigit():
+        return b"application/octet-stream", b"x" * int(segments[2])
+    entry["saw"] = "upstream saw %s %s over %s port %d" % (
+        entry["method"], entry["path"], entry["scheme"], entry["port"])
+    return b"application/json", json.dumps(entry).encode()
 
 
 def serve_http(conn, scheme, port):
@@ -82,15 +103,12 @@ def serve_http(conn, scheme, port):
                  "headers": headers}
         log(entry)
         entry["body_len"] = read_body(reader, headers)
-        segments = entry["path"].split("/")
-        if len(segments) > 2 and segments[1] == "bytes" and segments[2].isdigit():
-            data = b"x" * int(segments[2])
-            kind = b"application/octet-stream"
-        else:
-            data = json.dumps(entry).encode()
-            kind = b"application/json"
-        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: " + kind +
-                     b"\r\nContent-Length: %d\r\n\r\n" % len(data) + data)
+        kind, data = answer(entry)
+        head = (b"HTTP/1.1 200 OK\r\nContent-Type: " + kind +
+                b"\r\nContent-Length: %d\r\n\r\n" % len(data))
+        conn.sendall(head if entry["method"] == "HEAD" else head + data)
+        if "close" in dict(headers).get("connection", "").lower():
+            return
 
 
 def handle_tcp(conn, scheme, port):
@@ -121,8 +139,8 @@ def dns_answer(query):
         end += query[end] + 1
     question = query[12:end + 5]
     header = query[:2] + b"\x81\x80" + struct.pack(">HHHH", 1, 1, 0, 0)
-    answer = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + bytes([10, 99, 99, 99])
-    return header + question + answer
+    record = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + bytes([10, 99, 99, 99])
+    return header + question + record
 
 
 def serve_dns_tcp(conn, port):
@@ -138,21 +156,23 @@ def serve_dns_tcp(conn, port):
                 return
             query += chunk
         log({"event": "dns", "proto": "tcp", "port": port, "hex": query.hex()})
-        answer = dns_answer(query)
-        if answer:
-            conn.sendall(struct.pack(">H", len(answer)) + answer)
+        reply = dns_answer(query)
+        if reply:
+            conn.sendall(struct.pack(">H", len(reply)) + reply)
 
 
 def serve_dns_udp(sock, port):
     while True:
         query, peer = sock.recvfrom(65535)
         log({"event": "dns", "proto": "udp", "port": port, "hex": query.hex()})
-        answer = dns_answer(query)
-        if answer:
-            sock.sendto(answer, peer)
+        reply = dns_answer(query)
+        if reply:
+            sock.sendto(reply, peer)
 
 
 def bind(kind, port):
+    """A socket bound to ADDRESS:port, retried while the harness is still configuring the
+    namespace's veth."""
     deadline = time.time() + 10
     while True:
         sock = socket.socket(socket.AF_INET, kind)

@@ -1,0 +1,116 @@
+//! One test's upstream host with a CA of its own, a policy pinning names to it, and numbered
+//! scripted runs of `tollgate run` against it.
+//!
+//! The refusals, transparent-egress and trust-store suites all build the same thing: a
+//! scratch directory the sandbox may read, a test CA and a leaf for the names the test uses,
+//! a Python server in a network namespace of its own ([`UpstreamHost`]) serving that leaf, a
+//! policy that pins the names to the host and trusts the CA (`network.upstream_ca`), and runs
+//! of a Python client script with `--audit` and `--summary` read back into an [`Outcome`].
+//! Which server, which names and which client helpers is each suite's support module's
+//! choice; what a test asserts of a run stays with the test.
+
+use std::{
+    ffi::OsString,
+    fs,
+    net::Ipv4Addr,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+};
+
+use crate::{
+    certs::{make_certificates, Certificates},
+    sandbox::{Finished, Sandbox, PYTHON},
+    script_run::{Outcome, ScriptRun},
+    upstream::UpstreamHost,
+    Scratch,
+};
+
+/// One test's host, its CA, and scratch space for the runs.
+pub struct Bench {
+    pub up: UpstreamHost,
+    pub scratch: Scratch,
+    /// The test CA's certificate (`network.upstream_ca`).
+    pub ca: PathBuf,
+    /// The Python helpers [`Bench::run`] puts before every script.
+    client: &'static str,
+    runs: u32,
+}
+
+impl Bench {
+    /// Makes a CA and a leaf for `names` in a new scratch directory (0755, so the sandbox
+    /// user can read the scripts in it), and starts `server` (see
+    /// [`UpstreamHost::start_server`]) with the arguments `args(address, leaf, request_log)`
+    /// returns. [`Bench::run`] puts `client` before every script.
+    pub fn start(
+        tag: &str,
+        names: &[&str],
+        server: &str,
+        args: impl FnOnce(Ipv4Addr, &Certificates, &Path) -> Vec<OsString>,
+        client: &'static str,
+    ) -> Bench {
+        let scratch = Scratch::new(tag);
+        fs::set_permissions(&scratch.dir, fs::Permissions::from_mode(0o755))
+            .expect("chmod the scratch dir");
+        let leaf = make_certificates(&scratch.dir, names);
+        let up = UpstreamHost::start_server(server, |addr, log| args(addr, &leaf, log));
+        Bench {
+            up,
+            scratch,
+            ca: leaf.ca,
+            client,
+            runs: 0,
+        }
+    }
+
+    /// A policy of team `e2e` pinning each of `names` to the host (`name=ADDR` to another
+    /// address), trusting its CA, with the allow entries `allow` (YAML list items indented 4;
+    /// `SUBNET` is replaced by the host's /30) and the top-level sections `top`.
+    pub fn policy(&self, names: &[&str], allow: &str, top: &str) -> String {
+        let up = self.up.addr.to_string();
+        let pins: String = names
+            .iter()
+            .map(|name| {
+                let (name, addr) = name.split_once('=').unwrap_or((name, &up));
+                format!("    {name}: {addr}\n")
+            })
+            .collect();
+        format!(
+            "version: 1\nteam: e2e\nnetwork:\n  hosts:\n{pins}  upstream_ca: {{file: {ca}}}\n  allow:\n{allow}\n{top}",
+            ca = self.ca.display(),
+            allow = allow.replace("SUBNET", &self.up.subnet()),
+        )
+    }
+
+    /// A path for a file tollgate writes (`--log`), in a root-only directory outside the
+    /// scratch space the sandbox shares.
+    pub fn output(&self, name: &str) -> PathBuf {
+        self.scratch.output(name)
+    }
+
+    /// The next run's files: `policy`, and `prelude` followed by `script` as its script.
+    pub fn write_run(&mut self, policy: &str, prelude: &str, script: &str) -> ScriptRun {
+        self.runs += 1;
+        ScriptRun::write(&self.scratch, self.runs, "client", policy, prelude, script)
+    }
+
+    /// What `run` left once its `tollgate run` has `finished`; panics if the host died
+    /// meanwhile (a dead host fails every test that needed it, so say so first).
+    pub fn outcome(&mut self, run: &ScriptRun, finished: Finished) -> Outcome {
+        let outcome = run.outcome(finished);
+        assert!(
+            self.up.alive(),
+            "the upstream host died during the run\n{}",
+            outcome.describe()
+        );
+        outcome
+    }
+
+    /// Runs `script` (after the client helpers) with `/usr/bin/python3` in `tollgate run
+    /// --policy … --audit … --summary …` plus `sandbox`'s options. The exit status is the
+    /// test's to check.
+    pub fn run(&mut self, sandbox: Sandbox, policy: &str, script: &str) -> Outcome {
+        let run = self.write_run(policy, self.client, script);
+        let finished = run.sandbox(sandbox).run([PYTHON, run.script_arg()]);
+        self.outcome(&run, finished)
+    }
+}

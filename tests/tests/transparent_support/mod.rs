@@ -1,0 +1,148 @@
+//! The bench of the transparent-egress suites (`transparent_clients.rs`, `transparent_dns.rs`,
+//! `transparent_refusals.rs`) and `trust_store.rs`: the shared bench of `tollgate_tests::bench`
+//! on one test host, `transparent_upstream.py`, which serves the `http:PORT`, `https:PORT` and
+//! `dns:PORT` services a test asks for and writes down every connection, request line and DNS
+//! message it receives; and the client helpers of `transparent_refusals_client.py` for the
+//! scripts of `transparent_dns.rs` and `transparent_refusals.rs`.
+//!
+//! Each suite includes this directory as `mod transparent_support;`. The host's HTTPS
+//! services present one leaf for every name the suites pin (see [`NAMES`]), signed by the
+//! test's own CA (`network.upstream_ca`); every policy pins the names it uses to the host in
+//! `network.hosts`, and `allowed_ips` covers its /30: the proxy dials only the test namespace.
+
+#![allow(dead_code)] // each suite uses its own part of the bench
+
+use std::ops::{Deref, DerefMut};
+
+use serde_json::Value;
+#[allow(unused_imports)] // each suite uses its own part of these
+pub use tollgate_tests::script_run::{events, refused_events, Outcome};
+use tollgate_tests::{bench, script_run::ScriptRun, Scratch};
+
+pub const UPSTREAM_PY: &str = include_str!("../transparent_upstream.py");
+pub const CLIENT_PY: &str = include_str!("../transparent_refusals_client.py");
+
+/// Every name the suites pin to the host, for its one leaf: the refusals and DNS suites'
+/// (`allowed.test`, `other.test`, `*.allowed.test`), the clients' (`up.test`) and the trust
+/// store's (`api.example.com`).
+pub const NAMES: [&str; 5] = [
+    "allowed.test",
+    "other.test",
+    "*.allowed.test",
+    "up.test",
+    "api.example.com",
+];
+
+/// The names the refusals and DNS suites pin, for [`bench::Bench::policy`].
+pub const PINNED: [&str; 2] = ["allowed.test", "other.test"];
+
+/// The plain HTTP port the policies allow.
+pub const HTTP_PORT: u16 = 8080;
+/// The HTTPS port the policies allow (the scheme's default).
+pub const HTTPS_PORT: u16 = 443;
+/// A plain HTTP port the host serves and no policy allows.
+pub const HTTP_DENIED_PORT: u16 = 8081;
+/// An HTTPS port the host serves and no policy allows.
+pub const HTTPS_DENIED_PORT: u16 = 8443;
+
+/// The services of the usual host: both allowed ports and both refused ones.
+pub const WEB_SERVICES: [&str; 4] = ["http:8080", "https:443", "http:8081", "https:8443"];
+
+/// The usual allow entries: `allowed.test` and `other.test`, each on 8080 (http) and 443
+/// (https) only.
+pub const ENTRIES: &str = "    - host: allowed.test
+      ports: [8080, 443]
+      schemes: [http, https]
+      allowed_ips: [SUBNET]
+    - host: other.test
+      ports: [8080, 443]
+      schemes: [http, https]
+      allowed_ips: [SUBNET]
+";
+
+/// The shared bench (the host, its CA, `policy`, `run` with the client helpers, `write_run`,
+/// `outcome`) on `transparent_upstream.py`, plus reading the host's log.
+pub struct Bench(bench::Bench);
+
+impl Deref for Bench {
+    type Target = bench::Bench;
+
+    fn deref(&self) -> &bench::Bench {
+        &self.0
+    }
+}
+
+impl DerefMut for Bench {
+    fn deref_mut(&mut self) -> &mut bench::Bench {
+        &mut self.0
+    }
+}
+
+impl Bench {
+    /// A host serving `services` (`http:PORT`, `https:PORT`, `dns:PORT`).
+    pub fn new(tag: &str, services: &[&str]) -> Bench {
+        let services: Vec<String> = services.iter().map(|s| s.to_string()).collect();
+        Bench(bench::Bench::start(
+            tag,
+            &NAMES,
+            UPSTREAM_PY,
+            |addr, leaf, log| {
+                let mut args = vec![
+                    addr.to_string().into(),
+                    leaf.cert.clone().into(),
+                    leaf.key.clone().into(),
+                    log.into(),
+                ];
+                args.extend(services.into_iter().map(Into::into));
+                args
+            },
+            CLIENT_PY,
+        ))
+    }
+
+    /// Every event the host logged so far (connections, requests, DNS messages), in order.
+    pub fn events(&self) -> Vec<Value> {
+        self.up.requests()
+    }
+
+    /// The logged events of kind `event` (`connection`, `request`, `dns`).
+    pub fn events_of(&self, event: &str) -> Vec<Value> {
+        self.events()
+            .into_iter()
+            .filter(|e| e["event"] == event)
+            .collect()
+    }
+
+    /// The logged requests whose path starts with `prefix` (only requests have a path).
+    pub fn requests_to(&self, prefix: &str) -> Vec<Value> {
+        self.up.requests_to(prefix)
+    }
+}
+
+/// Writes run `n`'s policy and script (the client helpers, then `script`) into `scratch`,
+/// for runs that need no host.
+pub fn write_run(scratch: &Scratch, n: u32, policy: &str, script: &str) -> ScriptRun {
+    ScriptRun::write(scratch, n, "client", policy, CLIENT_PY, script)
+}
+
+/// Asserts the run itself went through (`tollgate_tests::script_run::assert_ran`: exit 0,
+/// the client's results, nothing of the execution left behind) and nothing panicked.
+pub fn assert_ran(outcome: &Outcome) {
+    tollgate_tests::script_run::assert_ran(outcome);
+    assert!(
+        !outcome.finished.stderr.contains("panicked"),
+        "something panicked\n{}",
+        outcome.describe()
+    );
+}
+
+/// Whether `text` is an address in the synthetic range 127.77.0.0/16.
+pub fn is_synthetic(text: &str) -> bool {
+    text.parse::<std::net::Ipv4Addr>()
+        .is_ok_and(|a| a.octets()[0] == 127 && a.octets()[1] == 77)
+}
+
+/// The `Tollgate-Error` header of a client result (`brief()` puts it in `error`).
+pub fn tollgate_error(response: &Value) -> Option<&str> {
+    response["error"].as_str()
+}
