@@ -13,7 +13,9 @@
 //! what the upstream logged and against the audit, whose records of transparent traffic carry
 //! `"transparent": true` and those of proxied traffic do not. With `--no-transparent` (or
 //! `network.transparent: false`) Node's `fetch` fails at once and nothing reaches the upstream,
-//! while curl still goes through the proxy variables.
+//! while curl still goes through the proxy variables. The upstream is the transparent suites'
+//! test host (`transparent_upstream.py`, `transparent_support`), serving HTTP and HTTPS on
+//! the default ports and one other port each.
 //!
 //! One sandbox per client family: a driver script (`transparent_clients_driver.py`) runs each
 //! client command in turn and prints all their results as one JSON object. Every request has a
@@ -23,6 +25,8 @@
 //! Needs root (namespaces, veth pairs, `tollgate run`), and the Debian packages nodejs,
 //! golang-go, python3-aiohttp, wget and openssl (`scripts/bootstrap.sh`). No packet goes anywhere
 //! but loopback and the veth pair of the upstream host made here (10.201.0.0/16).
+
+mod transparent_support;
 
 use std::{
     collections::BTreeMap,
@@ -35,15 +39,12 @@ use std::{
 
 use serde_json::{json, Value};
 use tollgate_tests::{
-    certs::{make_certificates, Certificates},
     leaks::SuiteLock,
-    sandbox::{output, read_json_lines, Finished, Sandbox, PYTHON},
-    script_run::results_line,
-    upstream::UpstreamHost,
+    sandbox::{output, Sandbox, PYTHON},
     Scratch,
 };
+use transparent_support::{Bench, Outcome};
 
-const SERVER_PY: &str = include_str!("transparent_clients_server.py");
 const DRIVER_PY: &str = include_str!("transparent_clients_driver.py");
 const NODE_JS: &str = include_str!("transparent_clients.js");
 const AIOHTTP_PY: &str = include_str!("transparent_clients_aiohttp.py");
@@ -59,7 +60,7 @@ const ENV: &str = "/usr/bin/env";
 /// The name every client asks for; pinned to the upstream in `network.hosts`.
 const HOST: &str = "up.test";
 /// What the upstream serves: the default ports and one other port per scheme.
-const LISTENERS: &str = "http:80,http:8080,https:443,https:8443";
+const SERVICES: [&str; 4] = ["http:80", "http:8080", "https:443", "https:8443"];
 /// The policy's only entry, which must decide every request here.
 const RULE: &str = "network.allow[0]";
 /// How long the driver lets one client run before killing it: a guard against a hang (a hung
@@ -154,7 +155,7 @@ impl Case {
         format!("/w1/{}", self.name)
     }
 
-    /// The line the upstream answers this case's request with.
+    /// What the upstream's answer to this case's request says it saw (its `saw`).
     fn answer(&self) -> String {
         format!(
             "upstream saw GET {} over {} port {}",
@@ -170,133 +171,72 @@ fn strings(args: &[&str]) -> Vec<String> {
 }
 
 // ---------------------------------------------------------------------------------------
-// The bench: an upstream with a test CA, the client files, one sandbox per run
+// The bench: the test host with its CA, the client files, one sandbox per run
 // ---------------------------------------------------------------------------------------
 
-struct Bench {
-    up: UpstreamHost,
-    material: Certificates,
-    scratch: Scratch,
-    runs: u32,
+/// A host serving `up.test` on the default ports and one other port per scheme, with the
+/// client files every run may use (`client.js`, `aiohttp_client.py`) in its scratch dir.
+fn start(tag: &str) -> Bench {
+    let bench = Bench::new(tag, &SERVICES);
+    file(&bench, "client.js", NODE_JS);
+    file(&bench, "aiohttp_client.py", AIOHTTP_PY);
+    bench
 }
 
-/// What one run left: tollgate's output, each client's result, the audit and the summary.
-struct Outcome {
-    finished: Finished,
-    results: Value,
-    audit: Vec<Value>,
-    audit_text: String,
-    summary: Value,
+/// A policy allowing `up.test` on every port the upstream serves, over http and https,
+/// pinned to the upstream and trusted through its CA; `network_extra` adds lines (indented
+/// two spaces) to the `network` section.
+fn policy(bench: &Bench, network_extra: &str) -> String {
+    let entry = format!(
+        "    - host: {HOST}\n      ports: [80, 443, 8080, 8443]\n      allowed_ips: [SUBNET]\n"
+    );
+    bench
+        .policy(&[HOST], &entry, "limits:\n  max_requests: 100\n")
+        .replacen("network:\n", &format!("network:\n{network_extra}"), 1)
 }
 
-impl Bench {
-    fn new(tag: &str) -> Bench {
-        let scratch = Scratch::new(tag);
-        fs::set_permissions(&scratch.dir, fs::Permissions::from_mode(0o755)).unwrap();
-        let material = make_certificates(&scratch.dir, &[HOST]);
-        let (cert, key) = (material.cert.clone(), material.key.clone());
-        let up = UpstreamHost::start_server(SERVER_PY, move |addr, log| {
-            vec![
-                addr.to_string().into(),
-                cert.into(),
-                key.into(),
-                log.into(),
-                LISTENERS.into(),
-            ]
-        });
-        let bench = Bench {
-            up,
-            material,
-            scratch,
-            runs: 0,
-        };
-        bench.file("driver.py", DRIVER_PY);
-        bench.file("client.js", NODE_JS);
-        bench.file("aiohttp_client.py", AIOHTTP_PY);
-        bench
-    }
+/// Writes `text` to `name` in the scratch dir, readable by the sandbox; its path.
+fn file(bench: &Bench, name: &str, text: &str) -> String {
+    let path = bench.scratch.file(name, text);
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+    path.display().to_string()
+}
 
-    /// A policy allowing `up.test` on every port the upstream serves, over http and https,
-    /// pinned to the upstream and trusted through its CA; `network_extra` adds lines (indented
-    /// two spaces) to the `network` section.
-    fn policy(&self, network_extra: &str) -> String {
-        format!(
-            "version: 1
-team: clients
-network:
-{network_extra}  hosts:
-    {HOST}: {addr}
-  upstream_ca: {{file: {ca}}}
-  allow:
-    - host: {HOST}
-      ports: [80, 443, 8080, 8443]
-      allowed_ips: [{subnet}]
-limits:
-  max_requests: 100
-",
-            addr = self.up.addr,
-            ca = self.material.ca.display(),
-            subnet = self.up.subnet(),
-        )
-    }
+fn path_of(bench: &Bench, name: &str) -> String {
+    bench.scratch.dir.join(name).display().to_string()
+}
 
-    /// Writes `text` to `name` in the scratch dir, readable by the sandbox; its path.
-    fn file(&self, name: &str, text: &str) -> String {
-        let path = self.scratch.file(name, text);
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-        path.display().to_string()
-    }
+/// Runs every case in one `tollgate run` (`sandbox` plus the policy, audit and summary): the
+/// driver is the run's script, the cases its argument.
+fn run(bench: &mut Bench, sandbox: Sandbox, policy: &str, cases: &[Case]) -> Outcome {
+    let run = bench.write_run(policy, "", DRIVER_PY);
+    let list: Vec<Value> = cases
+        .iter()
+        .map(|case| {
+            json!({"name": case.name, "argv": case.argv, "stdin": case.stdin,
+                   "limit": CLIENT_LIMIT})
+        })
+        .collect();
+    let cases_file = run.script.with_extension("json");
+    fs::write(&cases_file, Value::from(list).to_string()).unwrap();
+    fs::set_permissions(&cases_file, fs::Permissions::from_mode(0o644)).unwrap();
+    let mut command = run.sandbox(sandbox).timeout("600s").command([
+        PYTHON,
+        run.script_arg(),
+        cases_file.to_str().unwrap(),
+    ]);
+    let limit = Duration::from_secs(CLIENT_LIMIT * cases.len() as u64 + 60);
+    let finished = output(&mut command, Some(b""), limit);
+    bench.outcome(&run, finished)
+}
 
-    fn path_of(&self, name: &str) -> String {
-        self.scratch.dir.join(name).display().to_string()
-    }
-
-    /// Runs every case in one `tollgate run` (`sandbox` plus the policy, audit and summary).
-    fn run(&mut self, sandbox: Sandbox, policy: &str, cases: &[Case]) -> Outcome {
-        self.runs += 1;
-        let n = self.runs;
-        let policy = self.file(&format!("policy{n}.yaml"), policy);
-        let list: Vec<Value> = cases
-            .iter()
-            .map(|case| {
-                json!({"name": case.name, "argv": case.argv, "stdin": case.stdin,
-                       "limit": CLIENT_LIMIT})
-            })
-            .collect();
-        let cases_file = self.file(&format!("cases{n}.json"), &Value::from(list).to_string());
-        let audit = self.scratch.output(&format!("audit{n}.jsonl"));
-        let summary = self.scratch.output(&format!("summary{n}.json"));
-        let driver = self.path_of("driver.py");
-        let mut command = sandbox
-            .policy(&policy)
-            .audit(&audit)
-            .summary(&summary)
-            .timeout("600s")
-            .command([PYTHON, driver.as_str(), cases_file.as_str()]);
-        let limit = Duration::from_secs(CLIENT_LIMIT * cases.len() as u64 + 60);
-        let finished = output(&mut command, Some(b""), limit);
-        let results = results_line(&finished.stdout).unwrap_or(Value::Null);
-        let summary = fs::read_to_string(&summary)
-            .ok()
-            .and_then(|text| serde_json::from_str(text.trim()).ok())
-            .unwrap_or(Value::Null);
-        Outcome {
-            results,
-            audit: read_json_lines(&audit),
-            audit_text: fs::read_to_string(&audit).unwrap_or_default(),
-            summary,
-            finished,
-        }
-    }
-
-    /// The upstream's log entries for `path`.
-    fn received(&self, path: &str) -> Vec<Value> {
-        self.up
-            .requests()
-            .into_iter()
-            .filter(|r| r["path"] == path)
-            .collect()
-    }
+/// The upstream's log entries for `path`.
+fn received(bench: &Bench, path: &str) -> Vec<Value> {
+    bench
+        .events_of("request")
+        .into_iter()
+        .filter(|r| r["path"] == path)
+        .collect()
 }
 
 /// Compiles `transparent_clients.go` with Debian's Go 1.19 on the host, into `dir` (root's,
@@ -371,6 +311,14 @@ impl Problems {
         ));
         panic!("{text}");
     }
+}
+
+/// Runs `cases` in one plain sandbox under the usual policy and checks every one of them
+/// ([`check_cases`]).
+fn assert_all_succeed(bench: &mut Bench, what: &str, cases: &[Case]) {
+    let policy = policy(bench, "");
+    let outcome = run(bench, Sandbox::new(), &policy, cases);
+    check_cases(bench, &outcome, cases).assert_none(what, cases, &outcome);
 }
 
 /// The driver's result for `case`, or why there is none.
@@ -467,7 +415,7 @@ fn check_case(bench: &Bench, outcome: &Outcome, case: &Case, problems: &mut Prob
             }
         }
     }
-    let received = bench.received(&case.path());
+    let received = received(bench, &case.path());
     match received.as_slice() {
         [request] => {
             if request["scheme"] != case.scheme.name() || request["port"] != case.port {
@@ -628,7 +576,7 @@ fn route_name(route: Route) -> &'static str {
 // ---------------------------------------------------------------------------------------
 
 fn node(bench: &Bench, name: &str, mode: &str, scheme: Scheme, port: u16) -> Case {
-    let script = bench.path_of("client.js");
+    let script = path_of(bench, "client.js");
     Case::new(name, Route::Transparent, scheme, port, |url| {
         strings(&[NODE, &script, mode, url])
     })
@@ -637,7 +585,7 @@ fn node(bench: &Bench, name: &str, mode: &str, scheme: Scheme, port: u16) -> Cas
 #[test]
 fn node_fetch_http_get_and_https_get_reach_the_upstream_without_any_setting() {
     let _lock = SuiteLock::shared();
-    let mut bench = Bench::new("clients-node");
+    let mut bench = start("clients-node");
     let cases = [
         node(&bench, "node-fetch-http", "fetch", Scheme::Http, 80),
         node(&bench, "node-fetch-https", "fetch", Scheme::Https, 443),
@@ -646,16 +594,14 @@ fn node_fetch_http_get_and_https_get_reach_the_upstream_without_any_setting() {
         node(&bench, "node-fetch-http-8080", "fetch", Scheme::Http, 8080),
         node(&bench, "node-https-get-8443", "https", Scheme::Https, 8443),
     ];
-    let policy = bench.policy("");
-    let outcome = bench.run(Sandbox::new(), &policy, &cases);
-    check_cases(&bench, &outcome, &cases).assert_none("node", &cases, &outcome);
+    assert_all_succeed(&mut bench, "node", &cases);
 }
 
 #[test]
 fn aiohttp_with_default_settings_reaches_the_upstream() {
     let _lock = SuiteLock::shared();
-    let mut bench = Bench::new("clients-aiohttp");
-    let script = bench.path_of("aiohttp_client.py");
+    let mut bench = start("clients-aiohttp");
+    let script = path_of(&bench, "aiohttp_client.py");
     let aiohttp = |name: &str, scheme, port| {
         Case::new(name, Route::Transparent, scheme, port, |url| {
             strings(&[PYTHON, &script, url])
@@ -666,15 +612,13 @@ fn aiohttp_with_default_settings_reaches_the_upstream() {
         aiohttp("aiohttp-https", Scheme::Https, 443),
         aiohttp("aiohttp-https-8443", Scheme::Https, 8443),
     ];
-    let policy = bench.policy("");
-    let outcome = bench.run(Sandbox::new(), &policy, &cases);
-    check_cases(&bench, &outcome, &cases).assert_none("aiohttp", &cases, &outcome);
+    assert_all_succeed(&mut bench, "aiohttp", &cases);
 }
 
 #[test]
 fn go_default_client_uses_the_proxy_variables_and_a_bare_transport_goes_transparently() {
     let _lock = SuiteLock::shared();
-    let mut bench = Bench::new("clients-go");
+    let mut bench = start("clients-go");
     let binary = build_go_client(&bench.scratch, &bench.scratch.dir);
     let binary = binary.display().to_string();
     let go = |name: &str, client: &str, route, scheme, port| {
@@ -713,15 +657,13 @@ fn go_default_client_uses_the_proxy_variables_and_a_bare_transport_goes_transpar
             8080,
         ),
     ];
-    let policy = bench.policy("");
-    let outcome = bench.run(Sandbox::new(), &policy, &cases);
-    check_cases(&bench, &outcome, &cases).assert_none("go", &cases, &outcome);
+    assert_all_succeed(&mut bench, "go", &cases);
 }
 
 #[test]
 fn wget_works_with_and_without_the_proxy_variables() {
     let _lock = SuiteLock::shared();
-    let mut bench = Bench::new("clients-wget");
+    let mut bench = start("clients-wget");
     // --tries=1: wget retries most failures 20 times by default.
     let wget = |name: &str, route, scheme, port| {
         Case::new(name, route, scheme, port, |url| {
@@ -744,15 +686,13 @@ fn wget_works_with_and_without_the_proxy_variables() {
         wget("wget-http", Route::ProxyVariables, Scheme::Http, 80),
         wget("wget-https", Route::ProxyVariables, Scheme::Https, 443),
     ];
-    let policy = bench.policy("");
-    let outcome = bench.run(Sandbox::new(), &policy, &cases);
-    check_cases(&bench, &outcome, &cases).assert_none("wget", &cases, &outcome);
+    assert_all_succeed(&mut bench, "wget", &cases);
 }
 
 #[test]
 fn openssl_s_client_verifies_the_interception_certificate_with_the_system_store() {
     let _lock = SuiteLock::shared();
-    let mut bench = Bench::new("clients-openssl");
+    let mut bench = start("clients-openssl");
     // -ign_eof: keep reading after stdin ends, until the server closes (Connection: close).
     let s_client = |name: &str, env_prefix: &[&str]| {
         let mut case = Case::new(name, Route::Transparent, Scheme::Https, 443, |_| {
@@ -785,15 +725,13 @@ fn openssl_s_client_verifies_the_interception_certificate_with_the_system_store(
             &[ENV, "-u", "SSL_CERT_FILE", "-u", "SSL_CERT_DIR"],
         ),
     ];
-    let policy = bench.policy("");
-    let outcome = bench.run(Sandbox::new(), &policy, &cases);
-    check_cases(&bench, &outcome, &cases).assert_none("openssl", &cases, &outcome);
+    assert_all_succeed(&mut bench, "openssl", &cases);
 }
 
 #[test]
 fn clients_that_honour_the_proxy_variables_keep_using_them() {
     let _lock = SuiteLock::shared();
-    let mut bench = Bench::new("clients-proxy");
+    let mut bench = start("clients-proxy");
     let proxied = |name: &str, scheme, argv: &dyn Fn(&str) -> Vec<String>| {
         Case::new(
             name,
@@ -818,9 +756,7 @@ fn clients_that_honour_the_proxy_variables_keep_using_them() {
     } else {
         eprintln!("requests is not installed for /usr/bin/python3: its cases are skipped");
     }
-    let policy = bench.policy("");
-    let outcome = bench.run(Sandbox::new(), &policy, &cases);
-    check_cases(&bench, &outcome, &cases).assert_none("proxy variables", &cases, &outcome);
+    assert_all_succeed(&mut bench, "proxy variables", &cases);
 }
 
 /// Whether Debian's Python has `requests` (python3-requests is not a test dependency).
@@ -841,14 +777,14 @@ fn has_requests() -> bool {
 /// summary no `dns` counters (no stub resolver ran).
 fn assert_transparent_off(tag: &str, sandbox: Sandbox, network_extra: &str) {
     let _lock = SuiteLock::shared();
-    let mut bench = Bench::new(tag);
+    let mut bench = start(tag);
     let fetch = node(&bench, "node-fetch-off", "fetch", Scheme::Http, 80);
     let curl = Case::new("curl-off", Route::ProxyVariables, Scheme::Http, 80, |url| {
         strings(&[CURL, "-sS", "--max-time", "15", url])
     });
-    let policy = bench.policy(network_extra);
+    let policy = policy(&bench, network_extra);
     let cases = [fetch, curl];
-    let outcome = bench.run(sandbox, &policy, &cases);
+    let outcome = run(&mut bench, sandbox, &policy, &cases);
     let [fetch, curl] = &cases;
     let mut problems = Problems::default();
     match result_of(&outcome, fetch) {
@@ -874,7 +810,7 @@ fn assert_transparent_off(tag: &str, sandbox: Sandbox, network_extra: &str) {
             }
         }
     }
-    let reached = bench.received(&fetch.path());
+    let reached = received(&bench, &fetch.path());
     if !reached.is_empty() {
         problems.add(&fetch.name, format!("the upstream got {reached:?}"));
     }
