@@ -23,6 +23,8 @@ use crate::{
 /// Run `n`'s files: the policy and the script in the scratch directory the sandbox shares,
 /// the audit and the summary in the root-only output directory beside it.
 pub struct ScriptRun {
+    /// The run's number among its bench's runs (from 1), in every file name.
+    pub n: u32,
     pub policy: PathBuf,
     pub script: PathBuf,
     pub audit: PathBuf,
@@ -44,6 +46,7 @@ impl ScriptRun {
         let script = scratch.file(&format!("{name}{n}.py"), &format!("{prelude}\n{script}"));
         fs::set_permissions(&script, fs::Permissions::from_mode(0o644)).expect("chmod script");
         ScriptRun {
+            n,
             policy,
             script,
             audit: scratch.output(&format!("audit{n}.jsonl")),

@@ -217,7 +217,7 @@ fn run(bench: &mut Bench, sandbox: Sandbox, policy: &str, cases: &[Case]) -> Out
                    "limit": CLIENT_LIMIT})
         })
         .collect();
-    let cases_file = run.script.with_extension("json");
+    let cases_file = bench.scratch.dir.join(format!("cases{}.json", run.n));
     fs::write(&cases_file, Value::from(list).to_string()).unwrap();
     fs::set_permissions(&cases_file, fs::Permissions::from_mode(0o644)).unwrap();
     let mut command = run.sandbox(sandbox).timeout("600s").command([

@@ -17,28 +17,25 @@
 //! Needs root. No packet goes anywhere but loopback and the upstream's veth pair
 //! (10.201.0.0/16).
 
+mod transparent_support;
+
 use std::{
     collections::BTreeSet,
     fs,
-    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::Command,
 };
 
 use serde_json::Value;
 use tollgate_tests::{
-    certs::{make_certificates, Certificates},
     images,
     leaks::SuiteLock,
     sandbox::{shared_dir, Finished, Sandbox, NETWORK_POLICY, OFFLINE_POLICY, PYTHON},
-    script_run::results_line,
-    upstream::UpstreamHost,
     Scratch,
 };
+use transparent_support::Bench;
 
-const SERVER_PY: &str = include_str!("tls_e2e_server.py");
 const API: &str = "api.example.com";
-const PORT: u16 = 443;
 
 /// The trust store every Debian-family root has, and a second name of it.
 const DEBIAN_STORE: &str = "/etc/ssl/certs/ca-certificates.crt";
@@ -110,15 +107,8 @@ print(json.dumps(out))
 "#;
 
 // ---------------------------------------------------------------------------------------
-// An HTTPS upstream with a test CA, and a sandbox run against it
+// The HTTPS host with a test CA, and a sandbox run against it
 // ---------------------------------------------------------------------------------------
-
-struct Bench {
-    scratch: Scratch,
-    material: Certificates,
-    upstream: UpstreamHost,
-    runs: u32,
-}
 
 /// What one run left: the client script's JSON, the sandbox's trust store, the host's file
 /// before and after.
@@ -130,77 +120,46 @@ struct Outcome {
     host_after: Vec<u8>,
 }
 
-impl Bench {
-    fn new(tag: &str) -> Bench {
-        let scratch = Scratch::new(tag);
-        fs::set_permissions(&scratch.dir, fs::Permissions::from_mode(0o755)).unwrap();
-        let material = make_certificates(&scratch.dir, &[API]);
-        let (cert, key) = (material.cert.clone(), material.key.clone());
-        let upstream = UpstreamHost::start_server(SERVER_PY, move |addr, log| {
-            vec![
-                addr.to_string().into(),
-                PORT.to_string().into(),
-                cert.into(),
-                key.into(),
-                log.into(),
-            ]
-        });
-        Bench {
-            scratch,
-            material,
-            upstream,
-            runs: 0,
-        }
-    }
-
-    fn policy(&self) -> PathBuf {
-        self.scratch.file(
-            "policy.yaml",
-            &format!(
-                "version: 1
-team: acme
-network:
-  hosts:
-    {API}: {addr}
-  upstream_ca: {{file: {ca}}}
-  allow:
-    - host: {API}
-      ports: [{PORT}]
-      allowed_ips: [{subnet}]
-",
-                addr = self.upstream.addr,
-                ca = self.material.ca.display(),
-                subnet = self.upstream.subnet(),
-            ),
-        )
-    }
-
-    /// Runs [`CLIENTS_PY`] with `python` in a sandbox built by `sandbox` (policy added).
-    fn run(&mut self, sandbox: Sandbox, python: &str) -> Outcome {
-        self.runs += 1;
-        let script = self
-            .scratch
-            .file(&format!("clients{}.py", self.runs), CLIENTS_PY);
-        fs::set_permissions(&script, fs::Permissions::from_mode(0o644)).unwrap();
-        let out = shared_dir(&self.scratch, &format!("out{}", self.runs));
-        let host_before = fs::read(DEBIAN_STORE).expect("the host's trust store");
-        let finished = sandbox.policy(self.policy()).timeout("120s").run([
-            python,
-            script.to_str().unwrap(),
-            out.to_str().unwrap(),
-            &format!("https://{API}"),
-        ]);
-        let host_after = fs::read(DEBIAN_STORE).expect("the host's trust store");
-        let results = results_line(&finished.stdout)
-            .unwrap_or_else(|| panic!("no JSON from the script: {}", finished.describe()));
-        Outcome {
-            store: fs::read(out.join("trust-store.pem")).ok(),
-            finished,
-            results,
-            host_before,
-            host_after,
-        }
-    }
+/// Starts an HTTPS host for `api.example.com` (the transparent suites' test host, on 443
+/// only) and runs [`CLIENTS_PY`] with `python` in a sandbox built by `sandbox` (policy added);
+/// asserts the run exited 0.
+fn run_clients(tag: &str, sandbox: Sandbox, python: &str) -> (Bench, Outcome) {
+    let mut bench = Bench::new(tag, &["https:443"]);
+    let policy = bench.policy(
+        &[API],
+        &format!("    - host: {API}\n      ports: [443]\n      allowed_ips: [SUBNET]\n"),
+        "",
+    );
+    let run = bench.write_run(&policy, "", CLIENTS_PY);
+    let out = shared_dir(&bench.scratch, &format!("out{}", run.n));
+    let host_before = fs::read(DEBIAN_STORE).expect("the host's trust store");
+    let finished = run.sandbox(sandbox.timeout("120s")).run([
+        python,
+        run.script_arg(),
+        out.to_str().unwrap(),
+        &format!("https://{API}"),
+    ]);
+    let host_after = fs::read(DEBIAN_STORE).expect("the host's trust store");
+    let outcome = bench.outcome(&run, finished);
+    assert!(
+        outcome.results.is_object(),
+        "no JSON from the script: {}",
+        outcome.finished.describe()
+    );
+    let outcome = Outcome {
+        store: fs::read(out.join("trust-store.pem")).ok(),
+        finished: outcome.finished,
+        results: outcome.results,
+        host_before,
+        host_after,
+    };
+    assert_eq!(
+        outcome.finished.code(),
+        0,
+        "{}",
+        outcome.finished.describe()
+    );
+    (bench, outcome)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -263,7 +222,7 @@ fn assert_clients_trust_the_interception(bench: &Bench, outcome: &Outcome, expec
                 .unwrap_or_else(|e| panic!("{name}: no JSON echo ({e}): {client}"));
             assert_eq!(body["path"], format!("/echo/{name}"), "{name}: {client}");
             assert_eq!(
-                bench.upstream.requests_to(&format!("/echo/{name}")).len(),
+                bench.requests_to(&format!("/echo/{name}")).len(),
                 1,
                 "{name}'s request did not reach the upstream once"
             );
@@ -369,14 +328,7 @@ const ALL_CLIENTS: [&str; 4] = ["curl", "wget", "python", "openssl"];
 #[test]
 fn unconfigured_clients_trust_the_interception_in_the_system_root() {
     let _lock = SuiteLock::shared();
-    let mut bench = Bench::new("trust-system");
-    let outcome = bench.run(Sandbox::new(), PYTHON);
-    assert_eq!(
-        outcome.finished.code(),
-        0,
-        "{}",
-        outcome.finished.describe()
-    );
+    let (bench, outcome) = run_clients("trust-system", Sandbox::new(), PYTHON);
     assert_clients_trust_the_interception(&bench, &outcome, &ALL_CLIENTS);
     assert_trust_store_is_the_bundle(&bench.scratch, &outcome);
 }
@@ -386,14 +338,7 @@ fn unconfigured_clients_trust_the_interception_in_the_host_tree() {
     // The host's own tree (the `root` layer off): the binds stay in the sandbox's mount
     // namespace, so the host's file is unchanged.
     let _lock = SuiteLock::shared();
-    let mut bench = Bench::new("trust-host");
-    let outcome = bench.run(Sandbox::new().disable_layers("root"), PYTHON);
-    assert_eq!(
-        outcome.finished.code(),
-        0,
-        "{}",
-        outcome.finished.describe()
-    );
+    let (bench, outcome) = run_clients("trust-host", Sandbox::new().disable_layers("root"), PYTHON);
     assert_clients_trust_the_interception(&bench, &outcome, &ALL_CLIENTS);
     assert_trust_store_is_the_bundle(&bench.scratch, &outcome);
 }
@@ -409,16 +354,10 @@ fn unconfigured_clients_trust_the_interception_in_an_image_root() {
             .is_ok_and(|m| m.file_type().is_symlink()),
         "the image's {OPENSSL_DEFAULT} is expected to be Debian's link"
     );
-    let mut bench = Bench::new("trust-image");
-    let outcome = bench.run(
+    let (bench, outcome) = run_clients(
+        "trust-image",
         Sandbox::new().arg("--rootfs").arg(&image),
         "/usr/bin/python3",
-    );
-    assert_eq!(
-        outcome.finished.code(),
-        0,
-        "{}",
-        outcome.finished.describe()
     );
     // The image has Python and openssl, no curl or wget.
     assert_clients_trust_the_interception(&bench, &outcome, &["python", "openssl"]);
@@ -455,13 +394,10 @@ fn without_the_network_the_trust_store_is_the_roots_own() {
 #[test]
 fn with_transparent_egress_off_the_sandboxs_resolv_conf_is_the_roots() {
     let _lock = SuiteLock::shared();
-    let mut bench = Bench::new("trust-resolv-off");
-    let outcome = bench.run(Sandbox::new().arg("--no-transparent"), PYTHON);
-    assert_eq!(
-        outcome.finished.code(),
-        0,
-        "{}",
-        outcome.finished.describe()
+    let (bench, outcome) = run_clients(
+        "trust-resolv-off",
+        Sandbox::new().arg("--no-transparent"),
+        PYTHON,
     );
     let host = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     assert_eq!(outcome.results["resolv_conf"], host.as_str());
@@ -476,15 +412,8 @@ fn with_transparent_egress_off_the_sandboxs_resolv_conf_is_the_roots() {
 #[test]
 fn in_transparent_mode_resolv_conf_names_the_stub_resolver_read_only() {
     let _lock = SuiteLock::shared();
-    let mut bench = Bench::new("trust-resolv-on");
     let host_before = fs::read("/etc/resolv.conf").unwrap_or_default();
-    let outcome = bench.run(Sandbox::new(), PYTHON);
-    assert_eq!(
-        outcome.finished.code(),
-        0,
-        "{}",
-        outcome.finished.describe()
-    );
+    let (_bench, outcome) = run_clients("trust-resolv-on", Sandbox::new(), PYTHON);
     let resolv = outcome.results["resolv_conf"].as_str().unwrap_or_default();
     assert!(
         resolv
