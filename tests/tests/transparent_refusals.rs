@@ -26,8 +26,11 @@ use tollgate_tests::{
 };
 use transparent_support::{
     assert_ran, events, is_synthetic, tollgate_error, Bench, Outcome, ENTRIES, HTTPS_DENIED_PORT,
-    HTTP_DENIED_PORT, PINNED, WEB_SERVICES,
+    HTTPS_PORT, HTTP_DENIED_PORT, HTTP_PORT, PINNED, WEB_SERVICES,
 };
+
+/// Every port the usual host serves.
+const SERVED_PORTS: [u16; 4] = [HTTP_PORT, HTTPS_PORT, HTTP_DENIED_PORT, HTTPS_DENIED_PORT];
 
 /// The usual bench and policy.
 fn bench(tag: &str) -> (Bench, String) {
@@ -36,8 +39,25 @@ fn bench(tag: &str) -> (Bench, String) {
     (bench, policy)
 }
 
-/// Asserts the one transparent `connect` refusal with `outcome` and `reason` (the events of
-/// aggregated records summed to `count`), for `host:port`.
+/// Runs `script` (after the client helpers) in a plain sandbox under the usual policy against
+/// the usual host, and asserts the run itself went through.
+fn run_usual(tag: &str, script: &str) -> (Bench, Outcome) {
+    let (mut bench, policy) = bench(tag);
+    let outcome = bench.run(Sandbox::new(), &policy, script);
+    assert_ran(&outcome);
+    (bench, outcome)
+}
+
+/// Asserts, for each `(outcome, reason, port, count)` of `expected`, the transparent `connect`
+/// refusals with that outcome and reason for `host:port` (the events of aggregated records
+/// summed to `count`).
+fn assert_connect_refusals(outcome: &Outcome, host: &str, expected: &[(&str, &str, u16, u64)]) {
+    for (kind, reason, port, count) in expected {
+        assert_connect_refusal(outcome, kind, reason, host, *port, *count);
+    }
+}
+
+/// One row of [`assert_connect_refusals`]: the refusal's record shape, as the contract says.
 fn assert_connect_refusal(
     outcome: &Outcome,
     expected: &str,
@@ -92,10 +112,8 @@ fn assert_upstream_saw_only(bench: &Bench, ports: &[u16], expected: &[&str]) {
 #[test]
 fn tls_naming_another_server_or_none_is_refused() {
     let _lock = SuiteLock::shared();
-    let (mut bench, policy) = bench("tp-sni");
-    let outcome = bench.run(
-        Sandbox::new(),
-        &policy,
+    let (bench, outcome) = run_usual(
+        "tp-sni",
         r#"
 A = resolve("allowed.test")
 results["address"] = A
@@ -106,7 +124,6 @@ results["none"] = tls(A, 443, None, get("/sni-none"))
 results["right"] = tls(A, 443, "allowed.test", get("/sni-right"))
 "#,
     );
-    assert_ran(&outcome);
     let address = outcome.result("address").as_str().unwrap_or_default();
     assert!(is_synthetic(address), "{}", outcome.describe());
     for name in ["other", "none"] {
@@ -124,21 +141,13 @@ results["right"] = tls(A, 443, "allowed.test", get("/sni-right"))
         "{right}\n{}",
         outcome.describe()
     );
-    assert_connect_refusal(
+    assert_connect_refusals(
         &outcome,
-        "sni_mismatch",
-        "sni_mismatch",
         "allowed.test",
-        443,
-        1,
-    );
-    assert_connect_refusal(
-        &outcome,
-        "sni_mismatch",
-        "sni_missing",
-        "allowed.test",
-        443,
-        1,
+        &[
+            ("sni_mismatch", "sni_mismatch", 443, 1),
+            ("sni_mismatch", "sni_missing", 443, 1),
+        ],
     );
     assert_upstream_saw_only(&bench, &[], &["/sni-right"]);
 }
@@ -146,10 +155,8 @@ results["right"] = tls(A, 443, "allowed.test", get("/sni-right"))
 #[test]
 fn plain_http_naming_another_host_is_refused() {
     let _lock = SuiteLock::shared();
-    let (mut bench, policy) = bench("tp-host");
-    let outcome = bench.run(
-        Sandbox::new(),
-        &policy,
+    let (bench, outcome) = run_usual(
+        "tp-host",
         r#"
 A = resolve("allowed.test")
 results["curl"] = brief(curl("-H", "Host: other.test:8080", "http://allowed.test:8080/host-other"))
@@ -159,7 +166,6 @@ results["absolute"] = brief(raw(A, 8080,
 results["right"] = brief(curl("http://allowed.test:8080/host-right"))
 "#,
     );
-    assert_ran(&outcome);
     for name in ["curl", "raw", "absolute"] {
         let got = outcome.result(name);
         assert_eq!(got["status"], 400, "{name}: {got}\n{}", outcome.describe());
@@ -201,12 +207,10 @@ results["right"] = brief(curl("http://allowed.test:8080/host-right"))
 #[test]
 fn bytes_that_are_neither_http_nor_tls_are_refused_and_audited() {
     let _lock = SuiteLock::shared();
-    let (mut bench, policy) = bench("tp-non-http");
     // The silent client is closed after the proxy's header read timeout (10 s by default,
     // `proxy::Settings::header_read_timeout`); it runs beside the others.
-    let outcome = bench.run(
-        Sandbox::new(),
-        &policy,
+    let (bench, outcome) = run_usual(
+        "tp-non-http",
         r#"
 import random, threading
 A = resolve("allowed.test")
@@ -222,7 +226,6 @@ waiter.join()
 results["silent"] = silent
 "#,
     );
-    assert_ran(&outcome);
     for name in ["ssh", "noise", "noise 443", "lower-case smtp", "silent"] {
         let got = outcome.result(name);
         assert_eq!(got["connected"], true, "{name}: {got}");
@@ -232,43 +235,28 @@ results["silent"] = silent
             "{name}: no HTTP answer: {got}"
         );
     }
-    assert_connect_refusal(
+    assert_connect_refusals(
         &outcome,
-        "non_http_refused",
-        "non_http",
         "allowed.test",
-        8080,
-        4,
+        &[
+            ("non_http_refused", "non_http", 8080, 4),
+            ("non_http_refused", "non_http", 443, 1),
+        ],
     );
-    assert_connect_refusal(
-        &outcome,
-        "non_http_refused",
-        "non_http",
-        "allowed.test",
-        443,
-        1,
-    );
-    assert_upstream_saw_only(
-        &bench,
-        &[8080, 443, HTTP_DENIED_PORT, HTTPS_DENIED_PORT],
-        &[],
-    );
+    assert_upstream_saw_only(&bench, &SERVED_PORTS, &[]);
 }
 
 #[test]
 fn an_address_no_name_was_handed_out_for_is_refused() {
     let _lock = SuiteLock::shared();
-    let (mut bench, policy) = bench("tp-unmapped");
-    let outcome = bench.run(
-        Sandbox::new(),
-        &policy,
+    let (bench, outcome) = run_usual(
+        "tp-unmapped",
         r#"
 results["address"] = resolve("allowed.test")
 results["http"] = raw("127.77.200.1", 8080, b"GET /unmapped HTTP/1.1\r\nHost: allowed.test:8080\r\n\r\n")
 results["tls"] = tls("127.77.200.1", 443, "allowed.test", b"GET /unmapped-tls HTTP/1.1\r\nHost: allowed.test\r\n\r\n")
 "#,
     );
-    assert_ran(&outcome);
     assert_ne!(outcome.result("address"), "127.77.200.1");
     let http = outcome.result("http");
     assert!(
@@ -277,27 +265,15 @@ results["tls"] = tls("127.77.200.1", 443, "allowed.test", b"GET /unmapped-tls HT
     );
     let tls = outcome.result("tls");
     assert!(tls["handshake"] != "ok", "{tls}");
-    assert_connect_refusal(
+    assert_connect_refusals(
         &outcome,
-        "unmapped_address",
-        "unmapped_address",
         "127.77.200.1",
-        8080,
-        1,
+        &[
+            ("unmapped_address", "unmapped_address", 8080, 1),
+            ("unmapped_address", "unmapped_address", 443, 1),
+        ],
     );
-    assert_connect_refusal(
-        &outcome,
-        "unmapped_address",
-        "unmapped_address",
-        "127.77.200.1",
-        443,
-        1,
-    );
-    assert_upstream_saw_only(
-        &bench,
-        &[8080, 443, HTTP_DENIED_PORT, HTTPS_DENIED_PORT],
-        &[],
-    );
+    assert_upstream_saw_only(&bench, &SERVED_PORTS, &[]);
 }
 
 /// The fields of a refusal that must not depend on how the request left the sandbox.
@@ -316,10 +292,8 @@ fn decision_of(record: &Value) -> Value {
 #[test]
 fn an_allowed_name_on_a_port_the_policy_does_not_allow_is_refused_as_through_the_proxy() {
     let _lock = SuiteLock::shared();
-    let (mut bench, policy) = bench("tp-port");
-    let outcome = bench.run(
-        Sandbox::new(),
-        &policy,
+    let (bench, outcome) = run_usual(
+        "tp-port",
         r#"
 results["http"] = brief(curl("http://allowed.test:8081/port-transparent"))
 results["http proxy"] = brief(curl("http://allowed.test:8081/port-proxy", proxy=True))
@@ -327,7 +301,6 @@ results["https"] = curl("https://allowed.test:8443/port-transparent")
 results["https proxy"] = curl("https://allowed.test:8443/port-proxy", proxy=True)
 "#,
     );
-    assert_ran(&outcome);
     for name in ["http", "http proxy"] {
         let got = outcome.result(name);
         assert_eq!(got["status"], 403, "{name}: {got}\n{}", outcome.describe());
@@ -408,11 +381,7 @@ results["curl"] = curl("http://{up}:8080/literal")
         outcome.describe()
     );
     assert!(outcome.records("http").is_empty() && outcome.records("connect").is_empty());
-    assert_upstream_saw_only(
-        &bench,
-        &[8080, 443, HTTP_DENIED_PORT, HTTPS_DENIED_PORT],
-        &[],
-    );
+    assert_upstream_saw_only(&bench, &SERVED_PORTS, &[]);
 }
 
 // ---------------------------------------------------------------------------------------
