@@ -5,7 +5,7 @@
 //!
 //! Real clients inside `tollgate run` (`/usr/bin/curl --path-as-is`, Python `http.client`,
 //! raw sockets) talk HTTP and HTTPS (intercepted) to an upstream in a network namespace of its
-//! own that writes down every request line it receives (`refusals_upstream.py`), so each test
+//! own that writes down every request line it receives (`transparent_upstream.py`), so each test
 //! asserts what never reached it, not only what the client was told.
 //!
 //! Needs root. No packet goes anywhere but loopback and the upstream's veth pair.

@@ -495,6 +495,19 @@ fn run_both_ways(bench: &mut Bench, policy: &str, sandbox: Sandbox, body: &str) 
     outcomes
 }
 
+/// Asserts the client's result `name` (a parity script's `{status, error}`) has `status` and
+/// the `Tollgate-Error` `error`.
+fn assert_answer(outcome: &Outcome, name: &str, status: u64, error: Option<&str>) {
+    let got = outcome.result(name);
+    assert_eq!(
+        got["status"],
+        status,
+        "{name}: {got}\n{}",
+        outcome.describe()
+    );
+    assert_eq!(got["error"].as_str(), error, "{name}: {got}");
+}
+
 #[test]
 fn limits_are_the_same_in_transparent_mode() {
     let _lock = SuiteLock::shared();
@@ -520,21 +533,11 @@ results["fourth https"] = get("https://allowed.test/bytes/10/%s/fourth" % MODE)
 "#,
     );
     let outcome = &outcomes[1];
-    let expect = |name: &str, status: u64, error: Option<&str>| {
-        let got = outcome.result(name);
-        assert_eq!(
-            got["status"],
-            status,
-            "{name}: {got}\n{}",
-            outcome.describe()
-        );
-        assert_eq!(got["error"].as_str(), error, "{name}: {got}");
-    };
-    expect("small http", 200, None);
-    expect("small https", 200, None);
-    expect("large https", 502, Some("response_too_large"));
-    expect("fourth http", 429, Some("request_limit_exceeded"));
-    expect("fourth https", 429, Some("request_limit_exceeded"));
+    assert_answer(outcome, "small http", 200, None);
+    assert_answer(outcome, "small https", 200, None);
+    assert_answer(outcome, "large https", 502, Some("response_too_large"));
+    assert_answer(outcome, "fourth http", 429, Some("request_limit_exceeded"));
+    assert_answer(outcome, "fourth https", 429, Some("request_limit_exceeded"));
     for mode in ["proxy", "trans"] {
         assert!(
             bench.requests_to("/bytes/10/").is_empty(),
@@ -621,14 +624,7 @@ for base in ["http://other.test:8080", "https://other.test"]:
                 Some("credential_placeholder_mismatch"),
             ),
         ] {
-            let got = outcome.result(&name);
-            assert_eq!(
-                got["status"],
-                status,
-                "{name}: {got}\n{}",
-                outcome.describe()
-            );
-            assert_eq!(got["error"].as_str(), error, "{name}: {got}");
+            assert_answer(outcome, &name, status, error);
         }
     }
     // What the upstream got in transparent mode (the proxy mode is the same, checked above).

@@ -1,9 +1,10 @@
 # The test host of the transparent-egress suites (transparent_clients.rs, transparent_dns.rs,
-# transparent_refusals.rs) and trust_store.rs: plain HTTP, HTTPS and DNS on whatever ports a
-# test asks for, writing down everything it receives (every TCP connection, every request
-# line, every DNS message). Run by `tollgate_tests::upstream::UpstreamHost::start_server`
-# inside a network namespace of its own; standard library only, started with Debian's
-# /usr/bin/python3.
+# transparent_refusals.rs), trust_store.rs and the refusals bench (refusals_support: the
+# proxy_refusals, audit_records and run_violation suites): plain HTTP, HTTPS and DNS on
+# whatever ports a test asks for, writing down everything it receives (every TCP connection,
+# every request line, every DNS message). Run by
+# `tollgate_tests::upstream::UpstreamHost::start_server` inside a network namespace of its
+# own; standard library only, started with Debian's /usr/bin/python3.
 #
 #   transparent_upstream.py ADDRESS CERT KEY LOG_FILE SERVICE...
 #
@@ -104,10 +105,12 @@ def serve_http(conn, scheme, port):
         log(entry)
         entry["body_len"] = read_body(reader, headers)
         kind, data = answer(entry)
+        close = "close" in dict(headers).get("connection", "").lower()
         head = (b"HTTP/1.1 200 OK\r\nContent-Type: " + kind +
-                b"\r\nContent-Length: %d\r\n\r\n" % len(data))
+                b"\r\nContent-Length: %d\r\n" % len(data) +
+                (b"Connection: close\r\n" if close else b"") + b"\r\n")
         conn.sendall(head if entry["method"] == "HEAD" else head + data)
-        if "close" in dict(headers).get("connection", "").lower():
+        if close:
             return
 
 

@@ -1,6 +1,7 @@
-//! Shared bench of `proxy_refusals.rs` and `audit_records.rs`: an upstream that writes down
-//! every request line it receives (HTTP on 8080, HTTPS on 443 with a test CA of its own), the
-//! client helpers of `refusals_client.py`, `tollgate run` with `--audit` and `--summary`, and
+//! Shared bench of `proxy_refusals.rs`, `audit_records.rs` and `run_violation.rs`: an upstream
+//! that writes down every request line it receives (HTTP on 8080, HTTPS on 443 with a test CA
+//! of its own: the transparent suites' test host, `transparent_upstream.py`), the client
+//! helpers of `refusals_client.py`, `tollgate run` with `--audit` and `--summary`, and
 //! `tollgate policy eval` against the same policy file.
 //!
 //! Every name the tests use lies under `up.test` (one leaf certificate, `*.up.test`) and is
@@ -21,7 +22,7 @@ use serde_json::Value;
 pub use tollgate_tests::script_run::{assert_ran, events, refused_events, Outcome};
 use tollgate_tests::{bench, tollgate};
 
-pub const SERVER_PY: &str = include_str!("../refusals_upstream.py");
+pub const SERVER_PY: &str = include_str!("../transparent_upstream.py");
 pub const CLIENT_PY: &str = include_str!("../refusals_client.py");
 pub const HTTP_PORT: u16 = 8080;
 pub const HTTPS_PORT: u16 = 443;
@@ -45,7 +46,7 @@ pub fn origin(scheme: &str, host: &str) -> String {
 pub const DENY_ADMIN: &str = "      deny_rules:\n        - {method: \"*\", path: \"/admin/**\"}\n";
 
 /// The shared bench (`tollgate_tests::bench`: the host, its CA, `policy`, `run`, `output`)
-/// on `refusals_upstream.py`, plus what only these suites ask of it.
+/// on `transparent_upstream.py`, plus what only these suites ask of it.
 pub struct Bench(bench::Bench);
 
 impl Deref for Bench {
@@ -89,11 +90,11 @@ impl Bench {
             |addr, leaf, log| {
                 vec![
                     addr.to_string().into(),
-                    HTTP_PORT.to_string().into(),
-                    HTTPS_PORT.to_string().into(),
                     leaf.cert.clone().into(),
                     leaf.key.clone().into(),
                     log.into(),
+                    format!("http:{HTTP_PORT}").into(),
+                    format!("https:{HTTPS_PORT}").into(),
                 ]
             },
             CLIENT_PY,
@@ -130,9 +131,14 @@ impl Bench {
         }
     }
 
-    /// The request lines the upstream received (each a JSON entry: scheme, line, method, path).
+    /// The request lines the upstream received (each a JSON entry: scheme, port, line,
+    /// method, path, headers), without the connections it also logs.
     pub fn seen(&self) -> Vec<Value> {
-        self.up.requests()
+        self.up
+            .requests()
+            .into_iter()
+            .filter(|e| e["event"] == "request")
+            .collect()
     }
 }
 
