@@ -1,29 +1,33 @@
-//! One test's upstream host with a CA of its own, a policy pinning names to it, and numbered
-//! scripted runs of `tollgate run` against it.
+//! One test's host with a CA of its own, a policy pinning names to it, and numbered scripted
+//! runs of `tollgate run` against it.
 //!
 //! The refusals, transparent-egress and trust-store suites all build the same thing: a
 //! scratch directory the sandbox may read, a test CA and a leaf for the names the test uses,
-//! a Python server in a network namespace of its own ([`UpstreamHost`]) serving that leaf, a
-//! policy that pins the names to the host and trusts the CA (`network.upstream_ca`), and runs
-//! of a Python client script with `--audit` and `--summary` read back into an [`Outcome`].
-//! Which server, which names and which client helpers is each suite's support module's
-//! choice; what a test asserts of a run stays with the test.
+//! a test host in a network namespace of its own ([`UpstreamHost`] running
+//! `tests/transparent_upstream.py`) serving that leaf, a policy that pins the names to the
+//! host and trusts the CA (`network.upstream_ca`), and runs of a Python client script with
+//! `--audit` and `--summary` read back into an [`Outcome`]. Which names, which services and
+//! which client helpers is each suite's support module's choice; what a test asserts of a run
+//! stays with the test.
+//!
+//! The host logs every event as one JSON line with an `event` field: `connection` (a TCP
+//! connection accepted), `request` (a request line, its headers, scheme and port) and `dns`
+//! (a DNS message); see the script's header for the answers it gives.
 
-use std::{
-    ffi::OsString,
-    fs,
-    net::Ipv4Addr,
-    os::unix::fs::PermissionsExt as _,
-    path::{Path, PathBuf},
-};
+use std::{fs, os::unix::fs::PermissionsExt as _, path::PathBuf};
+
+use serde_json::Value;
 
 use crate::{
-    certs::{make_certificates, Certificates},
+    certs::make_certificates,
     sandbox::{Finished, Sandbox, PYTHON},
     script_run::{Outcome, ScriptRun},
     upstream::UpstreamHost,
     Scratch,
 };
+
+/// The test host's server (see the comment at its top).
+pub const HOST_PY: &str = include_str!("../tests/transparent_upstream.py");
 
 /// One test's host, its CA, and scratch space for the runs.
 pub struct Bench {
@@ -38,21 +42,24 @@ pub struct Bench {
 
 impl Bench {
     /// Makes a CA and a leaf for `names` in a new scratch directory (0755, so the sandbox
-    /// user can read the scripts in it), and starts `server` (see
-    /// [`UpstreamHost::start_server`]) with the arguments `args(address, leaf, request_log)`
-    /// returns. [`Bench::run`] puts `client` before every script.
-    pub fn start(
-        tag: &str,
-        names: &[&str],
-        server: &str,
-        args: impl FnOnce(Ipv4Addr, &Certificates, &Path) -> Vec<OsString>,
-        client: &'static str,
-    ) -> Bench {
+    /// user can read the scripts in it), and starts the test host serving `services`
+    /// (`http:PORT`, `https:PORT` with the leaf, `dns:PORT`). [`Bench::run`] puts `client`
+    /// before every script.
+    pub fn start(tag: &str, names: &[&str], services: &[&str], client: &'static str) -> Bench {
         let scratch = Scratch::new(tag);
         fs::set_permissions(&scratch.dir, fs::Permissions::from_mode(0o755))
             .expect("chmod the scratch dir");
         let leaf = make_certificates(&scratch.dir, names);
-        let up = UpstreamHost::start_server(server, |addr, log| args(addr, &leaf, log));
+        let up = UpstreamHost::start_server(HOST_PY, |addr, log| {
+            let mut args = vec![
+                addr.to_string().into(),
+                leaf.cert.clone().into(),
+                leaf.key.clone().into(),
+                log.into(),
+            ];
+            args.extend(services.iter().map(Into::into));
+            args
+        });
         Bench {
             up,
             scratch,
@@ -103,6 +110,24 @@ impl Bench {
             outcome.describe()
         );
         outcome
+    }
+
+    /// Every event the host logged so far (connections, requests, DNS messages), in order.
+    pub fn events(&self) -> Vec<Value> {
+        self.up.requests()
+    }
+
+    /// The logged events of kind `event` (`connection`, `request`, `dns`).
+    pub fn events_of(&self, event: &str) -> Vec<Value> {
+        self.events()
+            .into_iter()
+            .filter(|e| e["event"] == event)
+            .collect()
+    }
+
+    /// The logged requests whose path starts with `prefix` (only requests have a path).
+    pub fn requests_to(&self, prefix: &str) -> Vec<Value> {
+        self.up.requests_to(prefix)
     }
 
     /// Runs `script` (after the client helpers) with `/usr/bin/python3` in `tollgate run

@@ -43,7 +43,7 @@ use tollgate_tests::{
     sandbox::{output, Sandbox, PYTHON},
     Scratch,
 };
-use transparent_support::{Bench, Outcome};
+use transparent_support::{host, Bench, Outcome};
 
 const DRIVER_PY: &str = include_str!("transparent_clients_driver.py");
 const NODE_JS: &str = include_str!("transparent_clients.js");
@@ -177,7 +177,7 @@ fn strings(args: &[&str]) -> Vec<String> {
 /// A host serving `up.test` on the default ports and one other port per scheme, with the
 /// client files every run may use (`client.js`, `aiohttp_client.py`) in its scratch dir.
 fn start(tag: &str) -> Bench {
-    let bench = Bench::new(tag, &SERVICES);
+    let bench = host(tag, &SERVICES);
     file(&bench, "client.js", NODE_JS);
     file(&bench, "aiohttp_client.py", AIOHTTP_PY);
     bench

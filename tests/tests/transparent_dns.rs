@@ -25,7 +25,7 @@ use tollgate_tests::{
     },
     Scratch,
 };
-use transparent_support::{assert_ran, is_synthetic, write_run, Bench, Outcome, ENTRIES, PINNED};
+use transparent_support::{assert_ran, host, is_synthetic, write_run, Outcome, ENTRIES, PINNED};
 
 /// The names of the DNS policy: one exact host with a port, one https prefix, a one-label
 /// wildcard (`*.`) and a many-label one (`**.`).
@@ -275,7 +275,7 @@ for proto, tcp in [("udp", False), ("tcp", True)]:
 #[test]
 fn the_sandbox_cannot_ask_any_other_resolver() {
     let _lock = SuiteLock::shared();
-    let mut bench = Bench::new("dns-wall", &["dns:53"]);
+    let mut bench = host("dns-wall", &["dns:53"]);
     let server = bench.up.addr;
     // The test server answers and writes down what reaches it: ask it once from the host.
     let probe = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();

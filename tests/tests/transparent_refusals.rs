@@ -25,8 +25,8 @@ use tollgate_tests::{
     sandbox::{bypass_records, record_destination, Sandbox},
 };
 use transparent_support::{
-    assert_ran, events, is_synthetic, tollgate_error, Bench, Outcome, ENTRIES, HTTPS_DENIED_PORT,
-    HTTPS_PORT, HTTP_DENIED_PORT, HTTP_PORT, PINNED, WEB_SERVICES,
+    assert_ran, events, host, is_synthetic, tollgate_error, Bench, Outcome, ENTRIES,
+    HTTPS_DENIED_PORT, HTTPS_PORT, HTTP_DENIED_PORT, HTTP_PORT, PINNED, WEB_SERVICES,
 };
 
 /// Every port the usual host serves.
@@ -34,7 +34,7 @@ const SERVED_PORTS: [u16; 4] = [HTTP_PORT, HTTPS_PORT, HTTP_DENIED_PORT, HTTPS_D
 
 /// The usual bench and policy.
 fn bench(tag: &str) -> (Bench, String) {
-    let bench = Bench::new(tag, &WEB_SERVICES);
+    let bench = host(tag, &WEB_SERVICES);
     let policy = bench.policy(&PINNED, ENTRIES, "");
     (bench, policy)
 }
@@ -511,7 +511,7 @@ fn assert_answer(outcome: &Outcome, name: &str, status: u64, error: Option<&str>
 #[test]
 fn limits_are_the_same_in_transparent_mode() {
     let _lock = SuiteLock::shared();
-    let mut bench = Bench::new("tp-parity-limits", &WEB_SERVICES);
+    let mut bench = host("tp-parity-limits", &WEB_SERVICES);
     let policy = bench.policy(
         &PINNED,
         ENTRIES,
@@ -562,7 +562,7 @@ const SECRET_TOKEN: &str = "tg-parity-token-9a7d3f";
 #[test]
 fn credentials_are_the_same_in_transparent_mode() {
     let _lock = SuiteLock::shared();
-    let mut bench = Bench::new("tp-parity-credentials", &WEB_SERVICES);
+    let mut bench = host("tp-parity-credentials", &WEB_SERVICES);
     let policy = bench.policy(
         &PINNED,
         ENTRIES,

@@ -33,7 +33,7 @@ use tollgate_tests::{
     sandbox::{shared_dir, Finished, Sandbox, NETWORK_POLICY, OFFLINE_POLICY, PYTHON},
     Scratch,
 };
-use transparent_support::Bench;
+use transparent_support::{host, Bench};
 
 const API: &str = "api.example.com";
 
@@ -124,7 +124,7 @@ struct Outcome {
 /// only) and runs [`CLIENTS_PY`] with `python` in a sandbox built by `sandbox` (policy added);
 /// asserts the run exited 0.
 fn run_clients(tag: &str, sandbox: Sandbox, python: &str) -> (Bench, Outcome) {
-    let mut bench = Bench::new(tag, &["https:443"]);
+    let mut bench = host(tag, &["https:443"]);
     let policy = bench.policy(
         &[API],
         &format!("    - host: {API}\n      ports: [443]\n      allowed_ips: [SUBNET]\n"),

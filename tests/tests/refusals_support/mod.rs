@@ -1,6 +1,6 @@
 //! Shared bench of `proxy_refusals.rs`, `audit_records.rs` and `run_violation.rs`: an upstream
 //! that writes down every request line it receives (HTTP on 8080, HTTPS on 443 with a test CA
-//! of its own: the transparent suites' test host, `transparent_upstream.py`), the client
+//! of its own: the test host of `tollgate_tests::bench`), the client
 //! helpers of `refusals_client.py`, `tollgate run` with `--audit` and `--summary`, and
 //! `tollgate policy eval` against the same policy file.
 //!
@@ -22,7 +22,6 @@ use serde_json::Value;
 pub use tollgate_tests::script_run::{assert_ran, events, refused_events, Outcome};
 use tollgate_tests::{bench, tollgate};
 
-pub const SERVER_PY: &str = include_str!("../transparent_upstream.py");
 pub const CLIENT_PY: &str = include_str!("../refusals_client.py");
 pub const HTTP_PORT: u16 = 8080;
 pub const HTTPS_PORT: u16 = 443;
@@ -45,8 +44,8 @@ pub fn origin(scheme: &str, host: &str) -> String {
 /// `deny_rules: [{method: "*", path: /admin/**}]`, as `extra` lines of [`entry`].
 pub const DENY_ADMIN: &str = "      deny_rules:\n        - {method: \"*\", path: \"/admin/**\"}\n";
 
-/// The shared bench (`tollgate_tests::bench`: the host, its CA, `policy`, `run`, `output`)
-/// on `transparent_upstream.py`, plus what only these suites ask of it.
+/// The shared bench (`tollgate_tests::bench`: the host, its CA, `policy`, `run`, `output`,
+/// its log) serving HTTP on 8080 and HTTPS on 443, plus what only these suites ask of it.
 pub struct Bench(bench::Bench);
 
 impl Deref for Bench {
@@ -86,17 +85,7 @@ impl Bench {
         Bench(bench::Bench::start(
             tag,
             &["up.test", "*.up.test"],
-            SERVER_PY,
-            |addr, leaf, log| {
-                vec![
-                    addr.to_string().into(),
-                    leaf.cert.clone().into(),
-                    leaf.key.clone().into(),
-                    log.into(),
-                    format!("http:{HTTP_PORT}").into(),
-                    format!("https:{HTTPS_PORT}").into(),
-                ]
-            },
+            &[&format!("http:{HTTP_PORT}"), &format!("https:{HTTPS_PORT}")],
             CLIENT_PY,
         ))
     }
@@ -134,11 +123,7 @@ impl Bench {
     /// The request lines the upstream received (each a JSON entry: scheme, port, line,
     /// method, path, headers), without the connections it also logs.
     pub fn seen(&self) -> Vec<Value> {
-        self.up
-            .requests()
-            .into_iter()
-            .filter(|e| e["event"] == "request")
-            .collect()
+        self.events_of("request")
     }
 }
 

@@ -1,9 +1,10 @@
 //! The bench of the transparent-egress suites (`transparent_clients.rs`, `transparent_dns.rs`,
 //! `transparent_refusals.rs`) and `trust_store.rs`: the shared bench of `tollgate_tests::bench`
-//! on one test host, `transparent_upstream.py`, which serves the `http:PORT`, `https:PORT` and
+//! (its test host, `transparent_upstream.py`, serves the `http:PORT`, `https:PORT` and
 //! `dns:PORT` services a test asks for and writes down every connection, request line and DNS
-//! message it receives; and the client helpers of `transparent_refusals_client.py` for the
-//! scripts of `transparent_dns.rs` and `transparent_refusals.rs`.
+//! message it receives), the names and ports the suites use, and the client helpers of
+//! `transparent_refusals_client.py` for the scripts of `transparent_dns.rs` and
+//! `transparent_refusals.rs`.
 //!
 //! Each suite includes this directory as `mod transparent_support;`. The host's HTTPS
 //! services present one leaf for every name the suites pin (see [`NAMES`]), signed by the
@@ -12,14 +13,14 @@
 
 #![allow(dead_code)] // each suite uses its own part of the bench
 
-use std::ops::{Deref, DerefMut};
-
 use serde_json::Value;
 #[allow(unused_imports)] // each suite uses its own part of these
-pub use tollgate_tests::script_run::{events, refused_events, Outcome};
-use tollgate_tests::{bench, script_run::ScriptRun, Scratch};
+pub use tollgate_tests::{
+    bench::Bench,
+    script_run::{events, refused_events, Outcome},
+};
+use tollgate_tests::{script_run::ScriptRun, Scratch};
 
-pub const UPSTREAM_PY: &str = include_str!("../transparent_upstream.py");
 pub const CLIENT_PY: &str = include_str!("../transparent_refusals_client.py");
 
 /// Every name the suites pin to the host, for its one leaf: the refusals and DNS suites'
@@ -60,63 +61,10 @@ pub const ENTRIES: &str = "    - host: allowed.test
       allowed_ips: [SUBNET]
 ";
 
-/// The shared bench (the host, its CA, `policy`, `run` with the client helpers, `write_run`,
-/// `outcome`) on `transparent_upstream.py`, plus reading the host's log.
-pub struct Bench(bench::Bench);
-
-impl Deref for Bench {
-    type Target = bench::Bench;
-
-    fn deref(&self) -> &bench::Bench {
-        &self.0
-    }
-}
-
-impl DerefMut for Bench {
-    fn deref_mut(&mut self) -> &mut bench::Bench {
-        &mut self.0
-    }
-}
-
-impl Bench {
-    /// A host serving `services` (`http:PORT`, `https:PORT`, `dns:PORT`).
-    pub fn new(tag: &str, services: &[&str]) -> Bench {
-        let services: Vec<String> = services.iter().map(|s| s.to_string()).collect();
-        Bench(bench::Bench::start(
-            tag,
-            &NAMES,
-            UPSTREAM_PY,
-            |addr, leaf, log| {
-                let mut args = vec![
-                    addr.to_string().into(),
-                    leaf.cert.clone().into(),
-                    leaf.key.clone().into(),
-                    log.into(),
-                ];
-                args.extend(services.into_iter().map(Into::into));
-                args
-            },
-            CLIENT_PY,
-        ))
-    }
-
-    /// Every event the host logged so far (connections, requests, DNS messages), in order.
-    pub fn events(&self) -> Vec<Value> {
-        self.up.requests()
-    }
-
-    /// The logged events of kind `event` (`connection`, `request`, `dns`).
-    pub fn events_of(&self, event: &str) -> Vec<Value> {
-        self.events()
-            .into_iter()
-            .filter(|e| e["event"] == event)
-            .collect()
-    }
-
-    /// The logged requests whose path starts with `prefix` (only requests have a path).
-    pub fn requests_to(&self, prefix: &str) -> Vec<Value> {
-        self.up.requests_to(prefix)
-    }
+/// A host serving `services` (`http:PORT`, `https:PORT`, `dns:PORT`) with one leaf for
+/// [`NAMES`]; [`Bench::run`] puts the client helpers before every script.
+pub fn host(tag: &str, services: &[&str]) -> Bench {
+    Bench::start(tag, &NAMES, services, CLIENT_PY)
 }
 
 /// Writes run `n`'s policy and script (the client helpers, then `script`) into `scratch`,
