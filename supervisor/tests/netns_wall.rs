@@ -168,6 +168,10 @@ fn connections_to_synthetic_addresses_reach_the_transparent_listener() {
         std::net::Ipv4Addr::new(127, 77, 3, 4)
     );
     assert_eq!(u16::from_be(original.sin_port), 443);
+    // Read what the client sent, so closing is an orderly end of stream, not a reset.
+    let mut sent = [0u8; 1];
+    std::io::Read::read_exact(&mut &accepted, &mut sent).unwrap();
+    assert_eq!(&sent, b"x");
     drop(accepted);
     let output = client.join().unwrap();
     assert!(
