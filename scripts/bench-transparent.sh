@@ -255,7 +255,10 @@ measure_sandbox() {
   wait_for "$dir/measured" "$supervisor"; after=$(bench_ticks "$supervisor" 2>/dev/null || echo 0)
   : >"$dir/read"
   wait "$supervisor" || {
-    echo "tollgate run failed ($label, $client, $row):" >&2; tail -5 "$dir/stdout" "$dir/stderr" >&2; exit 1
+    # Kept for a look: the cell's output and its audit log (the work directories go).
+    mkdir -p "$WORK-failed"; cp -r "$dir" "$PRIVATE/audit.jsonl" "$WORK-failed/" 2>/dev/null || true
+    echo "tollgate run failed ($label, $client, $row), kept in $WORK-failed:" >&2
+    tail -n 5 "$dir/stdout" "$dir/stderr" >&2; exit 1
   }
   check_path "$dir" "$path" "$client" "$resolver"
   if [ "$client" = wrk ]; then
@@ -346,7 +349,8 @@ for round in $(seq "$ROUNDS"); do
   hyperfine -N --warmup 3 --runs "$PER_ROUND" --export-json "$WORK/startup-$round.json" \
     -n 'network off' "$TOLLGATE run -- /bin/true" \
     -n 'network on, --no-transparent' "$TOLLGATE run --no-transparent --policy $WORK/startup.yaml -- /bin/true" \
-    -n 'network on, transparent' "$TOLLGATE run --policy $WORK/startup.yaml -- /bin/true" >/dev/null
+    -n 'network on, transparent' "$TOLLGATE run --policy $WORK/startup.yaml -- /bin/true" \
+    >/dev/null 2>"$WORK/hyperfine.err" || { cat "$WORK/hyperfine.err" >&2; exit 1; }
 done
 
 echo
