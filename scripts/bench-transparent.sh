@@ -147,7 +147,8 @@ CONNS=${CONNS:-1} THREADS=${THREADS:-1} CLOSE=${CLOSE:-0} TRUST=${TRUST:-executi
 # store on this machine, the same with or without tollgate. TRUST=execution-ca gives it only
 # the execution CA (the bundle's first certificate), as the direct row gets only the
 # upstream's; TRUST=system leaves it the system store tollgate binds over (no CA variable).
-awk '/BEGIN/ {n++} n == 1; n == 1 && /END/ {exit}' "$CURL_CA_BUNDLE" >"$OUT/execution-ca.pem"
+# (The markers anchored: base64 lines can hold "END".)
+awk '/^-----BEGIN / {n++} n == 1; n == 1 && /^-----END / {exit}' "$CURL_CA_BUNDLE" >"$OUT/execution-ca.pem"
 wrk_run() { # WRK-ARGS… (duration, --latency)
   [ "$CLOSE" = 0 ] || set -- -H "Connection: close" "$@"
   case $PATH_ in
