@@ -30,7 +30,7 @@
 # order every other round; startup in ROUNDS hyperfine runs of RUNS/ROUNDS each), and each
 # ratio is taken within a round: the table gives their median and range.
 #
-#   bash scripts/bench-transparent.sh          # 3 rounds, 5 s per wrk cell: about 10 minutes
+#   bash scripts/bench-transparent.sh          # 3 rounds, 5 s per wrk cell: about 7 minutes
 #   ROUNDS=5 DURATION=10s N_KEEPALIVE=5000 N_NEW=500 N_DNS=10000 RUNS=500 bash scripts/bench-transparent.sh
 #   TOLLGATE=/path/to/tollgate bash scripts/bench-transparent.sh   # that build, no cargo build
 #
@@ -52,7 +52,7 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-bench_need wrk:wrk nginx:nginx-light hyperfine:hyperfine curl:curl
+bench_need wrk:wrk nginx:nginx-light hyperfine:hyperfine curl:curl openssl:openssl
 WRK=$(command -v wrk)
 
 if [ -z "${TOLLGATE:-}" ]; then
