@@ -35,71 +35,23 @@ bench_build -p tollgate
 TOLLGATE=${CARGO_TARGET_DIR:-$PWD/target}/release/tollgate
 
 bench_work tollgate-bench-sandbox
-HOLDER=
-VETH=
-# Processes whose network namespace is the upstream's (nginx and its worker), by namespace.
-in_upstream_ns() {
-  local ns pid
-  ns=$(readlink "/proc/$HOLDER/ns/net" 2>/dev/null) || return 0
-  for pid in /proc/[0-9]*; do
-    [ "$(readlink "$pid/ns/net" 2>/dev/null)" = "$ns" ] && echo "${pid#/proc/}"
-  done
-  return 0
-}
 cleanup() {
   bench_stop_processes
-  if [ -n "$HOLDER" ]; then
-    for pid in $(in_upstream_ns); do [ "$pid" = "$HOLDER" ] || kill "$pid" 2>/dev/null || true; done
-    kill "$HOLDER" 2>/dev/null || true; wait "$HOLDER" 2>/dev/null || true
-  fi
-  if [ -n "$VETH" ]; then ip link del "$VETH" 2>/dev/null || true; fi
+  bench_upstream_host_remove
   rm -rf "$WORK"
 }
 bench_on_exit cleanup
 
-# ---- the upstream host: an unnamed namespace (held by a sleep), a veth pair, nginx inside.
-# A /30 of 10.201.0.0/16, locked like the test suite's upstream hosts (tests/src/upstream.rs).
-LOCKS=/tmp/tollgate-e2e-upstreams
-mkdir -p "$LOCKS"
-SLOT=
-for slot in $(seq 16383 -1 16000); do
-  exec 9>"$LOCKS/$slot.lock"
-  if flock -n 9; then
-    base=$((slot * 4))
-    net="10.201.$((base / 256)).$((base % 256))"
-    if ! ip -4 -o addr show | grep -q " 10.201.$((base / 256)).$((base % 256 + 1))/"; then
-      SLOT=$slot; break
-    fi
-    flock -u 9
-  fi
-done
-[ -n "$SLOT" ] || { echo "no free /30 in 10.201.0.0/16" >&2; exit 1; }
-GATEWAY="10.201.$((base / 256)).$((base % 256 + 1))"
-UPSTREAM="10.201.$((base / 256)).$((base % 256 + 2))"
-SUBNET="$net/30"
-
-unshare --net -- sleep infinity &
-HOLDER=$!
-for _ in $(seq 200); do
-  [ "$(readlink /proc/$HOLDER/ns/net)" != "$(readlink /proc/self/ns/net)" ] && break
-  sleep 0.01
-done
-VETH="tgb$SLOT"
-ip link add "$VETH" type veth peer name "tgq$SLOT" netns "$HOLDER"
-ip link set dev "$VETH" addrgenmode none
-ip addr add "$GATEWAY/30" dev "$VETH"
-ip link set dev "$VETH" up
-in_ns() { nsenter --net="/proc/$HOLDER/ns/net" -- "$@"; }
-in_ns ip link set dev lo up
-in_ns ip link set dev "tgq$SLOT" addrgenmode none
-in_ns ip addr add "$UPSTREAM/30" dev "tgq$SLOT"
-in_ns ip link set dev "tgq$SLOT" up
+# ---- the upstream host: an unnamed namespace (held by a sleep), a veth pair, nginx inside
+# (bench_upstream_host: UPSTREAM, GATEWAY, SUBNET, UPSTREAM_NS).
+bench_upstream_host tgb
 
 bench_www small big
 bench_nginx_conf "$UPSTREAM:80" "  sendfile on;
   tcp_nopush on;"
 # nsenter execs nginx (no fork for a network namespace): its pid is the nginx master.
-bench_start_nginx nsenter --net="/proc/$HOLDER/ns/net" --
+# shellcheck disable=SC2086 # UPSTREAM_NS is a command prefix
+bench_start_nginx $UPSTREAM_NS
 
 # ---- squid and tinyproxy on the host's loopback, dialing the upstream over the veth.
 SQUID_PORT=$(free_port); TINY_PORT=$(free_port)
