@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 use tollgate::proxy::testing::RemapTransport;
 use tollgate::proxy::{Credentials, Proxy};
 use tollgate_policy::secrets::SecretRules;
+use tollgate_tests::spellings::{spell, SPELLINGS};
 
 const API_IP: &str = "198.51.100.10";
 
@@ -75,7 +76,7 @@ fn chunked(data: &[u8], last: bool) -> Vec<u8> {
 /// - `/events` a `text/event-stream` that sends one event and never ends
 /// - `/echo/WHERE/WHAT/HOW` the request's `Authorization` (WHAT: `header`, `secret` (the
 ///   bearer token or the Basic password), `token` (the base64 of Basic)), spelled HOW (see
-///   [`spell`]), in WHERE: `reason`, `body`, `location`, `cookie`, `xecho`
+///   `tollgate_tests::spellings::spell`), in WHERE: `reason`, `body`, `location`, `cookie`, `xecho`
 fn answer(path: &str, request: &str) -> Vec<u8> {
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let number = |i: usize| {
@@ -183,66 +184,6 @@ fn authorization(request: &str, what: &str) -> String {
         _ => credential.to_owned(),
     }
 }
-
-/// The ways a server spells a value it echoes: raw, JSON (`\/`, `\"`, `\\`; every
-/// non-alphanumeric as `\u00xx` or `\u00XX`; only `/` as `\u002F`), URL-encoded (upper and
-/// lower case hex, `+` for a space, `/` left alone).
-fn spell(value: &str, how: &str) -> String {
-    let percent = |keep: &str, plus: bool, lower: bool| -> String {
-        value
-            .bytes()
-            .map(|b| {
-                let c = char::from(b);
-                if c.is_ascii_alphanumeric() || "_.-~".contains(c) || keep.contains(c) {
-                    c.to_string()
-                } else if plus && c == ' ' {
-                    "+".to_owned()
-                } else if lower {
-                    format!("%{b:02x}")
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect()
-    };
-    let unicode = |upper: bool| -> String {
-        value
-            .chars()
-            .map(|c| match (c.is_ascii_alphanumeric(), upper) {
-                (true, _) => c.to_string(),
-                (false, false) => format!("\\u{:04x}", u32::from(c)),
-                (false, true) => format!("\\u{:04X}", u32::from(c)),
-            })
-            .collect()
-    };
-    match how {
-        "raw" => value.to_owned(),
-        "json" => value
-            .replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('/', "\\/"),
-        "json_u" => unicode(false),
-        "json_U" => unicode(true),
-        "json_mixed" => value.replace('/', "\\u002F"),
-        "url" => percent("", false, false),
-        "url_lower" => percent("", false, true),
-        "url_plus" => percent("", true, false),
-        "url_path" => percent("/", false, false),
-        other => panic!("unknown spelling {other}"),
-    }
-}
-
-const SPELLINGS: [&str; 9] = [
-    "raw",
-    "json",
-    "json_u",
-    "json_U",
-    "json_mixed",
-    "url",
-    "url_lower",
-    "url_plus",
-    "url_path",
-];
 
 fn echo(place: &str, what: &str, how: &str, request: &str) -> Vec<u8> {
     let value = spell(&authorization(request, what), how);

@@ -13,6 +13,7 @@ pub mod netns;
 pub mod probes;
 pub mod sandbox;
 pub mod script_run;
+pub mod spellings;
 pub mod upstream;
 
 use std::path::{Path, PathBuf};

@@ -33,6 +33,7 @@ use tollgate_tests::{
     leaks::SuiteLock,
     sandbox::{read_json, read_json_lines, shared_dir, Finished, Sandbox, PYTHON},
     script_run::{files_in, results_line, ScriptRun},
+    spellings::{spell, SPELLINGS},
     upstream::UpstreamHost,
     Scratch,
 };
@@ -1029,63 +1030,6 @@ curl("intercepted", TLS + "/count/intercepted")
 const WHERES: [&str; 7] = [
     "reason", "body", "location", "cookie", "xecho", "trailer", "split",
 ];
-const ENCODINGS: [&str; 9] = [
-    "raw",
-    "json",
-    "json_u",
-    "json_U",
-    "json_mixed",
-    "url",
-    "url_lower",
-    "url_plus",
-    "url_path",
-];
-
-/// `value` spelled as the server's `encode(value, how)` spells it.
-fn encode(value: &str, how: &str) -> String {
-    let percent = |safe: &str, plus: bool, lower: bool| -> String {
-        value
-            .bytes()
-            .map(|b| {
-                let c = char::from(b);
-                if c.is_ascii_alphanumeric() || "_.-~".contains(c) || safe.contains(c) {
-                    c.to_string()
-                } else if plus && c == ' ' {
-                    "+".to_owned()
-                } else if lower {
-                    format!("%{b:02x}")
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect()
-    };
-    let unicode = |upper: bool| -> String {
-        value
-            .chars()
-            .map(|c| match (c.is_ascii_alphanumeric(), upper) {
-                (true, _) => c.to_string(),
-                (false, false) => format!("\\u{:04x}", u32::from(c)),
-                (false, true) => format!("\\u{:04X}", u32::from(c)),
-            })
-            .collect()
-    };
-    match how {
-        "raw" => value.to_owned(),
-        "json" => value
-            .replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('/', "\\/"),
-        "json_u" => unicode(false),
-        "json_U" => unicode(true),
-        "json_mixed" => value.replace('/', "\\u002F"),
-        "url" => percent("", false, false),
-        "url_lower" => percent("", false, true),
-        "url_plus" => percent("", true, false),
-        "url_path" => percent("/", false, false),
-        other => panic!("unknown encoding {other}"),
-    }
-}
 
 /// Every spelling of every secret the sandbox must never see: (what, needle).
 fn needles() -> Vec<(String, String)> {
@@ -1098,8 +1042,8 @@ fn needles() -> Vec<(String, String)> {
         ("basic token", token.as_str()),
         ("user:pass", userpass.as_str()),
     ] {
-        for how in ENCODINGS {
-            needles.push((format!("{what} ({how})"), encode(value, how)));
+        for how in SPELLINGS {
+            needles.push((format!("{what} ({how})"), spell(value, how)));
         }
     }
     needles
@@ -1110,11 +1054,11 @@ fn every_spelling_of_the_test_secrets_differs_from_the_plain_one() {
     // The premise of the echo test: each secret has characters every encoding changes.
     let token = STANDARD.encode(format!("{USER}:{PASSWORD}"));
     for value in [BEARER, PASSWORD, token.as_str()] {
-        for how in &ENCODINGS[1..] {
-            assert_ne!(encode(value, how), value, "{how} of {value}");
+        for how in &SPELLINGS[1..] {
+            assert_ne!(spell(value, how), value, "{how} of {value}");
         }
     }
-    let spelled: Vec<String> = ENCODINGS.iter().map(|how| encode(PASSWORD, how)).collect();
+    let spelled: Vec<String> = SPELLINGS.iter().map(|how| spell(PASSWORD, how)).collect();
     for (i, a) in spelled.iter().enumerate() {
         assert!(!spelled[i + 1..].contains(a), "two encodings spell {a}");
     }
@@ -1122,8 +1066,8 @@ fn every_spelling_of_the_test_secrets_differs_from_the_plain_one() {
         token.contains('+') && token.contains('/') && token.ends_with('='),
         "{token}"
     );
-    assert_eq!(encode("a/b c+d:e", "url_plus"), "a%2Fb+c%2Bd%3Ae");
-    assert_eq!(encode("a/b:c", "json_u"), "a\\u002fb\\u003ac");
+    assert_eq!(spell("a/b c+d:e", "url_plus"), "a%2Fb+c%2Bd%3Ae");
+    assert_eq!(spell("a/b:c", "json_u"), "a\\u002fb\\u003ac");
 }
 
 #[test]
@@ -1135,7 +1079,7 @@ fn echoed_secrets_never_reach_the_sandbox_in_any_place_or_spelling() {
         &policy,
         r#"
 WHERES = ["reason", "body", "location", "cookie", "xecho", "trailer", "split"]
-ENCODINGS = ["raw", "json", "json_u", "json_U", "json_mixed", "url", "url_lower", "url_plus",
+SPELLINGS = ["raw", "json", "json_u", "json_U", "json_mixed", "url", "url_lower", "url_plus",
              "url_path"]
 PROVIDERS = {"Bearer": ["header", "secret"],
              "Basic One": ["header", "secret", "token", "userpass"]}
@@ -1145,7 +1089,7 @@ for scheme in ("https", "http"):
     for provider, whats in PROVIDERS.items():
         for where in WHERES:
             for what in whats:
-                for how in ENCODINGS:
+                for how in SPELLINGS:
                     path = "/echo/%s/%s/%s/%s-%s" % (where, what, how, scheme,
                                                      provider.replace(" ", "-"))
                     status, reason, fields, data, error = connection.request(
@@ -1202,7 +1146,7 @@ for base, scheme in ((TLS, "https"), (PLAIN, "http")):
     );
     // Every echo was answered with its own status and the standard reason phrase.
     let echoes = outcome.result("echoes").as_object().expect("echoes");
-    assert_eq!(echoes.len(), 2 * 6 * WHERES.len() * ENCODINGS.len());
+    assert_eq!(echoes.len(), 2 * 6 * WHERES.len() * SPELLINGS.len());
     for (path, seen) in echoes {
         let (status, reason) = if path.starts_with("/echo/location/") {
             (302, "Found")
