@@ -448,29 +448,14 @@ fn tunnel_activity(decision: Verdict, outcome: Outcome) -> Activity<'static> {
     }
 }
 
-/// Whether the request or tunnel did what it was for (OCSF `status_id` 1, else 2).
+/// Whether the request or tunnel did what it was for (OCSF `status_id` 1, else 2): a body
+/// delivered whole, or a tunnel that ended the way tunnels end. Every other outcome is a
+/// refusal, a failure or a cut (each is placed by `tunnel_activity`'s exhaustive match).
 fn succeeded(outcome: Outcome) -> bool {
-    match outcome {
-        Outcome::Complete | Outcome::Closed | Outcome::IdleTimeout | Outcome::Shutdown => true,
-        Outcome::Refused
-        | Outcome::Failed
-        | Outcome::Retrying
-        | Outcome::ResponseTooLarge
-        | Outcome::Timeout
-        | Outcome::UpstreamError
-        | Outcome::ClientClosed
-        | Outcome::Reset
-        | Outcome::TunnelBytesExceeded
-        | Outcome::TunnelDurationExceeded
-        | Outcome::NotTls
-        | Outcome::SniMismatch
-        | Outcome::TlsUnavailable
-        | Outcome::ClientTimeout
-        | Outcome::TlsHandshakeFailed
-        | Outcome::CertificateError
-        | Outcome::NonHttpRefused
-        | Outcome::UnmappedAddress => false,
-    }
+    matches!(
+        outcome,
+        Outcome::Complete | Outcome::Closed | Outcome::IdleTimeout | Outcome::Shutdown
+    )
 }
 
 fn refusal_severity(decision: Verdict) -> Severity {
