@@ -412,22 +412,31 @@ impl World {
             ready.await;
             return read_all(tcp).await;
         }
-        tcp.write_all(b"CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\n\r\n")
-            .await
-            .unwrap();
-        let mut answer = Vec::new();
-        let mut byte = [0u8; 1];
-        while !answer.ends_with(b"\r\n\r\n") {
-            assert_eq!(tcp.read(&mut byte).await.unwrap(), 1, "CONNECT answer");
-            answer.push(byte[0]);
-        }
-        assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
-        let mut tls = tls_client(&self.proxy.ca_file, tcp).await;
+        let mut tls = intercepted(&self.proxy.ca_file, tcp).await;
         tls.write_all(request.as_bytes()).await.unwrap();
         tls.flush().await.unwrap();
         ready.await;
         read_all(tls).await
     }
+}
+
+/// `CONNECT api.test:443` on `tcp`, its `200` read byte by byte (nothing past its head), then
+/// TLS through the tunnel, trusting the execution's CA.
+async fn intercepted(
+    ca_file: &Path,
+    mut tcp: TcpStream,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    tcp.write_all(b"CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    while !answer.ends_with(b"\r\n\r\n") {
+        assert_eq!(tcp.read(&mut byte).await.unwrap(), 1, "CONNECT answer");
+        answer.push(byte[0]);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+    tls_client(ca_file, tcp).await
 }
 
 async fn tls_client(ca_file: &Path, tcp: TcpStream) -> tokio_rustls::client::TlsStream<TcpStream> {
@@ -745,16 +754,7 @@ async fn an_event_stream_is_relayed_as_it_comes_not_held_until_it_ends() {
                 seen.extend_from_slice(&buffer[..n]);
             }
         } else {
-            tcp.write_all(b"CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\n\r\n")
-                .await
-                .unwrap();
-            let mut answer = Vec::new();
-            let mut byte = [0u8; 1];
-            while !answer.ends_with(b"\r\n\r\n") {
-                assert_eq!(tcp.read(&mut byte).await.unwrap(), 1, "CONNECT answer");
-                answer.push(byte[0]);
-            }
-            let mut tls = tls_client(&w.proxy.ca_file, tcp).await;
+            let mut tls = intercepted(&w.proxy.ca_file, tcp).await;
             tls.write_all(request.as_bytes()).await.unwrap();
             tls.flush().await.unwrap();
             while !String::from_utf8_lossy(&seen).contains("data: first") {
