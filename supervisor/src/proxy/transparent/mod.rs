@@ -167,7 +167,7 @@ async fn tls<S>(
     // Replayed to whoever takes the connection from here: the interception's acceptor, or
     // the upstream of a passthrough tunnel.
     let client = Prefixed::new(seen, client);
-    match tunnel::open_target(&shared, url, &[], None, &mut record).await {
+    match tunnel::open_target(&shared, url, &http::HeaderMap::new(), &mut record).await {
         Err(error) => {
             let _ = refuse(&shared, record, &error, started);
         }

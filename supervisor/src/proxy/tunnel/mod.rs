@@ -152,24 +152,23 @@ async fn open(
     record: &mut Traffic,
 ) -> Result<Opened, ProxyError> {
     let url = target(request)?;
-    let names = headers::names(request.headers());
-    let timeout = headers::requested_timeout(request.headers())?;
-    open_target(shared, url, &names, timeout, record).await
+    open_target(shared, url, request.headers(), record).await
 }
 
 /// decide → resolve → decide → mode → (passthrough: budget → dial), for a tunnel to `url`
-/// (`https://host:port/`): asked for with CONNECT, or a transparent TLS connection.
+/// (`https://host:port/`): asked for with CONNECT (whose `headers` are decided on and may ask
+/// for a timeout), or a transparent TLS connection (no headers).
 pub(crate) async fn open_target(
     shared: &Shared,
     url: NormalizedUrl,
-    header_names: &[String],
-    requested_timeout: Option<std::time::Duration>,
+    headers: &http::HeaderMap,
     record: &mut Traffic,
 ) -> Result<Opened, ProxyError> {
     record.scheme = "connect".into();
     record.host = url.host_str();
     record.port = url.port;
-    let decision: Decision = gate::clear(shared, "CONNECT", &url, true, header_names, None).await?;
+    let names = headers::names(headers);
+    let decision: Decision = gate::clear(shared, "CONNECT", &url, true, &names, None).await?;
     record.decision = Verdict::Allow;
     record.reason = decision.reason.as_str().to_owned();
     record.rule = decision.rule.clone();
@@ -197,7 +196,10 @@ pub(crate) async fn open_target(
     shared
         .stats
         .attempt(&format!("connect://{}:{}", url.host, url.port), false);
-    let timeout = shared.policy.limits.clamp_timeout(requested_timeout);
+    let timeout = shared
+        .policy
+        .limits
+        .clamp_timeout(headers::requested_timeout(headers)?);
     let host = url.host_str();
     let target = DialTarget {
         host: &host,
