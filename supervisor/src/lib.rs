@@ -12,4 +12,5 @@ pub mod proxy;
 pub mod resolve;
 pub mod run;
 pub mod sandbox;
+pub mod serve;
 pub mod team_rules;

@@ -1,9 +1,11 @@
 //! The `tollgate` command line: argument definitions (clap) and dispatch to each command.
 
 mod bot_auth;
-mod maintenance;
+pub mod connect;
+pub mod maintenance;
 pub mod policy;
 pub mod run;
+pub mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -39,6 +41,13 @@ pub enum Command {
     /// Web Bot Auth: print the public key directory of a team's signing key.
     #[command(subcommand, name = "bot-auth")]
     BotAuth(bot_auth::BotAuthCommand),
+    /// The node service: launches executions for unprivileged callers on a Unix socket
+    /// (`tollgate run --connect`), with team policies from a directory and metrics.
+    Serve(Box<serve::ServeArgs>),
+    /// The worker process of one execution launched by the node service (internal: started
+    /// by `tollgate serve` with the execution on descriptor 3).
+    #[command(name = "__execution", hide = true)]
+    Execution,
 }
 
 /// Runs the parsed command and returns the process exit status.
@@ -49,6 +58,8 @@ pub fn run(cli: Cli) -> i32 {
         Command::Gc => maintenance::gc(),
         Command::Doctor => maintenance::doctor(),
         Command::BotAuth(command) => bot_auth::run(command),
+        Command::Serve(args) => crate::serve::run(*args),
+        Command::Execution => crate::run::service::worker_main(),
     }
 }
 

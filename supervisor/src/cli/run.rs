@@ -229,60 +229,69 @@ fn parse_user(text: &str) -> Result<(u32, u32), String> {
     Ok((uid, gid))
 }
 
+/// Runs `tollgate run` here, or through the node service with `--connect`.
 pub fn run(args: RunArgs) -> i32 {
-    let policy = match (&args.policy, &args.team, &args.policy_dir) {
-        (Some(file), _, _) => Some(file.clone()),
-        (None, Some(team), Some(dir)) => {
-            if !team
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                || team.is_empty()
-            {
-                eprintln!("tollgate: `{team}` is not a team name ([a-z0-9-])");
-                return run::status::TOLLGATE_ERROR;
-            }
-            Some(dir.join(format!("{team}.yaml")))
-        }
-        _ => None,
-    };
-    let shares = match mounts::arrange_shares(&args.share, &args.share_ro) {
-        Ok(shares) => shares,
+    match args.into_options() {
+        Ok(options) => run::run(options),
         Err(message) => {
             eprintln!("tollgate: {message}");
-            return run::status::TOLLGATE_ERROR;
+            run::status::TOLLGATE_ERROR
         }
-    };
-    run::run(RunOptions {
-        policy,
-        team: args.team.clone(),
-        timeout: args.timeout,
-        user: args.user,
-        limits: crate::sandbox::limits::LimitFlags {
-            memory: args.memory,
-            cpus: args.cpus,
-            max_processes: args.max_processes,
-            allow_unenforced: args.allow_unenforced_limits,
-        },
-        tmp_size: args.tmp_size,
-        shares,
-        allow_root: args.allow_root,
-        cwd: args.cwd,
-        env: args.env,
-        pass_env: args.pass_env,
-        secrets: match args.secrets.rules() {
-            Ok(rules) => rules,
-            Err(message) => {
-                eprintln!("tollgate: {message}");
-                return run::status::TOLLGATE_ERROR;
+    }
+}
+
+impl RunArgs {
+    /// What these arguments ask for, or the one thing wrong with them.
+    pub fn into_options(self) -> Result<RunOptions, String> {
+        let args = self;
+        let policy = match (&args.policy, &args.team, &args.policy_dir) {
+            (Some(file), _, _) => Some(run::PolicySource::File(file.clone())),
+            (None, Some(team), Some(dir)) => {
+                check_team_name(team)?;
+                Some(run::PolicySource::File(dir.join(format!("{team}.yaml"))))
             }
-        },
-        audit: args.audit,
-        audit_format: args.audit_format,
-        summary: args.summary,
-        log: args.log,
-        tty: args.tty,
-        transparent: !args.no_transparent,
-        rootfs: args.rootfs,
-        command: args.command,
-    })
+            _ => None,
+        };
+        let shares = mounts::arrange_shares(&args.share, &args.share_ro)?;
+        Ok(RunOptions {
+            policy,
+            team: args.team.clone(),
+            timeout: args.timeout,
+            user: args.user,
+            limits: crate::sandbox::limits::LimitFlags {
+                memory: args.memory,
+                cpus: args.cpus,
+                max_processes: args.max_processes,
+                allow_unenforced: args.allow_unenforced_limits,
+            },
+            tmp_size: args.tmp_size,
+            shares,
+            allow_root: args.allow_root,
+            cwd: args.cwd,
+            env: args.env,
+            pass_env: args.pass_env,
+            secrets: args.secrets.rules()?,
+            audit: args.audit,
+            audit_format: args.audit_format,
+            summary: args.summary,
+            log: args.log,
+            tty: args.tty,
+            transparent: !args.no_transparent,
+            rootfs: args.rootfs,
+            command: args.command,
+        })
+    }
+}
+
+/// A team name is a file name in the policy directory: `[a-z0-9-]`, nothing that could
+/// climb out of it.
+pub fn check_team_name(team: &str) -> Result<(), String> {
+    if team.is_empty()
+        || !team
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(format!("`{team}` is not a team name ([a-z0-9-])"));
+    }
+    Ok(())
 }

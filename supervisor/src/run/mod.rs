@@ -17,6 +17,7 @@ mod network;
 mod outputs;
 mod prepare;
 mod report;
+pub mod service;
 mod summary;
 mod supervise;
 mod tty;
@@ -50,10 +51,30 @@ pub mod status {
 /// Size of the sandbox's `/tmp` and `/var/tmp` (each) unless `--tmp-size` says otherwise.
 pub const DEFAULT_TMP_SIZE: u64 = 1 << 30;
 
+/// Where an execution's team policy comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicySource {
+    /// A file (`--policy`, or `--policy-dir` and `--team`), read when the run starts.
+    File(PathBuf),
+    /// Text the node service already validated: the team's last good version (see
+    /// `crate::serve::teams`), reported under its file's name.
+    Text(crate::serve::wire::PolicyText),
+}
+
+impl PolicySource {
+    /// The name the policy is reported under.
+    pub fn name(&self) -> String {
+        match self {
+            PolicySource::File(path) => path.display().to_string(),
+            PolicySource::Text(text) => text.name.clone(),
+        }
+    }
+}
+
 /// Everything `tollgate run` was asked to do.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    pub policy: Option<PathBuf>,
+    pub policy: Option<PolicySource>,
     /// The team `--team` named: the policy loaded must say `team:` the same.
     pub team: Option<String>,
     pub timeout: Option<Duration>,

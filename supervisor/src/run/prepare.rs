@@ -50,7 +50,7 @@ pub(super) fn prepare(mut options: RunOptions) -> Result<Prepared, Refusal> {
     if let Some(user) = options.user {
         check_user(user, options.allow_root)?;
     }
-    let policy = options.policy.as_deref().map(load_policy).transpose()?;
+    let policy = options.policy.as_ref().map(load_policy).transpose()?;
     if let (Some(expected), Some(policy)) = (&options.team, &policy) {
         if &policy.team != expected {
             return Err(Refusal::tollgate(format!(
@@ -58,9 +58,9 @@ pub(super) fn prepare(mut options: RunOptions) -> Result<Prepared, Refusal> {
                  that team",
                 options
                     .policy
-                    .as_deref()
-                    .unwrap_or(std::path::Path::new(""))
-                    .display(),
+                    .as_ref()
+                    .map(super::PolicySource::name)
+                    .unwrap_or_default(),
                 policy.team
             )));
         }
@@ -199,8 +199,12 @@ pub(super) fn prepare(mut options: RunOptions) -> Result<Prepared, Refusal> {
 }
 
 /// Loads the team's policy; a policy that does not load stops the run with its first problem.
-fn load_policy(path: &std::path::Path) -> Result<Policy, Refusal> {
-    crate::team_rules::load(path).map_err(|errors| {
+fn load_policy(source: &super::PolicySource) -> Result<Policy, Refusal> {
+    let loaded = match source {
+        super::PolicySource::File(path) => crate::team_rules::load(path),
+        super::PolicySource::Text(text) => crate::team_rules::load_text(&text.name, &text.text),
+    };
+    loaded.map_err(|errors| {
         // One line: the first problem, and where to see all of them.
         let first = errors
             .to_string()
@@ -216,7 +220,7 @@ fn load_policy(path: &std::path::Path) -> Result<Policy, Refusal> {
         };
         Refusal::tollgate(format!(
             "invalid policy: {first}{more}; `tollgate policy check {}` lists every problem",
-            path.display()
+            source.name()
         ))
     })
 }

@@ -54,6 +54,16 @@ pub fn load(path: &Path) -> Result<Policy, PolicyErrors> {
     load_with_worker(path, Path::new("/proc/self/exe"))
 }
 
+/// [`load`] for a policy given as text (the node service's last good version of a team's
+/// file); `name` is what messages call it.
+pub fn load_text(name: &str, text: &str) -> Result<Policy, PolicyErrors> {
+    let start = |module: &TeamModule| -> Result<Arc<dyn TeamEvaluator>, RegoCompileError> {
+        Workers::start(Path::new("/proc/self/exe"), module)
+            .map(|w| Arc::new(w) as Arc<dyn TeamEvaluator>)
+    };
+    Policy::from_yaml_with(name, text, TeamRego::Isolated(&start))
+}
+
 /// [`load`], with workers started from `executable` (a `tollgate` binary; for tests and
 /// benchmarks that are not one).
 pub fn load_with_worker(path: &Path, executable: &Path) -> Result<Policy, PolicyErrors> {
