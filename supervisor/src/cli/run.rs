@@ -19,12 +19,18 @@ pub struct RunArgs {
     /// loopback only and no proxy.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["team", "policy_dir"])]
     pub policy: Option<PathBuf>,
-    /// Team name: reads DIR/NAME.yaml from --policy-dir.
-    #[arg(long, value_name = "NAME", requires = "policy_dir")]
+    /// Team name: reads DIR/NAME.yaml from --policy-dir (with --connect, the node service
+    /// holds the team policies).
+    #[arg(long, value_name = "NAME")]
     pub team: Option<String>,
     /// Directory of team policies, for --team.
     #[arg(long, value_name = "DIR", requires = "team")]
     pub policy_dir: Option<PathBuf>,
+    /// Launch through the node service listening on SOCKET (`tollgate serve`) instead of
+    /// here: no root needed; the node's configuration decides which teams and options this
+    /// user may use.
+    #[arg(long, value_name = "SOCKET")]
+    pub connect: Option<PathBuf>,
     /// Kill the whole sandbox after this long (e.g. 30s, 5m); exit status 124.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
@@ -231,6 +237,17 @@ fn parse_user(text: &str) -> Result<(u32, u32), String> {
 
 /// Runs `tollgate run` here, or through the node service with `--connect`.
 pub fn run(args: RunArgs) -> i32 {
+    if let Some(socket) = args.connect.clone() {
+        return super::connect::run(&socket, args);
+    }
+    // Here, not in clap: through the service `--team` alone is the whole request.
+    if let (Some(team), None) = (&args.team, &args.policy_dir) {
+        eprintln!(
+            "tollgate: --team {team} needs --policy-dir DIR, the directory of team policies \
+             (or --connect SOCKET, to launch through the node service, which holds them)"
+        );
+        return run::status::TOLLGATE_ERROR;
+    }
     match args.into_options() {
         Ok(options) => run::run(options),
         Err(message) => {
@@ -249,6 +266,11 @@ impl RunArgs {
             (None, Some(team), Some(dir)) => {
                 check_team_name(team)?;
                 Some(run::PolicySource::File(dir.join(format!("{team}.yaml"))))
+            }
+            (None, Some(team), None) => {
+                // Through the node service, which supplies the team's policy.
+                check_team_name(team)?;
+                None
             }
             _ => None,
         };
