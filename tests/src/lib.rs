@@ -13,6 +13,7 @@ pub mod netns;
 pub mod probes;
 pub mod sandbox;
 pub mod script_run;
+pub mod serve;
 pub mod spellings;
 pub mod upstream;
 
