@@ -29,8 +29,10 @@ pub const DEFAULT_SECRETS_ROOT: &str = "/etc/tollgate/secrets";
 /// Every team's environment variables start with this, then the team, then `_`.
 pub const ENV_PREFIX: &str = "TOLLGATE_SECRET_";
 
-/// The operator's rules for the secrets a policy may reference.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The operator's rules for the secrets a policy may reference (serialisable: the node
+/// service hands them to the execution's worker process).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SecretRules {
     root: PathBuf,
     allowed_env: BTreeSet<String>,

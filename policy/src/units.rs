@@ -184,6 +184,27 @@ impl fmt::Display for Span {
     }
 }
 
+/// Thousandths of a core, as the node service hands `--cpus` to the execution's worker
+/// process; read back with the same bounds as a parsed number.
+impl Serialize for Cores {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u32(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cores {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let millicores = u32::deserialize(deserializer)?;
+        Cores::from_millicores(millicores).ok_or_else(|| {
+            de::Error::custom(format!(
+                "{millicores} thousandths of a core is out of range ({} to {} cores)",
+                Cores::MIN,
+                Cores::MAX
+            ))
+        })
+    }
+}
+
 /// Accepts a YAML string (`"1MiB"`) or a plain integer (bytes).
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {

@@ -16,7 +16,8 @@ mod tests;
 mod writer;
 
 pub use record::{
-    now_rfc3339, Bypass, Finding, Kind, Outcome, Record, SandboxBuilt, Traffic, Verdict,
+    now_rfc3339, Bypass, Finding, Kind, Launch, LaunchEvent, Outcome, Record, SandboxBuilt,
+    Traffic, Verdict,
 };
 
 use std::fs::File;
@@ -24,7 +25,8 @@ use std::io::Write;
 use std::sync::{mpsc, Arc, Mutex};
 
 /// How the audit log is written (`--audit-format`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Format {
     /// tollgate's own records, one JSON object a line (docs/audit.md).
     #[default]

@@ -8,12 +8,15 @@
 //! | `bypass_attempt` | Detection Finding (2004) |
 //! | `http` with `finding: placeholder_outside_scope` | its HTTP Activity and a Detection Finding |
 //! | `sandbox` | Application Lifecycle (6002), Start |
+//! | `launch` | Application Lifecycle (6002): Start (`started`; `refused`, as a failure), Stop (`finished`) |
 //!
 //! What OCSF has no attribute for (the execution, the team, the policy's reason and rule, the
 //! outcome, the error code, …) is under `unmapped` with the names and values of the JSON
 //! records, so one vocabulary serves both formats. docs/audit.md has the whole mapping.
 
-use super::record::{Bypass, Finding, Kind, Outcome, Record, SandboxBuilt, Traffic, Verdict};
+use super::record::{
+    Bypass, Finding, Kind, Launch, LaunchEvent, Outcome, Record, SandboxBuilt, Traffic, Verdict,
+};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use std::net::SocketAddr;
@@ -67,6 +70,10 @@ const CREATE: Activity<'static> = (1, "Create");
 /// Application Lifecycle: the application (here: the execution's sandbox) started.
 const START: Activity<'static> = (3, "Start");
 
+/// Application Lifecycle: the application (here: an execution launched by the node service)
+/// stopped.
+const STOP: Activity<'static> = (4, "Stop");
+
 /// `severity_id`: refusals are Low, a socket around the proxy Medium, a placeholder sent
 /// outside its provider's scope (credentials pointed somewhere else) High.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +98,9 @@ impl Severity {
 /// The profile of events that carry `action_id` and `disposition_id`.
 const SECURITY_CONTROL: &[&str] = &["security_control"];
 
+/// The profile of events that carry an `actor` (here: the node service's caller).
+const HOST: &[&str] = &["host"];
+
 /// Encodes one log's records; numbers its events so each has a `metadata.uid` of its own
 /// (`<execution>-<n>`, unique across logs since execution ids are).
 #[derive(Debug, Default)]
@@ -101,6 +111,9 @@ pub struct Encoder {
 impl Encoder {
     /// The OCSF events `record` stands for: one, or two for a request that is a finding too.
     pub fn events(&mut self, record: &Record) -> Vec<Value> {
+        if let (Kind::Launch, Some(launch)) = (record.kind, &record.launch) {
+            return vec![launch_lifecycle(record, launch, &self.next_uid(record))];
+        }
         match (
             record.kind,
             &record.traffic,
@@ -134,7 +147,9 @@ impl Encoder {
 
     fn next_uid(&mut self, record: &Record) -> String {
         self.sequence += 1;
-        format!("{}-{}", record.execution, self.sequence)
+        // A launch refused before it had an execution is numbered in the log's own series.
+        let execution = record.execution.as_deref().unwrap_or("launch");
+        format!("{execution}-{}", self.sequence)
     }
 }
 
@@ -330,11 +345,68 @@ fn sandbox_started(record: &Record, sandbox: &SandboxBuilt, uid: &str) -> Value 
         "message".into(),
         json!(format!(
             "the sandbox of execution {} is built ({landlock})",
-            record.execution
+            record.execution.as_deref().unwrap_or_default()
         )),
     );
     let mut unmapped = identity(record);
     put(&mut unmapped, "landlock_abi", sandbox.landlock_abi);
+    put(&mut unmapped, "caller", &sandbox.caller);
+    event.insert("unmapped".into(), Value::Object(unmapped));
+    Value::Object(event)
+}
+
+/// Application Lifecycle (6002) for one launch through the node service: Start when it
+/// started (Success) or was refused (Failure, with the caller's sentence), Stop when it
+/// ended; the caller is the `actor`.
+fn launch_lifecycle(record: &Record, launch: &Launch, uid: &str) -> Value {
+    let (activity, severity, succeeded) = match &launch.event {
+        LaunchEvent::Refused { .. } => (START, Severity::Low, false),
+        LaunchEvent::Started => (START, Severity::Informational, true),
+        LaunchEvent::Finished { .. } => (STOP, Severity::Informational, true),
+    };
+    let mut event = base(&APPLICATION_LIFECYCLE, activity, severity, record, uid, HOST);
+    event.insert("app".into(), product());
+    let caller = &launch.caller;
+    let groups: Vec<Value> = caller
+        .groups
+        .iter()
+        .map(|gid| json!({ "uid": gid.to_string() }))
+        .collect();
+    event.insert(
+        "actor".into(),
+        json!({
+            "user": { "uid": caller.uid.to_string(), "groups": groups },
+            "process": { "pid": caller.pid },
+        }),
+    );
+    let (status_id, status) = if succeeded {
+        (1, "Success")
+    } else {
+        (2, "Failure")
+    };
+    event.insert("status_id".into(), json!(status_id));
+    event.insert("status".into(), json!(status));
+    let execution = record.execution.as_deref().unwrap_or("(none)");
+    let message = match &launch.event {
+        LaunchEvent::Refused { message } => message.clone(),
+        LaunchEvent::Started => format!("uid {} started execution {execution}", caller.uid),
+        LaunchEvent::Finished { status, .. } => {
+            format!("execution {execution} of uid {} ended with status {status}", caller.uid)
+        }
+    };
+    event.insert("message".into(), json!(message));
+    let mut unmapped = identity(record);
+    put(&mut unmapped, "caller", caller);
+    put(&mut unmapped, "event", launch.event.name());
+    if let LaunchEvent::Finished {
+        status,
+        duration_ms,
+    } = launch.event
+    {
+        event.insert("duration".into(), json!(duration_ms));
+        put(&mut unmapped, "status", status);
+        put(&mut unmapped, "duration_ms", duration_ms);
+    }
     event.insert("unmapped".into(), Value::Object(unmapped));
     Value::Object(event)
 }

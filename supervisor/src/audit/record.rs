@@ -3,9 +3,11 @@
 //!
 //! The values an operator filters on are enums here, so a record can only say what the
 //! documentation lists; the proxy fills a [`Traffic`] as a request goes and hands it to its
-//! one `finish`, the eBPF wall's reports become [`Record::bypass`].
+//! one `finish`, the eBPF wall's reports become [`Record::bypass`]. The node service's own
+//! log has one more type, [`Record::launch`]: who asked for which execution, and how it went.
 
 use crate::sandbox::bpf::{BypassAttempt, BypassKind};
+use crate::serve::wire::CallerIdentity;
 use serde::Serialize;
 use tollgate_policy::schema::TlsMode;
 use tollgate_policy::url::NormalizedUrl;
@@ -22,6 +24,9 @@ pub enum Kind {
     BypassAttempt,
     /// The execution's first record: how its sandbox was built.
     Sandbox,
+    /// The node service's record of a launch: refused, started or finished (`tollgate
+    /// serve`'s own log, never an execution's).
+    Launch,
 }
 
 /// Whether the request was let through.
@@ -99,7 +104,8 @@ pub struct Record {
     pub kind: Kind,
     /// RFC 3339 UTC, milliseconds: when the event happened (the last one, for a `count`).
     pub time: String,
-    pub execution: String,
+    /// The execution's id; `None` only on a launch refused before an execution existed.
+    pub execution: Option<String>,
     pub team: Option<String>,
     /// On an aggregated record: how many identical events it stands for.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -113,6 +119,8 @@ pub struct Record {
     pub bypass: Option<Bypass>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<SandboxBuilt>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub launch: Option<Launch>,
 }
 
 impl Record {
@@ -121,7 +129,7 @@ impl Record {
         let kind = traffic.kind;
         Record {
             traffic: Some(traffic),
-            ..Record::stamped(kind, execution, Some(team))
+            ..Record::stamped(kind, Some(execution), Some(team))
         }
     }
 
@@ -133,30 +141,60 @@ impl Record {
                 attempt: attempt.clone(),
                 message: bypass_message(attempt),
             }),
-            ..Record::stamped(Kind::BypassAttempt, execution, team)
+            ..Record::stamped(Kind::BypassAttempt, Some(execution), team)
         }
     }
 
     /// The record that opens an execution's audit trail, stamped now.
     pub fn sandbox(execution: &str, team: Option<&str>, landlock_abi: Option<u32>) -> Record {
         Record {
-            sandbox: Some(SandboxBuilt { landlock_abi }),
-            ..Record::stamped(Kind::Sandbox, execution, team)
+            sandbox: Some(SandboxBuilt {
+                landlock_abi,
+                caller: None,
+            }),
+            ..Record::stamped(Kind::Sandbox, Some(execution), team)
+        }
+    }
+
+    /// This `sandbox` record with the caller the node service launched the execution for
+    /// (a local run's has none).
+    pub fn launched_by(mut self, caller: Option<&CallerIdentity>) -> Record {
+        if let Some(sandbox) = &mut self.sandbox {
+            sandbox.caller = caller.cloned();
+        }
+        self
+    }
+
+    /// The node service's record of one launch by `caller`, stamped now: `execution` is
+    /// `None` for a launch refused before it had one, `team` for a request that named none.
+    pub fn launch(
+        execution: Option<&str>,
+        team: Option<&str>,
+        caller: &CallerIdentity,
+        event: LaunchEvent,
+    ) -> Record {
+        Record {
+            launch: Some(Launch {
+                caller: caller.clone(),
+                event,
+            }),
+            ..Record::stamped(Kind::Launch, execution, team)
         }
     }
 
     /// The fields every record has, stamped now; the fields of its type still empty.
-    fn stamped(kind: Kind, execution: &str, team: Option<&str>) -> Record {
+    fn stamped(kind: Kind, execution: Option<&str>, team: Option<&str>) -> Record {
         Record {
             kind,
             time: now_rfc3339(),
-            execution: execution.to_owned(),
+            execution: execution.map(str::to_owned),
             team: team.map(str::to_owned),
             count: None,
             first_time: None,
             traffic: None,
             bypass: None,
             sandbox: None,
+            launch: None,
         }
     }
 }
@@ -166,6 +204,42 @@ impl Record {
 pub struct SandboxBuilt {
     /// The Landlock ABI the command restricted itself with (`null`: none).
     pub landlock_abi: Option<u32>,
+    /// Who launched the execution through the node service (absent: a local run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caller: Option<CallerIdentity>,
+}
+
+/// The fields of a `launch` record: who asked, and what became of it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Launch {
+    pub caller: CallerIdentity,
+    #[serde(flatten)]
+    pub event: LaunchEvent,
+}
+
+/// What became of a launch (`event`, and the fields of each).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum LaunchEvent {
+    /// The service refused it, or it failed before its command could run: the sentence the
+    /// caller got.
+    Refused { message: String },
+    /// The execution exists; its own audit trail (if the caller asked for one) has the rest.
+    Started,
+    /// The execution ended: the status its caller exits with, and how long it took from
+    /// the launch.
+    Finished { status: i32, duration_ms: u64 },
+}
+
+impl LaunchEvent {
+    /// The record's `event`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            LaunchEvent::Refused { .. } => "refused",
+            LaunchEvent::Started => "started",
+            LaunchEvent::Finished { .. } => "finished",
+        }
+    }
 }
 
 /// The fields of a `bypass_attempt` record: always refused, what was tried, and the

@@ -4,7 +4,8 @@
 //! each; every record's OCSF events are well-formed OCSF 1.3.0 events of the right class.
 
 use super::ocsf;
-use super::{Finding, Kind, Outcome, Record, Traffic, Verdict};
+use super::{Finding, Kind, LaunchEvent, Outcome, Record, Traffic, Verdict};
+use crate::serve::wire::CallerIdentity;
 use crate::proxy::ErrorCode;
 use crate::sandbox::bpf::{AddressFamily, BypassAttempt, BypassKind, Protocol, SocketType};
 use serde_json::{json, Value};
@@ -15,6 +16,48 @@ use tollgate_policy::schema::TlsMode;
 use tollgate_policy::Reason;
 
 const EXECUTION: &str = "exec-7f3a";
+
+/// A caller of the node service, as its socket reports one.
+fn caller() -> CallerIdentity {
+    CallerIdentity {
+        uid: 1000,
+        gid: 1000,
+        pid: 31337,
+        groups: vec![27, 1001],
+    }
+}
+
+/// The node service's records of a launch: refused before and after it had an execution,
+/// started, finished.
+fn launches() -> [Record; 5] {
+    let refused = |execution| {
+        Record::launch(
+            execution,
+            Some("payments"),
+            &caller(),
+            LaunchEvent::Refused {
+                message: "uid 1000 may not launch for team payments".into(),
+            },
+        )
+    };
+    [
+        refused(None),
+        refused(Some(EXECUTION)),
+        Record::launch(None, None, &caller(), LaunchEvent::Refused {
+            message: "give --team NAME".into(),
+        }),
+        Record::launch(Some(EXECUTION), Some("payments"), &caller(), LaunchEvent::Started),
+        Record::launch(
+            Some(EXECUTION),
+            Some("payments"),
+            &caller(),
+            LaunchEvent::Finished {
+                status: 137,
+                duration_ms: 5_012,
+            },
+        ),
+    ]
+}
 
 /// Every outcome, with the record type it is written on.
 const OUTCOMES: [(Outcome, Kind); 24] = [
@@ -373,6 +416,8 @@ fn every_record() -> Vec<Record> {
     // The opening record, with and without Landlock and a team.
     records.push(Record::sandbox(EXECUTION, Some("payments"), Some(7)));
     records.push(Record::sandbox(EXECUTION, None, None));
+    records.push(Record::sandbox(EXECUTION, Some("payments"), Some(7)).launched_by(Some(&caller())));
+    records.extend(launches());
     records
 }
 
@@ -407,6 +452,7 @@ fn every_record_of_every_type_outcome_and_finding_is_valid_against_the_schema() 
         Kind::Connect,
         Kind::BypassAttempt,
         Kind::Sandbox,
+        Kind::Launch,
     ] {
         assert!(records.iter().any(|r| r.kind == kind), "no {kind:?} record");
     }
@@ -431,13 +477,14 @@ fn the_schema_refuses_what_the_documentation_does_not_have() {
         &bypass(BypassKind::Connect, Some("10.0.0.1:80")),
     ));
     let sandbox = json_of(&Record::sandbox(EXECUTION, None, Some(7)));
+    let [refused, _, _, started, finished] = launches().map(|r| json_of(&r));
     let changed = |record: &Value, change: &dyn Fn(&mut serde_json::Map<String, Value>)| {
         let mut record = record.clone();
         change(record.as_object_mut().expect("an object"));
         record
     };
     let mut accepted = Vec::new();
-    for (what, record) in [&http, &connect, &bypass, &sandbox]
+    for (what, record) in [&http, &connect, &bypass, &sandbox, &started]
         .into_iter()
         .flat_map(|record| {
             let mut cases: Vec<(String, Value)> = Vec::new();
@@ -543,6 +590,60 @@ fn the_schema_refuses_what_the_documentation_does_not_have() {
                     r.insert("first_time".into(), r["time"].clone());
                 }),
             ),
+            (
+                "a caller without its groups".to_owned(),
+                changed(&sandbox, &|r| {
+                    r.insert("caller".into(), json!({"uid": 1, "gid": 1, "pid": 2}));
+                }),
+            ),
+            (
+                "a caller with a field nobody documented".to_owned(),
+                changed(&started, &|r| {
+                    r["caller"]["name"] = json!("alice");
+                }),
+            ),
+            (
+                "a launch without its caller".to_owned(),
+                changed(&started, &|r| {
+                    r.remove("caller");
+                }),
+            ),
+            (
+                "a launch event nobody documented".to_owned(),
+                changed(&started, &|r| {
+                    r.insert("event".into(), json!("paused"));
+                }),
+            ),
+            (
+                "a refused launch without its message".to_owned(),
+                changed(&refused, &|r| {
+                    r.remove("message");
+                }),
+            ),
+            (
+                "a refused launch with a status".to_owned(),
+                changed(&refused, &|r| {
+                    r.insert("status".into(), json!(125));
+                }),
+            ),
+            (
+                "a started launch without an execution".to_owned(),
+                changed(&started, &|r| {
+                    r.insert("execution".into(), Value::Null);
+                }),
+            ),
+            (
+                "a finished launch without its status".to_owned(),
+                changed(&finished, &|r| {
+                    r.remove("status");
+                }),
+            ),
+            (
+                "a finished launch with a message".to_owned(),
+                changed(&finished, &|r| {
+                    r.insert("message".into(), json!("done"));
+                }),
+            ),
         ])
     {
         if validator.is_valid(&record) {
@@ -632,6 +733,10 @@ fn docs_audit_md_names_every_field_and_every_value() {
             "connect",
             "bypass_attempt",
             "sandbox",
+            "launch",
+            "refused",
+            "started",
+            "finished",
             "allow",
             "deny",
         ]
@@ -680,7 +785,7 @@ fn check_event(event: &Value, record: &Record) -> Vec<String> {
     {
         wrong.push("metadata needs version, product.name, product.vendor_name, uid".to_owned());
     }
-    if event["unmapped"]["execution"] != EXECUTION {
+    if event["unmapped"]["execution"] != json!(record.execution) {
         wrong.push("unmapped.execution is not the record's".to_owned());
     }
     if let Some(count) = record.count {
@@ -717,7 +822,7 @@ fn every_record_is_one_ocsf_event_of_its_class_and_findings_are_findings_too() {
             Kind::Http => vec![4002],
             Kind::Connect => vec![4001],
             Kind::BypassAttempt => vec![2004],
-            Kind::Sandbox => vec![6002],
+            Kind::Sandbox | Kind::Launch => vec![6002],
         };
         if classes != want {
             wrong.push(format!(
@@ -888,4 +993,43 @@ fn a_bypass_record_says_what_was_refused_in_a_sentence() {
         odd.contains("other 10 socket (protocol other 262)"),
         "{odd}"
     );
+}
+
+#[test]
+fn a_launch_is_one_record_with_its_caller_and_an_application_lifecycle_event() {
+    let [refused, _, _, started, finished] = launches().map(|r| json_of(&r));
+    assert_eq!(refused["type"], "launch");
+    assert_eq!(refused["execution"], Value::Null);
+    assert_eq!(refused["event"], "refused");
+    assert_eq!(
+        refused["caller"],
+        json!({"uid": 1000, "gid": 1000, "pid": 31337, "groups": [27, 1001]})
+    );
+    assert_eq!(started["event"], "started");
+    assert_eq!(finished["status"], 137);
+    assert_eq!(finished["duration_ms"], 5_012);
+    for record in launches() {
+        let event = &record.launch.as_ref().expect("launch fields").event;
+        assert_eq!(json_of(&record)["event"], event.name());
+    }
+    // A local run's sandbox record is as it always was; one launched by the service names
+    // its caller.
+    let local = json_of(&Record::sandbox(EXECUTION, None, Some(7)));
+    assert!(local.get("caller").is_none(), "{local}");
+    let served = json_of(&Record::sandbox(EXECUTION, None, Some(7)).launched_by(Some(&caller())));
+    assert_eq!(served["caller"]["uid"], 1000);
+
+    let mut encoder = ocsf::Encoder::default();
+    let [refused, _, _, started, finished] = launches().map(|r| encoder.events(&r).remove(0));
+    assert_eq!(refused["activity_name"], "Start");
+    assert_eq!(refused["status"], "Failure");
+    assert_eq!(refused["message"], "uid 1000 may not launch for team payments");
+    assert_eq!(refused["actor"]["user"]["uid"], "1000");
+    assert_eq!(refused["unmapped"]["execution"], Value::Null);
+    assert_eq!(started["status"], "Success");
+    assert_eq!(started["actor"]["process"]["pid"], 31337);
+    assert_eq!(finished["activity_name"], "Stop");
+    assert_eq!(finished["unmapped"]["status"], 137);
+    assert_eq!(finished["duration"], 5_012);
+    assert_eq!(finished["metadata"]["profiles"], json!(["host"]));
 }

@@ -52,7 +52,8 @@ pub mod status {
 pub const DEFAULT_TMP_SIZE: u64 = 1 << 30;
 
 /// Where an execution's team policy comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum PolicySource {
     /// A file (`--policy`, or `--policy-dir` and `--team`), read when the run starts.
     File(PathBuf),
@@ -71,8 +72,10 @@ impl PolicySource {
     }
 }
 
-/// Everything `tollgate run` was asked to do.
-#[derive(Debug, Clone)]
+/// Everything `tollgate run` was asked to do; serialisable, as the node service hands it to
+/// the execution's worker process (`service`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RunOptions {
     pub policy: Option<PolicySource>,
     /// The team `--team` named: the policy loaded must say `team:` the same.

@@ -102,7 +102,8 @@ pub struct ResourceLimits {
 }
 
 /// What the flags of `tollgate run` ask for; each may only lower the policy's limit.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LimitFlags {
     /// `--memory SIZE`.
     pub memory: Option<u64>,

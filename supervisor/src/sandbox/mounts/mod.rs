@@ -90,7 +90,8 @@ pub const DEV_PTS_MAX: u32 = 64;
 pub const MAX_SHARES: usize = 16;
 
 /// A host directory bound into the sandbox at the same path.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Share {
     pub path: PathBuf,
     pub read_only: bool,
