@@ -59,15 +59,21 @@ pub fn gc() -> i32 {
     status
 }
 
-/// Prints each check with `ok` or `FAIL` and the fix; exits 1 if any failed.
-pub fn doctor() -> i32 {
-    let mut failed = 0;
+/// Every check `tollgate doctor` makes: each wall on scratch objects, then a command in a
+/// whole sandbox. `tollgate serve` makes the same checks before it serves.
+pub fn doctor_checks() -> Vec<doctor::Check> {
     let mut checks = doctor::run_checks();
     checks.push(doctor::Check {
         name: "a command in a whole sandbox",
         result: whole_sandbox(),
     });
-    for check in checks {
+    checks
+}
+
+/// Prints each check with `ok` or `FAIL` and the fix; exits 1 if any failed.
+pub fn doctor() -> i32 {
+    let mut failed = 0;
+    for check in doctor_checks() {
         match check.result {
             Ok(detail) => super::print(&format!("ok    {}: {detail}", check.name)),
             Err(fix) => {
