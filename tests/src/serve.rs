@@ -775,3 +775,40 @@ fn dechunk(mut body: &str) -> Result<String, String> {
             .ok_or("a chunk without CRLF")?;
     }
 }
+
+/// A team policy that lets `team` reach the upstream host `up` as `up.test` (port 8080,
+/// http), through a `hosts` pin and `allowed_ips` covering its /30.
+pub fn upstream_policy(team: &str, up: &crate::upstream::UpstreamHost) -> String {
+    format!(
+        "version: 1
+team: {team}
+network:
+  hosts:
+    up.test: {addr}
+  allow:
+    - host: up.test
+      ports: [{port}]
+      schemes: [http]
+      allowed_ips: [{subnet}]
+",
+        addr = up.addr,
+        port = crate::upstream::HTTP_PORT,
+        subnet = up.subnet(),
+    )
+}
+
+/// `curl` in the sandbox asking `url` through the proxy; prints the HTTP status it got.
+pub fn curl(url: &str) -> Vec<String> {
+    [
+        "/usr/bin/curl",
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        url,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}

@@ -1,0 +1,251 @@
+# Hostile callers of the node service's launch socket (serve_hostile.rs runs this as an
+# unprivileged test user): each mode talks to the socket directly, not through
+# `tollgate run --connect`, and prints what it saw as one JSON line.
+#
+#   serve_hostile.py SOCKET MODE [ARG]
+#
+# A frame is a 4-byte big-endian length and that many bytes of JSON; the first frame of a
+# launch carries the caller's descriptors (SCM_RIGHTS). Modes that stall print "ready" and
+# hold their connections until stdin closes.
+
+import json
+import os
+import socket
+import struct
+import sys
+
+SOCKET = sys.argv[1]
+MODE = sys.argv[2]
+ARG = sys.argv[3] if len(sys.argv) > 3 else None
+# A guard against a service that never answers, not a measurement.
+ANSWER_LIMIT = 30
+
+
+def connect():
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(SOCKET)
+    sock.settimeout(ANSWER_LIMIT)
+    return sock
+
+
+def frame(message):
+    body = json.dumps(message).encode()
+    return struct.pack(">I", len(body)) + body
+
+
+def launch(args, audit=False, log=False, version=1):
+    return {
+        "type": "launch",
+        "version": version,
+        "args": args,
+        "pass_env": {},
+        "audit": audit,
+        "log": log,
+    }
+
+
+def read_exact(sock, n):
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def answers(sock):
+    """Every frame the service sends until it closes: {"frames": [...], "end": how}."""
+    frames = []
+    try:
+        while True:
+            header = read_exact(sock, 4)
+            if header is None:
+                return {"frames": frames, "end": "closed"}
+            (length,) = struct.unpack(">I", header)
+            body = read_exact(sock, length)
+            if body is None:
+                return {"frames": frames, "end": "closed mid-frame"}
+            try:
+                frames.append(json.loads(body))
+            except ValueError:
+                frames.append({"not_json": body[:200].decode("latin-1")})
+    except socket.timeout:
+        return {"frames": frames, "end": "timeout"}
+    except ConnectionResetError:
+        return {"frames": frames, "end": "closed"}
+
+
+def send_launch(sock, message, fds):
+    socket.send_fds(sock, [frame(message)], fds)
+
+
+def null_fds(n):
+    return [os.open("/dev/null", os.O_RDWR) for _ in range(n)]
+
+
+def close_all(fds):
+    for fd in fds:
+        os.close(fd)
+
+
+ECHO = ["--team", "a", "--", "/bin/echo", "hi"]
+
+
+def garbage():
+    seen = {}
+    sock = connect()
+    sock.sendall(os.urandom(64))
+    seen["random"] = answers(sock)
+    sock.close()
+    sock = connect()
+    sock.sendall(struct.pack(">I", 5) + b"hello")
+    seen["not_json"] = answers(sock)
+    sock.close()
+    sock = connect()
+    sock.sendall(frame({"type": "launch", "args": 3}))
+    seen["wrong_shape"] = answers(sock)
+    sock.close()
+    sock = connect()
+    sock.sendall(frame({"type": "signal", "signal": 15}))
+    seen["signal_first"] = answers(sock)
+    sock.close()
+    sock = connect()
+    sock.sendall(struct.pack(">I", 2 * 1024 * 1024 * 1024) + b"{")
+    seen["huge"] = answers(sock)
+    sock.close()
+    sock = connect()
+    sock.sendall(struct.pack(">I", 0xFFFFFFFF))
+    seen["largest"] = answers(sock)
+    sock.close()
+    return seen
+
+
+def descriptors(count):
+    sock = connect()
+    fds = null_fds(count)
+    if count:
+        send_launch(sock, launch(ECHO), fds)
+    else:
+        sock.sendall(frame(launch(ECHO)))
+    close_all(fds)
+    seen = answers(sock)
+    sock.close()
+    return seen
+
+
+def odd_descriptors():
+    """Descriptors that are not what a terminal or a pipe is, each as stdin or stdout."""
+    seen = {}
+    cases = {
+        "directory_stdin": (lambda: os.open("/", os.O_RDONLY | os.O_DIRECTORY), 0, "/bin/cat"),
+        "eventfd_stdout": (lambda: os.eventfd(0), 1, "/bin/echo"),
+        "o_path_stdin": (lambda: os.open("/etc/hostname", os.O_PATH), 0, "/bin/cat"),
+        "epoll_stdout": (lambda: os.dup(__import__("select").epoll().fileno()), 1, "/bin/echo"),
+    }
+    for name, (make, slot, program) in cases.items():
+        sock = connect()
+        fds = null_fds(3)
+        os.close(fds[slot])
+        fds[slot] = make()
+        send_launch(sock, launch(["--team", "a", "--", program, "x"]), fds)
+        close_all(fds)
+        seen[name] = answers(sock)
+        sock.close()
+    # The connection's own socket as the command's stdout: what the command writes arrives
+    # at the service as if the caller had sent it.
+    sock = connect()
+    fds = null_fds(3)
+    os.close(fds[1])
+    fds[1] = os.dup(sock.fileno())
+    send_launch(sock, launch(["--team", "a", "--", "/bin/echo", "hello there"]), fds)
+    close_all(fds)
+    seen["own_socket_stdout"] = answers(sock)
+    sock.close()
+    return seen
+
+
+def lies():
+    """Launches whose frame says one thing and whose descriptors another, or that name
+    paths the service (root) must never open for the caller."""
+    seen = {}
+    cases = {
+        # Says it sends an audit descriptor, sends none.
+        "audit_without_fd": (launch(["--team", "a", "--audit", "/tmp/x", "--", "/bin/true"], audit=True), 3),
+        # Asks for files with no descriptor: root must not open these paths.
+        "audit_path_only": (launch(["--team", "a", "--audit", ARG + "/audit", "--", "/bin/true"]), 3),
+        "log_path_only": (launch(["--team", "a", "--log", ARG + "/log", "--", "/bin/true"]), 3),
+        "summary_path": (launch(["--team", "a", "--summary", ARG + "/summary", "--", "/bin/true"]), 3),
+        # Another protocol version.
+        "version": (launch(ECHO, version=999), 3),
+        # A nested --connect.
+        "connect_again": (launch(["--connect", SOCKET] + ECHO), 3),
+        # Arguments clap refuses.
+        "bad_args": (launch(["--no-such-flag", "--", "/bin/true"]), 3),
+        "no_command": (launch(["--team", "a"]), 3),
+    }
+    for name, (message, count) in cases.items():
+        sock = connect()
+        fds = null_fds(count)
+        send_launch(sock, message, fds)
+        close_all(fds)
+        seen[name] = answers(sock)
+        sock.close()
+    return seen
+
+
+def signals():
+    """Signal frames the contract does not list, sent to a running execution, then SIGTERM:
+    none of the first may reach the worker (SIGKILL would skip its teardown, SIGSTOP would
+    hang it)."""
+    sock = connect()
+    read_end, write_end = os.pipe()
+    fds = null_fds(3)
+    os.close(fds[1])
+    fds[1] = write_end
+    script = "echo ready; exec /bin/sleep 60"
+    send_launch(sock, launch(["--team", "a", "--", "/bin/sh", "-c", script]), fds)
+    close_all(fds)
+    with os.fdopen(read_end, "r") as out:
+        ready = out.readline().strip()
+        for number in [9, 19, 17, 0, -1, 1000, 2**31 - 1]:
+            sock.sendall(frame({"type": "signal", "signal": number}))
+        # Frames are handled in order: by the time this one is, every bogus one was. If
+        # SIGSTOP had reached the worker, this one would never be answered; if SIGKILL had,
+        # the worker died without its teardown.
+        sock.sendall(frame({"type": "signal", "signal": 15}))
+        seen = answers(sock)
+        seen["sandbox"] = ready
+    sock.close()
+    return seen
+
+
+def stall():
+    """Connections that never finish a frame, and connections that send nothing."""
+    held = []
+    sock = connect()
+    sock.sendall(b"\x00\x00")
+    held.append(sock)
+    sock = connect()
+    body = json.dumps(launch(ECHO)).encode()
+    sock.sendall(struct.pack(">I", len(body)) + body[: len(body) // 2])
+    held.append(sock)
+    for _ in range(int(ARG)):
+        held.append(connect())
+    print(json.dumps({"held": len(held)}), flush=True)
+    sys.stdin.readline()
+    for sock in held:
+        sock.close()
+    return {"closed": len(held)}
+
+
+MODES = {
+    "garbage": garbage,
+    "descriptors": lambda: descriptors(int(ARG)),
+    "odd_descriptors": odd_descriptors,
+    "lies": lies,
+    "signals": signals,
+    "stall": stall,
+}
+
+print(json.dumps(MODES[MODE]()), flush=True)
