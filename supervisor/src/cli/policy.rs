@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::json;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tollgate_policy::secrets::{self, SecretRules, DEFAULT_SECRETS_ROOT};
 use tollgate_policy::url::NormalizedUrl;
 use tollgate_policy::{Policy, PolicyErrors};
@@ -36,13 +36,17 @@ impl SecretArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
-    /// Validate policy files: prints `FILE: ok` or each error as `FILE:LINE:COL: message`.
-    /// Secret references are checked against the secrets rules the flags give, as `tollgate
-    /// run` with the same flags applies them; on a host that has the secrets root, each file
-    /// secret is also looked at as `run` will find it (never read). Exits 0 when every file
-    /// is valid, 2 otherwise.
+    /// Validate policy files, or directories of team policies: prints `FILE: ok` or each
+    /// error as `FILE:LINE:COL: message`. A directory is checked as the node service reads
+    /// it: every `<team>.yaml` in it, whose `team:` must be its name (a `.yml` file or a
+    /// `.yaml` not named after a team is an error; other files and names starting with `.`
+    /// are skipped); a directory with no `<team>.yaml` is an error. Secret references are
+    /// checked against the secrets rules the flags give, as `tollgate run` with the same
+    /// flags applies them; on a host that has the secrets root, each file secret is also
+    /// looked at as `run` will find it (never read). Exits 0 when every file is valid, 2
+    /// otherwise.
     Check {
-        #[arg(required = true, value_name = "FILE")]
+        #[arg(required = true, value_name = "FILE|DIR")]
         files: Vec<PathBuf>,
         #[command(flatten)]
         secrets: SecretArgs,
@@ -114,29 +118,90 @@ pub fn run(command: PolicyCommand) -> i32 {
     }
 }
 
-fn check(files: &[PathBuf], rules: &SecretRules) -> i32 {
+fn check(paths: &[PathBuf], rules: &SecretRules) -> i32 {
     // On a host that has the secrets root, each file secret is looked at as `run` would find
     // it; elsewhere (a CI runner, an author's laptop) only the rules are checked.
     let on_this_host = rules.root().symlink_metadata().is_ok();
-    let mut status = 0;
-    for file in files {
-        let checked = crate::team_rules::load(file)
-            .and_then(|policy| check_secrets(file, &policy, rules, on_this_host));
-        match checked {
-            Ok(()) => super::print(&format!("{}: ok", file.display())),
-            Err(errors) => {
-                super::print(&errors.to_string());
-                status = super::EXIT_USAGE;
+    let mut all_valid = true;
+    for path in paths {
+        all_valid &= if path.is_dir() {
+            check_dir(path, rules, on_this_host)
+        } else {
+            let loaded = crate::team_rules::load(path);
+            report_check(path, loaded, rules, on_this_host)
+        };
+    }
+    if all_valid {
+        0
+    } else {
+        super::EXIT_USAGE
+    }
+}
+
+/// A team policy directory, checked as the node service reads it (`serve::teams`): whether
+/// every team file in it is valid, and there is at least one.
+fn check_dir(dir: &Path, rules: &SecretRules, on_this_host: bool) -> bool {
+    use crate::serve::teams::{self, Entry};
+    let listing = match teams::list_dir(dir) {
+        Ok(listing) => listing,
+        Err(error) => {
+            eprintln!(
+                "tollgate: cannot read the directory {}: {error}",
+                dir.display()
+            );
+            return false;
+        }
+    };
+    let mut all_valid = true;
+    let mut policies = 0;
+    for (name, path) in listing {
+        match teams::classify(&name) {
+            Entry::Team(team) => {
+                policies += 1;
+                let checked = teams::check_file(&team, &path, rules);
+                all_valid &= report_check(&path, checked, rules, on_this_host);
             }
+            Entry::Misnamed(why) => {
+                super::print(&format!("{}: {why}", path.display()));
+                all_valid = false;
+            }
+            Entry::Other | Entry::Hidden => {}
         }
     }
-    status
+    if policies == 0 {
+        eprintln!(
+            "tollgate: {} holds no team policy: the node service reads <team>.yaml files",
+            dir.display()
+        );
+        return false;
+    }
+    all_valid
+}
+
+/// Finishes checking the policy at `file` (its secrets and what it names on this host) and
+/// prints `FILE: ok` or its problems; whether it is valid.
+fn report_check(
+    file: &Path,
+    loaded: Result<Policy, PolicyErrors>,
+    rules: &SecretRules,
+    on_this_host: bool,
+) -> bool {
+    match loaded.and_then(|policy| check_secrets(file, &policy, rules, on_this_host)) {
+        Ok(()) => {
+            super::print(&format!("{}: ok", file.display()));
+            true
+        }
+        Err(errors) => {
+            super::print(&errors.to_string());
+            false
+        }
+    }
 }
 
 /// Every secret reference the rules refuse, and with `on_disk` every file secret `run` could
 /// not read; each as `FILE:LINE:COL: rule: problem`. No value is read.
 fn check_secrets(
-    file: &std::path::Path,
+    file: &Path,
     policy: &Policy,
     rules: &SecretRules,
     on_disk: bool,
