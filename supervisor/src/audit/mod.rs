@@ -48,6 +48,18 @@ impl Format {
     }
 }
 
+/// A second destination for every record besides the file: the node service's worker
+/// channel (`run::service`). Called on the writer thread, with the records as written
+/// (aggregated ones with their `count`), whatever the file's format.
+pub trait Tee: Send {
+    /// Takes one record, to go out at the next [`Tee::flush`].
+    fn record(&mut self, record: &Record);
+    /// Bytes taken and not yet flushed (the writer flushes at most about a megabyte at once).
+    fn buffered(&self) -> usize;
+    /// Sends what was taken; called where the file's batch is written.
+    fn flush(&mut self);
+}
+
 /// A handle on the execution's audit log; clones share the one writer.
 #[derive(Clone)]
 pub struct AuditLog {
@@ -78,10 +90,21 @@ impl AuditLog {
 
     /// An audit log writing records to `out` in `format`.
     pub fn encoded(out: Box<dyn Write + Send>, format: Format) -> Self {
+        AuditLog::start(writer::Sinks::new(Some(out), format, None))
+    }
+
+    /// An audit log that hands every record to `tee` (the node service's worker channel),
+    /// and appends it to `file` in `format` when there is one.
+    pub fn teed(file: Option<File>, format: Format, tee: Box<dyn Tee>) -> Self {
+        let out = file.map(|file| Box::new(file) as Box<dyn Write + Send>);
+        AuditLog::start(writer::Sinks::new(out, format, Some(tee)))
+    }
+
+    fn start(sinks: writer::Sinks) -> Self {
         let (queue, records) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("tollgate-audit".into())
-            .spawn(move || writer::run(out, format, records));
+            .spawn(move || writer::run(sinks, records));
         match thread {
             Ok(thread) => AuditLog {
                 inner: Some(Arc::new(Inner {

@@ -8,10 +8,15 @@
 //!
 //! Identical refusals are summed on the way ([`super::aggregate`]): the writer wakes when an
 //! interval ends to write its summed record, and writes every pending one on sync and close.
+//!
+//! An execution the node service launched has a second sink, its [`Tee`]: every record, as
+//! written, also goes to the service (whatever the file's format, and with no file at all),
+//! from this same thread and in the same batches, so the proxy's requests pay nothing more
+//! for it. A local run has no tee.
 
 use super::aggregate::Held;
 use super::record::Record;
-use super::{ocsf, Format};
+use super::{ocsf, Format, Tee};
 use serde::Serialize;
 use std::io::Write;
 use std::sync::mpsc;
@@ -26,10 +31,73 @@ pub(super) enum Message {
 /// A batch is written once it reaches this size, even if more records are queued.
 const BATCH_BYTES: usize = 1024 * 1024;
 
+/// Where the records go: the file (in its format) and the tee, each optional.
+pub(super) struct Sinks {
+    out: Option<Box<dyn Write + Send>>,
+    encoder: Encoder,
+    batch: Vec<u8>,
+    tee: Option<Box<dyn Tee>>,
+    /// The tee took records since its last flush.
+    teed: bool,
+}
+
+impl Sinks {
+    pub(super) fn new(
+        out: Option<Box<dyn Write + Send>>,
+        format: Format,
+        tee: Option<Box<dyn Tee>>,
+    ) -> Sinks {
+        Sinks {
+            batch: Vec::with_capacity(if out.is_some() { 64 * 1024 } else { 0 }),
+            out,
+            encoder: Encoder::new(format),
+            tee,
+            teed: false,
+        }
+    }
+
+    /// Hands every record of `ready` to each sink.
+    fn take(&mut self, ready: &mut Vec<Record>) {
+        for record in ready.drain(..) {
+            if let Some(tee) = &mut self.tee {
+                tee.record(&record);
+                self.teed = true;
+            }
+            if self.out.is_some() {
+                self.encoder.encode(&record, &mut self.batch);
+            }
+        }
+    }
+
+    /// Bytes waiting to go out, in the larger of the two sinks.
+    fn pending(&self) -> usize {
+        self.batch
+            .len()
+            .max(self.tee.as_ref().map_or(0, |tee| tee.buffered()))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.batch.is_empty() && !self.teed
+    }
+
+    /// Writes and flushes what each sink holds.
+    fn write_out(&mut self) {
+        if let Some(out) = &mut self.out {
+            if let Err(error) = out.write_all(&self.batch).and_then(|()| out.flush()) {
+                // A full disk must not take the sandbox down.
+                tracing::error!("audit log write failed: {error}");
+            }
+        }
+        self.batch.clear();
+        if let Some(tee) = &mut self.tee {
+            tee.flush();
+        }
+        self.teed = false;
+    }
+}
+
 /// Runs until every sender is gone, then writes what is left.
-pub(super) fn run(mut out: Box<dyn Write + Send>, format: Format, queue: mpsc::Receiver<Message>) {
-    let mut encoder = Encoder::new(format);
-    let mut batch = Vec::with_capacity(64 * 1024);
+pub(super) fn run(mut sinks: Sinks, queue: mpsc::Receiver<Message>) {
     let mut acks = Vec::new();
     // Identical refusals are summed (see `aggregate`): `held` decides what is written when.
     let mut held = Held::default();
@@ -51,10 +119,8 @@ pub(super) fn run(mut out: Box<dyn Write + Send>, format: Format, queue: mpsc::R
                     acks.push(ack);
                 }
             }
-            for record in ready.drain(..) {
-                encoder.encode(&record, &mut batch);
-            }
-            if batch.len() < BATCH_BYTES {
+            sinks.take(&mut ready);
+            if sinks.pending() < BATCH_BYTES {
                 next = queue.try_recv().ok();
             }
         }
@@ -63,17 +129,11 @@ pub(super) fn run(mut out: Box<dyn Write + Send>, format: Format, queue: mpsc::R
         } else {
             held.drain(&mut ready);
         }
-        for record in ready.drain(..) {
-            encoder.encode(&record, &mut batch);
-        }
-        if batch.is_empty() && acks.is_empty() {
+        sinks.take(&mut ready);
+        if sinks.is_empty() && acks.is_empty() {
             continue;
         }
-        if let Err(error) = out.write_all(&batch).and_then(|()| out.flush()) {
-            // A full disk must not take the sandbox down.
-            tracing::error!("audit log write failed: {error}");
-        }
-        batch.clear();
+        sinks.write_out();
         for ack in acks.drain(..) {
             let _ = ack.send(());
         }

@@ -10,6 +10,9 @@
 //! ```
 //! Every wall that cannot be built stops the run with exit status 125 and the reason; nothing
 //! ever runs with a wall missing. Teardown runs on every path, including errors.
+//!
+//! An execution the node service launched runs these same steps in a worker process of its
+//! own, with a [`service::ServiceLink`] for what differs (see `service`).
 
 mod env;
 mod events;
@@ -165,21 +168,33 @@ impl From<crate::sandbox::SandboxError> for Refusal {
 
 /// Runs one execution and returns the exit status for `tollgate run`.
 pub fn run(options: RunOptions) -> i32 {
-    match execute(options) {
+    exit_status(execute(options, None))
+}
+
+/// Runs one execution the node service launched (see `service`).
+fn run_served(options: RunOptions, link: &mut service::ServiceLink) -> i32 {
+    exit_status(execute(options, Some(link)))
+}
+
+fn exit_status(result: Result<i32, Refusal>) -> i32 {
+    match result {
         Ok(status) => status,
         Err(refusal) => {
             // Log lines held for a `--log` file that was never opened come first, in order.
             crate::logging::release();
-            eprintln!("tollgate: {}", refusal.message);
+            service::say(&refusal.message);
             refusal.status
         }
     }
 }
 
 /// The steps of one execution (see the module's diagram).
-fn execute(options: RunOptions) -> Result<i32, Refusal> {
+fn execute(
+    options: RunOptions,
+    mut link: Option<&mut service::ServiceLink>,
+) -> Result<i32, Refusal> {
     let started = Instant::now();
-    let mut prepared = prepare::prepare(options)?;
+    let mut prepared = prepare::prepare(options, link.as_deref_mut())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -187,6 +202,9 @@ fn execute(options: RunOptions) -> Result<i32, Refusal> {
         .build()
         .map_err(|e| Refusal::tollgate(format!("cannot start the async runtime: {e}")))?;
     let execution = cgroup::new_execution_id()?;
+    if let Some(link) = &link {
+        link.started(&execution);
+    }
     let team = prepared.team();
     let limits = ResourceLimits::of_policy(prepared.policy.as_ref().map(|p| &p.limits))
         .lowered_by(&prepared.options.limits)
@@ -222,11 +240,10 @@ fn execute(options: RunOptions) -> Result<i32, Refusal> {
         })
         .transpose()
         .map_err(|e| Refusal::tollgate(format!("cannot start the audit event reader: {e}")))?;
-    prepared.audit.write(crate::audit::Record::sandbox(
-        &execution,
-        team.as_deref(),
-        prepared.landlock_abi,
-    ));
+    prepared.audit.write(
+        crate::audit::Record::sandbox(&execution, team.as_deref(), prepared.landlock_abi)
+            .launched_by(link.as_deref().map(service::ServiceLink::caller)),
+    );
     let child = supervise::Child {
         program: &prepared.program,
         cwd: &prepared.cwd,
@@ -258,6 +275,7 @@ fn execute(options: RunOptions) -> Result<i32, Refusal> {
         &walls,
         &violations,
         terminal.as_mut(),
+        link.as_deref(),
     ));
     let totals = walls.tear_down(&prepared.audit, &execution, team.as_deref());
     if let Some(terminal) = terminal {
@@ -271,7 +289,7 @@ fn execute(options: RunOptions) -> Result<i32, Refusal> {
         .map(|resolver| runtime.block_on(resolver.shutdown()));
     drop(network.runtime_dir);
     let ending = ending?;
-    Ok(report::report(report::Outcome {
+    let (status, summary) = report::report(report::Outcome {
         prepared: &prepared,
         execution: &execution,
         team,
@@ -281,5 +299,12 @@ fn execute(options: RunOptions) -> Result<i32, Refusal> {
         limits: &limits,
         proxy_stats,
         dns_stats,
-    }))
+        served: link.is_some(),
+    });
+    if let Some(link) = link {
+        // Every record reaches the service before the worker reports the end.
+        prepared.audit.close();
+        link.summary = summary.and_then(|summary| serde_json::to_value(summary).ok());
+    }
+    Ok(status)
 }

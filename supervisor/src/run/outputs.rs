@@ -15,6 +15,12 @@
 //! record and line, each written whole); the log may not be the file another output names,
 //! which would mix its lines into JSON. The summary is written to a fresh file in the same
 //! directory and renamed over the name, so a reader never sees half of it.
+//!
+//! Through the node service (`run --connect`) the caller opens its `--audit` and `--log`
+//! files itself, as itself, and sends the descriptors ([`adopt_audit`], [`adopt_log`]): the
+//! paths get the same refusals, and each descriptor must be the very file its path names, so
+//! the root worker writes nowhere its caller could not write and nowhere a local run would
+//! refuse. The caller writes its `--summary` itself (the worker only sends the document).
 
 use crate::audit::{self, AuditLog};
 use crate::sandbox::host_path::{self, FileId};
@@ -151,6 +157,16 @@ pub fn open_log(
     others: &[(&str, Option<&Path>)],
 ) -> Result<File, String> {
     let placed = place("--log", path, view)?;
+    check_apart(&placed, view, others)?;
+    open_appended("--log", &placed)
+}
+
+/// Refuses a `--log` that is the file one of `others` names.
+fn check_apart(
+    placed: &Placed,
+    view: &SandboxView<'_>,
+    others: &[(&str, Option<&Path>)],
+) -> Result<(), String> {
     for (flag, other) in others {
         let Some(other) = other else { continue };
         if placed.is_same_place(&place(flag, other, view)?)? {
@@ -160,7 +176,65 @@ pub fn open_log(
             ));
         }
     }
-    open_appended("--log", &placed)
+    Ok(())
+}
+
+/// Through the node service: the `--audit` file at `path` that the caller opened and sent
+/// as `passed`, once `path` passed a local run's checks and `passed` is that file.
+pub fn adopt_audit(path: &Path, view: &SandboxView<'_>, passed: File) -> Result<File, String> {
+    let placed = place("--audit", path, view)?;
+    adopt("--audit", &placed, passed)
+}
+
+/// Through the node service: the `--log` file at `path` that the caller opened and sent as
+/// `passed`, checked as [`adopt_audit`] checks and refused where [`open_log`] refuses.
+pub fn adopt_log(
+    path: &Path,
+    view: &SandboxView<'_>,
+    others: &[(&str, Option<&Path>)],
+    passed: File,
+) -> Result<File, String> {
+    let placed = place("--log", path, view)?;
+    check_apart(&placed, view, others)?;
+    adopt("--log", &placed, passed)
+}
+
+/// `passed`, once it is the file `placed` names now (same device and inode; the name
+/// opened with no link followed), a regular file with one name, and open for writing; set
+/// to append. Whatever the caller sends, the worker then writes only a file the caller
+/// opened for writing itself, at a path a local run would write.
+fn adopt(what: &str, placed: &Placed, passed: File) -> Result<File, String> {
+    let shown = placed.shown.display();
+    let named = host_path::open_in(
+        placed.dir.as_fd(),
+        &placed.name,
+        OFlag::O_PATH | OFlag::O_NOFOLLOW,
+        0,
+    )
+    .map_err(|e| format!("{what}: {}", host_path::describe_error(&placed.shown, &e)))?;
+    let passed = OwnedFd::from(passed);
+    let id = |fd: std::os::fd::BorrowedFd<'_>| {
+        host_path::file_id(fd).map_err(|e| format!("{what} {shown}: {e}"))
+    };
+    if id(named.as_fd())? != id(passed.as_fd())? {
+        return Err(format!(
+            "{what} {shown}: the file sent with the launch is not the one this path names; \
+             send the file the path names"
+        ));
+    }
+    check_regular(what, &placed.shown, &passed)?;
+    let flags = nix::fcntl::fcntl(&passed, nix::fcntl::FcntlArg::F_GETFL)
+        .map_err(|e| format!("{what} {shown}: {e}"))?;
+    let flags = OFlag::from_bits_truncate(flags);
+    if flags & OFlag::O_ACCMODE == OFlag::O_RDONLY {
+        return Err(format!(
+            "{what} {shown}: the file sent with the launch is not open for writing"
+        ));
+    }
+    let appending = (flags | OFlag::O_APPEND) - OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(&passed, nix::fcntl::FcntlArg::F_SETFL(appending))
+        .map_err(|e| format!("{what} {shown}: {e}"))?;
+    Ok(File::from(passed))
 }
 
 /// Opens (creating it, 0600) the file `placed` names for appending; `what` names the flag.

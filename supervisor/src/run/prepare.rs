@@ -2,7 +2,11 @@
 //! line, the team's secrets, the user, the sandbox's root and view, the command as the sandbox
 //! will see it, the shared directories and the output files (opened now, before the child
 //! exists), the working directory. A refusal here costs nothing to undo.
+//!
+//! Launched by the node service, the outputs are the caller's own files, checked the same
+//! way (`outputs::adopt_audit`), and the audit log also goes to the service (its tee).
 
+use super::service::ServiceLink;
 use super::{env, outputs, Refusal, RunOptions};
 use crate::audit::AuditLog;
 use crate::proxy::Credentials;
@@ -46,7 +50,10 @@ impl Prepared {
     }
 }
 
-pub(super) fn prepare(mut options: RunOptions) -> Result<Prepared, Refusal> {
+pub(super) fn prepare(
+    mut options: RunOptions,
+    service: Option<&mut ServiceLink>,
+) -> Result<Prepared, Refusal> {
     if let Some(user) = options.user {
         check_user(user, options.allow_root)?;
     }
@@ -138,26 +145,10 @@ pub(super) fn prepare(mut options: RunOptions) -> Result<Prepared, Refusal> {
         share_ids: &share_ids,
     };
     // Every output is opened before the child exists (see `outputs`).
-    let audit = match &options.audit {
-        Some(path) => outputs::open_audit(path, &output_view, options.audit_format)
-            .map_err(Refusal::tollgate)?,
-        None => AuditLog::disabled(),
+    let (audit, summary) = match service {
+        None => local_outputs(&options, &output_view)?,
+        Some(link) => served_outputs(&options, &output_view, link)?,
     };
-    let summary = options
-        .summary
-        .as_deref()
-        .map(|path| outputs::SummaryTarget::open(path, &output_view))
-        .transpose()
-        .map_err(Refusal::tollgate)?;
-    // tollgate's own log: from here on its lines (and those held so far) go to the file.
-    if let Some(path) = &options.log {
-        let others = [
-            ("--audit", options.audit.as_deref()),
-            ("--summary", options.summary.as_deref()),
-        ];
-        let file = outputs::open_log(path, &output_view, &others).map_err(Refusal::tollgate)?;
-        crate::logging::write_to(file);
-    }
     let cwd = options.cwd.clone().unwrap_or_else(|| PathBuf::from("/tmp"));
     if !cwd.is_dir() {
         return Err(Refusal::tollgate(format!(
@@ -196,6 +187,63 @@ pub(super) fn prepare(mut options: RunOptions) -> Result<Prepared, Refusal> {
         summary,
         cwd,
     })
+}
+
+/// A local run's outputs: the audit log and the summary's place, opened here, and the log,
+/// to which tollgate's lines (and those held so far) go from here on.
+fn local_outputs(
+    options: &RunOptions,
+    view: &outputs::SandboxView<'_>,
+) -> Result<(AuditLog, Option<outputs::SummaryTarget>), Refusal> {
+    let audit = match &options.audit {
+        Some(path) => {
+            outputs::open_audit(path, view, options.audit_format).map_err(Refusal::tollgate)?
+        }
+        None => AuditLog::disabled(),
+    };
+    let summary = options
+        .summary
+        .as_deref()
+        .map(|path| outputs::SummaryTarget::open(path, view))
+        .transpose()
+        .map_err(Refusal::tollgate)?;
+    if let Some(path) = &options.log {
+        let others = [
+            ("--audit", options.audit.as_deref()),
+            ("--summary", options.summary.as_deref()),
+        ];
+        let file = outputs::open_log(path, view, &others).map_err(Refusal::tollgate)?;
+        crate::logging::write_to(file);
+    }
+    Ok((audit, summary))
+}
+
+/// A served run's outputs: the caller's own `--audit` and `--log` files, adopted once
+/// checked, and an audit log that always tees to the service. No summary place: the caller
+/// writes its summary itself.
+fn served_outputs(
+    options: &RunOptions,
+    view: &outputs::SandboxView<'_>,
+    link: &mut ServiceLink,
+) -> Result<(AuditLog, Option<outputs::SummaryTarget>), Refusal> {
+    let file = match &options.audit {
+        Some(path) => Some(
+            link.take_audit_file()
+                .and_then(|passed| outputs::adopt_audit(path, view, passed))
+                .map_err(Refusal::tollgate)?,
+        ),
+        None => None,
+    };
+    let audit = AuditLog::teed(file, options.audit_format, link.tee());
+    if let Some(path) = &options.log {
+        let others = [("--audit", options.audit.as_deref())];
+        let file = link
+            .take_log_file()
+            .and_then(|passed| outputs::adopt_log(path, view, &others, passed))
+            .map_err(Refusal::tollgate)?;
+        crate::logging::write_to(file);
+    }
+    Ok((audit, None))
 }
 
 /// Loads the team's policy; a policy that does not load stops the run with its first problem.

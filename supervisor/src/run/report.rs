@@ -21,11 +21,14 @@ pub(super) struct Outcome<'a> {
     pub(super) proxy_stats: Option<ProxyStats>,
     /// The stub resolver's counters, when transparent egress ran.
     pub(super) dns_stats: Option<crate::dns::DnsStats>,
+    /// Launched by the node service: the summary is always made, and returned instead of
+    /// written (its caller writes it).
+    pub(super) served: bool,
 }
 
 /// Says why the command died if it ran out of memory, writes the summary, and returns the
-/// exit status of `tollgate run`.
-pub(super) fn report(outcome: Outcome<'_>) -> i32 {
+/// exit status of `tollgate run` (and, for the node service, the summary).
+pub(super) fn report(outcome: Outcome<'_>) -> (i32, Option<Summary>) {
     let Outcome {
         prepared,
         execution,
@@ -36,20 +39,27 @@ pub(super) fn report(outcome: Outcome<'_>) -> i32 {
         limits,
         proxy_stats,
         dns_stats,
+        served,
     } = outcome;
     let (exit_status, signal) = exit_status_of(ending);
+    if ending.ended_by_service {
+        super::service::say(super::service::ENDED_BY_SERVICE);
+    }
     if let Some(violation) = &ending.violation {
         eprintln!("tollgate: ended: {violation}");
     }
     let ended_by = signal.filter(|_| {
-        !ending.timed_out && ending.interrupted_by.is_none() && ending.violation.is_none()
+        !ending.timed_out
+            && ending.interrupted_by.is_none()
+            && ending.violation.is_none()
+            && !ending.ended_by_service
     });
     if let Some(message) = limits::oom_message(&totals.usage, limits, ended_by) {
         eprintln!("tollgate: {message}");
     }
-    let Some(target) = &prepared.summary else {
-        return exit_status;
-    };
+    if prepared.summary.is_none() && !served {
+        return (exit_status, None);
+    }
     let summary = Summary {
         execution: execution.to_owned(),
         team,
@@ -78,11 +88,14 @@ pub(super) fn report(outcome: Outcome<'_>) -> i32 {
         tasks_peak: totals.usage.tasks_peak,
         limits: totals.limits,
     };
+    let Some(target) = &prepared.summary else {
+        return (exit_status, Some(summary));
+    };
     if let Err(error) = summary.write(target) {
         eprintln!(
             "tollgate: cannot write the summary {}: {error}",
             target.path().display()
         );
     }
-    exit_status
+    (exit_status, None)
 }

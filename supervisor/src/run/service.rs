@@ -1,8 +1,359 @@
-//! STUB (owner A): the worker side of the node service — one execution launched by `tollgate
-//! serve`, its options and policy read from descriptor 3.
+//! `tollgate __execution`: one execution launched by the node service (`tollgate serve`),
+//! run by a worker process of its own.
+//!
+//! Why a process per execution: a supervisor that crashes takes one execution down, not
+//! the service and every other execution; and the service holds no sandbox state, only its
+//! children. The worker is an ordinary `tollgate run` in every other respect (the same
+//! steps, walls, refusals and exit statuses); what differs is carried by a [`ServiceLink`]:
+//!
+//! - its descriptors are fixed: 0, 1, 2 the caller's stdio; 3 the worker channel (a stream
+//!   socket to the service); 4 the caller's `--audit` file and 5 its `--log` file when the
+//!   options name them (see `run::outputs::adopt_audit`);
+//! - it reads its run from the channel ([`WorkerStart`]: the options, the team's policy text,
+//!   the caller), and writes back [`WorkerEvent`]s: `started` once the execution has an id,
+//!   every audit record (the audit log's tee, from its writer thread), and `finished` with the
+//!   exit status and the summary document, which the caller writes itself if it asked;
+//! - the end of file on the channel means "end this execution now" (the caller went away, the
+//!   service is stopping past its grace, or the service died): the sandbox is killed at once,
+//!   torn down, and the worker exits 125.
+//!
+//! Every write to the channel is a `send(MSG_NOSIGNAL)`: a service gone is `EPIPE`, never a
+//! `SIGPIPE` (which the Rust runtime ignores anyway), and the execution goes on to its end.
 
-/// `tollgate __execution`: runs the execution the service sent on descriptor 3.
+use super::{status, PolicySource, RunOptions};
+use crate::audit::{Record, Tee};
+use crate::serve::wire::{self, CallerIdentity, WorkerEvent, WorkerStart};
+use std::fs::File;
+use std::io::Write as _;
+use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex};
+
+/// The worker channel's descriptor.
+const CHANNEL_FD: RawFd = 3;
+/// The caller's `--audit` file, open iff the options have `audit`.
+const AUDIT_FD: RawFd = 4;
+/// The caller's `--log` file, open iff the options have `log`.
+const LOG_FD: RawFd = 5;
+
+/// What the service told the worker to say when it ends an execution.
+pub(super) const ENDED_BY_SERVICE: &str = "the node service ended this execution (its caller \
+                                           went away, or the service is stopping)";
+
+/// `tollgate __execution`: runs the execution the service sent on descriptor 3 and returns
+/// the exit status (the caller's, as a local run's).
 pub fn worker_main() -> i32 {
-    eprintln!("tollgate: __execution is being built");
-    125
+    // First of all, so that nothing the service passed reaches the sandbox's processes.
+    for fd in [CHANNEL_FD, AUDIT_FD, LOG_FD] {
+        set_cloexec(fd);
+    }
+    if !is_stream_socket(CHANNEL_FD) {
+        say("__execution is started by `tollgate serve`, with its execution on descriptor 3; \
+             run commands with `tollgate run`");
+        return status::TOLLGATE_ERROR;
+    }
+    // SAFETY: descriptor 3 is open (checked just above) and nothing else in this process
+    // owns it.
+    let channel = Arc::new(Channel {
+        fd: unsafe { OwnedFd::from_raw_fd(CHANNEL_FD) },
+        finished: Mutex::new(false),
+    });
+    let status = match read_start(&channel) {
+        Ok((options, caller)) => match ServiceLink::adopt(channel.clone(), &options, caller) {
+            Ok(mut link) => {
+                let status = super::run_served(options, &mut link);
+                channel.finish(status, link.summary.take());
+                return status;
+            }
+            Err(message) => {
+                say(&message);
+                status::TOLLGATE_ERROR
+            }
+        },
+        Err(message) => {
+            say(&message);
+            status::TOLLGATE_ERROR
+        }
+    };
+    channel.finish(status, None);
+    status
+}
+
+/// Reads the one `WorkerStart` frame and turns it into the run's options and its caller.
+fn read_start(channel: &Channel) -> Result<(RunOptions, CallerIdentity), String> {
+    let mut reader = File::from(
+        channel
+            .fd
+            .try_clone()
+            .map_err(|e| format!("cannot read the execution from the node service: {e}"))?,
+    );
+    let start: WorkerStart = wire::read_frame(&mut reader)
+        .map_err(|e| format!("cannot read the execution from the node service: {e}"))?;
+    let options = options_of(start.options, start.policy)?;
+    Ok((options, start.caller))
+}
+
+/// The run the service asked for, with the team policy it sent.
+pub(crate) fn options_of(
+    options: serde_json::Value,
+    policy: Option<wire::PolicyText>,
+) -> Result<RunOptions, String> {
+    let mut options: RunOptions = serde_json::from_value(options).map_err(|e| {
+        format!("the node service sent a run this tollgate cannot read ({e}); are the service and its binary the same version?")
+    })?;
+    if let Some(policy) = policy {
+        options.policy = Some(PolicySource::Text(policy));
+    }
+    Ok(options)
+}
+
+/// What makes a run one the node service launched (see the module's documentation).
+pub struct ServiceLink {
+    channel: Arc<Channel>,
+    caller: CallerIdentity,
+    /// The caller's `--audit` file (descriptor 4), until `prepare` adopts it.
+    audit_file: Option<File>,
+    /// The caller's `--log` file (descriptor 5), until `prepare` adopts it.
+    log_file: Option<File>,
+    /// The summary document, once the report made it.
+    pub(super) summary: Option<serde_json::Value>,
+}
+
+impl ServiceLink {
+    /// The link of a run with `options`: descriptors 4 and 5 taken as the files they name.
+    fn adopt(
+        channel: Arc<Channel>,
+        options: &RunOptions,
+        caller: CallerIdentity,
+    ) -> Result<ServiceLink, String> {
+        let passed = |fd: RawFd, flag: &str, named: bool| -> Result<Option<File>, String> {
+            if !named {
+                return Ok(None);
+            }
+            if !is_open(fd) {
+                return Err(format!(
+                    "the node service sent no {flag} file (descriptor {fd}) for a run that \
+                     names one"
+                ));
+            }
+            // SAFETY: `fd` is open, and the service gave it to this process for this use.
+            Ok(Some(File::from(unsafe { OwnedFd::from_raw_fd(fd) })))
+        };
+        Ok(ServiceLink {
+            audit_file: passed(AUDIT_FD, "--audit", options.audit.is_some())?,
+            log_file: passed(LOG_FD, "--log", options.log.is_some())?,
+            channel,
+            caller,
+            summary: None,
+        })
+    }
+
+    pub(super) fn caller(&self) -> &CallerIdentity {
+        &self.caller
+    }
+
+    /// The caller's `--audit` file (once).
+    pub(super) fn take_audit_file(&mut self) -> Result<File, String> {
+        self.audit_file
+            .take()
+            .ok_or_else(|| "the node service sent no --audit file".to_owned())
+    }
+
+    /// The caller's `--log` file (once).
+    pub(super) fn take_log_file(&mut self) -> Result<File, String> {
+        self.log_file
+            .take()
+            .ok_or_else(|| "the node service sent no --log file".to_owned())
+    }
+
+    /// The audit log's second sink: every record, to the service.
+    pub(super) fn tee(&self) -> Box<dyn Tee> {
+        Box::new(ChannelTee {
+            channel: self.channel.clone(),
+            frames: Vec::new(),
+        })
+    }
+
+    /// Tells the service the execution's id.
+    pub(super) fn started(&self, execution: &str) {
+        self.channel.send(&wire::encode(&WorkerEvent::Started {
+            execution: execution.to_owned(),
+        }));
+    }
+
+    /// Whether the service has closed the channel already (checked before the command
+    /// starts, so a launch abandoned during preparation never runs it).
+    pub(super) fn is_closed(&self) -> bool {
+        self.channel.is_closed()
+    }
+
+    /// Resolves once the service has closed the channel (or it broke).
+    pub(super) async fn closed(&self) {
+        self.channel.closed().await
+    }
+}
+
+/// The worker's end of the channel: frames out (whole, in order, from any thread), end of
+/// file in.
+struct Channel {
+    fd: OwnedFd,
+    /// `finished` went out: nothing follows it, whatever thread still has a record.
+    finished: Mutex<bool>,
+}
+
+impl Channel {
+    /// Sends `frames` (whole frames, back to back) unless `finished` went out already.
+    fn send(&self, frames: &[u8]) {
+        let finished = self.finished.lock().unwrap_or_else(|p| p.into_inner());
+        if *finished || frames.is_empty() {
+            return;
+        }
+        if let Err(error) = send_all(self.fd.as_fd(), frames) {
+            tracing::debug!("the node service did not take the execution's events: {error}");
+        }
+    }
+
+    /// Sends the last event: the exit status and the summary.
+    fn finish(&self, status: i32, summary: Option<serde_json::Value>) {
+        let mut finished = self.finished.lock().unwrap_or_else(|p| p.into_inner());
+        if *finished {
+            return;
+        }
+        let frame = wire::encode(&WorkerEvent::Finished { status, summary });
+        if frame.len() - 4 > wire::MAX_FRAME {
+            tracing::warn!("the summary is too large for the node service; sent without it");
+            let _ = send_all(
+                self.fd.as_fd(),
+                &wire::encode(&WorkerEvent::Finished {
+                    status,
+                    summary: None,
+                }),
+            );
+        } else if let Err(error) = send_all(self.fd.as_fd(), &frame) {
+            tracing::debug!("the node service did not take the execution's end: {error}");
+        }
+        *finished = true;
+    }
+
+    /// Whether the service closed its end: hung up, or readable with nothing to read.
+    fn is_closed(&self) -> bool {
+        let mut poll = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN | libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, no waiting.
+        let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+        ready > 0 && poll.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+    }
+
+    /// Resolves at the end of file (or an error) on the channel. The service sends nothing
+    /// after `WorkerStart`; anything it does send is read and ignored. The descriptor stays
+    /// blocking for the writers: reads here are `MSG_DONTWAIT`.
+    async fn closed(&self) {
+        // SAFETY: the descriptor is `self.fd`, open for as long as `self` is borrowed here,
+        // which outlives `watched`.
+        let registered = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(
+                self.fd.as_fd(),
+                tokio::io::Interest::READABLE,
+            )
+        };
+        let watched = match registered {
+            Ok(watched) => watched,
+            Err(error) => {
+                // Not knowing when the service is gone would outlive it: end instead.
+                tracing::error!("cannot watch the node service's channel: {error}");
+                return;
+            }
+        };
+        let mut buffer = [0u8; 512];
+        loop {
+            let Ok(mut ready) = watched.readable().await else {
+                return;
+            };
+            match ready.try_io(|fd| recv_now(fd.get_ref().as_fd(), &mut buffer)) {
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                Ok(Ok(_)) | Err(_) => continue,
+            }
+        }
+    }
+}
+
+/// The audit log's tee into the channel: each record as one `record` event, sent with the
+/// audit writer's batch.
+struct ChannelTee {
+    channel: Arc<Channel>,
+    frames: Vec<u8>,
+}
+
+impl Tee for ChannelTee {
+    fn record(&mut self, record: &Record) {
+        match serde_json::to_value(record) {
+            Ok(record) => self
+                .frames
+                .extend_from_slice(&wire::encode(&WorkerEvent::Record { record })),
+            Err(error) => tracing::error!("an audit record could not be encoded: {error}"),
+        }
+    }
+
+    fn buffered(&self) -> usize {
+        self.frames.len()
+    }
+
+    fn flush(&mut self) {
+        self.channel.send(&self.frames);
+        self.frames.clear();
+    }
+}
+
+/// Writes all of `bytes`, retrying after signals and partial writes.
+fn send_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> std::io::Result<()> {
+    use nix::sys::socket::{send, MsgFlags};
+    while !bytes.is_empty() {
+        match send(fd.as_raw_fd(), bytes, MsgFlags::MSG_NOSIGNAL) {
+            Ok(sent) => bytes = &bytes[sent..],
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(errno) => return Err(errno.into()),
+        }
+    }
+    Ok(())
+}
+
+/// One non-blocking read; `WouldBlock` when there is nothing.
+fn recv_now(fd: BorrowedFd<'_>, buffer: &mut [u8]) -> std::io::Result<usize> {
+    use nix::sys::socket::{recv, MsgFlags};
+    loop {
+        match recv(fd.as_raw_fd(), buffer, MsgFlags::MSG_DONTWAIT) {
+            Ok(read) => return Ok(read),
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(errno) => return Err(errno.into()),
+        }
+    }
+}
+
+/// Marks `fd` close-on-exec if it is open.
+fn set_cloexec(fd: RawFd) {
+    // SAFETY: F_SETFD on a number this process may or may not have open; EBADF is harmless.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+}
+
+fn is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD only asks.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+}
+
+/// Whether `fd` is an open stream socket (the worker channel is one end of a socketpair).
+fn is_stream_socket(fd: RawFd) -> bool {
+    if !is_open(fd) {
+        return false;
+    }
+    // SAFETY: `fd` is open; borrowed for this call only.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::SockType)
+        .is_ok_and(|kind| kind == nix::sys::socket::SockType::Stream)
+}
+
+/// One line on stderr (the caller's), whether or not anyone still reads it.
+pub(super) fn say(message: &str) {
+    let _ = writeln!(std::io::stderr(), "tollgate: {message}");
 }

@@ -2,6 +2,7 @@
 //! tollgate receives (passed on to the command through the sandbox's init), the circuit
 //! breaker (`violation`), the terminal of `--tty`; then how the command ended.
 
+use super::service::ServiceLink;
 use super::violation::Violations;
 use super::walls::{kill_sandbox, Walls};
 use super::{status, tty, Refusal, RunOptions};
@@ -23,12 +24,14 @@ pub(super) struct Ending {
     pub(super) interrupted_by: Option<i32>,
     /// Why the circuit breaker ended the execution (`limits.on_violation: kill`).
     pub(super) violation: Option<String>,
+    /// The node service closed the worker channel: its caller went away, or it is stopping.
+    pub(super) ended_by_service: bool,
 }
 
 /// The status `tollgate run` exits with, and the signal that ended the command.
 pub(super) fn exit_status_of(ending: &Ending) -> (i32, Option<i32>) {
     let signal = ending.status.signal();
-    if ending.violation.is_some() {
+    if ending.violation.is_some() || ending.ended_by_service {
         return (status::TOLLGATE_ERROR, signal);
     }
     if ending.timed_out {
@@ -56,14 +59,15 @@ pub(super) struct Child<'a> {
     pub(super) mounts: PrivateMounts,
 }
 
-/// Spawns the command inside the walls and waits for it, a timeout, a signal or the circuit
-/// breaker.
+/// Spawns the command inside the walls and waits for it, a timeout, a signal, the circuit
+/// breaker or (launched by the node service) the service ending it.
 pub(super) async fn supervise(
     options: &RunOptions,
     child: Child<'_>,
     walls: &Walls,
     violations: &Violations,
     mut terminal: Option<&mut tty::SandboxTerminal>,
+    service: Option<&ServiceLink>,
 ) -> Result<Ending, Refusal> {
     let Child {
         program,
@@ -97,6 +101,10 @@ pub(super) async fn supervise(
     let mut terminate =
         signal(SignalKind::terminate()).map_err(|e| Refusal::tollgate(e.to_string()))?;
     let mut hangup = signal(SignalKind::hangup()).map_err(|e| Refusal::tollgate(e.to_string()))?;
+    // A launch the service gave up on while it was prepared never starts its command.
+    if service.is_some_and(ServiceLink::is_closed) {
+        return Err(Refusal::tollgate(super::service::ENDED_BY_SERVICE));
+    }
     let mut child = launch::launch(&command, &setup, walls.cgroup.as_fd())
         .map_err(|e| launch_refusal(program, cwd, e))?;
     let mut window =
@@ -121,9 +129,21 @@ pub(super) async fn supervise(
     let mut interrupted_by = None;
     let mut killed = false;
     let mut violation = None;
+    let service_gone = async {
+        match service {
+            Some(link) => link.closed().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(service_gone);
+    let mut ended_by_service = false;
     let status = loop {
         tokio::select! {
             status = child.wait() => break status,
+            () = &mut service_gone, if !ended_by_service => {
+                ended_by_service = true;
+                kill_sandbox(walls);
+            }
             _ = &mut deadline, if !timed_out => {
                 timed_out = true;
                 kill_sandbox(walls);
@@ -168,6 +188,7 @@ pub(super) async fn supervise(
         // A command that ended on its own after the signal reports its own status.
         interrupted_by: interrupted_by.filter(|_| killed),
         violation,
+        ended_by_service,
     })
 }
 
