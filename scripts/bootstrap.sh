@@ -21,6 +21,8 @@ APT_PACKAGES=(
   python3-aiohttp # aiohttp with default settings (ignores the proxy variables) as a sandboxed client
   wget            # wget (GnuTLS: reads only the system trust store) as a sandboxed client
   bind9-dnsutils  # dig: DNS queries to the sandbox's stub resolver in the transparent-egress tests
+  podman          # builds (images/worker/build.sh) and runs the node service's image in worker_image.rs
+  runc            # podman's runtime here: crun refuses hybrid cgroup hosts ("cgroups in hybrid mode not supported")
 )
 
 log() { printf 'bootstrap: %s\n' "$*" >&2; }

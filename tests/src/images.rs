@@ -11,6 +11,10 @@
 //!
 //! The cache is outside `/tmp` (which sandboxes get their own of) and is root's, 0755, like
 //! every directory above it: tollgate refuses a root that others could change.
+//!
+//! The node service's OCI image (`images/worker/build.sh`) is cached the same way, in the
+//! local podman store: [`worker_image`] builds the dist binary ([`dist_binary`]), then the
+//! image tagged with a hash of the build scripts and that binary, once.
 
 use std::{
     fs::{self, File, OpenOptions},
@@ -62,8 +66,13 @@ pub fn build_dir() -> PathBuf {
 /// First 16 hex digits of a SHA-256 over the names and contents of the files in
 /// `images/sandbox/` (the README excepted: it does not change what is built).
 fn script_hash() -> String {
-    let dir = build_dir();
-    let mut names: Vec<String> = fs::read_dir(&dir)
+    sha256_prefix(&files_input(&build_dir()))
+}
+
+/// The names and contents of the files directly in `dir` but its README, in name order,
+/// each followed by a NUL: what a hash of a build directory covers.
+fn files_input(dir: &Path) -> Vec<u8> {
+    let mut names: Vec<String> = fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
         .flatten()
         .filter(|entry| entry.file_type().is_ok_and(|t| t.is_file()))
@@ -78,18 +87,23 @@ fn script_hash() -> String {
         input.extend(fs::read(dir.join(name)).expect("read a build file"));
         input.push(0);
     }
+    input
+}
+
+/// First 16 hex digits of the SHA-256 of `input`.
+fn sha256_prefix(input: &[u8]) -> String {
     let mut child = Command::new("/usr/bin/sha256sum")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .expect("run sha256sum");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(&input)
-        .expect("feed sha256sum");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let feeder = {
+        let input = input.to_vec();
+        thread::spawn(move || stdin.write_all(&input))
+    };
     let out = child.wait_with_output().expect("sha256sum output");
+    feeder.join().expect("feeder").expect("feed sha256sum");
     assert!(out.status.success(), "sha256sum failed");
     String::from_utf8_lossy(&out.stdout)[..16].to_owned()
 }
@@ -159,39 +173,57 @@ fn unmount_below(dir: &Path) {
 /// started) if it outlives [`BUILD_LIMIT`].
 fn build(variant: &str, path: &Path) {
     let log_path = log_path(path);
-    let log = File::create(&log_path).expect("create the build log");
-    let mut child = Command::new("/bin/bash")
+    let mut command = Command::new("/bin/bash");
+    command
         .arg(build_dir().join("build.sh"))
         .arg(variant)
-        .arg(path)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("clone the log"))
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .expect("run images/sandbox/build.sh");
-    let deadline = Instant::now() + BUILD_LIMIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for build.sh") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            // SAFETY: kill(2) on the build's own process group.
-            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
-            let _ = child.wait();
-            panic!(
-                "building the {variant} image took more than {BUILD_LIMIT:?}:\n{}",
-                log_tail(&log_path)
-            );
-        }
-        thread::sleep(Duration::from_millis(200));
-    };
+        .arg(path);
+    let status = run_logged(&mut command, &log_path, &format!("the {variant} image"));
     assert!(
         status.success() && path.join("etc/tollgate-image").is_file(),
         "building the {variant} image failed ({status}); {}:\n{}",
         log_path.display(),
         log_tail(&log_path)
     );
+}
+
+/// Runs `command` in a process group of its own with its output in `log_path`; kills the
+/// group and panics (naming `what`) if it outlives [`BUILD_LIMIT`].
+fn run_logged(command: &mut Command, log_path: &Path, what: &str) -> std::process::ExitStatus {
+    run_logged_within(command, log_path, what, BUILD_LIMIT)
+}
+
+/// [`run_logged`] with a limit of `limit`.
+fn run_logged_within(
+    command: &mut Command,
+    log_path: &Path,
+    what: &str,
+    limit: Duration,
+) -> std::process::ExitStatus {
+    let log = File::create(log_path).expect("create the build log");
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("clone the log"))
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| panic!("start building {what}: {e}"));
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for the build") {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            // SAFETY: kill(2) on the build's own process group.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            let _ = child.wait();
+            panic!(
+                "building {what} took more than {limit:?}:\n{}",
+                log_tail(log_path)
+            );
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// `<image>.log`, beside the image.
@@ -206,4 +238,202 @@ fn log_tail(path: &Path) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+// --- the node service's image ------------------------------------------------------------
+
+/// The image name the tests build the worker image under; the tag is a hash of what built it.
+pub const WORKER_REPOSITORY: &str = "localhost/tollgate-worker";
+
+/// Longest the dist build may take: a guard against a hang, not a performance assertion (a
+/// build from nothing takes about a quarter of an hour on a loaded two-core machine; an
+/// up-to-date one, a second).
+pub const DIST_BUILD_LIMIT: Duration = Duration::from_secs(3600);
+
+/// `target/dist/tollgate`, built now (`cargo build --profile dist -p tollgate`, without the
+/// test-only features) if it is not up to date. Panics with the end of cargo's output if
+/// the build fails.
+pub fn dist_binary() -> PathBuf {
+    let log_path = Path::new(CACHE_ROOT).join("dist-build.log");
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(CACHE_ROOT)
+        .expect("create the image cache");
+    let mut command = Command::new(env!("CARGO"));
+    command
+        .args(["build", "--profile", "dist", "-p", "tollgate"])
+        .current_dir(repo_root());
+    let status = run_logged_within(&mut command, &log_path, "the dist binary", DIST_BUILD_LIMIT);
+    assert!(
+        status.success(),
+        "cargo build --profile dist -p tollgate failed ({status}):\n{}",
+        log_tail(&log_path)
+    );
+    repo_root().join("target/dist/tollgate")
+}
+
+/// The worker image's directory in this checkout.
+pub fn worker_build_dir() -> PathBuf {
+    repo_root().join("images/worker")
+}
+
+/// Whether podman can run containers here (with runc: crun refuses hybrid cgroup hosts);
+/// the reason when it cannot.
+pub fn podman_usable() -> Result<(), String> {
+    let info = Command::new("podman")
+        .args(["info", "--format", "{{.Host.OCIRuntime.Name}}"])
+        .output()
+        .map_err(|e| format!("podman cannot be run ({e}): install it with scripts/bootstrap.sh"))?;
+    if !info.status.success() {
+        return Err(format!(
+            "`podman info` failed: {}",
+            String::from_utf8_lossy(&info.stderr).trim()
+        ));
+    }
+    if !Path::new("/usr/sbin/runc").exists() && !Path::new("/usr/bin/runc").exists() {
+        return Err("runc is missing: install it with scripts/bootstrap.sh".into());
+    }
+    Ok(())
+}
+
+/// The worker image of this checkout's dist binary (`localhost/tollgate-worker:test-<hash>`,
+/// the hash over `images/worker/` and the binary), built by `images/worker/build.sh` if the
+/// local store lacks it. Older `test-` tags, and bases other than the current one, are
+/// removed first; the image returned is kept for the next run.
+pub fn worker_image() -> String {
+    let binary = dist_binary();
+    let cache = Path::new(CACHE_ROOT);
+    let _lock = VariantLock::take(cache, "worker");
+    let mut input = files_input(&worker_build_dir());
+    input.extend(fs::read(&binary).expect("read the dist binary"));
+    let tag = format!("{WORKER_REPOSITORY}:test-{}", sha256_prefix(&input));
+    if podman(&["image", "exists", &tag]).status.success() {
+        return tag;
+    }
+    remove_stale_worker_images(&tag);
+    let log_path = cache.join("worker.log");
+    let mut command = Command::new("/bin/bash");
+    command
+        .arg(worker_build_dir().join("build.sh"))
+        .arg(&tag)
+        .arg(&binary);
+    let status = run_logged(&mut command, &log_path, "the worker image");
+    assert!(
+        status.success() && podman(&["image", "exists", &tag]).status.success(),
+        "building the worker image failed ({status}); {}:\n{}",
+        log_path.display(),
+        log_tail(&log_path)
+    );
+    tag
+}
+
+/// Removes the `test-` tags of [`WORKER_REPOSITORY`] but `keep`, and the bases that the
+/// current `root.sh` would not reuse.
+fn remove_stale_worker_images(keep: &str) {
+    let root_hash = {
+        let out = Command::new("/usr/bin/sha256sum")
+            .arg(worker_build_dir().join("root.sh"))
+            .output()
+            .expect("run sha256sum");
+        String::from_utf8_lossy(&out.stdout)[..16].to_owned()
+    };
+    let current_base = format!("{WORKER_REPOSITORY}-base:{root_hash}");
+    let listed = podman(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    for name in String::from_utf8_lossy(&listed.stdout).lines() {
+        let stale_test = name.starts_with(&format!("{WORKER_REPOSITORY}:test-")) && name != keep;
+        let stale_base =
+            name.starts_with(&format!("{WORKER_REPOSITORY}-base:")) && name != current_base;
+        if stale_test || stale_base {
+            let _ = podman(&["rmi", "--force", name]);
+        }
+    }
+}
+
+/// `podman ARGS`, its output captured.
+pub fn podman(args: &[&str]) -> std::process::Output {
+    Command::new("podman")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run podman {args:?}: {e}"))
+}
+
+// --- the deployment manifests ------------------------------------------------------------
+
+/// `images/kubernetes/` in this checkout.
+pub fn kubernetes_dir() -> PathBuf {
+    repo_root().join("images/kubernetes")
+}
+
+/// `images/systemd/tollgate.service` in this checkout.
+pub fn systemd_unit() -> PathBuf {
+    repo_root().join("images/systemd/tollgate.service")
+}
+
+/// Every YAML document of every `.yaml` file in `images/kubernetes/`, with its file, in
+/// file-name order. Panics, naming the file, on a document that does not parse.
+pub fn kubernetes_documents() -> Vec<(PathBuf, serde_yaml::Value)> {
+    let mut files: Vec<PathBuf> = fs::read_dir(kubernetes_dir())
+        .expect("read images/kubernetes")
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
+        .collect();
+    files.sort();
+    let mut documents = Vec::new();
+    for file in files {
+        let text = fs::read_to_string(&file).expect("read a manifest");
+        for document in split_documents(&text) {
+            let value: serde_yaml::Value = serde_yaml::from_str(&document)
+                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            if !value.is_null() {
+                documents.push((file.clone(), value));
+            }
+        }
+    }
+    documents
+}
+
+/// The documents of a YAML stream: the text between lines that are `---` (a document of
+/// comments only is null, and left out by the caller, as kubectl leaves it out).
+fn split_documents(text: &str) -> Vec<String> {
+    let mut documents = vec![String::new()];
+    for line in text.lines() {
+        if line.trim_end() == "---" {
+            documents.push(String::new());
+        } else {
+            let current = documents.last_mut().expect("one document at least");
+            current.push_str(line);
+            current.push('\n');
+        }
+    }
+    documents
+}
+
+/// The one document of `kind` named `name` in `images/kubernetes/`.
+pub fn kubernetes_object(kind: &str, name: &str) -> serde_yaml::Value {
+    let found: Vec<serde_yaml::Value> = kubernetes_documents()
+        .into_iter()
+        .map(|(_, document)| document)
+        .filter(|document| {
+            document["kind"].as_str() == Some(kind)
+                && document["metadata"]["name"].as_str() == Some(name)
+        })
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "images/kubernetes/ should hold exactly one {kind} {name}"
+    );
+    found.into_iter().next().expect("one")
+}
+
+/// The `node.yaml` key of the `tollgate-node` ConfigMap: the node configuration the
+/// DaemonSet runs with.
+pub fn kubernetes_node_yaml() -> String {
+    kubernetes_object("ConfigMap", "tollgate-node")["data"]["node.yaml"]
+        .as_str()
+        .expect("tollgate-node has a node.yaml key")
+        .to_owned()
 }
