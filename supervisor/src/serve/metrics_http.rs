@@ -479,22 +479,28 @@ mod tests {
         }
     }
 
-    /// The header read timeout closes a client that never finishes its request head.
+    /// A client that never finishes its request head is closed by the header read timeout,
+    /// or by the connection's lifetime, each on its own.
     #[tokio::test]
-    async fn an_unfinished_request_head_is_closed_by_the_header_read_timeout() {
-        let limits = Limits {
-            header_read_timeout: Duration::from_millis(200),
-            ..Limits::default()
-        };
-        let running = start(limits).await;
-        let mut loris = TcpStream::connect(running.address).await.unwrap();
-        loris.write_all(b"GET /metrics HTTP/1.1\r\n").await.unwrap();
-        let mut answer = Vec::new();
-        let _ = tokio::time::timeout(HANG, loris.read_to_end(&mut answer))
-            .await
-            .expect("closed by the header read timeout");
-        assert!(!String::from_utf8_lossy(&answer).contains("tollgate_"));
-        running.shut_down().await;
+    async fn an_unfinished_request_head_is_closed_by_either_deadline() {
+        let long = Duration::from_secs(3600);
+        let short = Duration::from_millis(200);
+        for (header_read_timeout, connection_lifetime) in [(short, long), (long, short)] {
+            let running = start(Limits {
+                header_read_timeout,
+                connection_lifetime,
+                ..Limits::default()
+            })
+            .await;
+            let mut loris = TcpStream::connect(running.address).await.unwrap();
+            loris.write_all(b"GET /metrics HTTP/1.1\r\n").await.unwrap();
+            let mut answer = Vec::new();
+            let _ = tokio::time::timeout(HANG, loris.read_to_end(&mut answer))
+                .await
+                .expect("closed by a deadline");
+            assert!(!String::from_utf8_lossy(&answer).contains("tollgate_"));
+            running.shut_down().await;
+        }
     }
 
     /// Past the connection limit a new connection is closed unanswered, and the open ones
