@@ -21,6 +21,7 @@ use crate::run::{PolicySource, RunOptions};
 use crate::sandbox::mounts::Share;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
+use tollgate_policy::secrets::SecretRules;
 use tollgate_policy::units::Span;
 
 #[cfg(test)]
@@ -37,7 +38,7 @@ pub fn authorize(
     caller: &CallerIdentity,
     options: &RunOptions,
 ) -> Result<(), String> {
-    let team = requested_team(options)?;
+    let team = requested_team(config, options)?;
     if caller.uid == 0 {
         return Ok(());
     }
@@ -98,8 +99,9 @@ fn default_timeout(
 }
 
 /// The team, when the launch may go through the service at all: a team is named, and no
-/// flag that only a local run may use is given.
-fn requested_team(options: &RunOptions) -> Result<&str, String> {
+/// flag that only a local run may use is given. The secrets rules may be the default ones
+/// (as the caller's flags left them) or the node's (once the service applied its own).
+fn requested_team<'a>(config: &NodeConfig, options: &'a RunOptions) -> Result<&'a str, String> {
     if matches!(options.policy, Some(PolicySource::File(_))) {
         return Err(
             "--policy and --policy-dir cannot be used through the node service: it runs the \
@@ -107,7 +109,8 @@ fn requested_team(options: &RunOptions) -> Result<&str, String> {
                 .into(),
         );
     }
-    if options.secrets != tollgate_policy::secrets::SecretRules::default() {
+    let nodes = SecretRules::new(&config.secrets_dir, Vec::new());
+    if options.secrets != SecretRules::default() && Ok(&options.secrets) != nodes.as_ref() {
         return Err(
             "--secrets-dir and --allow-secret-env cannot be used through the node service: a \
              team's secrets are the node's own"

@@ -204,6 +204,16 @@ fn local_only_flags_are_refused_even_for_root() {
             );
         }
     }
+    // The node's own secrets root, once the service applied it, is no caller's flag.
+    let node = "secrets_dir: /srv/node-secrets\ncallers:\n  - {uid: 1001, teams: [web]}\n";
+    let config = NodeConfig::from_yaml("node.yaml", node).unwrap();
+    let mut with_nodes = launch("web");
+    with_nodes.secrets =
+        tollgate_policy::secrets::SecretRules::new("/srv/node-secrets", Vec::<String>::new())
+            .unwrap();
+    assert_eq!(authorize(&config, &caller(1001), &with_nodes), Ok(()));
+    assert_eq!(authorize(&config, &caller(1001), &launch("web")), Ok(()));
+    assert!(authorize(&config, &caller(1001), &with_secrets).is_err());
     // The policy text the service itself supplies is no caller's flag.
     let mut with_text = launch("web");
     with_text.policy = Some(PolicySource::Text(crate::serve::wire::PolicyText {
