@@ -12,7 +12,10 @@
 
 use std::{
     fs,
-    os::unix::{fs::PermissionsExt as _, net::UnixStream},
+    os::unix::{
+        fs::{DirBuilderExt as _, PermissionsExt as _},
+        net::UnixStream,
+    },
     path::{Path, PathBuf},
     process::Command,
     sync::atomic::{AtomicU32, Ordering},
@@ -51,7 +54,12 @@ fn image() -> Option<String> {
 /// the host's /sys/fs/cgroup, /sys/fs/bpf and /run/tollgate-users) and this machine's
 /// necessities (runc; no CAP_SYS_RESOURCE, so limits podman need not raise).
 fn daemonset_options() -> Vec<String> {
-    fs::create_dir_all("/run/tollgate-users").expect("create /run/tollgate-users");
+    // As tollgate makes it when it is missing: root's alone.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create("/run/tollgate-users")
+        .expect("create /run/tollgate-users");
     [
         "--runtime=runc",
         "--privileged",
