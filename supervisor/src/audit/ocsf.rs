@@ -364,7 +364,14 @@ fn launch_lifecycle(record: &Record, launch: &Launch, uid: &str) -> Value {
         LaunchEvent::Started => (START, Severity::Informational, true),
         LaunchEvent::Finished { .. } => (STOP, Severity::Informational, true),
     };
-    let mut event = base(&APPLICATION_LIFECYCLE, activity, severity, record, uid, HOST);
+    let mut event = base(
+        &APPLICATION_LIFECYCLE,
+        activity,
+        severity,
+        record,
+        uid,
+        HOST,
+    );
     event.insert("app".into(), product());
     let caller = &launch.caller;
     let groups: Vec<Value> = caller
@@ -391,7 +398,10 @@ fn launch_lifecycle(record: &Record, launch: &Launch, uid: &str) -> Value {
         LaunchEvent::Refused { message } => message.clone(),
         LaunchEvent::Started => format!("uid {} started execution {execution}", caller.uid),
         LaunchEvent::Finished { status, .. } => {
-            format!("execution {execution} of uid {} ended with status {status}", caller.uid)
+            format!(
+                "execution {execution} of uid {} ended with status {status}",
+                caller.uid
+            )
         }
     };
     event.insert("message".into(), json!(message));

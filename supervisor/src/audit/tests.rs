@@ -5,9 +5,9 @@
 
 use super::ocsf;
 use super::{Finding, Kind, LaunchEvent, Outcome, Record, Traffic, Verdict};
-use crate::serve::wire::CallerIdentity;
 use crate::proxy::ErrorCode;
 use crate::sandbox::bpf::{AddressFamily, BypassAttempt, BypassKind, Protocol, SocketType};
+use crate::serve::wire::CallerIdentity;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -43,10 +43,20 @@ fn launches() -> [Record; 5] {
     [
         refused(None),
         refused(Some(EXECUTION)),
-        Record::launch(None, None, &caller(), LaunchEvent::Refused {
-            message: "give --team NAME".into(),
-        }),
-        Record::launch(Some(EXECUTION), Some("payments"), &caller(), LaunchEvent::Started),
+        Record::launch(
+            None,
+            None,
+            &caller(),
+            LaunchEvent::Refused {
+                message: "give --team NAME".into(),
+            },
+        ),
+        Record::launch(
+            Some(EXECUTION),
+            Some("payments"),
+            &caller(),
+            LaunchEvent::Started,
+        ),
         Record::launch(
             Some(EXECUTION),
             Some("payments"),
@@ -416,7 +426,8 @@ fn every_record() -> Vec<Record> {
     // The opening record, with and without Landlock and a team.
     records.push(Record::sandbox(EXECUTION, Some("payments"), Some(7)));
     records.push(Record::sandbox(EXECUTION, None, None));
-    records.push(Record::sandbox(EXECUTION, Some("payments"), Some(7)).launched_by(Some(&caller())));
+    records
+        .push(Record::sandbox(EXECUTION, Some("payments"), Some(7)).launched_by(Some(&caller())));
     records.extend(launches());
     records
 }
@@ -1023,7 +1034,10 @@ fn a_launch_is_one_record_with_its_caller_and_an_application_lifecycle_event() {
     let [refused, _, _, started, finished] = launches().map(|r| encoder.events(&r).remove(0));
     assert_eq!(refused["activity_name"], "Start");
     assert_eq!(refused["status"], "Failure");
-    assert_eq!(refused["message"], "uid 1000 may not launch for team payments");
+    assert_eq!(
+        refused["message"],
+        "uid 1000 may not launch for team payments"
+    );
     assert_eq!(refused["actor"]["user"]["uid"], "1000");
     assert_eq!(refused["unmapped"]["execution"], Value::Null);
     assert_eq!(started["status"], "Success");
@@ -1032,4 +1046,61 @@ fn a_launch_is_one_record_with_its_caller_and_an_application_lifecycle_event() {
     assert_eq!(finished["unmapped"]["status"], 137);
     assert_eq!(finished["duration"], 5_012);
     assert_eq!(finished["metadata"]["profiles"], json!(["host"]));
+}
+
+/// A tee that keeps what it is given, as the node service would receive it.
+#[derive(Clone, Default)]
+struct Kept {
+    taken: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+    flushed: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+impl super::Tee for Kept {
+    fn record(&mut self, record: &Record) {
+        self.taken.lock().unwrap().push(json_of(record));
+    }
+    fn buffered(&self) -> usize {
+        self.taken.lock().unwrap().len()
+    }
+    fn flush(&mut self) {
+        let taken = std::mem::take(&mut *self.taken.lock().unwrap());
+        self.flushed.lock().unwrap().extend(taken);
+    }
+}
+
+#[test]
+fn the_tee_gets_every_record_as_json_aggregated_as_written_with_or_without_a_file() {
+    let refusal = || record(traffic(Kind::Http, Outcome::Refused, Verdict::Deny));
+    // No file: the tee alone.
+    let kept = Kept::default();
+    let log = super::AuditLog::teed(None, super::Format::Json, Box::new(kept.clone()));
+    assert!(log.is_enabled());
+    log.write(Record::sandbox(EXECUTION, None, None));
+    for _ in 0..5 {
+        log.write(refusal());
+    }
+    log.close();
+    let flushed = kept.flushed.lock().unwrap().clone();
+    assert!(kept.taken.lock().unwrap().is_empty(), "all of it flushed");
+    assert_eq!(flushed[0]["type"], "sandbox");
+    // The first refusal at once, the four repeats as one record with their count.
+    let events: u64 = flushed[1..]
+        .iter()
+        .map(|r| r["count"].as_u64().unwrap_or(1))
+        .sum();
+    assert_eq!(flushed.len(), 3, "{flushed:?}");
+    assert_eq!(events, 5);
+
+    // An OCSF file: the file gets OCSF, the tee tollgate's own records.
+    let path = std::env::temp_dir().join(format!("tollgate-tee-test-{}", std::process::id()));
+    let file = std::fs::File::create(&path).unwrap();
+    let kept = Kept::default();
+    let log = super::AuditLog::teed(Some(file), super::Format::Ocsf, Box::new(kept.clone()));
+    log.write(Record::sandbox(EXECUTION, None, Some(7)));
+    log.close();
+    let written = std::fs::read_to_string(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    let line: Value = serde_json::from_str(written.trim()).unwrap();
+    assert_eq!(line["class_uid"], 6002);
+    assert_eq!(kept.flushed.lock().unwrap()[0]["type"], "sandbox");
 }

@@ -505,6 +505,62 @@ mod tests {
     }
 
     #[test]
+    fn a_passed_descriptor_is_adopted_only_when_it_is_the_named_file_and_writable() {
+        let dir = scratch("adopt");
+        let path = dir.0.join("audit.jsonl");
+        std::fs::write(&path, "{\"earlier\":1}\n").unwrap();
+        let open = |path: &Path, write: bool| {
+            std::fs::OpenOptions::new()
+                .read(!write)
+                .write(write)
+                .open(path)
+                .unwrap()
+        };
+        // The caller's own descriptor of the named file, opened without O_APPEND: adopted,
+        // and appended to.
+        let mut adopted = adopt_audit(&path, &VIEW, open(&path, true)).expect("adopted");
+        adopted.write_all(b"later\n").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"earlier\":1}\nlater\n"
+        );
+        // Another file than the one named.
+        let other = dir.0.join("other");
+        std::fs::write(&other, "").unwrap();
+        let error = adopt_audit(&path, &VIEW, open(&other, true)).expect_err("refused");
+        assert!(error.contains("not the one this path names"), "{error}");
+        // The named file, but read-only.
+        let error = adopt_audit(&path, &VIEW, open(&path, false)).expect_err("refused");
+        assert!(error.contains("not open for writing"), "{error}");
+        // A link to the file sent: the name is the link, not the file.
+        let link = dir.0.join("link");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        assert!(adopt_audit(&link, &VIEW, open(&path, true)).is_err());
+        // A second name of the file sent.
+        let hard = dir.0.join("hard");
+        std::fs::hard_link(&other, &hard).unwrap();
+        let error = adopt_audit(&hard, &VIEW, open(&hard, true)).expect_err("refused");
+        assert!(error.contains("hard links"), "{error}");
+        // The very file, in a directory the sandbox shares: refused as a local run refuses.
+        let shares = [Share {
+            path: dir.0.clone(),
+            read_only: true,
+        }];
+        let id = host_path::file_id(host_path::open_dir(&dir.0).unwrap().as_fd()).unwrap();
+        let view = SandboxView {
+            shares: &shares,
+            share_ids: &[id],
+            ..VIEW
+        };
+        let error = adopt_audit(&path, &view, open(&path, true)).expect_err("refused");
+        assert!(error.contains("shares"), "{error}");
+        // The log may not be the audit file, whichever descriptor comes with it.
+        let others = [("--audit", Some(path.as_path()))];
+        let error = adopt_log(&path, &VIEW, &others, open(&path, true)).expect_err("refused");
+        assert!(error.contains("--audit file too"), "{error}");
+    }
+
+    #[test]
     fn the_summary_is_renamed_into_place_whole() {
         let dir = scratch("summary");
         let path = dir.0.join("summary.json");

@@ -47,8 +47,10 @@ pub fn worker_main() -> i32 {
         set_cloexec(fd);
     }
     if !is_stream_socket(CHANNEL_FD) {
-        say("__execution is started by `tollgate serve`, with its execution on descriptor 3; \
-             run commands with `tollgate run`");
+        say(
+            "__execution is started by `tollgate serve`, with its execution on descriptor 3; \
+             run commands with `tollgate run`",
+        );
         return status::TOLLGATE_ERROR;
     }
     // SAFETY: descriptor 3 is open (checked just above) and nothing else in this process
@@ -356,4 +358,152 @@ fn is_stream_socket(fd: RawFd) -> bool {
 /// One line on stderr (the caller's), whether or not anyone still reads it.
 pub(super) fn say(message: &str) {
     let _ = writeln!(std::io::stderr(), "tollgate: {message}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::limits::LimitFlags;
+    use crate::sandbox::mounts::Share;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    /// A run with every field away from its default.
+    fn everything() -> RunOptions {
+        RunOptions {
+            policy: Some(PolicySource::File("/etc/tollgate/teams/acme.yaml".into())),
+            team: Some("acme".into()),
+            timeout: Some(Duration::from_millis(1500)),
+            user: Some((2000, 2001)),
+            limits: LimitFlags {
+                memory: Some(256 << 20),
+                cpus: Some(tollgate_policy::units::Cores::parse("0.5").unwrap()),
+                max_processes: Some(64),
+                allow_unenforced: true,
+            },
+            allow_root: true,
+            cwd: Some("/srv/work".into()),
+            shares: vec![
+                Share {
+                    path: "/srv/work".into(),
+                    read_only: false,
+                },
+                Share {
+                    path: "/srv/data".into(),
+                    read_only: true,
+                },
+            ],
+            tmp_size: 64 << 20,
+            env: vec![("A".into(), "b=c".into())],
+            pass_env: vec!["HOME".into()],
+            secrets: tollgate_policy::secrets::SecretRules::default(),
+            audit: Some("/var/log/a.jsonl".into()),
+            audit_format: crate::audit::Format::Ocsf,
+            summary: Some("/var/log/s.json".into()),
+            log: Some(PathBuf::from("/var/log/t.log")),
+            tty: true,
+            rootfs: Some("/srv/rootfs".into()),
+            transparent: false,
+            command: vec![
+                "/bin/echo".into(),
+                // Not UTF-8: arguments are bytes.
+                <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(vec![0xff, b'x']),
+            ],
+        }
+    }
+
+    #[test]
+    fn run_options_cross_the_worker_channel_whole_and_the_team_policy_replaces_the_path() {
+        let sent = everything();
+        let value = serde_json::to_value(&sent).unwrap();
+        assert_eq!(options_of(value.clone(), None).unwrap(), sent);
+        let policy = wire::PolicyText {
+            name: "/etc/tollgate/teams/acme.yaml".into(),
+            text: "version: 1\nteam: acme\n".into(),
+        };
+        let received = options_of(value.clone(), Some(policy.clone())).unwrap();
+        assert_eq!(received.policy, Some(PolicySource::Text(policy)));
+        assert_eq!(
+            RunOptions {
+                policy: sent.policy.clone(),
+                ..received
+            },
+            sent
+        );
+        // What this tollgate does not know is refused, never half-read.
+        let mut unknown = value.clone();
+        unknown["surprise"] = serde_json::json!(true);
+        let error = options_of(unknown, None).expect_err("refused");
+        assert!(error.contains("surprise"), "{error}");
+        let mut cores = value;
+        cores["limits"]["cpus"] = serde_json::json!(0);
+        assert!(options_of(cores, None).is_err(), "0 cores");
+    }
+
+    #[test]
+    fn events_go_out_in_order_and_nothing_follows_finished() {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let channel = Arc::new(Channel {
+            fd: OwnedFd::from(theirs),
+            finished: Mutex::new(false),
+        });
+        let mut tee = ChannelTee {
+            channel: channel.clone(),
+            frames: Vec::new(),
+        };
+        let link = |event: &WorkerEvent| channel.send(&wire::encode(event));
+        link(&WorkerEvent::Started {
+            execution: "e-1".into(),
+        });
+        tee.record(&Record::sandbox("e-1", None, None));
+        tee.record(&Record::sandbox("e-1", Some("acme"), Some(7)));
+        assert!(tee.buffered() > 0);
+        tee.flush();
+        channel.finish(0, Some(serde_json::json!({"exit_status": 0})));
+        // A record some thread still had: dropped, not sent after the end.
+        tee.record(&Record::sandbox("e-1", None, None));
+        tee.flush();
+        drop(channel);
+        drop(tee);
+        let mut ours = ours;
+        let events: Vec<WorkerEvent> =
+            std::iter::from_fn(|| wire::read_frame(&mut ours).ok()).collect();
+        let kinds: Vec<&str> = events
+            .iter()
+            .map(|event| match event {
+                WorkerEvent::Started { .. } => "started",
+                WorkerEvent::Record { .. } => "record",
+                WorkerEvent::Finished { .. } => "finished",
+            })
+            .collect();
+        assert_eq!(kinds, ["started", "record", "record", "finished"]);
+        let WorkerEvent::Record { record } = &events[2] else {
+            unreachable!()
+        };
+        assert_eq!(record["team"], "acme");
+        assert_eq!(record["landlock_abi"], 7);
+    }
+
+    #[test]
+    fn a_closed_channel_is_seen_at_once_and_writing_to_a_gone_service_is_harmless() {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let channel = Channel {
+            fd: OwnedFd::from(theirs),
+            finished: Mutex::new(false),
+        };
+        assert!(!channel.is_closed());
+        ours.shutdown(std::net::Shutdown::Write).unwrap();
+        assert!(channel.is_closed(), "a shut-down writing side is the end");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(channel.closed());
+        drop(ours);
+        // Writing to a peer that is gone: EPIPE, reported, and this process lives on.
+        channel.send(&wire::encode(&WorkerEvent::Started {
+            execution: "e-2".into(),
+        }));
+        channel.finish(1, None);
+    }
 }

@@ -1,0 +1,399 @@
+//! The node service's worker process alone (`tollgate __execution`), driven the way
+//! `tollgate serve` drives it: a socketpair end on descriptor 3 carrying one `WorkerStart`,
+//! the caller's `--audit` file on descriptor 4, and the events read back.
+//!
+//! Needs root. The runs have no network section, or one the sandbox never uses.
+
+use std::{
+    fs,
+    io::Read as _,
+    os::{
+        fd::{AsRawFd as _, OwnedFd, RawFd},
+        unix::{net::UnixStream, process::CommandExt as _},
+    },
+    process::{Child, Command, Stdio},
+    time::Instant,
+};
+
+use serde_json::Value;
+use tollgate::run::RunOptions;
+use tollgate::serve::wire::{
+    self, CallerIdentity, FrameError, PolicyText, WorkerEvent, WorkerStart,
+};
+use tollgate_tests::{
+    leaks::{sandboxed_processes, v1_execution_cgroups, SuiteLock},
+    sandbox::{assert_execution_gone, shared_dir, HANG_LIMIT, NETWORK_POLICY},
+    tollgate_path, Scratch,
+};
+
+/// The PATH `tollgate serve` gives its workers.
+const WORKER_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+fn caller() -> CallerIdentity {
+    CallerIdentity {
+        uid: 1000,
+        gid: 1000,
+        pid: 4242,
+        groups: vec![1000, 27],
+    }
+}
+
+fn options(command: &[&str]) -> RunOptions {
+    RunOptions::new(command.iter().map(Into::into).collect())
+}
+
+/// A worker started as the service starts one.
+struct Worker {
+    child: Child,
+    /// The service's end of the worker channel (`None` once the test closed it).
+    channel: Option<UnixStream>,
+}
+
+impl Worker {
+    /// Spawns `tollgate __execution` with `passed` placed on descriptors 4, 5, … in order,
+    /// and sends it `start`.
+    fn start(start: &WorkerStart, passed: &[&OwnedFd]) -> Worker {
+        let (mut ours, theirs) = UnixStream::pair().expect("socketpair");
+        assert!(passed.len() <= 2, "descriptors 4 and 5 only");
+        let mut sources: [RawFd; 3] = [-1; 3];
+        sources[0] = theirs.as_raw_fd();
+        for (slot, fd) in sources[1..].iter_mut().zip(passed) {
+            *slot = fd.as_raw_fd();
+        }
+        let count = 1 + passed.len();
+        let mut command = Command::new(tollgate_path());
+        command
+            .arg("__execution")
+            .env_clear()
+            .env("PATH", WORKER_PATH)
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // SAFETY: only fcntl and dup2 between fork and exec, no allocation.
+        unsafe {
+            command.pre_exec(move || {
+                // Above every target first, so that placing one never overwrites another.
+                let mut high: [RawFd; 3] = [-1; 3];
+                for (copy, &fd) in high.iter_mut().zip(&sources).take(count) {
+                    *copy = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100);
+                }
+                for (target, &fd) in (3..).zip(&high).take(count) {
+                    if fd < 0 || libc::dup2(fd, target) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().expect("spawn tollgate __execution");
+        drop(theirs);
+        wire::write_frame(&mut ours, start).expect("send WorkerStart");
+        Worker {
+            child,
+            channel: Some(ours),
+        }
+    }
+
+    /// Reads the next event; `None` at the end of the channel.
+    fn next_event(&mut self) -> Option<WorkerEvent> {
+        let channel = self.channel.as_mut().expect("the channel is open");
+        match wire::read_frame::<WorkerEvent>(channel) {
+            Ok(event) => Some(event),
+            Err(FrameError::Closed) => None,
+            Err(error) => panic!("the worker sent what cannot be read: {error}"),
+        }
+    }
+
+    /// Every event to the end of the channel.
+    fn events(&mut self) -> Vec<WorkerEvent> {
+        std::iter::from_fn(|| self.next_event()).collect()
+    }
+
+    /// Waits for the worker to exit (a hang guard, not a performance bound): status, stdout,
+    /// stderr.
+    fn finish(mut self) -> (i32, String, String) {
+        let mut stdout = String::new();
+        let mut stderr = String::new();
+        self.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut stdout)
+            .unwrap();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        let deadline = Instant::now() + HANG_LIMIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status.code().unwrap_or(-1), stdout, stderr);
+            }
+            assert!(Instant::now() < deadline, "the worker did not exit");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The records among `events`.
+fn records(events: &[WorkerEvent]) -> Vec<&Value> {
+    events
+        .iter()
+        .filter_map(|event| match event {
+            WorkerEvent::Record { record } => Some(record),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Nothing of execution `id` is left: no cgroup (v2 or v1), no process in one.
+fn assert_nothing_left(id: &str) {
+    assert_execution_gone(id);
+    let v1: Vec<_> = v1_execution_cgroups()
+        .into_iter()
+        .filter(|path| path.ends_with(id))
+        .collect();
+    assert!(v1.is_empty(), "v1 cgroups of {id} left: {v1:?}");
+    let processes: Vec<_> = sandboxed_processes()
+        .into_iter()
+        .filter(|(_, cgroup)| cgroup.contains(id))
+        .collect();
+    assert!(
+        processes.is_empty(),
+        "processes of {id} left: {processes:?}"
+    );
+}
+
+#[test]
+fn a_worker_runs_its_execution_and_reports_started_records_and_finished() {
+    let _lock = SuiteLock::shared();
+    let mut run = options(&["/bin/echo", "hi"]);
+    run.team = Some("acme".into());
+    let start = WorkerStart {
+        options: serde_json::to_value(&run).unwrap(),
+        policy: Some(PolicyText {
+            name: "/etc/tollgate/teams/acme.yaml".into(),
+            text: NETWORK_POLICY.into(),
+        }),
+        caller: caller(),
+    };
+    let mut worker = Worker::start(&start, &[]);
+    let events = worker.events();
+    let (status, stdout, stderr) = worker.finish();
+    assert_eq!(status, 0, "stderr: {stderr}");
+    assert_eq!(stdout, "hi\n");
+
+    let Some(WorkerEvent::Started { execution }) = events.first() else {
+        panic!("the first event is not `started`: {events:?}");
+    };
+    let Some(WorkerEvent::Finished {
+        status: 0,
+        summary: Some(summary),
+    }) = events.last()
+    else {
+        panic!("the last event is not `finished` with status 0 and a summary: {events:?}");
+    };
+    assert_eq!(summary["execution"], execution.as_str());
+    assert_eq!(summary["exit_status"], 0);
+    assert_eq!(summary["team"], "acme");
+    assert_eq!(summary["network"], true, "the team policy came as text");
+    let sandbox = records(&events)
+        .into_iter()
+        .find(|record| record["type"] == "sandbox")
+        .expect("the sandbox record is teed with no --audit");
+    assert_eq!(sandbox["execution"], execution.as_str());
+    assert_eq!(sandbox["caller"], serde_json::to_value(caller()).unwrap());
+    assert_nothing_left(execution);
+}
+
+#[test]
+fn the_callers_audit_file_gets_its_format_the_service_gets_json_and_no_descriptor_leaks() {
+    let _lock = SuiteLock::shared();
+    let scratch = Scratch::new("worker-audit");
+    let audit = scratch.output("audit.ocsf");
+    // The caller opens its own file and sends it.
+    let file: OwnedFd = fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&audit)
+        .unwrap()
+        .into();
+    let mut run = options(&["/bin/ls", "/proc/self/fd"]);
+    run.audit = Some(audit.clone());
+    run.audit_format = tollgate::audit::Format::Ocsf;
+    let start = WorkerStart {
+        options: serde_json::to_value(&run).unwrap(),
+        policy: None,
+        caller: caller(),
+    };
+    let mut worker = Worker::start(&start, &[&file]);
+    let events = worker.events();
+    let (status, stdout, stderr) = worker.finish();
+    assert_eq!(status, 0, "stderr: {stderr}");
+    // ls's own listing descriptor besides 0, 1, 2: nothing of the service's reached it.
+    let descriptors: Vec<&str> = stdout.split_whitespace().collect();
+    assert_eq!(descriptors, ["0", "1", "2", "3"], "{stdout}");
+
+    let teed = records(&events);
+    assert!(
+        teed.iter().any(|record| record["type"] == "sandbox"),
+        "{events:?}"
+    );
+    let written = fs::read_to_string(&audit).unwrap();
+    let first: Value = serde_json::from_str(written.lines().next().expect("a line")).unwrap();
+    assert_eq!(
+        first["class_uid"], 6002,
+        "OCSF in the caller's file: {written}"
+    );
+}
+
+#[test]
+fn an_audit_descriptor_that_is_not_the_named_file_is_refused() {
+    // The caller names a root-only path but sends a file inside a directory the sandbox
+    // shares, where the sandbox could forge or delete records: the worker must not take it.
+    let _lock = SuiteLock::shared();
+    let scratch = Scratch::new("worker-forged-audit");
+    let named = scratch.output("audit.jsonl");
+    fs::write(&named, "").unwrap();
+    let share = shared_dir(&scratch, "shared");
+    let elsewhere = share.join("audit.jsonl");
+    let file: OwnedFd = fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&elsewhere)
+        .unwrap()
+        .into();
+    let ran = share.join("ran");
+    let mut run = options(&["/bin/touch", ran.to_str().unwrap()]);
+    run.audit = Some(named.clone());
+    run.shares = vec![tollgate::sandbox::mounts::Share {
+        path: share.clone(),
+        read_only: false,
+    }];
+    let start = WorkerStart {
+        options: serde_json::to_value(&run).unwrap(),
+        policy: None,
+        caller: caller(),
+    };
+    let mut worker = Worker::start(&start, &[&file]);
+    let events = worker.events();
+    let (status, _, stderr) = worker.finish();
+    assert_eq!(status, 125, "stderr: {stderr}");
+    assert!(
+        stderr.contains("is not the one this path names"),
+        "{stderr}"
+    );
+    assert!(
+        matches!(
+            events.last(),
+            Some(WorkerEvent::Finished {
+                status: 125,
+                summary: None
+            })
+        ),
+        "{events:?}"
+    );
+    assert!(!ran.exists(), "the command ran");
+    assert_eq!(fs::read_to_string(&elsewhere).unwrap(), "");
+}
+
+#[test]
+fn closing_the_channel_mid_run_kills_the_sandbox_and_the_worker_exits_125() {
+    let _lock = SuiteLock::shared();
+    let run = options(&["/bin/sh", "-c", "echo ready; exec /bin/sleep 30"]);
+    let start = WorkerStart {
+        options: serde_json::to_value(&run).unwrap(),
+        policy: None,
+        caller: caller(),
+    };
+    let mut worker = Worker::start(&start, &[]);
+    let Some(WorkerEvent::Started { execution }) = worker.next_event() else {
+        panic!("no `started` event");
+    };
+    let mut ready = [0u8; 6];
+    worker
+        .child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut ready)
+        .unwrap();
+    assert_eq!(&ready, b"ready\n", "the command runs");
+
+    worker.channel = None;
+    let (status, _, stderr) = worker.finish();
+    assert_eq!(status, 125, "stderr: {stderr}");
+    assert!(
+        stderr.contains("the node service ended this execution"),
+        "{stderr}"
+    );
+    assert_nothing_left(&execution);
+}
+
+#[test]
+fn a_launch_abandoned_before_its_command_started_never_runs_it() {
+    let _lock = SuiteLock::shared();
+    let scratch = Scratch::new("worker-abandoned");
+    let share = shared_dir(&scratch, "shared");
+    let ran = share.join("ran");
+    let mut run = options(&["/bin/touch", ran.to_str().unwrap()]);
+    run.shares = vec![tollgate::sandbox::mounts::Share {
+        path: share.clone(),
+        read_only: false,
+    }];
+    let start = WorkerStart {
+        options: serde_json::to_value(&run).unwrap(),
+        policy: None,
+        caller: caller(),
+    };
+    let mut worker = Worker::start(&start, &[]);
+    // The service closes its end right after sending the execution, as `tollgate serve`
+    // does (a shutdown of its writing side: the worker's events can still be read).
+    worker
+        .channel
+        .as_ref()
+        .unwrap()
+        .shutdown(std::net::Shutdown::Write)
+        .unwrap();
+    let events = worker.events();
+    let (status, _, stderr) = worker.finish();
+    assert_eq!(status, 125, "stderr: {stderr}");
+    assert!(
+        stderr.contains("the node service ended this execution"),
+        "{stderr}"
+    );
+    assert!(!ran.exists(), "the command ran after the service had gone");
+    let Some(WorkerEvent::Started { execution }) = events.first() else {
+        panic!("no `started` event: {events:?}");
+    };
+    assert!(
+        matches!(
+            events.last(),
+            Some(WorkerEvent::Finished { status: 125, .. })
+        ),
+        "{events:?}"
+    );
+    assert_nothing_left(execution);
+}
+
+#[test]
+fn started_by_hand_it_says_what_it_is_for() {
+    let out = Command::new(tollgate_path())
+        .arg("__execution")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("tollgate serve"), "{stderr}");
+}
