@@ -989,6 +989,38 @@ pub(crate) mod tests {
         assert_eq!(hooks, BTreeSet::from(HOOKS));
     }
 
+    /// docs/metrics.md has a table row for every metric, and none for a metric that is not.
+    #[test]
+    fn docs_metrics_md_lists_every_metric() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md");
+        let text = std::fs::read_to_string(path).expect("docs/metrics.md");
+        let documented: BTreeSet<&str> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("| `tollgate_"))
+            .filter_map(|rest| rest.split('`').next())
+            .collect();
+        // A family with no series is not rendered: give each one.
+        let metrics = Metrics::new();
+        metrics.launch_refused("busy");
+        metrics.execution_started("payments");
+        let summary = json!({"oom_killed": true, "bypass_reports_dropped": 1});
+        metrics.execution_finished("payments", 0, Duration::ZERO, Some(&summary));
+        metrics.record("payments", &http("allow", "allowed", "retrying"));
+        metrics.record("payments", &http("allow", "allowed", "complete"));
+        metrics.record(
+            "payments",
+            &json!({"type": "bypass_attempt", "hook": "connect", "decision": "deny"}),
+        );
+        metrics.policy_reload("payments", true);
+        let rendered = metrics.render();
+        let families: BTreeSet<&str> = rendered
+            .lines()
+            .filter_map(|line| line.strip_prefix("# TYPE tollgate_"))
+            .filter_map(|rest| rest.split(' ').next())
+            .collect();
+        assert_eq!(documented, families);
+    }
+
     #[test]
     fn the_openmetrics_rendering_ends_with_eof() {
         let metrics = Metrics::new();
