@@ -10,9 +10,9 @@
 #
 # Two layers, so that a node upgrading tollgate downloads only the second:
 #   1. the Debian root of root.sh, kept in the store as
-#      localhost/tollgate-worker-base:<first 16 hex digits of root.sh's SHA-256> and reused
-#      while root.sh is unchanged (remove that tag to take Debian's point releases and
-#      security updates);
+#      localhost/tollgate-worker-base:<hash of root.sh and TOLLGATE_IMAGE_EXTRA_PACKAGES>
+#      and reused while they are unchanged (remove that tag to take Debian's point releases
+#      and security updates);
 #   2. the binary at /usr/local/bin/tollgate, the entry point; the default command is
 #      `serve` (`podman run IMAGE doctor` runs doctor instead).
 # Both are made by `podman build --timestamp`, with no network and no RUN step: the same
@@ -37,6 +37,11 @@ usage: images/worker/build.sh TAG [BINARY]
   BINARY  the tollgate to ship (default: target/dist/tollgate; cargo build --profile dist -p tollgate)
 Needs root, mmdebstrap, getcap and podman (scripts/bootstrap.sh installs them).
 EOF
+}
+
+# The base's tag: the first 16 hex digits of a SHA-256 over root.sh and the extra packages.
+base_hash() {
+  { cat "$HERE/root.sh"; printf '\0%s' "${TOLLGATE_IMAGE_EXTRA_PACKAGES:-}"; } | sha256sum | cut -c1-16
 }
 
 # `podman build` of the Containerfile in directory $2 as image $1, offline.
@@ -99,7 +104,7 @@ main() {
   WORK=$(mktemp -d /var/tmp/tollgate-worker-image.XXXXXX)
   trap 'rm -rf --one-file-system "$WORK"' EXIT
   local start=$SECONDS base
-  base=localhost/tollgate-worker-base:$(sha256sum "$HERE/root.sh" | cut -c1-16)
+  base=localhost/tollgate-worker-base:$(base_hash)
   if podman image exists "$base"; then
     log "reusing $base"
   else

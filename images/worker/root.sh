@@ -18,7 +18,9 @@
 # the build host's files; /etc/tollgate-image lists every package with its version.
 #
 # Packages come from the Debian mirror this machine's apt uses; TOLLGATE_IMAGE_MIRROR (and
-# TOLLGATE_IMAGE_SECURITY_MIRROR) name another. SOURCE_DATE_EPOCH is fixed and every
+# TOLLGATE_IMAGE_SECURITY_MIRROR) name another. TOLLGATE_IMAGE_EXTRA_PACKAGES (comma-separated)
+# adds packages: what a team's sandboxed code needs beyond Python, or systemd for a test
+# image of the systemd unit (tests/tests/systemd_unit.rs). SOURCE_DATE_EPOCH is fixed and every
 # timestamp clamped to it: two builds from the same mirror state give the same tree.
 set -euo pipefail
 
@@ -26,7 +28,7 @@ SUITE=bookworm
 : "${SOURCE_DATE_EPOCH:=1700000000}"
 export SOURCE_DATE_EPOCH
 
-PACKAGES=ca-certificates,nftables,python3-minimal,libpython3.11-stdlib
+PACKAGES=ca-certificates,nftables,python3-minimal,libpython3.11-stdlib${TOLLGATE_IMAGE_EXTRA_PACKAGES:+,$TOLLGATE_IMAGE_EXTRA_PACKAGES}
 # The service's directories (the secrets and the uid leases are made root's alone below) and the
 # mount points of the node's trees and of what tollgate mounts on in a sandbox.
 DIRS=(etc/tollgate etc/tollgate/teams run/tollgate var/log/tollgate
@@ -61,6 +63,7 @@ write_manifest() {
     echo "# The root of tollgate's node service image, built by images/worker/root.sh."
     echo "suite $SUITE"
     echo "script-sha256 $(sha256sum "${BASH_SOURCE[0]}" | cut -d' ' -f1)"
+    echo "packages $PACKAGES"
     find "$root/var/cache/apt/archives" -maxdepth 1 -name '*.deb' -printf '%f\n' \
       | sed -n 's/%3a/:/g; s/^\([^_]*\)_\([^_]*\)_[^_]*\.deb$/package \1 \2/p' | sort
   } > "$root/etc/tollgate-image"

@@ -331,13 +331,7 @@ pub fn worker_image() -> String {
 /// Removes the `test-` tags of [`WORKER_REPOSITORY`] but `keep`, and the bases that the
 /// current `root.sh` would not reuse.
 fn remove_stale_worker_images(keep: &str) {
-    let root_hash = {
-        let out = Command::new("/usr/bin/sha256sum")
-            .arg(worker_build_dir().join("root.sh"))
-            .output()
-            .expect("run sha256sum");
-        String::from_utf8_lossy(&out.stdout)[..16].to_owned()
-    };
+    let root_hash = worker_base_hash("");
     let current_base = format!("{WORKER_REPOSITORY}-base:{root_hash}");
     let listed = podman(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
     for name in String::from_utf8_lossy(&listed.stdout).lines() {
@@ -348,6 +342,97 @@ fn remove_stale_worker_images(keep: &str) {
             let _ = podman(&["rmi", "--force", name]);
         }
     }
+}
+
+/// The tag `build.sh` gives the base built with `extra_packages`: a hash of `root.sh`, a
+/// NUL and the packages (its `base_hash`).
+fn worker_base_hash(extra_packages: &str) -> String {
+    let mut input = fs::read(worker_build_dir().join("root.sh")).expect("read root.sh");
+    input.push(0);
+    input.extend_from_slice(extra_packages.as_bytes());
+    sha256_prefix(&input)
+}
+
+/// The packages the systemd test image adds to the worker root.
+const SYSTEMD_PACKAGES: &str = "systemd,systemd-sysv";
+
+/// A test image of the systemd unit: the worker root with systemd (PID 1, `/sbin/init`),
+/// the dist binary at the unit's path and `images/systemd/tollgate.service` enabled, so the
+/// service starts at boot as on a node. Cached like [`worker_image`]:
+/// `localhost/tollgate-systemd-test:<hash of the unit, the binary and the base>`, on a base
+/// `localhost/tollgate-systemd-test-base:<hash of root.sh and the packages>`.
+pub fn systemd_image() -> String {
+    let binary = dist_binary();
+    let cache = Path::new(CACHE_ROOT);
+    let _lock = VariantLock::take(cache, "systemd");
+    let base = format!(
+        "localhost/tollgate-systemd-test-base:{}",
+        worker_base_hash(SYSTEMD_PACKAGES)
+    );
+    let mut input = base.clone().into_bytes();
+    input.extend(fs::read(systemd_unit()).expect("read the unit"));
+    input.extend(fs::read(&binary).expect("read the dist binary"));
+    let tag = format!("localhost/tollgate-systemd-test:{}", sha256_prefix(&input));
+    if podman(&["image", "exists", &tag]).status.success() {
+        return tag;
+    }
+    let listed = podman(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    for name in String::from_utf8_lossy(&listed.stdout).lines() {
+        let ours = name.starts_with("localhost/tollgate-systemd-test:")
+            || name.starts_with("localhost/tollgate-systemd-test-base:");
+        if ours && name != base {
+            let _ = podman(&["rmi", "--force", name]);
+        }
+    }
+    let work = cache.join(format!(".systemd-work-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work).expect("create the build directory");
+    fs::copy(&binary, work.join("tollgate")).expect("copy the binary");
+    fs::copy(systemd_unit(), work.join("tollgate.service")).expect("copy the unit");
+    // The base: root.sh's tree with systemd, the unit enabled (its file comes with the binary,
+    // in the second layer). The image: the binary and the unit.
+    let script = format!(
+        r#"set -euo pipefail
+cd {work}
+if ! podman image exists {base}; then
+  TOLLGATE_IMAGE_EXTRA_PACKAGES={SYSTEMD_PACKAGES} bash {root_sh} "$PWD/root"
+  mkdir -p root/etc/systemd/system/multi-user.target.wants
+  ln -s /etc/systemd/system/tollgate.service root/etc/systemd/system/multi-user.target.wants/tollgate.service
+  tar --sort=name --numeric-owner --xattrs --one-file-system -C root -cf root.tar .
+  rm -rf --one-file-system root
+  printf 'FROM scratch
+ADD root.tar /
+' > Containerfile
+  podman build --quiet --pull=never --network=none --layers=false --tag {base} .
+  rm -f root.tar
+fi
+printf 'FROM %s
+COPY tollgate /usr/local/bin/tollgate
+COPY tollgate.service /etc/systemd/system/tollgate.service
+CMD ["/sbin/init"]
+' {base} > Containerfile
+podman build --quiet --pull=never --network=none --layers=false --tag {tag} .
+"#,
+        work = work.display(),
+        root_sh = worker_build_dir().join("root.sh").display(),
+    );
+    let log_path = cache.join("systemd.log");
+    let status = run_logged(
+        Command::new("/bin/bash").arg("-c").arg(&script),
+        &log_path,
+        "the systemd test image",
+    );
+    let _ = Command::new("/bin/rm")
+        .args(["-rf", "--one-file-system"])
+        .arg(&work)
+        .status();
+    assert!(
+        status.success() && podman(&["image", "exists", &tag]).status.success(),
+        "building the systemd test image failed ({status}); {}:\n{}",
+        log_path.display(),
+        log_tail(&log_path)
+    );
+    tag
 }
 
 /// `podman ARGS`, its output captured.
