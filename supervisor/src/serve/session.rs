@@ -9,7 +9,7 @@
 //! `--allow-secret-env`) is refused. Every refusal is one sentence to the caller (exit
 //! 125), a count in the metrics by reason, a `launch` audit record and a log line.
 
-use super::authorize::authorize;
+use super::authorize;
 use super::wire::{self, CallerIdentity, ClientMessage, FrameError, LaunchRequest, ServiceMessage};
 use super::worker_process::{self, Admitted, Descriptors};
 use super::{fds, Node, Stage};
@@ -171,9 +171,10 @@ fn admit(
         }
     };
     let descriptors = split_descriptors(&request, descriptors)?;
-    let wanted = wanted_run(&request, &node.config.secrets_dir)?;
+    let mut wanted = wanted_run(&request, &node.config.secrets_dir)?;
     let team = wanted.team.as_str();
-    authorize(&node.config, caller, &wanted.options)
+    // `admit` also gives a launch without --timeout the caller's longest allowed one.
+    authorize::admit(&node.config, caller, &mut wanted.options)
         .map_err(|message| Refusal::new(Reason::NotAllowed, message).for_team(team))?;
     let policy = node
         .teams

@@ -310,13 +310,16 @@ async fn watch(
                 events_open = false;
             }
         }
-        if let (Some(why), Some(close)) = (end_execution, close_channel.take()) {
-            tracing::info!(
-                "ending execution {} (team {team}): {why}",
-                outcome.execution.as_deref().unwrap_or("(no id yet)")
-            );
-            let _ = close.send(());
-            kill_at = Some(tokio::time::Instant::now() + KILL_AFTER);
+        // (The channel is closed once, whichever reason comes first.)
+        if let Some(why) = end_execution {
+            if let Some(close) = close_channel.take() {
+                tracing::info!(
+                    "ending execution {} (team {team}): {why}",
+                    outcome.execution.as_deref().unwrap_or("(no id yet)")
+                );
+                let _ = close.send(());
+                kill_at = Some(tokio::time::Instant::now() + KILL_AFTER);
+            }
         }
     }
     outcome
