@@ -20,10 +20,11 @@
 //! - A file's `team:` must be its name, or a file could speak for another team.
 //! - A deleted file removes its team ([`Reload::Removed`]): deleting is narrowing, and the
 //!   operator's intent. Executions already running keep the version they started with.
-//! - Changes are found by polling [`TeamPolicies::rescan`] (inotify sees neither an edit
-//!   behind a symlink nor every ConfigMap swap reliably): a file is re-read only when `stat`
-//!   (through the links, which are the operator's) shows another size, mtime, ctime, inode
-//!   or device, and revalidated only when its content digest changed.
+//! - Changes are found by polling: the service calls [`TeamPolicies::rescan`] every
+//!   `reload_interval` (inotify on the directory would miss an edit of a file that one of
+//!   its links points to elsewhere). A file is re-read only when `stat` (through the links,
+//!   which are the operator's) shows another size, mtime, ctime, inode or device, and
+//!   revalidated only when its content's digest changed.
 //! - A file that changes while it is read is left for the next scan; reads stop at 1 MiB, as
 //!   policies do, and never open a FIFO or device as a file.
 //! - The secrets rules (`SecretRules`: the node's secrets root, no extra variables) are part
@@ -44,7 +45,7 @@ use tollgate_policy::secrets::{self, SecretRules};
 use tollgate_policy::{Policy, PolicyError, PolicyErrors};
 
 /// The largest policy file read, as `tollgate_policy` refuses larger texts.
-pub const MAX_POLICY_BYTES: u64 = 1 << 20;
+const MAX_POLICY_BYTES: u64 = 1 << 20;
 
 /// The team policies of one directory, at their last good versions.
 pub struct TeamPolicies {
@@ -142,11 +143,6 @@ impl TeamPolicies {
         };
         let reloads = teams.rescan();
         (teams, reloads)
-    }
-
-    /// The directory read.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// The version of `team`'s policy in force, or the sentence a refused caller reads.
@@ -420,7 +416,7 @@ pub fn check_file(team: &str, path: &Path, rules: &SecretRules) -> Result<Policy
 /// Validates `text`, the policy of `team` reported as `name`, exactly as an execution's
 /// worker will load it (`team_rules::load_text`), and checks that its `team:` is `team` and
 /// that it names only secrets `rules` give that team.
-pub fn validate(
+fn validate(
     team: &str,
     name: &str,
     text: &str,
@@ -514,7 +510,7 @@ fn digest_of(text: &str) -> String {
 }
 
 /// The first problem of `errors` as one line, with how many more there are.
-pub fn first_problem(errors: &PolicyErrors) -> String {
+fn first_problem(errors: &PolicyErrors) -> String {
     let first = errors
         .to_string()
         .lines()
