@@ -237,7 +237,7 @@ impl Metrics {
             Family::new_with_constructor(|| Histogram::new(REQUEST_BUCKETS));
         registry.register_with_unit(
             "proxy_request_duration",
-            "Proxy request latency, from the request's arrival to its last byte",
+            "Proxy request latency (http records), from the request's arrival to its last byte",
             Unit::Seconds,
             request_duration.clone(),
         );
@@ -353,7 +353,7 @@ impl Metrics {
     /// One audit record of an execution of `team`, in tollgate's JSON form (docs/audit.md).
     ///
     /// `http` and `connect` records count requests and tunnels (the final record of each:
-    /// a `retrying` record counts a retry instead), their latency, and their upstream
+    /// a `retrying` record counts a retry instead), the requests' latency, and upstream
     /// bytes the way the summary does (records that dialed an address, so an intercepted
     /// tunnel's bytes are not counted twice); `bypass_attempt` records count by hook.
     /// Other records, and records that are not of this shape, are not counted.
@@ -399,10 +399,13 @@ impl Metrics {
                     .inc_by(bytes);
             }
         }
-        let seconds = Duration::from_millis(fields.duration_ms).as_secs_f64();
-        let latency = self.request_duration.get_or_create_owned(&team);
-        for _ in 0..events {
-            latency.observe(seconds);
+        // Requests only: a tunnel's duration is how long it stayed open, not a latency.
+        if kind == "http" {
+            let seconds = Duration::from_millis(fields.duration_ms).as_secs_f64();
+            let latency = self.request_duration.get_or_create_owned(&team);
+            for _ in 0..events {
+                latency.observe(seconds);
+            }
         }
         let labels = RequestLabels {
             team: team.team,
@@ -789,7 +792,8 @@ pub(crate) mod tests {
         assert_eq!(bytes("up"), 10.0 + 5000.0);
         assert_eq!(bytes("down"), 2000.0 + 7000.0);
         let latency = "tollgate_proxy_request_duration_seconds";
-        assert_eq!(value(&samples, &format!("{latency}_count"), &team), 12.0);
+        // The final request records: not the retried attempt, not the tunnels.
+        assert_eq!(value(&samples, &format!("{latency}_count"), &team), 10.0);
         assert_eq!(
             value(
                 &samples,
@@ -798,10 +802,7 @@ pub(crate) mod tests {
             ),
             9.0
         );
-        assert_eq!(
-            value(&samples, &format!("{latency}_sum"), &team),
-            0.012 + 0.04 * 2.0
-        );
+        assert_eq!(value(&samples, &format!("{latency}_sum"), &team), 0.012);
     }
 
     #[test]
