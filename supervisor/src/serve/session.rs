@@ -157,20 +157,7 @@ fn admit(
             "the node service is shutting down: launch again once it is back",
         ));
     }
-    let request = match wire::decode::<ClientMessage>(body) {
-        Ok(ClientMessage::Launch(request)) => request,
-        Ok(ClientMessage::Signal { .. }) => {
-            return Err(Refusal::bad_request(
-                "the first message must be the launch request",
-            ))
-        }
-        Err(error) => {
-            return Err(Refusal::bad_request(format!(
-                "the launch request could not be read: {error}"
-            )))
-        }
-    };
-    let descriptors = split_descriptors(&request, descriptors)?;
+    let (request, descriptors) = read_request(body, descriptors)?;
     let mut wanted = wanted_run(&request, &node.config.secrets_dir)?;
     let team = wanted.team.as_str();
     // `admit` also gives a launch without --timeout the caller's longest allowed one.
@@ -198,6 +185,51 @@ fn admit(
         descriptors,
         slot,
     })
+}
+
+/// The launch request in `body` and the descriptors that came with it, checked: a launch
+/// frame, of this protocol version, with the descriptors it announces.
+fn read_request(
+    body: &[u8],
+    descriptors: Vec<OwnedFd>,
+) -> Result<(LaunchRequest, Descriptors), Refusal> {
+    let request = match wire::decode::<ClientMessage>(body) {
+        Ok(ClientMessage::Launch(request)) => request,
+        Ok(ClientMessage::Signal { .. }) => {
+            return Err(Refusal::bad_request(
+                "the first message must be the launch request",
+            ))
+        }
+        // A caller of another version may send fields this one does not know: say so.
+        Err(error) => {
+            return Err(match other_version(body) {
+                Some(theirs) => version_refusal(theirs),
+                None => {
+                    Refusal::bad_request(format!("the launch request could not be read: {error}"))
+                }
+            })
+        }
+    };
+    if request.version != wire::VERSION {
+        return Err(version_refusal(request.version.into()));
+    }
+    let descriptors = split_descriptors(&request, descriptors)?;
+    Ok((request, descriptors))
+}
+
+/// The `version` of a launch frame that is not this protocol's.
+fn other_version(body: &[u8]) -> Option<u64> {
+    let frame: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let version = frame.get("version")?.as_u64()?;
+    (version != u64::from(wire::VERSION)).then_some(version)
+}
+
+fn version_refusal(theirs: u64) -> Refusal {
+    Refusal::bad_request(format!(
+        "this node service speaks launch protocol version {}, the caller version {theirs}: \
+         use the tollgate binary the node runs",
+        wire::VERSION
+    ))
 }
 
 /// The descriptors in the order the request announces them, or a refusal (every
@@ -565,6 +597,40 @@ mod tests {
         let mut hostile = request(&["--team", "a", "--pass-env", "X", "--", "true"]);
         hostile.pass_env.insert("X".into(), "a\0b".into());
         let refused = wanted_run(&hostile, Path::new(DEFAULT_SECRETS_ROOT)).unwrap_err();
+        assert_eq!(refused.reason, Reason::BadRequest);
+    }
+
+    #[test]
+    fn only_a_launch_of_this_protocol_version_is_read() {
+        let null = || OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        let stdio = || vec![null(), null(), null()];
+        let mut asked = request(&["--team", "a", "--", "true"]);
+        let body = |asked: &LaunchRequest| {
+            serde_json::to_vec(&ClientMessage::Launch(asked.clone())).unwrap()
+        };
+        assert!(read_request(&body(&asked), stdio()).is_ok());
+        asked.version = wire::VERSION + 1;
+        let refused = read_request(&body(&asked), stdio()).unwrap_err();
+        assert!(
+            refused.message.contains("protocol version"),
+            "{}",
+            refused.message
+        );
+        let newer = br#"{"type": "launch", "version": 2, "args": [], "tty_size": [80, 24]}"#;
+        let refused = read_request(newer, stdio()).unwrap_err();
+        assert!(
+            refused.message.contains("caller version 2"),
+            "{}",
+            refused.message
+        );
+        let signal = serde_json::to_vec(&ClientMessage::Signal { signal: 9 }).unwrap();
+        let refused = read_request(&signal, stdio()).unwrap_err();
+        assert!(
+            refused.message.contains("first message"),
+            "{}",
+            refused.message
+        );
+        let refused = read_request(b"{\"type\": \"launch\"}", stdio()).unwrap_err();
         assert_eq!(refused.reason, Reason::BadRequest);
     }
 
