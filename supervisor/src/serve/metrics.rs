@@ -8,7 +8,8 @@
 //! The records come from a worker that relays an untrusted command's traffic, so no label
 //! value is ever taken from a record as it is: a decision, reason, type or hook outside the
 //! closed sets docs/audit.md lists is counted as `other`, and a host, path or message never
-//! becomes a label. Team labels come from the node's own team directory, and at most
+//! becomes a label. Those labels are `&'static str` taken from this module's own lists, so
+//! a string read from a record cannot become one without a change the compiler would show. Team labels come from the node's own team directory, and at most
 //! [`MAX_TEAMS`] of them are kept apart: past that (or for a name that is not a team
 //! name) they are counted as [`OTHER_TEAM`], which no team can be called.
 
@@ -294,7 +295,8 @@ impl Metrics {
         }
     }
 
-    /// The service refused a launch; `reason` is one of [`LAUNCH_REFUSALS`].
+    /// The service refused a launch; `reason` is `bad_request`, `not_allowed`, `no_policy`,
+    /// `busy` or `shutting_down` (anything else counts as `other`).
     pub fn launch_refused(&self, reason: &str) {
         let reason = closed(&LAUNCH_REFUSALS, reason);
         self.launches_refused
