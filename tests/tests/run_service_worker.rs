@@ -387,6 +387,33 @@ fn a_launch_abandoned_before_its_command_started_never_runs_it() {
 }
 
 #[test]
+fn a_command_that_cannot_run_exits_as_a_local_run_does() {
+    let _lock = SuiteLock::shared();
+    for (command, status, said) in [
+        ("/nonexistent/tool", 127, "not found"),
+        ("/etc/passwd", 126, "cannot execute"),
+    ] {
+        let start = WorkerStart {
+            options: serde_json::to_value(options(&[command])).unwrap(),
+            policy: None,
+            caller: caller(),
+        };
+        let mut worker = Worker::start(&start, &[]);
+        let events = worker.events();
+        let (exit, _, stderr) = worker.finish();
+        assert_eq!(exit, status, "{command}: {stderr}");
+        assert!(
+            stderr.starts_with("tollgate: ") && stderr.contains(said),
+            "{stderr}"
+        );
+        assert!(
+            matches!(events.last(), Some(WorkerEvent::Finished { status: s, .. }) if *s == status),
+            "{command}: {events:?}"
+        );
+    }
+}
+
+#[test]
 fn started_by_hand_it_says_what_it_is_for() {
     let out = Command::new(tollgate_path())
         .arg("__execution")
