@@ -9,9 +9,10 @@
 //! value is ever taken from a record as it is: a decision, reason, type or hook outside the
 //! closed sets docs/audit.md lists is counted as `other`, and a host, path or message never
 //! becomes a label. Those labels are `&'static str` taken from this module's own lists, so
-//! a string read from a record cannot become one without a change the compiler would show. Team labels come from the node's own team directory, and at most
-//! [`MAX_TEAMS`] of them are kept apart: past that (or for a name that is not a team
-//! name) they are counted as [`OTHER_TEAM`], which no team can be called.
+//! a string read from a record cannot become one without a change the compiler would show.
+//! Team labels come from the node's own team directory, and at most [`MAX_TEAMS`] of them
+//! are kept apart: past that (or for a name that is not a team name) they are counted as
+//! [`OTHER_TEAM`], which no team can be called.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

@@ -132,14 +132,18 @@ impl MetricsServer {
                     // Over the limit: closed at once, so that the kernel's backlog does not
                     // hide the overload (a scraper tries again at its next interval).
                     let Ok(permit) = permits.clone().try_acquire_owned() else {
-                        tracing::debug!("metrics: {} connections open, one more closed", limits.max_connections);
+                        let open = limits.max_connections;
+                        tracing::debug!("metrics: {open} connections open, one more closed");
                         continue;
                     };
-                    let metrics = metrics.clone();
-                    let stop = shutdown.clone();
+                    let (metrics, stop) = (metrics.clone(), shutdown.clone());
                     match stream {
-                        Accepted::Tcp(stream) => connections.spawn(serve(stream, metrics, limits, permit, stop)),
-                        Accepted::Unix(stream) => connections.spawn(serve(stream, metrics, limits, permit, stop)),
+                        Accepted::Tcp(stream) => {
+                            connections.spawn(serve(stream, metrics, limits, permit, stop))
+                        }
+                        Accepted::Unix(stream) => {
+                            connections.spawn(serve(stream, metrics, limits, permit, stop))
+                        }
                     };
                 }
             }
