@@ -15,11 +15,16 @@ fn main() {
             error.exit();
         }
     };
-    // After parsing, so that `run --log FILE` can keep every line for the file.
-    logging::init(match &cli.command {
-        tollgate::cli::Command::Run(args) if args.log.is_some() => logging::Destination::LogFile,
-        _ => logging::Destination::Stderr,
-    });
+    // After parsing, so that `run --log FILE` can keep every line for the file. A worker of
+    // the node service (`__execution`) learns of its `--log` from its channel, and installs
+    // the log itself then (`run::service`).
+    match &cli.command {
+        tollgate::cli::Command::Execution => {}
+        tollgate::cli::Command::Run(args) if args.log.is_some() => {
+            logging::init(logging::Destination::LogFile)
+        }
+        _ => logging::init(logging::Destination::Stderr),
+    }
     let status = tollgate::cli::run(cli);
     logging::release();
     std::process::exit(status);

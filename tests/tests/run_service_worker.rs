@@ -8,7 +8,7 @@ use std::{
     fs,
     io::Read as _,
     os::{
-        fd::{AsRawFd as _, OwnedFd, RawFd},
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
         unix::{net::UnixStream, process::CommandExt as _},
     },
     process::{Child, Command, Stdio},
@@ -49,18 +49,30 @@ struct Worker {
     channel: Option<UnixStream>,
 }
 
+/// What the service passes a worker besides its `WorkerStart`.
+#[derive(Default)]
+struct Passed<'a> {
+    /// The caller's `--audit` file, on descriptor 4.
+    audit: Option<&'a OwnedFd>,
+    /// The caller's `--log` file, on descriptor 5.
+    log: Option<&'a OwnedFd>,
+    /// The caller's stderr (by default a pipe the test reads).
+    stderr: Option<OwnedFd>,
+    /// The service's own `TOLLGATE_LOG`, which it passes on.
+    log_filter: Option<&'a str>,
+}
+
 impl Worker {
-    /// Spawns `tollgate __execution` with `passed` placed on descriptors 4, 5, … in order,
-    /// and sends it `start`.
-    fn start(start: &WorkerStart, passed: &[&OwnedFd]) -> Worker {
+    /// Spawns `tollgate __execution` with the descriptors in their places and sends it
+    /// `start`.
+    fn start(start: &WorkerStart, passed: Passed<'_>) -> Worker {
         let (mut ours, theirs) = UnixStream::pair().expect("socketpair");
-        assert!(passed.len() <= 2, "descriptors 4 and 5 only");
-        let mut sources: [RawFd; 3] = [-1; 3];
-        sources[0] = theirs.as_raw_fd();
-        for (slot, fd) in sources[1..].iter_mut().zip(passed) {
-            *slot = fd.as_raw_fd();
-        }
-        let count = 1 + passed.len();
+        // For descriptors 3, 4, 5; -1: leave it closed.
+        let sources: [RawFd; 3] = [
+            theirs.as_raw_fd(),
+            passed.audit.map_or(-1, |fd| fd.as_raw_fd()),
+            passed.log.map_or(-1, |fd| fd.as_raw_fd()),
+        ];
         let mut command = Command::new(tollgate_path());
         command
             .arg("__execution")
@@ -69,17 +81,25 @@ impl Worker {
             .current_dir("/")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stderr(passed.stderr.map_or_else(Stdio::piped, Stdio::from));
+        if let Some(filter) = passed.log_filter {
+            command.env("TOLLGATE_LOG", filter);
+        }
         // SAFETY: only fcntl and dup2 between fork and exec, no allocation.
         unsafe {
             command.pre_exec(move || {
                 // Above every target first, so that placing one never overwrites another.
                 let mut high: [RawFd; 3] = [-1; 3];
-                for (copy, &fd) in high.iter_mut().zip(&sources).take(count) {
-                    *copy = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100);
+                for (copy, &fd) in high.iter_mut().zip(&sources) {
+                    if fd >= 0 {
+                        *copy = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100);
+                        if *copy < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
                 }
-                for (target, &fd) in (3..).zip(&high).take(count) {
-                    if fd < 0 || libc::dup2(fd, target) < 0 {
+                for (target, &fd) in (3..).zip(&high) {
+                    if fd >= 0 && libc::dup2(fd, target) < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
@@ -121,12 +141,9 @@ impl Worker {
             .unwrap()
             .read_to_string(&mut stdout)
             .unwrap();
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .unwrap();
+        if let Some(mut pipe) = self.child.stderr.take() {
+            pipe.read_to_string(&mut stderr).unwrap();
+        }
         let deadline = Instant::now() + HANG_LIMIT;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -187,7 +204,7 @@ fn a_worker_runs_its_execution_and_reports_started_records_and_finished() {
         }),
         caller: caller(),
     };
-    let mut worker = Worker::start(&start, &[]);
+    let mut worker = Worker::start(&start, Passed::default());
     let events = worker.events();
     let (status, stdout, stderr) = worker.finish();
     assert_eq!(status, 0, "stderr: {stderr}");
@@ -236,7 +253,13 @@ fn the_callers_audit_file_gets_its_format_the_service_gets_json_and_no_descripto
         policy: None,
         caller: caller(),
     };
-    let mut worker = Worker::start(&start, &[&file]);
+    let mut worker = Worker::start(
+        &start,
+        Passed {
+            audit: Some(&file),
+            ..Passed::default()
+        },
+    );
     let events = worker.events();
     let (status, stdout, stderr) = worker.finish();
     assert_eq!(status, 0, "stderr: {stderr}");
@@ -285,7 +308,13 @@ fn an_audit_descriptor_that_is_not_the_named_file_is_refused() {
         policy: None,
         caller: caller(),
     };
-    let mut worker = Worker::start(&start, &[&file]);
+    let mut worker = Worker::start(
+        &start,
+        Passed {
+            audit: Some(&file),
+            ..Passed::default()
+        },
+    );
     let events = worker.events();
     let (status, _, stderr) = worker.finish();
     assert_eq!(status, 125, "stderr: {stderr}");
@@ -316,7 +345,7 @@ fn closing_the_channel_mid_run_kills_the_sandbox_and_the_worker_exits_125() {
         policy: None,
         caller: caller(),
     };
-    let mut worker = Worker::start(&start, &[]);
+    let mut worker = Worker::start(&start, Passed::default());
     let Some(WorkerEvent::Started { execution }) = worker.next_event() else {
         panic!("no `started` event");
     };
@@ -356,7 +385,7 @@ fn a_launch_abandoned_before_its_command_started_never_runs_it() {
         policy: None,
         caller: caller(),
     };
-    let mut worker = Worker::start(&start, &[]);
+    let mut worker = Worker::start(&start, Passed::default());
     // The service closes its end right after sending the execution, as `tollgate serve`
     // does (a shutdown of its writing side: the worker's events can still be read).
     worker
@@ -398,7 +427,7 @@ fn a_command_that_cannot_run_exits_as_a_local_run_does() {
             policy: None,
             caller: caller(),
         };
-        let mut worker = Worker::start(&start, &[]);
+        let mut worker = Worker::start(&start, Passed::default());
         let events = worker.events();
         let (exit, _, stderr) = worker.finish();
         assert_eq!(exit, status, "{command}: {stderr}");
@@ -411,6 +440,98 @@ fn a_command_that_cannot_run_exits_as_a_local_run_does() {
             "{command}: {events:?}"
         );
     }
+}
+
+/// A pseudo-terminal: (master, slave).
+fn terminal() -> (OwnedFd, OwnedFd) {
+    let (mut master, mut slave) = (-1, -1);
+    // SAFETY: openpty writes two descriptors, which the OwnedFds then own.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) }
+}
+
+/// What the terminal's master side holds now (the slave side closed).
+fn drain(master: OwnedFd) -> String {
+    // SAFETY: F_SETFL on a descriptor this test owns.
+    unsafe { libc::fcntl(master.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+    let mut file = fs::File::from(master);
+    let mut text = Vec::new();
+    let mut buffer = [0u8; 4096];
+    // Ends with EAGAIN (nothing more) or EIO (no slave left).
+    while let Ok(n @ 1..) = file.read(&mut buffer) {
+        text.extend_from_slice(&buffer[..n]);
+    }
+    String::from_utf8_lossy(&text).into_owned()
+}
+
+#[test]
+fn the_log_file_gets_every_line_even_those_before_it_opened_and_no_terminal_colours() {
+    // The caller's stderr is a terminal: tollgate's lines go to its --log file all the same,
+    // without colour codes, those logged before the file was adopted included.
+    let _lock = SuiteLock::shared();
+    let scratch = Scratch::new("worker-log");
+    let log = scratch.output("tollgate.log");
+    let file: OwnedFd = fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&log)
+        .unwrap()
+        .into();
+    let mut run = options(&[
+        "/usr/bin/curl",
+        "-sS",
+        "-o",
+        "/dev/null",
+        "http://refused.test/",
+    ]);
+    run.team = Some("acme".into());
+    run.log = Some(log.clone());
+    let start = WorkerStart {
+        options: serde_json::to_value(&run).unwrap(),
+        policy: Some(PolicyText {
+            name: "acme.yaml".into(),
+            text: NETWORK_POLICY.into(),
+        }),
+        caller: caller(),
+    };
+    let (master, slave) = terminal();
+    let mut worker = Worker::start(
+        &start,
+        Passed {
+            log: Some(&file),
+            stderr: Some(slave),
+            log_filter: Some("debug"),
+            ..Passed::default()
+        },
+    );
+    let events = worker.events();
+    let (status, _, _) = worker.finish();
+    let on_terminal = drain(master);
+    assert_eq!(status, 0, "{on_terminal}");
+    assert!(
+        matches!(events.last(), Some(WorkerEvent::Finished { status: 0, .. })),
+        "{events:?}"
+    );
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(text.contains("refused.test"), "the proxy's line:\n{text}");
+    assert!(text.contains("DEBUG"), "the debug lines:\n{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "no colour codes in a file:\n{text}"
+    );
+    assert!(
+        !on_terminal.contains("refused.test") && !on_terminal.contains("DEBUG"),
+        "tollgate's lines on the caller's terminal: {on_terminal}"
+    );
 }
 
 #[test]

@@ -35,7 +35,7 @@ const AUDIT_FD: RawFd = 4;
 /// The caller's `--log` file, open iff the options have `log`.
 const LOG_FD: RawFd = 5;
 
-/// What the service told the worker to say when it ends an execution.
+/// What the caller is told when the service ends its execution.
 pub(super) const ENDED_BY_SERVICE: &str = "the node service ended this execution (its caller \
                                            went away, or the service is stopping)";
 
@@ -59,25 +59,30 @@ pub fn worker_main() -> i32 {
         fd: unsafe { OwnedFd::from_raw_fd(CHANNEL_FD) },
         finished: Mutex::new(false),
     });
-    let status = match read_start(&channel) {
-        Ok((options, caller)) => match ServiceLink::adopt(channel.clone(), &options, caller) {
-            Ok(mut link) => {
-                let status = super::run_served(options, &mut link);
-                channel.finish(status, link.summary.take());
-                return status;
-            }
-            Err(message) => {
-                say(&message);
-                status::TOLLGATE_ERROR
-            }
-        },
+    let (status, summary) = match begin(&channel) {
+        Ok((options, mut link)) => {
+            let status = super::run_served(options, &mut link);
+            (status, link.summary.take())
+        }
         Err(message) => {
             say(&message);
-            status::TOLLGATE_ERROR
+            (status::TOLLGATE_ERROR, None)
         }
     };
-    channel.finish(status, None);
+    channel.finish(status, summary);
     status
+}
+
+/// The run the service sent, its link, and tollgate's log installed as a local run with
+/// these options installs it (`main` leaves that to the worker).
+fn begin(channel: &Arc<Channel>) -> Result<(RunOptions, ServiceLink), String> {
+    let (options, caller) = read_start(channel)?;
+    crate::logging::init(match options.log {
+        Some(_) => crate::logging::Destination::LogFile,
+        None => crate::logging::Destination::Stderr,
+    });
+    let link = ServiceLink::adopt(channel.clone(), &options, caller)?;
+    Ok((options, link))
 }
 
 /// Reads the one `WorkerStart` frame and turns it into the run's options and its caller.
