@@ -18,7 +18,9 @@ pub struct ServeArgs {
     /// only root may launch.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Listen on this Unix socket instead of the configuration's `socket.path`.
+    /// Listen on this Unix socket instead of the configuration's `socket.path`. Its
+    /// directory must belong to root and be writable by root alone (it is created 0755 if
+    /// missing), so that no one else can replace the socket.
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
     /// Read team policies (NAME.yaml) from this directory instead of the configuration's

@@ -76,6 +76,11 @@ pub(crate) struct Node {
     pub launches: LaunchLog,
     /// One permit per running execution, `max_executions` in all.
     pub slots: Arc<Semaphore>,
+    /// One permit per connection still in its handshake (not yet refused or admitted):
+    /// callers that connect and say nothing cannot pile up without bound.
+    pub handshakes: Arc<Semaphore>,
+    /// The descriptor limit the service was started with, which workers get back.
+    pub inherited_nofile: (u64, u64),
     pub stage: watch::Receiver<Stage>,
 }
 
@@ -119,6 +124,7 @@ pub fn run(args: ServeArgs) -> i32 {
 /// Everything before the socket opens, then the service, then the last collection.
 fn start(config: NodeConfig) -> Result<i32, String> {
     keep_inherited_descriptors_from_children()?;
+    let inherited_nofile = raise_descriptor_limit();
     let failures = housekeeping::doctor_failures();
     if !failures.is_empty() {
         for failure in &failures {
@@ -144,7 +150,13 @@ fn start(config: NodeConfig) -> Result<i32, String> {
         .thread_name("tollgate-serve")
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    let served = runtime.block_on(serve(config, Arc::new(teams), metrics, launches));
+    let served = runtime.block_on(serve(
+        config,
+        Arc::new(teams),
+        metrics,
+        launches,
+        inherited_nofile,
+    ));
     drop(runtime);
     // Workers ended past the grace were killed; whatever they left goes now.
     housekeeping::collect_garbage();
@@ -158,6 +170,7 @@ async fn serve(
     teams: Arc<TeamPolicies>,
     metrics: Arc<Metrics>,
     launches: LaunchLog,
+    inherited_nofile: (u64, u64),
 ) -> Result<(), String> {
     let metrics_server = match &config.metrics {
         Some(listen) => Some(
@@ -188,6 +201,8 @@ async fn serve(
     let grace = config.shutdown_grace;
     let node = Arc::new(Node {
         slots: Arc::new(Semaphore::new(config.max_executions)),
+        handshakes: Arc::new(Semaphore::new(session::MAX_HANDSHAKES)),
+        inherited_nofile,
         config,
         teams,
         metrics,
@@ -281,4 +296,21 @@ fn keep_inherited_descriptors_from_children() -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Raises the soft limit on open descriptors to the hard one: each running execution holds
+/// a few in the service (its caller's connection, its worker channel, its worker), and the
+/// usual 1024 would cap a node at a few hundred. Returns the limit as inherited, which each
+/// worker gets back, so that a sandbox has the limit a local run's has.
+fn raise_descriptor_limit() -> (u64, u64) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return (libc::RLIM_INFINITY, libc::RLIM_INFINITY);
+    };
+    if soft < hard {
+        if let Err(error) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            tracing::warn!("cannot raise the open descriptor limit from {soft} to {hard}: {error}");
+        }
+    }
+    (soft, hard)
 }

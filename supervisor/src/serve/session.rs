@@ -26,6 +26,9 @@ use tollgate_policy::secrets::{SecretRules, DEFAULT_SECRETS_ROOT};
 /// How long a caller may take to send its launch frame after connecting.
 pub const HANDSHAKE: Duration = Duration::from_secs(10);
 
+/// How many connections may be in their handshake at once; one more is refused at once.
+pub const MAX_HANDSHAKES: usize = 128;
+
 /// stdin, stdout, stderr, the `--audit` file, the `--log` file.
 const MAX_DESCRIPTORS: usize = 5;
 
@@ -92,6 +95,13 @@ pub async fn run(node: Arc<Node>, stream: UnixStream) {
             return;
         }
     };
+    let Ok(handshake) = node.handshakes.clone().try_acquire_owned() else {
+        let refusal = Refusal::new(
+            Reason::Busy,
+            "too many launches are being made on this node at once: try again shortly",
+        );
+        return refuse(&node, stream, &caller, refusal).await;
+    };
     let received = tokio::time::timeout(
         HANDSHAKE,
         fds::recv_frame_with_fds(&stream, MAX_DESCRIPTORS),
@@ -109,6 +119,7 @@ pub async fn run(node: Arc<Node>, stream: UnixStream) {
         ))),
         Ok(Ok((body, descriptors))) => admit(&node, &caller, &body, descriptors),
     };
+    drop(handshake);
     match admitted {
         Ok(admitted) => worker_process::run(node, stream, caller, admitted).await,
         Err(refusal) => refuse(&node, stream, &caller, refusal).await,

@@ -112,7 +112,7 @@ pub async fn run(
         }
     };
     let environment = worker_environment(&team, std::env::vars_os());
-    let worker = match Worker::spawn(descriptors, environment) {
+    let worker = match Worker::spawn(descriptors, environment, node.inherited_nofile) {
         Ok(worker) => worker,
         Err(error) => {
             return failed_to_start(
@@ -432,6 +432,7 @@ impl Worker {
     fn spawn(
         descriptors: Descriptors,
         environment: Vec<(OsString, OsString)>,
+        nofile: (u64, u64),
     ) -> io::Result<Worker> {
         let (ours, theirs) = nix::sys::socket::socketpair(
             nix::sys::socket::AddressFamily::Unix,
@@ -465,9 +466,12 @@ impl Worker {
             // Its own process group: a Ctrl-C at the service's terminal is the service's to
             // handle (a grace, then the end), not every worker's.
             .process_group(0);
-        // SAFETY: the closure only calls dup2, which is async-signal-safe.
+        // SAFETY: the closure only calls dup2 and setrlimit, which are async-signal-safe.
         unsafe {
-            command.pre_exec(move || place_descriptors(sources));
+            command.pre_exec(move || {
+                place_descriptors(sources)?;
+                restore_descriptor_limit(nofile)
+            });
         }
         let child = command.spawn()?;
         let pid = child
@@ -504,6 +508,20 @@ fn place_descriptors(sources: [Option<RawFd>; 3]) -> io::Result<()> {
                 return Err(io::Error::last_os_error());
             }
         }
+    }
+    Ok(())
+}
+
+/// In the worker: the descriptor limit the service was started with (the service raised
+/// its own, see `serve::raise_descriptor_limit`).
+fn restore_descriptor_limit((soft, hard): (u64, u64)) -> io::Result<()> {
+    let limit = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: setrlimit reads one rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }
