@@ -337,6 +337,33 @@ fn an_audit_descriptor_that_is_not_the_named_file_is_refused() {
 }
 
 #[test]
+fn a_relative_output_path_is_refused_with_what_to_give() {
+    // The worker runs in `/`, not in its caller's working directory.
+    let _lock = SuiteLock::shared();
+    let scratch = Scratch::new("worker-relative");
+    let file: OwnedFd = fs::File::create(scratch.output("audit.jsonl"))
+        .unwrap()
+        .into();
+    let mut run = options(&["/bin/true"]);
+    run.audit = Some("audit.jsonl".into());
+    let start = WorkerStart {
+        options: serde_json::to_value(&run).unwrap(),
+        policy: None,
+        caller: caller(),
+    };
+    let worker = Worker::start(
+        &start,
+        Passed {
+            audit: Some(&file),
+            ..Passed::default()
+        },
+    );
+    let (status, _, stderr) = worker.finish();
+    assert_eq!(status, 125, "{stderr}");
+    assert!(stderr.contains("give an absolute path"), "{stderr}");
+}
+
+#[test]
 fn closing_the_channel_mid_run_kills_the_sandbox_and_the_worker_exits_125() {
     let _lock = SuiteLock::shared();
     let run = options(&["/bin/sh", "-c", "echo ready; exec /bin/sleep 30"]);

@@ -226,6 +226,15 @@ fn served_outputs(
     view: &outputs::SandboxView<'_>,
     link: &mut ServiceLink,
 ) -> Result<(AuditLog, Option<outputs::SummaryTarget>), Refusal> {
+    // The worker's working directory is not the caller's.
+    for (flag, path) in [("--audit", &options.audit), ("--log", &options.log)] {
+        if let Some(path) = path.as_deref().filter(|path| !path.is_absolute()) {
+            return Err(Refusal::tollgate(format!(
+                "{flag} {}: through the node service, give an absolute path",
+                path.display()
+            )));
+        }
+    }
     let file = match &options.audit {
         Some(path) => Some(
             link.take_audit_file()
