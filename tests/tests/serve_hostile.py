@@ -10,6 +10,7 @@
 
 import json
 import os
+import select
 import socket
 import struct
 import sys
@@ -90,6 +91,8 @@ def close_all(fds):
 
 
 ECHO = ["--team", "a", "--", "/bin/echo", "hi"]
+# Kept alive for the whole run: a descriptor of it is sent as a command's stdout.
+EPOLL = select.epoll()
 
 
 def garbage():
@@ -141,7 +144,7 @@ def odd_descriptors():
         "directory_stdin": (lambda: os.open("/", os.O_RDONLY | os.O_DIRECTORY), 0, "/bin/cat"),
         "eventfd_stdout": (lambda: os.eventfd(0), 1, "/bin/echo"),
         "o_path_stdin": (lambda: os.open("/etc/hostname", os.O_PATH), 0, "/bin/cat"),
-        "epoll_stdout": (lambda: os.dup(__import__("select").epoll().fileno()), 1, "/bin/echo"),
+        "epoll_stdout": (lambda: os.dup(EPOLL.fileno()), 1, "/bin/echo"),
     }
     for name, (make, slot, program) in cases.items():
         sock = connect()
