@@ -10,7 +10,12 @@
 //!   `connect`, the `*at` calls for the rest), so no one else can swap the name, or a
 //!   directory above it, between the steps;
 //! - `bind` runs under a umask of 0o177, so the socket is born `0600 root`: until the
-//!   `chown`/`chmod` that follow, only root can connect.
+//!   `chown`/`chmod` that follow, only root can connect. (The umask is the process's: the
+//!   socket is bound before the service runs anything else that creates files, and before
+//!   any worker is spawned.)
+//!
+//! One visible consequence: the kernel records the address bound, so `ss -xl` shows the
+//! socket as `/proc/self/fd/N/NAME`; callers connect to the configured path as usual.
 
 use super::node_config::SocketSettings;
 use nix::fcntl::{AtFlags, OFlag};
@@ -21,9 +26,9 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
-/// The bound socket and the directory it lives in (held open for the unlink at shutdown).
+/// The bound socket's file and the directory it lives in (held open for the unlink at
+/// shutdown).
 pub struct LaunchSocket {
-    pub listener: UnixListener,
     path: PathBuf,
     dir: OwnedFd,
     name: OsString,
@@ -31,8 +36,9 @@ pub struct LaunchSocket {
 
 impl LaunchSocket {
     /// Binds `settings.path`, replacing a stale socket (one no service answers on), and gives
-    /// it the configured owner, group and mode. Any failure is one sentence for the operator.
-    pub fn bind(settings: &SocketSettings) -> Result<LaunchSocket, String> {
+    /// it the configured owner, group and mode; returns it with its listener. Any failure is
+    /// one sentence for the operator, and leaves no socket file behind.
+    pub fn bind(settings: &SocketSettings) -> Result<(LaunchSocket, UnixListener), String> {
         let path = &settings.path;
         let shown = path.display();
         let (parent, name) = match (path.parent(), path.file_name()) {
@@ -52,14 +58,16 @@ impl LaunchSocket {
             nix::sys::stat::umask(previous);
             bound.map_err(|e| format!("cannot listen on {shown}: {e}"))?
         };
-        let bound = LaunchSocket {
-            listener,
+        let socket = LaunchSocket {
             path: path.clone(),
             dir,
             name,
         };
-        bound.set_owner_and_mode(settings)?;
-        Ok(bound)
+        if let Err(error) = socket.set_owner_and_mode(settings) {
+            socket.remove();
+            return Err(error);
+        }
+        Ok((socket, listener))
     }
 
     pub fn path(&self) -> &Path {
@@ -206,7 +214,7 @@ mod tests {
         let dir = scratch("mode");
         let path = dir.join("s.sock");
         drop(UnixListener::bind(&path).unwrap()); // a stale socket: no one listens
-        let bound = LaunchSocket::bind(&settings(path.clone(), 0o660)).unwrap();
+        let (bound, _listener) = LaunchSocket::bind(&settings(path.clone(), 0o660)).unwrap();
         let meta = std::fs::symlink_metadata(&path).unwrap();
         assert_eq!(meta.mode() & 0o777, 0o660);
         assert_eq!(meta.gid(), 12345);

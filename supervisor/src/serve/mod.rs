@@ -180,15 +180,14 @@ async fn serve(
         ),
         None => None,
     };
-    let socket = LaunchSocket::bind(&config.socket)?;
-    let listener = socket
-        .listener
-        .try_clone()
-        .and_then(|listener| {
-            listener.set_nonblocking(true)?;
-            tokio::net::UnixListener::from_std(listener)
-        })
-        .map_err(|e| format!("cannot listen on {}: {e}", socket.path().display()))?;
+    let (socket, listener) = LaunchSocket::bind(&config.socket)?;
+    let listener = listener
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::UnixListener::from_std(listener))
+        .map_err(|e| {
+            socket.remove();
+            format!("cannot listen on {}: {e}", socket.path().display())
+        })?;
     let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
 
