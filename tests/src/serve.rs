@@ -812,3 +812,52 @@ pub fn curl(url: &str) -> Vec<String> {
     .map(|s| s.to_string())
     .collect()
 }
+
+/// A directory tree for `--share` roots, root-owned (0755) and outside every service's
+/// directory (as `/srv/work` would be), removed on drop.
+pub struct ShareTree {
+    pub dir: PathBuf,
+}
+
+impl ShareTree {
+    /// `work/` (the root a caller is allowed, holding `data.txt`), `workshop/` beside it
+    /// (a name `work` is a prefix of, holding `secret.txt`), and `work/escape`, a symbolic
+    /// link to `workshop`.
+    pub fn new() -> ShareTree {
+        let dir = Path::new("/tmp/tollgate-serve-shares").join(format!(
+            "{}-{}",
+            std::process::id(),
+            NEXT_SERVICE.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        let tree = ShareTree { dir };
+        for sub in ["work", "workshop"] {
+            fs::create_dir_all(tree.dir.join(sub)).expect("create a share directory");
+        }
+        fs::write(tree.work().join("data.txt"), "shared\n").expect("write data.txt");
+        fs::write(tree.workshop().join("secret.txt"), "secret\n").expect("write secret.txt");
+        std::os::unix::fs::symlink(tree.workshop(), tree.work().join("escape"))
+            .expect("link work/escape");
+        tree
+    }
+
+    pub fn work(&self) -> PathBuf {
+        self.dir.join("work")
+    }
+
+    pub fn workshop(&self) -> PathBuf {
+        self.dir.join("workshop")
+    }
+}
+
+impl Default for ShareTree {
+    fn default() -> Self {
+        ShareTree::new()
+    }
+}
+
+impl Drop for ShareTree {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}

@@ -18,7 +18,7 @@ use serde_json::Value;
 use tollgate_tests::{
     leaks::SuiteLock,
     sandbox::{assert_execution_gone, read_json, read_json_lines, HANG_LIMIT},
-    serve::{curl, upstream_policy, Caller, Node, Service, TestGroup, TestUser},
+    serve::{curl, upstream_policy, Caller, Node, Service, ShareTree, TestGroup, TestUser},
     upstream::UpstreamHost,
 };
 
@@ -230,14 +230,10 @@ fn options_the_caller_may_not_use_are_refused() {
     let _lock = SuiteLock::shared();
     let group = TestGroup::create();
     let user = TestUser::create(&[&group]);
-    let service_dir = tempdir_for_shares();
-    let work = service_dir.join("work");
-    let workshop = service_dir.join("workshop");
-    let image = service_dir.join("image");
-    for dir in [&work, &workshop, &image] {
-        fs::create_dir_all(dir).unwrap();
-    }
-    fs::write(work.join("data.txt"), "shared\n").unwrap();
+    let tree = ShareTree::new();
+    let (work, workshop) = (tree.work(), tree.workshop());
+    let image = tree.dir.join("image");
+    fs::create_dir(&image).unwrap();
     let service = Service::start(
         Node::new(&group, vec![Caller::new(user.uid, &["a"]).shares(&[&work])])
             .team("a", "version: 1\nteam: a\n"),
@@ -249,7 +245,6 @@ fn options_the_caller_may_not_use_are_refused() {
     let workshop_text = workshop.display().to_string();
     let climbing = format!("{work_text}/../workshop");
     let escape = format!("{work_text}/escape");
-    std::os::unix::fs::symlink(&workshop, &escape).unwrap();
     let image_text = image.display().to_string();
     // Each launch's options (before `--`) and what its refusal must name. The client's own
     // parser refuses --policy beside --team, so those two go without it: the service must
@@ -326,22 +321,6 @@ fn options_the_caller_may_not_use_are_refused() {
         shared.describe()
     );
     service.assert_clean(&[&user]);
-    let _ = fs::remove_dir_all(&service_dir);
-}
-
-/// A root-owned directory (0755) for the shares of the refusal test: `/srv`-like, outside
-/// the service's directory so a share there is not one of its files.
-fn tempdir_for_shares() -> std::path::PathBuf {
-    let dir = std::path::Path::new("/tmp/tollgate-serve-shares").join(format!(
-        "{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 #[test]

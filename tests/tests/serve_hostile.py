@@ -197,6 +197,46 @@ def lies():
     return seen
 
 
+def launch_reading_stdout(args):
+    """Launches with a pipe as the command's stdout; the answers and what it printed."""
+    sock = connect()
+    read_end, write_end = os.pipe()
+    fds = null_fds(3)
+    os.close(fds[1])
+    fds[1] = write_end
+    send_launch(sock, launch(args), fds)
+    close_all(fds)
+    seen = answers(sock)
+    sock.close()
+    with os.fdopen(read_end, "r") as out:
+        seen["stdout"] = out.read()
+    return seen
+
+
+def shares():
+    """Shares the client's own parser would refuse, sent as they are: only the service's
+    checks stand between them and a bind mount made by root. ARG holds work/ (the caller's
+    allowed root), workshop/ beside it, and work/escape, a link to workshop."""
+    root = ARG
+    listing = ["/bin/ls", "-a"]
+    cases = {
+        "climbing": root + "/work/../workshop",
+        "dot": root + "/work/./../workshop",
+        "link": root + "/work/escape",
+        "prefix": root + "/workshop",
+        "relative": "work",
+    }
+    seen = {}
+    for name, path in cases.items():
+        for flag in ["--share", "--share-ro"]:
+            args = ["--team", "a", flag, path, "--"] + listing + [path]
+            seen[name + flag] = launch_reading_stdout(args)
+    seen["allowed"] = launch_reading_stdout(
+        ["--team", "a", "--share-ro", root + "/work", "--"] + listing + [root + "/work"]
+    )
+    return seen
+
+
 def signals():
     """Signal frames the contract does not list, sent to a running execution, then SIGTERM:
     none of the first may reach the worker (SIGKILL would skip its teardown, SIGSTOP would
@@ -248,6 +288,7 @@ MODES = {
     "odd_descriptors": odd_descriptors,
     "lies": lies,
     "signals": signals,
+    "shares": shares,
     "stall": stall,
 }
 

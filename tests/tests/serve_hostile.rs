@@ -20,7 +20,7 @@ use serde_json::Value;
 use tollgate_tests::{
     leaks::SuiteLock,
     sandbox::{output, Running, HANG_LIMIT, PYTHON},
-    serve::{Caller, Node, Service, TestGroup, TestUser, SETTLE_LIMIT},
+    serve::{Caller, Node, Service, ShareTree, TestGroup, TestUser, SETTLE_LIMIT},
 };
 
 const HOSTILE_PY: &str = include_str!("serve_hostile.py");
@@ -307,4 +307,50 @@ fn the_socket_has_node_yamls_owner_group_and_mode_and_keeps_others_out() {
         inside.describe()
     );
     service.assert_clean(&[&member, &outsider, &listed_nowhere]);
+}
+
+#[test]
+fn shares_the_client_would_refuse_are_refused_by_the_service_too() {
+    let _lock = SuiteLock::shared();
+    let group = TestGroup::create();
+    let user = TestUser::create(&[&group]);
+    let tree = ShareTree::new();
+    let service = Service::start(
+        Node::new(
+            &group,
+            vec![Caller::new(user.uid, &[TEAM]).shares(&[&tree.work()])],
+        )
+        .team(TEAM, &format!("version: 1\nteam: {TEAM}\n")),
+    );
+    let seen = run_hostile(&service, &user, "shares", tree.dir.to_str());
+    for name in ["climbing", "dot", "link", "prefix", "relative"] {
+        for flag in ["--share", "--share-ro"] {
+            let case = format!("{name}{flag}");
+            let outcome = &seen[case.as_str()];
+            assert!(
+                !outcome["stdout"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("secret.txt"),
+                "{case}: the sandbox saw the directory beside the allowed root: {outcome}"
+            );
+            // Refused before a worker (the text), or by the worker that opens it without
+            // following links: 125 either way.
+            let frames = outcome["frames"].as_array().expect("frames");
+            let status = frames
+                .iter()
+                .find(|f| f["type"] == "refused" || f["type"] == "exited")
+                .map(|f| f["status"].clone());
+            assert_eq!(status, Some(Value::from(125)), "{case}: {outcome}");
+        }
+    }
+    let allowed = &seen["allowed"];
+    assert!(
+        allowed["stdout"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("data.txt"),
+        "the allowed root was not shared: {allowed}"
+    );
+    service.assert_clean(&[&user]);
 }
