@@ -27,7 +27,10 @@ use tollgate_policy::secrets::{SecretRules, DEFAULT_SECRETS_ROOT};
 pub const HANDSHAKE: Duration = Duration::from_secs(10);
 
 /// How many connections may be in their handshake at once; one more is refused at once.
-pub const MAX_HANDSHAKES: usize = 128;
+/// A handshake takes milliseconds, so this is far above what callers need; it bounds what
+/// connections that say nothing (each for up to [`HANDSHAKE`]) can hold of the service's
+/// descriptors, which the running executions need (a few each).
+pub const MAX_HANDSHAKES: usize = 1024;
 
 /// stdin, stdout, stderr, the `--audit` file, the `--log` file.
 const MAX_DESCRIPTORS: usize = 5;
