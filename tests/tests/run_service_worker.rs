@@ -366,34 +366,64 @@ fn a_relative_output_path_is_refused_with_what_to_give() {
 #[test]
 fn closing_the_channel_mid_run_kills_the_sandbox_and_the_worker_exits_125() {
     let _lock = SuiteLock::shared();
-    let run = options(&["/bin/sh", "-c", "echo ready; exec /bin/sleep 30"]);
-    let start = WorkerStart {
-        options: serde_json::to_value(&run).unwrap(),
-        policy: None,
-        caller: caller(),
-    };
-    let mut worker = Worker::start(&start, Passed::default());
-    let Some(WorkerEvent::Started { execution }) = worker.next_event() else {
-        panic!("no `started` event");
-    };
-    let mut ready = [0u8; 6];
-    worker
-        .child
-        .stdout
-        .as_mut()
-        .unwrap()
-        .read_exact(&mut ready)
-        .unwrap();
-    assert_eq!(&ready, b"ready\n", "the command runs");
+    // A service ending the execution shuts its side down and reads on: the worker tells the
+    // caller why. A dead service leaves the channel hung up: the caller's client says it
+    // then, and the worker adds nothing.
+    for service_died in [false, true] {
+        let run = options(&["/bin/sh", "-c", "echo ready; exec /bin/sleep 30"]);
+        let start = WorkerStart {
+            options: serde_json::to_value(&run).unwrap(),
+            policy: None,
+            caller: caller(),
+        };
+        let mut worker = Worker::start(&start, Passed::default());
+        let Some(WorkerEvent::Started { execution }) = worker.next_event() else {
+            panic!("no `started` event");
+        };
+        let mut ready = [0u8; 6];
+        worker
+            .child
+            .stdout
+            .as_mut()
+            .unwrap()
+            .read_exact(&mut ready)
+            .unwrap();
+        assert_eq!(&ready, b"ready\n", "the command runs");
 
-    worker.channel = None;
-    let (status, _, stderr) = worker.finish();
-    assert_eq!(status, 125, "stderr: {stderr}");
-    assert!(
-        stderr.contains("the node service ended this execution"),
-        "{stderr}"
-    );
-    assert_nothing_left(&execution);
+        let mut events = Vec::new();
+        if service_died {
+            worker.channel = None;
+        } else {
+            let channel = worker.channel.as_ref().unwrap();
+            channel.shutdown(std::net::Shutdown::Write).unwrap();
+            events = worker.events();
+        }
+        let (status, _, stderr) = worker.finish();
+        assert_eq!(
+            status, 125,
+            "service died: {service_died}; stderr: {stderr}"
+        );
+        if service_died {
+            assert_eq!(stderr, "", "the caller's client says it");
+        } else {
+            assert_eq!(
+                stderr,
+                "tollgate: the node service ended this execution (its caller went away, or \
+                 the service is stopping)\n"
+            );
+            assert!(
+                matches!(
+                    events.last(),
+                    Some(WorkerEvent::Finished {
+                        status: 125,
+                        summary: Some(_)
+                    })
+                ),
+                "{events:?}"
+            );
+        }
+        assert_nothing_left(&execution);
+    }
 }
 
 #[test]

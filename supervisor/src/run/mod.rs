@@ -168,21 +168,26 @@ impl From<crate::sandbox::SandboxError> for Refusal {
 
 /// Runs one execution and returns the exit status for `tollgate run`.
 pub fn run(options: RunOptions) -> i32 {
-    exit_status(execute(options, None))
+    exit_status(execute(options, None), None)
 }
 
 /// Runs one execution the node service launched (see `service`).
 fn run_served(options: RunOptions, link: &mut service::ServiceLink) -> i32 {
-    exit_status(execute(options, Some(link)))
+    let result = execute(options, Some(&mut *link));
+    exit_status(result, Some(link))
 }
 
-fn exit_status(result: Result<i32, Refusal>) -> i32 {
+fn exit_status(result: Result<i32, Refusal>, link: Option<&service::ServiceLink>) -> i32 {
     match result {
         Ok(status) => status,
         Err(refusal) => {
             // Log lines held for a `--log` file that was never opened come first, in order.
             crate::logging::release();
-            service::say(&refusal.message);
+            if refusal.message == service::ENDED_BY_SERVICE {
+                service::say_ended(link);
+            } else {
+                service::say(&refusal.message);
+            }
             refusal.status
         }
     }
@@ -299,7 +304,7 @@ fn execute(
         limits: &limits,
         proxy_stats,
         dns_stats,
-        served: link.is_some(),
+        service: link.as_deref(),
     });
     if let Some(link) = link {
         // Every record reaches the service before the worker reports the end.

@@ -23,7 +23,7 @@ pub(super) struct Outcome<'a> {
     pub(super) dns_stats: Option<crate::dns::DnsStats>,
     /// Launched by the node service: the summary is always made, and returned instead of
     /// written (its caller writes it).
-    pub(super) served: bool,
+    pub(super) service: Option<&'a super::service::ServiceLink>,
 }
 
 /// Says why the command died if it ran out of memory, writes the summary, and returns the
@@ -39,11 +39,11 @@ pub(super) fn report(outcome: Outcome<'_>) -> (i32, Option<Summary>) {
         limits,
         proxy_stats,
         dns_stats,
-        served,
+        service,
     } = outcome;
     let (exit_status, signal) = exit_status_of(ending);
     if ending.ended_by_service {
-        super::service::say(super::service::ENDED_BY_SERVICE);
+        super::service::say_ended(service);
     }
     if let Some(violation) = &ending.violation {
         eprintln!("tollgate: ended: {violation}");
@@ -57,7 +57,7 @@ pub(super) fn report(outcome: Outcome<'_>) -> (i32, Option<Summary>) {
     if let Some(message) = limits::oom_message(&totals.usage, limits, ended_by) {
         eprintln!("tollgate: {message}");
     }
-    if prepared.summary.is_none() && !served {
+    if prepared.summary.is_none() && service.is_none() {
         return (exit_status, None);
     }
     let summary = Summary {

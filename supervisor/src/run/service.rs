@@ -39,6 +39,16 @@ const LOG_FD: RawFd = 5;
 pub(super) const ENDED_BY_SERVICE: &str = "the node service ended this execution (its caller \
                                            went away, or the service is stopping)";
 
+/// Tells the caller the service ended its execution, unless the service is gone altogether
+/// (it died): the caller's client then says so itself, and one sentence is enough. A service
+/// that ends an execution on purpose shuts its side of the channel down and keeps reading
+/// it; a dead one leaves it hung up.
+pub(super) fn say_ended(link: Option<&ServiceLink>) {
+    if !link.is_some_and(|link| link.channel.is_gone()) {
+        say(ENDED_BY_SERVICE);
+    }
+}
+
 /// `tollgate __execution`: runs the execution the service sent on descriptor 3 and returns
 /// the exit status (the caller's, as a local run's).
 pub fn worker_main() -> i32 {
@@ -241,8 +251,18 @@ impl Channel {
         *finished = true;
     }
 
-    /// Whether the service closed its end: hung up, or readable with nothing to read.
+    /// Whether the service closed its end: shut down its writing side, or hung up.
     fn is_closed(&self) -> bool {
+        self.poll() & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+    }
+
+    /// Whether the service's end is closed altogether (both ways: it died, or closed it).
+    fn is_gone(&self) -> bool {
+        self.poll() & (libc::POLLHUP | libc::POLLERR) != 0
+    }
+
+    /// The channel's state now, as `poll` reports it (`revents`).
+    fn poll(&self) -> libc::c_short {
         let mut poll = libc::pollfd {
             fd: self.fd.as_raw_fd(),
             events: libc::POLLIN | libc::POLLRDHUP,
@@ -250,7 +270,11 @@ impl Channel {
         };
         // SAFETY: one valid pollfd, no waiting.
         let ready = unsafe { libc::poll(&mut poll, 1, 0) };
-        ready > 0 && poll.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+        if ready > 0 {
+            poll.revents
+        } else {
+            0
+        }
     }
 
     /// Resolves at the end of file (or an error) on the channel. The service sends nothing
@@ -499,12 +523,14 @@ mod tests {
         assert!(!channel.is_closed());
         ours.shutdown(std::net::Shutdown::Write).unwrap();
         assert!(channel.is_closed(), "a shut-down writing side is the end");
+        assert!(!channel.is_gone(), "but the service still reads");
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         runtime.block_on(channel.closed());
         drop(ours);
+        assert!(channel.is_gone());
         // Writing to a peer that is gone: EPIPE, reported, and this process lives on.
         channel.send(&wire::encode(&WorkerEvent::Started {
             execution: "e-2".into(),
