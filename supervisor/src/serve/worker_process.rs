@@ -239,6 +239,7 @@ async fn watch(
     };
     let mut events_open = true;
     let mut kill_at: Option<tokio::time::Instant> = None;
+    let mut killed = false;
     let mut last_events_by: Option<tokio::time::Instant> = None;
     let far = || tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
     loop {
@@ -303,7 +304,7 @@ async fn watch(
                 );
                 let _ = kill(Pid::from_raw(worker.pid), Signal::SIGKILL);
                 kill_at = None;
-                tokio::task::spawn_blocking(super::housekeeping::collect_garbage);
+                killed = true;
             }
             _ = tokio::time::sleep_until(last_events_by.unwrap_or_else(far)), if last_events_by.is_some() && events_open => {
                 tracing::warn!("worker {} exited but its channel stayed open: not waiting", worker.pid);
@@ -321,6 +322,10 @@ async fn watch(
                 kill_at = Some(tokio::time::Instant::now() + KILL_AFTER);
             }
         }
+    }
+    if killed {
+        // Now that it is reaped, its cgroups are stale: collect what it left.
+        tokio::task::spawn_blocking(super::housekeeping::collect_garbage);
     }
     outcome
 }
