@@ -310,13 +310,14 @@ mod tests {
 
     #[test]
     fn more_descriptors_than_expected_are_all_closed_and_the_frame_refused() {
-        // 4 fit the control buffer sized for 3 (alignment), 8 are truncated by the kernel.
-        for sent in [4, 8] {
+        // (expected, sent): 4 fit the control buffer for 3 (alignment), 8 do not and the
+        // kernel truncates; 5 for 4 fill a buffer that holds exactly 4, then truncate.
+        for (expected, sent) in [(3, 4), (3, 8), (4, 5)] {
             let (caller, service) = UnixStream::pair().unwrap();
             let (read, write) = pipe();
             let copies: Vec<BorrowedFd<'_>> = (0..sent).map(|_| write.as_fd()).collect();
             send_with_fds(&caller, &launch_frame(), &copies).unwrap();
-            let refused = recv_frame_with_fds_blocking(&service, 3);
+            let refused = recv_frame_with_fds_blocking(&service, expected);
             assert!(
                 matches!(&refused, Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::InvalidData),
                 "{sent} descriptors: {refused:?}"
