@@ -91,6 +91,16 @@ pub async fn run(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
     let at_least = |period: Duration| period.max(Duration::from_millis(100));
     let mut reload = tokio::time::interval(at_least(node.config.reload_interval));
     let mut gc = tokio::time::interval(at_least(node.config.gc_interval));
+    // SIGHUP, the usual "reload" of a service (`systemctl reload`), rescans at once.
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(hangup) => Some(hangup),
+        Err(error) => {
+            tracing::warn!(
+                "cannot listen for SIGHUP (team policies reload on their interval only): {error}"
+            );
+            None
+        }
+    };
     for interval in [&mut reload, &mut gc] {
         interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
     }
@@ -100,6 +110,10 @@ pub async fn run(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             () = stopped(&mut stop) => break,
+            _ = async { hangup.as_mut()?.recv().await }, if hangup.is_some() => {
+                tracing::info!("SIGHUP: rescanning the team policies now");
+                reload.reset_immediately();
+            }
             _ = reload.tick() => {
                 let teams = node.teams.clone();
                 match tokio::task::spawn_blocking(move || teams.rescan()).await {

@@ -142,7 +142,10 @@ fn start(config: NodeConfig) -> Result<i32, String> {
     let programs = crate::sandbox::bpf::EgressPrograms::load_or_reuse()
         .map_err(|e| format!("cannot load the eBPF programs: {e}"))?;
     let metrics = Arc::new(Metrics::new());
-    let (teams, reloads) = TeamPolicies::load(&config.teams_dir);
+    // Checked against the node's secrets root, as each worker's run will check them.
+    let secret_rules = tollgate_policy::secrets::SecretRules::new(&config.secrets_dir, [])
+        .map_err(|e| format!("secrets_dir {}: {e}", config.secrets_dir.display()))?;
+    let (teams, reloads) = TeamPolicies::load_with_secret_rules(&config.teams_dir, secret_rules);
     housekeeping::report_reloads(&reloads, &metrics);
     let launches = LaunchLog::open(config.audit.as_deref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
