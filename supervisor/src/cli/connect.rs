@@ -22,6 +22,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Write as _};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt as _;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
@@ -118,9 +119,16 @@ fn launch(
     Ok(ending)
 }
 
+/// Options whose value is a file of the caller's. The client opens (or writes) them itself
+/// and the service sees their names only in messages, but the worker's working directory is
+/// not the caller's: they are sent made absolute against the caller's.
+const CALLER_FILES: [&str; 3] = ["--audit", "--log", "--summary"];
+
 /// The arguments to send: `argv` (what followed `run`) without `--connect SOCKET` or
-/// `--connect=SOCKET` before `--`; every one must be UTF-8 (the service parses text).
+/// `--connect=SOCKET` before `--`, the [`CALLER_FILES`] made absolute; every one must be
+/// UTF-8 (the service parses text).
 fn launch_args(argv: Vec<OsString>) -> Result<Vec<String>, String> {
+    use std::os::unix::ffi::OsStrExt as _;
     let mut kept = Vec::with_capacity(argv.len());
     let mut arguments = argv.into_iter();
     while let Some(argument) = arguments.next() {
@@ -129,14 +137,34 @@ fn launch_args(argv: Vec<OsString>) -> Result<Vec<String>, String> {
             kept.extend(arguments);
             break;
         }
-        if argument == "--connect" {
-            arguments.next();
-            continue;
+        let bytes = argument.as_bytes();
+        let (name, value) = match bytes.iter().position(|&b| b == b'=') {
+            Some(at) if bytes.starts_with(b"--") => {
+                (&bytes[..at], Some(OsStr::from_bytes(&bytes[at + 1..])))
+            }
+            _ => (bytes, None),
+        };
+        let caller_file = CALLER_FILES.iter().any(|flag| flag.as_bytes() == name);
+        match value {
+            _ if name == b"--connect" => {
+                if value.is_none() {
+                    arguments.next();
+                }
+            }
+            Some(value) if caller_file => {
+                let mut joined = OsString::from_vec(name.to_vec());
+                joined.push("=");
+                joined.push(absolute(value)?);
+                kept.push(joined);
+            }
+            None if caller_file => {
+                kept.push(argument);
+                if let Some(value) = arguments.next() {
+                    kept.push(absolute(&value)?);
+                }
+            }
+            _ => kept.push(argument),
         }
-        if argument.as_encoded_bytes().starts_with(b"--connect=") {
-            continue;
-        }
-        kept.push(argument);
     }
     kept.into_iter()
         .map(|argument| {
@@ -148,6 +176,20 @@ fn launch_args(argv: Vec<OsString>) -> Result<Vec<String>, String> {
             })
         })
         .collect()
+}
+
+/// `path` made absolute against the caller's working directory (by its text, as a local
+/// run reads it).
+fn absolute(path: &OsStr) -> Result<OsString, String> {
+    host_path::absolute(Path::new(path))
+        .map(PathBuf::into_os_string)
+        .map_err(|e| {
+            format!(
+                "cannot read the working directory, for {}: {}",
+                Path::new(path).display(),
+                describe(&e)
+            )
+        })
 }
 
 /// The caller's values of the `--pass-env` names. As in a local run, a name the caller
@@ -886,21 +928,46 @@ mod tests {
 
     #[test]
     fn the_arguments_sent_are_the_callers_without_connect() {
+        let here = std::env::current_dir().unwrap();
         let given = os(&[
             "--connect=/run/a.sock",
             "--team",
             "t",
             "--connect",
             "/run/b.sock",
+            "--audit",
+            "audit.jsonl",
+            "--log=logs/../tollgate.log",
+            "--summary",
+            "/srv/summary.json",
             "-t",
             "--",
             "sh",
             "--connect",
             "c",
+            "--audit",
+            "x",
         ]);
+        let audit = format!("{}/audit.jsonl", here.display());
+        let log = format!("--log={}/tollgate.log", here.display());
         assert_eq!(
             launch_args(given).unwrap(),
-            ["--team", "t", "-t", "--", "sh", "--connect", "c"]
+            [
+                "--team",
+                "t",
+                "--audit",
+                &audit,
+                &log,
+                "--summary",
+                "/srv/summary.json",
+                "-t",
+                "--",
+                "sh",
+                "--connect",
+                "c",
+                "--audit",
+                "x"
+            ]
         );
         use std::os::unix::ffi::OsStringExt as _;
         let odd = OsString::from_vec(b"caf\xe9".to_vec());
