@@ -66,7 +66,7 @@ fn launch(
 ) -> Result<Ending, String> {
     let request_args = launch_args(argv)?;
     let outputs = Outputs::open(args)?;
-    let terminal = args.tty.then(Terminal::save).flatten();
+    let terminal = args.tty.then(|| Terminal::save(stdio[0])).flatten();
     let stream = UnixStream::connect(socket).map_err(|e| unreachable(socket, &e))?;
     // Blocked from here on: every signal the caller gets is read from the signalfd and sent
     // on, none kills the client (SIGPIPE is ignored by the runtime; sends use MSG_NOSIGNAL).
@@ -458,13 +458,17 @@ fn temporary_name(name: &OsStr) -> io::Result<OsString> {
 /// and restores it; should it die first (the service killed, the node out of memory), the
 /// terminal is restored here, so the caller's shell is not left unusable.
 struct Terminal {
+    /// The caller's stdin (a copy of the descriptor).
+    fd: OwnedFd,
     saved: nix::sys::termios::Termios,
 }
 
 impl Terminal {
-    fn save() -> Option<Terminal> {
-        let saved = nix::sys::termios::tcgetattr(io::stdin()).ok()?;
-        Some(Terminal { saved })
+    /// `stdin`'s settings, when it is a terminal.
+    fn save(stdin: BorrowedFd<'_>) -> Option<Terminal> {
+        let saved = nix::sys::termios::tcgetattr(stdin).ok()?;
+        let fd = stdin.try_clone_to_owned().ok()?;
+        Some(Terminal { fd, saved })
     }
 }
 
@@ -472,8 +476,8 @@ impl Drop for Terminal {
     fn drop(&mut self) {
         use nix::sys::termios::{tcgetattr, tcsetattr, SetArg};
         // Only when it differs: a background client setting its terminal would be stopped.
-        if tcgetattr(io::stdin()).is_ok_and(|now| now != self.saved) {
-            let _ = tcsetattr(io::stdin(), SetArg::TCSADRAIN, &self.saved);
+        if tcgetattr(&self.fd).is_ok_and(|now| now != self.saved) {
+            let _ = tcsetattr(&self.fd, SetArg::TCSADRAIN, &self.saved);
         }
     }
 }
@@ -976,5 +980,19 @@ mod tests {
             message,
             "the argument `caf\u{fffd}` cannot be sent to the node service (not UTF-8)"
         );
+    }
+
+    #[test]
+    fn a_terminal_left_raw_by_a_dead_worker_is_restored() {
+        use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let before = tcgetattr(&pty.slave).unwrap();
+        let terminal = Terminal::save(pty.slave.as_fd()).unwrap();
+        let mut raw = before.clone();
+        cfmakeraw(&mut raw);
+        tcsetattr(&pty.slave, SetArg::TCSANOW, &raw).unwrap();
+        drop(terminal);
+        assert_eq!(tcgetattr(&pty.slave).unwrap(), before);
+        assert!(Terminal::save(Stdio::new("").stdin.as_fd()).is_none());
     }
 }
