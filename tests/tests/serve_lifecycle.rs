@@ -173,6 +173,12 @@ fn killing_the_service_ends_every_execution_and_leaves_nothing() {
     let executions: Vec<String> = workers.iter().map(|&w| execution_of(&service, w)).collect();
 
     service.kill();
+    for client in &mut clients {
+        client.wait_exit(HANG_LIMIT);
+    }
+    // Before reading the clients' output to its end: a sandbox that lived on would hold
+    // its caller's stdout until its `sleep` ended on its own.
+    service.assert_clean(&callers);
     for client in clients {
         let finished = client.finish(HANG_LIMIT);
         assert_eq!(finished.code(), 125, "{}", finished.describe());
