@@ -11,7 +11,7 @@
 
 use super::run::RunArgs;
 use crate::run::status::TOLLGATE_ERROR;
-use crate::sandbox::host_path;
+use crate::sandbox::{host_path, mounts};
 use crate::serve::fds;
 use crate::serve::wire::{self, ClientMessage, FrameError, LaunchRequest, ServiceMessage};
 use nix::fcntl::{AtFlags, OFlag};
@@ -66,6 +66,7 @@ fn launch(
 ) -> Result<Ending, String> {
     let request_args = launch_args(argv)?;
     let outputs = Outputs::open(args)?;
+    let shares = open_shares(args)?;
     let terminal = args.tty.then(|| Terminal::save(stdio[0])).flatten();
     let stream = UnixStream::connect(socket).map_err(|e| unreachable(socket, &e))?;
     // Blocked from here on: every signal the caller gets is read from the signalfd and sent
@@ -78,10 +79,12 @@ fn launch(
         pass_env: passed_values(&args.pass_env),
         audit: outputs.audit.is_some(),
         log: outputs.log.is_some(),
+        shares: shares.len() as u32,
     };
     let mut descriptors = stdio.to_vec();
     descriptors.extend(outputs.audit.iter().map(AsFd::as_fd));
     descriptors.extend(outputs.log.iter().map(AsFd::as_fd));
+    descriptors.extend(shares.iter().map(AsFd::as_fd));
     let sent = fds::send_with_fds(
         &stream,
         &wire::encode(&ClientMessage::Launch(request)),
@@ -89,6 +92,7 @@ fn launch(
     );
     // The service holds its own copies now.
     drop(descriptors);
+    drop(shares);
     let Outputs { summary, .. } = outputs;
     let answer = wait(&stream, &signals);
     if let Err(error) = sent {
@@ -226,6 +230,34 @@ fn describe(error: &io::Error) -> String {
         Some(code) => nix::errno::Errno::from_raw(code).desc().to_lowercase(),
         None => error.to_string(),
     }
+}
+
+/// The directories to share, each opened as the caller (`O_PATH`, no link followed), in
+/// the order the launch frame carries them: every `--share`, then every `--share-ro`. The
+/// worker binds a directory only when it is the one the caller's descriptor is, so a caller
+/// shares only what it can reach itself (the root worker could reach anything). At most
+/// [`mounts::MAX_SHARES`], as in a local run.
+fn open_shares(args: &RunArgs) -> Result<Vec<OwnedFd>, String> {
+    let given = args.share.len() + args.share_ro.len();
+    if given > mounts::MAX_SHARES {
+        return Err(format!(
+            "{given} directories shared: at most {} can be; share a common parent instead",
+            mounts::MAX_SHARES
+        ));
+    }
+    let flags = args.share.iter().map(|path| ("--share", path));
+    let flags = flags.chain(args.share_ro.iter().map(|path| ("--share-ro", path)));
+    flags
+        .map(|(flag, path)| {
+            host_path::open_dir(path).map_err(|error| match error.raw_os_error() {
+                Some(libc::ELOOP) => format!(
+                    "{flag} {}: a symbolic link is in the path; give the real path",
+                    path.display()
+                ),
+                _ => flag_error(flag, path, &error),
+            })
+        })
+        .collect()
 }
 
 /// The output files, opened or checked as the caller before anything is launched, so a
@@ -639,7 +671,8 @@ mod tests {
             // A client that never answers fails the test instead of hanging it.
             let deadline = Some(std::time::Duration::from_secs(60));
             stream.set_read_timeout(deadline).unwrap();
-            let (body, fds) = fds::recv_frame_with_fds_blocking(&stream, 5).unwrap();
+            let (body, fds) =
+                fds::recv_frame_with_fds_blocking(&stream, 5 + mounts::MAX_SHARES).unwrap();
             let ClientMessage::Launch(request) = wire::decode(&body).unwrap() else {
                 panic!("the first frame is not a launch");
             };

@@ -14,6 +14,7 @@
 //! An execution the node service launched runs these same steps in a worker process of its
 //! own, with a [`service::ServiceLink`] for what differs (see `service`).
 
+mod caller_shares;
 mod env;
 mod events;
 mod network;

@@ -136,6 +136,10 @@ pub(super) fn prepare(
     // Opened once, with no link followed; what is checked below and bound later is these
     // directories, whatever their paths name by then.
     let shares = mounts::open_shares(&options.shares).map_err(Refusal::tollgate)?;
+    // Through the node service, only what the caller can reach itself.
+    if let Some(link) = service.as_deref() {
+        link.check_shares(&shares).map_err(Refusal::tollgate)?;
+    }
     let share_ids: Vec<_> = shares.iter().map(|share| share.id).collect();
     let output_view = outputs::SandboxView {
         root: &root,

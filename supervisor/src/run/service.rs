@@ -8,7 +8,9 @@
 //!
 //! - its descriptors are fixed: 0, 1, 2 the caller's stdio; 3 the worker channel (a stream
 //!   socket to the service); 4 the caller's `--audit` file and 5 its `--log` file when the
-//!   options name them (see `run::outputs::adopt_audit`);
+//!   options name them (see `run::outputs::adopt_audit`); from 6 on
+//!   ([`wire::FIRST_SHARE_FD`]) the caller's own descriptors of the directories it shares,
+//!   one per share of the options, in their order (see `run::caller_shares`);
 //! - it reads its run from the channel ([`WorkerStart`]: the options, the team's policy text,
 //!   the caller), and writes back [`WorkerEvent`]s: `started` once the execution has an id,
 //!   every audit record (the audit log's tee, from its writer thread), and `finished` with the
@@ -20,8 +22,10 @@
 //! Every write to the channel is a `send(MSG_NOSIGNAL)`: a service gone is `EPIPE`, never a
 //! `SIGPIPE` (which the Rust runtime ignores anyway), and the execution goes on to its end.
 
+use super::caller_shares::{self, CallerShare};
 use super::{status, PolicySource, RunOptions};
 use crate::audit::{Record, Tee};
+use crate::sandbox::mounts::{OpenShare, MAX_SHARES};
 use crate::serve::wire::{self, CallerIdentity, WorkerEvent, WorkerStart};
 use std::fs::File;
 use std::io::Write as _;
@@ -34,6 +38,11 @@ const CHANNEL_FD: RawFd = 3;
 const AUDIT_FD: RawFd = 4;
 /// The caller's `--log` file, open iff the options have `log`.
 const LOG_FD: RawFd = 5;
+
+/// The numbers of the caller's descriptors of its first `count` shared directories.
+fn share_fds(count: usize) -> impl Iterator<Item = RawFd> {
+    (wire::FIRST_SHARE_FD..).take(count)
+}
 
 /// What the caller is told when the service ends its execution.
 pub(super) const ENDED_BY_SERVICE: &str = "the node service ended this execution (its caller \
@@ -53,7 +62,10 @@ pub(super) fn say_ended(link: Option<&ServiceLink>) {
 /// the exit status (the caller's, as a local run's).
 pub fn worker_main() -> i32 {
     // First of all, so that nothing the service passed reaches the sandbox's processes.
-    for fd in [CHANNEL_FD, AUDIT_FD, LOG_FD] {
+    for fd in [CHANNEL_FD, AUDIT_FD, LOG_FD]
+        .into_iter()
+        .chain(share_fds(MAX_SHARES))
+    {
         set_cloexec(fd);
     }
     if !is_stream_socket(CHANNEL_FD) {
@@ -131,6 +143,8 @@ pub struct ServiceLink {
     audit_file: Option<File>,
     /// The caller's `--log` file (descriptor 5), until `prepare` adopts it.
     log_file: Option<File>,
+    /// The caller's descriptors of the directories it shares (6 on).
+    shares: Vec<CallerShare>,
     /// The summary document, once the report made it.
     pub(super) summary: Option<serde_json::Value>,
 }
@@ -155,9 +169,27 @@ impl ServiceLink {
             // SAFETY: `fd` is open, and the service gave it to this process for this use.
             Ok(Some(File::from(unsafe { OwnedFd::from_raw_fd(fd) })))
         };
+        let shares = options
+            .shares
+            .iter()
+            .zip(share_fds(options.shares.len()))
+            .map(|(share, fd)| {
+                let flag = if share.read_only {
+                    "--share-ro"
+                } else {
+                    "--share"
+                };
+                let file = passed(fd, flag, true)?.expect("named");
+                Ok(CallerShare {
+                    path: share.path.clone(),
+                    fd: file.into(),
+                })
+            })
+            .collect::<Result<_, String>>()?;
         Ok(ServiceLink {
             audit_file: passed(AUDIT_FD, "--audit", options.audit.is_some())?,
             log_file: passed(LOG_FD, "--log", options.log.is_some())?,
+            shares,
             channel,
             caller,
             summary: None,
@@ -166,6 +198,12 @@ impl ServiceLink {
 
     pub(super) fn caller(&self) -> &CallerIdentity {
         &self.caller
+    }
+
+    /// Refuses a share of the caller's that is not the directory it sent, or one it could
+    /// not use itself (see `run::caller_shares`); `opened` are the worker's own descriptors.
+    pub(super) fn check_shares(&self, opened: &[OpenShare]) -> Result<(), String> {
+        caller_shares::check(&self.caller, &self.shares, opened)
     }
 
     /// The caller's `--audit` file (once).

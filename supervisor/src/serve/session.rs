@@ -15,6 +15,7 @@ use super::worker_process::{self, Admitted, Descriptors};
 use super::{fds, Node, Stage};
 use crate::cli::run::RunArgs;
 use crate::run::RunOptions;
+use crate::sandbox::mounts::MAX_SHARES;
 use clap::{CommandFactory as _, FromArgMatches as _, Parser};
 use std::os::fd::OwnedFd;
 use std::path::{Component, Path, PathBuf};
@@ -32,8 +33,8 @@ pub const HANDSHAKE: Duration = Duration::from_secs(10);
 /// descriptors, which the running executions need (a few each).
 pub const MAX_HANDSHAKES: usize = 1024;
 
-/// stdin, stdout, stderr, the `--audit` file, the `--log` file.
-const MAX_DESCRIPTORS: usize = 5;
+/// stdin, stdout, stderr, the `--audit` file, the `--log` file, one per shared directory.
+const MAX_DESCRIPTORS: usize = 5 + MAX_SHARES;
 
 /// How long the service waits for a caller to take a refusal (a caller that does not read
 /// must not hold a session open).
@@ -171,8 +172,10 @@ fn admit(
             "the node service is shutting down: launch again once it is back",
         ));
     }
-    let (request, descriptors) = read_request(body, descriptors)?;
+    let (request, mut descriptors) = read_request(body, descriptors)?;
     let mut wanted = wanted_run(&request, &node.config.secrets_dir)?;
+    descriptors.shares =
+        in_mount_order(std::mem::take(&mut descriptors.shares), &wanted.share_order);
     let team = wanted.team.as_str();
     // `admit` also gives a launch without --timeout the caller's longest allowed one.
     authorize::admit(&node.config, caller, &mut wanted.options)
@@ -252,14 +255,25 @@ fn split_descriptors(
     request: &LaunchRequest,
     descriptors: Vec<OwnedFd>,
 ) -> Result<Descriptors, Refusal> {
-    let expected = 3 + usize::from(request.audit) + usize::from(request.log);
+    let shares = request.shares as usize;
+    if shares > MAX_SHARES {
+        return Err(Refusal::bad_request(format!(
+            "the launch request announces {shares} shared directories: at most {MAX_SHARES} can be"
+        )));
+    }
+    let expected = 3 + usize::from(request.audit) + usize::from(request.log) + shares;
     if descriptors.len() != expected {
         return Err(Refusal::bad_request(format!(
             "the launch request brought {} descriptors where it announced {expected} \
-             (stdin, stdout, stderr{}{})",
+             (stdin, stdout, stderr{}{}{})",
             descriptors.len(),
             if request.audit { ", --audit" } else { "" },
             if request.log { ", --log" } else { "" },
+            if shares > 0 {
+                format!(", {shares} shared directories")
+            } else {
+                String::new()
+            },
         )));
     }
     let mut descriptors = descriptors.into_iter();
@@ -268,7 +282,19 @@ fn split_descriptors(
         stdio: [next(), next(), next()],
         audit: request.audit.then(&mut next),
         log: request.log.then(&mut next),
+        shares: descriptors.collect(),
     })
+}
+
+/// The shared directories' descriptors, from the wire's order (`--share` flags, then
+/// `--share-ro` flags) to the order of `RunOptions.shares`, which the worker reads them in
+/// (see `wire::FIRST_SHARE_FD`): `order[i]` is the wire position of the `i`-th share.
+fn in_mount_order(sent: Vec<OwnedFd>, order: &[usize]) -> Vec<OwnedFd> {
+    let mut sent: Vec<Option<OwnedFd>> = sent.into_iter().map(Some).collect();
+    order
+        .iter()
+        .map(|&at| sent[at].take().expect("each share has one descriptor"))
+        .collect()
 }
 
 /// A run as the caller asked for it, with the node's choices applied.
@@ -278,6 +304,9 @@ pub struct Wanted {
     pub team: String,
     /// The caller asked for `--summary`: it writes the file itself from `Exited`.
     pub wants_summary: bool,
+    /// For each of `options.shares`, the position of its descriptor in the launch frame
+    /// (see [`in_mount_order`]).
+    pub share_order: Vec<usize>,
 }
 
 /// Parses and checks the request's arguments, and makes them the run the worker gets: the
@@ -287,9 +316,31 @@ pub struct Wanted {
 pub fn wanted_run(request: &LaunchRequest, secrets_dir: &Path) -> Result<Wanted, Refusal> {
     let args = parse_run_args(&request.args)?;
     let team = refuse_node_flags(&args)?;
+    // The order the caller sent its directories' descriptors in.
+    let sent_shares: Vec<PathBuf> = args.share.iter().chain(&args.share_ro).cloned().collect();
     let mut options = args
         .into_options()
         .map_err(|message| Refusal::bad_request(message).for_team(&team))?;
+    if request.shares as usize != sent_shares.len() {
+        return Err(Refusal::bad_request(format!(
+            "the launch request brings {} shared directories' descriptors for {} --share and \
+             --share-ro arguments; send one per directory, opened by the caller",
+            request.shares,
+            sent_shares.len()
+        ))
+        .for_team(&team));
+    }
+    // `into_options` refuses a path shared twice, so each path has one position.
+    let share_order = options
+        .shares
+        .iter()
+        .map(|share| {
+            sent_shares
+                .iter()
+                .position(|path| *path == share.path)
+                .expect("every share comes from a flag")
+        })
+        .collect();
     if request.audit != options.audit.is_some() || request.log != options.log.is_some() {
         return Err(Refusal::bad_request(
             "the launch request's descriptors do not match its --audit and --log arguments",
@@ -313,6 +364,7 @@ pub fn wanted_run(request: &LaunchRequest, secrets_dir: &Path) -> Result<Wanted,
         options,
         team,
         wants_summary,
+        share_order,
     })
 }
 
@@ -455,6 +507,7 @@ mod tests {
             pass_env: BTreeMap::new(),
             audit: false,
             log: false,
+            shares: 0,
         }
     }
 
@@ -543,20 +596,18 @@ mod tests {
     #[test]
     fn share_and_rootfs_are_checked_by_text_only() {
         // A local run would open these as root; the service must not before authorising.
-        let wanted = wanted_run(
-            &request(&[
-                "--team",
-                "a",
-                "--share",
-                "/no/such/dir",
-                "--rootfs",
-                "/no/such/root",
-                "--",
-                "true",
-            ]),
-            Path::new(DEFAULT_SECRETS_ROOT),
-        )
-        .unwrap();
+        let mut asked = request(&[
+            "--team",
+            "a",
+            "--share",
+            "/no/such/dir",
+            "--rootfs",
+            "/no/such/root",
+            "--",
+            "true",
+        ]);
+        asked.shares = 1;
+        let wanted = wanted_run(&asked, Path::new(DEFAULT_SECRETS_ROOT)).unwrap();
         assert_eq!(wanted.options.shares[0].path, Path::new("/no/such/dir"));
         assert_eq!(
             wanted.options.rootfs.as_deref(),
@@ -569,6 +620,66 @@ mod tests {
         ] {
             assert_eq!(refusal(bad).reason, Reason::BadRequest, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn each_share_needs_its_descriptor_and_they_reach_the_worker_in_mount_order() {
+        let args = [
+            "--team",
+            "a",
+            "--share",
+            "/srv/a/b",
+            "--share-ro",
+            "/srv/a",
+            "--share",
+            "/srv/c/d/e",
+            "--",
+            "true",
+        ];
+        let mut asked = request(&args);
+        for announced in [0, 2, 4] {
+            asked.shares = announced;
+            let refused = wanted_run(&asked, Path::new(DEFAULT_SECRETS_ROOT)).unwrap_err();
+            assert_eq!(refused.reason, Reason::BadRequest);
+            assert!(
+                refused.message.contains("opened by the caller"),
+                "{}",
+                refused.message
+            );
+        }
+        asked.shares = 3;
+        let wanted = wanted_run(&asked, Path::new(DEFAULT_SECRETS_ROOT)).unwrap();
+        let paths: Vec<_> = wanted.options.shares.iter().map(|s| &s.path).collect();
+        assert_eq!(paths, ["/srv/a", "/srv/a/b", "/srv/c/d/e"]);
+        // Sent as: --share /srv/a/b, --share /srv/c/d/e, then --share-ro /srv/a.
+        assert_eq!(wanted.share_order, [2, 0, 1]);
+
+        // Descriptors travel in that order: tell them apart by what they are.
+        let sent: Vec<OwnedFd> = ["/srv-b", "/srv-e", "/srv-a"]
+            .iter()
+            .map(|tag| {
+                let (read, write) = nix::unistd::pipe().unwrap();
+                nix::unistd::write(&write, tag.as_bytes()).unwrap();
+                drop(write);
+                read
+            })
+            .collect();
+        let placed = in_mount_order(sent, &wanted.share_order);
+        let tags: Vec<String> = placed
+            .into_iter()
+            .map(|fd| {
+                let mut tag = String::new();
+                std::io::Read::read_to_string(&mut std::fs::File::from(fd), &mut tag).unwrap();
+                tag
+            })
+            .collect();
+        assert_eq!(tags, ["/srv-a", "/srv-b", "/srv-e"]);
+
+        let null = || OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        asked.shares = (MAX_SHARES + 1) as u32;
+        let many = (0..3 + MAX_SHARES + 1).map(|_| null()).collect();
+        let refused = split_descriptors(&asked, many).unwrap_err();
+        assert!(refused.message.contains("at most"), "{}", refused.message);
     }
 
     #[test]

@@ -24,7 +24,9 @@ pub const VERSION: u32 = 1;
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientMessage {
     /// The first frame; it carries the descriptors, in this order: stdin, stdout, stderr,
-    /// then the `--audit` file when `audit` is true, then the `--log` file when `log` is.
+    /// then the `--audit` file when `audit` is true, then the `--log` file when `log` is,
+    /// then one `O_PATH` descriptor per shared directory (`shares` of them): every `--share`
+    /// in the order given, then every `--share-ro` in the order given.
     Launch(LaunchRequest),
     /// A signal the caller received (SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2,
     /// SIGWINCH), to be passed on exactly as a local `tollgate run` would.
@@ -47,7 +49,17 @@ pub struct LaunchRequest {
     pub audit: bool,
     /// Likewise for `--log`.
     pub log: bool,
+    /// How many directory descriptors follow (see [`ClientMessage::Launch`]): the caller
+    /// opened each `--share` / `--share-ro` directory itself, as itself, so the worker binds
+    /// only what the caller can reach (at most `mounts::MAX_SHARES`).
+    #[serde(default)]
+    pub shares: u32,
 }
+
+/// The worker's descriptor of the caller's first shared directory; the `i`-th share of the
+/// serialised options (`RunOptions.shares`, in their mount order) is on `FIRST_SHARE_FD + i`.
+/// Below it: 0, 1, 2 the caller's stdio, 3 the worker channel, 4 `--audit`, 5 `--log`.
+pub const FIRST_SHARE_FD: i32 = 6;
 
 /// Service → caller, on the launch socket.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

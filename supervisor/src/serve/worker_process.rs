@@ -6,8 +6,9 @@
 //! file on disk since), with an environment the service builds from scratch: a caller's
 //! variable in a root process would be a way to root (`LD_PRELOAD`), so none is ever
 //! there. Its descriptors are fixed: 0, 1, 2 the caller's stdio, 3 the worker channel,
-//! 4 the caller's `--audit` file and 5 its `--log` file when it gave them; nothing else
-//! (every other descriptor of the service is close-on-exec).
+//! 4 the caller's `--audit` file and 5 its `--log` file when it gave them, and from 6
+//! ([`wire::FIRST_SHARE_FD`]) the caller's own descriptors of the directories it shares;
+//! nothing else (every other descriptor of the service is close-on-exec).
 //!
 //! Closing the service's end of the channel is the one way to end an execution: the worker
 //! then kills its sandbox, tears down, reports and exits. It is closed when the caller goes
@@ -20,6 +21,7 @@ use super::wire::{
 };
 use super::{Node, Stage};
 use crate::run::RunOptions;
+use crate::sandbox::mounts::MAX_SHARES;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::ffi::OsString;
@@ -63,6 +65,9 @@ pub struct Descriptors {
     pub stdio: [OwnedFd; 3],
     pub audit: Option<OwnedFd>,
     pub log: Option<OwnedFd>,
+    /// The caller's descriptors of its shared directories, in the order of the run's
+    /// `shares`.
+    pub shares: Vec<OwnedFd>,
 }
 
 /// A launch the node accepted.
@@ -445,19 +450,28 @@ impl Worker {
             None,
             nix::sys::socket::SockFlag::SOCK_CLOEXEC,
         )?;
-        // Above 5, so that placing one on 3, 4 or 5 never overwrites another still to be
-        // placed.
+        // Above every fixed number, so that placing one never overwrites another still to
+        // be placed.
         let channel = above_worker_descriptors(theirs)?;
         let audit = descriptors
             .audit
             .map(above_worker_descriptors)
             .transpose()?;
         let log = descriptors.log.map(above_worker_descriptors).transpose()?;
-        let sources = [
+        let shares = descriptors
+            .shares
+            .into_iter()
+            .map(above_worker_descriptors)
+            .collect::<io::Result<Vec<_>>>()?;
+        // Made here: the closure below runs between fork and exec and must not allocate.
+        let sources: Vec<Option<RawFd>> = [
             Some(channel.as_raw_fd()),
             audit.as_ref().map(|fd| fd.as_raw_fd()),
             log.as_ref().map(|fd| fd.as_raw_fd()),
-        ];
+        ]
+        .into_iter()
+        .chain(shares.iter().map(|fd| Some(fd.as_raw_fd())))
+        .collect();
         let [stdin, stdout, stderr] = descriptors.stdio;
         let mut command = tokio::process::Command::new("/proc/self/exe");
         command
@@ -474,7 +488,7 @@ impl Worker {
         // SAFETY: the closure only calls dup2 and setrlimit, which are async-signal-safe.
         unsafe {
             command.pre_exec(move || {
-                place_descriptors(sources)?;
+                place_descriptors(&sources)?;
                 restore_descriptor_limit(nofile)
             });
         }
@@ -492,10 +506,20 @@ impl Worker {
     }
 }
 
-/// `fd` moved to a number above 5 (close-on-exec, as every descriptor of the service is).
+/// The first descriptor number above every one the worker's descriptors are placed on.
+const ABOVE_WORKER_DESCRIPTORS: RawFd = wire::FIRST_SHARE_FD + MAX_SHARES as RawFd;
+
+/// `fd` moved above the worker's fixed numbers (close-on-exec, as every descriptor of the
+/// service is).
 fn above_worker_descriptors(fd: OwnedFd) -> io::Result<OwnedFd> {
     // SAFETY: F_DUPFD_CLOEXEC makes a new descriptor, which the OwnedFd then owns.
-    let moved = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 6) };
+    let moved = unsafe {
+        libc::fcntl(
+            fd.as_raw_fd(),
+            libc::F_DUPFD_CLOEXEC,
+            ABOVE_WORKER_DESCRIPTORS,
+        )
+    };
     if moved < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -503,10 +527,10 @@ fn above_worker_descriptors(fd: OwnedFd) -> io::Result<OwnedFd> {
 }
 
 /// In the worker, between fork and exec: the channel on 3, the audit file on 4, the log file
-/// on 5 (`dup2` leaves the copies without close-on-exec; the originals close at exec). A
-/// descriptor not given leaves its number closed at exec.
-fn place_descriptors(sources: [Option<RawFd>; 3]) -> io::Result<()> {
-    for (target, source) in (3..).zip(sources) {
+/// on 5, the shared directories from 6 on (`dup2` leaves the copies without close-on-exec;
+/// the originals close at exec). A descriptor not given leaves its number closed at exec.
+fn place_descriptors(sources: &[Option<RawFd>]) -> io::Result<()> {
+    for (target, source) in (3..).zip(sources.iter().copied()) {
         if let Some(source) = source {
             // SAFETY: dup2 on descriptors this process holds.
             if unsafe { libc::dup2(source, target) } < 0 {
