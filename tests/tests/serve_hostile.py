@@ -197,14 +197,19 @@ def lies():
     return seen
 
 
-def launch_reading_stdout(args):
-    """Launches with a pipe as the command's stdout; the answers and what it printed."""
+def launch_reading_stdout(args, shares=(), announced=None):
+    """Launches with a pipe as the command's stdout and an O_PATH descriptor of each
+    directory in `shares` (links followed, as a careless client would open them), announcing
+    `announced` of them (default: as many as are sent); the answers and what it printed."""
     sock = connect()
     read_end, write_end = os.pipe()
     fds = null_fds(3)
     os.close(fds[1])
     fds[1] = write_end
-    send_launch(sock, launch(args), fds)
+    fds += [os.open(path, os.O_PATH | os.O_DIRECTORY) for path in shares]
+    message = launch(args)
+    message["shares"] = len(shares) if announced is None else announced
+    send_launch(sock, message, fds)
     close_all(fds)
     seen = answers(sock)
     sock.close()
@@ -214,26 +219,32 @@ def launch_reading_stdout(args):
 
 
 def shares():
-    """Shares the client's own parser would refuse, sent as they are: only the service's
-    checks stand between them and a bind mount made by root. ARG holds work/ (the caller's
-    allowed root), workshop/ beside it, and work/escape, a link to workshop."""
+    """Shares the client's own checks would refuse, sent as they are: only the service's and
+    the worker's checks stand between them and a bind mount made by root. ARG holds work/
+    (the caller's allowed root), workshop/ beside it, and work/escape, a link to workshop."""
     root = ARG
+    work, workshop = root + "/work", root + "/workshop"
     listing = ["/bin/ls", "-a"]
     cases = {
-        "climbing": root + "/work/../workshop",
-        "dot": root + "/work/./../workshop",
-        "link": root + "/work/escape",
-        "prefix": root + "/workshop",
-        "relative": "work",
+        # name: (the path named, the directory whose descriptor is sent)
+        "climbing": (work + "/../workshop", workshop),
+        "dot": (work + "/./../workshop", workshop),
+        "link": (work + "/escape", workshop),
+        "prefix": (workshop, workshop),
+        "relative": ("work", work),
+        # The allowed root named, another directory's descriptor sent.
+        "swapped": (work, workshop),
     }
     seen = {}
-    for name, path in cases.items():
+    for name, (path, opened) in cases.items():
         for flag in ["--share", "--share-ro"]:
             args = ["--team", "a", flag, path, "--"] + listing + [path]
-            seen[name + flag] = launch_reading_stdout(args)
-    seen["allowed"] = launch_reading_stdout(
-        ["--team", "a", "--share-ro", root + "/work", "--"] + listing + [root + "/work"]
-    )
+            seen[name + flag] = launch_reading_stdout(args, [opened])
+    allowed = ["--team", "a", "--share-ro", work, "--"] + listing + [work]
+    # A share without its descriptor, and one with a descriptor too many.
+    seen["no_descriptor"] = launch_reading_stdout(allowed, [], announced=0)
+    seen["extra_descriptor"] = launch_reading_stdout(allowed, [work, workshop])
+    seen["allowed"] = launch_reading_stdout(allowed, [work])
     return seen
 
 
