@@ -249,8 +249,9 @@ impl ServicePaths {
     }
 }
 
-/// A running `tollgate serve`; killed (SIGKILL) on drop if a test did not stop it, with any
-/// worker it was seen to run, and its directory removed.
+/// A running `tollgate serve`; on drop, killed (SIGKILL) if a test did not stop it, its
+/// workers given their time to end their executions (killed past it, and collected), and its
+/// directory removed.
 pub struct Service {
     pub paths: ServicePaths,
     node: Node,
@@ -587,7 +588,9 @@ impl Service {
         }
     }
 
-    /// Kills the service if it still runs, and every worker it was seen to run.
+    /// Kills the service if it still runs; its workers then end their executions on their
+    /// own (their channel closed). One that has not within [`SETTLE_LIMIT`] is killed, and
+    /// `tollgate gc` removes what it left.
     fn reap(&mut self) {
         self.kill();
         let workers = self
@@ -595,11 +598,16 @@ impl Service {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        let mut killed = false;
         for (pid, start) in workers {
-            if crate::sandbox::is_alive(pid, start) {
+            if !crate::sandbox::wait_dead(pid, start, SETTLE_LIMIT) {
                 // SAFETY: kill(2) on one positive pid we checked is still our worker.
                 unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                killed = true;
             }
+        }
+        if killed {
+            let _ = crate::tollgate().arg("gc").output();
         }
     }
 }
