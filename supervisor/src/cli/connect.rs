@@ -5,7 +5,8 @@
 //! it sends the caller's own arguments (for the service to parse with the same parser), its
 //! stdin, stdout and stderr as descriptors (the command reads and writes them directly, as
 //! locally), the `--audit` and `--log` files opened as the caller (so the service never
-//! writes a path for anyone), and the signals the caller receives; it writes `--summary` as
+//! writes a path for anyone), the `--share` / `--share-ro` directories opened as the caller
+//! (so the sandbox gets only what the caller can reach), and the signals the caller receives; it writes `--summary` as
 //! the caller and exits with the status the service reports. It needs no privilege and
 //! reads no file but the outputs it was asked to write.
 
@@ -792,6 +793,37 @@ mod tests {
             std::fs::read_to_string(&audit).unwrap(),
             "{\"type\":\"x\"}\n"
         );
+    }
+
+    #[test]
+    fn each_shared_directory_goes_as_the_callers_descriptor_share_before_share_ro() {
+        let scratch = Scratch::new("shares");
+        let socket = scratch.path("socket");
+        let (read_only, read_write) = (scratch.path("ro"), scratch.path("rw"));
+        for dir in [&read_only, &read_write] {
+            std::fs::create_dir(dir).unwrap();
+        }
+        let service = fake_service(&socket, |_, stream| exited(stream, 0, None));
+        let stdio = Stdio::new("");
+        let argv = [
+            "--share-ro",
+            read_only.to_str().unwrap(),
+            "--share",
+            read_write.to_str().unwrap(),
+            "--",
+            "/bin/true",
+        ];
+        let ending = client(&socket, &argv, &stdio).unwrap();
+        assert_eq!(ending.status, 0);
+        let received = service.join().unwrap();
+        assert_eq!(received.request.shares, 2);
+        let ids: Vec<_> = received.fds[3..]
+            .iter()
+            .map(|fd| host_path::file_id(fd.as_fd()).unwrap())
+            .collect();
+        let id =
+            |dir: &Path| host_path::file_id(host_path::open_dir(dir).unwrap().as_fd()).unwrap();
+        assert_eq!(ids, [id(&read_write), id(&read_only)]);
     }
 
     #[test]
