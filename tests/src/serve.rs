@@ -12,12 +12,14 @@
 //! Needs root.
 
 pub mod accounts;
+mod client;
 pub mod exposition;
+mod fixtures;
+mod metrics_http;
+mod node_yaml;
 
 use std::{
-    ffi::{OsStr, OsString},
     fs,
-    io::{Read as _, Write as _},
     os::unix::{fs::PermissionsExt as _, net::UnixStream},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
@@ -33,14 +35,15 @@ use serde_json::Value;
 
 use crate::{
     leaks,
-    sandbox::{
-        executions_dir, output, process_stat, read_json_lines, wait_within, Finished, Running,
-        HANG_LIMIT,
-    },
+    sandbox::{executions_dir, process_stat, read_json_lines, wait_within, HANG_LIMIT},
     tollgate_path,
 };
 pub use accounts::{TestGroup, TestUser};
+pub use client::Client;
 pub use exposition::Exposition;
+pub use fixtures::{curl, upstream_policy, ShareTree};
+pub use metrics_http::http_get_unix;
+pub use node_yaml::{Caller, Node};
 
 /// Where the services' directories live (short: the socket path must fit `sun_path`).
 const SERVICE_ROOT: &str = "/tmp/tollgate-serve";
@@ -57,151 +60,6 @@ pub const SETTLE_LIMIT: Duration = Duration::from_secs(20);
 pub const RELOAD_INTERVAL: &str = "100ms";
 
 static NEXT_SERVICE: AtomicU32 = AtomicU32::new(0);
-
-/// One entry of `node.yaml`'s `callers`: who, and what it may use.
-#[derive(Debug, Clone, Default)]
-pub struct Caller {
-    pub uid: u32,
-    pub teams: Vec<String>,
-    pub shares: Vec<PathBuf>,
-    pub users: Vec<String>,
-    pub rootfs: Vec<PathBuf>,
-    pub allow_root: bool,
-    pub allow_unenforced_limits: bool,
-}
-
-impl Caller {
-    /// The caller with uid `uid`, allowed `teams` and nothing more.
-    pub fn new(uid: u32, teams: &[&str]) -> Caller {
-        Caller {
-            uid,
-            teams: teams.iter().map(|t| t.to_string()).collect(),
-            ..Caller::default()
-        }
-    }
-
-    pub fn shares(mut self, roots: &[&Path]) -> Caller {
-        self.shares = roots.iter().map(|p| p.to_path_buf()).collect();
-        self
-    }
-
-    pub fn users(mut self, users: &[&str]) -> Caller {
-        self.users = users.iter().map(|u| u.to_string()).collect();
-        self
-    }
-
-    pub fn rootfs(mut self, dirs: &[&Path]) -> Caller {
-        self.rootfs = dirs.iter().map(|p| p.to_path_buf()).collect();
-        self
-    }
-
-    fn yaml(&self) -> String {
-        format!(
-            "  - uid: {}\n    teams: {}\n    shares: {}\n    users: {}\n    rootfs: {}\n    \
-             allow_root: {}\n    allow_unenforced_limits: {}\n",
-            self.uid,
-            json_list(&self.teams),
-            json_list(&self.shares),
-            json_list(&self.users),
-            json_list(&self.rootfs),
-            self.allow_root,
-            self.allow_unenforced_limits,
-        )
-    }
-}
-
-/// A list as a JSON (and so YAML flow) sequence of strings.
-fn json_list<T: AsRef<OsStr>>(items: &[T]) -> String {
-    let strings: Vec<String> = items
-        .iter()
-        .map(|item| item.as_ref().to_string_lossy().into_owned())
-        .collect();
-    serde_json::to_string(&strings).expect("strings serialise")
-}
-
-/// What a test service is configured with, beyond the paths [`Service::start`] chooses.
-#[derive(Debug, Clone)]
-pub struct Node {
-    pub callers: Vec<Caller>,
-    /// The launch socket's group (a name); `None` leaves it root's.
-    pub socket_group: Option<String>,
-    pub socket_mode: String,
-    pub shutdown_grace: String,
-    pub max_executions: u32,
-    /// Team policies written into the team directory before the service starts.
-    pub teams: Vec<(String, String)>,
-    /// The service's own environment besides `PATH` (which is the worker's `PATH`).
-    pub env: Vec<(String, String)>,
-}
-
-impl Node {
-    /// A node whose socket belongs to `group` (mode 0660), for `callers`.
-    pub fn new(group: &TestGroup, callers: Vec<Caller>) -> Node {
-        Node {
-            callers,
-            socket_group: Some(group.name.clone()),
-            socket_mode: "0660".into(),
-            shutdown_grace: "30s".into(),
-            max_executions: 64,
-            teams: Vec::new(),
-            env: Vec::new(),
-        }
-    }
-
-    /// Adds team `name`'s policy.
-    pub fn team(mut self, name: &str, policy: &str) -> Node {
-        self.teams.push((name.to_owned(), policy.to_owned()));
-        self
-    }
-
-    pub fn shutdown_grace(mut self, grace: &str) -> Node {
-        self.shutdown_grace = grace.to_owned();
-        self
-    }
-
-    /// A variable of the service's own environment.
-    pub fn env(mut self, key: &str, value: &str) -> Node {
-        self.env.push((key.to_owned(), value.to_owned()));
-        self
-    }
-
-    fn yaml(&self, paths: &ServicePaths) -> String {
-        let quoted = |path: &Path| serde_json::to_string(path).expect("a UTF-8 path");
-        let group = self
-            .socket_group
-            .as_deref()
-            .map(|g| format!(", group: {g}"))
-            .unwrap_or_default();
-        let mut text = format!(
-            "socket: {{path: {socket}, owner: root{group}, mode: \"{mode}\"}}\n\
-             teams_dir: {teams}\n\
-             secrets_dir: {secrets}\n\
-             metrics: {metrics}\n\
-             audit: {audit}\n\
-             reload_interval: {RELOAD_INTERVAL}\n\
-             gc_interval: 10m\n\
-             shutdown_grace: {grace}\n\
-             max_executions: {max}\n\
-             callers:\n",
-            socket = quoted(&paths.socket),
-            mode = self.socket_mode,
-            teams = quoted(&paths.teams),
-            secrets = quoted(&paths.secrets),
-            metrics = serde_json::to_string(&format!("unix:{}", paths.metrics.display()))
-                .expect("a string"),
-            audit = quoted(&paths.launches),
-            grace = self.shutdown_grace,
-            max = self.max_executions,
-        );
-        if self.callers.is_empty() {
-            text = text.replace("callers:\n", "callers: []\n");
-        }
-        for caller in &self.callers {
-            text.push_str(&caller.yaml());
-        }
-        text
-    }
-}
 
 /// The files of one service, all inside its directory.
 #[derive(Debug, Clone)]
@@ -386,12 +244,7 @@ impl Service {
 
     /// A launch through this service's socket as `user`.
     pub fn client<'a>(&'a self, user: &'a TestUser) -> Client<'a> {
-        Client {
-            socket: &self.paths.socket,
-            user,
-            args: Vec::new(),
-            env: Vec::new(),
-        }
+        Client::new(&self.paths.socket, user)
     }
 
     /// One scrape of `/metrics`, parsed.
@@ -662,210 +515,4 @@ pub fn children_of(parent: u32) -> Vec<u32> {
     }
     found.sort_unstable();
     found
-}
-
-/// One `tollgate run --connect SOCKET ...` as a test user.
-pub struct Client<'a> {
-    socket: &'a Path,
-    user: &'a TestUser,
-    args: Vec<OsString>,
-    env: Vec<(OsString, OsString)>,
-}
-
-impl Client<'_> {
-    /// `--team NAME`.
-    pub fn team(self, team: &str) -> Self {
-        self.arg("--team").arg(team)
-    }
-
-    /// Any option of `tollgate run`, placed before `--`.
-    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
-        self.args.push(arg.as_ref().to_owned());
-        self
-    }
-
-    /// A variable of the client's own environment.
-    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
-        self.env
-            .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
-        self
-    }
-
-    /// The whole command line, as the user.
-    pub fn command<I, S>(&self, cmd: I) -> Command
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<OsStr>,
-    {
-        let mut command = self.user.command(tollgate_path());
-        command
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .arg("run")
-            .arg("--connect")
-            .arg(self.socket)
-            .args(&self.args)
-            .arg("--")
-            .args(cmd);
-        command
-    }
-
-    /// Runs `cmd` to completion (stdin empty), capturing the client's stdout and stderr:
-    /// the pipes the sandbox writes to, since the client passes its own.
-    pub fn run<I, S>(&self, cmd: I) -> Finished
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<OsStr>,
-    {
-        output(&mut self.command(cmd), Some(b""), HANG_LIMIT)
-    }
-
-    /// Starts `cmd`, reading the client's stdout line by line.
-    pub fn spawn<I, S>(&self, cmd: I) -> Running
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<OsStr>,
-    {
-        Running::spawn(&mut self.command(cmd))
-    }
-}
-
-/// `GET target` over HTTP/1.1 on a Unix socket; the body of a 200 answer.
-pub fn http_get_unix(socket: &Path, target: &str) -> Result<String, String> {
-    let mut stream =
-        UnixStream::connect(socket).map_err(|e| format!("connect {}: {e}", socket.display()))?;
-    stream
-        .set_read_timeout(Some(HANG_LIMIT))
-        .map_err(|e| e.to_string())?;
-    write!(
-        stream,
-        "GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("send the request: {e}"))?;
-    let mut answer = Vec::new();
-    stream
-        .read_to_end(&mut answer)
-        .map_err(|e| format!("read the answer: {e}"))?;
-    let answer = String::from_utf8(answer).map_err(|_| "an answer that is not UTF-8")?;
-    let (head, body) = answer
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("an answer without a header end: {answer:?}"))?;
-    let status = head.lines().next().unwrap_or_default();
-    if status.split_whitespace().nth(1) != Some("200") {
-        return Err(format!("answered {status:?}: {body}"));
-    }
-    let chunked = head.lines().any(|line| {
-        let lower = line.to_ascii_lowercase();
-        lower.starts_with("transfer-encoding:") && lower.contains("chunked")
-    });
-    Ok(if chunked {
-        dechunk(body)?
-    } else {
-        body.to_owned()
-    })
-}
-
-/// The body of a chunked transfer coding.
-fn dechunk(mut body: &str) -> Result<String, String> {
-    let mut out = String::new();
-    loop {
-        let (size, rest) = body
-            .split_once("\r\n")
-            .ok_or("a chunk without a size line")?;
-        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
-            .map_err(|_| format!("a bad chunk size {size:?}"))?;
-        if size == 0 {
-            return Ok(out);
-        }
-        let chunk = rest.get(..size).ok_or("a chunk shorter than its size")?;
-        out.push_str(chunk);
-        body = rest[size..]
-            .strip_prefix("\r\n")
-            .ok_or("a chunk without CRLF")?;
-    }
-}
-
-/// A team policy that lets `team` reach the upstream host `up` as `up.test` (port 8080,
-/// http), through a `hosts` pin and `allowed_ips` covering its /30.
-pub fn upstream_policy(team: &str, up: &crate::upstream::UpstreamHost) -> String {
-    format!(
-        "version: 1
-team: {team}
-network:
-  hosts:
-    up.test: {addr}
-  allow:
-    - host: up.test
-      ports: [{port}]
-      schemes: [http]
-      allowed_ips: [{subnet}]
-",
-        addr = up.addr,
-        port = crate::upstream::HTTP_PORT,
-        subnet = up.subnet(),
-    )
-}
-
-/// `curl` in the sandbox asking `url` through the proxy; prints the HTTP status it got.
-pub fn curl(url: &str) -> Vec<String> {
-    [
-        "/usr/bin/curl",
-        "-sS",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        url,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
-/// A directory tree for `--share` roots, root-owned (0755) and outside every service's
-/// directory (as `/srv/work` would be), removed on drop.
-pub struct ShareTree {
-    pub dir: PathBuf,
-}
-
-impl ShareTree {
-    /// `work/` (the root a caller is allowed, holding `data.txt`), `workshop/` beside it
-    /// (a name `work` is a prefix of, holding `secret.txt`), and `work/escape`, a symbolic
-    /// link to `workshop`.
-    pub fn new() -> ShareTree {
-        let dir = Path::new("/tmp/tollgate-serve-shares").join(format!(
-            "{}-{}",
-            std::process::id(),
-            NEXT_SERVICE.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        let tree = ShareTree { dir };
-        for sub in ["work", "workshop"] {
-            fs::create_dir_all(tree.dir.join(sub)).expect("create a share directory");
-        }
-        fs::write(tree.work().join("data.txt"), "shared\n").expect("write data.txt");
-        fs::write(tree.workshop().join("secret.txt"), "secret\n").expect("write secret.txt");
-        std::os::unix::fs::symlink(tree.workshop(), tree.work().join("escape"))
-            .expect("link work/escape");
-        tree
-    }
-
-    pub fn work(&self) -> PathBuf {
-        self.dir.join("work")
-    }
-
-    pub fn workshop(&self) -> PathBuf {
-        self.dir.join("workshop")
-    }
-}
-
-impl Default for ShareTree {
-    fn default() -> Self {
-        ShareTree::new()
-    }
-}
-
-impl Drop for ShareTree {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.dir);
-    }
 }
