@@ -78,6 +78,10 @@ fn launch(
         version: wire::VERSION,
         args: request_args,
         pass_env: passed_values(&args.pass_env),
+        terminal: ["TERM", "LANG"]
+            .into_iter()
+            .filter_map(|name| Some((name.to_owned(), std::env::var(name).ok()?)))
+            .collect(),
         audit: outputs.audit.is_some(),
         log: outputs.log.is_some(),
         shares: shares.len() as u32,

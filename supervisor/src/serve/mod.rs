@@ -79,6 +79,8 @@ pub(crate) struct Node {
     /// One permit per connection still in its handshake (not yet refused or admitted):
     /// callers that connect and say nothing cannot pile up without bound.
     pub handshakes: Arc<Semaphore>,
+    /// Each uid's share of the handshakes (see `session::MAX_HANDSHAKES_PER_UID`).
+    pub handshakes_by_uid: session::HandshakesByUid,
     /// The descriptor limit the service was started with, which workers get back.
     pub inherited_nofile: (u64, u64),
     pub stage: watch::Receiver<Stage>,
@@ -204,6 +206,7 @@ async fn serve(
     let node = Arc::new(Node {
         slots: Arc::new(Semaphore::new(config.max_executions)),
         handshakes: Arc::new(Semaphore::new(session::MAX_HANDSHAKES)),
+        handshakes_by_uid: Default::default(),
         inherited_nofile,
         config,
         teams,

@@ -33,6 +33,47 @@ pub const HANDSHAKE: Duration = Duration::from_secs(10);
 /// descriptors, which the running executions need (a few each).
 pub const MAX_HANDSHAKES: usize = 1024;
 
+/// Connections one uid may have in their handshake at once: a caller that opens many and
+/// says nothing holds only its own share of [`MAX_HANDSHAKES`], never every caller's (a
+/// quarter of them, so a well-behaved program of the same uid with a few hundred
+/// connections in flight is still served).
+pub const MAX_HANDSHAKES_PER_UID: usize = 256;
+
+/// How many connections each uid has in its handshake.
+#[derive(Default)]
+pub struct HandshakesByUid(std::sync::Mutex<std::collections::HashMap<u32, usize>>);
+
+/// One connection's place among its uid's handshakes, given back on drop.
+pub struct UidHandshake<'a> {
+    table: &'a HandshakesByUid,
+    uid: u32,
+}
+
+impl HandshakesByUid {
+    /// A place for one more handshake of `uid`, unless it has its most already.
+    pub fn enter(&self, uid: u32) -> Option<UidHandshake<'_>> {
+        let mut table = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let count = table.entry(uid).or_default();
+        if *count >= MAX_HANDSHAKES_PER_UID {
+            return None;
+        }
+        *count += 1;
+        Some(UidHandshake { table: self, uid })
+    }
+}
+
+impl Drop for UidHandshake<'_> {
+    fn drop(&mut self) {
+        let mut table = self.table.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = table.get_mut(&self.uid) {
+            *count -= 1;
+            if *count == 0 {
+                table.remove(&self.uid);
+            }
+        }
+    }
+}
+
 /// stdin, stdout, stderr, the `--audit` file, the `--log` file, one per shared directory.
 const MAX_DESCRIPTORS: usize = 5 + MAX_SHARES;
 
@@ -99,6 +140,17 @@ pub async fn run(node: Arc<Node>, stream: UnixStream) {
             return;
         }
     };
+    let Some(own_handshake) = node.handshakes_by_uid.enter(caller.uid) else {
+        let refusal = Refusal::new(
+            Reason::Busy,
+            format!(
+                "uid {} already has {MAX_HANDSHAKES_PER_UID} connections waiting to send their \
+                 launch: send each launch as soon as you connect",
+                caller.uid
+            ),
+        );
+        return refuse(&node, stream, &caller, refusal).await;
+    };
     let Ok(handshake) = node.handshakes.clone().try_acquire_owned() else {
         let refusal = Refusal::new(
             Reason::Busy,
@@ -124,6 +176,7 @@ pub async fn run(node: Arc<Node>, stream: UnixStream) {
         Ok(Ok((body, descriptors))) => admit(&node, &caller, &body, descriptors),
     };
     drop(handshake);
+    drop(own_handshake);
     match admitted {
         Ok(admitted) => worker_process::run(node, stream, caller, admitted).await,
         Err(refusal) => refuse(&node, stream, &caller, refusal).await,
@@ -197,6 +250,7 @@ fn admit(
     Ok(Admitted {
         options: wanted.options,
         team: wanted.team,
+        terminal: request.terminal,
         policy,
         wants_summary: wanted.wants_summary,
         descriptors,
@@ -498,6 +552,18 @@ fn passed_values(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_uid_holds_at_most_its_share_of_the_handshakes_and_gets_it_back() {
+        let table = HandshakesByUid::default();
+        let held: Vec<_> = (0..MAX_HANDSHAKES_PER_UID)
+            .map(|_| table.enter(1000).expect("within the uid's share"))
+            .collect();
+        assert!(table.enter(1000).is_none(), "past the uid's share");
+        assert!(table.enter(1001).is_some(), "another uid is not held up");
+        drop(held);
+        assert!(table.enter(1000).is_some(), "places are given back");
+    }
     use std::collections::BTreeMap;
 
     fn request(args: &[&str]) -> LaunchRequest {
@@ -505,6 +571,7 @@ mod tests {
             version: wire::VERSION,
             args: args.iter().map(|arg| arg.to_string()).collect(),
             pass_env: BTreeMap::new(),
+            terminal: BTreeMap::new(),
             audit: false,
             log: false,
             shares: 0,

@@ -45,6 +45,11 @@ pub struct LaunchRequest {
     /// The caller's own values of the variables it named with `--pass-env` (a name the
     /// caller does not have is absent, as in a local run).
     pub pass_env: BTreeMap<String, String>,
+    /// The caller's `TERM` and `LANG`, which a local run hands the sandbox from its own
+    /// environment. The service keeps only those two names, and only values of a few safe
+    /// characters: they go into a root process's environment.
+    #[serde(default)]
+    pub terminal: BTreeMap<String, String>,
     /// The caller opened its `--audit` file itself (as itself) and sends the descriptor.
     pub audit: bool,
     /// Likewise for `--log`.

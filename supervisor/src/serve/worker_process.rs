@@ -75,6 +75,8 @@ pub struct Descriptors {
 pub struct Admitted {
     pub options: RunOptions,
     pub team: String,
+    /// The caller's `TERM` and `LANG` (unchecked: see [`worker_environment`]).
+    pub terminal: std::collections::BTreeMap<String, String>,
     pub policy: PolicyText,
     pub wants_summary: bool,
     pub descriptors: Descriptors,
@@ -92,6 +94,7 @@ pub async fn run(
     let Admitted {
         options,
         team,
+        terminal,
         policy,
         wants_summary,
         descriptors,
@@ -116,7 +119,7 @@ pub async fn run(
             .await
         }
     };
-    let environment = worker_environment(&team, std::env::vars_os());
+    let environment = worker_environment(&team, std::env::vars_os(), &terminal);
     let worker = match Worker::spawn(descriptors, environment, node.inherited_nofile) {
         Ok(worker) => worker,
         Err(error) => {
@@ -410,13 +413,30 @@ fn describe_exit(status: ExitStatus) -> String {
 
 /// The worker's whole environment: `PATH`, the service's `TOLLGATE_LOG`, and the service's
 /// `TOLLGATE_SECRET_<TEAM>_<NAME>` variables of this team only (NAME of letters and digits,
-/// so team `a` never gets team `a-b`'s). Nothing of the caller's.
+/// so team `a` never gets team `a-b`'s). Of the caller's, only `TERM` and `LANG` (which the
+/// run hands the sandbox as a local run does), and only with values like `xterm-256color`
+/// or `en_US.UTF-8`: nothing a root process could read as more than a name.
 pub fn worker_environment(
     team: &str,
     service: impl IntoIterator<Item = (OsString, OsString)>,
+    terminal: &std::collections::BTreeMap<String, String>,
 ) -> Vec<(OsString, OsString)> {
     let prefix = SecretRules::env_prefix(team);
     let mut environment = vec![(OsString::from("PATH"), OsString::from(WORKER_PATH))];
+    let plain = |value: &str| {
+        !value.is_empty()
+            && value.len() <= 64
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-@+".contains(&b))
+    };
+    environment.extend(
+        ["TERM", "LANG"]
+            .into_iter()
+            .filter_map(|name| Some((name, terminal.get(name)?)))
+            .filter(|(_, value)| plain(value))
+            .map(|(name, value)| (OsString::from(name), OsString::from(value))),
+    );
     environment.extend(service.into_iter().filter(|(name, _)| {
         let Some(name) = name.to_str() else {
             return false;
@@ -558,6 +578,7 @@ fn restore_descriptor_limit((soft, hard): (u64, u64)) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     fn names(environment: &[(OsString, OsString)]) -> Vec<&str> {
         environment
@@ -579,11 +600,33 @@ mod tests {
             ("PATH", "/root/.cargo/bin:/usr/bin"),
         ]
         .map(|(name, value)| (OsString::from(name), OsString::from(value)));
-        let environment = worker_environment("data-eng", service);
+        let environment = worker_environment("data-eng", service, &BTreeMap::new());
         assert_eq!(
             names(&environment),
             ["PATH", "TOLLGATE_LOG", "TOLLGATE_SECRET_DATA_ENG_KEY"]
         );
         assert_eq!(environment[0].1, WORKER_PATH);
+    }
+
+    #[test]
+    fn of_the_callers_variables_only_term_and_lang_with_plain_values_reach_the_worker() {
+        let terminal: BTreeMap<String, String> = [
+            ("TERM", "xterm-256color"),
+            ("LANG", "en_US.UTF-8"),
+            ("LD_PRELOAD", "/tmp/evil.so"),
+        ]
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .into();
+        let environment = worker_environment("data-eng", [], &terminal);
+        assert_eq!(names(&environment), ["PATH", "TERM", "LANG"]);
+        for hostile in ["x;rm -rf /", "a/b", "", &"x".repeat(65), "v\nw"] {
+            let terminal: BTreeMap<String, String> =
+                [("TERM".to_owned(), hostile.to_owned())].into();
+            assert_eq!(
+                names(&worker_environment("data-eng", [], &terminal)),
+                ["PATH"],
+                "{hostile:?}"
+            );
+        }
     }
 }
