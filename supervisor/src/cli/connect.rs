@@ -21,7 +21,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::{self, Write as _};
+use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt as _;
 use std::os::unix::net::UnixStream;
@@ -445,50 +445,9 @@ impl SummaryFile {
         let document = document.ok_or_else(|| cannot("the node service sent no summary".into()))?;
         let mut text = serde_json::to_string_pretty(document).map_err(|e| cannot(e.to_string()))?;
         text.push('\n');
-        self.replace(text.as_bytes())
+        host_path::replace_in(self.dir.as_fd(), &self.name, text.as_bytes())
             .map_err(|e| cannot(describe(&e)))
     }
-
-    fn replace(&self, text: &[u8]) -> io::Result<()> {
-        let temporary = temporary_name(&self.name)?;
-        let fd = host_path::open_in(
-            self.dir.as_fd(),
-            &temporary,
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL,
-            0o644,
-        )?;
-        let mut file = File::from(fd);
-        let written = file
-            .write_all(text)
-            .and_then(|()| file.sync_data())
-            .and_then(|()| {
-                nix::fcntl::renameat(
-                    &self.dir,
-                    temporary.as_os_str(),
-                    &self.dir,
-                    self.name.as_os_str(),
-                )
-                .map_err(io::Error::from)
-            });
-        if written.is_err() {
-            let _ = nix::unistd::unlinkat(
-                &self.dir,
-                temporary.as_os_str(),
-                nix::unistd::UnlinkatFlags::NoRemoveDir,
-            );
-        }
-        written
-    }
-}
-
-/// `.NAME.tollgate-<16 hex>`: beside the summary, never an existing name (`O_EXCL`).
-fn temporary_name(name: &OsStr) -> io::Result<OsString> {
-    let mut random = [0u8; 8];
-    getrandom::fill(&mut random).map_err(io::Error::other)?;
-    let mut temporary = OsString::from(".");
-    temporary.push(name);
-    temporary.push(format!(".tollgate-{:016x}", u64::from_ne_bytes(random)));
-    Ok(temporary)
 }
 
 /// The caller's terminal settings with `--tty`. The worker puts the terminal in raw mode
@@ -614,7 +573,7 @@ fn wait(stream: &UnixStream, signals: &Signals) -> Result<ServiceMessage, String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read as _;
+    use std::io::{Read as _, Write as _};
     use std::os::unix::net::UnixListener;
     use std::thread::JoinHandle;
 

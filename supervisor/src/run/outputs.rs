@@ -26,9 +26,8 @@ use crate::audit::{self, AuditLog};
 use crate::sandbox::host_path::{self, FileId};
 use crate::sandbox::mounts::{self, Share};
 use nix::fcntl::OFlag;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 use std::fs::File;
-use std::io::Write as _;
 use std::os::fd::{AsFd as _, OwnedFd};
 use std::path::{Path, PathBuf};
 
@@ -325,51 +324,14 @@ impl SummaryTarget {
 
     /// Writes `text` to a fresh file in the directory and renames it over the name.
     pub fn write(&self, text: &[u8]) -> std::io::Result<()> {
-        let dir = self.placed.dir.as_fd();
-        let temporary = temporary_name(&self.placed.name)?;
-        let fd = host_path::open_in(
-            dir,
-            &temporary,
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL,
-            0o644,
-        )?;
-        let mut file = File::from(fd);
-        let written = file
-            .write_all(text)
-            .and_then(|()| file.sync_data())
-            .and_then(|()| {
-                nix::fcntl::renameat(
-                    dir,
-                    temporary.as_os_str(),
-                    dir,
-                    self.placed.name.as_os_str(),
-                )
-                .map_err(std::io::Error::from)
-            });
-        if written.is_err() {
-            let _ = nix::unistd::unlinkat(
-                dir,
-                temporary.as_os_str(),
-                nix::unistd::UnlinkatFlags::NoRemoveDir,
-            );
-        }
-        written
+        host_path::replace_in(self.placed.dir.as_fd(), &self.placed.name, text)
     }
-}
-
-/// `.NAME.tollgate-<16 hex>`: beside the summary, never an existing name (`O_EXCL`).
-fn temporary_name(name: &OsStr) -> std::io::Result<OsString> {
-    let mut random = [0u8; 8];
-    getrandom::fill(&mut random).map_err(std::io::Error::other)?;
-    let mut temporary = OsString::from(".");
-    temporary.push(name);
-    temporary.push(format!(".tollgate-{:016x}", u64::from_ne_bytes(random)));
-    Ok(temporary)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write as _;
     use std::os::unix::fs::PermissionsExt as _;
 
     struct Dir(PathBuf);

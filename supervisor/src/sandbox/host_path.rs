@@ -10,8 +10,8 @@
 
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::Mode;
-use std::ffi::OsStr;
-use std::io;
+use std::ffi::{OsStr, OsString};
+use std::io::{self, Write as _};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
@@ -73,6 +73,45 @@ pub fn open_in(dir: BorrowedFd<'_>, name: &OsStr, flags: OFlag, mode: u32) -> io
                 | ResolveFlag::RESOLVE_BENEATH,
         );
     nix::fcntl::openat2(dir, name, how).map_err(io::Error::from)
+}
+
+/// Writes `text` to a fresh file beside `name` in `dir` and renames it over `name`, so a
+/// reader sees the old file or the whole new one, never half of it (a `--summary`, written
+/// by a local run and by `run --connect`'s client alike). The fresh file is removed if any
+/// step fails.
+pub fn replace_in(dir: BorrowedFd<'_>, name: &OsStr, text: &[u8]) -> io::Result<()> {
+    let temporary = temporary_name(name)?;
+    let fd = open_in(
+        dir,
+        &temporary,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL,
+        0o644,
+    )?;
+    let mut file = std::fs::File::from(fd);
+    let written = file
+        .write_all(text)
+        .and_then(|()| file.sync_data())
+        .and_then(|()| {
+            nix::fcntl::renameat(dir, temporary.as_os_str(), dir, name).map_err(io::Error::from)
+        });
+    if written.is_err() {
+        let _ = nix::unistd::unlinkat(
+            dir,
+            temporary.as_os_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
+    }
+    written
+}
+
+/// `.NAME.tollgate-<16 hex>`: beside `name`, never an existing name (`O_EXCL`).
+fn temporary_name(name: &OsStr) -> io::Result<OsString> {
+    let mut random = [0u8; 8];
+    getrandom::fill(&mut random).map_err(io::Error::other)?;
+    let mut temporary = OsString::from(".");
+    temporary.push(name);
+    temporary.push(format!(".tollgate-{:016x}", u64::from_ne_bytes(random)));
+    Ok(temporary)
 }
 
 /// What `fstat` says of a descriptor.
