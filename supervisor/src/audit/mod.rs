@@ -17,7 +17,7 @@ mod writer;
 
 pub use record::{
     now_rfc3339, Bypass, Finding, Kind, Launch, LaunchEvent, Outcome, Record, SandboxBuilt,
-    Traffic, Verdict,
+    Traffic, Verdict, TOLLGATE_REASONS,
 };
 
 use std::fs::File;

@@ -296,6 +296,27 @@ fn word(value: &impl Serialize) -> String {
     }
 }
 
+/// The reasons tollgate gives of its own (`ProxyError::with_reason`), beside the policy's
+/// [`tollgate_policy::Reason`]s and the error codes (a refusal with no more specific word has
+/// its code); docs/audit.md, "reason", and the schema's `$defs.reason` list them. A test
+/// finds every `with_reason("…")` here; the node service's metrics label by them.
+pub const TOLLGATE_REASONS: [&str; 14] = [
+    "max_requests",
+    "non_http",
+    "unmapped_address",
+    "sni_missing",
+    "hook_cancelled",
+    "encoded_response",
+    "not_tls",
+    "sni_mismatch",
+    "bad_auth_header",
+    "no_auth_providers",
+    "unknown_auth_provider",
+    "credential_scope_denied",
+    "placeholder_outside_scope",
+    "placeholder_repeated",
+];
+
 /// The fields of an `http` or `connect` record, filled in as the request goes.
 ///
 /// A record carries what an operator needs to reconstruct an execution's traffic (where,

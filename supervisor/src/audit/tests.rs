@@ -4,7 +4,7 @@
 //! each; every record's OCSF events are well-formed OCSF 1.3.0 events of the right class.
 
 use super::ocsf;
-use super::{Finding, Kind, LaunchEvent, Outcome, Record, Traffic, Verdict};
+use super::{Finding, Kind, LaunchEvent, Outcome, Record, Traffic, Verdict, TOLLGATE_REASONS};
 use crate::proxy::ErrorCode;
 use crate::sandbox::bpf::{AddressFamily, BypassAttempt, BypassKind, Protocol, SocketType};
 use crate::serve::wire::CallerIdentity;
@@ -174,27 +174,9 @@ fn every_error_code() -> Vec<ErrorCode> {
     all
 }
 
-/// The reasons tollgate gives of its own (`ProxyError::with_reason`), beside the policy's
-/// [`Reason`]s and the error codes (a refusal with no more specific word has its code).
-const TOLLGATE_REASONS: [&str; 14] = [
-    "max_requests",
-    "non_http",
-    "unmapped_address",
-    "sni_missing",
-    "hook_cancelled",
-    "encoded_response",
-    "not_tls",
-    "sni_mismatch",
-    "bad_auth_header",
-    "no_auth_providers",
-    "unknown_auth_provider",
-    "credential_scope_denied",
-    "placeholder_outside_scope",
-    "placeholder_repeated",
-];
-
 /// tollgate's own reasons are string literals at the refusal (`with_reason("…")`): a new one
-/// must reach the list above, and through it the schema and docs/audit.md.
+/// must reach [`TOLLGATE_REASONS`] (audit/record.rs), and through it the schema and
+/// docs/audit.md.
 #[test]
 fn every_reason_the_proxy_gives_of_its_own_is_listed() {
     let mut given = BTreeSet::new();

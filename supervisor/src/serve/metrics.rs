@@ -14,6 +14,7 @@
 //! are kept apart: past that (or for a name that is not a team name) they are counted as
 //! [`OTHER_TEAM`], which no team can be called.
 
+use crate::audit::TOLLGATE_REASONS;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -49,25 +50,6 @@ const LAUNCH_REFUSALS: [&str; 5] = [
     "no_policy",
     "busy",
     "shutting_down",
-];
-
-/// The reasons tollgate gives of its own, beside the policy's [`tollgate_policy::Reason`]s
-/// and the error codes (docs/audit.md, "reason"; the schema's `$defs.reason`).
-const TOLLGATE_REASONS: [&str; 14] = [
-    "max_requests",
-    "non_http",
-    "unmapped_address",
-    "sni_missing",
-    "hook_cancelled",
-    "encoded_response",
-    "not_tls",
-    "sni_mismatch",
-    "bad_auth_header",
-    "no_auth_providers",
-    "unknown_auth_provider",
-    "credential_scope_denied",
-    "placeholder_outside_scope",
-    "placeholder_repeated",
 ];
 
 /// The `Tollgate-Error` codes, which are also the reason of a refusal with no more
