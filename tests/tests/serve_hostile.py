@@ -4,34 +4,20 @@
 #
 #   serve_hostile.py SOCKET MODE [ARG]
 #
-# A frame is a 4-byte big-endian length and that many bytes of JSON; the first frame of a
-# launch carries the caller's descriptors (SCM_RIGHTS). Modes that stall print "ready" and
-# hold their connections until stdin closes.
+# Framing (connect, frame, send_launch, answers) is serve_frames.py's, which the test puts
+# before this script. Modes that stall print "ready" and hold their connections until stdin
+# closes.
 
 import json
 import os
 import select
-import socket
 import struct
 import sys
 
-SOCKET = sys.argv[1]
 MODE = sys.argv[2]
 ARG = sys.argv[3] if len(sys.argv) > 3 else None
 # A guard against a service that never answers, not a measurement.
 ANSWER_LIMIT = 30
-
-
-def connect():
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.connect(SOCKET)
-    sock.settimeout(ANSWER_LIMIT)
-    return sock
-
-
-def frame(message):
-    body = json.dumps(message).encode()
-    return struct.pack(">I", len(body)) + body
 
 
 def launch(args, audit=False, log=False, version=1):
@@ -43,42 +29,6 @@ def launch(args, audit=False, log=False, version=1):
         "audit": audit,
         "log": log,
     }
-
-
-def read_exact(sock, n):
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            return None
-        data += chunk
-    return data
-
-
-def answers(sock):
-    """Every frame the service sends until it closes: {"frames": [...], "end": how}."""
-    frames = []
-    try:
-        while True:
-            header = read_exact(sock, 4)
-            if header is None:
-                return {"frames": frames, "end": "closed"}
-            (length,) = struct.unpack(">I", header)
-            body = read_exact(sock, length)
-            if body is None:
-                return {"frames": frames, "end": "closed mid-frame"}
-            try:
-                frames.append(json.loads(body))
-            except ValueError:
-                frames.append({"not_json": body[:200].decode("latin-1")})
-    except socket.timeout:
-        return {"frames": frames, "end": "timeout"}
-    except ConnectionResetError:
-        return {"frames": frames, "end": "closed"}
-
-
-def send_launch(sock, message, fds):
-    socket.send_fds(sock, [frame(message)], fds)
 
 
 def null_fds(n):
@@ -97,27 +47,27 @@ EPOLL = select.epoll()
 
 def garbage():
     seen = {}
-    sock = connect()
+    sock = connect(ANSWER_LIMIT)
     sock.sendall(os.urandom(64))
     seen["random"] = answers(sock)
     sock.close()
-    sock = connect()
+    sock = connect(ANSWER_LIMIT)
     sock.sendall(struct.pack(">I", 5) + b"hello")
     seen["not_json"] = answers(sock)
     sock.close()
-    sock = connect()
+    sock = connect(ANSWER_LIMIT)
     sock.sendall(frame({"type": "launch", "args": 3}))
     seen["wrong_shape"] = answers(sock)
     sock.close()
-    sock = connect()
+    sock = connect(ANSWER_LIMIT)
     sock.sendall(frame({"type": "signal", "signal": 15}))
     seen["signal_first"] = answers(sock)
     sock.close()
-    sock = connect()
+    sock = connect(ANSWER_LIMIT)
     sock.sendall(struct.pack(">I", 2 * 1024 * 1024 * 1024) + b"{")
     seen["huge"] = answers(sock)
     sock.close()
-    sock = connect()
+    sock = connect(ANSWER_LIMIT)
     sock.sendall(struct.pack(">I", 0xFFFFFFFF))
     seen["largest"] = answers(sock)
     sock.close()
@@ -125,7 +75,7 @@ def garbage():
 
 
 def descriptors(count):
-    sock = connect()
+    sock = connect(ANSWER_LIMIT)
     fds = null_fds(count)
     if count:
         send_launch(sock, launch(ECHO), fds)
@@ -147,7 +97,7 @@ def odd_descriptors():
         "epoll_stdout": (lambda: os.dup(EPOLL.fileno()), 1, "/bin/echo"),
     }
     for name, (make, slot, program) in cases.items():
-        sock = connect()
+        sock = connect(ANSWER_LIMIT)
         fds = null_fds(3)
         os.close(fds[slot])
         fds[slot] = make()
@@ -157,7 +107,7 @@ def odd_descriptors():
         sock.close()
     # The connection's own socket as the command's stdout: what the command writes arrives
     # at the service as if the caller had sent it.
-    sock = connect()
+    sock = connect(ANSWER_LIMIT)
     fds = null_fds(3)
     os.close(fds[1])
     fds[1] = os.dup(sock.fileno())
@@ -188,7 +138,7 @@ def lies():
         "no_command": (launch(["--team", "a"]), 3),
     }
     for name, (message, count) in cases.items():
-        sock = connect()
+        sock = connect(ANSWER_LIMIT)
         fds = null_fds(count)
         send_launch(sock, message, fds)
         close_all(fds)
@@ -201,7 +151,7 @@ def launch_reading_stdout(args, shares=(), announced=None):
     """Launches with a pipe as the command's stdout and an O_PATH descriptor of each
     directory in `shares` (links followed, as a careless client would open them), announcing
     `announced` of them (default: as many as are sent); the answers and what it printed."""
-    sock = connect()
+    sock = connect(ANSWER_LIMIT)
     read_end, write_end = os.pipe()
     fds = null_fds(3)
     os.close(fds[1])
@@ -252,7 +202,7 @@ def signals():
     """Signal frames the contract does not list, sent to a running execution, then SIGTERM:
     none of the first may reach the worker (SIGKILL would skip its teardown, SIGSTOP would
     hang it)."""
-    sock = connect()
+    sock = connect(ANSWER_LIMIT)
     read_end, write_end = os.pipe()
     fds = null_fds(3)
     os.close(fds[1])
@@ -277,15 +227,15 @@ def signals():
 def stall():
     """Connections that never finish a frame, and connections that send nothing."""
     held = []
-    sock = connect()
+    sock = connect(ANSWER_LIMIT)
     sock.sendall(b"\x00\x00")
     held.append(sock)
-    sock = connect()
+    sock = connect(ANSWER_LIMIT)
     body = json.dumps(launch(ECHO)).encode()
     sock.sendall(struct.pack(">I", len(body)) + body[: len(body) // 2])
     held.append(sock)
     for _ in range(int(ARG)):
-        held.append(connect())
+        held.append(connect(ANSWER_LIMIT))
     print(json.dumps({"held": len(held)}), flush=True)
     sys.stdin.readline()
     for sock in held:

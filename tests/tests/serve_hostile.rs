@@ -23,7 +23,11 @@ use tollgate_tests::{
     serve::{Caller, Node, Service, ShareTree, TestGroup, TestUser, SETTLE_LIMIT},
 };
 
-const HOSTILE_PY: &str = include_str!("serve_hostile.py");
+/// The script, after the framing helpers it uses (run as `python3 -c`).
+const HOSTILE_PY: &str = concat!(
+    include_str!("serve_frames.py"),
+    include_str!("serve_hostile.py")
+);
 
 const TEAM: &str = "a";
 

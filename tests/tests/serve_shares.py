@@ -9,52 +9,20 @@
 # stdin, stdout and stderr; then the renames are made (a directory swapped in under a path
 # after it was opened); `announced` is the frame's `shares` (default: as many as sent).
 # Prints one JSON line: the service's frames, how the connection ended, and what the
-# command wrote to its stdout and stderr.
+# command wrote to its stdout and stderr. Framing (connect, send_launch, answers) is
+# serve_frames.py's, which the test puts before this script.
 
 import json
 import os
-import socket
-import struct
 import sys
 
-SOCKET = sys.argv[1]
 SPEC = json.loads(sys.argv[2])
 # A guard against a service that never answers, not a measurement.
 ANSWER_LIMIT = 60
 
 
-def read_exact(sock, n):
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            return None
-        data += chunk
-    return data
-
-
-def answers(sock):
-    frames = []
-    try:
-        while True:
-            header = read_exact(sock, 4)
-            if header is None:
-                return frames, "closed"
-            (length,) = struct.unpack(">I", header)
-            body = read_exact(sock, length)
-            if body is None:
-                return frames, "closed mid-frame"
-            frames.append(json.loads(body))
-    except socket.timeout:
-        return frames, "timeout"
-    except ConnectionResetError:
-        return frames, "closed"
-
-
 def main():
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.connect(SOCKET)
-    sock.settimeout(ANSWER_LIMIT)
+    sock = connect(ANSWER_LIMIT)
     out_read, out_write = os.pipe()
     err_read, err_write = os.pipe()
     stdin = os.open("/dev/null", os.O_RDONLY)
@@ -71,15 +39,14 @@ def main():
         "log": False,
         "shares": len(dirs) if announced is None else announced,
     }
-    body = json.dumps(message).encode()
     fds = [stdin, out_write, err_write] + dirs
-    socket.send_fds(sock, [struct.pack(">I", len(body)) + body], fds)
+    send_launch(sock, message, fds)
     for fd in fds:
         os.close(fd)
-    frames, end = answers(sock)
+    seen = answers(sock)
     sock.close()
     with os.fdopen(out_read, "r") as out, os.fdopen(err_read, "r") as err:
-        seen = {"frames": frames, "end": end, "stdout": out.read(), "stderr": err.read()}
+        seen.update(stdout=out.read(), stderr=err.read())
     print(json.dumps(seen))
 
 

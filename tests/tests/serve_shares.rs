@@ -25,7 +25,11 @@ use tollgate_tests::{
     serve::{Caller, Node, Service, ShareTree, TestGroup, TestUser},
 };
 
-const SHARES_PY: &str = include_str!("serve_shares.py");
+/// The script, after the framing helpers it uses (run as `python3 -c`).
+const SHARES_PY: &str = concat!(
+    include_str!("serve_frames.py"),
+    include_str!("serve_shares.py")
+);
 
 const TEAM: &str = "a";
 
