@@ -21,8 +21,9 @@
 #   TOLLGATE   the binary to measure (default target/dist/tollgate, the shipped build, built
 #              with `cargo build --profile dist -p tollgate` when missing); copied into the
 #              work directory first, so that a rebuild during the run changes nothing
-#   LAUNCHES   launches per throughput cell (default 160), CONCURRENT (200) and HOLD (2 s) for
-#              step 4, TRACED (8) launches of each kind in step 5
+#   LAUNCHES   launches per throughput cell (default 160); CONCURRENT (200), HOLD (10 s, long
+#              enough for all of them to be running at once) and WAVES (2) for step 4; TRACED
+#              (8) launches of each kind in step 5
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=lib/bench.sh
@@ -32,7 +33,8 @@ runs=${1:-200}
 rounds=${ROUNDS:-3}
 launches=${LAUNCHES:-160}
 concurrent=${CONCURRENT:-200}
-hold=${HOLD:-2}
+hold=${HOLD:-10}
+waves=${WAVES:-2}
 traced=${TRACED:-8}
 helper="/usr/bin/python3 $PWD/scripts/lib/bench_serve.py"
 [ "$(id -u)" = 0 ] || { echo "bench-serve.sh: run it as root (it starts the node service)" >&2; exit 2; }
@@ -234,48 +236,59 @@ done
 # 4. Many executions at once, and what they leave.
 step "many at once"
 echo
-echo "## 4. $concurrent executions through the service at once (\`sleep $hold\` each)"
+echo "## 4. $concurrent executions through the service released at once (\`sleep $hold\` each), $waves waves"
 echo
 netns_before=$(ip netns list | wc -l)
 fds_before=$(ls "/proc/$SERVICE/fd" | wc -l)
 barrier=$WORK/barrier
 mkfifo -m 644 "$barrier"
-exec 8<>"$barrier"
-started=()
-for j in $(seq "$concurrent"); do
-  # Each launcher blocks reading the barrier; closing its last writer releases them all.
-  bench_start $as_caller /bin/sh -c 'read go <"$1"; exec "$0" run --connect "$2" --team bench -- /bin/sleep "$3"' \
-    "$tollgate" "$barrier" "$socket" "$hold" </dev/null >/dev/null 2>"$WORK/many-$j.err" 8>&-
-  started+=("$STARTED")
-done
-$helper waiting "$caller_uid" "$concurrent" 60
-$helper peak "$SERVICE" 120 >"$WORK/peak.json" 8>&- &
-sampler=$!
-t0=$(date +%s.%N)
-exec 8>&-
-statuses=()
-for pid in "${started[@]}"; do set +e; wait "$pid"; statuses+=($?); set -e; done
-t1=$(date +%s.%N)
-PIDS=()
-wait "$sampler"
-echo "exit statuses: $(printf '%s\n' "${statuses[@]}" | sort | uniq -c | awk '{printf "%s%d × %s", sep, $1, $2; sep = ", "}')"
-awk -v t0="$t0" -v t1="$t1" -v h="$hold" 'BEGIN { printf "wall from release to the last caller'"'"'s exit: %.2f s (each holds %s s)\n", t1 - t0, h }'
-echo "peak seen by a 20 ms sampler: $(cat "$WORK/peak.json")"
-if printf '%s\n' "${statuses[@]}" | grep -vqx 0; then
-  for f in "$WORK"/many-*.err; do [ -s "$f" ] && { echo "--- $(basename "$f") ---"; cat "$f"; }; done | head -20
-fi
-t_settle=$(date +%s.%N)
-for _ in $(seq 300); do
-  left=$($helper leftovers "$WORK/launches.jsonl" "$SERVICE" "$caller_uid")
-  [ "$(/usr/bin/python3 -c 'import json,sys; print(len(json.loads(sys.argv[1])["problems"]))' "$left")" = 0 ] && break
-  sleep 0.1
-done
-t_clean=$(date +%s.%N)
-awk -v a="$t_settle" -v b="$t_clean" 'BEGIN { printf "clean %.2f s after the last caller exited\n", b - a }'
-echo "leftovers (every execution of this run, from the launch audit): $left"
-echo "named network namespaces: $netns_before before, $(ip netns list | wc -l) after; the service's descriptors: $fds_before before, $(ls "/proc/$SERVICE/fd" | wc -l) after"
+# wave N: one row of the table; what failed goes below it.
+wave() {
+  local j pid started=() statuses=() t0 t1 t2 left
+  exec 8<>"$barrier"
+  for j in $(seq "$concurrent"); do
+    # Each launcher blocks reading the barrier; closing its last writer releases them all.
+    bench_start $as_caller /bin/sh -c 'read go <"$1"; exec "$0" run --connect "$2" --team bench -- /bin/sleep "$3"' \
+      "$tollgate" "$barrier" "$socket" "$hold" </dev/null >/dev/null 2>"$WORK/many-$j.err" 8>&-
+    started+=("$STARTED")
+  done
+  $helper waiting "$caller_uid" "$concurrent" 60 8>&-
+  $helper peak "$SERVICE" $((hold + 120)) >"$WORK/peak.json" 8>&- &
+  local sampler=$!
+  t0=$(date +%s.%N)
+  exec 8>&-
+  for pid in "${started[@]}"; do set +e; wait "$pid"; statuses+=($?); set -e; done
+  t1=$(date +%s.%N)
+  PIDS=()
+  wait "$sampler"
+  for _ in $(seq 300); do
+    left=$($helper leftovers "$WORK/launches.jsonl" "$SERVICE" "$caller_uid")
+    [ "$(/usr/bin/python3 -c 'import json,sys; print(len(json.loads(sys.argv[1])["problems"]))' "$left")" = 0 ] && break
+    sleep 0.1
+  done
+  t2=$(date +%s.%N)
+  /usr/bin/python3 - "$1" "$t0" "$t1" "$t2" "$(cat "$WORK/peak.json")" "$left" "$($helper tree "$SERVICE")" \
+    "$(ls "/proc/$SERVICE/fd" | wc -l)" "${statuses[@]}" <<'PY'
+import collections, json, sys
+n, t0, t1, t2, peak, left, tree, fds, *statuses = sys.argv[1:]
+peak, left, tree = json.loads(peak), json.loads(left), json.loads(tree)
+counts = ", ".join(f"{c} × {s}" for s, c in sorted(collections.Counter(statuses).items()))
+svc = tree["service"]
+print(f"| {n} | {counts} | {float(t1) - float(t0):.2f} s | {peak['workers']} / {peak['commands']} "
+      f"| {float(t2) - float(t1):.2f} s | {len(left['problems'])} | {svc['rss'] / 1024:.1f} / {svc['pss'] / 1024:.1f} MiB | {fds} |")
+PY
+  if printf '%s\n' "${statuses[@]}" | grep -vqx 0; then
+    for j in $(seq "$concurrent"); do [ -s "$WORK/many-$j.err" ] && { echo "    many-$j: $(head -c 300 "$WORK/many-$j.err")"; }; done | head -10
+  fi
+  LEFT=$left
+}
+echo "| wave | exit statuses | release → last caller's exit | peak workers / commands running (20 ms sampler) | clean after | things left | service RSS / PSS after | service descriptors after |"
+echo "|---|---|---|---|---|---|---|---|"
+for w in $(seq "$waves"); do wave "$w"; done
+echo
+echo "leftovers, every execution of this run (from the launch audit): $LEFT"
+echo "named network namespaces: $netns_before before, $(ip netns list | wc -l) after; the service's descriptors: $fds_before before"
 echo "/metrics, team bench: $(metrics | grep -E '^tollgate_executions_(finished_total|active)' | tr '\n' ' ')"
-mem_line "0 (idle, after steps 1–4)" "$($helper tree "$SERVICE" "$caller_uid")"
 
 # ---------------------------------------------------------------------------------------
 # 5. Where the time goes.
@@ -288,7 +301,8 @@ else
   events=(-e sched:sched_process_fork -e sched:sched_process_exec -e sched:sched_process_exit
     -e syscalls:sys_enter_connect -e syscalls:sys_enter_sendmsg -e syscalls:sys_exit_recvmsg
     -e syscalls:sys_enter_sendto -e syscalls:sys_enter_fcntl --filter 'fd == 3'
-    -e syscalls:sys_enter_flock)
+    -e syscalls:sys_enter_flock -e syscalls:sys_enter_write --filter 'count == 1'
+    -e syscalls:sys_enter_prctl --filter 'option == 4')
   perf record -q -a "${events[@]}" -o "$WORK/perf.data" 2>"$WORK/perf.err" &
   perf_pid=$!
   PIDS+=("$perf_pid")

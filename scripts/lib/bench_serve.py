@@ -348,13 +348,19 @@ class Timeline:
         return found
 
 
-def init_fork(tl, command_time):
-    """When the sandbox's init (the parent of the command's process) was forked."""
+def init_markers(tl, command_time):
+    """The moments of the sandbox's init (the parent of the command's process): its fork,
+    its first one-byte write (the first `0` written to a cgroup v1 `cgroup.procs`: it joins
+    the execution's v1 hierarchies, the last step of building the box) and its
+    `prctl(PR_SET_DUMPABLE)` (the box is built; next it forks the command)."""
     for e in tl.evs:
         if e[0] == command_time and e[3] == "sched_process_exec":
             init = tl.parent.get(e[2])
-            return tl.first(lambda f: f[3] == "sched_process_fork" and num(f[4]["child_pid"]) == init)
-    return None
+            fork = tl.first(lambda f: f[3] == "sched_process_fork" and num(f[4]["child_pid"]) == init)
+            join = tl.first(lambda f: f[2] == init and f[3] == "sys_enter_write", fork or 0.0)
+            built = tl.first(lambda f: f[2] == init and f[3] == "sys_enter_prctl", join or 0.0)
+            return {"init": fork, "v1_join": join, "box_built": built}
+    return {"init": None, "v1_join": None, "box_built": None}
 
 
 def markers_local(evs, pid, start, end):
@@ -367,8 +373,10 @@ def markers_local(evs, pid, start, end):
     cmd = tl.first(lambda e: mine(e) and e[3] == "sched_process_exec" and e[4].get("filename") == "/bin/true", exec_)
     cmd_exit = tl.first(lambda e: mine(e) and e[3] == "sched_process_exit" and e[4].get("comm") == "true", cmd)
     done = tl.first(lambda e: e[2] == pid and e[3] == "sched_process_exit", cmd_exit)
-    init = init_fork(tl, cmd) if cmd else None
-    return {"exec": exec_, "lease": lease, "runtime": proxy, "init": init, "command": cmd, "command_exit": cmd_exit, "end": done}
+    return {
+        "exec": exec_, "lease": lease, "runtime": proxy, **init_markers(tl, cmd), "command": cmd,
+        "command_exit": cmd_exit, "end": done,
+    }
 
 
 def proxy_thread_fork(tl, process):
@@ -411,14 +419,13 @@ def markers_served(evs, client, service, start, end):
     in_worker = lambda e: tl.under(e[2], worker)
     cmd = tl.first(lambda e: in_worker(e) and e[3] == "sched_process_exec" and e[4].get("filename") == "/bin/true", wexec)
     cmd_exit = tl.first(lambda e: in_worker(e) and e[3] == "sched_process_exit" and e[4].get("comm") == "true", cmd)
-    init = init_fork(tl, cmd) if cmd else None
     finished = tl.last(lambda e: e[1] == worker and e[3] == "sys_enter_sendto" and num(e[4].get("fd", "-1")) == 3)
     wexit = tl.first(lambda e: e[2] == worker and e[3] == "sched_process_exit", cmd_exit)
     end = tl.first(lambda e: e[2] == client and e[3] == "sched_process_exit", cmd_exit)
     return {
         "setpriv": setpriv, "exec": exec_, "connect": connect, "sent": sent, "received": received,
         "fork": fork, "worker_exec": wexec, "worker_main": main, "lease": lease, "runtime": proxy,
-        "started": started, "init": init, "command": cmd, "command_exit": cmd_exit, "finished": finished,
+        "started": started, **init_markers(tl, cmd), "command": cmd, "command_exit": cmd_exit, "finished": finished,
         "worker_exit": wexit, "end": end,
     }
 
@@ -434,7 +441,9 @@ SERVED_PHASES = [
     ("worker: uid lease, Landlock plan, command lookup, shares, outputs", "lease", "runtime"),
     ("worker: async runtime, execution id, `started` sent", "runtime", "started"),
     ("worker: host side of the walls (cgroups, eBPF attach, netns + nftables + proxy) → init forked", "started", "init"),
-    ("init: namespaces, mounts, pivot_root, Landlock, seccomp, uid switch → command exec", "init", "command"),
+    ("init: namespaces, mounts, pivot_root (the box)", "init", "v1_join"),
+    ("init: joins the cgroup v1 hierarchies (writes `0` to their cgroup.procs)", "v1_join", "box_built"),
+    ("command process: fork, capabilities, Landlock, seccomp, uid switch, execve", "box_built", "command"),
     ("the command (`/bin/true`)", "command", "command_exit"),
     ("worker: teardown → `finished` sent", "command_exit", "finished"),
     ("worker exit, service → client `Exited`, client exit", "finished", "end"),
@@ -444,7 +453,9 @@ LOCAL_PHASES = [
     ("process start, policy load, secrets, gc", "exec", "lease"),
     ("uid lease, Landlock plan, command lookup, shares, outputs", "lease", "runtime"),
     ("async runtime, execution id, host side of the walls → init forked", "runtime", "init"),
-    ("init: namespaces, mounts, pivot_root, Landlock, seccomp, uid switch → command exec", "init", "command"),
+    ("init: namespaces, mounts, pivot_root (the box)", "init", "v1_join"),
+    ("init: joins the cgroup v1 hierarchies (writes `0` to their cgroup.procs)", "v1_join", "box_built"),
+    ("command process: fork, capabilities, Landlock, seccomp, uid switch, execve", "box_built", "command"),
     ("the command (`/bin/true`)", "command", "command_exit"),
     ("teardown, exit", "command_exit", "end"),
 ]
