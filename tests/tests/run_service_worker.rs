@@ -11,12 +11,14 @@ use std::{
         fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
         unix::{net::UnixStream, process::CommandExt as _},
     },
+    path::Path,
     process::{Child, Command, Stdio},
     time::Instant,
 };
 
 use serde_json::Value;
 use tollgate::run::RunOptions;
+use tollgate::sandbox::mounts::Share;
 use tollgate::serve::wire::{
     self, CallerIdentity, FrameError, PolicyText, WorkerEvent, WorkerStart,
 };
@@ -42,6 +44,37 @@ fn options(command: &[&str]) -> RunOptions {
     RunOptions::new(command.iter().map(Into::into).collect())
 }
 
+/// What the service sends a worker: `run`, the team's policy as (name, text) if any, and
+/// the caller.
+fn worker_start(run: &RunOptions, policy: Option<(&str, &str)>) -> WorkerStart {
+    WorkerStart {
+        options: serde_json::to_value(run).unwrap(),
+        policy: policy.map(|(name, text)| PolicyText {
+            name: name.into(),
+            text: text.into(),
+        }),
+        caller: caller(),
+    }
+}
+
+/// `path` opened for appending, as the caller opens its `--audit` or `--log` file.
+fn appended(path: &Path) -> OwnedFd {
+    fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .unwrap()
+        .into()
+}
+
+/// `--share path`.
+fn writable(path: &Path) -> Share {
+    Share {
+        path: path.to_owned(),
+        read_only: false,
+    }
+}
+
 /// A worker started as the service starts one.
 struct Worker {
     child: Child,
@@ -60,6 +93,16 @@ struct Passed<'a> {
     stderr: Option<OwnedFd>,
     /// The service's own `TOLLGATE_LOG`, which it passes on.
     log_filter: Option<&'a str>,
+}
+
+impl<'a> Passed<'a> {
+    /// The caller's `--audit` file and nothing else.
+    fn audit(file: &'a OwnedFd) -> Passed<'a> {
+        Passed {
+            audit: Some(file),
+            ..Passed::default()
+        }
+    }
 }
 
 impl Worker {
@@ -196,14 +239,10 @@ fn a_worker_runs_its_execution_and_reports_started_records_and_finished() {
     let _lock = SuiteLock::shared();
     let mut run = options(&["/bin/echo", "hi"]);
     run.team = Some("acme".into());
-    let start = WorkerStart {
-        options: serde_json::to_value(&run).unwrap(),
-        policy: Some(PolicyText {
-            name: "/etc/tollgate/teams/acme.yaml".into(),
-            text: NETWORK_POLICY.into(),
-        }),
-        caller: caller(),
-    };
+    let start = worker_start(
+        &run,
+        Some(("/etc/tollgate/teams/acme.yaml", NETWORK_POLICY)),
+    );
     let mut worker = Worker::start(&start, Passed::default());
     let events = worker.events();
     let (status, stdout, stderr) = worker.finish();
@@ -239,27 +278,12 @@ fn the_callers_audit_file_gets_its_format_the_service_gets_json_and_no_descripto
     let scratch = Scratch::new("worker-audit");
     let audit = scratch.output("audit.ocsf");
     // The caller opens its own file and sends it.
-    let file: OwnedFd = fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(&audit)
-        .unwrap()
-        .into();
+    let file: OwnedFd = appended(&audit);
     let mut run = options(&["/bin/ls", "/proc/self/fd"]);
     run.audit = Some(audit.clone());
     run.audit_format = tollgate::audit::Format::Ocsf;
-    let start = WorkerStart {
-        options: serde_json::to_value(&run).unwrap(),
-        policy: None,
-        caller: caller(),
-    };
-    let mut worker = Worker::start(
-        &start,
-        Passed {
-            audit: Some(&file),
-            ..Passed::default()
-        },
-    );
+    let start = worker_start(&run, None);
+    let mut worker = Worker::start(&start, Passed::audit(&file));
     let events = worker.events();
     let (status, stdout, stderr) = worker.finish();
     assert_eq!(status, 0, "stderr: {stderr}");
@@ -290,31 +314,13 @@ fn an_audit_descriptor_that_is_not_the_named_file_is_refused() {
     fs::write(&named, "").unwrap();
     let share = shared_dir(&scratch, "shared");
     let elsewhere = share.join("audit.jsonl");
-    let file: OwnedFd = fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(&elsewhere)
-        .unwrap()
-        .into();
+    let file: OwnedFd = appended(&elsewhere);
     let ran = share.join("ran");
     let mut run = options(&["/bin/touch", ran.to_str().unwrap()]);
     run.audit = Some(named.clone());
-    run.shares = vec![tollgate::sandbox::mounts::Share {
-        path: share.clone(),
-        read_only: false,
-    }];
-    let start = WorkerStart {
-        options: serde_json::to_value(&run).unwrap(),
-        policy: None,
-        caller: caller(),
-    };
-    let mut worker = Worker::start(
-        &start,
-        Passed {
-            audit: Some(&file),
-            ..Passed::default()
-        },
-    );
+    run.shares = vec![writable(&share)];
+    let start = worker_start(&run, None);
+    let mut worker = Worker::start(&start, Passed::audit(&file));
     let events = worker.events();
     let (status, _, stderr) = worker.finish();
     assert_eq!(status, 125, "stderr: {stderr}");
@@ -346,18 +352,8 @@ fn a_relative_output_path_is_refused_with_what_to_give() {
         .into();
     let mut run = options(&["/bin/true"]);
     run.audit = Some("audit.jsonl".into());
-    let start = WorkerStart {
-        options: serde_json::to_value(&run).unwrap(),
-        policy: None,
-        caller: caller(),
-    };
-    let worker = Worker::start(
-        &start,
-        Passed {
-            audit: Some(&file),
-            ..Passed::default()
-        },
-    );
+    let start = worker_start(&run, None);
+    let worker = Worker::start(&start, Passed::audit(&file));
     let (status, _, stderr) = worker.finish();
     assert_eq!(status, 125, "{stderr}");
     assert!(stderr.contains("give an absolute path"), "{stderr}");
@@ -371,11 +367,7 @@ fn closing_the_channel_mid_run_kills_the_sandbox_and_the_worker_exits_125() {
     // then, and the worker adds nothing.
     for service_died in [false, true] {
         let run = options(&["/bin/sh", "-c", "echo ready; exec /bin/sleep 30"]);
-        let start = WorkerStart {
-            options: serde_json::to_value(&run).unwrap(),
-            policy: None,
-            caller: caller(),
-        };
+        let start = worker_start(&run, None);
         let mut worker = Worker::start(&start, Passed::default());
         let Some(WorkerEvent::Started { execution }) = worker.next_event() else {
             panic!("no `started` event");
@@ -433,15 +425,8 @@ fn a_launch_abandoned_before_its_command_started_never_runs_it() {
     let share = shared_dir(&scratch, "shared");
     let ran = share.join("ran");
     let mut run = options(&["/bin/touch", ran.to_str().unwrap()]);
-    run.shares = vec![tollgate::sandbox::mounts::Share {
-        path: share.clone(),
-        read_only: false,
-    }];
-    let start = WorkerStart {
-        options: serde_json::to_value(&run).unwrap(),
-        policy: None,
-        caller: caller(),
-    };
+    run.shares = vec![writable(&share)];
+    let start = worker_start(&run, None);
     let mut worker = Worker::start(&start, Passed::default());
     // The service closes its end right after sending the execution, as `tollgate serve`
     // does (a shutdown of its writing side: the worker's events can still be read).
@@ -479,11 +464,7 @@ fn a_command_that_cannot_run_exits_as_a_local_run_does() {
         ("/nonexistent/tool", 127, "not found"),
         ("/etc/passwd", 126, "cannot execute"),
     ] {
-        let start = WorkerStart {
-            options: serde_json::to_value(options(&[command])).unwrap(),
-            policy: None,
-            caller: caller(),
-        };
+        let start = worker_start(&options(&[command]), None);
         let mut worker = Worker::start(&start, Passed::default());
         let events = worker.events();
         let (exit, _, stderr) = worker.finish();
@@ -537,12 +518,7 @@ fn the_log_file_gets_every_line_even_those_before_it_opened_and_no_terminal_colo
     let _lock = SuiteLock::shared();
     let scratch = Scratch::new("worker-log");
     let log = scratch.output("tollgate.log");
-    let file: OwnedFd = fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(&log)
-        .unwrap()
-        .into();
+    let file: OwnedFd = appended(&log);
     let mut run = options(&[
         "/usr/bin/curl",
         "-sS",
@@ -552,14 +528,7 @@ fn the_log_file_gets_every_line_even_those_before_it_opened_and_no_terminal_colo
     ]);
     run.team = Some("acme".into());
     run.log = Some(log.clone());
-    let start = WorkerStart {
-        options: serde_json::to_value(&run).unwrap(),
-        policy: Some(PolicyText {
-            name: "acme.yaml".into(),
-            text: NETWORK_POLICY.into(),
-        }),
-        caller: caller(),
-    };
+    let start = worker_start(&run, Some(("acme.yaml", NETWORK_POLICY)));
     let (master, slave) = terminal();
     let mut worker = Worker::start(
         &start,
