@@ -432,6 +432,21 @@ impl Service {
         wait_within(child, HANG_LIMIT + grace)
     }
 
+    /// The service exited 0 (`status`, from [`Service::stop`] or [`Service::wait_exit`]),
+    /// removed its socket, and left nothing of `users` behind.
+    pub fn assert_shut_down(&self, status: ExitStatus, users: &[&TestUser]) {
+        assert!(
+            status.success(),
+            "serve exited {status}\n{}",
+            self.describe()
+        );
+        assert!(
+            !self.paths.socket.exists(),
+            "the socket stayed after shutdown"
+        );
+        self.assert_clean(users);
+    }
+
     /// SIGKILLs the service and reaps it.
     pub fn kill(&mut self) {
         self.workers();

@@ -142,16 +142,7 @@ fn an_unprivileged_caller_gets_its_output_its_status_and_its_proxied_requests() 
 
     service.assert_clean(&[&user]);
     let status = service.stop();
-    assert!(
-        status.success(),
-        "serve exited {status}\n{}",
-        service.describe()
-    );
-    assert!(
-        !service.paths.socket.exists(),
-        "the socket stayed after shutdown"
-    );
-    service.assert_clean(&[&user]);
+    service.assert_shut_down(status, &[&user]);
 }
 
 #[test]

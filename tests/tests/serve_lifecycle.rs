@@ -33,6 +33,15 @@ fn node(group: &TestGroup, users: &[&TestUser]) -> Node {
     .team(TEAM, &team_policy())
 }
 
+/// `user`'s launch of [`READY_THEN_SLEEP`] once its sandbox runs, the only one: the client
+/// and the execution's id.
+fn sleeping(service: &Service, user: &TestUser) -> (Running, String) {
+    let mut running = service.client(user).team(TEAM).spawn(READY_THEN_SLEEP);
+    running.wait_line("ready", HANG_LIMIT);
+    let worker = service.wait_workers(1)[0];
+    (running, execution_of(service, worker))
+}
+
 /// The single execution id the service is running now (its worker is `worker`).
 fn execution_of(service: &Service, worker: u32) -> String {
     let deadline = Instant::now() + SETTLE_LIMIT;
@@ -61,10 +70,7 @@ fn sigterm_to_the_caller_ends_the_sandbox_as_in_a_local_run() {
     let user = TestUser::create(&[&group]);
     let service = Service::start(node(&group, &[&user]));
 
-    let mut running = service.client(&user).team(TEAM).spawn(READY_THEN_SLEEP);
-    running.wait_line("ready", HANG_LIMIT);
-    let worker = service.wait_workers(1)[0];
-    let execution = execution_of(&service, worker);
+    let (running, execution) = sleeping(&service, &user);
     signal(running.pid(), libc::SIGTERM);
     let finished = running.finish(HANG_LIMIT);
     assert_eq!(finished.code(), 143, "{}", finished.describe());
@@ -116,10 +122,7 @@ fn a_caller_killed_with_sigkill_takes_its_execution_with_it() {
     let user = TestUser::create(&[&group]);
     let service = Service::start(node(&group, &[&user]));
 
-    let mut running = service.client(&user).team(TEAM).spawn(READY_THEN_SLEEP);
-    running.wait_line("ready", HANG_LIMIT);
-    let worker = service.wait_workers(1)[0];
-    let execution = execution_of(&service, worker);
+    let (mut running, execution) = sleeping(&service, &user);
     signal(running.pid(), libc::SIGKILL);
     let status = running.wait_exit(HANG_LIMIT);
     assert_eq!(
@@ -267,16 +270,7 @@ fn sigterm_to_the_service_lets_executions_finish_within_the_grace_then_ends_the_
     assert_eq!(ended.code(), 125, "{}", ended.describe());
     assert!(ended.stderr.contains("tollgate: "), "{}", ended.describe());
     let status = service.wait_exit();
-    assert!(
-        status.success(),
-        "serve exited {status}\n{}",
-        service.describe()
-    );
-    assert!(
-        !service.paths.socket.exists(),
-        "the socket stayed after shutdown"
-    );
-    service.assert_clean(&[&user]);
+    service.assert_shut_down(status, &[&user]);
     for execution in &executions {
         assert_execution_gone(execution);
     }
