@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The node service (`tollgate serve`, issue #12) measured side by side in one run:
 #   1. launch latency: a local `tollgate run`, the same through `--connect`, and bwrap;
-#   2. the service's memory idle and with 1, 10 and 50 executions running;
-#   3. launches per second through the service (and locally) with 1, 8 and 32 launchers;
-#   4. 200 executions through the service started at once: their exit statuses, and
-#      what is left behind afterwards;
-#   5. where one launch's time goes (a `perf` timeline of scheduler and system-call events).
+#   2. where one launch's time goes (a `perf` timeline of scheduler and system-call events);
+#   3. the service's memory idle and with 1, 10 and 50 executions running;
+#   4. launches per second through the service (and locally) with 1, 8 and 32 launchers;
+#   5. 200 executions through the service started at once, twice: their exit statuses, and
+#      what is left behind afterwards.
 # Prints Markdown tables (docs/benchmarks.md, "Node service").
 #
 # The service runs as root on a node.yaml of its own (launch socket, team directory with one
@@ -21,9 +21,9 @@
 #   TOLLGATE   the binary to measure (default target/dist/tollgate, the shipped build, built
 #              with `cargo build --profile dist -p tollgate` when missing); copied into the
 #              work directory first, so that a rebuild during the run changes nothing
-#   LAUNCHES   launches per throughput cell (default 160); CONCURRENT (200), HOLD (10 s, long
-#              enough for all of them to be running at once) and WAVES (2) for step 4; TRACED
-#              (8) launches of each kind in step 5
+#   TRACED     launches of each kind in step 2 (default 8); LAUNCHES per throughput cell in
+#              step 4 (160); CONCURRENT (200), HOLD (10 s, long enough for all of them to run
+#              at once) and WAVES (2) for step 5
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=lib/bench.sh
@@ -156,15 +156,45 @@ $helper exit-codes "$names" "${exports[@]}"
 $helper stats "$names" bwrap "${exports[@]}"
 
 # ---------------------------------------------------------------------------------------
-# 2. Memory, idle and per running execution.
+# 2. Where the time goes.
+step "where the time goes"
+echo
+echo "## 2. Where a launch's time goes ($traced launches of each kind, one at a time, perf record -a)"
+if ! command -v perf >/dev/null; then
+  echo "perf is not installed: skipped"
+else
+  events=(-e sched:sched_process_fork -e sched:sched_process_exec -e sched:sched_process_exit
+    -e syscalls:sys_enter_connect -e syscalls:sys_enter_sendmsg -e syscalls:sys_exit_recvmsg
+    -e syscalls:sys_enter_sendto -e syscalls:sys_enter_fcntl --filter 'fd == 3'
+    -e syscalls:sys_enter_flock -e syscalls:sys_enter_write --filter 'count == 1'
+    -e syscalls:sys_enter_prctl --filter 'option == 4')
+  perf record -q -a "${events[@]}" -o "$WORK/perf.data" 2>"$WORK/perf.err" &
+  perf_pid=$!
+  PIDS+=("$perf_pid")
+  for _ in $(seq 100); do [ -s "$WORK/perf.data" ] && break; sleep 0.05; done
+  sleep 0.5 # perf opens its per-CPU buffers after creating the file
+  : >"$WORK/traced.tsv"
+  for _ in $(seq "$traced"); do
+    $as_caller "$tollgate" run --connect "$socket" --team bench -- /bin/true &
+    echo "served $!" >>"$WORK/traced.tsv"; wait $!
+    "$tollgate" run --policy "$WORK/teams/bench.yaml" -- /bin/true &
+    echo "local $!" >>"$WORK/traced.tsv"; wait $!
+  done
+  sleep 0.6 # the last worker's exit
+  kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true; PIDS=()
+  perf script -i "$WORK/perf.data" -F comm,pid,tid,cpu,time,event,trace >"$WORK/perf.txt" 2>/dev/null
+  $helper breakdown "$WORK/perf.txt" "$WORK/traced.tsv" "$SERVICE"
+fi
+# ---------------------------------------------------------------------------------------
+# 3. Memory, idle and per running execution.
 step "memory"
 echo
-echo "## 2. Memory: RSS / PSS in MiB (PSS shares each page among the processes that map it)"
+echo "## 3. Memory: RSS / PSS in MiB (PSS shares each page among the processes that map it)"
 echo
 echo "| executions running | service | workers (one per execution) | sandbox processes (init + command) | clients (the callers' \`tollgate run --connect\`) |"
 echo "|---|---|---|---|---|"
 mem_line "0 (idle, just started)" "$idle_start"
-mem_line "0 (idle, after step 1)" "$($helper tree "$SERVICE" "$caller_uid")"
+mem_line "0 (idle, after steps 1 and 2)" "$($helper tree "$SERVICE" "$caller_uid")"
 for n in 1 10 50; do
   started=()
   for _ in $(seq "$n"); do
@@ -190,19 +220,21 @@ echo
 echo "A local \`tollgate run --policy bench.yaml -- sleep 600\` (root), RSS / PSS in MiB: $local_tree"
 
 # ---------------------------------------------------------------------------------------
-# 3. Launches per second.
+# 4. Launches per second.
 step "launches per second"
-cpu_of() { awk '{print $14 + $15, $16 + $17}' "/proc/$1/stat"; } # own ticks, reaped children's ticks
+# The CPU ticks of process $1 itself, and of its children it has reaped (and theirs).
+cpu_of() { awk '{print $14 + $15, $16 + $17}' "/proc/$1/stat"; }
 tick=$(getconf CLK_TCK)
 echo
-echo "## 3. Launches per second ($launches launches of \`/bin/true\` per cell, split among the launchers)"
+echo "## 4. Launches per second ($launches launches of \`/bin/true\` per cell, split among the launchers)"
 echo
-echo "| launchers | path | launches | exit 0 | wall | launches/s | service CPU / launch | workers' CPU / launch |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "| launchers | path | launches | exit 0 | wall | launches/s | launchers' CPU / launch | service CPU / launch | workers' CPU / launch |"
+echo "|---|---|---|---|---|---|---|---|---|"
 for path in connect local; do
   for c in 1 8 32; do
     each=$(( (launches + c - 1) / c ))
     read -r own0 kids0 < <(cpu_of "$SERVICE")
+    read -r _ mine0 < <(cpu_of $$)
     t0=$(date +%s.%N)
     started=()
     for j in $(seq "$c"); do
@@ -219,24 +251,25 @@ for path in connect local; do
     PIDS=()
     t1=$(date +%s.%N)
     read -r own1 kids1 < <(cpu_of "$SERVICE")
+    read -r _ mine1 < <(cpu_of $$)
     total=$(cat "$WORK"/rate-*.out | wc -l)
     ok=$(cat "$WORK"/rate-*.out | grep -cx 0 || true)
     if [ "$ok" != "$total" ]; then
       say_failure "$((total - ok)) of $total launches ($path, $c launchers) did not exit 0" <(cat "$WORK"/rate-*.err | sort | uniq -c | head -5)
     fi
-    awk -v c="$c" -v p="$path" -v n="$total" -v ok="$ok" -v t0="$t0" -v t1="$t1" -v o="$((own1 - own0))" -v k="$((kids1 - kids0))" -v hz="$tick" 'BEGIN {
+    awk -v c="$c" -v p="$path" -v n="$total" -v ok="$ok" -v t0="$t0" -v t1="$t1" -v o="$((own1 - own0))" -v k="$((kids1 - kids0))" -v m="$((mine1 - mine0))" -v hz="$tick" 'BEGIN {
       w = t1 - t0
       cpu = (p == "connect") ? sprintf("%.2f ms | %.2f ms", o * 1000 / hz / n, k * 1000 / hz / n) : "– | –"
-      printf "| %d | %s | %d | %d | %.2f s | %.1f | %s |\n", c, p, n, ok, w, n / w, cpu }'
+      printf "| %d | %s | %d | %d | %.2f s | %.1f | %.2f ms | %s |\n", c, p, n, ok, w, n / w, m * 1000 / hz / n, cpu }'
     rm -f "$WORK"/rate-*.out "$WORK"/rate-*.err
   done
 done
 
 # ---------------------------------------------------------------------------------------
-# 4. Many executions at once, and what they leave.
+# 5. Many executions at once, and what they leave.
 step "many at once"
 echo
-echo "## 4. $concurrent executions through the service released at once (\`sleep $hold\` each), $waves waves"
+echo "## 5. $concurrent executions through the service released at once (\`sleep $hold\` each), $waves waves"
 echo
 netns_before=$(ip netns list | wc -l)
 fds_before=$(ls "/proc/$SERVICE/fd" | wc -l)
@@ -290,36 +323,6 @@ echo "leftovers, every execution of this run (from the launch audit): $LEFT"
 echo "named network namespaces: $netns_before before, $(ip netns list | wc -l) after; the service's descriptors: $fds_before before"
 echo "/metrics, team bench: $(metrics | grep -E '^tollgate_executions_(finished_total|active)' | tr '\n' ' ')"
 
-# ---------------------------------------------------------------------------------------
-# 5. Where the time goes.
-step "where the time goes"
-echo
-echo "## 5. Where a launch's time goes ($traced launches of each kind, one at a time, perf record -a)"
-if ! command -v perf >/dev/null; then
-  echo "perf is not installed: skipped"
-else
-  events=(-e sched:sched_process_fork -e sched:sched_process_exec -e sched:sched_process_exit
-    -e syscalls:sys_enter_connect -e syscalls:sys_enter_sendmsg -e syscalls:sys_exit_recvmsg
-    -e syscalls:sys_enter_sendto -e syscalls:sys_enter_fcntl --filter 'fd == 3'
-    -e syscalls:sys_enter_flock -e syscalls:sys_enter_write --filter 'count == 1'
-    -e syscalls:sys_enter_prctl --filter 'option == 4')
-  perf record -q -a "${events[@]}" -o "$WORK/perf.data" 2>"$WORK/perf.err" &
-  perf_pid=$!
-  PIDS+=("$perf_pid")
-  for _ in $(seq 100); do [ -s "$WORK/perf.data" ] && break; sleep 0.05; done
-  sleep 0.5 # perf opens its per-CPU buffers after creating the file
-  : >"$WORK/traced.tsv"
-  for _ in $(seq "$traced"); do
-    $as_caller "$tollgate" run --connect "$socket" --team bench -- /bin/true &
-    echo "served $!" >>"$WORK/traced.tsv"; wait $!
-    "$tollgate" run --policy "$WORK/teams/bench.yaml" -- /bin/true &
-    echo "local $!" >>"$WORK/traced.tsv"; wait $!
-  done
-  sleep 0.6 # the last worker's exit
-  kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true; PIDS=()
-  perf script -i "$WORK/perf.data" -F comm,pid,tid,cpu,time,event,trace >"$WORK/perf.txt" 2>/dev/null
-  $helper breakdown "$WORK/perf.txt" "$WORK/traced.tsv" "$SERVICE"
-fi
 step "done"
 echo
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
