@@ -93,6 +93,9 @@ struct Passed<'a> {
     stderr: Option<OwnedFd>,
     /// The service's own `TOLLGATE_LOG`, which it passes on.
     log_filter: Option<&'a str>,
+    /// The caller's descriptors of the run's shares, on descriptors 6, 7, … in the run's
+    /// order (`wire::FIRST_SHARE_FD`).
+    shares: Vec<&'a OwnedFd>,
 }
 
 impl<'a> Passed<'a> {
@@ -105,17 +108,30 @@ impl<'a> Passed<'a> {
     }
 }
 
+/// Shares a test passes at most.
+const MOST_SHARES: usize = 4;
+
+/// The caller's descriptor of a directory it shares (the worker checks it is that directory).
+fn share_descriptor(dir: &std::path::Path) -> OwnedFd {
+    fs::File::open(dir)
+        .map(OwnedFd::from)
+        .expect("open the shared directory")
+}
+
 impl Worker {
     /// Spawns `tollgate __execution` with the descriptors in their places and sends it
     /// `start`.
     fn start(start: &WorkerStart, passed: Passed<'_>) -> Worker {
         let (mut ours, theirs) = UnixStream::pair().expect("socketpair");
-        // For descriptors 3, 4, 5; -1: leave it closed.
-        let sources: [RawFd; 3] = [
-            theirs.as_raw_fd(),
-            passed.audit.map_or(-1, |fd| fd.as_raw_fd()),
-            passed.log.map_or(-1, |fd| fd.as_raw_fd()),
-        ];
+        // For descriptors 3, 4, 5, then the shares from 6; -1: leave it closed.
+        let mut sources: [RawFd; 3 + MOST_SHARES] = [-1; 3 + MOST_SHARES];
+        sources[0] = theirs.as_raw_fd();
+        sources[1] = passed.audit.map_or(-1, |fd| fd.as_raw_fd());
+        sources[2] = passed.log.map_or(-1, |fd| fd.as_raw_fd());
+        assert!(passed.shares.len() <= MOST_SHARES);
+        for (source, share) in sources[3..].iter_mut().zip(&passed.shares) {
+            *source = share.as_raw_fd();
+        }
         let mut command = Command::new(tollgate_path());
         command
             .arg("__execution")
@@ -132,7 +148,7 @@ impl Worker {
         unsafe {
             command.pre_exec(move || {
                 // Above every target first, so that placing one never overwrites another.
-                let mut high: [RawFd; 3] = [-1; 3];
+                let mut high: [RawFd; 3 + MOST_SHARES] = [-1; 3 + MOST_SHARES];
                 for (copy, &fd) in high.iter_mut().zip(&sources) {
                     if fd >= 0 {
                         *copy = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100);
@@ -320,7 +336,14 @@ fn an_audit_descriptor_that_is_not_the_named_file_is_refused() {
     run.audit = Some(named.clone());
     run.shares = vec![writable(&share)];
     let start = worker_start(&run, None);
-    let mut worker = Worker::start(&start, Passed::audit(&file));
+    let share_fd = share_descriptor(&share);
+    let mut worker = Worker::start(
+        &start,
+        Passed {
+            shares: vec![&share_fd],
+            ..Passed::audit(&file)
+        },
+    );
     let events = worker.events();
     let (status, _, stderr) = worker.finish();
     assert_eq!(status, 125, "stderr: {stderr}");
@@ -427,7 +450,14 @@ fn a_launch_abandoned_before_its_command_started_never_runs_it() {
     let mut run = options(&["/bin/touch", ran.to_str().unwrap()]);
     run.shares = vec![writable(&share)];
     let start = worker_start(&run, None);
-    let mut worker = Worker::start(&start, Passed::default());
+    let share_fd = share_descriptor(&share);
+    let mut worker = Worker::start(
+        &start,
+        Passed {
+            shares: vec![&share_fd],
+            ..Passed::default()
+        },
+    );
     // The service closes its end right after sending the execution, as `tollgate serve`
     // does (a shutdown of its writing side: the worker's events can still be read).
     worker
