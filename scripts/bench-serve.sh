@@ -48,6 +48,7 @@ fi
 
 SERVICE=
 USER_NAME=
+FAILED=() # what failed, for the end: measurements go on, the exit status says so
 bench_work tollgate-bench-serve
 cleanup() {
   local pid
@@ -152,7 +153,12 @@ done
 echo
 echo "## 1. Launch latency (hyperfine -N, $rounds rounds of $per_round runs, alternating order)"
 echo
-$helper exit-codes "$names" "${exports[@]}"
+if ! $helper exit-codes "$names" "${exports[@]}" >"$WORK/codes.txt"; then
+  # hyperfine keeps no output of a run: what exited how is all there is to report.
+  FAILED+=("latency runs: $(paste -sd ';' "$WORK/codes.txt")")
+  sed 's/^/FAILED: /' "$WORK/codes.txt"
+  echo
+fi
 $helper stats "$names" bwrap "${exports[@]}"
 
 # ---------------------------------------------------------------------------------------
@@ -256,6 +262,7 @@ for path in connect local; do
     ok=$(cat "$WORK"/rate-*.out | grep -cx 0 || true)
     if [ "$ok" != "$total" ]; then
       say_failure "$((total - ok)) of $total launches ($path, $c launchers) did not exit 0" <(cat "$WORK"/rate-*.err | sort | uniq -c | head -5)
+      FAILED+=("launches per second, $path, $c launchers: $((total - ok)) of $total did not exit 0")
     fi
     awk -v c="$c" -v p="$path" -v n="$total" -v ok="$ok" -v t0="$t0" -v t1="$t1" -v o="$((own1 - own0))" -v k="$((kids1 - kids0))" -v m="$((mine1 - mine0))" -v hz="$tick" 'BEGIN {
       w = t1 - t0
@@ -311,6 +318,7 @@ print(f"| {n} | {counts} | {float(t1) - float(t0):.2f} s | {peak['workers']} / {
       f"| {float(t2) - float(t1):.2f} s | {len(left['problems'])} | {svc['rss'] / 1024:.1f} / {svc['pss'] / 1024:.1f} MiB | {fds} |")
 PY
   if printf '%s\n' "${statuses[@]}" | grep -vqx 0; then
+    FAILED+=("wave $1: $(printf '%s\n' "${statuses[@]}" | grep -vcx 0) of $concurrent did not exit 0")
     for j in $(seq "$concurrent"); do [ -s "$WORK/many-$j.err" ] && { echo "    many-$j: $(head -c 300 "$WORK/many-$j.err")"; }; done | head -10
   fi
   LEFT=$left
@@ -320,9 +328,18 @@ echo "|---|---|---|---|---|---|---|---|"
 for w in $(seq "$waves"); do wave "$w"; done
 echo
 echo "leftovers, every execution of this run (from the launch audit): $LEFT"
+if [ "$(/usr/bin/python3 -c 'import json,sys; print(len(json.loads(sys.argv[1])["problems"]))' "$LEFT")" != 0 ]; then
+  FAILED+=("left behind after the waves: $LEFT")
+fi
 echo "named network namespaces: $netns_before before, $(ip netns list | wc -l) after; the service's descriptors: $fds_before before"
 echo "/metrics, team bench: $(metrics | grep -E '^tollgate_executions_(finished_total|active)' | tr '\n' ' ')"
 
 step "done"
 echo
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+if [ ${#FAILED[@]} -gt 0 ]; then
+  echo
+  echo "## Failures"
+  printf -- '- %s\n' "${FAILED[@]}"
+  exit 1
+fi
