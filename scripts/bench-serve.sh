@@ -64,6 +64,14 @@ cleanup() {
     userdel "$USER_NAME" 2>/dev/null || true
     groupdel "$USER_NAME" 2>/dev/null || true
   fi
+  # The migration measurement's cgroups, had it been interrupted (its sleep moved out first).
+  for dir in /sys/fs/cgroup/memory/tollgate-bench-serve-$$-[ab]; do
+    [ -d "$dir" ] || continue
+    for pid in $(cat "$dir/cgroup.procs"); do
+      echo "$pid" >/sys/fs/cgroup/memory/cgroup.procs; kill -KILL "$pid" 2>/dev/null || true
+    done
+    rmdir "$dir" 2>/dev/null || true
+  done
   rm -rf "${WORK:?}"
 }
 bench_on_exit cleanup
@@ -191,6 +199,10 @@ else
   perf script -i "$WORK/perf.data" -F comm,pid,tid,cpu,time,event,trace >"$WORK/perf.txt" 2>/dev/null
   $helper breakdown "$WORK/perf.txt" "$WORK/traced.tsv" "$SERVICE"
 fi
+echo
+echo "What the init's join costs: one cgroup v1 migration (a sleeping process moved between two memory cgroups)"
+echo
+$helper migration "tollgate-bench-serve-$$" 20
 # ---------------------------------------------------------------------------------------
 # 3. Memory, idle and per running execution.
 step "memory"

@@ -221,6 +221,41 @@ def exit_codes(names_file, *exports):
         raise SystemExit(1)
 
 
+def migration(prefix, moves):
+    """What one cgroup v1 migration costs (what the sandbox's init pays to join the
+    execution's v1 hierarchies): a sleeping process moved between two memory cgroups
+    PREFIX-a and PREFIX-b, MOVES times 200 ms apart and MOVES times back to back. The move
+    takes the cgroup threadgroup lock for writing, which waits for an RCU grace period unless
+    another migration took it moments before. Prints one Markdown row per spacing."""
+    import subprocess
+    import time
+
+    memory = next(m for m in v1_mounts() if os.path.exists(f"{m}/memory.limit_in_bytes"))
+    dirs = [f"{memory}/{prefix}-a", f"{memory}/{prefix}-b"]
+    for d in dirs:
+        os.makedirs(d, exist_ok=True)
+    child = subprocess.Popen(["/bin/sleep", "600"])
+    try:
+        print("| moves | median | max |")
+        print("|---|---|---|")
+        for pause, label in ((0.2, "200 ms apart"), (0.0, "back to back")):
+            times = []
+            for i in range(int(moves)):
+                start = time.perf_counter()
+                with open(f"{dirs[i % 2]}/cgroup.procs", "w") as procs:
+                    procs.write(str(child.pid))
+                times.append((time.perf_counter() - start) * 1e3)
+                time.sleep(pause)
+            print(f"| {moves} {label} | {statistics.median(times):.2f} ms | {max(times):.2f} ms |")
+    finally:
+        with open(f"{memory}/cgroup.procs", "w") as procs:
+            procs.write(str(child.pid))
+        child.kill()
+        child.wait()
+        for d in dirs:
+            os.rmdir(d)
+
+
 # ---------------------------------------------------------------------------------------
 # Leftovers: `leftovers LAUNCHES-JSONL SERVICE-PID CLIENT-UID`
 
@@ -502,7 +537,7 @@ def breakdown(perf_text, launches_tsv, service):
 if __name__ == "__main__":
     commands = {
         "stats": stats, "exit-codes": exit_codes, "tree": tree, "row": row, "supervisor": supervisor, "wait-commands": wait_commands, "peak": peak,
-        "waiting": waiting, "leftovers": leftovers, "breakdown": breakdown,
+        "waiting": waiting, "migration": migration, "leftovers": leftovers, "breakdown": breakdown,
     }
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         raise SystemExit(f"usage: {sys.argv[0]} {'|'.join(commands)} ARGS...")
