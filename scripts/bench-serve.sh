@@ -65,11 +65,11 @@ cleanup() {
     groupdel "$USER_NAME" 2>/dev/null || true
   fi
   # The migration measurement's cgroups, had it been interrupted (its sleep moved out first).
-  for dir in /sys/fs/cgroup/memory/tollgate-bench-serve-$$-[ab]; do
+  for dir in "/sys/fs/cgroup/memory/tollgate-bench-serve-$$-"[ab]; do
     [ -d "$dir" ] || continue
-    for pid in $(cat "$dir/cgroup.procs"); do
+    while read -r pid; do
       echo "$pid" >/sys/fs/cgroup/memory/cgroup.procs; kill -KILL "$pid" 2>/dev/null || true
-    done
+    done <"$dir/cgroup.procs"
     rmdir "$dir" 2>/dev/null || true
   done
   rm -rf "${WORK:?}"
@@ -82,7 +82,7 @@ tollgate=$WORK/tollgate
 USER_NAME=tg-bench-$$
 useradd --system --user-group --no-create-home --shell /usr/sbin/nologin "$USER_NAME"
 caller_uid=$(id -u "$USER_NAME")
-as_caller="setpriv --reuid=$USER_NAME --regid=$USER_NAME --init-groups --"
+as_caller=(setpriv "--reuid=$USER_NAME" "--regid=$USER_NAME" --init-groups --)
 mkdir -m 755 "$WORK/teams" "$WORK/secrets"
 printf 'version: 1\nteam: bench\nnetwork:\n  allow: []\n' >"$WORK/teams/bench.yaml"
 chmod 644 "$WORK/teams/bench.yaml"
@@ -130,12 +130,12 @@ step "latency"
 names=$WORK/names.tsv
 latency=(
   "bwrap|bwrap --unshare-all --die-with-parent --ro-bind / / /bin/true|0|bwrap --unshare-all --die-with-parent --ro-bind / / /bin/true"
-  "setpriv|$as_caller /bin/true|0|setpriv … /bin/true (the caller's switch to the test user, alone)"
+  "setpriv|${as_caller[*]} /bin/true|0|setpriv … /bin/true (the caller's switch to the test user, alone)"
   "local-off|$tollgate run -- /bin/true|0|\`tollgate run -- /bin/true\` (root, local, network off)"
   "local-team|$tollgate run --policy $WORK/teams/bench.yaml -- /bin/true|0|\`tollgate run --policy bench.yaml -- /bin/true\` (root, local, the team's policy)"
-  "connect|$as_caller $tollgate run --connect $socket --team bench -- /bin/true|0|\`tollgate run --connect SOCK --team bench -- /bin/true\` (test user)"
-  "refused|$as_caller $tollgate run --connect $socket --team other -- /bin/true|125|the same for a team it may not use: refused, 125 (client + service round trip, no worker)"
-  "no-service|$as_caller $tollgate run --connect $WORK/absent.sock --team bench -- /bin/true|125|the same with no service at SOCK: 125 (client start alone)"
+  "connect|${as_caller[*]} $tollgate run --connect $socket --team bench -- /bin/true|0|\`tollgate run --connect SOCK --team bench -- /bin/true\` (test user)"
+  "refused|${as_caller[*]} $tollgate run --connect $socket --team other -- /bin/true|125|the same for a team it may not use: refused, 125 (client + service round trip, no worker)"
+  "no-service|${as_caller[*]} $tollgate run --connect $WORK/absent.sock --team bench -- /bin/true|125|the same with no service at SOCK: 125 (client start alone)"
 )
 : >"$names"
 hyperfine_args=()
@@ -173,7 +173,7 @@ $helper stats "$names" bwrap "${exports[@]}"
 # 2. Where the time goes.
 step "where the time goes"
 echo
-echo "## 2. Where a launch's time goes ($traced launches of each kind, one at a time, perf record -a)"
+echo "## 2. Where a launch's time goes ($traced launches of each kind, alternating, 200 ms apart, perf record -a)"
 if ! command -v perf >/dev/null; then
   echo "perf is not installed: skipped"
 else
@@ -182,20 +182,30 @@ else
     -e syscalls:sys_enter_sendto -e syscalls:sys_enter_fcntl --filter 'fd == 3'
     -e syscalls:sys_enter_flock -e syscalls:sys_enter_write --filter 'count == 1'
     -e syscalls:sys_enter_prctl --filter 'option == 4')
-  perf record -q -a "${events[@]}" -o "$WORK/perf.data" 2>"$WORK/perf.err" &
+  # Started disabled; enabled through its control FIFO, whose "ack" says the events are on.
+  mkfifo "$WORK/perf.ctl" "$WORK/perf.ack"
+  perf record -q -a -D -1 --control "fifo:$WORK/perf.ctl,$WORK/perf.ack" "${events[@]}" \
+    -o "$WORK/perf.data" 2>"$WORK/perf.err" &
   perf_pid=$!
   PIDS+=("$perf_pid")
-  for _ in $(seq 100); do [ -s "$WORK/perf.data" ] && break; sleep 0.05; done
-  sleep 0.5 # perf opens its per-CPU buffers after creating the file
+  exec 7<>"$WORK/perf.ack"
+  echo enable >"$WORK/perf.ctl"
+  if ! read -r -t 30 ack <&7 || [ "$ack" != ack ]; then
+    echo "perf record did not start: $(cat "$WORK/perf.err")"; exit 1
+  fi
   : >"$WORK/traced.tsv"
+  # 200 ms apart: a cgroup v1 migration is cheap just after another one (see below), so
+  # launches in a row would hand that saving to whichever comes second.
   for _ in $(seq "$traced"); do
-    $as_caller "$tollgate" run --connect "$socket" --team bench -- /bin/true &
+    "${as_caller[@]}" "$tollgate" run --connect "$socket" --team bench -- /bin/true &
     echo "served $!" >>"$WORK/traced.tsv"; wait $!
+    sleep 0.2
     "$tollgate" run --policy "$WORK/teams/bench.yaml" -- /bin/true &
     echo "local $!" >>"$WORK/traced.tsv"; wait $!
+    sleep 0.2
   done
-  sleep 0.6 # the last worker's exit
   kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true; PIDS=()
+  exec 7>&-
   perf script -i "$WORK/perf.data" -F comm,pid,tid,cpu,time,event,trace >"$WORK/perf.txt" 2>/dev/null
   $helper breakdown "$WORK/perf.txt" "$WORK/traced.tsv" "$SERVICE"
 fi
@@ -216,7 +226,7 @@ mem_line "0 (idle, after steps 1 and 2)" "$($helper tree "$SERVICE" "$caller_uid
 for n in 1 10 50; do
   started=()
   for _ in $(seq "$n"); do
-    bench_start $as_caller "$tollgate" run --connect "$socket" --team bench -- /bin/sleep 600 </dev/null >/dev/null 2>>"$WORK/hold.err"
+    bench_start "${as_caller[@]}" "$tollgate" run --connect "$socket" --team bench -- /bin/sleep 600 </dev/null >/dev/null 2>>"$WORK/hold.err"
     started+=("$STARTED")
   done
   $helper wait-commands "$SERVICE" "$n" 60 || { say_failure "$n held executions did not all start" "$WORK/hold.err"; exit 1; }
@@ -257,7 +267,7 @@ for path in connect local; do
     started=()
     for j in $(seq "$c"); do
       if [ "$path" = connect ]; then
-        bench_start $as_caller /bin/bash -c 'for ((i = 0; i < $3; i++)); do "$0" run --connect "$1" --team "$2" -- /bin/true; echo $?; done' \
+        bench_start "${as_caller[@]}" /bin/bash -c 'for ((i = 0; i < $3; i++)); do "$0" run --connect "$1" --team "$2" -- /bin/true; echo $?; done' \
           "$tollgate" "$socket" bench "$each" </dev/null >"$WORK/rate-$j.out" 2>"$WORK/rate-$j.err"
       else
         bench_start /bin/bash -c 'for ((i = 0; i < $3; i++)); do "$0" run --policy "$1" -- /bin/true; echo $?; done' \
@@ -291,7 +301,8 @@ echo
 echo "## 5. $concurrent executions through the service released at once (\`sleep $hold\` each), $waves waves"
 echo
 netns_before=$(ip netns list | wc -l)
-fds_before=$(ls "/proc/$SERVICE/fd" | wc -l)
+fd_count() { local fds=("/proc/$1/fd/"*); echo "${#fds[@]}"; }
+fds_before=$(fd_count "$SERVICE")
 barrier=$WORK/barrier
 mkfifo -m 644 "$barrier"
 # wave N: one row of the table; what failed goes below it.
@@ -300,7 +311,7 @@ wave() {
   exec 8<>"$barrier"
   for j in $(seq "$concurrent"); do
     # Each launcher blocks reading the barrier; closing its last writer releases them all.
-    bench_start $as_caller /bin/sh -c 'read go <"$1"; exec "$0" run --connect "$2" --team bench -- /bin/sleep "$3"' \
+    bench_start "${as_caller[@]}" /bin/sh -c 'read go <"$1"; exec "$0" run --connect "$2" --team bench -- /bin/sleep "$3"' \
       "$tollgate" "$barrier" "$socket" "$hold" </dev/null >/dev/null 2>"$WORK/many-$j.err" 8>&-
     started+=("$STARTED")
   done
@@ -320,7 +331,7 @@ wave() {
   done
   t2=$(date +%s.%N)
   /usr/bin/python3 - "$1" "$t0" "$t1" "$t2" "$(cat "$WORK/peak.json")" "$left" "$($helper tree "$SERVICE")" \
-    "$(ls "/proc/$SERVICE/fd" | wc -l)" "${statuses[@]}" <<'PY'
+    "$(fd_count "$SERVICE")" "${statuses[@]}" <<'PY'
 import collections, json, sys
 n, t0, t1, t2, peak, left, tree, fds, *statuses = sys.argv[1:]
 peak, left, tree = json.loads(peak), json.loads(left), json.loads(tree)
