@@ -354,7 +354,7 @@ echo "leftovers, every execution of this run (from the launch audit): $LEFT"
 if [ "$(/usr/bin/python3 -c 'import json,sys; print(len(json.loads(sys.argv[1])["problems"]))' "$LEFT")" != 0 ]; then
   FAILED+=("left behind after the waves: $LEFT")
 fi
-echo "named network namespaces: $netns_before before, $(ip netns list | wc -l) after; the service's descriptors: $fds_before before"
+echo "named network namespaces: $netns_before before the waves, $(ip netns list | wc -l) after; pinned eBPF links: $links_before before, $(pinned_links) after; the service's descriptors: $fds_before before"
 echo "/metrics, team bench: $(metrics | grep -E '^tollgate_executions_(finished_total|active)' | tr '\n' ' ')"
 
 step "done"
