@@ -301,6 +301,8 @@ echo
 echo "## 5. $concurrent executions through the service released at once (\`sleep $hold\` each), $waves waves"
 echo
 netns_before=$(ip netns list | wc -l)
+pinned_links() { find /sys/fs/bpf/tollgate -name '*link*' 2>/dev/null | wc -l; } # links are never pinned
+links_before=$(pinned_links)
 fd_count() { local fds=("/proc/$1/fd/"*); echo "${#fds[@]}"; }
 fds_before=$(fd_count "$SERVICE")
 barrier=$WORK/barrier
