@@ -351,7 +351,7 @@ def num(value):
 class Timeline:
     """The events of one launch's processes: a process tree grown from its root's forks."""
 
-    def __init__(self, evs, root, start, end):
+    def __init__(self, evs, start, end):
         self.evs = [e for e in evs if start <= e[0] <= end]
         self.tgid_of = {}
         for t, tgid, tid, ev, args in self.evs:
@@ -362,6 +362,7 @@ class Timeline:
                 self.parent[num(args["child_pid"])] = tid
 
     def under(self, tid, root):
+        """Whether thread TID is ROOT or was forked, at some depth, from it."""
         seen = 0
         while tid is not None and seen < 64:
             if tid == root:
@@ -370,6 +371,10 @@ class Timeline:
         return False
 
     def first(self, pred, after=0.0):
+        """The time of the first event at or after AFTER that PRED holds for; None when
+        there is none (or AFTER, an earlier marker, was not found)."""
+        if after is None:
+            return None
         for e in self.evs:
             if e[0] >= after and pred(e):
                 return e[0]
@@ -400,7 +405,7 @@ def init_markers(tl, command_time):
 
 def markers_local(evs, pid, start, end):
     """The moments of one local `tollgate run` (pid PID)."""
-    tl = Timeline(evs, pid, start, end)
+    tl = Timeline(evs, start, end)
     mine = lambda e: tl.under(e[2], pid)
     exec_ = tl.first(lambda e: e[2] == pid and e[3] == "sched_process_exec" and e[4].get("filename", "").endswith("/tollgate"))
     lease = tl.first(lambda e: e[2] == pid and e[3] == "sys_enter_flock", exec_)
@@ -428,7 +433,7 @@ def proxy_thread_fork(tl, process):
 
 def markers_served(evs, client, service, start, end):
     """The moments of one launch through the service by client process CLIENT."""
-    tl = Timeline(evs, client, start, end)
+    tl = Timeline(evs, start, end)
     at = lambda tid, ev: (lambda e: e[2] == tid and e[3] == ev)
     setpriv = tl.first(lambda e: e[2] == client and e[3] == "sched_process_exec" and e[4].get("filename", "").endswith("setpriv"))
     exec_ = tl.first(lambda e: e[2] == client and e[3] == "sched_process_exec" and e[4].get("filename", "").endswith("/tollgate"))
@@ -439,7 +444,7 @@ def markers_served(evs, client, service, start, end):
     worker = None
     fork = None
     for t, tgid, tid, ev, args in tl.evs:
-        if t >= received and tgid == service and ev == "sched_process_fork":
+        if received is not None and t >= received and tgid == service and ev == "sched_process_fork":
             child = num(args["child_pid"])
             if tl.tgid_of.get(child) == child:
                 worker, fork = child, t
