@@ -38,7 +38,7 @@ waves=${WAVES:-2}
 traced=${TRACED:-8}
 helper="/usr/bin/python3 $PWD/scripts/lib/bench_serve.py"
 [ "$(id -u)" = 0 ] || { echo "bench-serve.sh: run it as root (it starts the node service)" >&2; exit 2; }
-bench_need hyperfine:hyperfine bwrap:bubblewrap setpriv:util-linux
+bench_need hyperfine:hyperfine bwrap:bubblewrap setpriv:util-linux curl:curl
 
 if [ -z "${TOLLGATE:-}" ]; then
   TOLLGATE=$PWD/target/dist/tollgate
