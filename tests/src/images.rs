@@ -250,20 +250,36 @@ pub const WORKER_REPOSITORY: &str = "localhost/tollgate-worker";
 /// up-to-date one, a second).
 pub const DIST_BUILD_LIMIT: Duration = Duration::from_secs(3600);
 
-/// `target/dist/tollgate`, built now (`cargo build --profile dist -p tollgate`, without the
-/// test-only features) if it is not up to date. Panics with the end of cargo's output if
-/// the build fails.
+/// `target/dist/tollgate`, built (`cargo build --profile dist -p tollgate`, without the
+/// test-only features) the first time a test of this process asks, if it is not up to date.
+/// Panics with the end of cargo's output if the build fails.
 pub fn dist_binary() -> PathBuf {
+    static BUILT: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+    let mut built = BUILT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    built.get_or_insert_with(build_dist_binary).clone()
+}
+
+fn build_dist_binary() -> PathBuf {
     let log_path = Path::new(CACHE_ROOT).join("dist-build.log");
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o755)
         .create(CACHE_ROOT)
         .expect("create the image cache");
+    // The environment of a build by hand: none of the CARGO_* variables `cargo test` gives
+    // this process (build scripts that watch them would rebuild every dependency).
     let mut command = Command::new(env!("CARGO"));
     command
         .args(["build", "--profile", "dist", "-p", "tollgate"])
-        .current_dir(repo_root());
+        .current_dir(repo_root())
+        .env_clear();
+    for name in ["PATH", "HOME", "CARGO_HOME", "RUSTUP_HOME"] {
+        if let Some(value) = std::env::var_os(name) {
+            command.env(name, value);
+        }
+    }
     let status = run_logged_within(&mut command, &log_path, "the dist binary", DIST_BUILD_LIMIT);
     assert!(
         status.success(),

@@ -8,15 +8,21 @@
 //! `TimeoutStopSec` and leaves the unit stopped cleanly, with nothing behind.
 //!
 //! systemd must be PID 1 of its own PID namespace, so this service cannot see the host's
-//! supervisors, nor they it: each would reap the other's executions as stale (see
-//! `worker_image.rs`). The test holds the suite lock exclusively: no other execution runs on
-//! the host meanwhile.
+//! supervisors; and every tollgate reaps the cgroups (and eBPF registrations) of
+//! supervisors it cannot find alive. So the container gets a cgroup namespace and a bpffs
+//! of its own (as a systemd host has its own): the executions it runs live under its cgroup,
+//! where the host's tollgates do not look, and it sees none of the host's. Its uid leases
+//! are the host's (one pool per node).
 //!
 //! Skipped, with the reason printed, only when podman cannot run at all.
 
 use std::{
     fs,
-    os::unix::{fs::PermissionsExt as _, net::UnixStream},
+    os::unix::{
+        fs::{DirBuilderExt as _, PermissionsExt as _},
+        net::UnixStream,
+    },
+    path::{Path, PathBuf},
     process::Command,
     thread,
     time::{Duration, Instant},
@@ -24,8 +30,8 @@ use std::{
 
 use tollgate_tests::{
     images::{self, podman},
-    leaks::{self, SuiteLock},
-    sandbox::{assert_execution_gone, output, read_json_lines, Running, HANG_LIMIT},
+    leaks::SuiteLock,
+    sandbox::{output, read_json_lines, Running, HANG_LIMIT},
     serve::{TestGroup, TestUser},
     tollgate_path, Scratch,
 };
@@ -37,6 +43,32 @@ const BOOT_LIMIT: Duration = Duration::from_secs(120);
 const SHUTDOWN_GRACE: &str = "3s";
 
 const TEAM: &str = "data-eng";
+
+/// A share root outside `/tmp` and `/var/tmp` (the unit's `PrivateTmp=` gives the service
+/// its own), at the same path on the host (for the caller) and in the container (for the
+/// service): `/srv/tollgate-tests/systemd-<pid>`, writable by any leased uid, removed on
+/// drop.
+struct ShareDir(PathBuf);
+
+impl ShareDir {
+    const PARENT: &str = "/srv/tollgate-tests";
+
+    fn new() -> ShareDir {
+        let dir = Path::new(Self::PARENT).join(format!("systemd-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create the share");
+        fs::set_permissions(Self::PARENT, fs::Permissions::from_mode(0o755)).expect("chmod");
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o1777)).expect("chmod");
+        ShareDir(dir)
+    }
+}
+
+impl Drop for ShareDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+        let _ = fs::remove_dir(Self::PARENT);
+    }
+}
 
 /// A container, removed on drop.
 struct Container(String);
@@ -73,7 +105,7 @@ fn the_unit_serves_launches_under_systemd_and_stops_cleanly() {
         return;
     }
     let image = images::systemd_image();
-    let _suite = SuiteLock::exclusive();
+    let _suite = SuiteLock::shared();
     let group = TestGroup::create();
     let user = TestUser::create(&[&group]);
 
@@ -81,13 +113,11 @@ fn the_unit_serves_launches_under_systemd_and_stops_cleanly() {
     let run = scratch.dir.join("run");
     let logs = scratch.dir.join("logs");
     let teams = scratch.dir.join("teams");
-    let share = scratch.dir.join("share");
-    for dir in [&run, &logs, &teams, &share] {
+    for dir in [&run, &logs, &teams] {
         fs::create_dir_all(dir).expect("create a directory");
         fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).expect("chmod");
     }
-    // Writable by the execution's leased uid, whichever it is.
-    fs::set_permissions(&share, fs::Permissions::from_mode(0o1777)).expect("chmod");
+    let share = ShareDir::new();
     fs::write(
         teams.join(format!("{TEAM}.yaml")),
         "version: 1\nteam: data-eng\n",
@@ -101,23 +131,29 @@ fn the_unit_serves_launches_under_systemd_and_stops_cleanly() {
              socket: {{path: /run/tollgate/tollgate.sock, group: {gid}, mode: \"0660\"}}\n\
              audit: /var/log/tollgate/launches.jsonl\n\
              shutdown_grace: {SHUTDOWN_GRACE}\n\
-             callers:\n  - uid: {uid}\n    teams: [{TEAM}]\n    shares: [/srv/work]\n",
+             callers:\n  - uid: {uid}\n    teams: [{TEAM}]\n    shares: [{share}]\n",
             gid = group.gid,
             uid = user.uid,
+            share = share.0.display(),
         ),
     )
     .expect("write node.yaml");
     fs::set_permissions(&node_yaml, fs::Permissions::from_mode(0o644)).expect("chmod");
 
+    // As tollgate makes it when it is missing: root's alone.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create("/run/tollgate-users")
+        .expect("create /run/tollgate-users");
     let name = format!("tollgate-test-systemd-{}", std::process::id());
     let volumes = [
-        "/sys/fs/cgroup:/sys/fs/cgroup".to_owned(),
-        "/sys/fs/bpf:/sys/fs/bpf".into(),
+        "/run/tollgate-users:/run/tollgate-users".to_owned(),
         format!("{}:/run/tollgate", run.display()),
         format!("{}:/var/log/tollgate", logs.display()),
         format!("{}:/etc/tollgate/node.yaml:ro", node_yaml.display()),
         format!("{}:/etc/tollgate/teams:ro", teams.display()),
-        format!("{}:/srv/work", share.display()),
+        format!("{0}:{0}", share.0.display()),
     ];
     let mut argv = vec![
         "run".to_owned(),
@@ -126,6 +162,7 @@ fn the_unit_serves_launches_under_systemd_and_stops_cleanly() {
         "--runtime=runc".into(),
         "--privileged".into(),
         "--systemd=always".into(),
+        "--cgroupns=private".into(),
         "--network=none".into(),
         "--ulimit=nofile=1024:4096".into(),
         "--ulimit=nproc=1024:4096".into(),
@@ -189,26 +226,32 @@ fn the_unit_serves_launches_under_systemd_and_stops_cleanly() {
 
     // A read-write share stays read-write under the unit's ProtectSystem= (`strict` would
     // hand the sandbox a read-only clone of the service's read-only mount).
+    let shared = share.0.display().to_string();
     let wrote = output(
         &mut launch(
-            &["--share", "/srv/work"],
-            &["/bin/sh", "-c", "echo written > /srv/work/out"],
+            &["--share", &shared],
+            &["/bin/sh", "-c", &format!("echo written > {shared}/out")],
         ),
         None,
         HANG_LIMIT,
     );
     assert_eq!(wrote.code(), 0, "{}", wrote.describe());
     assert_eq!(
-        fs::read_to_string(share.join("out")).expect("the sandbox's file in the share"),
+        fs::read_to_string(share.0.join("out")).expect("the sandbox's file in the share"),
         "written\n"
     );
 
     // A running execution, then `systemctl stop`: SIGTERM to the service alone
-    // (KillMode=mixed), which ends the execution after its grace; the stop returns well
-    // within TimeoutStopSec and the unit ends cleanly.
+    // (KillMode=mixed), which ends the execution after its grace, never passing SIGTERM on
+    // to the command (with KillMode=control-group every worker would get it, and pass it to
+    // its command); the stop returns well within TimeoutStopSec and the unit ends cleanly.
     let mut running = Running::spawn(&mut launch(
         &[],
-        &["/bin/sh", "-c", "echo ready; exec sleep 600"],
+        &[
+            "/bin/sh",
+            "-c",
+            "trap 'echo got TERM' TERM; echo ready; while :; do sleep 0.1; done",
+        ],
     ));
     running.wait_line("ready", HANG_LIMIT);
     let stopped = output(
@@ -218,10 +261,10 @@ fn the_unit_serves_launches_under_systemd_and_stops_cleanly() {
     );
     assert_eq!(stopped.code(), 0, "systemctl stop:\n{}", stopped.describe());
     let ended = running.finish(HANG_LIMIT);
-    assert_ne!(
-        ended.status.code(),
-        Some(0),
-        "the execution outlived the service: {}",
+    assert_eq!(ended.code(), 125, "the execution's caller: {}", ended.describe());
+    assert!(
+        !ended.stdout.contains("got TERM"),
+        "systemd signalled the execution itself: {}",
         ended.describe()
     );
     assert_eq!(
@@ -248,13 +291,15 @@ fn the_unit_serves_launches_under_systemd_and_stops_cleanly() {
         .filter_map(|record| record["execution"].as_str().map(str::to_owned))
         .collect();
     assert!(executions.len() >= 3, "the service audited {executions:?}");
-    for id in &executions {
-        assert_execution_gone(id);
-    }
-    drop(container);
+    // Nothing of them in the container's cgroup hierarchies (v2 and v1), as it sees them.
+    let left = container.exec(&[
+        "/bin/sh",
+        "-c",
+        "for d in /sys/fs/cgroup/*/tollgate/*/; do [ -d \"$d\" ] && echo \"$d\"; done; true",
+    ]);
     assert_eq!(
-        leaks::leftovers(),
-        Vec::<String>::new(),
-        "left behind on the host"
+        String::from_utf8_lossy(&left.stdout),
+        "",
+        "executions' cgroups left behind"
     );
 }
