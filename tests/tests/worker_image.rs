@@ -4,7 +4,8 @@
 //! with the host's cgroup hierarchy, bpffs, PID namespace and uid lease directory, its
 //! socket's directory bind-mounted from the host. `doctor` passes inside; an unprivileged
 //! user of the HOST launches through the socket and gets the command's output and exit
-//! status; the ConfigMap and Secret layouts Kubernetes makes are read; the host's `gc` and
+//! status; the ConfigMap and Secret layouts Kubernetes makes are read (a request through
+//! the proxy gets the Secret's token injected); the host's `gc` and
 //! the container's leave each other's executions alone; and the image holds every path the
 //! DaemonSet names.
 //!
@@ -28,7 +29,9 @@ use tollgate_tests::{
     leaks::SuiteLock,
     sandbox::{assert_execution_gone, output, read_json_lines, Running, HANG_LIMIT},
     serve::{TestGroup, TestUser},
-    tollgate, tollgate_path, Scratch,
+    tollgate, tollgate_path,
+    upstream::{UpstreamHost, HTTP_PORT},
+    Scratch,
 };
 
 /// How long the service may take to listen (doctor's checks, the eBPF programs, gc run
@@ -173,28 +176,43 @@ struct Service {
 
 /// How the team directory and the secrets reach the container.
 enum Layout {
-    /// A plain directory with `<team>.yaml` in it.
+    /// A plain directory with `<team>.yaml` ([`OFFLINE_POLICY`]) in it.
     Plain,
     /// As the kubelet writes a ConfigMap volume (`..<timestamp>/<team>.yaml`, a `..data`
-    /// link to it, `<team>.yaml` links through `..data`) and mounts a Secret's key with
-    /// `subPath` (one root file of mode 0400 bound at `/etc/tollgate/secrets/<team>/<key>`),
-    /// with a team policy that reads that secret.
-    Kubernetes,
+    /// link to it, `<team>.yaml` links through `..data`), with this policy, and mounts a
+    /// Secret's key with `subPath` (one root file of mode 0400, holding [`SECRET`], bound at
+    /// `/etc/tollgate/secrets/<team>/api-token`).
+    Kubernetes(String),
 }
 
-const SECRET_POLICY: &str = "\
-version: 1
-team: data-eng
+/// The team's secret, as its Secret holds it.
+const SECRET: &str = "a-token-of-data-eng";
+
+/// A policy that lets the team reach `up` with its `api-token` secret as a bearer token.
+fn credential_policy(up: &UpstreamHost) -> String {
+    format!(
+        "version: 1
+team: {TEAM}
 network:
-  allow: [https://api.example.com]
+  hosts:
+    up.test: {addr}
+  allow:
+    - host: up.test
+      ports: [{HTTP_PORT}]
+      schemes: [http]
+      allowed_ips: [{subnet}]
 auth_providers:
   - name: Example API
     type: bearer
-    secret: {file: api-token}
-    scope: [https://api.example.com]
+    secret: {{file: api-token}}
+    scope: [http://up.test:{HTTP_PORT}]
 credentials:
-  - {pattern: https://api.example.com, provider: Example API}
-";
+  - {{pattern: 'http://up.test:{HTTP_PORT}', provider: Example API}}
+",
+        addr = up.addr,
+        subnet = up.subnet(),
+    )
+}
 
 impl Service {
     /// Starts `tollgate serve` in a container of `image` with `options`, letting `caller`
@@ -244,14 +262,11 @@ impl Service {
                 fs::write(teams.join(format!("{TEAM}.yaml")), OFFLINE_POLICY)
                     .expect("write a team");
             }
-            Layout::Kubernetes => {
+            Layout::Kubernetes(policy) => {
                 let version = "..2026_01_01_00_00_00.000000001";
                 fs::create_dir(teams.join(version)).expect("mkdir the ConfigMap's version");
-                fs::write(
-                    teams.join(version).join(format!("{TEAM}.yaml")),
-                    SECRET_POLICY,
-                )
-                .expect("write a team");
+                fs::write(teams.join(version).join(format!("{TEAM}.yaml")), policy)
+                    .expect("write a team");
                 std::os::unix::fs::symlink(version, teams.join("..data")).expect("..data");
                 std::os::unix::fs::symlink(
                     format!("..data/{TEAM}.yaml"),
@@ -259,7 +274,7 @@ impl Service {
                 )
                 .expect("link the team's key");
                 let secret = scratch.dir.join("api-token");
-                fs::write(&secret, "a-token-of-data-eng").expect("write the secret");
+                fs::write(&secret, SECRET).expect("write the secret");
                 fs::set_permissions(&secret, fs::Permissions::from_mode(0o400)).expect("chmod");
                 options.push(format!(
                     "--volume={}:/etc/tollgate/secrets/{TEAM}/api-token:ro",
@@ -388,28 +403,51 @@ fn an_unprivileged_host_user_launches_through_the_containers_socket() {
 }
 
 /// Kubernetes' own file layouts: the team policy through the ConfigMap volume's links, the
-/// team's secret as one file bound by `subPath`. The execution starts (its secret is read
-/// when it does, so a refused secret would fail the launch with 125).
+/// team's secret as one file bound by `subPath`; a request from the sandbox reaches the
+/// test upstream through the proxy with that secret injected. The container shares the
+/// host's network namespace here (the DaemonSet's pod has a network of its own) only so
+/// that the proxy can dial the upstream's veth.
 #[test]
 fn the_configmap_and_secret_layouts_of_kubernetes_are_read() {
     let Some(image) = image() else { return };
     let _suite = SuiteLock::shared();
+    let up = UpstreamHost::start();
     let group = TestGroup::create();
     let user = TestUser::create(&[&group]);
+    let options = daemonset_options()
+        .into_iter()
+        .map(|option| match option.as_str() {
+            "--network=none" => "--network=host".to_owned(),
+            _ => option,
+        })
+        .collect();
     let service = Service::start(
         &image,
-        daemonset_options(),
+        options,
         &group,
         &user,
-        Layout::Kubernetes,
+        Layout::Kubernetes(credential_policy(&up)),
+    );
+    let request = format!(
+        "import urllib.request; print(urllib.request.urlopen('http://up.test:{HTTP_PORT}/from-the-image').status)"
     );
     let ran = output(
-        &mut service.launch(&user, TEAM, &["/bin/echo", "configured"]),
+        &mut service.launch(&user, TEAM, &["/usr/bin/python3", "-c", &request]),
         None,
         HANG_LIMIT,
     );
     assert_eq!(ran.code(), 0, "{}", ran.describe());
-    assert_eq!(ran.stdout, "configured\n");
+    assert_eq!(ran.stdout, "200\n", "{}", ran.describe());
+    let seen = up.requests_to("/from-the-image");
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let authorization: Vec<&str> = seen[0]["headers"]
+        .as_array()
+        .expect("headers")
+        .iter()
+        .filter(|header| header[0] == "authorization")
+        .filter_map(|header| header[1].as_str())
+        .collect();
+    assert_eq!(authorization, [format!("Bearer {SECRET}").as_str()]);
 }
 
 /// Executions are named after their supervisor's pid, and every tollgate reaps the
