@@ -261,7 +261,12 @@ fn the_unit_serves_launches_under_systemd_and_stops_cleanly() {
     );
     assert_eq!(stopped.code(), 0, "systemctl stop:\n{}", stopped.describe());
     let ended = running.finish(HANG_LIMIT);
-    assert_eq!(ended.code(), 125, "the execution's caller: {}", ended.describe());
+    assert_eq!(
+        ended.code(),
+        125,
+        "the execution's caller: {}",
+        ended.describe()
+    );
     assert!(
         !ended.stdout.contains("got TERM"),
         "systemd signalled the execution itself: {}",
