@@ -54,8 +54,10 @@ podman_build() {
 build_base() {
   local tag=$1 work=$2
   bash "$HERE/root.sh" "$work/root"
-  # One layer from the tree: stable order, numeric owners, no other filesystem.
-  tar --sort=name --numeric-owner --xattrs --one-file-system -C "$work/root" -cf "$work/root.tar" .
+  # One layer from the tree: stable order, numeric owners, no other filesystem, and GNU
+  # tar's own format (the POSIX one --xattrs needs records access and change times). The
+  # tree has no extended attribute worth keeping: root.sh strips file capabilities.
+  tar --sort=name --numeric-owner --one-file-system -C "$work/root" -cf "$work/root.tar" .
   rm -rf --one-file-system "$work/root"
   printf 'FROM scratch\nADD root.tar /\n' > "$work/Containerfile"
   podman_build "$tag" "$work" || die "podman build of $tag failed"

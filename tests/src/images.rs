@@ -414,7 +414,7 @@ if ! podman image exists {base}; then
   TOLLGATE_IMAGE_EXTRA_PACKAGES={SYSTEMD_PACKAGES} bash {root_sh} "$PWD/root"
   mkdir -p root/etc/systemd/system/multi-user.target.wants
   ln -s /etc/systemd/system/tollgate.service root/etc/systemd/system/multi-user.target.wants/tollgate.service
-  tar --sort=name --numeric-owner --xattrs --one-file-system -C root -cf root.tar .
+  tar --sort=name --numeric-owner --one-file-system -C root -cf root.tar .
   rm -rf --one-file-system root
   printf 'FROM scratch
 ADD root.tar /
