@@ -376,14 +376,17 @@ const SYSTEMD_PACKAGES: &str = "systemd,systemd-sysv";
 /// the dist binary at the unit's path and `images/systemd/tollgate.service` enabled, so the
 /// service starts at boot as on a node. Cached like [`worker_image`]:
 /// `localhost/tollgate-systemd-test:<hash of the unit, the binary and the base>`, on a base
-/// `localhost/tollgate-systemd-test-base:<hash of root.sh and the packages>`.
+/// `localhost/tollgate-systemd-test-base:<hash of root.sh, the packages and this file>`.
 pub fn systemd_image() -> String {
     let binary = dist_binary();
     let cache = Path::new(CACHE_ROOT);
     let _lock = VariantLock::take(cache, "systemd");
+    // This file holds the build steps below: a change to it builds afresh.
+    let mut base_input = worker_base_hash(SYSTEMD_PACKAGES).into_bytes();
+    base_input.extend_from_slice(include_str!("images.rs").as_bytes());
     let base = format!(
         "localhost/tollgate-systemd-test-base:{}",
-        worker_base_hash(SYSTEMD_PACKAGES)
+        sha256_prefix(&base_input)
     );
     let mut input = base.clone().into_bytes();
     input.extend(fs::read(systemd_unit()).expect("read the unit"));
