@@ -38,6 +38,10 @@ use tollgate_tests::{
 /// first): a guard against a hang.
 const START_LIMIT: Duration = Duration::from_secs(120);
 
+/// How long the service may take to put a changed team policy in force (it rescans every
+/// second by default): a guard against a hang.
+const RELOAD_LIMIT: Duration = Duration::from_secs(30);
+
 /// The team every container here serves; its policy has no network (loopback only).
 const TEAM: &str = "data-eng";
 const OFFLINE_POLICY: &str = "version: 1\nteam: data-eng\n";
@@ -171,6 +175,8 @@ struct Service {
     container: Container,
     socket: PathBuf,
     launches: PathBuf,
+    /// The host side of `/etc/tollgate/teams`.
+    teams: PathBuf,
     _scratch: Scratch,
 }
 
@@ -183,6 +189,21 @@ enum Layout {
     /// Secret's key with `subPath` (one root file of mode 0400, holding [`SECRET`], bound at
     /// `/etc/tollgate/secrets/<team>/api-token`).
     Kubernetes(String),
+}
+
+/// Writes a version of the team ConfigMap's volume as the kubelet does (its atomic
+/// writer): the files in a new `..<timestamp>` directory, a `..data_tmp` link to it renamed
+/// over `..data` (the one atomic step), the previous version removed.
+fn configmap_update(volume: &Path, version: &str, policy: &str) {
+    let dir = volume.join(version);
+    fs::create_dir(&dir).expect("mkdir the ConfigMap's version");
+    fs::write(dir.join(format!("{TEAM}.yaml")), policy).expect("write a team");
+    let previous = fs::read_link(volume.join("..data")).ok();
+    std::os::unix::fs::symlink(version, volume.join("..data_tmp")).expect("..data_tmp");
+    fs::rename(volume.join("..data_tmp"), volume.join("..data")).expect("swap ..data");
+    if let Some(previous) = previous {
+        fs::remove_dir_all(volume.join(previous)).expect("remove the previous version");
+    }
 }
 
 /// The team's secret, as its Secret holds it.
@@ -263,11 +284,7 @@ impl Service {
                     .expect("write a team");
             }
             Layout::Kubernetes(policy) => {
-                let version = "..2026_01_01_00_00_00.000000001";
-                fs::create_dir(teams.join(version)).expect("mkdir the ConfigMap's version");
-                fs::write(teams.join(version).join(format!("{TEAM}.yaml")), policy)
-                    .expect("write a team");
-                std::os::unix::fs::symlink(version, teams.join("..data")).expect("..data");
+                configmap_update(&teams, "..2026_01_01_00_00_00.000000001", &policy);
                 std::os::unix::fs::symlink(
                     format!("..data/{TEAM}.yaml"),
                     teams.join(format!("{TEAM}.yaml")),
@@ -293,6 +310,7 @@ impl Service {
             container,
             socket,
             launches: logs.join("launches.jsonl"),
+            teams,
             _scratch: scratch,
         }
     }
@@ -428,16 +446,22 @@ fn the_configmap_and_secret_layouts_of_kubernetes_are_read() {
         &user,
         Layout::Kubernetes(credential_policy(&up)),
     );
+    // Prints the status the proxy or the upstream answered.
     let request = format!(
-        "import urllib.request; print(urllib.request.urlopen('http://up.test:{HTTP_PORT}/from-the-image').status)"
+        "import urllib.request, urllib.error\n\
+         try:\n    print(urllib.request.urlopen('http://up.test:{HTTP_PORT}/from-the-image').status)\n\
+         except urllib.error.HTTPError as e:\n    print(e.code)"
     );
-    let ran = output(
-        &mut service.launch(&user, TEAM, &["/usr/bin/python3", "-c", &request]),
-        None,
-        HANG_LIMIT,
-    );
-    assert_eq!(ran.code(), 0, "{}", ran.describe());
-    assert_eq!(ran.stdout, "200\n", "{}", ran.describe());
+    let status = || {
+        let ran = output(
+            &mut service.launch(&user, TEAM, &["/usr/bin/python3", "-c", &request]),
+            None,
+            HANG_LIMIT,
+        );
+        assert_eq!(ran.code(), 0, "{}", ran.describe());
+        ran.stdout
+    };
+    assert_eq!(status(), "200\n");
     let seen = up.requests_to("/from-the-image");
     assert_eq!(seen.len(), 1, "{seen:?}");
     let authorization: Vec<&str> = seen[0]["headers"]
@@ -448,6 +472,30 @@ fn the_configmap_and_secret_layouts_of_kubernetes_are_read() {
         .filter_map(|header| header[1].as_str())
         .collect();
     assert_eq!(authorization, [format!("Bearer {SECRET}").as_str()]);
+
+    // An edit of the ConfigMap, swapped in as the kubelet does: the next executions get the
+    // new policy (no network for the team: the proxy refuses), with no restart.
+    configmap_update(
+        &service.teams,
+        "..2026_01_01_00_01_00.000000002",
+        &format!("version: 1\nteam: {TEAM}\nnetwork:\n  allow: []\n"),
+    );
+    let deadline = Instant::now() + RELOAD_LIMIT;
+    loop {
+        let reached = up.requests_to("/from-the-image").len();
+        let answered = status();
+        if answered == "403\n" {
+            let now = up.requests_to("/from-the-image").len();
+            assert_eq!(now, reached, "the refused request reached the upstream");
+            break;
+        }
+        assert_eq!(answered, "200\n");
+        assert!(
+            Instant::now() < deadline,
+            "the ConfigMap's new version was not in force within {RELOAD_LIMIT:?}:\n{}",
+            service.container.logs()
+        );
+    }
 }
 
 /// Executions are named after their supervisor's pid, and every tollgate reaps the
