@@ -5,8 +5,9 @@
 //! socket's directory bind-mounted from the host. `doctor` passes inside; an unprivileged
 //! user of the HOST launches through the socket and gets the command's output and exit
 //! status; the ConfigMap and Secret layouts Kubernetes makes are read (a request through
-//! the proxy gets the Secret's token injected); the host's `gc` and
-//! the container's leave each other's executions alone; and the image holds every path the
+//! the proxy gets the Secret's token injected, and a ConfigMap edit swapped in as the
+//! kubelet swaps it is in force for the next execution); the host's `gc` and the
+//! container's leave each other's executions alone; and the image holds every path the
 //! DaemonSet names.
 //!
 //! Skipped, with the reason printed, only when podman cannot run at all.
