@@ -983,7 +983,25 @@ fn check_refuses_hostile_yaml_before_parsing_it_in_full() {
         );
     }
     // Nothing that is not a regular file is read: a FIFO would block, /dev/zero never ends.
-    for path in ["/dev/zero", "/proc/self"] {
+    // (A directory is a directory of team policies: `/proc/self` holds none, so it fails
+    // too, without reading anything in it: see policy_check_dir.rs.)
+    let proc_self = tollgate_tests::sandbox::output(
+        tollgate().args(["policy", "check", "/proc/self"]),
+        None,
+        tollgate_tests::sandbox::HANG_LIMIT,
+    );
+    assert_eq!(
+        proc_self.status.code(),
+        Some(2),
+        "/proc/self: {}",
+        proc_self.describe()
+    );
+    assert!(
+        proc_self.stderr.contains("holds no team policy"),
+        "/proc/self: {}",
+        proc_self.describe()
+    );
+    for path in ["/dev/zero"] {
         let finished = tollgate_tests::sandbox::output(
             tollgate().args(["policy", "check", path]),
             None,
