@@ -478,16 +478,8 @@ impl Drop for Terminal {
     }
 }
 
-/// The signals passed on to the command (the ones a local run passes on or acts on).
-const FORWARDED: [Signal; 7] = [
-    Signal::SIGINT,
-    Signal::SIGTERM,
-    Signal::SIGHUP,
-    Signal::SIGQUIT,
-    Signal::SIGUSR1,
-    Signal::SIGUSR2,
-    Signal::SIGWINCH,
-];
+/// The signals a caller passes on (the protocol's list).
+const FORWARDED: [Signal; 7] = crate::serve::wire::PASSED_SIGNALS;
 
 /// The forwarded signals, blocked in this thread (the client has no other) and read from a
 /// signalfd. The mask is never lifted: the process exits once the run ends, and lifting

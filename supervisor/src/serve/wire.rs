@@ -19,6 +19,21 @@ pub const MAX_FRAME: usize = 1 << 20;
 /// that names both.
 pub const VERSION: u32 = 1;
 
+/// The signals a caller passes on to its execution, exactly as a local `tollgate run` takes
+/// them (the client catches these; the service passes on these and no other).
+pub const PASSED_SIGNALS: [nix::sys::signal::Signal; 7] = {
+    use nix::sys::signal::Signal;
+    [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGWINCH,
+    ]
+};
+
 /// Caller → service, on the launch socket.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]

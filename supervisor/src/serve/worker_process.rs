@@ -18,6 +18,7 @@
 
 use super::wire::{
     self, CallerIdentity, ClientMessage, PolicyText, ServiceMessage, WorkerEvent, WorkerStart,
+    PASSED_SIGNALS,
 };
 use super::{Node, Stage};
 use crate::run::RunOptions;
@@ -47,17 +48,6 @@ const LAST_EVENTS: Duration = Duration::from_secs(2);
 
 /// How long the service waits for a caller to take a message.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The signals a caller may pass on: those a local `tollgate run` passes to its command.
-const PASSED_SIGNALS: [Signal; 7] = [
-    Signal::SIGINT,
-    Signal::SIGTERM,
-    Signal::SIGHUP,
-    Signal::SIGQUIT,
-    Signal::SIGUSR1,
-    Signal::SIGUSR2,
-    Signal::SIGWINCH,
-];
 
 /// The caller's descriptors, in the roles the worker gives them.
 #[derive(Debug)]
