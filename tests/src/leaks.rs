@@ -142,20 +142,21 @@ pub fn pinned_links() -> Vec<PathBuf> {
     found
 }
 
+/// Every pid in /proc now (processes come and go while this reads).
+pub fn all_pids() -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .collect()
+}
+
 /// Live processes (pid, cgroup) in some `tollgate/<id>` cgroup.
 pub fn sandboxed_processes() -> Vec<(u32, String)> {
     let mut found = Vec::new();
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for pid in all_pids() {
         // A zombie (killed, not yet reaped by init) keeps naming its removed cgroup.
         if matches!(crate::sandbox::process_stat(pid), Some((state, _)) if state == 'Z' || state == 'X')
         {
