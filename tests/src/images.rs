@@ -270,16 +270,32 @@ fn build_dist_binary() -> PathBuf {
         .expect("create the image cache");
     // The environment of a build by hand: none of the CARGO_* variables `cargo test` gives
     // this process (build scripts that watch them would rebuild every dependency).
-    let mut command = Command::new(env!("CARGO"));
+    let cargo = Path::new(env!("CARGO"));
+    let mut command = Command::new(cargo);
     command
         .args(["build", "--profile", "dist", "-p", "tollgate"])
         .current_dir(repo_root())
         .env_clear();
-    for name in ["PATH", "HOME", "CARGO_HOME", "RUSTUP_HOME"] {
+    for name in [
+        "PATH",
+        "HOME",
+        "CARGO_HOME",
+        "RUSTUP_HOME",
+        "RUSTUP_TOOLCHAIN",
+    ] {
         if let Some(value) = std::env::var_os(name) {
             command.env(name, value);
         }
     }
+    // The compiler of this test run, not whatever `rustc` on PATH resolves to: with the
+    // rustup proxy and no toolchain pinned, a build here once made rustup update the host's
+    // toolchain in place while the rest of the suite was compiling with it. Rustup may never
+    // install or update anything from here.
+    let rustc = cargo.with_file_name("rustc");
+    if rustc.is_file() {
+        command.env("RUSTC", rustc);
+    }
+    command.env("RUSTUP_AUTO_INSTALL", "0");
     let status = run_logged_within(&mut command, &log_path, "the dist binary", DIST_BUILD_LIMIT);
     assert!(
         status.success(),

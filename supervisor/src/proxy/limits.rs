@@ -37,7 +37,7 @@ impl Budget {
     /// Takes one attempt, or refuses with `request_limit_exceeded` when none is left.
     pub fn take(&self) -> Result<(), ProxyError> {
         self.used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+            .try_update(Ordering::AcqRel, Ordering::Acquire, |used| {
                 (used < self.max).then_some(used + 1)
             })
             .map(|_| ())

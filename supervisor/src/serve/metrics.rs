@@ -315,7 +315,7 @@ impl Metrics {
             .executions_active
             .get_or_create(&team)
             .inner()
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            .try_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
                 (n > 0).then(|| n - 1)
             });
         self.execution_duration

@@ -63,7 +63,7 @@ impl Activity {
     fn admit(&self, n: u64) -> bool {
         let admitted = self
             .total
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |total| {
+            .try_update(Ordering::Relaxed, Ordering::Relaxed, |total| {
                 total.checked_add(n).filter(|sum| *sum <= self.max_bytes)
             })
             .is_ok();
