@@ -14,6 +14,7 @@ mod load;
 pub mod locate;
 pub mod model;
 pub mod path_readings;
+pub mod quotas;
 pub mod rego;
 pub mod request;
 pub mod sandbox_env;

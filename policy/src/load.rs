@@ -33,6 +33,8 @@ pub struct Policy {
     pub credentials: Vec<UrlCredential>,
     pub placeholders: Vec<Placeholder>,
     pub bot_auth: Option<BotAuth>,
+    /// The team's `quotas` (empty: none).
+    pub quotas: crate::quotas::Quotas,
     pub(crate) rules: CompiledRules,
 }
 
@@ -136,6 +138,7 @@ impl Policy {
             credentials: validated.credentials,
             placeholders: validated.placeholders,
             bot_auth: validated.bot_auth,
+            quotas: crate::quotas::Quotas::default(),
             rules,
         })
     }

@@ -9,6 +9,7 @@ pub mod dns;
 pub mod host_addresses;
 pub mod logging;
 pub mod proxy;
+pub mod quota;
 pub mod resolve;
 pub mod run;
 pub mod sandbox;

@@ -11,6 +11,7 @@ pub mod images;
 pub mod leaks;
 pub mod netns;
 pub mod probes;
+pub mod redis;
 pub mod sandbox;
 pub mod script_run;
 pub mod serve;

@@ -300,6 +300,8 @@ impl RunArgs {
             tty: args.tty,
             transparent: !args.no_transparent,
             rootfs: args.rootfs,
+            // Filled from --redis-url and the other quota store flags (contract-13, owner C).
+            quota_store: crate::quota::QuotaStoreConfig::default(),
             command: args.command,
         })
     }

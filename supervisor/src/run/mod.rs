@@ -115,6 +115,9 @@ pub struct RunOptions {
     /// Transparent egress (`--no-transparent` turns it off; so does the policy's
     /// `network.transparent: false`).
     pub transparent: bool,
+    /// Where the team's quotas are counted (`--redis-url`, the node configuration): the
+    /// node's choice (see `crate::quota`).
+    pub quota_store: crate::quota::QuotaStoreConfig,
     pub command: Vec<OsString>,
 }
 
@@ -141,6 +144,7 @@ impl RunOptions {
             tty: false,
             rootfs: None,
             transparent: true,
+            quota_store: crate::quota::QuotaStoreConfig::default(),
             command,
         }
     }
