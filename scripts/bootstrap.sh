@@ -23,6 +23,8 @@ APT_PACKAGES=(
   bind9-dnsutils  # dig: DNS queries to the sandbox's stub resolver in the transparent-egress tests
   podman          # builds (images/worker/build.sh) and runs the node service's image in worker_image.rs
   runc            # podman's runtime here: crun refuses hybrid cgroup hosts ("cgroups in hybrid mode not supported")
+  redis-server    # the shared quota store (#13): the quota tests start their own on free loopback ports
+  redis-tools     # redis-cli: the quota tests read and reset the store's keys
 )
 
 log() { printf 'bootstrap: %s\n' "$*" >&2; }
@@ -41,6 +43,18 @@ if [ "${#missing[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [[ " ${missing[*]} " == *" redis-server "* ]]; then
+    # The package starts and enables its own server on 127.0.0.1:6379. Nothing here needs a
+    # standing Redis (the tests start theirs), so leave none running or starting at boot;
+    # only right after installing it, so a re-run never undoes an operator's choice.
+    log "stopping and disabling the packaged redis-server service"
+    if [ -d /run/systemd/system ]; then
+      systemctl disable --now redis-server.service >/dev/null 2>&1 || true
+    else
+      service redis-server stop >/dev/null 2>&1 || true
+      update-rc.d redis-server disable >/dev/null 2>&1 || true
+    fi
+  fi
 fi
 if [ ! -x /usr/bin/node ]; then
   log "installing nodejs (a real client inside sandboxes in the test suite)"
