@@ -49,6 +49,10 @@ __all__ = [
     "HttpInvalidRequest",
     "HttpPolicyDenied",
     "HttpAuthProviderError",
+    "HttpQuotaExceeded",
+    "HttpTeamRateLimited",
+    "HttpTeamBudgetExhausted",
+    "HttpQuotaUnavailable",
 ]
 
 
@@ -58,14 +62,23 @@ class HttpError(Exception):
     ``error`` is tollgate's error code (``policy_denied``, ``timeout``, ...),
     ``message`` its explanation, ``status_code`` the HTTP status it answered with
     (``None`` when the request failed before any answer).
+
+    For the team quota errors, ``retry_after`` is how many seconds tollgate says to wait
+    (its ``Retry-After``, as a float), and ``quota`` and ``scope`` name the quota that
+    refused (``"requests_per_minute"``, ``"team"`` or a destination's host pattern); each
+    is ``None`` when tollgate did not say.
     """
 
-    def __init__(self, message, error=None, status_code=None, execution=None):
+    def __init__(self, message, error=None, status_code=None, execution=None,
+                 retry_after=None, quota=None, scope=None):
         super().__init__(message)
         self.message = message
         self.error = error
         self.status_code = status_code
         self.execution = execution
+        self.retry_after = retry_after
+        self.quota = quota
+        self.scope = scope
 
 
 class HttpNotEnabled(HttpError):
@@ -110,6 +123,28 @@ class HttpAuthProviderError(HttpError):
     """The named auth provider does not exist or may not be used for this URL."""
 
 
+class HttpQuotaExceeded(HttpError):
+    """A quota of the team (shared by all its executions, on every node) refused the
+    request: ``429``. ``retry_after`` says when to try again. tollgate has already retried
+    as far as the policy's ``retry`` allows; the helper does not retry."""
+
+
+class HttpTeamRateLimited(HttpQuotaExceeded):
+    """The team's ``requests_per_minute`` (or a destination's) admits no request now;
+    one is admitted again after ``retry_after`` seconds."""
+
+
+class HttpTeamBudgetExhausted(HttpQuotaExceeded):
+    """A day budget of the team (``requests_per_day``, ``bytes_per_day``, for the team or
+    a destination) is used up until the next UTC midnight, ``retry_after`` seconds away.
+    Retrying sooner is refused again."""
+
+
+class HttpQuotaUnavailable(HttpError):
+    """The team has a quota and tollgate could not check it (its shared store did not
+    answer), so the request was not sent: ``503``. Not the code's fault; often brief."""
+
+
 _ERRORS = {
     "request_limit_exceeded": HttpRequestLimitExceeded,
     "denial_limit": HttpRequestLimitExceeded,
@@ -127,6 +162,9 @@ _ERRORS = {
     "credential_placeholder_mismatch": HttpPolicyDenied,
     "auth_provider_error": HttpAuthProviderError,
     "credential_scope_denied": HttpAuthProviderError,
+    "team_rate_limited": HttpTeamRateLimited,
+    "team_budget_exhausted": HttpTeamBudgetExhausted,
+    "quota_unavailable": HttpQuotaUnavailable,
 }
 
 _METHODS_WITHOUT_BODY = ("GET", "HEAD", "DELETE", "OPTIONS")
@@ -295,19 +333,59 @@ def _proxy_for(scheme, host):
     return None
 
 
+# ``Retry-After`` as delta-seconds (RFC 9110 section 10.2.3), what tollgate sends.
+_DELTA_SECONDS = _re.compile(r"[0-9]+")
+
+
+def _retry_after(value):
+    """The seconds a ``Retry-After`` value asks to wait (delta-seconds, or an HTTP-date:
+    the time until then, 0 if past), as a float; ``None`` when it says neither."""
+    if value is None:
+        return None
+    value = value.strip()
+    if _DELTA_SECONDS.fullmatch(value):
+        seconds = float(value)
+        return seconds if _math.isfinite(seconds) else None
+    # Imported here: only an HTTP-date needs it, and most sandboxed code never sees one.
+    import email.utils as _email_utils
+    import datetime as _datetime
+    try:
+        when = _email_utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=_datetime.timezone.utc)
+    now = _datetime.datetime.now(_datetime.timezone.utc)
+    return max(0.0, (when - now).total_seconds())
+
+
+def _quota_named(document):
+    """``(quota, scope)`` from the error body's ``quota`` object, each ``None`` when absent."""
+    quota = document.get("quota")
+    if not isinstance(quota, dict):
+        return None, None
+    name, scope = quota.get("quota"), quota.get("scope")
+    return (name if isinstance(name, str) else None,
+            scope if isinstance(scope, str) else None)
+
+
 def _error_from(status, headers, body):
     """The exception for a response tollgate generated (it carries ``Tollgate-Error``)."""
     code = headers.get("tollgate-error")
     if code is None:
         return None
     message, execution = f"tollgate answered {status} ({code})", None
+    quota = scope = None
     try:
         document = _json.loads(body.decode("utf-8"))
         message = document.get("message") or message
         execution = document.get("execution")
+        quota, scope = _quota_named(document)
     except (ValueError, UnicodeDecodeError, AttributeError):
         pass
-    return _ERRORS.get(code, HttpError)(message, error=code, status_code=status, execution=execution)
+    return _ERRORS.get(code, HttpError)(
+        message, error=code, status_code=status, execution=execution,
+        retry_after=_retry_after(headers.get("retry-after")), quota=quota, scope=scope)
 
 
 def _lower_headers(message):
