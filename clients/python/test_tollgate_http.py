@@ -40,6 +40,8 @@ class _FakeProxy(httpserver.ThreadingHTTPServer):
     def __init__(self):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.answer = (200, {}, b"")
+        # Declare this many more body bytes than are sent, then close: a body cut short.
+        self.cut_short_by = 0
         self.seen = []
         self.lock = threading.Lock()
 
@@ -64,7 +66,7 @@ class _Handler(httpserver.BaseHTTPRequestHandler):
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(len(body) + self.server.cut_short_by))
         self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
@@ -260,6 +262,16 @@ class RetryAfterAndBody(_ProxyTest):
 
 
 class OtherAnswers(_ProxyTest):
+    def test_a_body_cut_short_says_a_byte_budget_may_have_cut_it(self):
+        # A response that crosses bytes_per_day is cut as max_response_bytes cuts it: the
+        # helper sees only a short body, so its message names both.
+        self.proxy.answer = (200, {"Content-Type": "text/plain"}, b"0123456789")
+        self.proxy.cut_short_by = 90
+        error = self.raised(lambda: http.get("http://api.example.com/big"))
+        self.assertIs(type(error), tollgate_http.HttpConnectionError)
+        self.assertEqual(error.error, "truncated")
+        self.assertIn("bytes_per_day", error.message)
+
     def test_the_upstreams_own_429_is_returned_not_raised(self):
         # Only tollgate's answers carry Tollgate-Error; the upstream's 429 is the caller's.
         self.proxy.answer = (429, {"Retry-After": "9", "Content-Type": "application/json"},

@@ -22,7 +22,10 @@ Every function returns ``{"status_code", "headers", "text", "json", "is_success"
 from the upstream are returned whatever their status. When tollgate itself refuses or fails
 a request, an ``HttpError`` subclass is raised with tollgate's message. A URL, method, header
 or argument that cannot be sent raises ``HttpInvalidURL`` (``HttpInvalidRequest`` for all
-but the URL) before anything is sent.
+but the URL) before anything is sent. A team quota's refusal raises ``HttpTeamRateLimited``
+or ``HttpTeamBudgetExhausted`` (both ``HttpQuotaExceeded``) or ``HttpQuotaUnavailable``, with
+``retry_after`` from tollgate's ``Retry-After``; the helper never retries (the proxy already
+did, as the policy's ``retry`` allows). docs/clients.md lists every exception.
 """
 
 import http.client as _httpclient
@@ -502,7 +505,8 @@ class _Http:
         except _httpclient.IncompleteRead as error:
             raise HttpConnectionError(
                 f"the response from {host} was cut off after {len(error.partial)} bytes "
-                "(it may be over the team's response size limit)", error="truncated") from None
+                "(it may be over the team's response size limit or its bytes_per_day quota)",
+                error="truncated") from None
         except (OSError, _httpclient.HTTPException) as error:
             raise HttpConnectionError(f"cannot reach {host}: {error}", error="connection") from None
 
