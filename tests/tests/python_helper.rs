@@ -9,13 +9,18 @@
 use std::path::Path;
 use std::process::Command;
 
+/// `-B`: no `__pycache__` in the checkout; `-E -s`: no `PYTHON*` variable or user site of
+/// the machine's changes what is imported; `-v`: each test's name in a failure's report.
+const PYTHON_ARGS: &[&str] = &["-B", "-E", "-s", "-m", "unittest", "-v", MODULE];
+
+/// The helper's unit tests, beside it in `clients/python/`.
+const MODULE: &str = "test_tollgate_http";
+
 #[test]
 fn the_python_helpers_unit_tests_pass() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../clients/python");
-    // -B: no __pycache__ in the checkout; -E -s: no PYTHON* variable or user site of the
-    // machine's changes what is imported.
     let output = Command::new("/usr/bin/python3")
-        .args(["-B", "-E", "-s", "-m", "unittest", "-v", "test_tollgate_http"])
+        .args(PYTHON_ARGS)
         .current_dir(&dir)
         .output()
         .expect("run /usr/bin/python3");
@@ -28,7 +33,12 @@ fn the_python_helpers_unit_tests_pass() {
     );
     let ran = report
         .lines()
-        .find_map(|line| line.strip_prefix("Ran ")?.split(' ').next()?.parse::<u32>().ok())
+        .find_map(tests_ran)
         .unwrap_or_else(|| panic!("unittest printed no \"Ran N tests\" line:\n{report}"));
     assert!(ran > 0, "no unit test of the helper ran:\n{report}");
+}
+
+/// `N` of unittest's `Ran N tests in 0.5s` line.
+fn tests_ran(line: &str) -> Option<u32> {
+    line.strip_prefix("Ran ")?.split(' ').next()?.parse().ok()
 }
