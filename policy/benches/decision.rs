@@ -30,6 +30,7 @@ fn decide_once(policy: &Policy, url: &str, addresses: &[IpAddr]) -> bool {
         connect: false,
         header_names: &[],
         credential: None,
+        quotas: &[],
     };
     policy
         .decide(

@@ -8,6 +8,7 @@
 use crate::host_addresses::HostAddresses;
 use crate::ip::{self, AddressClass};
 use crate::model::{AllowEntry, NearMiss};
+use crate::quotas::QuotaStanding;
 use crate::rego::TeamOutcome;
 use crate::request::check_method;
 use crate::url::{NormalizedUrl, PathHazards};
@@ -30,6 +31,9 @@ pub struct Request<'a> {
     pub header_names: &'a [String],
     /// The provider named in `Tollgate-Auth`, if any.
     pub credential: Option<&'a str>,
+    /// The team quotas that apply to the request's host, with what remained at this
+    /// execution's last check (`input.quotas`); empty when none apply.
+    pub quotas: &'a [QuotaStanding],
 }
 
 /// Where the request would be dialed.
@@ -510,7 +514,29 @@ fn facts(
             object([("provider", optional(request.credential.map(str::to_owned)))]),
         ),
         ("match", match_doc),
+        ("quotas", quotas_document(request.quotas)),
     ])
+}
+
+/// `input.quotas`: one object per quota that applies, `remaining` null before this
+/// execution's first check of it.
+fn quotas_document(standings: &[QuotaStanding]) -> Value {
+    Value::from(
+        standings
+            .iter()
+            .map(|standing| {
+                object([
+                    ("quota", Value::from(standing.quota.as_str())),
+                    ("scope", Value::from(standing.scope.as_str())),
+                    ("limit", Value::from(standing.limit)),
+                    (
+                        "remaining",
+                        standing.remaining.map(Value::from).unwrap_or(Value::Null),
+                    ),
+                ])
+            })
+            .collect::<Vec<_>>(),
+    )
 }
 
 /// Reads the built-in module's `{allow, reason, rule, address}`. Fails closed: a reason

@@ -138,7 +138,7 @@ impl Policy {
             credentials: validated.credentials,
             placeholders: validated.placeholders,
             bot_auth: validated.bot_auth,
-            quotas: crate::quotas::Quotas::default(),
+            quotas: validated.quotas,
             rules,
         })
     }

@@ -8,6 +8,22 @@
 use crate::url::{HostPattern, UrlHost};
 use serde::Serialize;
 
+/// The most requests any quota counts (a minute's, a day's, a burst): a million a second
+/// for eleven days is a typo, not a limit. Far below 2^53, so every count is exact in the
+/// store's Lua numbers (doubles) and in JSON.
+pub const MAX_REQUESTS: u64 = 1_000_000_000_000;
+
+/// The most bytes a day any quota counts: 1 PiB (2^50), exact in doubles like the counts.
+pub const MAX_BYTES: u64 = 1 << 50;
+
+/// The most `quotas.destinations`: every attempt scans them for its host.
+pub const MAX_DESTINATIONS: usize = 256;
+
+/// A burst holds at most this many minutes of its rate (a day's worth), so a bucket's
+/// delay tolerance (burst × 60 s / per_minute) is at most a day: a rate key never lives
+/// longer than that, and its times stay exact in microseconds as doubles.
+pub const MAX_BURST_MINUTES: u64 = 24 * 60;
+
 /// The `quotas` section; [`Quotas::default`] (no quota at all) when the policy has none.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Quotas {
@@ -35,6 +51,16 @@ pub struct RateLimit {
     /// Attempts that may arrive at once (at least 1). Defaults to a tenth of `per_minute`
     /// (six seconds' worth), at least 1.
     pub burst: u64,
+}
+
+impl RateLimit {
+    /// `per_minute` with the default burst: a tenth of it (six seconds' worth), at least 1.
+    pub fn with_default_burst(per_minute: u64) -> RateLimit {
+        RateLimit {
+            per_minute,
+            burst: (per_minute / 10).max(1),
+        }
+    }
 }
 
 /// `quotas.destinations[i]`.

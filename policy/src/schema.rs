@@ -34,6 +34,10 @@ pub struct PolicyFile {
     /// Retries of failed upstream attempts.
     #[serde(default)]
     pub retry: RetrySection,
+    /// Rate limits and day budgets that every execution of the team shares, on every node
+    /// (fleet-wide where the node has a Redis URL). Omitted or `{}`: none.
+    #[serde(default)]
+    pub quotas: Option<QuotasSection>,
     /// Named credentials. Their secrets stay in the supervisor.
     #[serde(default)]
     pub auth_providers: Vec<AuthProviderSection>,
@@ -316,6 +320,64 @@ impl Default for RetrySection {
     }
 }
 
+/// `quotas`: the team's own limits, taken from by every upstream attempt of the team.
+/// Validated by `validate` (every number positive and bounded, `burst` only with
+/// `requests_per_minute`, destination hosts unique).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuotasSection {
+    /// Upstream attempts a minute, of every execution of the team together (GCRA: evenly
+    /// spaced, up to `burst` at once).
+    #[serde(default, deserialize_with = "present")]
+    pub requests_per_minute: Option<QuotaCount>,
+    /// Attempts `requests_per_minute` admits at once. Default: a tenth of it, at least 1.
+    #[serde(default, deserialize_with = "present")]
+    pub burst: Option<QuotaCount>,
+    /// Upstream attempts per UTC day.
+    #[serde(default, deserialize_with = "present")]
+    pub requests_per_day: Option<QuotaCount>,
+    /// Request plus response bytes per UTC day (e.g. 5GiB).
+    #[serde(default, deserialize_with = "present")]
+    pub bytes_per_day: Option<ByteSize>,
+    /// Quotas of one destination each, taken from in addition to the team's.
+    #[serde(default)]
+    pub destinations: Vec<DestinationQuotaSection>,
+}
+
+/// `quotas.destinations[i]`: the same limits, for the attempts to one host pattern.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationQuotaSection {
+    /// Exact host, `*.example.com` (one extra label) or `**.example.com` (any depth), as in a
+    /// long-form allow entry.
+    pub host: String,
+    /// Upstream attempts a minute to this host, of every execution of the team together.
+    #[serde(default, deserialize_with = "present")]
+    pub requests_per_minute: Option<QuotaCount>,
+    /// Attempts `requests_per_minute` admits at once. Default: a tenth of it, at least 1.
+    #[serde(default, deserialize_with = "present")]
+    pub burst: Option<QuotaCount>,
+    /// Upstream attempts to this host per UTC day.
+    #[serde(default, deserialize_with = "present")]
+    pub requests_per_day: Option<QuotaCount>,
+    /// Request plus response bytes to and from this host per UTC day.
+    #[serde(default, deserialize_with = "present")]
+    pub bytes_per_day: Option<ByteSize>,
+}
+
+/// A number of requests in a quota, as written: a whole number (its range is checked by
+/// `validate`, which can point at the line). Anything else is refused here with what to
+/// write instead, rather than serde's "expected u64".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct QuotaCount(pub u64);
+
+/// A key that is present must have a value: `requests_per_minute:` with nothing after it is
+/// refused rather than read as "no limit" (remove the key for that).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthProviderSection {
@@ -501,6 +563,72 @@ impl<'de> Deserialize<'de> for AllowItem {
             }
         }
         deserializer.deserialize_any(Visitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for QuotaCount {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl de::Visitor<'_> for Visitor {
+            type Value = QuotaCount;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a positive whole number, e.g. 600")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<QuotaCount, E> {
+                Ok(QuotaCount(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<QuotaCount, E> {
+                u64::try_from(v).map(QuotaCount).map_err(|_| {
+                    E::custom(format!(
+                        "{v} is negative: a quota is a positive whole number (remove the key to have no limit)"
+                    ))
+                })
+            }
+            fn visit_u128<E: de::Error>(self, v: u128) -> Result<QuotaCount, E> {
+                u64::try_from(v)
+                    .map(QuotaCount)
+                    .map_err(|_| E::custom(format!("{v} is too large for a quota")))
+            }
+            fn visit_i128<E: de::Error>(self, v: i128) -> Result<QuotaCount, E> {
+                match u128::try_from(v) {
+                    Ok(v) => self.visit_u128(v),
+                    Err(_) => Err(E::custom(format!(
+                        "{v} is negative: a quota is a positive whole number (remove the key to have no limit)"
+                    ))),
+                }
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<QuotaCount, E> {
+                Err(E::custom(format!(
+                    "{v} is not a whole number: a quota counts requests, e.g. 600"
+                )))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<QuotaCount, E> {
+                let shown: String = v.chars().take(40).collect();
+                Err(E::custom(format!(
+                    "`{shown}` is text, not a number: write a whole number without quotes, e.g. 600"
+                )))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<QuotaCount, E> {
+                Err(E::custom(
+                    "the key has no value: give a whole number, or remove the key to have no limit",
+                ))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+impl JsonSchema for QuotaCount {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "QuotaCount".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A whole number of requests, from 1",
+            "type": "integer",
+            "minimum": 1,
+            "maximum": crate::quotas::MAX_REQUESTS
+        })
     }
 }
 

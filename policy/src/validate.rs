@@ -6,6 +6,7 @@
 
 use crate::ip;
 use crate::model::*;
+use crate::quotas::{self, DestinationQuota, QuotaLimits, Quotas, RateLimit};
 use crate::schema::*;
 use crate::units::{ByteSize, Cores};
 use crate::url::{HostPattern, PathHazards, PathPattern, UrlPrefix};
@@ -49,6 +50,7 @@ pub(crate) struct Validated {
     pub credentials: Vec<UrlCredential>,
     pub placeholders: Vec<Placeholder>,
     pub bot_auth: Option<BotAuth>,
+    pub quotas: Quotas,
 }
 
 pub(crate) fn validate(file: &PolicyFile) -> Result<Validated, Problems> {
@@ -85,6 +87,11 @@ pub(crate) fn validate(file: &PolicyFile) -> Result<Validated, Problems> {
         .bot_auth
         .as_ref()
         .map(|section| validate_bot_auth(section, &mut problems));
+    let quotas = file
+        .quotas
+        .as_ref()
+        .map(|section| validate_quotas(section, &mut problems))
+        .unwrap_or_default();
     if problems.0.is_empty() {
         Ok(Validated {
             team: file.team.clone(),
@@ -96,6 +103,7 @@ pub(crate) fn validate(file: &PolicyFile) -> Result<Validated, Problems> {
             credentials,
             placeholders,
             bot_auth,
+            quotas,
         })
     } else {
         Err(problems)
@@ -723,5 +731,155 @@ fn validate_bot_auth(section: &BotAuthSection, problems: &mut Problems) -> BotAu
         key: section.key.clone(),
         signature_agent: section.signature_agent.clone(),
         validity,
+    }
+}
+
+fn validate_quotas(section: &QuotasSection, problems: &mut Problems) -> Quotas {
+    let team = validate_quota_limits(
+        "quotas",
+        QuotaLimitsFields {
+            requests_per_minute: section.requests_per_minute,
+            burst: section.burst,
+            requests_per_day: section.requests_per_day,
+            bytes_per_day: section.bytes_per_day,
+        },
+        problems,
+    );
+    if section.destinations.len() > quotas::MAX_DESTINATIONS {
+        problems.add(
+            "quotas.destinations",
+            format!(
+                "{} destination quotas is too many: at most {} (a wildcard host such as *.example.com covers several hosts with one)",
+                section.destinations.len(),
+                quotas::MAX_DESTINATIONS
+            ),
+        );
+    }
+    let mut destinations: Vec<DestinationQuota> = Vec::new();
+    for (i, destination) in section.destinations.iter().enumerate() {
+        let rule = format!("quotas.destinations[{i}]");
+        let limits = validate_quota_limits(
+            &rule,
+            QuotaLimitsFields {
+                requests_per_minute: destination.requests_per_minute,
+                burst: destination.burst,
+                requests_per_day: destination.requests_per_day,
+                bytes_per_day: destination.bytes_per_day,
+            },
+            problems,
+        );
+        let sets_a_limit = destination.requests_per_minute.is_some()
+            || destination.requests_per_day.is_some()
+            || destination.bytes_per_day.is_some();
+        // A lone `burst` has its own error, which says what to add.
+        if !sets_a_limit && destination.burst.is_none() {
+            problems.add(
+                &rule,
+                format!(
+                    "the quota for {} sets no limit: give requests_per_minute, requests_per_day or bytes_per_day, or remove the entry",
+                    destination.host
+                ),
+            );
+        }
+        let host = match HostPattern::parse(&destination.host) {
+            Ok(host) => host,
+            Err(error) => {
+                problems.add(format!("{rule}.host"), error.to_string());
+                continue;
+            }
+        };
+        // Compared normalised, so `API.example.com.` is a second `api.example.com`: two
+        // quotas on one host would each count it under another name.
+        if let Some(first) = destinations.iter().find(|d| d.host == host) {
+            problems.add(
+                format!("{rule}.host"),
+                format!(
+                    "{host} already has a quota ({}): put its limits in one entry",
+                    first.rule
+                ),
+            );
+            continue;
+        }
+        destinations.push(DestinationQuota { rule, host, limits });
+    }
+    Quotas { team, destinations }
+}
+
+/// The limit keys one scope (`quotas` or `quotas.destinations[i]`) sets.
+struct QuotaLimitsFields {
+    requests_per_minute: Option<QuotaCount>,
+    burst: Option<QuotaCount>,
+    requests_per_day: Option<QuotaCount>,
+    bytes_per_day: Option<ByteSize>,
+}
+
+fn validate_quota_limits(
+    scope: &str,
+    fields: QuotaLimitsFields,
+    problems: &mut Problems,
+) -> QuotaLimits {
+    let mut count = |key: &str, value: Option<QuotaCount>, what: &str| {
+        let value = value?.0;
+        let problem = if value == 0 {
+            format!("{key} must be at least 1: remove the key to have no limit")
+        } else if value > quotas::MAX_REQUESTS {
+            format!(
+                "{key} {value} is more than the most a quota counts ({} {what}): a larger number is a typo, not a limit",
+                quotas::MAX_REQUESTS
+            )
+        } else {
+            return Some(value);
+        };
+        problems.add(format!("{scope}.{key}"), problem);
+        None
+    };
+    let per_minute = count(
+        "requests_per_minute",
+        fields.requests_per_minute,
+        "requests",
+    );
+    let burst = count("burst", fields.burst, "requests");
+    let requests_per_day = count("requests_per_day", fields.requests_per_day, "requests");
+    let bytes_per_day = fields.bytes_per_day.and_then(|ByteSize(bytes)| {
+        let problem = if bytes == 0 {
+            "bytes_per_day must be at least 1 byte: remove the key to have no limit".to_owned()
+        } else if bytes > quotas::MAX_BYTES {
+            format!(
+                "bytes_per_day {} is more than the most a quota counts ({}, 1 PiB)",
+                ByteSize(bytes),
+                ByteSize(quotas::MAX_BYTES)
+            )
+        } else {
+            return Some(bytes);
+        };
+        problems.add(format!("{scope}.bytes_per_day"), problem);
+        None
+    });
+    if fields.burst.is_some() && fields.requests_per_minute.is_none() {
+        problems.add(
+            format!("{scope}.burst"),
+            "burst is the size of the requests_per_minute bucket: set requests_per_minute in the same place, or remove burst",
+        );
+    }
+    let requests_per_minute = per_minute.map(|per_minute| match burst {
+        None => RateLimit::with_default_burst(per_minute),
+        Some(burst) => {
+            let most = per_minute * quotas::MAX_BURST_MINUTES;
+            if burst > most {
+                problems.add(
+                    format!("{scope}.burst"),
+                    format!(
+                        "burst {burst} holds more than a day of requests_per_minute ({per_minute} × {} = {most}): lower it, and use requests_per_day for a daily budget",
+                        quotas::MAX_BURST_MINUTES
+                    ),
+                );
+            }
+            RateLimit { per_minute, burst }
+        }
+    });
+    QuotaLimits {
+        requests_per_minute,
+        requests_per_day,
+        bytes_per_day,
     }
 }

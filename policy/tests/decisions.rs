@@ -42,6 +42,7 @@ fn decide_on_node(
         connect: method == "CONNECT",
         header_names: &[],
         credential,
+        quotas: &[],
     };
     let first = policy.decide(&request, &Destination::Unresolved, node);
     if !first.needs_resolution() {
@@ -401,6 +402,7 @@ fn unresolvable_names_are_refused() {
         connect: false,
         header_names: &[],
         credential: None,
+        quotas: &[],
     };
     assert_denied(
         &p.decide(
@@ -567,6 +569,7 @@ fn connect_is_decided_on_host_and_port() {
         connect: true,
         header_names: &[],
         credential: None,
+        quotas: &[],
     };
     let d = p.decide(
         &request,
@@ -581,6 +584,7 @@ fn connect_is_decided_on_host_and_port() {
         connect: true,
         header_names: &[],
         credential: None,
+        quotas: &[],
     };
     assert_denied(
         &p.decide(&request, &Destination::Unresolved, &HostAddresses::none()),

@@ -56,6 +56,7 @@ fn decide(policy: &Policy, method: &str, url: &str) -> Decision {
         connect: false,
         header_names: &[],
         credential: None,
+        quotas: &[],
     };
     let node = HostAddresses::none();
     let first = policy.decide(&request, &Destination::Unresolved, &node);

@@ -38,6 +38,7 @@ fn measure(policy: &Policy, batches: usize, per_batch: usize) -> f64 {
             connect: false,
             header_names: &[],
             credential: None,
+            quotas: &[],
         };
         let decision = policy.decide(&request, &Destination::Resolved(addresses.clone()), &node);
         assert!(decision.allow, "{}", decision.message);

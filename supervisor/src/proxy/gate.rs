@@ -94,6 +94,7 @@ pub(crate) async fn clear(
         connect,
         header_names,
         credential,
+        quotas: &[],
     };
     let decision = gate.decide(&request).await;
     if decision.allow {
@@ -155,6 +156,7 @@ pub(crate) async fn evaluate(
         connect,
         header_names: &names,
         credential: provider.as_deref(),
+        quotas: &[],
     };
     let decision = gate.decide(&request).await;
     let refusal = if !decision.allow {
@@ -236,6 +238,7 @@ mod tests {
             connect: false,
             header_names: &[],
             credential: None,
+            quotas: &[],
         };
         gate.decide(&request).await
     }
