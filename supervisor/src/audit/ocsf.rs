@@ -510,7 +510,10 @@ fn tunnel_activity(decision: Verdict, outcome: Outcome) -> Activity<'static> {
     match outcome {
         Outcome::Closed | Outcome::IdleTimeout | Outcome::Shutdown => CLOSE,
         // Cut by tollgate, "a middle device" in OCSF's words.
-        Outcome::Reset | Outcome::TunnelBytesExceeded | Outcome::TunnelDurationExceeded => RESET,
+        Outcome::Reset
+        | Outcome::TunnelBytesExceeded
+        | Outcome::TunnelDurationExceeded
+        | Outcome::QuotaExhausted => RESET,
         Outcome::Refused
         | Outcome::Failed
         | Outcome::Retrying
@@ -631,6 +634,7 @@ fn traffic_unmapped(record: &Record, traffic: &Traffic) -> Value {
     if traffic.transparent {
         put(&mut unmapped, "transparent", true);
     }
+    put(&mut unmapped, "quota", &traffic.quota);
     Value::Object(unmapped)
 }
 

@@ -6,9 +6,12 @@
 //! one `finish`, the eBPF wall's reports become [`Record::bypass`]. The node service's own
 //! log has one more type, [`Record::launch`]: who asked for which execution, and how it went.
 
+use crate::quota::store::Answered;
+use crate::quota::QuotaRefusal;
 use crate::sandbox::bpf::{BypassAttempt, BypassKind};
 use crate::serve::wire::CallerIdentity;
 use serde::Serialize;
+use tollgate_policy::quotas::QuotaKind;
 use tollgate_policy::schema::TlsMode;
 use tollgate_policy::url::NormalizedUrl;
 
@@ -69,6 +72,9 @@ pub enum Outcome {
     TunnelBytesExceeded,
     /// A passthrough tunnel reached `limits.max_tunnel_duration`.
     TunnelDurationExceeded,
+    /// The body (or passthrough tunnel) was cut off where a team `bytes_per_day` quota ran
+    /// out.
+    QuotaExhausted,
     /// Intercepted tunnel: the sandbox sent something other than TLS.
     NotTls,
     /// Intercepted tunnel: the TLS server name is not the tunnel's host.
@@ -371,6 +377,41 @@ pub struct Traffic {
     /// Arrived through transparent egress (a client that ignored the proxy settings).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub transparent: bool,
+    /// A team quota refused this attempt (or cut its bytes): which, and what remained.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota: Option<QuotaRecord>,
+}
+
+/// The `quota` object of a record a team quota refused or cut (docs/audit.md, "quota").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QuotaRecord {
+    /// `requests_per_minute`, `requests_per_day`, `bytes_per_day`; `null` when the store
+    /// could not be asked (`quota_unavailable`).
+    pub quota: Option<QuotaKind>,
+    /// `team`, or the destination's host pattern.
+    pub scope: Option<String>,
+    pub limit: Option<u64>,
+    /// What remained when it refused (0 for an empty bucket; `null` when not known).
+    pub remaining: Option<u64>,
+    /// When the quota admits again, as the store computed it.
+    pub retry_after_ms: Option<u64>,
+    /// Which store answered (or failed to): `redis`, `node`, `local_fallback`.
+    pub store: Answered,
+}
+
+impl QuotaRecord {
+    pub fn of(refusal: &QuotaRefusal) -> QuotaRecord {
+        QuotaRecord {
+            quota: refusal.quota,
+            scope: refusal.scope.clone(),
+            limit: refusal.limit,
+            remaining: refusal.remaining,
+            retry_after_ms: refusal
+                .retry_after
+                .map(|wait| u64::try_from(wait.as_millis()).unwrap_or(u64::MAX)),
+            store: refusal.store,
+        }
+    }
 }
 
 impl Traffic {
@@ -402,6 +443,7 @@ impl Traffic {
             tls: None,
             tls_alert: None,
             transparent: false,
+            quota: None,
         }
     }
 

@@ -4,14 +4,18 @@
 //! each; every record's OCSF events are well-formed OCSF 1.3.0 events of the right class.
 
 use super::ocsf;
-use super::{Finding, Kind, LaunchEvent, Outcome, Record, Traffic, Verdict, TOLLGATE_REASONS};
+use super::{
+    Finding, Kind, LaunchEvent, Outcome, QuotaRecord, Record, Traffic, Verdict, TOLLGATE_REASONS,
+};
 use crate::proxy::ErrorCode;
+use crate::quota::store::Answered;
 use crate::sandbox::bpf::{AddressFamily, BypassAttempt, BypassKind, Protocol, SocketType};
 use crate::serve::wire::CallerIdentity;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use tollgate_policy::quotas::QuotaKind;
 use tollgate_policy::schema::TlsMode;
 use tollgate_policy::Reason;
 
@@ -70,7 +74,7 @@ fn launches() -> [Record; 5] {
 }
 
 /// Every outcome, with the record type it is written on.
-const OUTCOMES: [(Outcome, Kind); 24] = [
+const OUTCOMES: [(Outcome, Kind); 26] = [
     (Outcome::Refused, Kind::Http),
     (Outcome::Failed, Kind::Http),
     (Outcome::Retrying, Kind::Http),
@@ -79,6 +83,7 @@ const OUTCOMES: [(Outcome, Kind); 24] = [
     (Outcome::Timeout, Kind::Http),
     (Outcome::UpstreamError, Kind::Http),
     (Outcome::ClientClosed, Kind::Http),
+    (Outcome::QuotaExhausted, Kind::Http),
     (Outcome::Refused, Kind::Connect),
     (Outcome::Failed, Kind::Connect),
     (Outcome::Closed, Kind::Connect),
@@ -95,6 +100,7 @@ const OUTCOMES: [(Outcome, Kind); 24] = [
     (Outcome::CertificateError, Kind::Connect),
     (Outcome::NonHttpRefused, Kind::Connect),
     (Outcome::UnmappedAddress, Kind::Connect),
+    (Outcome::QuotaExhausted, Kind::Connect),
 ];
 
 /// Fails to compile when an outcome is added, until it is listed above and in the schema.
@@ -121,7 +127,8 @@ fn listed(outcome: Outcome) -> bool {
         | Outcome::TlsHandshakeFailed
         | Outcome::CertificateError
         | Outcome::NonHttpRefused
-        | Outcome::UnmappedAddress => true,
+        | Outcome::UnmappedAddress
+        | Outcome::QuotaExhausted => true,
     }
 }
 
@@ -150,6 +157,9 @@ fn every_error_code() -> Vec<ErrorCode> {
         ErrorCode::CredentialScopeDenied,
         ErrorCode::CredentialPlaceholderMismatch,
         ErrorCode::UpstreamTlsError,
+        ErrorCode::TeamRateLimited,
+        ErrorCode::TeamBudgetExhausted,
+        ErrorCode::QuotaUnavailable,
     ];
     for code in &all {
         match code {
@@ -168,7 +178,10 @@ fn every_error_code() -> Vec<ErrorCode> {
             | ErrorCode::AuthProviderError
             | ErrorCode::CredentialScopeDenied
             | ErrorCode::CredentialPlaceholderMismatch
-            | ErrorCode::UpstreamTlsError => {}
+            | ErrorCode::UpstreamTlsError
+            | ErrorCode::TeamRateLimited
+            | ErrorCode::TeamBudgetExhausted
+            | ErrorCode::QuotaUnavailable => {}
         }
     }
     all
@@ -292,6 +305,80 @@ fn traffic(kind: Kind, outcome: Outcome, decision: Verdict) -> Traffic {
     traffic
 }
 
+/// The records a team quota leaves: refused, retried, the store unavailable, cut.
+fn quota_records() -> Vec<Traffic> {
+    let quota = |kind, scope: &str, retry_after_ms, store| QuotaRecord {
+        quota: kind,
+        scope: (!scope.is_empty()).then(|| scope.to_owned()),
+        limit: kind.map(|_| 60),
+        remaining: kind.map(|_| 0),
+        retry_after_ms,
+        store,
+    };
+    let refused = |code: ErrorCode, reason: &str, quota: QuotaRecord| {
+        let mut t = traffic(Kind::Http, Outcome::Refused, Verdict::Allow);
+        t.address = None;
+        t.bytes_down = 0;
+        t.reason = reason.into();
+        t.error = Some(code.as_str());
+        t.message = Some("the team's requests_per_minute quota (60 a minute) is used up".into());
+        t.status = Some(code.status().as_u16());
+        t.quota = Some(quota);
+        t
+    };
+    let rate = Some(QuotaKind::RequestsPerMinute);
+    let mut retried = refused(
+        ErrorCode::TeamRateLimited,
+        "quotas.requests_per_minute",
+        quota(rate, "team", Some(1000), Answered::LocalFallback),
+    );
+    retried.outcome = Outcome::Retrying;
+    retried.retry_wait_ms = Some(1000);
+    let mut tunnel = traffic(Kind::Connect, Outcome::Refused, Verdict::Allow);
+    tunnel.tls = Some(TlsMode::Passthrough);
+    tunnel.reason = "quotas.destinations[3].requests_per_day".into();
+    tunnel.error = Some(ErrorCode::TeamBudgetExhausted.as_str());
+    tunnel.message = Some("the team's requests_per_day quota for *.example.test …".into());
+    tunnel.status = Some(429);
+    tunnel.quota = Some(quota(
+        Some(QuotaKind::RequestsPerDay),
+        "*.example.test",
+        Some(3_600_000),
+        Answered::Node,
+    ));
+    let cut_quota = quota(
+        Some(QuotaKind::BytesPerDay),
+        "team",
+        Some(60_000),
+        Answered::Redis,
+    );
+    let mut cut_body = traffic(Kind::Http, Outcome::QuotaExhausted, Verdict::Allow);
+    cut_body.error = Some(ErrorCode::TeamBudgetExhausted.as_str());
+    cut_body.message = Some("the team's bytes_per_day quota (…) has no room left".into());
+    cut_body.quota = Some(cut_quota.clone());
+    let mut cut_tunnel = traffic(Kind::Connect, Outcome::QuotaExhausted, Verdict::Allow);
+    cut_tunnel.tls = Some(TlsMode::Passthrough);
+    cut_tunnel.error = Some(ErrorCode::TeamBudgetExhausted.as_str());
+    cut_tunnel.message = cut_body.message.clone();
+    cut_tunnel.quota = Some(cut_quota);
+    vec![
+        refused(
+            ErrorCode::TeamRateLimited,
+            "quotas.destinations[0].requests_per_minute",
+            quota(rate, "api.example.test", Some(1000), Answered::Redis),
+        ),
+        retried,
+        refused(
+            ErrorCode::QuotaUnavailable,
+            "quota_unavailable",
+            quota(None, "", None, Answered::Redis),
+        ),
+        tunnel,
+        cut_body,
+        cut_tunnel,
+    ]
+}
+
 fn record(traffic: Traffic) -> Record {
     Record::traffic(EXECUTION, "payments", traffic)
 }
@@ -368,6 +455,9 @@ fn every_record() -> Vec<Record> {
     cut.tls = Some(TlsMode::Passthrough);
     cut.address = Some("[2001:db8::7]:443".into());
     records.push(record(cut));
+    // Team quotas: a refused attempt (reason: the quota's rule path), one retried after
+    // its wait, the store unavailable, a tunnel and a body cut at a byte budget.
+    records.extend(quota_records().into_iter().map(record));
     // Aggregated refusals.
     let mut flood = record(traffic(Kind::Http, Outcome::Refused, Verdict::Deny));
     flood.count = Some(41);
@@ -544,6 +634,28 @@ fn the_schema_refuses_what_the_documentation_does_not_have() {
                 "a reason nobody documented".to_owned(),
                 changed(&http, &|r| {
                     r.insert("reason".into(), json!("felt_like_it"));
+                }),
+            ),
+            (
+                "a quota path nobody documented".to_owned(),
+                changed(&http, &|r| {
+                    r.insert("reason".into(), json!("quotas.requests_per_hour"));
+                }),
+            ),
+            (
+                "a quota from a store nobody documented".to_owned(),
+                changed(&http, &|r| {
+                    let mut quota = serde_json::to_value(QuotaRecord {
+                        quota: Some(QuotaKind::RequestsPerDay),
+                        scope: Some("team".into()),
+                        limit: Some(5),
+                        remaining: Some(0),
+                        retry_after_ms: Some(1),
+                        store: Answered::Node,
+                    })
+                    .expect("a quota object");
+                    quota["store"] = json!("memcached");
+                    r.insert("quota".into(), quota);
                 }),
             ),
             (

@@ -13,6 +13,7 @@ use super::transparent::TransparentListener;
 use super::upstream::{DirectTransport, Transport};
 use super::{limits, stats, Shared};
 use crate::audit::AuditLog;
+use crate::quota::QuotaEnforcer;
 use std::future::Future;
 use std::io::{self, Write};
 use std::sync::Arc;
@@ -64,6 +65,7 @@ pub struct ProxyBuilder {
     credentials: Option<Credentials>,
     tls: Option<Arc<Interception>>,
     alarm: Option<ViolationAlarm>,
+    quotas: Option<Arc<QuotaEnforcer>>,
 }
 
 impl ProxyBuilder {
@@ -142,6 +144,13 @@ impl ProxyBuilder {
         self
     }
 
+    /// The team's quotas ([`QuotaEnforcer::new`]): every upstream attempt and passthrough
+    /// tunnel takes from them, after `max_requests`. Without this call there are none.
+    pub fn quotas(mut self, quotas: Arc<QuotaEnforcer>) -> Self {
+        self.quotas = Some(quotas);
+        self
+    }
+
     pub fn settings(mut self, settings: Settings) -> Self {
         self.settings = settings;
         self
@@ -180,6 +189,7 @@ impl ProxyBuilder {
                 settings: self.settings,
                 credentials: self.credentials.unwrap_or_default(),
                 tls,
+                quotas: self.quotas,
             }),
         }
     }
@@ -204,6 +214,7 @@ impl Proxy {
             credentials: None,
             tls: None,
             alarm: None,
+            quotas: None,
         }
     }
 
@@ -218,7 +229,7 @@ impl Proxy {
 
     /// The counters so far.
     pub fn stats(&self) -> ProxyStats {
-        self.shared.stats.snapshot()
+        self.shared.counters()
     }
 
     /// Serves `listener` on `runtime` until [`ProxyHandle::shutdown`].

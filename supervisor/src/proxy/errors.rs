@@ -9,6 +9,7 @@ use super::body::{self, ProxyBody};
 
 /// The `Via` value tollgate adds to every response it relays or generates.
 pub const VIA: &str = "1.1 tollgate";
+use crate::quota::{QuotaRefusal, RefusalKind};
 use http::{header, HeaderValue, Response, StatusCode};
 use tollgate_policy::{Decision, Reason};
 
@@ -53,6 +54,12 @@ pub enum ErrorCode {
     CredentialPlaceholderMismatch,
     /// The TLS connection to the upstream failed (certificate, handshake).
     UpstreamTlsError,
+    /// A team `requests_per_minute` quota has no room now (`Retry-After` says when).
+    TeamRateLimited,
+    /// A team day budget (`requests_per_day`, `bytes_per_day`) is spent.
+    TeamBudgetExhausted,
+    /// The team's quotas could not be checked (the quota store failed, `deny` mode).
+    QuotaUnavailable,
 }
 
 impl ErrorCode {
@@ -74,11 +81,15 @@ impl ErrorCode {
             ErrorCode::CredentialScopeDenied => "credential_scope_denied",
             ErrorCode::CredentialPlaceholderMismatch => "credential_placeholder_mismatch",
             ErrorCode::UpstreamTlsError => "upstream_tls_error",
+            ErrorCode::TeamRateLimited => "team_rate_limited",
+            ErrorCode::TeamBudgetExhausted => "team_budget_exhausted",
+            ErrorCode::QuotaUnavailable => "quota_unavailable",
         }
     }
 
     /// Whether the sandbox caused this answer (a refusal, counted against
-    /// `limits.max_denied`), rather than the upstream (a failure).
+    /// `limits.max_denied`), rather than the upstream (a failure) or the team's quotas
+    /// (shared with every other execution of the team: [`ErrorCode::is_quota`]).
     pub fn is_refusal(self) -> bool {
         !matches!(
             self,
@@ -86,6 +97,19 @@ impl ErrorCode {
                 | ErrorCode::Timeout
                 | ErrorCode::ClientTimeout
                 | ErrorCode::UpstreamTlsError
+                | ErrorCode::TeamRateLimited
+                | ErrorCode::TeamBudgetExhausted
+                | ErrorCode::QuotaUnavailable
+        )
+    }
+
+    /// Whether a team quota (or its store) answered: refused, but not the sandbox's doing.
+    pub fn is_quota(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::TeamRateLimited
+                | ErrorCode::TeamBudgetExhausted
+                | ErrorCode::QuotaUnavailable
         )
     }
 
@@ -97,16 +121,19 @@ impl ErrorCode {
             | ErrorCode::CredentialScopeDenied
             | ErrorCode::CredentialPlaceholderMismatch => StatusCode::FORBIDDEN,
             ErrorCode::InvalidUrl | ErrorCode::InvalidRequest => StatusCode::BAD_REQUEST,
-            ErrorCode::RequestLimitExceeded | ErrorCode::DenialLimit => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            ErrorCode::RequestLimitExceeded
+            | ErrorCode::DenialLimit
+            | ErrorCode::TeamRateLimited
+            | ErrorCode::TeamBudgetExhausted => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::ResponseTooLarge | ErrorCode::ConnectError | ErrorCode::UpstreamTlsError => {
                 StatusCode::BAD_GATEWAY
             }
             ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
-            ErrorCode::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::TooManyConnections | ErrorCode::QuotaUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 }
@@ -120,6 +147,8 @@ pub struct ProxyError {
     pub reason: String,
     /// The policy rule that decided, when there was one.
     pub rule: Option<String>,
+    /// A team quota's refusal: the audit record's `quota`, and `Retry-After`.
+    pub quota: Option<Box<QuotaRefusal>>,
 }
 
 impl ProxyError {
@@ -129,6 +158,28 @@ impl ProxyError {
             message: message.into(),
             reason: code.as_str().to_owned(),
             rule: None,
+            quota: None,
+        }
+    }
+
+    /// The answer to an attempt a team quota refused (or an exchange a byte budget cut):
+    /// `team_rate_limited`, `team_budget_exhausted` or `quota_unavailable`, whose reason is
+    /// the quota's rule path (`quotas.destinations[0].requests_per_minute`).
+    pub fn from_quota(refusal: QuotaRefusal) -> ProxyError {
+        let code = match refusal.kind {
+            RefusalKind::RateLimited => ErrorCode::TeamRateLimited,
+            RefusalKind::BudgetExhausted => ErrorCode::TeamBudgetExhausted,
+            RefusalKind::Unavailable => ErrorCode::QuotaUnavailable,
+        };
+        ProxyError {
+            code,
+            message: refusal.message.clone(),
+            reason: refusal
+                .rule
+                .clone()
+                .unwrap_or_else(|| code.as_str().to_owned()),
+            rule: None,
+            quota: Some(Box::new(refusal)),
         }
     }
 
@@ -175,12 +226,19 @@ impl ProxyError {
             message,
             reason: decision.reason.as_str().to_owned(),
             rule: decision.rule.clone(),
+            quota: None,
         }
     }
 
-    /// The response the sandbox receives.
+    /// The response the sandbox receives (with `Retry-After` when a quota said when).
     pub fn to_response(&self, execution: &str) -> Response<ProxyBody> {
-        error_response(self.code, &self.message, execution)
+        let mut response = error_response(self.code, &self.message, execution);
+        if let Some(seconds) = self.quota.as_ref().and_then(|q| q.retry_after_secs()) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 

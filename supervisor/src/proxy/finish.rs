@@ -11,7 +11,7 @@ use super::body::ProxyBody;
 use super::errors::ProxyError;
 use super::Shared;
 use crate::audit::aggregate::Key;
-use crate::audit::{Outcome, Record, Traffic, Verdict};
+use crate::audit::{Outcome, QuotaRecord, Record, Traffic, Verdict};
 use http::Response;
 use std::time::{Duration, Instant};
 use tracing::level_filters::LevelFilter;
@@ -45,8 +45,8 @@ pub(crate) fn finish(shared: &Shared, mut traffic: Traffic, started: Instant) {
     }
 }
 
-/// Answers with `error`: the record says why (refused when the sandbox caused it, failed
-/// when the upstream did), then [`finish`].
+/// Answers with `error`: the record says why (refused when the sandbox or a team quota
+/// caused it, failed when the upstream did), then [`finish`].
 pub(crate) fn refuse(
     shared: &Shared,
     mut traffic: Traffic,
@@ -59,10 +59,16 @@ pub(crate) fn refuse(
         traffic.reason = error.reason.clone();
         traffic.rule = error.rule.clone();
     }
+    // A team quota refused: the policy allowed it (no `max_denied` count), the quota's rule
+    // path is the reason.
+    if let Some(quota) = &error.quota {
+        traffic.reason = error.reason.clone();
+        traffic.quota = Some(QuotaRecord::of(quota));
+    }
     traffic.error = Some(error.code.as_str());
     traffic.message = Some(error.message.clone());
     traffic.status = Some(error.code.status().as_u16());
-    traffic.outcome = if refusal {
+    traffic.outcome = if refusal || error.code.is_quota() {
         Outcome::Refused
     } else {
         Outcome::Failed
@@ -118,7 +124,8 @@ fn level_of(outcome: Outcome) -> Level {
         | Outcome::Timeout
         | Outcome::UpstreamError
         | Outcome::TunnelBytesExceeded
-        | Outcome::TunnelDurationExceeded => Level::WARN,
+        | Outcome::TunnelDurationExceeded
+        | Outcome::QuotaExhausted => Level::WARN,
         _ => Level::INFO,
     }
 }

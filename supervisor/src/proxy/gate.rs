@@ -88,13 +88,20 @@ pub(crate) async fn clear(
         resolve_timeout: shared.settings.resolve_timeout,
         node: &node,
     };
+    // What remained of the team's quotas at this execution's last check: team rules may
+    // decide on it (`input.quotas`).
+    let standings = shared
+        .quotas
+        .as_ref()
+        .map(|quotas| quotas.standings(&url.host))
+        .unwrap_or_default();
     let request = Request {
         method,
         url,
         connect,
         header_names,
         credential,
-        quotas: &[],
+        quotas: &standings,
     };
     let decision = gate.decide(&request).await;
     if decision.allow {

@@ -51,6 +51,15 @@ impl Budget {
                 )
             })
     }
+
+    /// Returns an attempt that was taken and never dialed (a team quota refused it).
+    pub fn give_back(&self) {
+        let _ = self
+            .used
+            .try_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_sub(1)
+            });
+    }
 }
 
 fn too_large(limit: u64) -> ProxyError {

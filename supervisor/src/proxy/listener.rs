@@ -36,7 +36,7 @@ impl ProxyHandle {
 
     /// The counters so far.
     pub fn stats(&self) -> ProxyStats {
-        self.shared.stats.snapshot()
+        self.shared.counters()
     }
 
     /// Waits until every audit record so far is written (for readers of a live audit log).
@@ -59,7 +59,7 @@ impl ProxyHandle {
         if let Some(audit) = &self.shared.audit {
             audit.sync();
         }
-        self.shared.stats.snapshot()
+        self.shared.counters()
     }
 }
 

@@ -118,6 +118,18 @@ pub(crate) struct Shared {
     pub credentials: Credentials,
     /// The execution's CA and upstream trust, or why there is none.
     pub tls: Result<Arc<Interception>, String>,
+    /// The team's quotas, when its policy has any: every attempt takes from them after the
+    /// execution's budget.
+    pub quotas: Option<Arc<crate::quota::QuotaEnforcer>>,
+}
+
+impl Shared {
+    /// The counters so far, with the team's quotas.
+    pub fn counters(&self) -> ProxyStats {
+        let mut stats = self.stats.snapshot();
+        stats.quotas = self.quotas.as_ref().map(|quotas| quotas.report());
+        stats
+    }
 }
 
 /// What a request handler needs beyond [`Shared`]: a guard that keeps shutdown waiting for

@@ -17,6 +17,7 @@ use super::relay::{Finish, RelayBody, MAX_BUFFERED};
 use super::upstream::{self, Outgoing};
 use super::{credentials, gate, headers, limits, Shared, Via};
 use crate::audit::{Finding, Kind, Outcome, Traffic, Verdict};
+use crate::quota::ByteMeter;
 use bytes::Bytes;
 use http::request::Parts;
 use http::{
@@ -270,6 +271,12 @@ async fn relay(
     if !bodiless && declared.is_some_and(|length| length > limit) {
         return Err(response_too_large(&outgoing.url, limit));
     }
+    let meter = sent.meter;
+    if let Some(meter) = meter.as_ref().filter(|_| !bodiless) {
+        if declared.is_some_and(|length| length > meter.allowance()) {
+            return Err(ProxyError::from_quota(meter.exhausted()));
+        }
+    }
     let reusable = !parts.headers.get_all(header::CONNECTION).iter().any(|v| {
         v.to_str()
             .is_ok_and(|v| v.to_ascii_lowercase().contains("close"))
@@ -303,10 +310,15 @@ async fn relay(
     };
     let unknown_length = !bodiless && declared.is_none();
     if outgoing.redact || (unknown_length && limit <= MAX_BUFFERED && !is_event_stream(&parts)) {
-        return buffered(shared, outgoing, parts, body, limit, sent.deadline, finish).await;
+        let read = Read {
+            limit,
+            deadline: sent.deadline,
+            meter,
+        };
+        return buffered(shared, outgoing, parts, body, read, finish).await;
     }
     let deadline = Box::pin(tokio::time::sleep_until(sent.deadline));
-    let body = RelayBody::new(body, limit, deadline, delivery, finish);
+    let body = RelayBody::new(body, limit, deadline, delivery, finish).metered(meter);
     Ok(Response::from_parts(parts, body.boxed()))
 }
 
@@ -348,18 +360,31 @@ fn response_too_large(url: &NormalizedUrl, limit: u64) -> ProxyError {
     )
 }
 
-/// The whole body read (under the limit and the deadline), searched for every secret when
-/// `outgoing.redact`, and sent with its length. A compressed body cannot be searched, so it
-/// is refused there: tollgate asked for `Accept-Encoding: identity`.
+/// What a buffered body is read under.
+struct Read {
+    /// `max_response_bytes`.
+    limit: u64,
+    deadline: tokio::time::Instant,
+    /// The team's byte budgets, when any applies.
+    meter: Option<ByteMeter>,
+}
+
+/// The whole body read (under the limit, the deadline and any byte budget), searched for
+/// every secret when `outgoing.redact`, and sent with its length. A compressed body cannot
+/// be searched, so it is refused there: tollgate asked for `Accept-Encoding: identity`.
 async fn buffered(
     shared: &Arc<Shared>,
     outgoing: &Outgoing,
     mut parts: http::response::Parts,
     body: Incoming,
-    limit: u64,
-    deadline: tokio::time::Instant,
+    read: Read,
     mut finish: Finish,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    let Read {
+        limit,
+        deadline,
+        meter,
+    } = read;
     let encoded = parts
         .headers
         .get(header::CONTENT_ENCODING)
@@ -397,6 +422,12 @@ async fn buffered(
         }
         Ok(Ok(data)) => data,
     };
+    if let Some(meter) = &meter {
+        if !meter.add(data.len() as u64) {
+            finish.abandon();
+            return Err(ProxyError::from_quota(meter.exhausted()));
+        }
+    }
     let redacted = outgoing
         .redact
         .then(|| redact::bytes(&data, shared.credentials.needles()))

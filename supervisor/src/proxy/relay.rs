@@ -1,13 +1,14 @@
 //! Relaying an upstream response body to the sandbox under the execution's limits.
 //!
-//! The body streams through unbuffered. Bytes are counted against `max_response_bytes` and the
-//! request's deadline keeps running. Crossing either, or the upstream breaking its own framing
-//! off, cuts the body: the client first gets every byte tollgate accepted before the cut (see
-//! [`Delivery`]), then its connection is aborted mid-body (no last chunk, no `close_notify`),
-//! so it sees a truncated message, never a shortened one that looks complete. The sandbox is
-//! always answered in HTTP/1.1 framing (`pipeline` sees to that), so an abort is visible
-//! whatever framing the upstream used. The audit record and operator log line of the attempt
-//! are written when the body ends, is cut, or is dropped.
+//! The body streams through unbuffered. Bytes are counted against `max_response_bytes` (and
+//! any team `bytes_per_day` quota) and the request's deadline keeps running. Crossing any,
+//! or the upstream breaking its own framing off, cuts the body: the client first gets every
+//! byte tollgate accepted before the cut (see [`Delivery`]), then its connection is aborted
+//! mid-body (no last chunk, no `close_notify`), so it sees a truncated message, never a
+//! shortened one that looks complete. The sandbox is always answered in HTTP/1.1 framing
+//! (`pipeline` sees to that), so an abort is visible whatever framing the upstream used. The
+//! audit record and operator log line of the attempt are written when the body ends, is cut,
+//! or is dropped.
 
 use super::body::BoxError;
 use super::errors::ErrorCode;
@@ -15,7 +16,8 @@ use super::finish::finish;
 use super::http1::Delivery;
 use super::upstream::pool;
 use super::Shared;
-use crate::audit::{Outcome, Traffic};
+use crate::audit::{Outcome, QuotaRecord, Traffic};
+use crate::quota::ByteMeter;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::future::Future;
@@ -72,6 +74,8 @@ pub(crate) struct RelayBody {
     delivery: Option<Arc<Delivery>>,
     phase: Phase,
     finish: Option<Finish>,
+    /// The team's byte budgets, counted as bytes are handed on.
+    meter: Option<ByteMeter>,
 }
 
 enum Phase {
@@ -91,6 +95,9 @@ enum Cut {
     TooLarge(u64),
     #[error("the request timed out while the response body was streaming")]
     Timeout,
+    /// A team byte budget ran out: the refusal's sentence.
+    #[error("{0}")]
+    Quota(String),
 }
 
 impl RelayBody {
@@ -109,7 +116,36 @@ impl RelayBody {
             delivery,
             phase: Phase::Relaying,
             finish: Some(finish),
+            meter: None,
         }
+    }
+
+    /// Counts every byte handed on against the team's byte budgets in `meter`; one past
+    /// them cuts the body (`team_budget_exhausted`).
+    pub fn metered(mut self, meter: Option<ByteMeter>) -> Self {
+        self.meter = meter;
+        self
+    }
+
+    /// Whether `bytes` more fit the team's byte budgets; if not, the cut is under way.
+    fn within_budget(&mut self, bytes: u64) -> bool {
+        let Some(meter) = &self.meter else {
+            return true;
+        };
+        if meter.add(bytes) {
+            return true;
+        }
+        let refusal = meter.exhausted();
+        if let Some(finish) = self.finish.as_mut() {
+            finish.traffic.quota = Some(QuotaRecord::of(&refusal));
+        }
+        let code = Some(ErrorCode::TeamBudgetExhausted);
+        self.cut(
+            Outcome::QuotaExhausted,
+            code,
+            Box::new(Cut::Quota(refusal.message)),
+        );
+        false
     }
 
     fn end(&mut self, outcome: Outcome) {
@@ -187,6 +223,9 @@ impl Body for RelayBody {
                         let error = Box::new(Cut::TooLarge(this.limit));
                         let code = Some(ErrorCode::ResponseTooLarge);
                         this.cut(Outcome::ResponseTooLarge, code, error);
+                        continue;
+                    }
+                    if !this.within_budget(data.len() as u64) {
                         continue;
                     }
                     this.sent = total;

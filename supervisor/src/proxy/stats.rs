@@ -6,6 +6,7 @@
 //! summary names the [`REFUSED_LISTED`] most refused.
 
 use crate::audit::Traffic;
+use crate::quota::QuotaReport;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,6 +38,10 @@ pub struct ProxyStats {
     pub destinations: Vec<DestinationStats>,
     /// What was refused, where and why, most refused first (bounded; see the module).
     pub refused: Vec<RefusedStats>,
+    /// The team's quotas as this execution used them (`None`: the policy has none). The
+    /// summary shows them beside `proxy`, not in it.
+    #[serde(skip)]
+    pub quotas: Option<QuotaReport>,
 }
 
 /// Refusals of one reason at one destination.
@@ -140,6 +145,7 @@ impl Stats {
                 })
                 .collect(),
             refused: most_refused(refused),
+            quotas: None,
         }
     }
 }

@@ -2,50 +2,29 @@
 //! apply to the destination, atomically, before it is dialed (docs/policy.md, "Quotas").
 //!
 //! [`QuotaEnforcer`] is one execution's view: it turns the policy's quotas into store
-//! buckets, asks the [`store`] once per attempt, meters bytes as they flow, and keeps what
-//! remained for the Rego input, the audit records and the summary.
+//! buckets, asks the [`store`] once per attempt, meters bytes as they flow ([`ByteMeter`]),
+//! and keeps what remained for the Rego input, the audit records and the summary.
 
 pub mod config;
+mod meter;
+mod refusal;
 pub mod store;
 
 use serde::Serialize;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tollgate_policy::quotas::{QuotaKind, QuotaStanding, Quotas};
+use store::{Answered, Bucket, BucketRule, TakeOutcome};
+use tollgate_policy::quotas::{AppliedQuota, QuotaKind, QuotaScope, QuotaStanding, Quotas};
 use tollgate_policy::url::UrlHost;
 
 pub use config::{QuotaStoreConfig, RedisConfig, StoreFailure};
+pub use meter::{ByteMeter, CHARGE_EVERY};
+pub use refusal::{QuotaRefusal, RefusalKind};
 pub use store::{QuotaStore, StoreError};
 
-/// Why an attempt was refused: its `Tollgate-Error`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RefusalKind {
-    /// A `requests_per_minute` bucket is empty: 429 `team_rate_limited`.
-    RateLimited,
-    /// A day budget is spent: 429 `team_budget_exhausted`.
-    BudgetExhausted,
-    /// The store could not be asked (`on_failure: deny`): 503 `quota_unavailable`.
-    Unavailable,
-}
-
-/// An attempt a quota refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QuotaRefusal {
-    pub kind: RefusalKind,
-    /// The quota that refused (`None` for [`RefusalKind::Unavailable`]).
-    pub quota: Option<QuotaKind>,
-    /// [`tollgate_policy::quotas::QuotaScope::label`].
-    pub scope: Option<String>,
-    /// The policy path, e.g. `quotas.destinations[0].requests_per_minute`: the audit
-    /// record's `reason`.
-    pub rule: Option<String>,
-    pub limit: Option<u64>,
-    /// When to try again (`Retry-After`, rounded up to whole seconds, at least 1).
-    pub retry_after: Option<Duration>,
-    /// The sentence the sandbox gets: names the quota, its limit and when to retry.
-    pub message: String,
-}
+/// How long a `requests_per_minute` bucket's limit is counted over.
+const MINUTE: Duration = Duration::from_secs(60);
 
 /// An admitted attempt: the byte budgets it must stay within as its bytes flow.
 pub struct Admission {
@@ -53,43 +32,56 @@ pub struct Admission {
     pub meter: Option<ByteMeter>,
 }
 
-/// Counts one exchange's bytes against the byte budgets that applied when it was
-/// admitted. Synchronous to call from body polling; it sends what it counted to the store
-/// in the background (every so many bytes, and when dropped).
-pub struct ByteMeter {
-    _private: (),
-}
-
-impl ByteMeter {
-    /// The most bytes this exchange may move (request and response together, the request
-    /// body already counted at admission) before it is cut: what remained at admission.
-    pub fn allowance(&self) -> u64 {
-        todo!("quota owner")
-    }
-
-    /// Counts `bytes` more; false once the allowance is passed (the caller cuts the
-    /// exchange as `max_response_bytes` would, with `team_budget_exhausted`).
-    pub fn add(&self, bytes: u64) -> bool {
-        let _ = bytes;
-        todo!("quota owner")
-    }
-
-    /// The refusal to report when [`ByteMeter::add`] returned false.
-    pub fn exhausted(&self) -> QuotaRefusal {
-        todo!("quota owner")
-    }
+/// One quota of the policy as this execution saw it.
+struct Line {
+    applied: AppliedQuota,
+    bucket: String,
+    /// What remained at the last check (`None` before any).
+    remaining: Option<u64>,
+    admitted: u64,
+    refused: u64,
 }
 
 /// One execution's quotas. `None` in the proxy when the policy has no quotas.
 pub struct QuotaEnforcer {
-    _private: (),
+    team: String,
+    quotas: Quotas,
+    store: QuotaStore,
+    on_failure: StoreFailure,
+    /// Every quota of the policy, in policy order (the team's first).
+    lines: Mutex<Vec<Line>>,
+    admitted: AtomicU64,
+    refused: Mutex<RefusedCounts>,
 }
 
 impl QuotaEnforcer {
-    /// For `team`'s `quotas` (not empty), counted in `store`.
-    pub fn new(team: &str, quotas: &Quotas, store: QuotaStore) -> Arc<QuotaEnforcer> {
-        let _ = (team, quotas, store);
-        todo!("quota owner")
+    /// For `team`'s `quotas` (not empty), counted in `store`, which the node opened with
+    /// `on_failure` (reported in the summary).
+    pub fn new(
+        team: &str,
+        quotas: &Quotas,
+        store: QuotaStore,
+        on_failure: StoreFailure,
+    ) -> Arc<QuotaEnforcer> {
+        let lines = every_quota(quotas)
+            .into_iter()
+            .map(|applied| Line {
+                bucket: bucket_name(&applied.scope, applied.kind),
+                applied,
+                remaining: None,
+                admitted: 0,
+                refused: 0,
+            })
+            .collect();
+        Arc::new(QuotaEnforcer {
+            team: team.to_owned(),
+            quotas: quotas.clone(),
+            store,
+            on_failure,
+            lines: Mutex::new(lines),
+            admitted: AtomicU64::new(0),
+            refused: Mutex::new(RefusedCounts::default()),
+        })
     }
 
     /// Takes one attempt to `host` carrying `request_bytes` of body from every quota that
@@ -99,31 +91,304 @@ impl QuotaEnforcer {
         host: &UrlHost,
         request_bytes: u64,
     ) -> Result<Admission, QuotaRefusal> {
-        let _ = (host, request_bytes);
-        todo!("quota owner")
+        let applied = self.quotas.applicable(host);
+        if applied.is_empty() {
+            return Ok(Admission { meter: None });
+        }
+        let buckets: Vec<Bucket> = applied.iter().map(|a| bucket(a, request_bytes)).collect();
+        let (outcome, answered) = match self.store.take(&buckets).await {
+            Ok(answer) => answer,
+            Err(error) => return Err(self.unavailable(&error.to_string())),
+        };
+        match outcome {
+            TakeOutcome::Granted { remaining } => {
+                self.admitted.fetch_add(1, Ordering::Relaxed);
+                self.granted(&buckets, &remaining);
+                Ok(Admission {
+                    meter: self.meter(&applied, &remaining, answered),
+                })
+            }
+            TakeOutcome::Refused { index, retry_after } => {
+                let (Some(refused), Some(bucket)) = (applied.get(index), buckets.get(index)) else {
+                    return Err(self.unavailable("the store named a quota it was not asked about"));
+                };
+                let cost = match bucket.rule {
+                    BucketRule::Daily { cost, .. } => cost,
+                    BucketRule::Rate { .. } => 1,
+                };
+                let remaining = self.refused_by(&bucket.name, cost);
+                let refusal =
+                    QuotaRefusal::refused(refused, remaining, cost, retry_after, answered);
+                self.count_refusal(refusal.kind);
+                Err(refusal)
+            }
+        }
+    }
+
+    /// The refusal when the store could not answer (`cause`, which never holds a password).
+    fn unavailable(&self, cause: &str) -> QuotaRefusal {
+        self.count_refusal(RefusalKind::Unavailable);
+        let store = if self.store.fleet_wide() {
+            Answered::Redis
+        } else {
+            Answered::Node
+        };
+        QuotaRefusal::unavailable(cause, store)
     }
 
     /// The quotas that apply to `host`, with what remained at this execution's last check
     /// of each: `input.quotas` of the Rego input.
     pub fn standings(&self, host: &UrlHost) -> Vec<QuotaStanding> {
-        let _ = host;
-        todo!("quota owner")
+        let lines = self.lines();
+        self.quotas
+            .applicable(host)
+            .into_iter()
+            .map(|applied| {
+                let name = bucket_name(&applied.scope, applied.kind);
+                QuotaStanding {
+                    quota: applied.kind,
+                    scope: applied.scope.label().to_owned(),
+                    limit: applied.limit,
+                    remaining: lines
+                        .iter()
+                        .find(|line| line.bucket == name)
+                        .and_then(|line| line.remaining),
+                }
+            })
+            .collect()
     }
 
     /// Reads what remains of every quota once (at start, for the Rego input); a store that
     /// does not answer leaves them unknown.
     pub async fn refresh(&self) {
-        todo!("quota owner")
+        let buckets: Vec<Bucket> = self
+            .lines()
+            .iter()
+            .map(|line| bucket(&line.applied, 0))
+            .collect();
+        match self.store.peek(&buckets).await {
+            Ok(remaining) => self.note(&buckets, &remaining),
+            Err(error) => {
+                tracing::debug!("the quotas of team {} were not read: {error}", self.team)
+            }
+        }
     }
 
     /// The summary's `quotas` object.
     pub fn report(&self) -> QuotaReport {
-        todo!("quota owner")
+        let quotas = self
+            .lines()
+            .iter()
+            .map(|line| QuotaLine {
+                quota: line.applied.kind,
+                scope: line.applied.scope.label().to_owned(),
+                rule: line.applied.scope.rule(line.applied.kind),
+                limit: line.applied.limit,
+                remaining: line.remaining,
+                admitted: line.admitted,
+                refused: line.refused,
+            })
+            .collect();
+        QuotaReport {
+            store: self.store.describe(),
+            fleet_wide: self.store.fleet_wide(),
+            on_failure: self.on_failure,
+            admitted: self.admitted.load(Ordering::Relaxed),
+            refused: self
+                .refused
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            store_stats: self.store.stats(),
+            quotas,
+        }
+    }
+
+    pub(crate) fn team(&self) -> &str {
+        &self.team
+    }
+
+    pub(crate) fn store(&self) -> &QuotaStore {
+        &self.store
+    }
+
+    fn lines(&self) -> std::sync::MutexGuard<'_, Vec<Line>> {
+        self.lines.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What the store said remains of each of `buckets`.
+    fn note(&self, buckets: &[Bucket], remaining: &[u64]) {
+        let mut lines = self.lines();
+        for (bucket, left) in buckets.iter().zip(remaining) {
+            if let Some(line) = lines.iter_mut().find(|line| line.bucket == bucket.name) {
+                line.remaining = Some(*left);
+            }
+        }
+    }
+
+    /// An attempt was admitted by every one of `buckets`.
+    fn granted(&self, buckets: &[Bucket], remaining: &[u64]) {
+        self.note(buckets, remaining);
+        let mut lines = self.lines();
+        for bucket in buckets {
+            if let Some(line) = lines.iter_mut().find(|line| line.bucket == bucket.name) {
+                line.admitted += 1;
+            }
+        }
+    }
+
+    /// Bucket `name` refused an attempt costing `cost`; returns what it is known to have
+    /// left: nothing, unless a byte budget refused a body bigger than what it had.
+    fn refused_by(&self, name: &str, cost: u64) -> Option<u64> {
+        let mut lines = self.lines();
+        let line = lines.iter_mut().find(|line| line.bucket == name)?;
+        line.refused += 1;
+        line.remaining = match line.applied.kind {
+            QuotaKind::BytesPerDay if cost > 0 => line.remaining.filter(|left| *left < cost),
+            _ => Some(0),
+        };
+        line.remaining
+    }
+
+    /// A byte budget among `buckets` ran out while bytes flowed.
+    fn spent(&self, buckets: &[Bucket]) {
+        if let Some(index) = self.tightest(buckets) {
+            let mut lines = self.lines();
+            if let Some(line) = lines
+                .iter_mut()
+                .find(|line| line.bucket == buckets[index].name)
+            {
+                line.remaining = Some(0);
+            }
+        }
+    }
+
+    /// Which of `buckets` had the least left at the last check.
+    fn tightest(&self, buckets: &[Bucket]) -> Option<usize> {
+        let lines = self.lines();
+        let left = |bucket: &Bucket| {
+            lines
+                .iter()
+                .find(|line| line.bucket == bucket.name)
+                .and_then(|line| line.remaining)
+                .unwrap_or(u64::MAX)
+        };
+        (0..buckets.len()).min_by_key(|&i| left(&buckets[i]))
+    }
+
+    /// The byte meter of an admitted attempt, when a byte budget applies.
+    fn meter(
+        self: &Arc<Self>,
+        applied: &[AppliedQuota],
+        remaining: &[u64],
+        answered: Answered,
+    ) -> Option<ByteMeter> {
+        let bytes: Vec<usize> = (0..applied.len())
+            .filter(|&i| applied[i].kind == QuotaKind::BytesPerDay)
+            .collect();
+        let allowance = bytes
+            .iter()
+            .map(|&i| remaining.get(i).copied().unwrap_or(0))
+            .min()?;
+        let quotas = bytes.iter().map(|&i| applied[i].clone()).collect();
+        let buckets = bytes.iter().map(|&i| bucket(&applied[i], 0)).collect();
+        Some(ByteMeter::new(
+            self.clone(),
+            quotas,
+            buckets,
+            allowance,
+            answered,
+        ))
+    }
+
+    fn count_refusal(&self, kind: RefusalKind) {
+        let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        match kind {
+            RefusalKind::RateLimited => refused.team_rate_limited += 1,
+            RefusalKind::BudgetExhausted => refused.team_budget_exhausted += 1,
+            RefusalKind::Unavailable => refused.quota_unavailable += 1,
+        }
     }
 }
 
+/// The store's name for a quota: stable across executions and nodes, by host rather than
+/// position (reordering the policy keeps the counters): `rpm:team`, `bpd:d:api.openai.com`.
+pub fn bucket_name(scope: &QuotaScope, kind: QuotaKind) -> String {
+    let prefix = match kind {
+        QuotaKind::RequestsPerMinute => "rpm",
+        QuotaKind::RequestsPerDay => "rpd",
+        QuotaKind::BytesPerDay => "bpd",
+    };
+    match scope {
+        QuotaScope::Team => format!("{prefix}:team"),
+        QuotaScope::Destination { host, .. } => format!("{prefix}:d:{host}"),
+    }
+}
+
+/// The bucket an attempt carrying `request_bytes` of body takes from for `applied`.
+fn bucket(applied: &AppliedQuota, request_bytes: u64) -> Bucket {
+    let rule = match applied.kind {
+        QuotaKind::RequestsPerMinute => BucketRule::Rate {
+            limit: applied.limit,
+            period: MINUTE,
+            burst: applied.burst.unwrap_or(1).max(1),
+        },
+        QuotaKind::RequestsPerDay => BucketRule::Daily {
+            limit: applied.limit,
+            cost: 1,
+        },
+        QuotaKind::BytesPerDay => BucketRule::Daily {
+            limit: applied.limit,
+            cost: request_bytes,
+        },
+    };
+    Bucket {
+        name: bucket_name(&applied.scope, applied.kind),
+        rule,
+    }
+}
+
+/// Every quota of the policy, in the order [`Quotas::applicable`] lists them: the team's,
+/// then each destination's.
+fn every_quota(quotas: &Quotas) -> Vec<AppliedQuota> {
+    let scopes = std::iter::once((QuotaScope::Team, &quotas.team)).chain(
+        quotas.destinations.iter().enumerate().map(|(index, d)| {
+            let scope = QuotaScope::Destination {
+                index,
+                host: d.host.to_string(),
+            };
+            (scope, &d.limits)
+        }),
+    );
+    let mut every = Vec::new();
+    for (scope, limits) in scopes {
+        if let Some(rate) = limits.requests_per_minute {
+            every.push(AppliedQuota {
+                scope: scope.clone(),
+                kind: QuotaKind::RequestsPerMinute,
+                limit: rate.per_minute,
+                burst: Some(rate.burst),
+            });
+        }
+        for (kind, limit) in [
+            (QuotaKind::RequestsPerDay, limits.requests_per_day),
+            (QuotaKind::BytesPerDay, limits.bytes_per_day),
+        ] {
+            if let Some(limit) = limit {
+                every.push(AppliedQuota {
+                    scope: scope.clone(),
+                    kind,
+                    limit,
+                    burst: None,
+                });
+            }
+        }
+    }
+    every
+}
+
 /// The summary's `quotas` object (docs/policy.md, "Quotas"; docs/audit.md).
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct QuotaReport {
     /// `redis://host:port` (never a password) or `node`.
     pub store: String,
@@ -134,7 +399,8 @@ pub struct QuotaReport {
     pub refused: RefusedCounts,
     #[serde(flatten)]
     pub store_stats: store::StoreStats,
-    /// Every quota this execution checked, with what remained at its last check.
+    /// Every quota of the policy, in policy order, with what remained at this execution's
+    /// last check of it.
     pub quotas: Vec<QuotaLine>,
 }
 

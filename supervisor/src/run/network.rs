@@ -1,8 +1,8 @@
 //! The execution's way out, when its policy turns the network on: the execution's CA and the
 //! runtime directory the sandbox reads it from, the proxy on the listener inside the sandbox's
-//! namespace, the child's environment that points every client at them, and — transparent
-//! egress — the stub resolver and the proxy's transparent listener for the clients that
-//! ignore that environment.
+//! namespace (with the team's quotas, when its policy has any), the child's environment that
+//! points every client at them, and — transparent egress — the stub resolver and the proxy's
+//! transparent listener for the clients that ignore that environment.
 
 use super::prepare::Prepared;
 use super::violation::Violations;
@@ -10,6 +10,7 @@ use super::{env, Refusal};
 use crate::dns::{StubResolver, SyntheticNames};
 use crate::proxy::transparent::{NameOf, TransparentListener};
 use crate::proxy::{Credentials, Interception, Proxy, ProxyHandle};
+use crate::quota::{QuotaEnforcer, QuotaStore, QuotaStoreConfig};
 use crate::sandbox::netns::TransparentSockets;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -92,6 +93,7 @@ pub(super) fn start(
         "/tmp",
     )
     .map_err(Refusal::tollgate)?;
+    let quotas = open_quotas(policy, &prepared.options.quota_store, runtime)?;
     let mut builder = Proxy::builder(Arc::new(policy.clone()))
         .execution_id(execution.to_owned())
         .credentials(credentials)
@@ -102,6 +104,9 @@ pub(super) fn start(
         });
     if prepared.audit.is_enabled() {
         builder = builder.audit_log(prepared.audit.clone());
+    }
+    if let Some(quotas) = quotas {
+        builder = builder.quotas(quotas);
     }
     let proxy = builder.build();
     let (proxy, resolver) = match transparent {
@@ -118,6 +123,27 @@ pub(super) fn start(
         proxy: Some(proxy),
         resolver,
         environment,
+    })
+}
+
+/// The team's quotas, when its policy has any: the node's store opened (a refused Redis
+/// password stops the run, exit 125; an unreachable server does not) and read once for the
+/// Rego input.
+fn open_quotas(
+    policy: &tollgate_policy::Policy,
+    config: &QuotaStoreConfig,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<Option<Arc<QuotaEnforcer>>, Refusal> {
+    if policy.quotas.is_empty() {
+        return Ok(None);
+    }
+    runtime.block_on(async {
+        let store = QuotaStore::open(config, &policy.team)
+            .await
+            .map_err(|e| Refusal::tollgate(e.to_string()))?;
+        let quotas = QuotaEnforcer::new(&policy.team, &policy.quotas, store, config.on_failure);
+        quotas.refresh().await;
+        Ok(Some(quotas))
     })
 }
 

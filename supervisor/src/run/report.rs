@@ -37,10 +37,11 @@ pub(super) fn report(outcome: Outcome<'_>) -> (i32, Option<Summary>) {
         ending,
         totals,
         limits,
-        proxy_stats,
+        mut proxy_stats,
         dns_stats,
         service,
     } = outcome;
+    let quotas = proxy_stats.as_mut().and_then(|stats| stats.quotas.take());
     let (exit_status, signal) = exit_status_of(ending);
     if ending.ended_by_service {
         super::service::say_ended(service);
@@ -80,6 +81,7 @@ pub(super) fn report(outcome: Outcome<'_>) -> (i32, Option<Summary>) {
         bypass_attempts: totals.denied,
         bypass_reports_dropped: totals.dropped,
         proxy: proxy_stats.and_then(|stats| serde_json::to_value(stats).ok()),
+        quotas,
         dns: dns_stats,
         oom_killed: totals.usage.oom_kills > 0,
         memory_peak_bytes: totals.usage.memory_peak_bytes,

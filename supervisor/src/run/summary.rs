@@ -29,6 +29,10 @@ pub struct Summary {
     /// Proxy counters (requests, denials, bytes, destinations, and `refused`: what was
     /// refused where and why, most first), when the network is enabled.
     pub proxy: Option<serde_json::Value>,
+    /// The team's quotas as this execution used them: the store, what was admitted and
+    /// refused, and what remained of each (absent when the policy has none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quotas: Option<crate::quota::QuotaReport>,
     /// The stub resolver's counters (queries, answered with an address, refused), when
     /// transparent egress ran.
     #[serde(skip_serializing_if = "Option::is_none")]

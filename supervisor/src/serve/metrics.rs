@@ -54,7 +54,7 @@ const LAUNCH_REFUSALS: [&str; 5] = [
 
 /// The `Tollgate-Error` codes, which are also the reason of a refusal with no more
 /// specific word (docs/audit.md, "error").
-const ERROR_CODES: [&str; 16] = [
+const ERROR_CODES: [&str; 19] = [
     "policy_denied",
     "ssrf_denied",
     "invalid_url",
@@ -71,6 +71,9 @@ const ERROR_CODES: [&str; 16] = [
     "credential_scope_denied",
     "credential_placeholder_mismatch",
     "upstream_tls_error",
+    "team_rate_limited",
+    "team_budget_exhausted",
+    "quota_unavailable",
 ];
 
 /// The operations the eBPF wall reports (a `bypass_attempt` record's `hook`).

@@ -174,8 +174,8 @@ async fn tls<S>(
         Ok(Opened::Intercept(url)) => {
             intercept::serve_stream(conn, client, url, record, started, Via::Transparent).await;
         }
-        Ok(Opened::Passthrough(dialed)) => {
-            tunnel::relay(conn, client, dialed, record, started).await;
+        Ok(Opened::Passthrough(passage)) => {
+            tunnel::relay(conn, client, passage, record, started).await;
         }
     }
 }

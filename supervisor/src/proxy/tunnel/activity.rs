@@ -1,11 +1,12 @@
 //! Stream wrappers that count a tunnel's bytes each way, remember when any of them last
-//! moved, and stop the tunnel at its byte limit: for tunnel byte accounting, idle timeouts
-//! and `limits.max_tunnel_bytes`.
+//! moved, and stop the tunnel at its byte limits: for tunnel byte accounting, idle timeouts,
+//! `limits.max_tunnel_bytes` and a team's `bytes_per_day`.
 //!
 //! The limit is enforced on reads, where a byte enters tollgate: a read that would take the
 //! tunnel past it is dropped whole and fails, so no more than the limit is ever relayed
 //! (up and down together) and the copy loop stops at once, both ways.
 
+use crate::quota::{ByteMeter, QuotaRefusal};
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,6 +32,10 @@ pub(crate) struct Activity {
     total: AtomicU64,
     /// A read was refused because it would have passed `max_bytes`.
     exceeded: AtomicBool,
+    /// The team's byte budgets, which every byte let through counts against too.
+    meter: Option<ByteMeter>,
+    /// A read was refused because a team byte budget ran out.
+    quota_exhausted: AtomicBool,
 }
 
 /// Which side of the tunnel a [`Counted`] stream is.
@@ -51,7 +56,34 @@ impl Activity {
             max_bytes,
             total: AtomicU64::new(0),
             exceeded: AtomicBool::new(false),
+            meter: None,
+            quota_exhausted: AtomicBool::new(false),
         })
+    }
+
+    /// These counters, with every byte also counted against the team's byte budgets in
+    /// `meter`: one past them ends the tunnel as `max_bytes` would.
+    pub fn metered(self: Arc<Self>, meter: Option<ByteMeter>) -> Arc<Activity> {
+        match Arc::try_unwrap(self) {
+            Ok(mut activity) => {
+                activity.meter = meter;
+                Arc::new(activity)
+            }
+            Err(shared) => shared,
+        }
+    }
+
+    /// Whether the tunnel was stopped at a team byte budget.
+    pub fn quota_exhausted(&self) -> bool {
+        self.quota_exhausted.load(Ordering::Relaxed)
+    }
+
+    /// The refusal to record when [`Activity::quota_exhausted`].
+    pub fn quota_refusal(&self) -> Option<QuotaRefusal> {
+        self.meter
+            .as_ref()
+            .filter(|_| self.quota_exhausted())
+            .map(ByteMeter::exhausted)
     }
 
     /// Whether the tunnel was stopped at its byte limit.
@@ -69,8 +101,13 @@ impl Activity {
             .is_ok();
         if !admitted {
             self.exceeded.store(true, Ordering::Relaxed);
+            return false;
         }
-        admitted
+        if self.meter.as_ref().is_some_and(|meter| !meter.add(n)) {
+            self.quota_exhausted.store(true, Ordering::Relaxed);
+            return false;
+        }
+        true
     }
 
     fn touch(&self) {
@@ -125,7 +162,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
                 // Never handed on: the tunnel ends here, with what was relayed before.
                 buf.set_filled(before);
                 return Poll::Ready(Err(io::Error::other(
-                    "the tunnel reached limits.max_tunnel_bytes",
+                    "the tunnel reached limits.max_tunnel_bytes or a team bytes_per_day quota",
                 )));
             }
             let counter = match self.side {

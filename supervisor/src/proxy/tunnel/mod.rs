@@ -4,7 +4,8 @@
 //! - `tls: passthrough`: relayed byte for byte until either side closes, the tunnel idles
 //!   out, carries `limits.max_tunnel_bytes` (up and down together), lives for
 //!   `limits.max_tunnel_duration`, or the proxy shuts down; one request against
-//!   `max_requests`, whatever it carries inside.
+//!   `max_requests` and the team's quotas, whatever it carries inside (every byte both
+//!   ways counts against a team `bytes_per_day`).
 //! - `tls: intercept` (the default): terminated with the execution's CA (`intercept`); the
 //!   tunnel itself dials nothing and counts nothing, each HTTP request inside goes through
 //!   the pipeline and is counted, decided and audited on its own.
@@ -14,12 +15,13 @@
 mod activity;
 pub(crate) mod intercept;
 
-use crate::audit::{Kind, Outcome, Traffic, Verdict};
+use crate::audit::{Kind, Outcome, QuotaRecord, Traffic, Verdict};
 use crate::proxy::body::{self, ProxyBody};
 use crate::proxy::errors::{ErrorCode, ProxyError};
 use crate::proxy::finish::{finish, refuse};
 use crate::proxy::upstream::{DialError, DialTarget, Dialed};
 use crate::proxy::{gate, headers, ConnContext, Shared};
+use crate::quota::ByteMeter;
 use activity::{Activity, Counted, Side};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -69,8 +71,8 @@ pub(crate) async fn tunnel(
         Opened::Intercept(url) => {
             tokio::spawn(intercept::serve(conn, upgrade, url, record, started));
         }
-        Opened::Passthrough(dialed) => {
-            tokio::spawn(passthrough(conn, upgrade, dialed, record, started));
+        Opened::Passthrough(passage) => {
+            tokio::spawn(passthrough(conn, upgrade, passage, record, started));
         }
     }
     let mut response = Response::new(body::empty());
@@ -83,7 +85,7 @@ pub(crate) async fn tunnel(
 async fn passthrough(
     conn: ConnContext,
     upgrade: hyper::upgrade::OnUpgrade,
-    dialed: Dialed,
+    passage: Passage,
     record: Traffic,
     started: Instant,
 ) {
@@ -94,7 +96,7 @@ async fn passthrough(
             return;
         }
     };
-    relay(conn, client, dialed, record, started).await;
+    relay(conn, client, passage, record, started).await;
 }
 
 /// Relays an allowed passthrough tunnel's bytes between `client` and the dialed upstream
@@ -102,7 +104,7 @@ async fn passthrough(
 pub(crate) async fn relay<S>(
     conn: ConnContext,
     client: S,
-    dialed: Dialed,
+    passage: Passage,
     record: Traffic,
     started: Instant,
 ) where
@@ -115,17 +117,18 @@ pub(crate) async fn relay<S>(
         slot,
         ..
     } = conn;
-    // Nothing inside is seen, so the tunnel itself is bounded: bytes both ways together,
-    // and its lifetime from the CONNECT.
+    // Nothing inside is seen, so the tunnel itself is bounded: bytes both ways together
+    // (also against the team's byte budgets), and its lifetime from the CONNECT.
     let limits = &shared.policy.limits;
-    let activity = Activity::new(limits.max_tunnel_bytes);
+    let activity = Activity::new(limits.max_tunnel_bytes).metered(passage.meter);
     let deadline = tokio::time::Instant::from_std(started) + limits.max_tunnel_duration;
     let mut client = Counted::new(client, activity.clone(), Side::Client);
-    let mut upstream = Counted::new(dialed.stream, activity.clone(), Side::Upstream);
+    let mut upstream = Counted::new(passage.dialed.stream, activity.clone(), Side::Upstream);
     let idle = shared.settings.idle_timeout;
     let outcome = tokio::select! {
         result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match result {
             Ok(_) => Outcome::Closed,
+            Err(_) if activity.quota_exhausted() => Outcome::QuotaExhausted,
             Err(_) if activity.bytes_exceeded() => Outcome::TunnelBytesExceeded,
             Err(_) => Outcome::Reset,
         },
@@ -140,9 +143,15 @@ pub(crate) async fn relay<S>(
 
 /// How an allowed tunnel goes on.
 pub(crate) enum Opened {
-    Passthrough(Dialed),
+    Passthrough(Passage),
     /// Terminated locally; the URL carries the tunnel's scheme, host and port.
     Intercept(NormalizedUrl),
+}
+
+/// A dialed passthrough tunnel, and the team's byte budgets its bytes count against.
+pub(crate) struct Passage {
+    pub dialed: Dialed,
+    pub meter: Option<ByteMeter>,
 }
 
 /// parse → [`open_target`].
@@ -155,7 +164,7 @@ async fn open(
     open_target(shared, url, request.headers(), record).await
 }
 
-/// decide → resolve → decide → mode → (passthrough: budget → dial), for a tunnel to `url`
+/// decide → resolve → decide → mode → (passthrough: budget → quotas → dial), for a tunnel to `url`
 /// (`https://host:port/`): asked for with CONNECT (whose `headers` are decided on and may ask
 /// for a timeout), or a transparent TLS connection (no headers).
 pub(crate) async fn open_target(
@@ -193,6 +202,17 @@ pub(crate) async fn open_target(
         .take()
         .map_err(|e| e.with_reason("max_requests"))?;
     record.attempt = Some(1);
+    let meter = match &shared.quotas {
+        None => None,
+        Some(quotas) => match quotas.admit(&url.host, 0).await {
+            Ok(admission) => admission.meter,
+            Err(refusal) => {
+                // Not dialed: the execution's budget is not spent on it.
+                shared.budget.give_back();
+                return Err(ProxyError::from_quota(refusal));
+            }
+        },
+    };
     shared
         .stats
         .attempt(&format!("connect://{}:{}", url.host, url.port), false);
@@ -222,7 +242,7 @@ pub(crate) async fn open_target(
     })?;
     record.address = Some(dialed.peer.to_string());
     record.status = Some(200);
-    Ok(Opened::Passthrough(dialed))
+    Ok(Opened::Passthrough(Passage { dialed, meter }))
 }
 
 /// The CONNECT target: `host:port` with an explicit port (RFC 9110 §9.3.6).
@@ -249,5 +269,10 @@ fn close(
     record.bytes_up = activity.up.load(Ordering::Relaxed);
     record.bytes_down = activity.down.load(Ordering::Relaxed);
     record.outcome = outcome;
+    if let Some(refusal) = activity.quota_refusal() {
+        record.error = Some(ErrorCode::TeamBudgetExhausted.as_str());
+        record.message = Some(refusal.message.clone());
+        record.quota = Some(QuotaRecord::of(&refusal));
+    }
     finish(shared, record, started);
 }

@@ -1,15 +1,17 @@
-//! The upstream attempts of one decided request: take a budgeted attempt, reuse a pooled
+//! The upstream attempts of one decided request: take a budgeted attempt (and the team's
+//! quotas, whose refusal gives the budget back and may be waited out), reuse a pooled
 //! connection to a decided address or dial one (TLS on top for `https`), sign it when the
 //! team has Web Bot Auth, exchange, and decide whether to retry (retryable status, refused
 //! or reset connection, connect timeout) and how long to wait.
 
 use super::transport::{DialError, DialTarget, Upstream};
 use super::{exchange, pool, retry};
-use crate::audit::{Outcome, Traffic};
+use crate::audit::{Outcome, QuotaRecord, Traffic};
 use crate::proxy::errors::{ErrorCode, ProxyError};
 use crate::proxy::finish::{finish, millis};
 use crate::proxy::tls::HandshakeError;
 use crate::proxy::Shared;
+use crate::quota::{Admission, ByteMeter, QuotaRefusal};
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use http_body_util::Full;
@@ -18,6 +20,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::time::Instant as Deadline;
+use tollgate_policy::model::Retry;
 use tollgate_policy::url::NormalizedUrl;
 use tollgate_policy::Decision;
 
@@ -45,6 +48,8 @@ pub(crate) struct Sent {
     pub attempt: u32,
     pub started: Instant,
     pub deadline: Deadline,
+    /// The team's byte budgets the response must stay within (`None`: no `bytes_per_day`).
+    pub meter: Option<ByteMeter>,
 }
 
 /// Why an attempt produced no response.
@@ -132,6 +137,8 @@ pub(crate) async fn attempts(
     record: &mut Traffic,
 ) -> Result<Sent, ProxyError> {
     let retry = &shared.policy.retry;
+    // A wait for a quota never outlasts the request's own timeout.
+    let waits_end_by = Deadline::now() + outgoing.timeout;
     let mut attempt = 0u32;
     loop {
         attempt += 1;
@@ -141,10 +148,35 @@ pub(crate) async fn attempts(
             .budget
             .take()
             .map_err(|e| e.with_reason("max_requests"))?;
-        shared.stats.attempt(&outgoing.origin, attempt > 1);
         let started = Instant::now();
-        let deadline = Deadline::now() + outgoing.timeout;
         let last = attempt >= retry.attempts;
+        let admission = match admit(shared, outgoing).await {
+            Ok(admission) => admission,
+            Err(refusal) => {
+                // Not dialed: the execution's budget is not spent on it.
+                shared.budget.give_back();
+                let error = ProxyError::from_quota(refusal);
+                let wait = (!last)
+                    .then(|| quota_wait(retry, attempt + 1, &error, waits_end_by))
+                    .flatten();
+                let Some(wait) = wait else {
+                    return Err(error);
+                };
+                let mut retried = record.clone();
+                retried.outcome = Outcome::Retrying;
+                retried.reason = error.reason.clone();
+                retried.error = Some(error.code.as_str());
+                retried.message = Some(error.message.clone());
+                retried.status = Some(error.code.status().as_u16());
+                retried.quota = error.quota.as_deref().map(QuotaRecord::of);
+                retried.retry_wait_ms = Some(millis(wait));
+                finish(shared, retried, started);
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+        };
+        shared.stats.attempt(&outgoing.origin, attempt > 1);
+        let deadline = Deadline::now() + outgoing.timeout;
         let mut retried = record.clone();
         retried.outcome = Outcome::Retrying;
         let wait = match one_attempt(shared, outgoing, deadline).await {
@@ -163,6 +195,7 @@ pub(crate) async fn attempts(
                         attempt,
                         started,
                         deadline,
+                        meter: admission.meter,
                     });
                 }
                 retried.address = Some(peer.to_string());
@@ -184,6 +217,37 @@ pub(crate) async fn attempts(
         finish(shared, retried, started);
         tokio::time::sleep(wait).await;
     }
+}
+
+/// Takes the attempt from the team's quotas, when the policy has any.
+async fn admit(shared: &Shared, outgoing: &Outgoing) -> Result<Admission, QuotaRefusal> {
+    match &shared.quotas {
+        None => Ok(Admission { meter: None }),
+        Some(quotas) => {
+            let body = outgoing.body.len() as u64;
+            quotas.admit(&outgoing.url.host, body).await
+        }
+    }
+}
+
+/// How long to wait before attempt `next` after a quota refused this one, when the policy
+/// retries its status (`429`, or `503` for a store that failed): the quota's own wait (or
+/// the backoff when it named none), if that is within `retry.max_wait` and ends by
+/// `waits_end_by`. `None`: answer the refusal.
+fn quota_wait(
+    retry: &Retry,
+    next: u32,
+    error: &ProxyError,
+    waits_end_by: Deadline,
+) -> Option<Duration> {
+    if !retry::retryable_status(retry, error.code.status()) {
+        return None;
+    }
+    let wait = match error.quota.as_ref().and_then(|q| q.retry_after) {
+        Some(wait) => wait,
+        None => retry::wait_before(retry, next, None),
+    };
+    (wait <= retry.max_wait && Deadline::now() + wait <= waits_end_by).then_some(wait)
 }
 
 /// A response head and the connection it came on (kept for reuse if its body completes).
