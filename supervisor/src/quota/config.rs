@@ -65,13 +65,64 @@ pub struct RedisConfig {
 impl RedisConfig {
     /// The URL with any password replaced by `***`: what messages, logs and the summary show.
     pub fn display_url(&self) -> String {
-        todo!("quota::config owner")
+        match url::Url::parse(&self.url) {
+            Ok(mut parsed) => {
+                if parsed.password().is_some() {
+                    // Cannot fail: a URL with a password has a host.
+                    let _ = parsed.set_password(Some("***"));
+                }
+                parsed.to_string()
+            }
+            // Not a URL, but it may still hold a password: hide whatever precedes the host.
+            Err(_) => match (self.url.find("://"), self.url.rfind('@')) {
+                (Some(scheme_end), Some(at)) if at > scheme_end => {
+                    format!("{}://***@{}", &self.url[..scheme_end], &self.url[at + 1..])
+                }
+                (None, Some(at)) => format!("***@{}", &self.url[at + 1..]),
+                _ => self.url.clone(),
+            },
+        }
     }
 
     /// Checks the URL: scheme `redis` or `rediss`, a host, an optional port and database.
     /// The error says what to fix and never contains the password.
     pub fn validate(&self) -> Result<(), String> {
-        todo!("quota::config owner")
+        let shown = self.display_url();
+        let parsed = url::Url::parse(&self.url).map_err(|error| {
+            format!(
+                "Redis URL `{shown}` is not a URL ({error}): give redis://[user:password@]HOST[:PORT][/DB] \
+                 or rediss://… for TLS"
+            )
+        })?;
+        if !matches!(parsed.scheme(), "redis" | "rediss") {
+            return Err(format!(
+                "Redis URL `{shown}`: the scheme must be redis:// or rediss:// (TLS), not {}://",
+                parsed.scheme()
+            ));
+        }
+        if parsed.host_str().is_none_or(str::is_empty) {
+            return Err(format!(
+                "Redis URL `{shown}` has no host: give redis://HOST[:PORT][/DB]"
+            ));
+        }
+        let db = parsed.path().trim_start_matches('/');
+        if !db.is_empty() && db.parse::<u16>().is_err() {
+            return Err(format!(
+                "Redis URL `{shown}`: the path is the database number (e.g. /0), not `/{db}`"
+            ));
+        }
+        if parsed.query().is_some() || parsed.fragment().is_some() {
+            return Err(format!(
+                "Redis URL `{shown}`: remove the `?…`/`#…` part (tollgate takes the connect \
+                 timeout from --redis-connect-timeout, the CA from --redis-ca)"
+            ));
+        }
+        if self.ca_file.is_some() && parsed.scheme() != "rediss" {
+            return Err(format!(
+                "a Redis CA file is given but `{shown}` is not TLS: use rediss://"
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -83,6 +134,9 @@ impl std::fmt::Debug for RedisConfig {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests;
 
 mod millis {
     use serde::{Deserialize, Deserializer, Serializer};

@@ -6,7 +6,10 @@
 //! and keeps what remained for the Rego input, the audit records and the summary.
 
 pub mod config;
+mod gcra;
 mod meter;
+mod node_store;
+mod redis_store;
 mod refusal;
 pub mod store;
 
