@@ -143,6 +143,12 @@ pub fn validate_execution_id(id: &str) -> Result<(), SandboxError> {
     Ok(())
 }
 
+/// Whether `name` is an id made by [`new_execution_id`]: what garbage collection may take
+/// for an execution's leftovers (anything else is not an execution's).
+pub fn is_execution_id(name: &str) -> bool {
+    owner_of(name).is_some()
+}
+
 /// The supervisor that owns an execution id made by [`new_execution_id`]: its pid and start time.
 fn owner_of(id: &str) -> Option<(u32, u64)> {
     let mut parts = id.split('-');

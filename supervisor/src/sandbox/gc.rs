@@ -69,8 +69,8 @@ fn runtime_dirs() -> usize {
     }
 }
 
-/// Removes every directory of `runtime_root` named like an execution whose cgroup under
-/// `cgroup_root` no longer exists.
+/// Removes every directory of `runtime_root` named like an execution (an id from
+/// `new_execution_id`) whose cgroup under `cgroup_root` no longer exists.
 pub fn runtime_dirs_under(runtime_root: &Path, cgroup_root: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(runtime_root) else {
         return 0;
@@ -79,7 +79,9 @@ pub fn runtime_dirs_under(runtime_root: &Path, cgroup_root: &Path) -> usize {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(id) = name.to_str() else { continue };
-        if cgroup::validate_execution_id(id).is_err() || cgroup_root.join(id).exists() {
+        // Only names of executions: the node keeps state of its own here too (the quota
+        // store's `quotas/`), which no execution's end may take.
+        if !cgroup::is_execution_id(id) || cgroup_root.join(id).exists() {
             continue;
         }
         // The entry itself, not what a link there points to: remove_dir_all does not follow
@@ -89,4 +91,36 @@ pub fn runtime_dirs_under(runtime_root: &Path, cgroup_root: &Path) -> usize {
         }
     }
     removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_stale_execution_directories_are_removed() {
+        let scratch =
+            std::env::temp_dir().join(format!("tollgate-gc-runtime-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&scratch);
+        let runtime = scratch.join("run");
+        let cgroups = scratch.join("cgroup");
+        let stale = "4242-1-0123456789abcdef";
+        let live = "4243-1-0123456789abcdee";
+        for dir in [stale, live, "quotas"] {
+            std::fs::create_dir_all(runtime.join(dir)).unwrap();
+        }
+        std::fs::write(runtime.join("quotas/acme.json"), "{}").unwrap();
+        std::fs::create_dir_all(cgroups.join(live)).unwrap();
+
+        assert_eq!(runtime_dirs_under(&runtime, &cgroups), 1);
+        assert!(
+            !runtime.join(stale).exists(),
+            "a dead execution's directory goes"
+        );
+        assert!(runtime.join(live).exists(), "a running execution's stays");
+        // The node's own state beside the executions' (the quota store's files) is no
+        // execution's: it stays.
+        assert!(runtime.join("quotas/acme.json").exists());
+        std::fs::remove_dir_all(&scratch).unwrap();
+    }
 }
