@@ -1,6 +1,15 @@
 //! `tollgate gc` and `tollgate doctor`: the operator's commands.
 
+use super::quota_store::{self, Reach, RedisArgs};
 use crate::sandbox::{doctor, gc};
+use clap::Args;
+
+/// `tollgate doctor`'s flags: the quota store to reach, as `tollgate run` would be given it.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub redis: RedisArgs,
+}
 
 /// Removes what killed supervisors left behind (see `sandbox::gc`).
 pub fn gc() -> i32 {
@@ -70,8 +79,21 @@ pub fn doctor_checks() -> Vec<doctor::Check> {
     checks
 }
 
-/// Prints each check with `ok` or `FAIL` and the fix; exits 1 if any failed.
-pub fn doctor() -> i32 {
+/// Prints each check with `ok` or `FAIL` and the fix, then where quotas are counted; exits
+/// 1 if any check failed (a Redis that refuses the password is one; one that does not
+/// answer is a warning: the node may start before it), 2 for a bad flag.
+pub fn doctor(args: DoctorArgs) -> i32 {
+    let store = match args.redis.redis() {
+        Ok(redis) => crate::quota::QuotaStoreConfig {
+            redis,
+            connect_timeout: args.redis.connect_timeout(),
+            ..Default::default()
+        },
+        Err(message) => {
+            eprintln!("tollgate: {message}");
+            return super::EXIT_USAGE;
+        }
+    };
     let mut failed = 0;
     for check in doctor_checks() {
         match check.result {
@@ -82,11 +104,34 @@ pub fn doctor() -> i32 {
             }
         }
     }
+    let (mark, line) = quota_line(&store);
+    if mark == "FAIL" {
+        failed += 1;
+    }
+    super::print(&format!("{mark:<6}{line}"));
     if failed == 0 {
         super::print("tollgate can build every wall on this host");
         0
     } else {
         1
+    }
+}
+
+/// The mark and the line of the quota store: reachable, not, or per node.
+fn quota_line(store: &crate::quota::QuotaStoreConfig) -> (&'static str, String) {
+    let shown = quota_store::describe_store(store);
+    match quota_store::reach(store) {
+        Reach::PerNode => (
+            "note",
+            format!(
+                "quotas: {shown} (no Redis configured: set --redis-url or {}); team quotas \
+                 are not fleet-wide",
+                quota_store::REDIS_URL_ENV
+            ),
+        ),
+        Reach::Reachable => ("ok", format!("quotas: {shown} (reachable)")),
+        Reach::Unreachable(why) => ("warn", format!("quotas: {shown} (unreachable: {why})")),
+        Reach::PasswordRefused(why) => ("FAIL", format!("quotas: {shown} ({why})")),
     }
 }
 

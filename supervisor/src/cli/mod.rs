@@ -4,6 +4,7 @@ mod bot_auth;
 pub mod connect;
 pub mod maintenance;
 pub mod policy;
+pub mod quota_store;
 pub mod run;
 pub mod serve;
 
@@ -36,8 +37,9 @@ pub enum Command {
     Run(Box<run::RunArgs>),
     /// Remove what killed supervisors left behind (cgroups, eBPF map entries).
     Gc,
-    /// Check that this host can build every wall, and say how to fix what it cannot.
-    Doctor,
+    /// Check that this host can build every wall, and say how to fix what it cannot; and
+    /// where team quotas are counted (--redis-url, TOLLGATE_REDIS_URL), reaching that store.
+    Doctor(maintenance::DoctorArgs),
     /// Web Bot Auth: print the public key directory of a team's signing key.
     #[command(subcommand, name = "bot-auth")]
     BotAuth(bot_auth::BotAuthCommand),
@@ -56,7 +58,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Policy(command) => policy::run(command),
         Command::Run(args) => run::run(*args),
         Command::Gc => maintenance::gc(),
-        Command::Doctor => maintenance::doctor(),
+        Command::Doctor(args) => maintenance::doctor(args),
         Command::BotAuth(command) => bot_auth::run(command),
         Command::Serve(args) => crate::serve::run(*args),
         Command::Execution => crate::run::service::worker_main(),

@@ -115,6 +115,9 @@ pub struct RunArgs {
     /// false` in the policy.
     #[arg(long)]
     pub no_transparent: bool,
+    /// Where the team quotas are counted (a node's choice: refused through --connect).
+    #[command(flatten)]
+    pub quota_store: super::quota_store::QuotaStoreArgs,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -300,8 +303,7 @@ impl RunArgs {
             tty: args.tty,
             transparent: !args.no_transparent,
             rootfs: args.rootfs,
-            // Filled from --redis-url and the other quota store flags (contract-13, owner C).
-            quota_store: crate::quota::QuotaStoreConfig::default(),
+            quota_store: args.quota_store.config()?,
             command: args.command,
         })
     }

@@ -471,6 +471,17 @@ mod tests {
             tty: true,
             rootfs: Some("/srv/rootfs".into()),
             transparent: false,
+            quota_store: crate::quota::QuotaStoreConfig {
+                redis: Some(crate::quota::RedisConfig {
+                    url: "rediss://redis.internal:6380/1".into(),
+                    password: Some("from-the-node".into()),
+                    ca_file: Some("/etc/tollgate/redis-ca.pem".into()),
+                }),
+                on_failure: crate::quota::StoreFailure::Local,
+                expected_nodes: 3,
+                connect_timeout: Duration::from_millis(750),
+                node_dir: "/run/tollgate/quotas".into(),
+            },
             command: vec![
                 "/bin/echo".into(),
                 // Not UTF-8: arguments are bytes.

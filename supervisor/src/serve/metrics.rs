@@ -23,7 +23,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use serde::Deserialize;
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -75,6 +75,24 @@ const ERROR_CODES: [&str; 19] = [
     "team_budget_exhausted",
     "quota_unavailable",
 ];
+
+/// The `Tollgate-Error` codes of a quota's refusal (a record with a `quota` object).
+const QUOTA_ERRORS: [&str; 3] = [
+    "team_rate_limited",
+    "team_budget_exhausted",
+    "quota_unavailable",
+];
+
+/// The quotas a policy can set (a `quota` object's `quota`).
+const QUOTA_KINDS: [&str; 3] = ["requests_per_minute", "requests_per_day", "bytes_per_day"];
+
+/// Distinct destination scopes (team and host pattern) kept apart across every team;
+/// later ones are counted as [`OTHER`]. A policy has a handful; this bounds what a node's
+/// team directory can make of the exposition.
+pub const MAX_QUOTA_SCOPES: usize = 1000;
+
+/// The longest host pattern a scope label can be (a DNS name's most).
+const MAX_SCOPE_LEN: usize = 253;
 
 /// The operations the eBPF wall reports (a `bypass_attempt` record's `hook`).
 const HOOKS: [&str; 3] = ["connect", "sendmsg", "sock_create"];
@@ -132,6 +150,22 @@ struct HookLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QuotaLabels {
+    team: String,
+    quota: &'static str,
+    /// `team`, or a destination's host pattern from the team's policy.
+    scope: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QuotaRefusedLabels {
+    team: String,
+    quota: &'static str,
+    scope: String,
+    error: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReloadLabels {
     team: String,
     result: &'static str,
@@ -157,6 +191,14 @@ pub struct Metrics {
     bypass_attempts: Family<HookLabels, Counter>,
     policy_reloads: Family<ReloadLabels, Counter>,
     policy_failing: Family<TeamLabels, Gauge>,
+    /// The destination scopes that have a label (see [`MAX_QUOTA_SCOPES`]).
+    quota_scopes: Mutex<HashSet<(String, String)>>,
+    quota_admitted: Family<QuotaLabels, Counter>,
+    quota_refused: Family<QuotaRefusedLabels, Counter>,
+    quota_round_trips: Family<TeamLabels, Counter>,
+    quota_errors: Family<TeamLabels, Counter>,
+    quota_latency: Family<TeamLabels, Counter<f64, AtomicU64>>,
+    quota_local_fallback: Family<TeamLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -261,6 +303,45 @@ impl Metrics {
              force), else 0",
             policy_failing.clone(),
         );
+        let quota_admitted = Family::default();
+        registry.register(
+            "quota_admitted",
+            "Upstream attempts a team quota admitted, by quota and scope (from the \
+             executions' summaries, so counted when each execution ends)",
+            quota_admitted.clone(),
+        );
+        let quota_refused = Family::default();
+        registry.register(
+            "quota_refused",
+            "Upstream attempts a team quota refused (or bodies a byte budget cut), by quota, \
+             scope and Tollgate-Error",
+            quota_refused.clone(),
+        );
+        let quota_round_trips = Family::default();
+        registry.register(
+            "quota_store_round_trips",
+            "Round trips to the quota store's Redis, answered or not",
+            quota_round_trips.clone(),
+        );
+        let quota_errors = Family::default();
+        registry.register(
+            "quota_store_errors",
+            "Round trips to the quota store's Redis that failed (connection, timeout, protocol)",
+            quota_errors.clone(),
+        );
+        let quota_latency = Family::default();
+        registry.register_with_unit(
+            "quota_store_latency",
+            "Time the answered round trips to the quota store's Redis took, summed",
+            Unit::Seconds,
+            quota_latency.clone(),
+        );
+        let quota_local_fallback = Family::default();
+        registry.register(
+            "quota_local_fallback",
+            "Quota checks this node answered alone because Redis did not (store_failure: local)",
+            quota_local_fallback.clone(),
+        );
         Metrics {
             registry,
             teams: Mutex::new(HashSet::new()),
@@ -278,6 +359,13 @@ impl Metrics {
             bypass_attempts,
             policy_reloads,
             policy_failing,
+            quota_scopes: Mutex::new(HashSet::new()),
+            quota_admitted,
+            quota_refused,
+            quota_round_trips,
+            quota_errors,
+            quota_latency,
+            quota_local_fallback,
         }
     }
 
@@ -336,6 +424,93 @@ impl Metrics {
                 .get_or_create(&team)
                 .inc_by(dropped);
         }
+        if let Some(quotas) = summary.get("quotas") {
+            self.quota_report(team, quotas);
+        }
+    }
+
+    /// The summary's `quotas` object: what each quota admitted, and the store's counters.
+    fn quota_report(&self, team: TeamLabels, report: &serde_json::Value) {
+        let Ok(report) = QuotaReportFields::deserialize(report) else {
+            tracing::debug!("a summary's quotas the metrics cannot read were not counted");
+            return;
+        };
+        for line in &report.quotas {
+            if line.admitted == 0 {
+                continue;
+            }
+            let labels = QuotaLabels {
+                team: team.team.clone(),
+                quota: closed(&QUOTA_KINDS, line.quota),
+                scope: self.scope(&team.team, Some(line.scope)),
+            };
+            self.quota_admitted
+                .get_or_create(&labels)
+                .inc_by(line.admitted);
+        }
+        let counters = [
+            (&self.quota_round_trips, report.round_trips),
+            (&self.quota_errors, report.errors),
+            (&self.quota_local_fallback, report.local_fallback_checks),
+        ];
+        for (family, n) in counters {
+            family.get_or_create(&team).inc_by(n);
+        }
+        self.quota_latency
+            .get_or_create(&team)
+            .inc_by(Duration::from_micros(report.latency_us_total).as_secs_f64());
+    }
+
+    /// A record's `quota` object with a quota's `Tollgate-Error`: one refused attempt (or
+    /// cut body) per event.
+    fn quota_refusal(&self, team: &TeamLabels, fields: &RecordFields, events: u64) {
+        let (Some(quota), Some(error)) = (&fields.quota, fields.error) else {
+            return;
+        };
+        let error = closed(&QUOTA_ERRORS, error);
+        if error == OTHER {
+            return;
+        }
+        let labels = QuotaRefusedLabels {
+            team: team.team.clone(),
+            // `null` when the store could not be asked: no one quota refused.
+            quota: quota.quota.map_or("", |kind| closed(&QUOTA_KINDS, kind)),
+            scope: match quota.scope {
+                None => String::new(),
+                scope => self.scope(&team.team, scope),
+            },
+            error,
+        };
+        self.quota_refused.get_or_create(&labels).inc_by(events);
+    }
+
+    /// A quota's scope as a label: `team`, or a destination's host pattern (the team
+    /// policy's, not the sandbox's, but still checked to look like one and bounded in
+    /// number), else [`OTHER`].
+    fn scope(&self, team: &str, scope: Option<&str>) -> String {
+        let Some(scope) = scope else {
+            return OTHER.to_owned();
+        };
+        if scope == "team" {
+            return scope.to_owned();
+        }
+        let host = scope.strip_prefix("*.").unwrap_or(scope);
+        let pattern = !host.is_empty()
+            && scope.len() <= MAX_SCOPE_LEN
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        if !pattern {
+            return OTHER.to_owned();
+        }
+        let key = (team.to_owned(), scope.to_owned());
+        let mut scopes = self.quota_scopes.lock().unwrap_or_else(|p| p.into_inner());
+        if scopes.contains(&key) || scopes.len() < MAX_QUOTA_SCOPES {
+            scopes.insert(key);
+            scope.to_owned()
+        } else {
+            OTHER.to_owned()
+        }
     }
 
     /// One audit record of an execution of `team`, in tollgate's JSON form (docs/audit.md).
@@ -373,6 +548,8 @@ impl Metrics {
     }
 
     fn traffic(&self, team: TeamLabels, kind: &'static str, fields: &RecordFields, events: u64) {
+        // Every attempt a quota refused, the ones tollgate then retried included.
+        self.quota_refusal(&team, fields, events);
         if fields.outcome == Some("retrying") {
             self.retries.get_or_create(&team).inc_by(events);
             return;
@@ -485,6 +662,46 @@ struct RecordFields<'a> {
     /// `connect`, `sendmsg`, `sock_create`, or `{"other": N}`.
     #[serde(default)]
     hook: Option<serde_json::Value>,
+    /// The `Tollgate-Error` code, for a record with a `quota` object.
+    #[serde(default, borrow)]
+    error: Option<&'a str>,
+    /// Set on a record a team quota refused or cut.
+    #[serde(default, borrow)]
+    quota: Option<QuotaFields<'a>>,
+}
+
+/// A record's `quota` object (docs/audit.md): the fields the metrics label by.
+#[derive(Deserialize)]
+struct QuotaFields<'a> {
+    #[serde(default, borrow)]
+    quota: Option<&'a str>,
+    #[serde(default, borrow)]
+    scope: Option<&'a str>,
+}
+
+/// A summary's `quotas` object: the fields the metrics count.
+#[derive(Deserialize)]
+struct QuotaReportFields<'a> {
+    #[serde(default)]
+    round_trips: u64,
+    #[serde(default)]
+    errors: u64,
+    #[serde(default)]
+    latency_us_total: u64,
+    #[serde(default)]
+    local_fallback_checks: u64,
+    #[serde(default, borrow)]
+    quotas: Vec<QuotaLineFields<'a>>,
+}
+
+#[derive(Deserialize)]
+struct QuotaLineFields<'a> {
+    #[serde(borrow)]
+    quota: &'a str,
+    #[serde(borrow)]
+    scope: &'a str,
+    #[serde(default)]
+    admitted: u64,
 }
 
 fn one() -> u64 {
@@ -1001,6 +1218,12 @@ pub(crate) mod tests {
             &json!({"type": "bypass_attempt", "hook": "connect", "decision": "deny"}),
         );
         metrics.policy_reload("payments", true);
+        metrics.record(
+            "payments",
+            &quota_refusal("team_rate_limited", json!("team")),
+        );
+        let summary = json!({"quotas": quota_report()});
+        metrics.execution_finished("payments", 0, Duration::ZERO, Some(&summary));
         let rendered = metrics.render();
         let families: BTreeSet<&str> = rendered
             .lines()
@@ -1008,6 +1231,180 @@ pub(crate) mod tests {
             .filter_map(|rest| rest.split(' ').next())
             .collect();
         assert_eq!(documented, families);
+    }
+
+    /// A refused attempt's record, as the proxy writes it (docs/audit.md, "quota").
+    fn quota_refusal(error: &str, scope: serde_json::Value) -> serde_json::Value {
+        let mut record = http("deny", error, "refused");
+        record["address"] = json!(null);
+        record["status"] = json!(429);
+        record["error"] = json!(error);
+        record["rule"] = json!("quotas.requests_per_minute");
+        record["quota"] = json!({
+            "quota": "requests_per_minute", "scope": scope, "limit": 60, "remaining": 0,
+            "retry_after_ms": 1000, "store": "redis"
+        });
+        record
+    }
+
+    /// A summary's `quotas` object (docs/audit.md, the summary).
+    fn quota_report() -> serde_json::Value {
+        json!({
+            "store": "redis://127.0.0.1:6379", "fleet_wide": true, "on_failure": "deny",
+            "admitted": 12,
+            "refused": {"team_rate_limited": 3, "team_budget_exhausted": 0,
+                        "quota_unavailable": 0},
+            "round_trips": 15, "errors": 2, "latency_us_total": 2100,
+            "local_fallback_checks": 4,
+            "quotas": [
+                {"quota": "requests_per_minute", "scope": "team",
+                 "rule": "quotas.requests_per_minute", "limit": 60, "remaining": 0,
+                 "admitted": 12, "refused": 3},
+                {"quota": "bytes_per_day", "scope": "*.openai.com",
+                 "rule": "quotas.destinations[0].bytes_per_day", "limit": 1000000,
+                 "remaining": null, "admitted": 5, "refused": 0},
+                {"quota": "requests_per_day", "scope": "api.test",
+                 "rule": "quotas.destinations[1].requests_per_day", "limit": 9,
+                 "remaining": 9, "admitted": 0, "refused": 0}
+            ]
+        })
+    }
+
+    #[test]
+    fn quotas_are_counted_from_summaries_and_refused_records() {
+        let metrics = Metrics::new();
+        let summary = json!({"quotas": quota_report()});
+        metrics.execution_finished("payments", 0, Duration::ZERO, Some(&summary));
+        metrics.execution_finished("payments", 0, Duration::ZERO, Some(&summary));
+        // No quotas in the policy: no `quotas` in the summary, nothing counted.
+        metrics.execution_finished("data-eng", 0, Duration::ZERO, Some(&json!({})));
+        metrics.record(
+            "payments",
+            &quota_refusal("team_rate_limited", json!("team")),
+        );
+        // A retried attempt was refused all the same; an aggregated record is its count.
+        let mut retried = quota_refusal("team_rate_limited", json!("team"));
+        retried["outcome"] = json!("retrying");
+        metrics.record("payments", &retried);
+        let mut many = quota_refusal("team_budget_exhausted", json!("api.test"));
+        many["quota"]["quota"] = json!("requests_per_day");
+        many["count"] = json!(7);
+        metrics.record("payments", &many);
+        // The store could not be asked: no quota, no scope.
+        let mut unavailable = quota_refusal("quota_unavailable", json!(null));
+        unavailable["status"] = json!(503);
+        unavailable["quota"]["quota"] = json!(null);
+        metrics.record("payments", &unavailable);
+        // Not a quota's refusal: no quota metric.
+        metrics.record("payments", &http("deny", "host_not_allowed", "refused"));
+
+        let samples = parse_exposition(&metrics.render());
+        let admitted = |quota, scope| {
+            value(
+                &samples,
+                "tollgate_quota_admitted_total",
+                &[("team", "payments"), ("quota", quota), ("scope", scope)],
+            )
+        };
+        assert_eq!(admitted("requests_per_minute", "team"), 24.0);
+        assert_eq!(admitted("bytes_per_day", "*.openai.com"), 10.0);
+        let refused = |quota, scope, error| {
+            value(
+                &samples,
+                "tollgate_quota_refused_total",
+                &[
+                    ("team", "payments"),
+                    ("quota", quota),
+                    ("scope", scope),
+                    ("error", error),
+                ],
+            )
+        };
+        assert_eq!(
+            refused("requests_per_minute", "team", "team_rate_limited"),
+            2.0
+        );
+        assert_eq!(
+            refused("requests_per_day", "api.test", "team_budget_exhausted"),
+            7.0
+        );
+        assert_eq!(refused("", "", "quota_unavailable"), 1.0);
+        let team = [("team", "payments")];
+        let counter = |name| value(&samples, name, &team);
+        assert_eq!(counter("tollgate_quota_store_round_trips_total"), 30.0);
+        assert_eq!(counter("tollgate_quota_store_errors_total"), 4.0);
+        assert_eq!(counter("tollgate_quota_local_fallback_total"), 8.0);
+        assert_eq!(
+            counter("tollgate_quota_store_latency_seconds_total"),
+            0.0042
+        );
+        let series = samples
+            .keys()
+            .filter(|(name, labels)| {
+                name.starts_with("tollgate_quota") && labels.get("team").unwrap() == "data-eng"
+            })
+            .count();
+        assert_eq!(series, 0, "a team without quotas has no quota series");
+        // A quota that admitted nothing has no admitted series.
+        assert!(!samples.keys().any(|(name, labels)| {
+            name == "tollgate_quota_admitted_total"
+                && labels.get("quota").map(String::as_str) == Some("requests_per_day")
+        }));
+    }
+
+    /// Scopes are the policy's host patterns, but the record carries them: whatever it
+    /// says, a label is `team`, a host pattern, or `other`, and there are boundedly many.
+    #[test]
+    fn quota_labels_are_closed_or_checked_and_bounded() {
+        let metrics = Metrics::new();
+        let hostile = "evil\"}\n# TYPE x counter\nx 1";
+        let mut record = quota_refusal("team_rate_limited", json!(hostile));
+        record["quota"]["quota"] = json!(hostile);
+        metrics.record("payments", &record);
+        // An error that is not a quota's is not counted as a quota refusal.
+        metrics.record("payments", &quota_refusal(hostile, json!("team")));
+        let summary = json!({"quotas": {"quotas": [
+            {"quota": hostile, "scope": "UPPER.example", "admitted": 1},
+            {"quota": "requests_per_day", "scope": "*.", "admitted": 1}
+        ]}});
+        metrics.execution_finished("payments", 0, Duration::ZERO, Some(&summary));
+        for n in 0..MAX_QUOTA_SCOPES + 3 {
+            let record = quota_refusal("team_rate_limited", json!(format!("h{n}.test")));
+            metrics.record("payments", &record);
+        }
+        let text = metrics.render();
+        assert!(!text.contains("evil") && !text.contains("UPPER"), "{text}");
+        let samples = parse_exposition(&text);
+        let refused = |quota, scope| {
+            value(
+                &samples,
+                "tollgate_quota_refused_total",
+                &[
+                    ("team", "payments"),
+                    ("quota", quota),
+                    ("scope", scope),
+                    ("error", "team_rate_limited"),
+                ],
+            )
+        };
+        assert_eq!(refused("other", "other"), 1.0);
+        assert_eq!(refused("requests_per_minute", "h0.test"), 1.0);
+        assert_eq!(
+            refused("requests_per_minute", "other"),
+            3.0,
+            "past the bound"
+        );
+        let errors = label_values(&samples, "error");
+        assert_eq!(errors, BTreeSet::from(["team_rate_limited".into()]));
+        let admitted = |quota| {
+            value(
+                &samples,
+                "tollgate_quota_admitted_total",
+                &[("team", "payments"), ("quota", quota), ("scope", "other")],
+            )
+        };
+        assert_eq!(admitted("other"), 1.0);
+        assert_eq!(admitted("requests_per_day"), 1.0);
     }
 
     #[test]

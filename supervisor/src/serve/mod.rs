@@ -114,6 +114,10 @@ pub fn run(args: ServeArgs) -> i32 {
         return TOLLGATE_ERROR;
     }
     tracing::info!("node configuration: {}", args.config_name());
+    if let Err(message) = check_quota_store(&config.quota_store) {
+        eprintln!("tollgate: {message}");
+        return EXIT_USAGE;
+    }
     match start(config) {
         Ok(status) => status,
         Err(message) => {
@@ -121,6 +125,41 @@ pub fn run(args: ServeArgs) -> i32 {
             TOLLGATE_ERROR
         }
     }
+}
+
+/// Reaches the node's quota store once, before serving: a Redis that refuses the password
+/// is a configuration error (every execution under a quota would fail), one that does not
+/// answer yet is a warning (executions recover when it does, as the node configured).
+fn check_quota_store(store: &crate::quota::QuotaStoreConfig) -> Result<(), String> {
+    use crate::cli::quota_store::{self, Reach};
+    let shown = quota_store::describe_store(store);
+    match quota_store::reach(store) {
+        Reach::PerNode => tracing::info!(
+            "quotas: {shown} (no `quotas: redis_url` in the node configuration): team quotas \
+             are not fleet-wide"
+        ),
+        Reach::Reachable => tracing::info!("quotas: {shown}"),
+        Reach::Unreachable(why) => {
+            let meanwhile = match store.on_failure {
+                crate::quota::StoreFailure::Deny => {
+                    "attempts under a quota are refused (quota_unavailable)".to_owned()
+                }
+                crate::quota::StoreFailure::Local => format!(
+                    "this node enforces each quota alone at 1/{} of its limit",
+                    store.expected_nodes
+                ),
+            };
+            tracing::warn!(
+                "quotas: {shown} is unreachable ({why}); serving: until it answers, {meanwhile}"
+            );
+        }
+        Reach::PasswordRefused(why) => {
+            return Err(format!(
+                "{why}: refusing to serve (fix `quotas:` in the node configuration)"
+            ))
+        }
+    }
+    Ok(())
 }
 
 /// Everything before the socket opens, then the service, then the last collection.

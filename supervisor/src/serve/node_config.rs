@@ -15,7 +15,9 @@ pub mod file;
 mod tests;
 
 use super::wire::{CallerIdentity, MetricsListen};
-use file::{CallerSection, IdOrName, NodeFile};
+use crate::cli::quota_store as quota_flags;
+use crate::quota::{QuotaStoreConfig, StoreFailure};
+use file::{CallerSection, IdOrName, NodeFile, QuotasSection, StoreFailureName};
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Component, Path, PathBuf};
@@ -58,6 +60,8 @@ pub struct NodeConfig {
     /// Who may launch what, in file order (see [`crate::serve::authorize`]). Root is not
     /// listed: it may always launch.
     pub callers: Vec<CallerRule>,
+    /// Where the team quotas are counted (`quotas:`); every worker's run gets it.
+    pub quota_store: QuotaStoreConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -139,6 +143,7 @@ impl Default for NodeConfig {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             max_executions: DEFAULT_MAX_EXECUTIONS,
             callers: Vec::new(),
+            quota_store: QuotaStoreConfig::default(),
         }
     }
 }
@@ -374,6 +379,99 @@ impl Resolver<'_> {
                 .map_or(DEFAULT_SHUTDOWN_GRACE, Span::as_duration),
             max_executions,
             callers,
+            quota_store: self.quotas(file.quotas),
+        }
+    }
+
+    /// The `quotas:` section: the URL (from the file or `redis_url_file`) and the password
+    /// file read now, as the service starts, like the rest of the file.
+    fn quotas(&mut self, section: QuotasSection) -> QuotaStoreConfig {
+        let defaults = QuotaStoreConfig::default();
+        // What only means something with a Redis to reach.
+        let companions = [
+            ("redis_password_file", section.redis_password_file.is_some()),
+            ("redis_ca", section.redis_ca.is_some()),
+            ("connect_timeout", section.connect_timeout.is_some()),
+            ("store_failure", section.store_failure.is_some()),
+            ("expected_nodes", section.expected_nodes.is_some()),
+        ];
+        let url = match (section.redis_url, &section.redis_url_file) {
+            (Some(_), Some(_)) => self.problem(
+                "quotas.redis_url_file",
+                "give redis_url or redis_url_file, not both".into(),
+            ),
+            (Some(url), None) => Some(("quotas.redis_url", url)),
+            (None, Some(path)) => self
+                .secret_file("quotas.redis_url_file", path)
+                .map(|url| ("quotas.redis_url_file", url)),
+            (None, None) => None,
+        };
+        let password = section
+            .redis_password_file
+            .and_then(|path| self.secret_file("quotas.redis_password_file", &path));
+        let ca_file = section
+            .redis_ca
+            .filter(|path| self.absolute("quotas.redis_ca", path));
+        let connect_timeout = match section.connect_timeout.map(Span::as_duration) {
+            None => defaults.connect_timeout,
+            Some(timeout) => match quota_flags::check_connect_timeout(timeout) {
+                Ok(()) => timeout,
+                Err(message) => {
+                    self.problem::<()>("quotas.connect_timeout", message);
+                    defaults.connect_timeout
+                }
+            },
+        };
+        let expected_nodes = match section.expected_nodes {
+            None => defaults.expected_nodes,
+            Some(0) => {
+                self.problem::<()>(
+                    "quotas.expected_nodes",
+                    "expected_nodes must be at least 1".into(),
+                );
+                defaults.expected_nodes
+            }
+            Some(n) => n,
+        };
+        let on_failure = match section.store_failure {
+            None | Some(StoreFailureName::Deny) => StoreFailure::Deny,
+            Some(StoreFailureName::Local) => StoreFailure::Local,
+        };
+        let redis = match url {
+            Some((at, url)) => match quota_flags::redis_config(url.trim(), password, ca_file) {
+                Ok(redis) => Some(redis),
+                Err(message) => self.problem(at, message),
+            },
+            None => {
+                for (key, _) in companions.iter().filter(|(_, given)| *given) {
+                    self.problem::<()>(
+                        &format!("quotas.{key}"),
+                        format!(
+                            "{key} is about the Redis that holds the team quotas: give \
+                             redis_url or redis_url_file too, or leave it out"
+                        ),
+                    );
+                }
+                None
+            }
+        };
+        QuotaStoreConfig {
+            redis,
+            on_failure,
+            expected_nodes,
+            connect_timeout,
+            node_dir: defaults.node_dir,
+        }
+    }
+
+    /// The line of a secret file the section names (an absolute path), read now.
+    fn secret_file(&mut self, at: &str, path: &Path) -> Option<String> {
+        if !self.absolute(at, path) {
+            return None;
+        }
+        match quota_flags::read_secret_file(path, at) {
+            Ok(text) => Some(text),
+            Err(message) => self.problem(at, message),
         }
     }
 

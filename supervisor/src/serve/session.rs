@@ -6,7 +6,7 @@
 //! the same clap parser as a local `tollgate run` (with the parsers that would open host
 //! paths replaced by textual checks: nothing is opened as root for a caller before it is
 //! authorised), and what only the node decides (`--policy`, `--policy-dir`, `--secrets-dir`,
-//! `--allow-secret-env`) is refused. Every refusal is one sentence to the caller (exit
+//! `--allow-secret-env`, the quota store's `--redis-url` and its companions) is refused. Every refusal is one sentence to the caller (exit
 //! 125), a count in the metrics by reason, a `launch` audit record and a log line.
 
 use super::authorize;
@@ -227,6 +227,8 @@ fn admit(
     }
     let (request, mut descriptors) = read_request(body, descriptors)?;
     let mut wanted = wanted_run(&request, &node.config.secrets_dir)?;
+    // The node's quota store, as its secrets: callers cannot name one (see refuse_node_flags).
+    wanted.options.quota_store = node.config.quota_store.clone();
     descriptors.shares =
         in_mount_order(std::mem::take(&mut descriptors.shares), &wanted.share_order);
     let team = wanted.team.as_str();
@@ -437,7 +439,10 @@ fn parse_run_args(args: &[String]) -> Result<RunArgs, Refusal> {
         .color(clap::ColorChoice::Never)
         .mut_arg("share", |arg| arg.value_parser(textual_share))
         .mut_arg("share_ro", |arg| arg.value_parser(textual_share))
-        .mut_arg("rootfs", |arg| arg.value_parser(textual_rootfs));
+        .mut_arg("rootfs", |arg| arg.value_parser(textual_rootfs))
+        // The service's own environment is not the caller's: its TOLLGATE_REDIS_URL (if it
+        // has one) must not read as the caller's --redis-url.
+        .mut_arg("redis_url", |arg| arg.env(None));
     command
         .try_get_matches_from(args)
         .and_then(|matches| Launch::from_arg_matches(&matches))
@@ -514,6 +519,13 @@ fn refuse_node_flags(args: &RunArgs) -> Result<String, Refusal> {
     }
     if !args.secrets.allow_secret_env.is_empty() {
         return refused("--allow-secret-env", "the teams' secrets are the node's");
+    }
+    if let Some(flag) = args.quota_store.given().first() {
+        return refused(
+            flag,
+            "where the team quotas are counted is the node's choice (its node configuration's \
+             `quotas:`)",
+        );
     }
     let Some(team) = &args.team else {
         return Err(Refusal::bad_request(
@@ -601,6 +613,51 @@ mod tests {
             (
                 &["--team", "a", "--connect", "/s", "--", "true"][..],
                 "--connect",
+            ),
+            (
+                &[
+                    "--team",
+                    "a",
+                    "--redis-url",
+                    "redis://10.0.0.9",
+                    "--",
+                    "true",
+                ][..],
+                "--redis-url",
+            ),
+            (
+                &[
+                    "--team",
+                    "a",
+                    "--redis-password-file",
+                    "/etc/shadow",
+                    "--",
+                    "true",
+                ][..],
+                "--redis-password-file",
+            ),
+            (
+                &["--team", "a", "--redis-ca", "/etc/ca.pem", "--", "true"][..],
+                "--redis-ca",
+            ),
+            (
+                &["--team", "a", "--redis-connect-timeout", "1s", "--", "true"][..],
+                "--redis-connect-timeout",
+            ),
+            (
+                &[
+                    "--team",
+                    "a",
+                    "--quota-store-failure",
+                    "local",
+                    "--",
+                    "true",
+                ][..],
+                "--quota-store-failure",
+            ),
+            (
+                &["--team", "a", "--quota-nodes", "9", "--", "true"][..],
+                "--quota-nodes",
             ),
             (&["--", "true"][..], "--team"),
         ] {

@@ -82,6 +82,8 @@ pub struct Node {
     pub teams: Vec<(String, String)>,
     /// The service's own environment besides `PATH` (which is the worker's `PATH`).
     pub env: Vec<(String, String)>,
+    /// The `quotas:` section's keys, as YAML lines (`redis_url: ...`); empty: none.
+    pub quotas: Vec<String>,
 }
 
 impl Node {
@@ -95,6 +97,7 @@ impl Node {
             max_executions: 64,
             teams: Vec::new(),
             env: Vec::new(),
+            quotas: Vec::new(),
         }
     }
 
@@ -106,6 +109,12 @@ impl Node {
 
     pub fn shutdown_grace(mut self, grace: &str) -> Node {
         self.shutdown_grace = grace.to_owned();
+        self
+    }
+
+    /// A key of the `quotas:` section (the quota store), e.g. `redis_url: redis://...`.
+    pub fn quota_store(mut self, line: &str) -> Node {
+        self.quotas.push(line.to_owned());
         self
     }
 
@@ -148,6 +157,12 @@ impl Node {
         }
         for caller in &self.callers {
             text.push_str(&caller.yaml());
+        }
+        if !self.quotas.is_empty() {
+            text.push_str("quotas:\n");
+            for line in &self.quotas {
+                text.push_str(&format!("  {line}\n"));
+            }
         }
         text
     }

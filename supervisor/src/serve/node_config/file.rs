@@ -53,6 +53,54 @@ pub struct NodeFile {
     /// launch unless a rule here matches it.
     #[serde(default)]
     pub callers: Vec<CallerSection>,
+    /// Where the team quotas of the policies are counted. Omitted: on this node alone (not
+    /// fleet-wide).
+    #[serde(default)]
+    pub quotas: QuotasSection,
+}
+
+/// The quota store: a Redis shared by the fleet, and what a check does when it does not
+/// answer. Without `redis_url` (or `redis_url_file`) each node enforces the quotas alone.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuotasSection {
+    /// `redis://[:PASSWORD@]HOST[:PORT][/DB]`, or `rediss://` for TLS. A URL with a password
+    /// belongs in `redis_url_file` (or the password in `redis_password_file`), not here.
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    /// A file (one line, root's, writable by no one else) holding the URL, instead of
+    /// `redis_url`: the URL's password stays out of this file.
+    #[serde(default)]
+    pub redis_url_file: Option<PathBuf>,
+    /// A file (one line, root's, writable by no one else) holding the Redis password, for a
+    /// URL without one.
+    #[serde(default)]
+    pub redis_password_file: Option<PathBuf>,
+    /// CA certificates (PEM) a `rediss://` server is verified against, instead of the
+    /// system's roots.
+    #[serde(default)]
+    pub redis_ca: Option<PathBuf>,
+    /// How long connecting to Redis, and each quota check, may take. Default 2s, at most 1m.
+    #[serde(default)]
+    pub connect_timeout: Option<Span>,
+    /// When Redis does not answer: `deny` (the default) refuses the request with 503
+    /// `quota_unavailable`; `local` has each node enforce its share of each quota
+    /// (limit / `expected_nodes`) alone until Redis answers again.
+    #[serde(default)]
+    pub store_failure: Option<StoreFailureName>,
+    /// How many nodes share the quotas, for `store_failure: local`. Default 1.
+    #[serde(default)]
+    pub expected_nodes: Option<u32>,
+}
+
+/// `deny` or `local`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreFailureName {
+    /// A quota that cannot be checked is not granted.
+    Deny,
+    /// Each node enforces its share alone.
+    Local,
 }
 
 /// The launch socket: its path, owner, group and mode.

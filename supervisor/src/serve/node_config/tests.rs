@@ -2,6 +2,7 @@
 //! its `FILE:LINE:COL`, hostile YAML, and what `load` refuses to read.
 
 use super::*;
+use crate::quota::{QuotaStoreConfig, StoreFailure};
 use std::os::unix::fs::PermissionsExt as _;
 use tollgate_tests::Scratch;
 
@@ -65,6 +66,19 @@ fn the_example_in_docs_loads_with_every_key_resolved() {
     assert_eq!(config.gc_interval, Duration::from_secs(600));
     assert_eq!(config.shutdown_grace, Duration::from_secs(30));
     assert_eq!(config.max_executions, 256);
+    let store = &config.quota_store;
+    assert_eq!(
+        store.redis.as_ref().map(|redis| redis.url.as_str()),
+        Some("redis://redis.internal:6379")
+    );
+    assert_eq!(
+        (
+            store.on_failure,
+            store.expected_nodes,
+            store.connect_timeout
+        ),
+        (StoreFailure::Deny, 4, Duration::from_secs(2))
+    );
     assert_eq!(config.callers.len(), 3);
     let ci = &config.callers[0];
     assert_eq!(
@@ -116,6 +130,8 @@ fn the_example_in_docs_is_valid_against_the_schema() {
         serde_json::json!({"callers": [{"uid": 1, "teams": ["a"], "allow_rot": true}]}),
         serde_json::json!({"callers": [{"uid": 1}]}),
         serde_json::json!({"reload_interval": 5}),
+        serde_json::json!({"quotas": {"store_failure": "allow"}}),
+        serde_json::json!({"quotas": {"redis": "redis://10.0.0.7"}}),
     ] {
         assert!(!validator.is_valid(&bad), "{bad}");
     }
@@ -489,4 +505,144 @@ fn the_system_accounts_know_root() {
     assert_eq!(SystemAccounts.user("root"), Ok(Some((0, 0))));
     assert_eq!(SystemAccounts.group("root"), Ok(Some(0)));
     assert_eq!(SystemAccounts.user("no-such-user-tollgate"), Ok(None));
+}
+
+/// A file as an operator (root) writes a secret: one line, mode 0600.
+fn secret_file(scratch: &Scratch, name: &str, text: &str) -> PathBuf {
+    let path = scratch.file(name, text);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+const PASSWORD: &str = "n0de-pa55word";
+
+#[test]
+fn without_a_quotas_section_quotas_are_per_node() {
+    for text in ["", "quotas: {}\n"] {
+        assert_eq!(load(text).unwrap().quota_store, QuotaStoreConfig::default());
+    }
+}
+
+#[test]
+fn the_quotas_section_names_the_store_with_its_secrets_in_files() {
+    let scratch = Scratch::new("node-quotas");
+    let url = secret_file(
+        &scratch,
+        "url",
+        &format!("rediss://:{PASSWORD}@redis.internal:6380/1\n"),
+    );
+    let ca = secret_file(&scratch, "ca.pem", "-----BEGIN CERTIFICATE-----\n");
+    let text = format!(
+        "quotas:\n  redis_url_file: {}\n  redis_ca: {}\n  connect_timeout: 750ms\n  \
+         store_failure: local\n  expected_nodes: 4\n",
+        url.display(),
+        ca.display()
+    );
+    let store = load(&text).unwrap_or_else(|e| panic!("{e}")).quota_store;
+    let redis = store.redis.as_ref().expect("a Redis");
+    assert_eq!(
+        redis.url,
+        format!("rediss://:{PASSWORD}@redis.internal:6380/1")
+    );
+    assert_eq!(redis.ca_file.as_deref(), Some(ca.as_path()));
+    assert_eq!(store.on_failure, StoreFailure::Local);
+    assert_eq!(store.expected_nodes, 4);
+    assert_eq!(store.connect_timeout, Duration::from_millis(750));
+
+    let password = secret_file(&scratch, "password", &format!("{PASSWORD}\n"));
+    let text = format!(
+        "quotas:\n  redis_url: redis://10.0.0.7:6379\n  redis_password_file: {}\n",
+        password.display()
+    );
+    let store = load(&text).unwrap().quota_store;
+    let redis = store.redis.expect("a Redis");
+    assert_eq!(redis.url, "redis://10.0.0.7:6379");
+    assert_eq!(redis.password.as_deref(), Some(PASSWORD));
+    assert_eq!(store.on_failure, StoreFailure::Deny, "the default");
+    assert_eq!(store.expected_nodes, 1);
+}
+
+#[test]
+fn a_bad_quotas_section_is_refused_where_it_stands_without_a_secret() {
+    let scratch = Scratch::new("node-quotas-bad");
+    let url = secret_file(&scratch, "url", "redis://10.0.0.7:6379\n");
+    let shared = scratch.file("shared-url", &format!("redis://:{PASSWORD}@10.0.0.7\n"));
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let bad_url = secret_file(
+        &scratch,
+        "bad-url",
+        &format!("http://:{PASSWORD}@10.0.0.7\n"),
+    );
+    for (text, says) in [
+        (
+            "quotas:\n  redis_url: redis://10.0.0.7\n  redis_ur: x\n".to_owned(),
+            "node.yaml:3:3: unknown field `redis_ur`".to_owned(),
+        ),
+        (
+            "quotas:\n  redis_url: redis://10.0.0.7\n  store_failure: allow\n".to_owned(),
+            "node.yaml:3:18: unknown variant `allow`".to_owned(),
+        ),
+        (
+            format!(
+                "quotas:\n  redis_url: redis://10.0.0.7\n  redis_url_file: {}\n",
+                url.display()
+            ),
+            "node.yaml:3:19: give redis_url or redis_url_file, not both".to_owned(),
+        ),
+        (
+            "quotas:\n  redis_url_file: url\n".to_owned(),
+            "node.yaml:2:19: url is not an absolute path".to_owned(),
+        ),
+        (
+            format!("quotas:\n  redis_url_file: {}\n", shared.display()),
+            "node.yaml:2:19: quotas.redis_url_file".to_owned(),
+        ),
+        (
+            format!("quotas:\n  redis_url_file: {}\n", bad_url.display()),
+            "node.yaml:2:19: ".to_owned(),
+        ),
+        (
+            format!(
+                "quotas:\n  redis_url: redis://10.0.0.7\n  redis_password_file: {}\n",
+                scratch.dir.join("absent").display()
+            ),
+            "node.yaml:3:24: quotas.redis_password_file".to_owned(),
+        ),
+        (
+            "quotas:\n  redis_url: redis://10.0.0.7\n  connect_timeout: 0s\n".to_owned(),
+            "node.yaml:3:20: the Redis connect timeout must be longer than zero".to_owned(),
+        ),
+        (
+            "quotas:\n  redis_url: redis://10.0.0.7\n  connect_timeout: 2m\n".to_owned(),
+            "give at most 1m".to_owned(),
+        ),
+        (
+            "quotas:\n  redis_url: redis://10.0.0.7\n  expected_nodes: 0\n".to_owned(),
+            "node.yaml:3:19: expected_nodes must be at least 1".to_owned(),
+        ),
+        (
+            "quotas:\n  store_failure: local\n".to_owned(),
+            "node.yaml:2:18: store_failure is about the Redis".to_owned(),
+        ),
+        (
+            "quotas:\n  redis_url: redis://10.0.0.7\n  redis_ca: /etc/ca.pem\n".to_owned(),
+            "rediss://".to_owned(),
+        ),
+    ] {
+        let message = refused(&text);
+        // `FILE:LINE:COL: ` then the message (serde's own name the section first).
+        let (at, says) = says.split_once(": ").unwrap_or(("", &says));
+        assert!(
+            message.starts_with(at) && message.contains(says),
+            "{text:?}: {message}"
+        );
+        assert!(!message.contains(PASSWORD), "{message}");
+    }
+    let message = refused(&format!(
+        "quotas:\n  redis_url: http://:{PASSWORD}@10.0.0.7\n"
+    ));
+    assert!(
+        message.starts_with("node.yaml:2:14: ") && !message.contains(PASSWORD),
+        "{message}"
+    );
 }
