@@ -165,7 +165,8 @@ impl ProxyError {
     /// The answer to an attempt a team quota refused (or an exchange a byte budget cut):
     /// `team_rate_limited`, `team_budget_exhausted` or `quota_unavailable`, whose reason is
     /// the quota's rule path (`quotas.destinations[0].requests_per_minute`).
-    pub fn from_quota(refusal: QuotaRefusal) -> ProxyError {
+    pub fn from_quota(refusal: impl Into<Box<QuotaRefusal>>) -> ProxyError {
+        let refusal = refusal.into();
         let code = match refusal.kind {
             RefusalKind::RateLimited => ErrorCode::TeamRateLimited,
             RefusalKind::BudgetExhausted => ErrorCode::TeamBudgetExhausted,
@@ -179,7 +180,7 @@ impl ProxyError {
                 .clone()
                 .unwrap_or_else(|| code.as_str().to_owned()),
             rule: None,
-            quota: Some(Box::new(refusal)),
+            quota: Some(refusal),
         }
     }
 
@@ -233,6 +234,17 @@ impl ProxyError {
     /// The response the sandbox receives (with `Retry-After` when a quota said when).
     pub fn to_response(&self, execution: &str) -> Response<ProxyBody> {
         let mut response = error_response(self.code, &self.message, execution);
+        if let Some(refusal) = &self.quota {
+            // The audit record's `quota` object in the body too, so the sandbox's code can
+            // tell which quota refused (the Python helper's `quota` and `scope`).
+            let json = serde_json::json!({
+                "error": self.code.as_str(),
+                "message": self.message,
+                "execution": execution,
+                "quota": crate::audit::QuotaRecord::of(refusal),
+            });
+            *response.body_mut() = body::full(json.to_string());
+        }
         if let Some(seconds) = self.quota.as_ref().and_then(|q| q.retry_after_secs()) {
             response
                 .headers_mut()

@@ -31,7 +31,7 @@ struct Shared {
     answered: Answered,
     /// The most bytes this exchange may count; only ever lowered.
     allowance: AtomicU64,
-    /// Bytes counted (never past the allowance).
+    /// Bytes counted (past the allowance only by the bytes that crossed it).
     counted: AtomicU64,
     /// Bytes the store was charged with (or a charge for them is on its way).
     charged: AtomicU64,
@@ -67,9 +67,8 @@ impl ByteMeter {
         self.shared.allowance.load(Ordering::Acquire)
     }
 
-    /// Counts `bytes` more; false (and nothing counted) when they would pass the allowance:
-    /// the caller cuts the exchange as `max_response_bytes` would, with
-    /// `team_budget_exhausted`.
+    /// Counts `bytes` more; false when they pass the allowance: the caller cuts the exchange
+    /// as `max_response_bytes` would, with `team_budget_exhausted` (the bytes are charged).
     pub fn add(&self, bytes: u64) -> bool {
         let shared = &self.shared;
         let counted = shared
@@ -80,7 +79,11 @@ impl ByteMeter {
                     .filter(|sum| *sum <= shared.allowance.load(Ordering::Acquire))
             });
         let Ok(before) = counted else {
+            // They came from the upstream, and are charged though never handed on: the
+            // budget is spent, and the next attempt is refused up front.
+            let now = shared.counted.fetch_add(bytes, Ordering::AcqRel) + bytes;
             shared.enforcer.spent(&shared.buckets);
+            charge(shared, now);
             return false;
         };
         let now = before + bytes;

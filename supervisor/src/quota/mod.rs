@@ -93,7 +93,7 @@ impl QuotaEnforcer {
         self: &Arc<Self>,
         host: &UrlHost,
         request_bytes: u64,
-    ) -> Result<Admission, QuotaRefusal> {
+    ) -> Result<Admission, Box<QuotaRefusal>> {
         let applied = self.quotas.applicable(host);
         if applied.is_empty() {
             return Ok(Admission { meter: None });
@@ -101,7 +101,7 @@ impl QuotaEnforcer {
         let buckets: Vec<Bucket> = applied.iter().map(|a| bucket(a, request_bytes)).collect();
         let (outcome, answered) = match self.store.take(&buckets).await {
             Ok(answer) => answer,
-            Err(error) => return Err(self.unavailable(&error.to_string())),
+            Err(error) => return Err(Box::new(self.unavailable(&error.to_string()))),
         };
         match outcome {
             TakeOutcome::Granted { remaining } => {
@@ -113,7 +113,8 @@ impl QuotaEnforcer {
             }
             TakeOutcome::Refused { index, retry_after } => {
                 let (Some(refused), Some(bucket)) = (applied.get(index), buckets.get(index)) else {
-                    return Err(self.unavailable("the store named a quota it was not asked about"));
+                    let cause = "the store named a quota it was not asked about";
+                    return Err(Box::new(self.unavailable(cause)));
                 };
                 let cost = match bucket.rule {
                     BucketRule::Daily { cost, .. } => cost,
@@ -123,7 +124,7 @@ impl QuotaEnforcer {
                 let refusal =
                     QuotaRefusal::refused(refused, remaining, cost, retry_after, answered);
                 self.count_refusal(refusal.kind);
-                Err(refusal)
+                Err(Box::new(refusal))
             }
         }
     }
@@ -423,4 +424,56 @@ pub struct QuotaLine {
     pub remaining: Option<u64>,
     pub admitted: u64,
     pub refused: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_named_by_scope_and_host_never_by_position() {
+        let destination = QuotaScope::Destination {
+            index: 3,
+            host: "*.openai.com".into(),
+        };
+        assert_eq!(
+            bucket_name(&QuotaScope::Team, QuotaKind::RequestsPerMinute),
+            "rpm:team"
+        );
+        assert_eq!(
+            bucket_name(&QuotaScope::Team, QuotaKind::RequestsPerDay),
+            "rpd:team"
+        );
+        assert_eq!(
+            bucket_name(&destination, QuotaKind::BytesPerDay),
+            "bpd:d:*.openai.com"
+        );
+        let rate = AppliedQuota {
+            scope: QuotaScope::Team,
+            kind: QuotaKind::RequestsPerMinute,
+            limit: 600,
+            burst: Some(60),
+        };
+        assert_eq!(
+            bucket(&rate, 5000).rule,
+            BucketRule::Rate {
+                limit: 600,
+                period: MINUTE,
+                burst: 60
+            }
+        );
+        let bytes = AppliedQuota {
+            kind: QuotaKind::BytesPerDay,
+            burst: None,
+            ..rate
+        };
+        // Bytes cost the request body at admission; requests cost one.
+        assert_eq!(
+            bucket(&bytes, 5000).rule,
+            BucketRule::Daily {
+                limit: 600,
+                cost: 5000
+            }
+        );
+    }
 }

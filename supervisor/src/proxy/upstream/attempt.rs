@@ -220,7 +220,7 @@ pub(crate) async fn attempts(
 }
 
 /// Takes the attempt from the team's quotas, when the policy has any.
-async fn admit(shared: &Shared, outgoing: &Outgoing) -> Result<Admission, QuotaRefusal> {
+async fn admit(shared: &Shared, outgoing: &Outgoing) -> Result<Admission, Box<QuotaRefusal>> {
     match &shared.quotas {
         None => Ok(Admission { meter: None }),
         Some(quotas) => {
