@@ -30,10 +30,11 @@
 //! (or [`intercept`] builds it from the tunnel's origin) → [`pipeline`]: [`headers`]
 //! (smuggling refusals, hop-by-hop, `Tollgate-*`) → [`gate`]: decide → [`resolve`] once →
 //! decide on the addresses → [`hooks`] → [`limits`] (body size) → [`credentials`]
-//! (placeholders, `Tollgate-Auth`, URL credentials) → `attempt`: the request budget, a
-//! pooled connection to a decided address or [`transport`] dials one ([`upstream_tls`] for
-//! https), [`bot_auth`] signs, [`exchange`] → [`retry`] → [`relay`] the response under its
-//! limits ([`redact`] removes echoed secrets) → [`audit`].
+//! (placeholders, `Tollgate-Auth`, URL credentials) → `attempt`: the request budget and the
+//! team's quotas ([`crate::quota`]), a pooled connection to a decided address or
+//! [`transport`] dials one ([`upstream_tls`] for https), [`bot_auth`] signs, [`exchange`] →
+//! [`retry`] → [`relay`] the response under its limits ([`redact`] removes echoed secrets)
+//! → [`audit`].
 //!
 //! CONNECT takes the same gate, then [`connect`] either relays a `tls: passthrough` tunnel
 //! byte for byte (one counted request) or hands a `tls: intercept` tunnel to [`intercept`],
