@@ -130,9 +130,9 @@ async fn concurrent_takes_from_two_nodes_stay_within_the_gcra_bound() {
     let buckets = vec![rate("rpm:team", 60, 10)];
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for node in 0..2 {
+    for node in &nodes {
         for _ in 0..8 {
-            let store = nodes[node].clone();
+            let store = node.clone();
             let buckets = buckets.clone();
             tasks.push(tokio::spawn(async move {
                 let mut granted_here = 0u64;

@@ -254,6 +254,11 @@ fn client(config: &RedisConfig) -> Result<redis::Client, String> {
             info = info.set_redis_settings(settings);
         }
     }
+    if matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+        // The crate builds its rustls configuration on the process's provider: make it ring,
+        // the proxy's (a no-op when one is installed already).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
     match &config.ca_file {
         Some(ca_file) => {
             let pem = std::fs::read(ca_file).map_err(|error| {
