@@ -725,6 +725,106 @@ fn a_byte_budget_cuts_the_response_that_passes_it() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Retries
+// ---------------------------------------------------------------------------------------
+
+/// One attempt every five seconds, one at once: the second of two requests in a row finds
+/// the bucket empty for up to five seconds.
+const SLOW_RATE: &str = "quotas:\n  requests_per_minute: 12\n  burst: 1\n";
+
+#[test]
+fn tollgate_retries_a_rate_refusal_only_within_its_retry_policy() {
+    let _suite = SuiteLock::shared();
+    let mut fleet = Fleet::with_redis("quota-retry");
+
+    // The wait fits `max_wait`: tollgate waits it out and the second request goes through.
+    // `max_requests: 2` holds because the refused attempt gave its request back.
+    let team = unique("retry");
+    let prefix = format!("/echo/{team}");
+    let requests: Vec<(&str, String, &str)> = (1..=3)
+        .map(|i| ("GET", format!("{prefix}/{i}"), "up.test"))
+        .collect();
+    let script = format!(
+        "results['answers'] = each({})\n",
+        python_requests(&requests)
+    );
+    let policy = fleet
+        .policy(
+            &team,
+            SLOW_RATE,
+            "retry: {attempts: 3, max_wait: 10s, on_status: [429]}\n",
+        )
+        .replace(LIMITS, "limits:\n  max_requests: 2\n");
+    let outcome = fleet.run(&policy, &script);
+    let got = answers(&outcome, "answers");
+    assert_admitted(&got[0], "the first request");
+    assert_admitted(
+        &got[1],
+        "the second request, after tollgate waited for the bucket",
+    );
+    assert!(
+        got[2]["status"] == 429 && got[2]["error"] == "request_limit_exceeded",
+        "the third passes max_requests: 2: {}",
+        got[2]
+    );
+    assert_eq!(fleet.up.requests_to(&format!("{prefix}/")).len(), 2);
+    let second: Vec<&Value> = outcome
+        .records("http")
+        .into_iter()
+        .filter(|r| r["path"] == format!("{prefix}/2"))
+        .collect();
+    assert_eq!(
+        second.len(),
+        2,
+        "a retrying record, then the final one\n{}",
+        outcome.audit_text
+    );
+    let (retrying, last) = (second[0], second[1]);
+    assert_eq!(retrying["outcome"], "retrying", "{retrying}");
+    assert_eq!(retrying["error"], "team_rate_limited", "{retrying}");
+    assert_eq!(
+        retrying["quota"]["quota"], "requests_per_minute",
+        "{retrying}"
+    );
+    assert!(
+        (1..=5000).contains(&retrying["retry_wait_ms"].as_u64().unwrap_or(0)),
+        "the wait is the bucket's, at most one emission interval: {retrying}"
+    );
+    assert_eq!(last["status"], 200, "{last}");
+    assert_eq!(last["attempt"], 2, "{last}");
+    let report = quota_report(&outcome);
+    assert_eq!(report["admitted"], 2, "{report}");
+    assert_eq!(report["refused"]["team_rate_limited"], 1, "{report}");
+
+    // The wait is longer than `max_wait`: the refusal is answered at once.
+    let team = unique("noretry");
+    let prefix = format!("/echo/{team}");
+    let requests: Vec<(&str, String, &str)> = (1..=2)
+        .map(|i| ("GET", format!("{prefix}/{i}"), "up.test"))
+        .collect();
+    let script = format!(
+        "results['answers'] = each({})\n",
+        python_requests(&requests)
+    );
+    let policy = fleet.policy(
+        &team,
+        SLOW_RATE,
+        "retry: {attempts: 3, initial_wait: 1s, max_wait: 1s, on_status: [429]}\n",
+    );
+    let outcome = fleet.run(&policy, &script);
+    let got = answers(&outcome, "answers");
+    assert_admitted(&got[0], "the first request");
+    let retry_after = assert_quota_refusal(&got[1], "team_rate_limited", "the second request");
+    assert!(
+        retry_after <= 5,
+        "one emission interval at most: {retry_after}"
+    );
+    let second = record(&outcome, &format!("{prefix}/2"));
+    assert_eq!(second["status"], 429, "not retried: {second}");
+    assert_eq!(fleet.up.requests_to(&format!("{prefix}/")).len(), 1);
+}
+
+// ---------------------------------------------------------------------------------------
 // 4. The Rego input
 // ---------------------------------------------------------------------------------------
 
