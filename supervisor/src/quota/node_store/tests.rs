@@ -216,6 +216,12 @@ fn planted_links_and_foreign_files_are_refused() {
     assert!(error.contains("hard link"), "{error}");
     std::fs::remove_file(&path).unwrap();
 
+    std::fs::write(&path, b"{}").unwrap();
+    std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+    let error = store.call_at(Mode::Take, &bucket, NOON).unwrap_err();
+    assert!(error.contains("not owned by root"), "{error}");
+    std::fs::remove_file(&path).unwrap();
+
     std::fs::create_dir(&path).unwrap();
     assert!(store.call_at(Mode::Take, &bucket, NOON).is_err());
     std::fs::remove_dir(&path).unwrap();
