@@ -8,7 +8,9 @@ use tollgate_policy::quotas::{
     MAX_DESTINATIONS, MAX_REQUESTS,
 };
 use tollgate_policy::url::{NormalizedUrl, UrlHost};
-use tollgate_policy::{Decision, Destination, HostAddresses, Policy, PolicyErrors, Reason, Request};
+use tollgate_policy::{
+    Decision, Destination, HostAddresses, Policy, PolicyErrors, Reason, Request,
+};
 
 const HEAD: &str = "version: 1\nteam: acme\n";
 
@@ -208,7 +210,9 @@ fn numbers_that_are_not_positive_whole_numbers_are_refused_with_a_hint() {
     // An empty key is refused too, not read as "no limit".
     let errors = errors(&format!("{HEAD}quotas:\n  requests_per_day:\n  burst: 3\n"));
     assert!(
-        errors.to_string().contains("remove the key to have no limit"),
+        errors
+            .to_string()
+            .contains("remove the key to have no limit"),
         "{errors}"
     );
 }
@@ -242,7 +246,10 @@ fn counts_past_the_maximum_are_refused_and_say_the_maximum() {
         );
     }
     refused_at(
-        &format!("quotas:\n  requests_per_minute: {MAX_REQUESTS}\n  burst: {}\n", u64::MAX),
+        &format!(
+            "quotas:\n  requests_per_minute: {MAX_REQUESTS}\n  burst: {}\n",
+            u64::MAX
+        ),
         5,
         10,
         "is more than the most a quota counts",
@@ -276,7 +283,10 @@ fn a_burst_needs_a_rate_in_the_same_scope() {
         14,
         "set requests_per_minute in the same place",
     );
-    assert!(rendered.starts_with("team.yaml:7:14: burst is"), "{rendered}");
+    assert!(
+        rendered.starts_with("team.yaml:7:14: burst is"),
+        "{rendered}"
+    );
     // A lone burst gets that one error, not also "sets no limit".
     assert_eq!(rendered.lines().count(), 1, "{rendered}");
 }
@@ -313,12 +323,7 @@ fn unknown_keys_are_refused_at_their_line() {
         7,
         "missing field `host`",
     );
-    refused_at(
-        "quotas: [60]\n",
-        3,
-        9,
-        "expected struct QuotasSection",
-    );
+    refused_at("quotas: [60]\n", 3, 9, "expected struct QuotasSection");
 }
 
 #[test]
@@ -346,12 +351,18 @@ fn destination_hosts_use_the_allow_entry_syntax_and_its_errors() {
         ("\"*\"", "would match every host"),
         ("\"**\"", "would match every host"),
         ("\"*.com\"", "top-level domain"),
-        ("\"a.*.example.com\"", "wildcard must be the whole first label"),
+        (
+            "\"a.*.example.com\"",
+            "wildcard must be the whole first label",
+        ),
         ("https://api.openai.com", "remove the scheme and path"),
         ("api.openai.com:443", "`:port`"),
         ("user@api.openai.com", "userinfo"),
         ("\"\"", "the host pattern is empty"),
-        ("\"*.10.0.0.1\"", "wildcards cannot be combined with IP addresses"),
+        (
+            "\"*.10.0.0.1\"",
+            "wildcards cannot be combined with IP addresses",
+        ),
     ] {
         refused_at(
             &format!("quotas:\n  destinations:\n    - host: {host}\n      requests_per_day: 5\n"),
@@ -408,7 +419,12 @@ fn too_many_destinations_are_refused() {
             "    - {{host: h{i}.example.com, requests_per_day: 1}}\n"
         ));
     }
-    refused_at(&section, 5, 5, "257 destination quotas is too many: at most 256");
+    refused_at(
+        &section,
+        5,
+        5,
+        "257 destination quotas is too many: at most 256",
+    );
     let mut section = String::from("quotas:\n  destinations:\n");
     for i in 0..MAX_DESTINATIONS {
         section.push_str(&format!(
@@ -510,9 +526,8 @@ fn an_attempt_takes_from_the_team_and_every_matching_destination_in_policy_order
 
 #[test]
 fn destinations_alone_apply_only_to_their_hosts() {
-    let quotas = quotas(
-        "quotas:\n  destinations:\n    - {host: api.openai.com, requests_per_minute: 60}\n",
-    );
+    let quotas =
+        quotas("quotas:\n  destinations:\n    - {host: api.openai.com, requests_per_minute: 60}\n");
     assert!(quotas.applicable(&host("api.anthropic.com")).is_empty());
     assert_eq!(quotas.applicable(&host("api.openai.com")).len(), 1);
 }
@@ -647,9 +662,9 @@ fn limits() -> impl Strategy<Value = Limits> {
         .prop_map(|(per_minute, burst, per_day, bytes)| Limits {
             per_minute,
             // A burst only with a rate, and within a day of it.
-            burst: per_minute.zip(burst).map(|(rate, burst)| {
-                burst.min(rate * tollgate_policy::quotas::MAX_BURST_MINUTES)
-            }),
+            burst: per_minute
+                .zip(burst)
+                .map(|(rate, burst)| burst.min(rate * tollgate_policy::quotas::MAX_BURST_MINUTES)),
             per_day,
             bytes,
         })
@@ -740,4 +755,46 @@ proptest! {
             prop_assert!(errors.errors.iter().all(|e| e.line.is_some()), "{}", errors);
         }
     }
+}
+
+#[test]
+fn the_schema_describes_the_quotas_section() {
+    let schema = serde_json::to_value(schemars::schema_for!(tollgate_policy::schema::PolicyFile))
+        .expect("schema");
+    let defs = &schema["$defs"];
+    let section = &defs["QuotasSection"];
+    assert_eq!(section["additionalProperties"], false, "{section}");
+    let properties = &section["properties"];
+    for key in [
+        "requests_per_minute",
+        "burst",
+        "requests_per_day",
+        "bytes_per_day",
+        "destinations",
+    ] {
+        assert!(
+            properties[key]["description"].is_string(),
+            "{key}: {properties}"
+        );
+    }
+    let count = &defs["QuotaCount"];
+    assert_eq!(
+        (&count["type"], &count["minimum"], &count["maximum"]),
+        (
+            &serde_json::json!("integer"),
+            &serde_json::json!(1),
+            &serde_json::json!(MAX_REQUESTS)
+        ),
+        "{count}"
+    );
+    let destination = &defs["DestinationQuotaSection"];
+    assert_eq!(destination["additionalProperties"], false, "{destination}");
+    assert_eq!(destination["required"], serde_json::json!(["host"]));
+    assert!(
+        schema["properties"]["quotas"]["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("Redis")),
+        "{}",
+        schema["properties"]["quotas"]
+    );
 }

@@ -43,8 +43,9 @@ pub enum PolicyCommand {
     /// are skipped); a directory with no `<team>.yaml` is an error. Secret references are
     /// checked against the secrets rules the flags give, as `tollgate run` with the same
     /// flags applies them; on a host that has the secrets root, each file secret is also
-    /// looked at as `run` will find it (never read). Exits 0 when every file is valid, 2
-    /// otherwise.
+    /// looked at as `run` will find it (never read). When a policy has `quotas`, one note on
+    /// stderr says they are fleet-wide only on nodes with a Redis URL. Exits 0 when every
+    /// file is valid, 2 otherwise.
     Check {
         #[arg(required = true, value_name = "FILE|DIR")]
         files: Vec<PathBuf>,
@@ -123,13 +124,17 @@ fn check(paths: &[PathBuf], rules: &SecretRules) -> i32 {
     // it; elsewhere (a CI runner, an author's laptop) only the rules are checked.
     let on_this_host = rules.root().symlink_metadata().is_ok();
     let mut all_valid = true;
+    let mut has_quotas = false;
     for path in paths {
         all_valid &= if path.is_dir() {
-            check_dir(path, rules, on_this_host)
+            check_dir(path, rules, on_this_host, &mut has_quotas)
         } else {
             let loaded = crate::team_rules::load(path);
-            report_check(path, loaded, rules, on_this_host)
+            report_check(path, loaded, rules, on_this_host, &mut has_quotas)
         };
+    }
+    if has_quotas {
+        eprintln!("{QUOTAS_NOTE}");
     }
     if all_valid {
         0
@@ -138,9 +143,16 @@ fn check(paths: &[PathBuf], rules: &SecretRules) -> i32 {
     }
 }
 
+/// Said once by `policy check` when a policy it loaded has quotas: whether they are shared
+/// is the node's configuration, which a policy cannot see.
+const QUOTAS_NOTE: &str =
+    "tollgate: note: team quotas are fleet-wide only on nodes with a Redis URL \
+     (--redis-url, TOLLGATE_REDIS_URL or quotas.redis_url of the node configuration); \
+     a node without one enforces each quota alone, so every such node admits all of it";
+
 /// A team policy directory, checked as the node service reads it (`serve::teams`): whether
 /// every team file in it is valid, and there is at least one.
-fn check_dir(dir: &Path, rules: &SecretRules, on_this_host: bool) -> bool {
+fn check_dir(dir: &Path, rules: &SecretRules, on_this_host: bool, has_quotas: &mut bool) -> bool {
     use crate::serve::teams::{self, Entry};
     let listing = match teams::list_dir(dir) {
         Ok(listing) => listing,
@@ -159,7 +171,7 @@ fn check_dir(dir: &Path, rules: &SecretRules, on_this_host: bool) -> bool {
             Entry::Team(team) => {
                 policies += 1;
                 let checked = teams::check_file(&team, &path, rules);
-                all_valid &= report_check(&path, checked, rules, on_this_host);
+                all_valid &= report_check(&path, checked, rules, on_this_host, has_quotas);
             }
             Entry::Misnamed(why) => {
                 super::print(&format!("{}: {why}", path.display()));
@@ -179,13 +191,21 @@ fn check_dir(dir: &Path, rules: &SecretRules, on_this_host: bool) -> bool {
 }
 
 /// Finishes checking the policy at `file` (its secrets and what it names on this host) and
-/// prints `FILE: ok` or its problems; whether it is valid.
+/// prints `FILE: ok` or its problems; whether it is valid. Sets `has_quotas` when it loaded
+/// with a `quotas` section.
 fn report_check(
     file: &Path,
     loaded: Result<Policy, PolicyErrors>,
     rules: &SecretRules,
     on_this_host: bool,
+    has_quotas: &mut bool,
 ) -> bool {
+    if loaded
+        .as_ref()
+        .is_ok_and(|policy| !policy.quotas.is_empty())
+    {
+        *has_quotas = true;
+    }
     match loaded.and_then(|policy| check_secrets(file, &policy, rules, on_this_host)) {
         Ok(()) => {
             super::print(&format!("{}: ok", file.display()));
