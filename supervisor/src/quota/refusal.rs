@@ -115,7 +115,7 @@ impl QuotaRefusal {
             store,
             message: format!(
                 "the team's quotas could not be checked ({cause}), and a quota that cannot be \
-                 checked is not granted (the node's quota_store_failure: deny); try again shortly"
+                 checked is not granted; try again shortly"
             ),
         }
     }
