@@ -12,12 +12,13 @@
 //! Redis server is the test's own, and the node store's files are removed afterwards.
 //!
 //! Needs root (namespaces, veth pairs, `tollgate run`). No packet goes anywhere but loopback
-//! and the veth pair of the upstream host made here.
+//! and the veth pairs of the upstream hosts made here.
 
-use std::{collections::BTreeMap, fs, process::Command};
+use std::{collections::BTreeMap, fs, os::unix::fs::PermissionsExt as _, process::Command};
 
 use serde_json::Value;
 use tollgate_tests::{
+    certs::make_certificates,
     leaks::SuiteLock,
     redis::RedisServer,
     sandbox::{output, Running, HANG_LIMIT, PYTHON},
@@ -722,6 +723,133 @@ fn a_byte_budget_cuts_the_response_that_passes_it() {
         assert_eq!(line["rule"], "quotas.bytes_per_day", "{line}");
         assert_eq!(line["limit"], 64 * 1024, "{line}");
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Every kind of attempt
+// ---------------------------------------------------------------------------------------
+
+/// The names the HTTPS upstream's leaf is valid for.
+const TLS_NAMES: [&str; 2] = ["api.example.com", "passthrough.example.com"];
+const TLS_SERVER_PY: &str = include_str!("tls_e2e_server.py");
+
+#[test]
+fn plain_intercepted_and_passthrough_attempts_take_from_one_budget() {
+    let _suite = SuiteLock::shared();
+    let mut fleet = Fleet::with_redis("quota-kinds");
+    // An HTTPS upstream beside the plain one, with a CA of the test's own that the policy
+    // trusts (so the sandbox's bundle does too: curl verifies the passthrough upstream).
+    let certs_dir = Scratch::new("quota-kinds-certs");
+    fs::set_permissions(&certs_dir.dir, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let material = make_certificates(&certs_dir.dir, &TLS_NAMES);
+    let (cert, key) = (material.cert.clone(), material.key.clone());
+    let tls = UpstreamHost::start_server(TLS_SERVER_PY, move |addr, log| {
+        vec![
+            addr.to_string().into(),
+            "443".into(),
+            cert.into(),
+            key.into(),
+            log.into(),
+        ]
+    });
+    let team = unique("kinds");
+    let https = format!(
+        "  upstream_ca: {{file: {ca}}}
+  allow:
+    - host: api.example.com
+      ports: [443]
+      allowed_ips: [{subnet}]
+    - host: passthrough.example.com
+      ports: [443]
+      tls: passthrough
+      allowed_ips: [{subnet}]
+",
+        ca = material.ca.display(),
+        subnet = tls.subnet(),
+    );
+    let pins = format!(
+        "  hosts:\n    api.example.com: {addr}\n    passthrough.example.com: {addr}\n",
+        addr = tls.addr
+    );
+    let policy = fleet
+        .policy(&team, "quotas:\n  requests_per_day: 4\n", "")
+        .replacen("  allow:\n", &https, 1)
+        .replacen("  hosts:\n", &pins, 1);
+    let p = format!("/{team}");
+    let script = format!(
+        "results['plain'] = request('/echo{p}/plain')
+results['intercepted'] = curl('https://api.example.com{p}/intercepted')
+results['passthrough'] = curl('https://passthrough.example.com{p}/passthrough')
+results['intercepted2'] = curl('https://api.example.com{p}/intercepted2')
+results['plain_refused'] = request('/echo{p}/plain-refused')
+results['intercepted_refused'] = curl('https://api.example.com{p}/intercepted-refused')
+results['passthrough_refused'] = curl('https://passthrough.example.com{p}/passthrough-refused')
+"
+    );
+    let outcome = fleet.run(&policy, &script);
+    assert_admitted(outcome.result("plain"), "the plain request");
+    for name in ["intercepted", "passthrough", "intercepted2"] {
+        let answer = outcome.result(name);
+        assert!(
+            answer["rc"] == 0 && answer["status"] == 200,
+            "{name} should have gone through: {answer}"
+        );
+    }
+    assert_quota_refusal(
+        outcome.result("plain_refused"),
+        "team_budget_exhausted",
+        "the plain request past the day",
+    );
+    let intercepted = outcome.result("intercepted_refused");
+    assert_eq!(
+        intercepted["status"], 429,
+        "refused inside the intercepted tunnel: {intercepted}"
+    );
+    let passthrough = outcome.result("passthrough_refused");
+    assert_eq!(
+        passthrough["connect"], 429,
+        "the passthrough tunnel is refused at CONNECT: {passthrough}"
+    );
+    assert_ne!(passthrough["rc"], 0, "{passthrough}");
+
+    // The upstreams saw the four admitted attempts and nothing else.
+    assert_eq!(fleet.up.requests_to(&format!("/echo{p}/")).len(), 1);
+    let tls_paths: Vec<String> = tls
+        .requests()
+        .iter()
+        .filter_map(|r| r["path"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        tls_paths,
+        [
+            format!("{p}/intercepted"),
+            format!("{p}/passthrough"),
+            format!("{p}/intercepted2")
+        ],
+        "what the HTTPS upstream saw"
+    );
+    let refused_http = record(&outcome, &format!("{p}/intercepted-refused"));
+    assert_eq!(refused_http["scheme"], "https", "{refused_http}");
+    assert_eq!(
+        refused_http["error"], "team_budget_exhausted",
+        "{refused_http}"
+    );
+    let tunnels: Vec<&Value> = outcome
+        .records("connect")
+        .into_iter()
+        .filter(|r| r["host"] == "passthrough.example.com")
+        .collect();
+    assert!(
+        tunnels
+            .iter()
+            .any(|r| r["error"] == "team_budget_exhausted"
+                && r["reason"] == "quotas.requests_per_day"),
+        "the refused tunnel's record\n{}",
+        outcome.audit_text
+    );
+    let report = quota_report(&outcome);
+    assert_eq!(report["admitted"], 4, "{report}");
+    assert_eq!(report["refused"]["team_budget_exhausted"], 3, "{report}");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -92,3 +92,18 @@ def flood(prefix, seconds):
 def each(requests):
     """Sends each (method, path, host) in order; the list of answers."""
     return [request(path, method=method, host=host) for method, path, host in requests]
+
+
+def curl(url):
+    """/usr/bin/curl through $HTTPS_PROXY (TLS to the upstream verified against the sandbox's
+    bundle): {rc, status, connect}: the final status and the proxy's answer to CONNECT."""
+    import subprocess
+
+    done = subprocess.run(
+        ["/usr/bin/curl", "-sS", "-o", "/dev/null", "--max-time", "30",
+         "-w", "%{http_code} %{http_connect}", url],
+        capture_output=True,
+    )
+    status, _, connect = done.stdout.decode().partition(" ")
+    return {"rc": done.returncode, "status": int(status or 0), "connect": int(connect or 0),
+            "stderr": done.stderr.decode("latin-1")}
