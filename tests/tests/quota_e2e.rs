@@ -76,8 +76,8 @@ impl Fleet {
     }
 
     /// A policy of `team` allowing `up.test` and `other.test` (both names of the upstream,
-    /// through `allowed_ips`), with `quotas` (a whole `quotas:` section) and `extra`
-    /// (other top-level sections), and [`LIMITS`].
+    /// through `allowed_ips`), with [`LIMITS`], `extra` (other top-level sections) and
+    /// `quotas` (a whole `quotas:` section).
     fn policy(&self, team: &str, quotas: &str, extra: &str) -> String {
         format!(
             "version: 1
@@ -168,21 +168,20 @@ network:
     }
 }
 
-/// Removes the node store's files of a team when the test ends, whatever it reached.
+/// Removes the node store's files of a team (`<team>.json`, and any other its name is in)
+/// when the test ends, whatever it reached.
 struct NodeFiles {
     team: String,
 }
 
 impl Drop for NodeFiles {
     fn drop(&mut self) {
-        for root in [NODE_DIR.to_owned(), format!("{NODE_DIR}/local")] {
-            let Ok(entries) = fs::read_dir(&root) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                if entry.file_name().to_string_lossy().contains(&self.team) {
-                    let _ = fs::remove_file(entry.path());
-                }
+        let Ok(entries) = fs::read_dir(NODE_DIR) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().contains(&self.team) {
+                let _ = fs::remove_file(entry.path());
             }
         }
     }
