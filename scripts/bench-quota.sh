@@ -30,7 +30,8 @@
 #   bash scripts/bench-quota.sh                          # 3 rounds, 10 s per cell: ~6 minutes
 #   DURATION=3s ROUNDS=1 bash scripts/bench-quota.sh     # a quick look
 #   PATHS="none redis" CONNS="1" bash scripts/bench-quota.sh
-#   TOLLGATE=/path/to/tollgate bash scripts/bench-quota.sh   # that build, no cargo build
+#   TOLLGATE=/path/to/tollgate bash scripts/bench-quota.sh   # that build (default: the
+#                                                            # dist profile's, built first)
 #
 # Needs root. Every packet stays on this machine: loopback, the sandbox's own namespace, and
 # a veth pair to a namespace this script creates (10.201.x.y/30), all removed at the end,
@@ -56,9 +57,10 @@ fi
 bench_need wrk:wrk nginx:nginx-light redis-server:redis-server redis-benchmark:redis-tools
 WRK=$(command -v wrk)
 
+# The shipped build (`--profile dist`, as bench-serve.sh measures), brought up to date.
 if [ -z "${TOLLGATE:-}" ]; then
-  bench_build -p tollgate
-  TOLLGATE=${CARGO_TARGET_DIR:-$PWD/target}/release/tollgate
+  cargo build --quiet --profile dist -p tollgate
+  TOLLGATE=${CARGO_TARGET_DIR:-$PWD/target}/dist/tollgate
 fi
 [ -x "$TOLLGATE" ] || { echo "bench-quota.sh: no binary at $TOLLGATE" >&2; exit 2; }
 # A Redis URL in the environment would turn the node cells into Redis ones.
