@@ -144,9 +144,16 @@ impl RedisStore {
             }
         }
         let mut connection = self.connection();
-        let answer: Vec<i64> = self
-            .bounded(invocation.invoke_async(&mut connection))
-            .await?;
+        let call = async {
+            match invocation.invoke_async(&mut connection).await {
+                // The manager replaces a connection on an I/O error, but only once the
+                // error is seen: a connection that broke while the server was away would
+                // fail this check though the server is back. Ask once more on the new one.
+                Err(error) if error.is_io_error() => invocation.invoke_async(&mut connection).await,
+                answered => answered,
+            }
+        };
+        let answer: Vec<i64> = self.bounded(call).await?;
         self.reply(answer, buckets.len())
     }
 
