@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bucket {
     /// Unique within the team and stable across executions and nodes, e.g. `rpm:team`,
-    /// `rpd:team`, `bpd:d0:api.openai.com`: the store prefixes `tollgate:{team}:` (and a day
+    /// `rpd:team`, `bpd:d:api.openai.com`: the store prefixes `tollgate:{team}:` (and a day
     /// for daily buckets).
     pub name: String,
     pub rule: BucketRule,
@@ -48,7 +48,9 @@ pub enum TakeOutcome {
     /// (a rate bucket's remaining is the attempts it would admit at once right now).
     Granted { remaining: Vec<u64> },
     /// Bucket `index` had no room, and nothing was charged; it will have some after
-    /// `retry_after` (for a day budget: the next UTC day).
+    /// `retry_after` (for a day budget: the next UTC day). When several have none, `index`
+    /// is the one with the longest wait (the first of equals), so retrying after
+    /// `retry_after` is not refused by another of them.
     Refused { index: usize, retry_after: Duration },
 }
 
