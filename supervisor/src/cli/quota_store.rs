@@ -31,7 +31,8 @@ const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
 pub struct RedisArgs {
     /// Count team quotas in this Redis, shared by every node that uses it:
     /// redis://[:PASSWORD@]HOST[:PORT][/DB], or rediss:// for TLS. Without it (and without
-    /// TOLLGATE_REDIS_URL) each node enforces the quotas alone.
+    /// TOLLGATE_REDIS_URL) each node enforces the quotas alone. Through --connect the node
+    /// service's own store (node.yaml `quotas:`) applies and these flags are refused.
     // `hide_env_values`: the variable may hold a password, and clap would print it in --help.
     #[arg(long, value_name = "URL", env = REDIS_URL_ENV, hide_env_values = true)]
     pub redis_url: Option<String>,

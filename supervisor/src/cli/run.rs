@@ -115,7 +115,7 @@ pub struct RunArgs {
     /// false` in the policy.
     #[arg(long)]
     pub no_transparent: bool,
-    /// Where the team quotas are counted (a node's choice: refused through --connect).
+    // Where the team quotas are counted: a node's choice, refused through --connect.
     #[command(flatten)]
     pub quota_store: super::quota_store::QuotaStoreArgs,
     /// The command and its arguments.

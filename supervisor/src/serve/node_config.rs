@@ -257,6 +257,11 @@ fn read_file(path: &Path) -> Result<String, String> {
     String::from_utf8(text).map_err(|_| "the node configuration is not UTF-8 text".into())
 }
 
+/// Whether a Redis URL carries a password (`redis://:PASSWORD@host`, `redis://user:PASSWORD@host`).
+fn holds_password(url: &str) -> bool {
+    url::Url::parse(url.trim()).is_ok_and(|url| url.password().is_some())
+}
+
 /// The file's syntax: shape limits first, then serde (an empty file is every default).
 fn parse(name: &str, text: &str) -> Result<NodeFile, String> {
     let located = |line: Option<usize>, column: Option<usize>, message: String| {
@@ -399,6 +404,13 @@ impl Resolver<'_> {
             (Some(_), Some(_)) => self.problem(
                 "quotas.redis_url_file",
                 "give redis_url or redis_url_file, not both".into(),
+            ),
+            (Some(url), None) if holds_password(&url) => self.problem(
+                "quotas.redis_url",
+                "the URL holds a password, and node.yaml may be read by every user of the node: \
+                 put the URL in a root-only file named by redis_url_file, or the password in \
+                 one named by redis_password_file"
+                    .into(),
             ),
             (Some(url), None) => Some(("quotas.redis_url", url)),
             (None, Some(path)) => self

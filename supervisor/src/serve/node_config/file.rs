@@ -64,8 +64,9 @@ pub struct NodeFile {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QuotasSection {
-    /// `redis://[:PASSWORD@]HOST[:PORT][/DB]`, or `rediss://` for TLS. A URL with a password
-    /// belongs in `redis_url_file` (or the password in `redis_password_file`), not here.
+    /// `redis://HOST[:PORT][/DB]`, or `rediss://` for TLS. A URL with a password is refused
+    /// here (this file may be read by anyone): give `redis_url_file`, or the password in
+    /// `redis_password_file`.
     #[serde(default)]
     pub redis_url: Option<String>,
     /// A file (one line, root's, writable by no one else) holding the URL, instead of

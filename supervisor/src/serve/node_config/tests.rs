@@ -638,6 +638,16 @@ fn a_bad_quotas_section_is_refused_where_it_stands_without_a_secret() {
         );
         assert!(!message.contains(PASSWORD), "{message}");
     }
+    // node.yaml is commonly world-readable (a ConfigMap is 0644): no password in it.
+    let message = refused(&format!(
+        "quotas:\n  redis_url: redis://:{PASSWORD}@10.0.0.7\n"
+    ));
+    assert!(
+        message.starts_with("node.yaml:2:14: ")
+            && message.contains("redis_url_file")
+            && !message.contains(PASSWORD),
+        "{message}"
+    );
     let message = refused(&format!(
         "quotas:\n  redis_url: http://:{PASSWORD}@10.0.0.7\n"
     ));
