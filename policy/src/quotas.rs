@@ -158,10 +158,20 @@ impl Quotas {
     /// Every quota an attempt to `host` takes from: the team's first, then each matching
     /// destination's, in policy order; within a scope, per minute, per day, bytes.
     pub fn applicable(&self, host: &UrlHost) -> Vec<AppliedQuota> {
+        self.matching(|destination| destination.host.matches(host))
+    }
+
+    /// Every quota of the section, the team's first, then each destination's, in the order
+    /// of [`Quotas::applicable`].
+    pub fn all(&self) -> Vec<AppliedQuota> {
+        self.matching(|_| true)
+    }
+
+    fn matching(&self, applies: impl Fn(&DestinationQuota) -> bool) -> Vec<AppliedQuota> {
         let mut applied = Vec::new();
         push_limits(&mut applied, &QuotaScope::Team, &self.team);
         for (index, destination) in self.destinations.iter().enumerate() {
-            if destination.host.matches(host) {
+            if applies(destination) {
                 let scope = QuotaScope::Destination {
                     index,
                     host: destination.host.to_string(),

@@ -718,6 +718,13 @@ fn a_byte_budget_cuts_the_response_that_passes_it() {
             5,
             "{report}"
         );
+        // Three responses were delivered whole; every other admitted exchange was refused
+        // for its length or cut part-way, and counted as such.
+        assert_eq!(
+            report["cut"].as_u64().unwrap_or(0) + 3,
+            report["admitted"].as_u64().unwrap_or(0),
+            "{report}"
+        );
         let line = quota_line(&outcome, "bytes_per_day", "team");
         assert_eq!(line["rule"], "quotas.bytes_per_day", "{line}");
         assert_eq!(line["limit"], 64 * 1024, "{line}");

@@ -9,7 +9,7 @@
 use super::refusal::QuotaRefusal;
 use super::store::{Answered, Bucket};
 use super::QuotaEnforcer;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tollgate_policy::quotas::AppliedQuota;
 
@@ -35,6 +35,8 @@ struct Shared {
     counted: AtomicU64,
     /// Bytes the store was charged with (or a charge for them is on its way).
     charged: AtomicU64,
+    /// The exchange was refused or cut here (counted once in the summary).
+    cut: AtomicBool,
 }
 
 impl ByteMeter {
@@ -56,6 +58,7 @@ impl ByteMeter {
                 allowance: AtomicU64::new(allowance),
                 counted: AtomicU64::new(0),
                 charged: AtomicU64::new(0),
+                cut: AtomicBool::new(false),
             }),
         }
     }
@@ -93,11 +96,19 @@ impl ByteMeter {
         true
     }
 
-    /// The refusal to report when [`ByteMeter::add`] returned false: the tightest budget.
+    /// The refusal to report when [`ByteMeter::add`] returned false, or when a response's
+    /// `Content-Length` is over [`ByteMeter::allowance`]: the tightest budget, with what it
+    /// still had for this exchange. The first call counts the exchange as cut.
     pub fn exhausted(&self) -> QuotaRefusal {
         let shared = &self.shared;
+        if !shared.cut.swap(true, Ordering::AcqRel) {
+            shared.enforcer.count_cut();
+        }
         let tightest = shared.enforcer.tightest(&shared.buckets).unwrap_or(0);
-        QuotaRefusal::cut(&shared.quotas[tightest], shared.answered)
+        let left = self
+            .allowance()
+            .saturating_sub(shared.counted.load(Ordering::Acquire));
+        QuotaRefusal::cut(&shared.quotas[tightest], left, shared.answered)
     }
 }
 
@@ -133,7 +144,10 @@ fn charge(shared: &Arc<Shared>, counted: u64) {
         return;
     };
     let shared = shared.clone();
+    // Held until the store answered: the next admission under these budgets waits for it.
+    let pending = shared.enforcer.charges().begin();
     runtime.spawn(async move {
+        let _pending = pending;
         let bytes = counted - before;
         match shared.enforcer.store().charge(&shared.buckets, bytes).await {
             Ok(remaining) => {

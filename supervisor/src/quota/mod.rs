@@ -5,6 +5,7 @@
 //! buckets, asks the [`store`] once per attempt, meters bytes as they flow ([`ByteMeter`]),
 //! and keeps what remained for the Rego input, the audit records and the summary.
 
+mod charges;
 pub mod config;
 mod gcra;
 mod meter;
@@ -28,6 +29,11 @@ pub use store::{QuotaStore, StoreError};
 
 /// How long a `requests_per_minute` bucket's limit is counted over.
 const MINUTE: Duration = Duration::from_secs(60);
+
+/// The longest an admission under a byte budget waits for this execution's earlier charges
+/// (each is bounded by the store's own timeouts; this only keeps a stuck one from holding
+/// every request).
+const SETTLE_LIMIT: Duration = Duration::from_secs(5);
 
 /// An admitted attempt: the byte budgets it must stay within as its bytes flow.
 pub struct Admission {
@@ -55,6 +61,10 @@ pub struct QuotaEnforcer {
     lines: Mutex<Vec<Line>>,
     admitted: AtomicU64,
     refused: Mutex<RefusedCounts>,
+    /// Exchanges admitted and then refused or cut at a byte budget.
+    cut: AtomicU64,
+    /// Byte charges the store has not answered yet.
+    charges: charges::Charges,
 }
 
 impl QuotaEnforcer {
@@ -66,7 +76,8 @@ impl QuotaEnforcer {
         store: QuotaStore,
         on_failure: StoreFailure,
     ) -> Arc<QuotaEnforcer> {
-        let lines = every_quota(quotas)
+        let lines = quotas
+            .all()
             .into_iter()
             .map(|applied| Line {
                 bucket: bucket_name(&applied.scope, applied.kind),
@@ -84,6 +95,8 @@ impl QuotaEnforcer {
             lines: Mutex::new(lines),
             admitted: AtomicU64::new(0),
             refused: Mutex::new(RefusedCounts::default()),
+            cut: AtomicU64::new(0),
+            charges: charges::Charges::default(),
         })
     }
 
@@ -97,6 +110,11 @@ impl QuotaEnforcer {
         let applied = self.quotas.applicable(host);
         if applied.is_empty() {
             return Ok(Admission { meter: None });
+        }
+        if applied.iter().any(|a| a.kind == QuotaKind::BytesPerDay) {
+            // The bytes of this execution's last exchanges are on their way to the store;
+            // without them the budget would look larger than it is.
+            self.charges.settled(SETTLE_LIMIT).await;
         }
         let buckets: Vec<Bucket> = applied.iter().map(|a| bucket(a, request_bytes)).collect();
         let (outcome, answered) = match self.store.take(&buckets).await {
@@ -198,6 +216,7 @@ impl QuotaEnforcer {
             fleet_wide: self.store.fleet_wide(),
             on_failure: self.on_failure,
             admitted: self.admitted.load(Ordering::Relaxed),
+            cut: self.cut.load(Ordering::Relaxed),
             refused: self
                 .refused
                 .lock()
@@ -214,6 +233,14 @@ impl QuotaEnforcer {
 
     pub(crate) fn store(&self) -> &QuotaStore {
         &self.store
+    }
+
+    fn charges(&self) -> &charges::Charges {
+        &self.charges
+    }
+
+    fn count_cut(&self) {
+        self.cut.fetch_add(1, Ordering::Relaxed);
     }
 
     fn lines(&self) -> std::sync::MutexGuard<'_, Vec<Line>> {
@@ -352,45 +379,6 @@ fn bucket(applied: &AppliedQuota, request_bytes: u64) -> Bucket {
     }
 }
 
-/// Every quota of the policy, in the order [`Quotas::applicable`] lists them: the team's,
-/// then each destination's.
-fn every_quota(quotas: &Quotas) -> Vec<AppliedQuota> {
-    let scopes = std::iter::once((QuotaScope::Team, &quotas.team)).chain(
-        quotas.destinations.iter().enumerate().map(|(index, d)| {
-            let scope = QuotaScope::Destination {
-                index,
-                host: d.host.to_string(),
-            };
-            (scope, &d.limits)
-        }),
-    );
-    let mut every = Vec::new();
-    for (scope, limits) in scopes {
-        if let Some(rate) = limits.requests_per_minute {
-            every.push(AppliedQuota {
-                scope: scope.clone(),
-                kind: QuotaKind::RequestsPerMinute,
-                limit: rate.per_minute,
-                burst: Some(rate.burst),
-            });
-        }
-        for (kind, limit) in [
-            (QuotaKind::RequestsPerDay, limits.requests_per_day),
-            (QuotaKind::BytesPerDay, limits.bytes_per_day),
-        ] {
-            if let Some(limit) = limit {
-                every.push(AppliedQuota {
-                    scope: scope.clone(),
-                    kind,
-                    limit,
-                    burst: None,
-                });
-            }
-        }
-    }
-    every
-}
-
 /// The summary's `quotas` object (docs/policy.md, "Quotas"; docs/audit.md).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct QuotaReport {
@@ -401,6 +389,9 @@ pub struct QuotaReport {
     /// Attempts admitted and refused, by `Tollgate-Error`.
     pub admitted: u64,
     pub refused: RefusedCounts,
+    /// Exchanges admitted and then refused (a `Content-Length` over what a byte budget had
+    /// left) or cut part-way at a byte budget: not in `refused`, which counts attempts.
+    pub cut: u64,
     #[serde(flatten)]
     pub store_stats: store::StoreStats,
     /// Every quota of the policy, in policy order, with what remained at this execution's

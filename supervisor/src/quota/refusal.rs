@@ -81,7 +81,8 @@ impl QuotaRefusal {
 
     /// A byte budget has no room for the rest of an admitted exchange (a response whose
     /// `Content-Length` is over what remains, or bytes flowing past it): it is refused or cut.
-    pub(super) fn cut(applied: &AppliedQuota, store: Answered) -> QuotaRefusal {
+    /// `remaining`: what the budget still had for this exchange (0 once bytes passed it).
+    pub(super) fn cut(applied: &AppliedQuota, remaining: u64, store: Answered) -> QuotaRefusal {
         let retry_after = until_next_utc_day(SystemTime::now());
         let message = format!(
             "{} ({}) has no room left for this exchange's bytes; retry after {}",
@@ -95,7 +96,7 @@ impl QuotaRefusal {
             scope: Some(applied.scope.label().to_owned()),
             rule: Some(applied.scope.rule(applied.kind)),
             limit: Some(applied.limit),
-            remaining: Some(0),
+            remaining: Some(remaining),
             retry_after: Some(retry_after),
             store,
             message,
