@@ -440,7 +440,40 @@ fn doctor_says_where_quotas_are_counted_and_whether_redis_answers() {
         "{line}"
     );
 
+    // TLS, verified against the CA given; without it, against the system's roots, which
+    // do not know the test CA.
+    let tls = RedisServer::with_tls();
+    let ca = tls.ca_file().expect("a TLS server's CA");
+    let (code, line) = doctor(|command| {
+        command
+            .args(["--redis-url", &tls.url()])
+            .arg("--redis-ca")
+            .arg(&ca);
+    });
+    assert_eq!(code, 0, "{line}");
+    assert!(line.ends_with("(reachable)"), "{line}");
+    let (_, line) = doctor(|command| {
+        command.args(["--redis-url", &tls.url()]);
+    });
+    assert!(
+        line.starts_with("warn  ") && line.contains("unreachable"),
+        "{line}"
+    );
+
     let locked = RedisServer::with_password("the-right-one");
+    let scratch = Scratch::new("quota-doctor");
+    let password = secret_file(&scratch, "password", "the-right-one\n");
+    let plain = format!("redis://127.0.0.1:{}", locked.port());
+    let (code, line) = doctor(|command| {
+        command
+            .args(["--redis-url", &plain, "--redis-password-file"])
+            .arg(&password);
+    });
+    assert_eq!(code, 0, "{line}");
+    assert_eq!(
+        line,
+        format!("ok    quotas: fleet-wide through {plain} (reachable)")
+    );
     let (code, line) = doctor(|command| {
         command.args(["--redis-url", &locked.url_with_password(SECRET)]);
     });

@@ -209,3 +209,27 @@ fn a_fifo_is_refused_without_waiting_for_a_writer() {
     let error = read_secret_file(&fifo, "--redis-password-file").expect_err("a FIFO");
     assert!(error.contains("not a regular file"), "{error}");
 }
+
+#[test]
+fn the_probe_tells_a_closed_port_by_its_cause_alone() {
+    // Port 1 on loopback: nothing listens there.
+    let store = config(&[
+        "--redis-url",
+        "redis://127.0.0.1:1",
+        "--quota-store-failure",
+        "local",
+    ])
+    .unwrap();
+    match reach(&store) {
+        Reach::Unreachable(why) => {
+            assert!(why.contains("redis://127.0.0.1:1"), "{why}");
+            // The node here falls back to local: nothing may say it denies.
+            assert!(
+                !why.contains("deny") && !why.contains("not granted"),
+                "{why}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(reach(&QuotaStoreConfig::default()), Reach::PerNode);
+}
