@@ -307,9 +307,16 @@ fn the_service_gives_every_worker_its_store_and_callers_cannot_choose_another() 
         assert_one_line(&finished, 125, &format!("{} cannot be used", args[0]));
     }
 
+    // The caller's own TOLLGATE_REDIS_URL is not sent, and so not refused: the node's
+    // store applies whatever the caller's environment says.
+    let with_env = client()
+        .env("TOLLGATE_REDIS_URL", "redis://127.0.0.1:1")
+        .run(["/bin/true"]);
+    assert_eq!(with_env.code(), 0, "{}", with_env.describe());
+
     let finished = "tollgate_executions_finished_total";
-    let after = service.scrape_until("the quota execution finished", |scrape| {
-        scrape.sum(finished, &[("team", "a")]) >= 1.0
+    let after = service.scrape_until("the quota executions finished", |scrape| {
+        scrape.sum(finished, &[("team", "a")]) >= 2.0
     });
     let admitted = |quota, scope| {
         after.sum(
