@@ -32,6 +32,11 @@
 #   PATHS="none redis" CONNS="1" bash scripts/bench-quota.sh
 #   TOLLGATE=/path/to/tollgate bash scripts/bench-quota.sh   # that build (default: the
 #                                                            # dist profile's, built first)
+#   PERF=1 PATHS="node redis" CONNS=1 ROUNDS=1 bash scripts/bench-quota.sh
+#       # where the time goes: `perf record -g` of the supervisor and Redis during each
+#       # measured window (which it slows: read that run's table as a profile, not a result)
+#
+# At the end: the Redis commands the whole run sent (INFO commandstats), per request.
 #
 # Needs root. Every packet stays on this machine: loopback, the sandbox's own namespace, and
 # a veth pair to a namespace this script creates (10.201.x.y/30), all removed at the end,
@@ -55,6 +60,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 bench_need wrk:wrk nginx:nginx-light redis-server:redis-server redis-benchmark:redis-tools
+[ -z "${PERF:-}" ] || bench_need perf:linux-perf
 WRK=$(command -v wrk)
 
 # The shipped build (`--profile dist`, as bench-serve.sh measures), brought up to date.
@@ -186,7 +192,7 @@ CELL=0
 # ticks, the summary's store counters).
 measure() {
   local path=$1 conns=$2 threads=$3 dir supervisor policy store=()
-  local before after redis_before redis_after
+  local before after redis_before redis_after switches_before switches_after
   policy=$(path_policy "$path")
   case $path in redis*) store=(--redis-url "$REDIS_URL") ;; esac
   CELL=$((CELL + 1)); dir="$WORK/out/$CELL"
@@ -199,8 +205,12 @@ measure() {
   supervisor=$!
   wait_for "$dir/measuring" "$supervisor"
   before=$(bench_ticks "$supervisor" 2>/dev/null || echo 0); redis_before=$(bench_ticks "$REDIS_PID")
+  switches_before=$(context_switches "$supervisor")
+  [ -z "${PERF:-}" ] || profile_start "$supervisor"
   wait_for "$dir/measured" "$supervisor"
   after=$(bench_ticks "$supervisor" 2>/dev/null || echo 0); redis_after=$(bench_ticks "$REDIS_PID")
+  switches_after=$(context_switches "$supervisor")
+  [ -z "${PERF:-}" ] || profile_stop "$path" "$conns"
   : >"$dir/read"
   if ! wait "$supervisor"; then
     # Kept for a look: the cell's output and its audit log (the work directories go).
@@ -210,11 +220,46 @@ measure() {
   fi
   bench_record "$path" small "$conns" "$((after - before))" "$dir/wrk.out"
   /usr/bin/python3 scripts/lib/bench_quota.py cell "$path" "$conns" "$((redis_after - redis_before))" \
-    "$dir/wrk.out" "$PRIVATE/summary.json" "$REDIS_URL" >>"$EXTRAS" || {
+    "$((switches_after - switches_before))" "$dir/wrk.out" "$PRIVATE/summary.json" "$REDIS_URL" >>"$EXTRAS" || {
     mkdir -p "$WORK-failed"; cp -r "$dir" "$PRIVATE/summary.json" "$WORK-failed/" 2>/dev/null || true
     echo "($path, $conns connections: kept in $WORK-failed)" >&2; exit 1
   }
   rm -f "$PRIVATE/audit.jsonl" "$PRIVATE/summary.json" "$dir/stdout" "$dir/stderr"
+}
+
+# context_switches PID — the context switches (voluntary and not) of PID's threads so far
+# (a thread that has exited no longer counts: the blocking pool's idle threads leave after
+# 10 s, so this can undercount).
+context_switches() {
+  cat /proc/"$1"/task/*/status 2>/dev/null |
+    awk '/^(non)?voluntary_ctxt_switches/ {n += $2} END {print n + 0}'
+}
+
+# profile_start SUPERVISOR — perf samples the supervisor's threads and Redis, with call
+# graphs, until profile_stop.
+profile_start() {
+  perf record -q -F 999 -g -p "$1,$REDIS_PID" -o "$WORK/perf.data" 2>/dev/null &
+  PERF_PID=$!
+}
+# profile_stop PATH CONNS — ends the recording; appends the cell's heaviest symbols (self
+# time, by process) to $WORK/profiles.txt.
+profile_stop() {
+  kill -INT "$PERF_PID"; wait "$PERF_PID" || true
+  {
+    echo; echo "== $1, $2 connections: samples by process and object (≥ 1 %)"
+    perf report -i "$WORK/perf.data" --stdio --no-children --sort comm,dso --percent-limit 1 \
+      -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -12
+    echo "-- self time by process and symbol (≥ 1 %)"
+    perf report -i "$WORK/perf.data" --stdio --no-children --sort comm,dso,symbol \
+      --percent-limit 1 -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -40
+    # On a VM without a PMU perf samples by timer, and a sample taken with interrupts off
+    # lands where they are turned back on (the spin-unlock symbols): the system calls that
+    # contain the samples (with callees) say more.
+    echo "-- system calls, with what they call (≥ 1 %)"
+    perf report -i "$WORK/perf.data" --stdio --children --sort comm,symbol --percent-limit 1 \
+      -g none 2>/dev/null | grep -E '(__x64_sys|__do_sys|do_syscall_64|ret_from_fork|worker_thread)' | head -25
+  } >>"$WORK/profiles.txt"
+  rm -f "$WORK/perf.data"
 }
 
 # rtt ROUND — one loopback round trip to this Redis: redis-benchmark, PING, one connection.
@@ -242,3 +287,8 @@ echo "(hosts pin + allowed_ips); wrk inside \`tollgate run\` as the sandbox user
 echo "response. Redis $(redis-server --version | grep -o 'v=[^ ]*') on 127.0.0.1. $ROUNDS rounds,"
 echo "wrk $DURATION per cell, $(nproc) cores; binary $TOLLGATE; HEAD $(git rev-parse --short HEAD 2>/dev/null || echo '?')."
 /usr/bin/python3 scripts/lib/bench_quota.py table "$WORK" "$ROUNDS"
+# What Redis was asked, over the whole run (warm-ups included) and per measured request of
+# the Redis cells.
+redis-cli -p "$REDIS_PORT" INFO commandstats | tr -d '\r' >"$WORK/commandstats.txt"
+/usr/bin/python3 scripts/lib/bench_quota.py commands "$WORK" "$ROUNDS" "$WORK/commandstats.txt"
+[ -z "${PERF:-}" ] || cat "$WORK/profiles.txt"

@@ -8,8 +8,9 @@ prints the Markdown tables of docs/benchmarks.md ("Team quotas"): each differenc
 ratio against the no-quota cell is taken within one round, then the median over the rounds
 is given with their range.
 
-    bench_quota.py cell PATH CONNS REDIS-TICKS WRK-OUTPUT SUMMARY-JSON REDIS-URL
+    bench_quota.py cell PATH CONNS REDIS-TICKS SWITCHES WRK-OUTPUT SUMMARY-JSON REDIS-URL
     bench_quota.py table WORK ROUNDS
+    bench_quota.py commands WORK ROUNDS COMMANDSTATS
 """
 
 import csv
@@ -37,7 +38,7 @@ def fail(path, conns, message):
     sys.exit(1)
 
 
-def cell(path, conns, redis_ticks, wrk_output, summary_file, redis_url):
+def cell(path, conns, redis_ticks, switches, wrk_output, summary_file, redis_url):
     """Checks one cell and prints its line of extras (tab-separated)."""
     wrk = open(wrk_output).read()
     requests = int(re.search(r"(\d+) requests in", wrk).group(1))
@@ -49,7 +50,7 @@ def cell(path, conns, redis_ticks, wrk_output, summary_file, redis_url):
     if path == "none":
         if quotas is not None:
             fail(path, conns, "has a quotas report in its summary: the policy has none")
-        print("\t".join([path, conns, redis_ticks, str(requests), "", "", "", "", ""]))
+        print("\t".join([path, conns, redis_ticks, switches, str(requests), "", "", "", "", ""]))
         return
     if quotas is None:
         fail(path, conns, "has no quotas report in its summary: were the quotas in force?")
@@ -66,7 +67,7 @@ def cell(path, conns, redis_ticks, wrk_output, summary_file, redis_url):
                  f"{quotas['local_fallback_checks']} local fallback checks")
     elif quotas["fleet_wide"]:
         fail(path, conns, f"was fleet-wide (store {quotas['store']}): no Redis was configured")
-    print("\t".join([path, conns, redis_ticks, str(requests), str(quotas["admitted"]),
+    print("\t".join([path, conns, redis_ticks, switches, str(requests), str(quotas["admitted"]),
                      str(quotas["round_trips"]), str(quotas["errors"]),
                      str(quotas["latency_us_total"]), quotas["store"]]))
 
@@ -109,9 +110,11 @@ def load(work, rounds):
             cells[key][r] = {"rps": float(rps), "p50": micros(p50), "p99": micros(p99),
                              "cpu": float(cpu), "errors": errors}
         for line in open(f"{work}/extras-{r}.tsv"):
-            path, conns, redis_ticks, requests, admitted, trips, errors, latency, store = \
-                line.rstrip("\n").split("\t")
+            path, conns, redis_ticks, switches, requests, admitted, trips, errors, latency, \
+                store = line.rstrip("\n").split("\t")
             figures = cells[(conns, path)][r]
+            figures["switches"] = int(switches) / int(requests)
+            figures["requests"] = int(requests)
             figures["redis_cpu"] = int(redis_ticks) * 1e6 / TICK / int(requests)
             if trips:
                 figures["trips"] = int(trips) / int(admitted)
@@ -133,8 +136,8 @@ def table(work, rounds):
     print()
     print("| conns | path | req/s | p50 | p99 | proxy CPU/req | p50 − no quota "
           "| CPU/req − no quota | req/s vs no quota | store round trips/attempt "
-          "| store latency/round trip | Redis CPU/req | errors |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| store latency/round trip | Redis CPU/req | context switches/req | errors |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for key in order:
         conns, path = key
         runs = list(cells[key].values())
@@ -151,6 +154,7 @@ def table(work, rounds):
                    f"{statistics.median(trips):.2f}" if trips else "",
                    shown(statistics.median(store)) if store else "",
                    f"{med('redis_cpu'):.1f} µs" if path in REDIS_PATHS else "",
+                   f"{med('switches'):.1f}",
                    "; ".join(sorted({run["errors"] for run in runs if run["errors"]}))]
         print("| " + " | ".join(columns) + " |")
 
@@ -175,6 +179,25 @@ def table(work, rounds):
               f"{'yes' if statistics.median(cpu) <= GOAL_CPU_US else 'no'} |")
 
 
+def commands(work, rounds, commandstats):
+    """The Redis commands of the run (`INFO commandstats`): calls, and Redis's own time per
+    call; per request of the Redis cells' measured windows (the warm-ups add about a tenth)."""
+    cells, _, _ = load(work, int(rounds))
+    requests = 0
+    for (_, path), runs in cells.items():
+        if path in REDIS_PATHS:
+            requests += sum(run["requests"] for run in runs.values())
+    print()
+    print("| Redis command | calls | per measured request | Redis time per call |")
+    print("|---|---|---|---|")
+    for line in open(commandstats):
+        match = re.match(r"cmdstat_(\w+):calls=(\d+),usec=\d+,usec_per_call=([\d.]+)", line)
+        if match:
+            name, calls, per_call = match.group(1), int(match.group(2)), float(match.group(3))
+            per_request = f"{calls / requests:.2f}" if requests else ""
+            print(f"| {name} | {calls} | {per_request} | {per_call:.1f} µs |")
+
+
 if __name__ == "__main__":
     command, args = sys.argv[1], sys.argv[2:]
-    {"cell": cell, "table": table}[command](*args)
+    {"cell": cell, "table": table, "commands": commands}[command](*args)
