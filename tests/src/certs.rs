@@ -60,7 +60,8 @@ pub fn make_ca(dir: &Path) -> PathBuf {
 }
 
 /// Makes a CA (see [`make_ca`]) and a server leaf it signs for `names` (the first is also the
-/// subject's common name; entries may be wildcards such as `*.up.test`), in `dir`.
+/// subject's common name; entries may be wildcards such as `*.up.test`, or IP addresses), in
+/// `dir`.
 pub fn make_certificates(dir: &Path, names: &[&str]) -> Certificates {
     let first = names.first().expect("a leaf needs at least one name");
     let ca = make_ca(dir);
@@ -69,7 +70,15 @@ pub fn make_certificates(dir: &Path, names: &[&str]) -> Certificates {
     csr.extend(EC_KEY);
     csr.extend(["-keyout", "leaf.key", "-out", "leaf.csr", "-subj", &subject]);
     openssl(dir, &csr);
-    let sans: Vec<String> = names.iter().map(|name| format!("DNS:{name}")).collect();
+    // An IP address is an IP SAN (a client dialing `https://127.0.0.1` checks that), any
+    // other name a DNS one.
+    let sans: Vec<String> = names
+        .iter()
+        .map(|name| match name.parse::<std::net::IpAddr>() {
+            Ok(_) => format!("IP:{name}"),
+            Err(_) => format!("DNS:{name}"),
+        })
+        .collect();
     fs::write(
         dir.join("leaf.ext"),
         format!(

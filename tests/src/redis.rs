@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{certs, openssl, unique, OUTPUT_ROOT};
+use crate::{certs, unique, OUTPUT_ROOT};
 
 /// Debian's packaged server and client.
 const REDIS_SERVER: &str = "/usr/bin/redis-server";
@@ -32,20 +32,13 @@ const READY_POLL: Duration = Duration::from_millis(20);
 /// Fresh ports tried when another process takes the chosen one before the server binds it.
 const PORT_ATTEMPTS: usize = 10;
 
-/// The files of a TLS server.
-struct TlsFiles {
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
 /// One `redis-server` process the test owns.
 pub struct RedisServer {
     /// Root-only directory holding the configuration, log, certificates and working files.
     dir: PathBuf,
     port: u16,
     password: Option<String>,
-    tls: Option<TlsFiles>,
+    tls: Option<certs::Certificates>,
     child: Option<Child>,
 }
 
@@ -136,7 +129,8 @@ impl RedisServer {
             .mode(0o700)
             .create(&dir)
             .expect("create the redis directory");
-        let tls = tls.then(|| make_tls_files(&dir));
+        // A client dialing `rediss://127.0.0.1` checks an IP address SAN.
+        let tls = tls.then(|| certs::make_certificates(&dir, &["127.0.0.1"]));
         let mut server = RedisServer {
             dir,
             port: 0,
@@ -287,60 +281,6 @@ fn free_port() -> u16 {
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())
         .expect("bind a loopback port")
-}
-
-/// A test CA (`ca.pem`, 0644) and a server leaf for the IP address 127.0.0.1 it signs
-/// (`leaf.pem`, `leaf.key`), in `dir`. `certs::make_certificates` issues DNS names only; a
-/// client dialing `rediss://127.0.0.1` checks an IP address SAN.
-fn make_tls_files(dir: &Path) -> TlsFiles {
-    let ca = certs::make_ca(dir);
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "leaf.key",
-            "-out",
-            "leaf.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-    );
-    fs::write(
-        dir.join("leaf.ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .expect("write leaf.ext");
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "leaf.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "leaf.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "leaf.ext",
-        ],
-    );
-    TlsFiles {
-        ca,
-        cert: dir.join("leaf.pem"),
-        key: dir.join("leaf.key"),
-    }
 }
 
 /// The server's log, for a failure message.
