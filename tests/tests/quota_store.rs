@@ -317,7 +317,6 @@ async fn a_killed_redis_denies_then_recovers_without_a_restart() {
         panic!("{error:?}");
     };
     assert!(message.contains(&redis.url()), "{message}");
-    assert!(message.contains("quota_store_failure: deny"), "{message}");
     let after_failure = store.stats();
     assert_eq!(after_failure.errors, 1);
     // Within the backoff, checks are refused without asking the dead server again.

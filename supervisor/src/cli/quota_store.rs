@@ -286,22 +286,9 @@ pub fn reach(config: &QuotaStoreConfig) -> Reach {
     });
     match asked {
         Ok(()) => Reach::Reachable,
-        Err(StoreError::Unavailable(message)) => Reach::Unreachable(cause_only(message)),
+        Err(StoreError::Unavailable(cause)) => Reach::Unreachable(cause),
         Err(StoreError::Auth(message)) => Reach::PasswordRefused(message),
     }
-}
-
-/// How the store's refusal of a check goes on after its cause: what a `deny` store does
-/// then, which is the probe's setting, not necessarily the node's.
-const DENY_CONSEQUENCE: &str = "; quotas cannot be checked";
-
-/// The cause of an unavailable store, without what the (probe's) deny store does about it:
-/// the caller says what this node does.
-fn cause_only(mut message: String) -> String {
-    if let Some(at) = message.find(DENY_CONSEQUENCE) {
-        message.truncate(at);
-    }
-    message
 }
 
 /// `fleet-wide through redis://HOST:PORT` or `per node`: where quotas are counted, for

@@ -116,7 +116,14 @@ impl QuotaRefusal {
             store,
             message: format!(
                 "the team's quotas could not be checked ({cause}), and a quota that cannot be \
-                 checked is not granted; try again shortly"
+                 checked is not granted{}; try again shortly",
+                // Only a node that chose it gets here with Redis down; the node's own store
+                // failing has no fallback to choose.
+                if store == Answered::Redis {
+                    " (quota_store_failure: deny)"
+                } else {
+                    ""
+                }
             ),
         }
     }

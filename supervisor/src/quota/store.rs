@@ -293,10 +293,8 @@ impl QuotaStore {
             fleet.down_message()
         };
         let Some(fallback) = &fleet.fallback else {
-            return Err(StoreError::Unavailable(format!(
-                "{failure}; quotas cannot be checked, so they are not granted \
-                 (quota_store_failure: deny)"
-            )));
+            // The cause alone: what a refused check means is the enforcer's to say.
+            return Err(StoreError::Unavailable(failure));
         };
         let share = fleet.share(buckets);
         let reply = fallback
