@@ -635,6 +635,53 @@ fn a_day_budget_is_spent_across_executions_then_refused_until_midnight() {
     );
 }
 
+/// Under a byte budget each attempt is one round trip: the bytes of an exchange that ended
+/// go with the next take, and the last ones when the execution ends; every byte is charged.
+#[test]
+fn a_byte_budget_costs_one_round_trip_per_attempt_and_charges_every_byte() {
+    let _suite = SuiteLock::shared();
+    let mut fleet = Fleet::with_redis("quota-bytes-trips");
+    let team = unique("trips");
+    let prefix = format!("/echo/{team}");
+    let policy = fleet.policy(&team, "quotas:\n  bytes_per_day: 1GiB\n", "");
+    const REQUESTS: u64 = 8;
+    let requests: Vec<(&str, String, &str)> = (1..=REQUESTS)
+        .map(|i| ("GET", format!("{prefix}/{i}"), "up.test"))
+        .collect();
+    let outcome = fleet.run(
+        &policy,
+        &format!(
+            "results['answers'] = each({})\n",
+            python_requests(&requests)
+        ),
+    );
+    for (i, answer) in answers(&outcome, "answers").iter().enumerate() {
+        assert_admitted(answer, &format!("request {}", i + 1));
+    }
+    let report = quota_report(&outcome);
+    assert_eq!(report["admitted"], REQUESTS, "{report}");
+    // One read at the start, one take per attempt, one charge of the last exchange's bytes
+    // at the end, and at most one more of bytes that waited a second for a take. A charge
+    // of its own after every exchange would make it 2 × REQUESTS + 2.
+    let trips = report["round_trips"].as_u64().unwrap_or(u64::MAX);
+    assert!(
+        (REQUESTS + 2..=REQUESTS + 3).contains(&trips),
+        "{trips} round trips for {REQUESTS} attempts: {report}"
+    );
+    // Every byte that went up or came down is in the team's counter.
+    let moved: u64 = records(&outcome, &prefix)
+        .iter()
+        .map(|r| r["bytes_up"].as_u64().unwrap_or(0) + r["bytes_down"].as_u64().unwrap_or(0))
+        .sum();
+    let (day, _) = utc_day();
+    let key = format!("tollgate:{{{team}}}:bpd:team:{day}");
+    let charged: u64 = fleet.redis().cli(&["GET", &key]).parse().unwrap_or(0);
+    assert!(
+        charged > 0 && charged <= moved,
+        "the counter holds {charged} bytes, the records {moved}"
+    );
+}
+
 /// 20 KiB bodies against a 64 KiB day: three fit, the fourth passes the budget.
 const BODY: u64 = 20 * 1024;
 const BYTE_QUOTAS: &str = "quotas:\n  bytes_per_day: 64KiB\n";

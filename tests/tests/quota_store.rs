@@ -520,6 +520,55 @@ async fn the_node_store_counts_as_redis_does() {
     assert_eq!(node.take(&buckets).await.unwrap().1, Answered::Node);
 }
 
+/// Bytes of finished exchanges carried into a take are counted before it decides, whatever
+/// it decides, the same way in both stores: one round trip charges them and takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn carried_bytes_count_before_the_take_decides_in_both_stores() {
+    let redis = RedisServer::start();
+    let scratch = Scratch::new("quota-store-carry");
+    let fleet = open(&config(&scratch, Some(redis.url())), "acme").await;
+    let node = open(&config(&scratch, None), "acme").await;
+    let carry = |bytes| Bucket {
+        name: "bpd:team".to_string(),
+        rule: BucketRule::Carry {
+            limit: 1_000,
+            bytes,
+        },
+    };
+    let mut answers = [Vec::new(), Vec::new()];
+    for (store, answers) in [&fleet, &node].into_iter().zip(answers.iter_mut()) {
+        let mut say = |outcome: TakeOutcome| {
+            answers.push(match outcome {
+                TakeOutcome::Granted { remaining } => format!("{remaining:?}"),
+                TakeOutcome::Refused { index, .. } => format!("refused {index}"),
+            })
+        };
+        // 600 carried: the take of 300 sees 400 left, and leaves 100 (both buckets name
+        // the same counter).
+        say(store
+            .take(&[daily("bpd:team", 1_000, 300), carry(600)])
+            .await
+            .unwrap()
+            .0);
+        // 150 carried: nothing is left for the next 1, so it is refused, and the carried
+        // bytes are counted all the same (the day counter passes the limit: 0 left).
+        say(store
+            .take(&[daily("bpd:team", 1_000, 1), carry(150)])
+            .await
+            .unwrap()
+            .0);
+        say(TakeOutcome::Granted {
+            remaining: store.peek(&[daily("bpd:team", 1_000, 0)]).await.unwrap(),
+        });
+        // A take of carried bytes alone is a charge that never refuses.
+        say(store.take(&[carry(5)]).await.unwrap().0);
+    }
+    assert_eq!(answers[0], answers[1], "Redis and the node store disagree");
+    assert_eq!(answers[0], ["[100, 100]", "refused 0", "[0]", "[0]"]);
+    let key = format!("tollgate:{{acme}}:bpd:team:{}", server_day(&redis));
+    assert_eq!(redis.cli(&["GET", &key]), "1055", "600 + 300 + 150 + 5");
+}
+
 /// One `take` round trip on loopback, as the summary's counters measure it. Printed, not
 /// asserted (no timing thresholds): run with `--nocapture` to read it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

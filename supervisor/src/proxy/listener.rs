@@ -53,6 +53,10 @@ impl ProxyHandle {
         if let Err(error) = self.task.await {
             tracing::error!("the proxy task ended abnormally: {error}");
         }
+        // Every exchange has ended: the bytes they carried for the next take are charged now.
+        if let Some(quotas) = &self.shared.quotas {
+            quotas.flush().await;
+        }
         self.shared.pool.clear();
         self.shared.log.flush();
         // The log may be shared with the rest of the execution, which closes it.

@@ -123,8 +123,14 @@ impl std::fmt::Debug for ByteMeter {
 
 impl Drop for ByteMeter {
     fn drop(&mut self) {
-        let counted = self.shared.counted.load(Ordering::Acquire);
-        charge(&self.shared, counted);
+        let shared = &self.shared;
+        let counted = shared.counted.load(Ordering::Acquire);
+        let before = shared.charged.fetch_max(counted, Ordering::AcqRel);
+        if counted > before {
+            // Carried into the execution's next take, which charges them in the same
+            // round trip (or charged on their own shortly, if no take comes).
+            shared.enforcer.carry(&shared.buckets, counted - before);
+        }
     }
 }
 

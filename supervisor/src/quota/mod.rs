@@ -15,7 +15,8 @@ mod refusal;
 pub mod store;
 
 use serde::Serialize;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use store::{Answered, Bucket, BucketRule, TakeOutcome};
@@ -34,6 +35,10 @@ const MINUTE: Duration = Duration::from_secs(60);
 /// (each is bounded by the store's own timeouts; this only keeps a stuck one from holding
 /// every request).
 const SETTLE_LIMIT: Duration = Duration::from_secs(5);
+
+/// The longest a finished exchange's bytes wait for the execution's next take before they
+/// are charged on their own.
+const CARRY_LIMIT: Duration = Duration::from_secs(1);
 
 /// An admitted attempt: the byte budgets it must stay within as its bytes flow.
 pub struct Admission {
@@ -65,6 +70,10 @@ pub struct QuotaEnforcer {
     cut: AtomicU64,
     /// Byte charges the store has not answered yet.
     charges: charges::Charges,
+    /// Bytes of finished exchanges not charged yet, by bucket name: (limit, bytes).
+    carried: Mutex<BTreeMap<String, (u64, u64)>>,
+    /// A [`QuotaEnforcer::flush`] of the carried bytes is scheduled.
+    flush_scheduled: AtomicBool,
 }
 
 impl QuotaEnforcer {
@@ -97,6 +106,8 @@ impl QuotaEnforcer {
             refused: Mutex::new(RefusedCounts::default()),
             cut: AtomicU64::new(0),
             charges: charges::Charges::default(),
+            carried: Mutex::new(BTreeMap::new()),
+            flush_scheduled: AtomicBool::new(false),
         })
     }
 
@@ -112,19 +123,27 @@ impl QuotaEnforcer {
             return Ok(Admission { meter: None });
         }
         if applied.iter().any(|a| a.kind == QuotaKind::BytesPerDay) {
-            // The bytes of this execution's last exchanges are on their way to the store;
-            // without them the budget would look larger than it is.
+            // A long body's bytes may be on their way to the store (one charge every
+            // `CHARGE_EVERY`); without them the budget would look larger than it is.
             self.charges.settled(SETTLE_LIMIT).await;
         }
-        let buckets: Vec<Bucket> = applied.iter().map(|a| bucket(a, request_bytes)).collect();
+        let mut buckets: Vec<Bucket> = applied.iter().map(|a| bucket(a, request_bytes)).collect();
+        // The bytes of this execution's finished exchanges go in the same round trip, after
+        // the buckets (whose indices are the applied quotas').
+        let carried = self.take_carried(&buckets);
+        buckets.extend(carried.iter().cloned());
         let (outcome, answered) = match self.store.take(&buckets).await {
             Ok(answer) => answer,
-            Err(error) => return Err(Box::new(self.unavailable(&error.to_string()))),
+            Err(error) => {
+                self.put_back(carried);
+                return Err(Box::new(self.unavailable(&error.to_string())));
+            }
         };
+        let asked = applied.len();
         match outcome {
             TakeOutcome::Granted { remaining } => {
                 self.admitted.fetch_add(1, Ordering::Relaxed);
-                self.granted(&buckets, &remaining);
+                self.granted(&buckets[..asked], &remaining[..asked.min(remaining.len())]);
                 Ok(Admission {
                     meter: self.meter(&applied, &remaining, answered),
                 })
@@ -136,7 +155,7 @@ impl QuotaEnforcer {
                 };
                 let cost = match bucket.rule {
                     BucketRule::Daily { cost, .. } => cost,
-                    BucketRule::Rate { .. } => 1,
+                    BucketRule::Rate { .. } | BucketRule::Carry { .. } => 1,
                 };
                 let remaining = self.refused_by(&bucket.name, cost);
                 let refusal =
@@ -237,6 +256,90 @@ impl QuotaEnforcer {
 
     fn charges(&self) -> &charges::Charges {
         &self.charges
+    }
+
+    /// Keeps `bytes` of a finished exchange for `buckets` (its byte budgets) until the
+    /// execution's next take carries them, or until [`QuotaEnforcer::flush`] (scheduled
+    /// [`CARRY_LIMIT`] from now if none is, so other executions hear of them soon).
+    fn carry(self: &Arc<Self>, buckets: &[Bucket], bytes: u64) {
+        {
+            let mut carried = self.carried();
+            for bucket in buckets {
+                let limit = match bucket.rule {
+                    BucketRule::Daily { limit, .. } | BucketRule::Carry { limit, .. } => limit,
+                    BucketRule::Rate { .. } => continue,
+                };
+                let entry = carried.entry(bucket.name.clone()).or_insert((limit, 0));
+                entry.1 = entry.1.saturating_add(bytes);
+            }
+        }
+        if self.flush_scheduled.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.flush_scheduled.store(false, Ordering::Release);
+            return;
+        };
+        let enforcer = self.clone();
+        runtime.spawn(async move {
+            tokio::time::sleep(CARRY_LIMIT).await;
+            enforcer.flush().await;
+        });
+    }
+
+    /// The carried bytes of `buckets`' byte budgets, as `Carry` buckets, taken out.
+    fn take_carried(&self, buckets: &[Bucket]) -> Vec<Bucket> {
+        let mut carried = self.carried();
+        buckets
+            .iter()
+            .filter_map(|bucket| {
+                let (limit, bytes) = carried.remove(&bucket.name)?;
+                Some(Bucket {
+                    name: bucket.name.clone(),
+                    rule: BucketRule::Carry { limit, bytes },
+                })
+            })
+            .collect()
+    }
+
+    /// Carried bytes a take could not deliver, kept for the next.
+    fn put_back(&self, buckets: Vec<Bucket>) {
+        let mut carried = self.carried();
+        for bucket in buckets {
+            if let BucketRule::Carry { limit, bytes } = bucket.rule {
+                let entry = carried.entry(bucket.name).or_insert((limit, 0));
+                entry.1 = entry.1.saturating_add(bytes);
+            }
+        }
+    }
+
+    /// Charges every carried byte and waits for the charges on their way: at the end of
+    /// the execution (the proxy's shutdown), and shortly after an exchange that no take
+    /// followed.
+    pub async fn flush(&self) {
+        self.flush_scheduled.store(false, Ordering::Release);
+        let buckets: Vec<Bucket> = std::mem::take(&mut *self.carried())
+            .into_iter()
+            .map(|(name, (limit, bytes))| Bucket {
+                name,
+                rule: BucketRule::Carry { limit, bytes },
+            })
+            .collect();
+        if !buckets.is_empty() {
+            match self.store.take(&buckets).await {
+                Ok((TakeOutcome::Granted { remaining }, _)) => self.note(&buckets, &remaining),
+                Ok((TakeOutcome::Refused { .. }, _)) => {}
+                Err(error) => tracing::debug!(
+                    "the bytes of team {}'s last exchanges were not charged: {error}",
+                    self.team
+                ),
+            }
+        }
+        self.charges.settled(SETTLE_LIMIT).await;
+    }
+
+    fn carried(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (u64, u64)>> {
+        self.carried.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn count_cut(&self) {

@@ -20,8 +20,9 @@ use nix::fcntl::OFlag;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
-use std::io::{self, Read as _, Seek as _, Write as _};
+use std::io::{self, Read as _};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -131,9 +132,11 @@ impl NodeStore {
         let reply = apply(&mut state, mode, buckets, now);
         let after = serde_json::to_vec(&state).map_err(|error| fail(io::Error::other(error)))?;
         if after != text {
-            file.rewind()
-                .and_then(|()| file.set_len(0))
-                .and_then(|()| file.write_all(&after))
+            // Written over in place, then cut to length: never truncated to zero first,
+            // which makes ext4 (auto_da_alloc) flush the file to disk at every close.
+            let length = u64::try_from(after.len()).unwrap_or(u64::MAX);
+            file.write_all_at(&after, 0)
+                .and_then(|()| file.set_len(length))
                 .map_err(fail)?;
         }
         // Closing the file releases the lock.
@@ -183,6 +186,16 @@ fn apply(state: &mut State, mode: Mode, buckets: &[Bucket], now: u64) -> Reply {
     state.daily.retain(|key, _| key.ends_with(&today));
     let day_key = |name: &str| format!("{name}:{today}");
 
+    // Carried bytes first, as the script does: the day buckets below count them.
+    if mode != Mode::Peek {
+        for bucket in buckets {
+            if let BucketRule::Carry { bytes, .. } = bucket.rule {
+                let count = state.daily.entry(day_key(&bucket.name)).or_insert(0);
+                *count = count.saturating_add(bytes);
+            }
+        }
+    }
+
     if mode == Mode::Take {
         let mut refused: Option<(usize, u64)> = None;
         for (index, bucket) in buckets.iter().enumerate() {
@@ -204,6 +217,7 @@ fn apply(state: &mut State, mode: Mode, buckets: &[Bucket], now: u64) -> Reply {
                         .err()
                         .map(|()| gcra::until_next_day(now))
                 }
+                BucketRule::Carry { .. } => None,
             };
             if let Some(wait) = wait {
                 if refused.is_none_or(|(_, longest)| wait > longest) {
@@ -247,14 +261,16 @@ fn apply(state: &mut State, mode: Mode, buckets: &[Bucket], now: u64) -> Reply {
                     burst,
                 } => Gcra::new(limit, period, burst)
                     .remaining(state.rate.get(&bucket.name).copied(), now),
-                BucketRule::Daily { limit, .. } => gcra::daily_remaining(
-                    state
-                        .daily
-                        .get(&day_key(&bucket.name))
-                        .copied()
-                        .unwrap_or(0),
-                    limit,
-                ),
+                BucketRule::Daily { limit, .. } | BucketRule::Carry { limit, .. } => {
+                    gcra::daily_remaining(
+                        state
+                            .daily
+                            .get(&day_key(&bucket.name))
+                            .copied()
+                            .unwrap_or(0),
+                        limit,
+                    )
+                }
             })
             .collect(),
     )

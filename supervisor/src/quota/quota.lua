@@ -11,6 +11,9 @@
 --          'peek' (take nothing)
 -- ARGV[3i-1], ARGV[3i], ARGV[3i+1]  bucket i: 'rate', T_us, tau_us
 --                                     or     'daily', limit, cost
+--                                     or     'carry', limit, bytes: bytes that already
+--          flowed, added to that day key first (in every mode but 'peek'), whatever the
+--          take decides; never refused
 -- Returns  {1, remaining_1, ..., remaining_n}, or for a refused take
 --          {0, index (0-based), retry_after_us}.
 -- Keys expire on their own: a rate key when its TAT has passed, a day key at the end of
@@ -41,12 +44,30 @@ end
 
 local mode = ARGV[1]
 local today = day_label(day)
+-- Carried bytes first: the day buckets below read counters that include them.
+if mode ~= 'peek' then
+  for i = 1, #KEYS do
+    if ARGV[3 * i - 1] == 'carry' then
+      local bytes = tonumber(ARGV[3 * i + 1])
+      if bytes > 0 then
+        local key = KEYS[i] .. ':' .. today
+        redis.call('INCRBY', key, bytes)
+        redis.call('EXPIREAT', key, day_expires_at)
+      end
+    end
+  end
+end
+
+-- Day counters by key: a carry and a day bucket of one quota name the same counter.
+local counts = {}
 local buckets = {}
 for i = 1, #KEYS do
   local b = { kind = ARGV[3 * i - 1], a = tonumber(ARGV[3 * i]), b = tonumber(ARGV[3 * i + 1]) }
-  if b.kind == 'daily' then
+  if b.kind == 'daily' or b.kind == 'carry' then
     b.key = KEYS[i] .. ':' .. today
-    b.count = tonumber(redis.call('GET', b.key)) or 0
+    if counts[b.key] == nil then
+      counts[b.key] = tonumber(redis.call('GET', b.key)) or 0
+    end
   elseif b.kind == 'rate' then
     b.key = KEYS[i]
     b.tat = math.max(tonumber(redis.call('GET', b.key)) or now, now)
@@ -65,7 +86,7 @@ local function rate_remaining(b, tat)
 end
 
 local function daily_remaining(b)
-  return math.max(b.a - b.count, 0)
+  return math.max(b.a - counts[b.key], 0)
 end
 
 if mode == 'take' then
@@ -75,7 +96,7 @@ if mode == 'take' then
     local retry = nil
     if b.kind == 'rate' then
       if b.tat - now > b.b then retry = b.tat - b.b - now end
-    elseif b.count >= b.a or b.count + b.b > b.a then
+    elseif b.kind == 'daily' and (counts[b.key] >= b.a or counts[b.key] + b.b > b.a) then
       retry = until_next_day
     end
     if retry ~= nil and retry > wait then refused, wait = i, retry end
@@ -89,15 +110,15 @@ if mode == 'take' then
       local tat = b.tat + b.a
       redis.call('SET', b.key, string.format('%d', tat), 'PX', math.floor((tat - now + 999) / 1000))
       b.tat = tat
-    elseif b.b > 0 then
-      b.count = redis.call('INCRBY', b.key, b.b)
+    elseif b.kind == 'daily' and b.b > 0 then
+      counts[b.key] = redis.call('INCRBY', b.key, b.b)
       redis.call('EXPIREAT', b.key, day_expires_at)
     end
   end
 elseif mode == 'charge' then
   for _, b in ipairs(buckets) do
     if b.kind == 'daily' and b.b > 0 then
-      b.count = redis.call('INCRBY', b.key, b.b)
+      counts[b.key] = redis.call('INCRBY', b.key, b.b)
       redis.call('EXPIREAT', b.key, day_expires_at)
     end
   end

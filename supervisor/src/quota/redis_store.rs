@@ -141,6 +141,9 @@ impl RedisStore {
                 BucketRule::Daily { limit, cost } => {
                     invocation.arg("daily").arg(exact(limit)).arg(exact(cost));
                 }
+                BucketRule::Carry { limit, bytes } => {
+                    invocation.arg("carry").arg(exact(limit)).arg(exact(bytes));
+                }
             }
         }
         let mut connection = self.connection();

@@ -39,6 +39,11 @@ pub enum BucketRule {
     /// counter is already at the limit or would pass it (a cost of 0 only checks that
     /// something is left).
     Daily { limit: u64, cost: u64 },
+    /// Bytes that already flowed, added to the day counter of the same name before a take
+    /// decides, whatever it decides (and by any mode but `peek`). An execution carries the
+    /// bytes of its finished exchanges into its next take, so they cost no round trip of
+    /// their own. Never refuses; its remaining is the day counter's.
+    Carry { limit: u64, bytes: u64 },
 }
 
 /// The answer to one [`QuotaStore::take`].
@@ -203,7 +208,9 @@ impl QuotaStore {
             .map(|bucket| Bucket {
                 name: bucket.name.clone(),
                 rule: match bucket.rule {
-                    BucketRule::Daily { limit, .. } => BucketRule::Daily { limit, cost: bytes },
+                    BucketRule::Daily { limit, .. } | BucketRule::Carry { limit, .. } => {
+                        BucketRule::Daily { limit, cost: bytes }
+                    }
                     rate => rate,
                 },
             })
@@ -382,6 +389,10 @@ impl Fleet {
                     BucketRule::Daily { limit, cost } => BucketRule::Daily {
                         limit: part(limit),
                         cost,
+                    },
+                    BucketRule::Carry { limit, bytes } => BucketRule::Carry {
+                        limit: part(limit),
+                        bytes,
                     },
                 },
             })

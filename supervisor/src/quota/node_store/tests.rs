@@ -243,3 +243,44 @@ fn planted_links_and_foreign_files_are_refused() {
         .unwrap();
     assert!(error.contains("not a team name"), "{error}");
 }
+
+#[test]
+fn carried_bytes_count_first_and_whatever_the_take_decides() {
+    let mut state = State::default();
+    let carry = |bytes| Bucket {
+        name: "bpd:team".to_string(),
+        rule: BucketRule::Carry {
+            limit: 1_000,
+            bytes,
+        },
+    };
+    assert_eq!(
+        apply(
+            &mut state,
+            Mode::Take,
+            &[daily("bpd:team", 1_000, 300), carry(600)],
+            NOON
+        ),
+        Reply::Remaining(vec![100, 100])
+    );
+    // Refused (nothing left for 1 more), and the carried bytes are counted all the same.
+    assert!(matches!(
+        apply(
+            &mut state,
+            Mode::Take,
+            &[daily("bpd:team", 1_000, 1), carry(150)],
+            NOON
+        ),
+        Reply::Refused { index: 0, .. }
+    ));
+    assert_eq!(
+        state.daily.get(&format!(
+            "bpd:team:{}",
+            gcra::day_label(gcra::day_number(NOON))
+        )),
+        Some(&1_050)
+    );
+    // A peek carries nothing.
+    apply(&mut state, Mode::Peek, &[carry(7)], NOON);
+    assert_eq!(state.daily.values().sum::<u64>(), 1_050);
+}
