@@ -31,8 +31,9 @@
 //! iff `count ≥ limit` or `count + cost > limit` (so a cost of 0 checks that something is
 //! left); `retry_after` is the time until the next UTC midnight, `(day + 1) · 86 400 s − now`.
 //! A charge adds bytes that already flowed and never refuses; so does a take's `carry`
-//! bucket, before the take decides (the bytes of an execution's finished exchanges). `remaining = limit − count`,
-//! at least 0. A day's key expires at the end of the following day.
+//! bucket, before the take decides (the bytes of an execution's finished exchanges).
+//! `remaining = limit − count`, at least 0. A day's key expires at the end of the
+//! following day.
 
 use std::time::Duration;
 
