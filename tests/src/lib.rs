@@ -45,6 +45,20 @@ pub fn tollgate() -> Command {
     command
 }
 
+/// `tollgate policy check ARGS...` → (exit code, stdout, stderr).
+pub fn policy_check(args: &[&Path]) -> (Option<i32>, String, String) {
+    let output = tollgate()
+        .args(["policy", "check"])
+        .args(args)
+        .output()
+        .expect("run tollgate policy check");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 /// Repository root, for shipped files such as `examples/policies`.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

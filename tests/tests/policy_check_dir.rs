@@ -3,21 +3,7 @@
 
 use std::os::unix::fs::symlink;
 use std::path::Path;
-use tollgate_tests::{tollgate, Scratch};
-
-/// `tollgate policy check ARGS...` → (exit code, stdout, stderr).
-fn check(args: &[&Path]) -> (Option<i32>, String, String) {
-    let output = tollgate()
-        .args(["policy", "check"])
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
+use tollgate_tests::{policy_check as check, Scratch};
 
 fn team(name: &str) -> String {
     format!("version: 1\nteam: {name}\n")

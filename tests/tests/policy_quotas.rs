@@ -4,23 +4,9 @@
 
 use serde_json::Value;
 use std::path::Path;
-use tollgate_tests::{tollgate, Scratch};
+use tollgate_tests::{policy_check as check, tollgate, Scratch};
 
 const NOTE: &str = "tollgate: note: team quotas are fleet-wide only on nodes with a Redis URL";
-
-/// `tollgate policy check ARGS...` → (exit code, stdout, stderr).
-fn check(args: &[&Path]) -> (Option<i32>, String, String) {
-    let output = tollgate()
-        .args(["policy", "check"])
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
 
 fn with_quotas(team: &str) -> String {
     format!(
