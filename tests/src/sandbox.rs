@@ -485,25 +485,44 @@ impl Running {
         let deadline = Instant::now() + limit;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.starts_with(prefix) {
-                        return line;
-                    }
-                }
-                Err(_) => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    panic!(
-                        "no stdout line starting with {prefix:?} within {limit:?}; saw:\n{}\n\
-                         stderr:\n{}",
-                        self.seen.join("\n"),
-                        self.take_stderr()
-                    );
-                }
+            match self.next_line(left) {
+                Some(line) if line.starts_with(prefix) => return line,
+                Some(_) => {}
+                None => self.fail(&format!(
+                    "no stdout line starting with {prefix:?} within {limit:?}"
+                )),
             }
         }
+    }
+
+    /// The next stdout line, waiting up to `limit` (`None`: none came). Every line read is
+    /// kept for [`Running::fail`] and [`Running::finish`].
+    pub fn next_line(&mut self, limit: Duration) -> Option<String> {
+        let line = self.lines.recv_timeout(limit).ok()?;
+        self.seen.push(line.clone());
+        Some(line)
+    }
+
+    /// Writes `line` and a newline to the child's stdin.
+    pub fn send_line(&mut self, line: &str) -> std::io::Result<()> {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("stdin is closed"))?;
+        writeln!(stdin, "{line}")?;
+        stdin.flush()
+    }
+
+    /// Kills the supervisor and fails the test with `what` and everything it printed.
+    pub fn fail(&mut self, what: &str) -> ! {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.stdin = None;
+        panic!(
+            "{what}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.seen.join("\n"),
+            self.take_stderr()
+        );
     }
 
     /// Closes the child's stdin.

@@ -16,12 +16,8 @@
 
 use std::{
     fs,
-    io::{BufRead as _, BufReader, Write as _},
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    process::{Child, ChildStdin, Stdio},
-    sync::{mpsc, Arc, Mutex},
-    thread,
 };
 
 use serde_json::{json, Value};
@@ -29,7 +25,7 @@ use tollgate_tests::{
     leaks::SuiteLock,
     redis::RedisServer,
     sandbox::{
-        output, read_json, read_json_lines, shared_dir, wait_within, Finished, Sandbox, HANG_LIMIT,
+        output, read_json, read_json_lines, shared_dir, Finished, Running, Sandbox, HANG_LIMIT,
         PYTHON,
     },
     tollgate, unique,
@@ -157,74 +153,31 @@ fn flags(url: &str, more: &[&str]) -> Vec<String> {
 
 /// A running execution of the client that the test drives one phase at a time.
 struct Session {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-    /// Everything tollgate has logged so far (read as it comes, for failure messages).
-    stderr: Arc<Mutex<Vec<u8>>>,
-    stderr_reader: Option<thread::JoinHandle<()>>,
+    run: Running,
 }
 
 impl Session {
     fn start(sandbox: &Sandbox) -> Session {
-        let mut command = sandbox.command([PYTHON, "-c", CLIENT]);
-        command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut stderr_pipe = child.stderr.take().expect("stderr");
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&stderr);
-        let stderr_reader = Some(thread::spawn(move || {
-            let mut chunk = [0u8; 8192];
-            while let Ok(n @ 1..) = std::io::Read::read(&mut stderr_pipe, &mut chunk) {
-                sink.lock().unwrap().extend_from_slice(&chunk[..n]);
-            }
-        }));
-        let stdin = child.stdin.take();
         Session {
-            child,
-            stdin,
-            lines,
-            seen: Vec::new(),
-            stderr,
-            stderr_reader,
+            run: Running::spawn(&mut sandbox.command([PYTHON, "-c", CLIENT])),
         }
     }
 
     /// Sends one command to the client and returns its answers, once it has made them.
     fn phase(&mut self, command: Value) -> Vec<Value> {
         let phase = command["phase"].as_str().expect("a phase name").to_owned();
-        let stdin = self.stdin.as_mut().expect("the session is still open");
-        if let Err(e) = writeln!(stdin, "{command}").and_then(|()| stdin.flush()) {
+        if let Err(e) = self.run.send_line(&command.to_string()) {
             self.fail(&format!("the client no longer reads its stdin ({e})"));
         }
         loop {
-            match self.lines.recv_timeout(HANG_LIMIT) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    let Ok(reply) = serde_json::from_str::<Value>(&line) else {
-                        continue;
-                    };
-                    if reply["phase"] == phase.as_str() {
-                        return reply["answers"].as_array().cloned().unwrap_or_default();
-                    }
-                }
-                Err(_) => self.fail(&format!("no answer to phase {phase} within {HANG_LIMIT:?}")),
+            let Some(line) = self.run.next_line(HANG_LIMIT) else {
+                self.fail(&format!("no answer to phase {phase} within {HANG_LIMIT:?}"))
+            };
+            let Ok(reply) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if reply["phase"] == phase.as_str() {
+                return reply["answers"].as_array().cloned().unwrap_or_default();
             }
         }
     }
@@ -256,47 +209,12 @@ impl Session {
 
     /// Kills the execution and fails the test with what it printed.
     fn fail(&mut self, what: &str) -> ! {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.stdin = None;
-        let stderr = self.take_stderr();
-        panic!(
-            "{what}\n--- stdout ---\n{}\n--- stderr ---\n{stderr}",
-            self.seen.join("\n")
-        );
-    }
-
-    /// What tollgate logged, once its stderr has closed (it has exited).
-    fn take_stderr(&mut self) -> String {
-        if let Some(reader) = self.stderr_reader.take() {
-            let _ = reader.join();
-        }
-        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+        self.run.fail(what)
     }
 
     /// Closes the client's stdin (it exits) and waits for the execution to end.
-    fn finish(mut self) -> Finished {
-        self.stdin = None;
-        let status = wait_within(&mut self.child, HANG_LIMIT);
-        let stderr = self.take_stderr();
-        let mut lines = std::mem::take(&mut self.seen);
-        lines.extend(self.lines.try_iter());
-        let stdout: String = lines.iter().map(|l| format!("{l}\n")).collect();
-        Finished {
-            status,
-            stdout_bytes: stdout.clone().into_bytes(),
-            stdout,
-            stderr,
-        }
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+    fn finish(self) -> Finished {
+        self.run.finish(HANG_LIMIT)
     }
 }
 
