@@ -83,24 +83,7 @@ measure_host() { # LABEL PID CONNS THREADS FILE
     "$([ "$pid" = - ] && echo - || echo "bench_ticks $pid")" "$target" "$script"
 }
 
-# The sandboxed rows: one `tollgate run` per cell. The sandbox cannot see the supervisor's
-# /proc entry (hidepid), so the script inside marks the measured window with files in its
-# shared output directory and the supervisor's CPU ticks are read out here around it.
-mkdir -p "$WORK/out"; chmod 777 "$WORK/out"
-cat >"$WORK/inside.sh" <<'SH'
-#!/bin/sh
-# Runs inside `tollgate run`: $HTTP_PROXY is the proxy listener in this namespace. Marks the
-# measured window for the outside: $OUT/measuring, then $OUT/measured, then waits (at most
-# 10 s) for $OUT/read, written once the supervisor's ticks were taken.
-set -eu
-"$WRK" -t"$THREADS" -c"$CONNS" -d1s -s "$WORK/upstream-$FILE.lua" "$HTTP_PROXY" >/dev/null
-: >"$OUT/measuring"
-"$WRK" -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$WORK/upstream-$FILE.lua" "$HTTP_PROXY" \
-  >"$OUT/wrk.out"
-: >"$OUT/measured"
-i=0; while [ ! -e "$OUT/read" ] && [ $i -lt 1000 ]; do sleep 0.01; i=$((i + 1)); done
-SH
-chmod 755 "$WORK/inside.sh"
+bench_inside_script
 cat >"$WORK/policy.yaml" <<YAML
 version: 1
 team: bench
@@ -117,8 +100,6 @@ limits:
   max_response_bytes: 16MiB
   max_connections: 1024
 YAML
-# wait_for FILE PID — until FILE exists or PID has exited.
-wait_for() { while [ ! -e "$1" ] && kill -0 "$2" 2>/dev/null; do sleep 0.01; done; }
 
 measure_sandbox() { # LABEL LOG-LEVEL CONNS THREADS FILE
   local label=$1 level=$2 conns=$3 threads=$4 file=$5 dir="$WORK/out/$1-$5-$3"
@@ -133,8 +114,8 @@ measure_sandbox() { # LABEL LOG-LEVEL CONNS THREADS FILE
     --env "FILE=$file" --env "CONNS=$conns" --env "THREADS=$threads" \
     -- /bin/sh "$WORK/inside.sh" 2>"$dir/stderr" &
   supervisor=$!
-  wait_for "$dir/measuring" "$supervisor"; before=$(bench_ticks "$supervisor" || echo 0)
-  wait_for "$dir/measured" "$supervisor"; after=$(bench_ticks "$supervisor" || echo 0)
+  bench_wait_for "$dir/measuring" "$supervisor"; before=$(bench_ticks "$supervisor" || echo 0)
+  bench_wait_for "$dir/measured" "$supervisor"; after=$(bench_ticks "$supervisor" || echo 0)
   : >"$dir/read"
   wait "$supervisor" || { echo "tollgate run failed:" >&2; tail -5 "$dir/stderr" >&2; exit 1; }
   rm -f "$WORK-private/audit.jsonl" "$dir/stderr"

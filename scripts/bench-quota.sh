@@ -164,27 +164,8 @@ for path in "${paths[@]}"; do
 done
 bench_wrk_lua upstream-small upstream.test small >/dev/null
 
-# ---- what runs inside `tollgate run` (bench-proxy-sandbox.sh's): the sandbox cannot see the
-# supervisor's /proc entry (hidepid), so it marks the measured window with files in its
-# output directory and the CPU ticks are read out here around it.
-mkdir -p "$WORK/out"; chmod 777 "$WORK/out"
-cat >"$WORK/inside.sh" <<'SH'
-#!/bin/sh
-# Runs inside `tollgate run`: $HTTP_PROXY is the proxy listener in this namespace. Marks the
-# measured window for the outside: $OUT/measuring, then $OUT/measured, then waits (at most
-# 10 s) for $OUT/read, written once the ticks were taken.
-set -eu
-"$WRK" -t"$THREADS" -c"$CONNS" -d1s -s "$WORK/upstream-small.lua" "$HTTP_PROXY" >/dev/null
-: >"$OUT/measuring"
-"$WRK" -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$WORK/upstream-small.lua" "$HTTP_PROXY" \
-  >"$OUT/wrk.out"
-: >"$OUT/measured"
-i=0; while [ ! -e "$OUT/read" ] && [ $i -lt 1000 ]; do sleep 0.01; i=$((i + 1)); done
-SH
-chmod 755 "$WORK/inside.sh"
+bench_inside_script
 
-# wait_for FILE PID — until FILE exists or PID has exited.
-wait_for() { while [ ! -e "$1" ] && kill -0 "$2" 2>/dev/null; do sleep 0.01; done; }
 
 CELL=0
 # measure PATH CONNS THREADS — one cell: one `tollgate run` of inside.sh on PATH's
@@ -200,14 +181,14 @@ measure() {
   "$TOLLGATE" run --policy "$WORK/$policy.yaml" "${store[@]}" --audit "$PRIVATE/audit.jsonl" \
     --summary "$PRIVATE/summary.json" --share "$WORK" \
     --env "WRK=$WRK" --env "WORK=$WORK" --env "OUT=$dir" --env "DURATION=$DURATION" \
-    --env "CONNS=$conns" --env "THREADS=$threads" \
+    --env "FILE=small" --env "CONNS=$conns" --env "THREADS=$threads" \
     -- /bin/sh "$WORK/inside.sh" >"$dir/stdout" 2>"$dir/stderr" &
   supervisor=$!
-  wait_for "$dir/measuring" "$supervisor"
+  bench_wait_for "$dir/measuring" "$supervisor"
   before=$(bench_ticks "$supervisor" 2>/dev/null || echo 0); redis_before=$(bench_ticks "$REDIS_PID")
   switches_before=$(context_switches "$supervisor")
   [ -z "${PERF:-}" ] || profile_start "$supervisor"
-  wait_for "$dir/measured" "$supervisor"
+  bench_wait_for "$dir/measured" "$supervisor"
   after=$(bench_ticks "$supervisor" 2>/dev/null || echo 0); redis_after=$(bench_ticks "$REDIS_PID")
   switches_after=$(context_switches "$supervisor")
   [ -z "${PERF:-}" ] || profile_stop "$path" "$conns"

@@ -192,8 +192,6 @@ SH
 chmod 755 "$WORK/inside.sh"
 
 TICK=$(getconf CLK_TCK)
-# wait_for FILE PID — until FILE exists or PID has exited.
-wait_for() { while [ ! -e "$1" ] && kill -0 "$2" 2>/dev/null; do sleep 0.01; done; }
 
 # record_timings LABEL FILE CONNS TICKS DIR — one RESULTS line from a file of per-operation
 # times in seconds (curl's -w, the lookup loop) and the window's wall clock.
@@ -252,8 +250,8 @@ measure_sandbox() {
     --env "N_DNS=$N_DNS" --env "PATH_=$path" --env "CLIENT=$client" "${settings[@]}" \
     -- /bin/sh "$WORK/inside.sh" >"$dir/stdout" 2>"$dir/stderr" &
   supervisor=$!
-  wait_for "$dir/measuring" "$supervisor"; before=$(bench_ticks "$supervisor" 2>/dev/null || echo 0)
-  wait_for "$dir/measured" "$supervisor"; after=$(bench_ticks "$supervisor" 2>/dev/null || echo 0)
+  bench_wait_for "$dir/measuring" "$supervisor"; before=$(bench_ticks "$supervisor" 2>/dev/null || echo 0)
+  bench_wait_for "$dir/measured" "$supervisor"; after=$(bench_ticks "$supervisor" 2>/dev/null || echo 0)
   : >"$dir/read"
   wait "$supervisor" || {
     # Kept for a look: the cell's output and its audit log (the work directories go).

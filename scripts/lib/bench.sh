@@ -186,6 +186,29 @@ LUA
   echo "$WORK/$1.lua"
 }
 
+# bench_inside_script — writes $WORK/inside.sh, the measured run inside `tollgate run`: wrk
+# through $HTTP_PROXY with $WORK/upstream-$FILE.lua. The sandbox cannot see the supervisor's
+# /proc entry (hidepid), so the script marks the measured window with files in $OUT
+# (measuring, then measured) and the supervisor's CPU ticks are read out here around it; it
+# then waits (at most 10 s) for $OUT/read, written once they were taken.
+bench_inside_script() {
+  mkdir -p "$WORK/out"; chmod 777 "$WORK/out"
+  cat >"$WORK/inside.sh" <<'SH'
+#!/bin/sh
+set -eu
+"$WRK" -t"$THREADS" -c"$CONNS" -d1s -s "$WORK/upstream-$FILE.lua" "$HTTP_PROXY" >/dev/null
+: >"$OUT/measuring"
+"$WRK" -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$WORK/upstream-$FILE.lua" "$HTTP_PROXY" \
+  >"$OUT/wrk.out"
+: >"$OUT/measured"
+i=0; while [ ! -e "$OUT/read" ] && [ $i -lt 1000 ]; do sleep 0.01; i=$((i + 1)); done
+SH
+  chmod 755 "$WORK/inside.sh"
+}
+
+# bench_wait_for FILE PID — until FILE exists or PID has exited.
+bench_wait_for() { while [ ! -e "$1" ] && kill -0 "$2" 2>/dev/null; do sleep 0.01; done; }
+
 # bench_results — sets RESULTS to an empty $WORK/results.tsv and TICK to the clock ticks
 # per second that /proc/<pid>/stat counts CPU time in.
 bench_results() {
