@@ -16,8 +16,8 @@ mod tests;
 mod writer;
 
 pub use record::{
-    now_rfc3339, Bypass, Finding, Kind, Launch, LaunchEvent, Outcome, QuotaRecord, Record,
-    SandboxBuilt, Traffic, Verdict, TOLLGATE_REASONS,
+    now_rfc3339, Bypass, ClosedBy, Finding, Kind, Launch, LaunchEvent, Outcome, Protocol,
+    QuotaRecord, Record, SandboxBuilt, Traffic, Verdict, WebSocketRecord, TOLLGATE_REASONS,
 };
 
 use std::fs::File;

@@ -513,7 +513,9 @@ fn tunnel_activity(decision: Verdict, outcome: Outcome) -> Activity<'static> {
         Outcome::Reset
         | Outcome::TunnelBytesExceeded
         | Outcome::TunnelDurationExceeded
-        | Outcome::QuotaExhausted => RESET,
+        | Outcome::QuotaExhausted
+        | Outcome::ProtocolError
+        | Outcome::MessageTooLarge => RESET,
         Outcome::Refused
         | Outcome::Failed
         | Outcome::Retrying
@@ -522,6 +524,7 @@ fn tunnel_activity(decision: Verdict, outcome: Outcome) -> Activity<'static> {
         | Outcome::Timeout
         | Outcome::UpstreamError
         | Outcome::ClientClosed
+        | Outcome::Cancelled
         | Outcome::NotTls
         | Outcome::SniMismatch
         | Outcome::TlsUnavailable
@@ -635,6 +638,9 @@ fn traffic_unmapped(record: &Record, traffic: &Traffic) -> Value {
         put(&mut unmapped, "transparent", true);
     }
     put(&mut unmapped, "quota", &traffic.quota);
+    put(&mut unmapped, "protocol", &traffic.protocol);
+    put(&mut unmapped, "upstream_protocol", &traffic.upstream_protocol);
+    put(&mut unmapped, "websocket", &traffic.websocket);
     Value::Object(unmapped)
 }
 

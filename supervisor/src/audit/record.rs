@@ -91,6 +91,53 @@ pub enum Outcome {
     NonHttpRefused,
     /// Transparent egress: a synthetic address the resolver never handed out.
     UnmappedAddress,
+    /// The sandbox cancelled the request before its response began: it reset its HTTP/2
+    /// stream, or closed its connection.
+    Cancelled,
+    /// Intercepted tunnel: the sandbox's HTTP/2 broke the protocol or one of its limits
+    /// (rapid reset, a `CONTINUATION` flood, a header list over the limit); the message says
+    /// which. The connection was closed.
+    ProtocolError,
+    /// WebSocket session: a message was larger than the session's message limit; the
+    /// session was closed (1009).
+    MessageTooLarge,
+}
+
+/// The protocol a request was spoken in: by the sandbox to tollgate (`protocol`), or by
+/// tollgate to the upstream (`upstream_protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum Protocol {
+    #[serde(rename = "http/1.1")]
+    Http1,
+    #[serde(rename = "h2")]
+    H2,
+}
+
+/// Who ended a WebSocket session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClosedBy {
+    /// The sandbox's client sent a Close frame or closed its connection.
+    Client,
+    /// The upstream did.
+    Upstream,
+    /// tollgate did: a limit, the idle timeout, or the execution ending (`outcome` says).
+    Tollgate,
+}
+
+/// The `websocket` object of the record of a WebSocket session (docs/audit.md,
+/// "websocket"): its bytes are the record's `bytes_up`/`bytes_down`, its length
+/// `duration_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WebSocketRecord {
+    /// Data messages (text and binary) the sandbox sent.
+    pub messages_up: u64,
+    /// Data messages the upstream sent.
+    pub messages_down: u64,
+    /// The close code of the first Close frame (RFC 6455 §7.4); `null` when the session
+    /// ended without one.
+    pub close_code: Option<u16>,
+    pub closed_by: ClosedBy,
 }
 
 /// Something an operator should look at, beyond the verdict.
@@ -380,6 +427,16 @@ pub struct Traffic {
     /// A team quota refused this attempt (or cut its bytes): which, and what remained.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quota: Option<QuotaRecord>,
+    /// `http`: what the sandbox spoke to tollgate (`http/1.1`, `h2`); `connect` (an
+    /// intercepted tunnel): what it spoke inside, once the handshake chose.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Protocol>,
+    /// `http`: what tollgate spoke to the upstream on the attempt this record is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_protocol: Option<Protocol>,
+    /// A WebSocket session (the upgrade was allowed and the upstream switched protocols).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub websocket: Option<WebSocketRecord>,
 }
 
 /// The `quota` object of a record a team quota refused or cut (docs/audit.md, "quota").
@@ -444,6 +501,9 @@ impl Traffic {
             tls_alert: None,
             transparent: false,
             quota: None,
+            protocol: None,
+            upstream_protocol: None,
+            websocket: None,
         }
     }
 

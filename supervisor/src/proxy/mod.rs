@@ -64,6 +64,7 @@ mod pipeline;
 mod relay;
 mod repeats;
 mod resolve;
+mod response;
 mod stats;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -71,6 +72,7 @@ mod tls;
 pub mod transparent;
 mod tunnel;
 mod upstream;
+mod websocket;
 
 pub use builder::{Proxy, ProxyBuilder, Settings};
 pub use credentials::bot_auth::{thumbprint, BotSigner};

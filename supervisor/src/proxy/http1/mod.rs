@@ -45,6 +45,9 @@ where
     );
     let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
         request.extensions_mut().insert(delivery.clone());
+        // For work that outlives the response (a WebSocket session): the guard, the
+        // shutdown signal and the connection's slot.
+        request.extensions_mut().insert(context.clone());
         let context = context.clone();
         let ambiguous = context.framing.next() == Some(true);
         let answer = route(context, request, ambiguous);

@@ -6,7 +6,7 @@
 
 use super::transport::{DialError, DialTarget, Upstream};
 use super::{exchange, pool, retry};
-use crate::audit::{Outcome, QuotaRecord, Traffic};
+use crate::audit::{Outcome, Protocol, QuotaRecord, Traffic};
 use crate::proxy::errors::{ErrorCode, ProxyError};
 use crate::proxy::finish::{finish, millis};
 use crate::proxy::tls::HandshakeError;
@@ -38,6 +38,10 @@ pub(crate) struct Outgoing {
     pub timeout: Duration,
     /// The response may echo a secret: buffer it and redact.
     pub redact: bool,
+    /// An allowed WebSocket handshake: dialed afresh (never pooled), HTTP/1.1 whatever the
+    /// upstream offers, on a connection that can switch protocols on a `101`
+    /// (`hyper::upgrade::on(response)` then yields the upstream's side of the session).
+    pub upgrade: bool,
 }
 
 /// The final attempt's response, to be relayed.
@@ -50,6 +54,8 @@ pub(crate) struct Sent {
     pub deadline: Deadline,
     /// The team's byte budgets the response must stay within (`None`: no `bytes_per_day`).
     pub meter: Option<ByteMeter>,
+    /// What tollgate spoke to the upstream on this attempt.
+    pub protocol: Protocol,
 }
 
 /// Why an attempt produced no response.
@@ -196,6 +202,7 @@ pub(crate) async fn attempts(
                         started,
                         deadline,
                         meter: admission.meter,
+                        protocol: Protocol::Http1,
                     });
                 }
                 retried.address = Some(peer.to_string());
