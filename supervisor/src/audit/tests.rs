@@ -74,7 +74,7 @@ fn launches() -> [Record; 5] {
 }
 
 /// Every outcome, with the record type it is written on.
-const OUTCOMES: [(Outcome, Kind); 26] = [
+const OUTCOMES: [(Outcome, Kind); 35] = [
     (Outcome::Refused, Kind::Http),
     (Outcome::Failed, Kind::Http),
     (Outcome::Retrying, Kind::Http),
@@ -101,6 +101,15 @@ const OUTCOMES: [(Outcome, Kind); 26] = [
     (Outcome::NonHttpRefused, Kind::Connect),
     (Outcome::UnmappedAddress, Kind::Connect),
     (Outcome::QuotaExhausted, Kind::Connect),
+    (Outcome::Cancelled, Kind::Http),
+    (Outcome::ProtocolError, Kind::Connect),
+    (Outcome::MessageTooLarge, Kind::Http),
+    (Outcome::Closed, Kind::Http),
+    (Outcome::IdleTimeout, Kind::Http),
+    (Outcome::TunnelDurationExceeded, Kind::Http),
+    (Outcome::TunnelBytesExceeded, Kind::Http),
+    (Outcome::Reset, Kind::Http),
+    (Outcome::Shutdown, Kind::Http),
 ];
 
 /// Fails to compile when an outcome is added, until it is listed above and in the schema.
@@ -128,7 +137,10 @@ fn listed(outcome: Outcome) -> bool {
         | Outcome::CertificateError
         | Outcome::NonHttpRefused
         | Outcome::UnmappedAddress
-        | Outcome::QuotaExhausted => true,
+        | Outcome::QuotaExhausted
+        | Outcome::Cancelled
+        | Outcome::ProtocolError
+        | Outcome::MessageTooLarge => true,
     }
 }
 
@@ -627,7 +639,7 @@ fn the_schema_refuses_what_the_documentation_does_not_have() {
             (
                 "a tunnel's outcome on a request".to_owned(),
                 changed(&http, &|r| {
-                    r.insert("outcome".into(), json!("idle_timeout"));
+                    r.insert("outcome".into(), json!("not_tls"));
                 }),
             ),
             (
