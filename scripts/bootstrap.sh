@@ -25,6 +25,8 @@ APT_PACKAGES=(
   runc            # podman's runtime here: crun refuses hybrid cgroup hosts ("cgroups in hybrid mode not supported")
   redis-server    # the shared quota store (#13): the quota tests start their own on free loopback ports
   redis-tools     # redis-cli: the quota tests read and reset the store's keys
+  python3-venv    # the test venv below (HTTP/2, gRPC and WebSocket clients from PyPI)
+  nghttp2-client  # h2load: the HTTP/2 benchmark (scripts/bench-h2.sh)
 )
 
 log() { printf 'bootstrap: %s\n' "$*" >&2; }
@@ -73,5 +75,18 @@ fi
 if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
   log "installing bpf-linker $BPF_LINKER_VERSION (about 2 minutes)"
   cargo install "bpf-linker@$BPF_LINKER_VERSION" --locked --quiet
+fi
+# The test venv: HTTP/2, gRPC and WebSocket clients and servers from PyPI, pinned in
+# scripts/lib/test-venv-requirements.txt. Under /usr, which every sandbox can read; rebuilt
+# only when the pins change (the copy of the pins inside it says which it was built from).
+VENV=/usr/local/lib/tollgate-tests/venv
+PINS="$(dirname "$0")/lib/test-venv-requirements.txt"
+if ! cmp -s "$PINS" "$VENV/requirements.txt" 2>/dev/null; then
+  log "building the test venv at $VENV (HTTP/2, gRPC, WebSocket clients from PyPI)"
+  rm -rf "$VENV"
+  /usr/bin/python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-input -r "$PINS"
+  cp "$PINS" "$VENV/requirements.txt"
+  chmod -R a+rX "$VENV"
 fi
 log "ready"

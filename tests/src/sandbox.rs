@@ -22,6 +22,11 @@ use crate::{netns, tollgate_path, Scratch};
 /// Debian's interpreter: root's `python3` on PATH is a pyenv shim the sandbox user cannot run.
 pub const PYTHON: &str = "/usr/bin/python3";
 
+/// The test venv's interpreter (`scripts/bootstrap.sh` builds it from PyPI with pinned
+/// versions: `httpx[http2]`, `h2`, `grpcio`, `websockets`, `hypercorn`). It lives under
+/// `/usr`, which every sandbox can read, so sandboxed clients and test upstreams both use it.
+pub const VENV_PYTHON: &str = "/usr/local/lib/tollgate-tests/venv/bin/python3";
+
 /// Longest any single `tollgate run` in these suites may take before the harness kills it
 /// and fails the test: a guard against hangs, not a performance assertion.
 pub const HANG_LIMIT: Duration = Duration::from_secs(60);

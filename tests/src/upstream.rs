@@ -89,6 +89,17 @@ impl UpstreamHost {
     /// `/usr/bin/python3 -c` with the arguments `args(address, request_log)` returns, must
     /// bind the address, log each request as a JSON line to the log, and print `ready`.
     pub fn start_server(script: &str, args: impl FnOnce(Ipv4Addr, &Path) -> Vec<OsString>) -> Self {
+        Self::start_server_with(PYTHON, script, args)
+    }
+
+    /// Like [`UpstreamHost::start_server`] under another interpreter: `python` is
+    /// [`crate::sandbox::VENV_PYTHON`] for servers built on the test venv's packages (an
+    /// HTTP/2 server, gRPC, WebSocket).
+    pub fn start_server_with(
+        python: &str,
+        script: &str,
+        args: impl FnOnce(Ipv4Addr, &Path) -> Vec<OsString>,
+    ) -> Self {
         let (slot, lock) = take_slot();
         let base = u32::from(Ipv4Addr::new(10, 201, 0, 0)) + slot * 4;
         let scratch = Scratch::new(&format!("upstream{slot}"));
@@ -104,7 +115,7 @@ impl UpstreamHost {
             _lock: lock,
         };
         let args = args(host.addr, &host.log);
-        host.build(script, args);
+        host.build(python, script, args);
         host
     }
 
@@ -138,7 +149,7 @@ impl UpstreamHost {
             .is_some_and(|s| matches!(s.try_wait(), Ok(None)))
     }
 
-    fn build(&mut self, script: &str, args: Vec<OsString>) {
+    fn build(&mut self, python: &str, script: &str, args: Vec<OsString>) {
         let peer = format!("tgp{}", self.slot);
         // A veth left by a test process that was killed while it held this slot.
         let _ = Command::new("/usr/sbin/ip")
@@ -147,7 +158,7 @@ impl UpstreamHost {
             .status();
         let stderr = File::create(self._scratch.dir.join("server.stderr")).expect("server log");
         let mut server = Command::new("/usr/bin/unshare")
-            .args(["--net", "--", PYTHON, "-c", script])
+            .args(["--net", "--", python, "-c", script])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
