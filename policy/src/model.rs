@@ -93,6 +93,9 @@ pub struct AllowEntry {
     /// `allow_path_parameters`, `allow_encoded_percent`, `allow_trailing_dot`); all refused
     /// by default. Short-form entries allow none.
     pub allowed_hazards: PathHazards,
+    /// WebSocket upgrades are allowed (`websocket: true`, long form only; never with
+    /// `tls: passthrough`).
+    pub websocket: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -258,11 +261,13 @@ pub struct Limits {
     pub cpu: Option<crate::units::Cores>,
     /// Processes and threads at once (`limits.processes`).
     pub processes: u64,
-    /// Bytes up plus down of one `tls: passthrough` tunnel (`limits.max_tunnel_bytes`,
-    /// default 1 GiB); past it the tunnel is cut.
+    /// Bytes up plus down of one `tls: passthrough` tunnel, or the message data of one
+    /// WebSocket session (`limits.max_tunnel_bytes`, default 1 GiB); past it the tunnel is
+    /// cut, the session closed.
     pub max_tunnel_bytes: u64,
-    /// Lifetime of one `tls: passthrough` tunnel (`limits.max_tunnel_duration`, default
-    /// 10 minutes); past it the tunnel is cut.
+    /// Lifetime of one `tls: passthrough` tunnel or WebSocket session
+    /// (`limits.max_tunnel_duration`, default 10 minutes); past it the tunnel is cut, the
+    /// session closed.
     pub max_tunnel_duration: Duration,
     /// Refused requests per execution (`limits.max_denied`, default 100, at least 1); past
     /// it every request gets `429 denial_limit`.

@@ -134,6 +134,12 @@ pub struct AllowEntrySection {
     /// the dot. Default false.
     #[serde(default)]
     pub allow_trailing_dot: bool,
+    /// Allow WebSocket upgrades (`Upgrade: websocket`) to this entry: the handshake is
+    /// decided, counted and credentialed like any request, then its messages are relayed
+    /// under the tunnel limits. Default false; refused with `tls: passthrough`, whose tunnel
+    /// already carries anything.
+    #[serde(default)]
+    pub websocket: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -233,12 +239,13 @@ pub struct LimitsSection {
     #[serde(default = "default_processes")]
     #[schemars(range(min = 2))]
     pub processes: u64,
-    /// Bytes up and down of one `tls: passthrough` tunnel; past it the tunnel is cut.
+    /// Bytes up and down of one `tls: passthrough` tunnel, or the data of one WebSocket
+    /// session (its messages both ways); past it the tunnel is cut, the session closed.
     /// Default 1GiB, at least 1 byte.
     #[serde(default = "default_max_tunnel_bytes")]
     pub max_tunnel_bytes: ByteSize,
-    /// Lifetime of one `tls: passthrough` tunnel; past it the tunnel is cut. Default 10m,
-    /// at least 1s.
+    /// Lifetime of one `tls: passthrough` tunnel or WebSocket session; past it the tunnel is
+    /// cut, the session closed. Default 10m, at least 1s.
     #[serde(default = "default_max_tunnel_duration")]
     pub max_tunnel_duration: Span,
     /// Requests refused per execution (by the policy, the address checks, invalid requests,

@@ -189,6 +189,7 @@ fn validate_entry(index: usize, item: &AllowItem, problems: &mut Problems) -> Op
                 tls: TlsMode::Intercept,
                 allowed_ips: vec![],
                 allowed_hazards: PathHazards::default(),
+                websocket: false,
             }),
             Err(error) => {
                 problems.add(&rule, format!("invalid allow entry: {error}"));
@@ -235,6 +236,12 @@ fn validate_entry(index: usize, item: &AllowItem, problems: &mut Problems) -> Op
                     "`access` limits methods, which a `tls: passthrough` entry cannot see: use `tls: intercept` or remove `access`",
                 );
             }
+            if entry.tls == TlsMode::Passthrough && entry.websocket {
+                problems.add(
+                    format!("{rule}.websocket"),
+                    "a `tls: passthrough` tunnel already carries anything, WebSocket included, byte for byte: remove `websocket: true`, or use `tls: intercept` to have each WebSocket handshake decided and its messages relayed",
+                );
+            }
             for (i, net) in entry.allowed_ips.iter().enumerate() {
                 if let Some(range) = ip::overlaps_always_blocked(net) {
                     problems.add(
@@ -261,6 +268,7 @@ fn validate_entry(index: usize, item: &AllowItem, problems: &mut Problems) -> Op
                     encoded_percent: entry.allow_encoded_percent,
                     trailing_dot: entry.allow_trailing_dot,
                 },
+                websocket: entry.websocket,
             })
         }
     }

@@ -449,3 +449,25 @@ fn the_shipped_examples_name_only_their_teams_secrets() {
         }
     }
 }
+
+#[test]
+fn websocket_is_opt_in_and_refused_on_passthrough_entries() {
+    let yaml = format!(
+        "{HEAD}network:\n  allow:\n    - host: api.example.com\n      tls: passthrough\n      websocket: true\n"
+    );
+    let rendered = assert_error_at(&yaml, 7, "already carries anything");
+    assert!(rendered.contains("team.yaml:7:"), "{rendered}");
+    assert!(rendered.contains("tls: intercept"), "{rendered}");
+
+    let yaml = format!(
+        "{HEAD}network:\n  allow:\n    - host: ws.example.com\n      websocket: true\n    - host: api.example.com\n    - https://short.example.com\n"
+    );
+    let policy = Policy::from_yaml("team.yaml", &yaml).expect("loads");
+    let flags: Vec<bool> = (0..3).map(|i| policy.entry(i).unwrap().websocket).collect();
+    assert_eq!(flags, [true, false, false], "only the entry that opts in");
+
+    let yaml = format!(
+        "{HEAD}network:\n  allow:\n    - host: ws.example.com\n      websocket: yes please\n"
+    );
+    assert_error_at(&yaml, 6, "websocket");
+}
