@@ -353,7 +353,7 @@ fn word(value: &impl Serialize) -> String {
 /// [`tollgate_policy::Reason`]s and the error codes (a refusal with no more specific word has
 /// its code); docs/audit.md, "reason", and the schema's `$defs.reason` list them. A test
 /// finds every `with_reason("…")` here; the node service's metrics label by them.
-pub const TOLLGATE_REASONS: [&str; 14] = [
+pub const TOLLGATE_REASONS: [&str; 17] = [
     "max_requests",
     "non_http",
     "unmapped_address",
@@ -368,6 +368,9 @@ pub const TOLLGATE_REASONS: [&str; 14] = [
     "credential_scope_denied",
     "placeholder_outside_scope",
     "placeholder_repeated",
+    "websocket_not_enabled",
+    "h2c_unsupported",
+    "cancelled",
 ];
 
 /// The fields of an `http` or `connect` record, filled in as the request goes.

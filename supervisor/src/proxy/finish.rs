@@ -27,8 +27,10 @@ pub(crate) fn finish(shared: &Shared, mut traffic: Traffic, started: Instant) {
         let line = log_line(&traffic, shared.policy.retry.attempts);
         shared.log.log(Key::of_traffic(&traffic), level, line);
     }
-    // Every refusal the sandbox caused is `deny`; an upstream failure stays `allow`.
-    let refused = (traffic.decision == Verdict::Deny).then(|| shared.stats.refused(&traffic));
+    // Every refusal the sandbox caused is `deny`; an upstream failure stays `allow`. A
+    // request cancelled before its decision is `deny` too, but nothing was refused.
+    let refused = (traffic.decision == Verdict::Deny && traffic.outcome != Outcome::Cancelled)
+        .then(|| shared.stats.refused(&traffic));
     if traffic.outcome != Outcome::Retrying && traffic.address.is_some() {
         shared.stats.bytes(traffic.bytes_up, traffic.bytes_down);
     }

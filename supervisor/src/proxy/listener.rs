@@ -1,14 +1,17 @@
 //! Accepting the sandbox's connections: the concurrent-connection cap, one HTTP/1.1 server
 //! ([`super::http1`]) per connection routing CONNECT to [`super::tunnel`] and the rest to
-//! [`super::forward`], the transparent listener's connections to [`super::transparent`]
+//! [`super::forward`] (HTTP/2 in clear text refused, [`super::http2::h2c`]), the transparent listener's connections to [`super::transparent`]
 //! (under the same cap), and an orderly shutdown that waits briefly for in-flight work.
 
 use super::body::ProxyBody;
 use super::errors::{raw_response, ErrorCode};
 use super::http1::serve_http;
+use super::http2::h2c;
 use super::stats::ProxyStats;
 use super::transparent::{self, NameOf, TransparentListener};
+use super::tunnel::intercept::Prefixed;
 use super::{forward, tunnel, ConnContext, Shared};
+use crate::audit::{Kind, Outcome, Traffic};
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use std::io;
@@ -171,9 +174,51 @@ async fn accept_loop(
     let _ = tokio::time::timeout(grace, all_done.recv()).await;
 }
 
-async fn serve_connection(context: ConnContext, stream: TcpStream) {
+async fn serve_connection(context: ConnContext, mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    serve_http(context, stream, route).await;
+    // Only a connection that starts as the h2c preface does (`P`) is read before hyper
+    // takes it; the rest reach the HTTP/1.1 server untouched.
+    let timeout = context.shared.settings.header_read_timeout;
+    let mut first = [0u8; 1];
+    let mut stop = context.shutdown.clone();
+    let peeked = tokio::select! {
+        peeked = tokio::time::timeout(timeout, stream.peek(&mut first)) => peeked,
+        _ = super::stopped(&mut stop) => return,
+    };
+    match peeked {
+        // Silent or gone: what hyper's header read timeout would have done.
+        Err(_) | Ok(Err(_)) | Ok(Ok(0)) => {}
+        Ok(Ok(_)) if h2c::may_be_preface(&first) => {
+            let started = std::time::Instant::now();
+            let (preface, read) = h2c::read_preface(&mut stream, &[], timeout).await;
+            if preface {
+                return refuse_h2c(&context, stream, started).await;
+            }
+            serve_http(context, Prefixed::new(read, stream), route).await;
+        }
+        Ok(Ok(_)) => serve_http(context, stream, route).await,
+    }
+}
+
+/// HTTP/2 in clear text on the proxy port: an HTTP/2 GOAWAY saying what to do, its record
+/// (an `http` record: no target was read), then close.
+async fn refuse_h2c(context: &ConnContext, mut stream: TcpStream, started: std::time::Instant) {
+    let error = h2c::unsupported(
+        "tollgate's proxy port speaks HTTP/1.1: send https:// URLs through CONNECT (HTTP/2 is \
+         offered by ALPN inside the tunnel's TLS) and http:// URLs in HTTP/1.1, not HTTP/2 in \
+         clear text (h2c, prior knowledge)"
+            .to_owned(),
+    );
+    let record = Traffic::new(Kind::Http, "PRI");
+    h2c::refuse_recorded(
+        &context.shared,
+        &mut stream,
+        record,
+        error,
+        Outcome::Refused,
+        started,
+    )
+    .await;
 }
 
 /// A request on the sandbox's connection to the proxy: CONNECT or absolute form.

@@ -58,6 +58,7 @@ mod gate;
 mod headers;
 pub mod hooks;
 mod http1;
+mod http2;
 mod limits;
 mod listener;
 mod pipeline;

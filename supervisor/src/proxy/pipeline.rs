@@ -11,14 +11,16 @@
 
 use super::body::ProxyBody;
 use super::errors::{ErrorCode, ProxyError};
-use super::finish::refuse;
+use super::finish::{finish, refuse};
 use super::hooks::{HookRequest, HookVerdict};
 use super::http1::Delivery;
 use super::upstream::{self, Outgoing};
 use super::{credentials, gate, headers, limits, response, websocket, Shared, Via};
-use crate::audit::{Kind, Traffic, Verdict};
+use crate::audit::{Kind, Outcome, Protocol, Traffic, Verdict};
 use http::request::Parts;
-use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri};
+use http::{
+    header, HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri, Version,
+};
 use hyper::body::Incoming;
 use std::sync::Arc;
 use std::time::Instant;
@@ -42,18 +44,20 @@ pub(crate) async fn handle(
     let started = Instant::now();
     let mut record = Traffic::new(Kind::Http, parts.method.as_str());
     record.transparent = via == Via::Transparent;
+    record.protocol = Some(match parts.version {
+        Version::HTTP_2 => Protocol::H2,
+        _ => Protocol::Http1,
+    });
+    // Written as `cancelled` if this future is dropped before it answers (the client reset
+    // its stream or closed its connection); disarmed once the answer or its record exists.
+    let mut pending = Unanswered {
+        shared: shared.clone(),
+        record: Some(record),
+        started,
+    };
+    let record = pending.record.as_mut().expect("armed");
     let result = match url {
-        Ok(url) => {
-            steps(
-                &shared,
-                url,
-                parts,
-                &mut body,
-                ambiguous_framing,
-                &mut record,
-            )
-            .await
-        }
+        Ok(url) => steps(&shared, url, parts, &mut body, ambiguous_framing, record).await,
         Err(error) => {
             // Refused before normalisation, but its scheme and authority still say where
             // the request was headed.
@@ -64,12 +68,48 @@ pub(crate) async fn handle(
                 .unwrap_or(error))
         }
     };
+    let record = pending.disarm();
     match result {
         Ok(response) => response,
         Err(error) => {
             let refusal = refuse(&shared, record, &error, started);
             once_readable(&shared, &mut body, refusal).await
         }
+    }
+}
+
+/// A request's record while its answer is being made: if the request's future is dropped
+/// first, the record is written `cancelled` so no request goes unrecorded.
+struct Unanswered {
+    shared: Arc<Shared>,
+    /// `None` once disarmed.
+    record: Option<Traffic>,
+    started: Instant,
+}
+
+impl Unanswered {
+    /// The answer exists: the record is the caller's (a relayed body or a refusal writes it).
+    fn disarm(&mut self) -> Traffic {
+        self.record
+            .take()
+            .unwrap_or_else(|| Traffic::new(Kind::Http, ""))
+    }
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        let Some(mut record) = self.record.take() else {
+            return;
+        };
+        record.outcome = Outcome::Cancelled;
+        record.status = None;
+        if record.reason.is_empty() {
+            // Dropped before the decision: nothing was decided, nothing refused.
+            record.reason = "cancelled".to_owned();
+            record.message =
+                Some("the client cancelled the request before it was decided".to_owned());
+        }
+        finish(&self.shared, record, self.started);
     }
 }
 

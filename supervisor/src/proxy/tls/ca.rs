@@ -137,7 +137,7 @@ impl ExecutionCa {
     }
 
     /// The TLS server configuration presenting a certificate for `host`, minted on first use
-    /// and cached for the execution. ALPN offers `http/1.1` only.
+    /// and cached for the execution. ALPN offers `h2` and `http/1.1`.
     pub fn server_config(&self, host: &UrlHost) -> Result<Arc<ServerConfig>, CaError> {
         if let Some(found) = self.lock().get(host) {
             return Ok(found.clone());
@@ -167,7 +167,10 @@ impl ExecutionCa {
             .map_err(|e| failed(e.to_string()))?
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(SingleCertAndKey::from(certified)));
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // HTTP/2 first, as browsers and gRPC ask for it; a client that offers neither (or
+        // no ALPN at all) gets HTTP/1.1, as it did before HTTP/2 was served (`intercept`
+        // dispatches on what was negotiated).
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         self.minted.fetch_add(1, Ordering::Relaxed);
         Ok(config)
     }

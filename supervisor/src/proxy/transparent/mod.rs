@@ -15,7 +15,10 @@
 //!   request inside through the pipeline, or passed through;
 //! - an HTTP/1 request line: an HTTP/1.1 server whose requests are bound to
 //!   `http://name:port` (a `Host` naming anything else is refused, as for intercepted
-//!   tunnels) and go through the pipeline;
+//!   tunnels) and go through the pipeline; HTTP/2's clear-text preface (h2c) is refused with
+//!   an HTTP/2 `GOAWAY` (`h2c_unsupported`);
+//! - a TLS handshake is served as an intercepted tunnel's is, in HTTP/2 when its client
+//!   picks `h2` by ALPN;
 //! - anything else, or nothing within the header read timeout: closed, `non_http_refused`.
 //!
 //! Every record of this traffic says `"transparent": true`.
@@ -27,6 +30,7 @@ use crate::audit::{Kind, Outcome, Traffic, Verdict};
 use crate::proxy::errors::{ErrorCode, ProxyError};
 use crate::proxy::finish::{finish, refuse};
 use crate::proxy::http1::serve_http;
+use crate::proxy::http2::h2c;
 use crate::proxy::tunnel::intercept::{self, Prefixed};
 use crate::proxy::tunnel::{self, Opened};
 use crate::proxy::{ConnContext, Via};
@@ -88,6 +92,22 @@ pub(crate) async fn serve(conn: ConnContext, mut stream: TcpStream, names: NameO
         Sniffed::Tls(prefix) => {
             let client = Prefixed::new(prefix, stream);
             tls(conn, client, &name, original.port(), record, started).await;
+        }
+        Sniffed::Http(prefix) if h2c::may_be_preface(&prefix) => {
+            let timeout = settings.header_read_timeout;
+            let (preface, read) = h2c::read_preface(&mut stream, &prefix, timeout).await;
+            if preface {
+                let error = h2c::unsupported(format!(
+                    "{name}:{} is served in HTTP/1.1, not HTTP/2 in clear text (h2c, prior \
+                     knowledge); send HTTP/1.1, or https:// where HTTP/2 is offered by ALPN",
+                    original.port()
+                ));
+                let shared = conn.shared.clone();
+                let outcome = Outcome::Refused;
+                h2c::refuse_recorded(&shared, &mut stream, record, error, outcome, started).await;
+                return;
+            }
+            http(conn, Prefixed::new(read, stream), &name, original.port()).await;
         }
         Sniffed::Http(prefix) => {
             let client = Prefixed::new(prefix, stream);

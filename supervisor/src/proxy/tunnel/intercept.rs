@@ -3,16 +3,20 @@
 //! `https://` request to the tunnel's origin.
 //!
 //! accept the tunnel → first byte must start a TLS handshake (anything else gets a plain
-//! 400 and the tunnel closes: there is no silent raw tunnel) → ClientHello: the SNI, when
-//! sent, must name the CONNECT host → handshake (ALPN `http/1.1`) → the HTTP/1.1 server of
-//! `listener` on the decrypted stream, its requests in origin form and bound to the
-//! tunnel's origin → the tunnel's audit record when it closes.
+//! 400 and the tunnel closes: there is no silent raw tunnel; HTTP/2's clear-text preface
+//! gets an HTTP/2 `GOAWAY` saying so) → ClientHello: the SNI, when sent, must name the
+//! CONNECT host → handshake (ALPN `h2` or `http/1.1`) → on the decrypted stream, the
+//! HTTP/2 server (`http2`) when the client picked `h2`, else the HTTP/1.1 server (`http1`),
+//! each request (or stream) bound to the tunnel's origin → the tunnel's audit record when
+//! it closes, saying which protocol was spoken inside and, when the client's HTTP/2 broke
+//! the protocol or a limit, why tollgate closed it (`protocol_error`).
 
-use crate::audit::{Outcome, Traffic, Verdict};
+use crate::audit::{Outcome, Protocol, Traffic, Verdict};
 use crate::proxy::body::ProxyBody;
 use crate::proxy::errors::{raw_response, ErrorCode, ProxyError};
 use crate::proxy::finish::finish;
 use crate::proxy::http1::serve_http;
+use crate::proxy::http2::{h2c, serve_h2};
 use crate::proxy::{pipeline, ConnContext, Shared, Via};
 use bytes::Bytes;
 use http::{Method, Request, Response};
@@ -62,20 +66,29 @@ pub(crate) async fn serve_stream<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let shared = conn.shared.clone();
-    record.outcome = match terminate(&conn, client, &origin, via).await {
+    record.outcome = match terminate(&conn, client, &origin, via, &mut record.protocol).await {
         Ok(()) => Outcome::Closed,
+        Err(Ended::ProtocolError(message)) => {
+            record.message = Some(message);
+            Outcome::ProtocolError
+        }
         Err(Ended::Quiet(outcome)) => outcome,
         Err(Ended::HandshakeFailed { alert, message }) => {
             record.tls_alert = alert;
             record.message = Some(message);
             Outcome::TlsHandshakeFailed
         }
-        Err(Ended::Refused(error, outcome)) => {
+        Err(Ended::Refused {
+            error,
+            outcome,
+            answered,
+        }) => {
             record.decision = Verdict::Deny;
             record.reason = error.reason.clone();
             record.error = Some(error.code.as_str());
             record.message = Some(error.message.clone());
-            record.status = Some(error.code.status().as_u16());
+            // Answered with an HTTP status, or (h2c) with an HTTP/2 GOAWAY.
+            record.status = answered.then(|| error.code.status().as_u16());
             outcome
         }
     };
@@ -92,8 +105,25 @@ enum Ended {
         alert: Option<String>,
         message: String,
     },
-    /// Refused; the tunnel's record says why.
-    Refused(ProxyError, Outcome),
+    /// Refused; the tunnel's record says why. `answered`: with an HTTP response (not an
+    /// HTTP/2 `GOAWAY`).
+    Refused {
+        error: ProxyError,
+        outcome: Outcome,
+        answered: bool,
+    },
+    /// The client's HTTP/2 broke the protocol or a limit; the sentence says which.
+    ProtocolError(String),
+}
+
+impl Ended {
+    fn refused(error: ProxyError, outcome: Outcome) -> Ended {
+        Ended::Refused {
+            error,
+            outcome,
+            answered: true,
+        }
+    }
 }
 
 async fn terminate<S>(
@@ -101,6 +131,7 @@ async fn terminate<S>(
     mut client: S,
     origin: &NormalizedUrl,
     via: Via,
+    protocol: &mut Option<Protocol>,
 ) -> Result<(), Ended>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -121,22 +152,27 @@ where
         Ok(Err(_)) | Ok(Ok(0)) => return Err(Ended::Quiet(Outcome::Closed)),
         Ok(Ok(_)) => {}
     }
-    if first[0] != TLS_HANDSHAKE {
-        let error = ProxyError::new(
-            ErrorCode::InvalidRequest,
-            format!(
-                "{} is intercepted (tls: intercept), so only TLS may be sent through its tunnel; send plain HTTP as http:// requests to the proxy, or ask for `tls: passthrough` for other protocols",
+    if h2c::may_be_preface(&first) {
+        let timeout = settings.header_read_timeout;
+        let (preface, _) = h2c::read_preface(&mut client, &first, timeout).await;
+        if preface {
+            let error = h2c::unsupported(format!(
+                "{} is intercepted (tls: intercept), so only TLS may be sent through its tunnel, \
+                 and HTTP/2 is spoken inside it: speak TLS and offer h2 by ALPN (https://), not \
+                 HTTP/2 in clear text (h2c)",
                 origin.authority()
-            ),
-        )
-        .with_reason("not_tls");
-        let answer = raw_response(error.code, &error.message, &shared.execution);
-        let _ = tokio::time::timeout(settings.shutdown_grace, async {
-            client.write_all(&answer).await?;
-            client.shutdown().await
-        })
-        .await;
-        return Err(Ended::Refused(error, Outcome::NotTls));
+            ));
+            h2c::refuse(&mut client, &error.message).await;
+            return Err(Ended::Refused {
+                error,
+                outcome: Outcome::NotTls,
+                answered: false,
+            });
+        }
+        return Err(not_tls(shared, client, origin).await);
+    }
+    if first[0] != TLS_HANDSHAKE {
+        return Err(not_tls(shared, client, origin).await);
     }
     let stream = Prefixed::new(Bytes::copy_from_slice(&first), client);
     let handshake = async {
@@ -144,7 +180,7 @@ where
             .await
             .map_err(|e| handshake_failed(origin, &e))?;
         check_server_name(start.client_hello().server_name(), origin, via)
-            .map_err(|error| Ended::Refused(error, Outcome::SniMismatch))?;
+            .map_err(|error| Ended::refused(error, Outcome::SniMismatch))?;
         let config = interception.ca().server_config(&origin.host).map_err(|e| {
             tracing::error!("{e}");
             Ended::Quiet(Outcome::CertificateError)
@@ -158,6 +194,8 @@ where
         Err(_) => return Err(Ended::Quiet(Outcome::ClientTimeout)),
         Ok(result) => result?,
     };
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    *protocol = Some(if h2 { Protocol::H2 } else { Protocol::Http1 });
     let inner = ConnContext {
         framing: Default::default(),
         ..conn.clone()
@@ -167,8 +205,36 @@ where
         let origin = origin.clone();
         async move { request(context.shared.clone(), &origin, inner, ambiguous, via).await }
     };
+    if h2 {
+        return serve_h2(inner, tls, route)
+            .await
+            .map_err(|broken| Ended::ProtocolError(broken.0));
+    }
     serve_http(inner, tls, route).await;
     Ok(())
+}
+
+/// Something other than TLS (or h2c) as a tunnel's first bytes: a plain 400 saying
+/// what to do, then the tunnel closes.
+async fn not_tls<S>(shared: &Shared, mut client: S, origin: &NormalizedUrl) -> Ended
+where
+    S: AsyncWrite + Unpin,
+{
+    let error = ProxyError::new(
+        ErrorCode::InvalidRequest,
+        format!(
+            "{} is intercepted (tls: intercept), so only TLS may be sent through its tunnel; send plain HTTP as http:// requests to the proxy, or ask for `tls: passthrough` for other protocols",
+            origin.authority()
+        ),
+    )
+    .with_reason("not_tls");
+    let answer = raw_response(error.code, &error.message, &shared.execution);
+    let _ = tokio::time::timeout(shared.settings.shutdown_grace, async {
+        client.write_all(&answer).await?;
+        client.shutdown().await
+    })
+    .await;
+    Ended::refused(error, Outcome::NotTls)
 }
 
 /// One request on a connection bound to `origin` (an intercepted tunnel, or a transparent
