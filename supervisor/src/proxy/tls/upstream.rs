@@ -1,6 +1,7 @@
 //! TLS towards upstreams: rustls, verifying against the system's CA bundle plus the team's
 //! own `network.upstream_ca` (internal CAs), with SNI for the decided host name and ALPN
-//! `http/1.1`.
+//! `h2` and `http/1.1` (the upstream picks; [`Offer::Http1Only`] for a WebSocket handshake,
+//! which needs an HTTP/1.1 connection to switch).
 //!
 //! The system bundle is the file OpenSSL would use (`SSL_CERT_FILE`, else the
 //! distribution's bundle); the team's file is read by [`super::upstream_ca`]. Both are kept
@@ -18,6 +19,7 @@
 //! ([`CloseIsEnd`]), as it does for curl and browsers: see there why that is safe for HTTP.
 
 use super::upstream_ca;
+use crate::audit::Protocol;
 use crate::proxy::upstream::Upstream;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
@@ -62,14 +64,30 @@ impl std::fmt::Display for HandshakeError {
     }
 }
 
-/// The roots upstreams are verified against, and the client configuration built from them.
+/// Which application protocols the TLS handshake offers the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// `h2` then `http/1.1`: HTTP/2 when the upstream offers it.
+    Http2OrHttp1,
+    /// `http/1.1` alone: a WebSocket handshake, whose connection switches protocols.
+    Http1Only,
+}
+
+/// The client configurations, one per [`Offer`] (the same roots; only ALPN differs).
+#[derive(Clone)]
+struct Configs {
+    any: Arc<ClientConfig>,
+    http1: Arc<ClientConfig>,
+}
+
+/// The roots upstreams are verified against, and the client configurations built from them.
 pub struct UpstreamTrust {
     /// The system bundle's certificates (not yet parsed as trust anchors).
     system: Vec<CertificateDer<'static>>,
     system_path: Option<PathBuf>,
     /// The team's extra roots (`network.upstream_ca`), each checked as a trust anchor.
     team: Vec<CertificateDer<'static>>,
-    config: OnceLock<Result<Arc<ClientConfig>, String>>,
+    configs: OnceLock<Result<Configs, String>>,
 }
 
 impl std::fmt::Debug for UpstreamTrust {
@@ -108,7 +126,7 @@ impl UpstreamTrust {
             system,
             system_path,
             team,
-            config: OnceLock::new(),
+            configs: OnceLock::new(),
         })
     }
 
@@ -118,47 +136,62 @@ impl UpstreamTrust {
         self.system.iter().chain(&self.team)
     }
 
-    /// The client configuration (built on first use).
-    pub fn client_config(&self) -> Result<Arc<ClientConfig>, String> {
-        self.config
-            .get_or_init(|| {
-                let mut roots = RootCertStore::empty();
-                let system = self.system.iter().cloned();
-                let (added, ignored) = roots.add_parsable_certificates(system);
-                tracing::debug!("upstream TLS: {added} system roots ({ignored} unusable)");
-                for cert in &self.team {
-                    let _ = roots.add(cert.clone());
-                }
-                let provider = Arc::new(rustls::crypto::ring::default_provider());
-                let mut config = ClientConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()
-                    .map_err(|e| format!("upstream TLS cannot be configured: {e}"))?
-                    .with_root_certificates(roots)
-                    .with_no_client_auth();
-                config.alpn_protocols = vec![b"http/1.1".to_vec()];
-                Ok(Arc::new(config))
-            })
-            .clone()
+    /// The client configuration offering `offer` (both built on first use).
+    pub fn client_config(&self, offer: Offer) -> Result<Arc<ClientConfig>, String> {
+        let configs = self.configs.get_or_init(|| self.build()).as_ref()?;
+        Ok(match offer {
+            Offer::Http2OrHttp1 => configs.any.clone(),
+            Offer::Http1Only => configs.http1.clone(),
+        })
     }
 
-    /// A TLS client connection to `host` over `stream`.
+    fn build(&self) -> Result<Configs, String> {
+        let mut roots = RootCertStore::empty();
+        let system = self.system.iter().cloned();
+        let (added, ignored) = roots.add_parsable_certificates(system);
+        tracing::debug!("upstream TLS: {added} system roots ({ignored} unusable)");
+        for cert in &self.team {
+            let _ = roots.add(cert.clone());
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut any = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("upstream TLS cannot be configured: {e}"))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut http1 = any.clone();
+        any.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        http1.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Configs {
+            any: Arc::new(any),
+            http1: Arc::new(http1),
+        })
+    }
+
+    /// A TLS client connection to `host` over `stream` offering `offer`, and the protocol
+    /// the upstream chose (HTTP/1.1 when it chose none).
     pub async fn connect(
         &self,
         host: &UrlHost,
         stream: Box<dyn Upstream>,
-    ) -> Result<CloseIsEnd<TlsStream<Box<dyn Upstream>>>, HandshakeError> {
+        offer: Offer,
+    ) -> Result<(CloseIsEnd<TlsStream<Box<dyn Upstream>>>, Protocol), HandshakeError> {
         let name = match host {
             UrlHost::Ip(ip) => ServerName::IpAddress(ip_for_rustls(*ip)),
             UrlHost::Domain(name) => ServerName::try_from(name.clone()).map_err(|e| {
                 HandshakeError::Tls(format!("{name} is not a valid TLS server name: {e}"))
             })?,
         };
-        let config = self.client_config().map_err(HandshakeError::Tls)?;
-        TlsConnector::from(config)
+        let config = self.client_config(offer).map_err(HandshakeError::Tls)?;
+        let stream = TlsConnector::from(config)
             .connect(name, stream)
             .await
-            .map(CloseIsEnd)
-            .map_err(classify)
+            .map_err(classify)?;
+        let protocol = match stream.get_ref().1.alpn_protocol() {
+            Some(b"h2") => Protocol::H2,
+            _ => Protocol::Http1,
+        };
+        Ok((CloseIsEnd(stream), protocol))
     }
 }
 

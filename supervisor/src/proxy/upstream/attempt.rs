@@ -1,19 +1,21 @@
 //! The upstream attempts of one decided request: take a budgeted attempt (and the team's
 //! quotas, whose refusal gives the budget back and may be waited out), reuse a pooled
-//! connection to a decided address or dial one (TLS on top for `https`), sign it when the
-//! team has Web Bot Auth, exchange, and decide whether to retry (retryable status, refused
-//! or reset connection, connect timeout) and how long to wait.
+//! connection to a decided address or dial one (TLS on top for `https`, HTTP/2 when the
+//! upstream's ALPN picks it), sign it when the team has Web Bot Auth, exchange, and decide
+//! whether to retry (retryable status, refused or reset connection, connect timeout) and how
+//! long to wait.
 
 use super::transport::{DialError, DialTarget, Upstream};
 use super::{exchange, pool, retry};
 use crate::audit::{Outcome, Protocol, QuotaRecord, Traffic};
 use crate::proxy::errors::{ErrorCode, ProxyError};
 use crate::proxy::finish::{finish, millis};
+use crate::proxy::tls::upstream::Offer;
 use crate::proxy::tls::HandshakeError;
 use crate::proxy::Shared;
 use crate::quota::{Admission, ByteMeter, QuotaRefusal};
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, Response, Uri, Version};
+use http::{HeaderMap, Method, Request, Response, Uri};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use std::net::SocketAddr;
@@ -194,6 +196,7 @@ pub(crate) async fn attempts(
                 let status = response.status();
                 record.address = Some(peer.to_string());
                 if last || !retry::retryable_status(retry, status) {
+                    let protocol = connection.1.protocol();
                     return Ok(Sent {
                         response,
                         peer,
@@ -202,7 +205,7 @@ pub(crate) async fn attempts(
                         started,
                         deadline,
                         meter: admission.meter,
-                        protocol: Protocol::Http1,
+                        protocol,
                     });
                 }
                 retried.address = Some(peer.to_string());
@@ -264,25 +267,66 @@ pub(crate) struct Exchanged {
     pub connection: (pool::Key, pool::Sender),
 }
 
-/// The request as it goes out on this attempt (signed afresh: each attempt its own nonce).
-fn upstream_request(shared: &Shared, outgoing: &Outgoing) -> Request<Full<Bytes>> {
+/// The request as it goes out on this attempt in `protocol` (signed afresh: each attempt
+/// its own nonce).
+fn upstream_request(
+    shared: &Shared,
+    outgoing: &Outgoing,
+    protocol: Protocol,
+) -> Request<Full<Bytes>> {
+    let mut headers = outgoing.headers.clone();
+    let (uri, version) = exchange::shape(protocol, &outgoing.url, &outgoing.target, &mut headers);
     let mut request = Request::new(Full::new(outgoing.body.clone()));
     *request.method_mut() = outgoing.method.clone();
-    *request.uri_mut() = outgoing.target.clone();
-    *request.version_mut() = Version::HTTP_11;
-    *request.headers_mut() = outgoing.headers.clone();
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    *request.headers_mut() = headers;
     if let Some(signer) = shared.credentials.bot() {
         signer.sign(request.headers_mut(), &outgoing.url.authority());
     }
     request
 }
 
+/// An exchange's error as a failure: what the upstream sent that is not HTTP (an HTTP/1.1
+/// head that does not parse; HTTP/2 frames h2 itself found broken) is an invalid response,
+/// anything else (closed, reset, refused, `GOAWAY` with an error) a reset.
 fn classify(peer: SocketAddr, error: hyper::Error) -> Failure {
-    if error.is_parse() || error.is_parse_status() {
+    let broken_h2 = h2_error(&error).is_some_and(|e| {
+        e.is_library()
+            && e.reason().is_some_and(|reason| {
+                matches!(
+                    reason,
+                    h2::Reason::PROTOCOL_ERROR
+                        | h2::Reason::FRAME_SIZE_ERROR
+                        | h2::Reason::COMPRESSION_ERROR
+                )
+            })
+    });
+    if error.is_parse() || error.is_parse_status() || broken_h2 {
         Failure::Invalid(peer, error)
     } else {
         Failure::Reset(peer, error)
     }
+}
+
+fn h2_error(error: &hyper::Error) -> Option<&h2::Error> {
+    std::error::Error::source(error)?.downcast_ref::<h2::Error>()
+}
+
+/// Whether a request on a pooled connection certainly never reached the upstream's
+/// application, so a fresh connection is the same attempt: the connection had closed before
+/// the request was written (hyper's `canceled`), or, on HTTP/2, the upstream refused the
+/// stream (`REFUSED_STREAM`, RFC 9113 §8.7) or announced a graceful `GOAWAY` whose last
+/// stream is below it (§6.8).
+fn unprocessed(error: &hyper::Error) -> bool {
+    if error.is_canceled() {
+        return true;
+    }
+    h2_error(error).is_some_and(|e| {
+        let reason = e.reason();
+        (e.is_reset() && e.is_remote() && reason == Some(h2::Reason::REFUSED_STREAM))
+            || (e.is_go_away() && e.is_remote() && reason == Some(h2::Reason::NO_ERROR))
+    })
 }
 
 /// A pooled connection to a decided address, else dial one → send → response head, all
@@ -294,9 +338,15 @@ async fn one_attempt(
 ) -> Result<Exchanged, Failure> {
     let addresses = &outgoing.decision.addresses;
     let port = outgoing.url.port;
-    if let Some((key, mut sender)) = shared.pool.take(&outgoing.origin, port, addresses).await {
+    // A WebSocket handshake gets a connection of its own, never a pooled one.
+    let pooled = match outgoing.upgrade {
+        true => None,
+        false => shared.pool.take(&outgoing.origin, port, addresses).await,
+    };
+    if let Some((key, mut sender)) = pooled {
         let peer = key.peer;
-        let sent = exchange::send(&mut sender, upstream_request(shared, outgoing));
+        let request = upstream_request(shared, outgoing, sender.protocol());
+        let sent = sender.send(request);
         match tokio::time::timeout_at(deadline, sent).await {
             Err(_) => return Err(Failure::HeadTimeout(peer)),
             Ok(Ok(response)) => {
@@ -306,12 +356,16 @@ async fn one_attempt(
                     connection: (key, sender),
                 })
             }
-            // The upstream had closed the idle connection before the request was written:
-            // nothing reached it, so a fresh connection is the same attempt. Any other
-            // failure may have reached the upstream and is an attempt of its own, counted,
-            // audited and retried by the caller like every other.
-            Ok(Err(error)) if error.is_canceled() => {
-                tracing::debug!("pooled connection to {peer} was closed ({error}); dialing afresh");
+            // The upstream had closed the idle connection before the request was written,
+            // or refused the stream unprocessed: nothing reached it, so a fresh connection
+            // is the same attempt. Any other failure may have reached the upstream and is an
+            // attempt of its own, counted, audited and retried by the caller like every
+            // other.
+            Ok(Err(error)) if unprocessed(&error) => {
+                shared.pool.evict(&key, &sender);
+                tracing::debug!(
+                    "pooled connection to {peer} did not take the request ({error}); dialing afresh"
+                );
             }
             Ok(Err(error)) => return Err(classify(peer, error)),
         }
@@ -326,18 +380,32 @@ async fn one_attempt(
     };
     let dialed = shared.transport.dial(target).await.map_err(Failure::Dial)?;
     let peer = dialed.peer;
-    let stream = if outgoing.url.scheme == "https" {
-        let handshake = secure(shared, &outgoing.url, dialed.stream, peer);
+    // Plain `http://` upstreams are spoken to in HTTP/1.1 (no HTTP/2 without TLS).
+    let (stream, protocol) = if outgoing.url.scheme == "https" {
+        let offer = match outgoing.upgrade {
+            true => Offer::Http1Only,
+            false => Offer::Http2OrHttp1,
+        };
+        let handshake = secure(shared, &outgoing.url, dialed.stream, peer, offer);
         match tokio::time::timeout_at(deadline, handshake).await {
             Err(_) => return Err(Failure::HeadTimeout(peer)),
-            Ok(stream) => stream?,
+            Ok(secured) => secured?,
         }
     } else {
-        dialed.stream
+        (dialed.stream, Protocol::Http1)
+    };
+    let key = pool::Key {
+        origin: outgoing.origin.clone(),
+        peer,
     };
     let exchanged = async {
-        let mut sender = exchange::handshake(stream).await?;
-        let response = exchange::send(&mut sender, upstream_request(shared, outgoing)).await?;
+        let mut sender = exchange::handshake(stream, protocol, outgoing.upgrade).await?;
+        // An HTTP/2 connection is shared from now on: requests arriving while this one
+        // waits for its answer go on it too.
+        shared.pool.share(&key, &sender);
+        let response = sender
+            .send(upstream_request(shared, outgoing, protocol))
+            .await?;
         Ok::<_, hyper::Error>((response, sender))
     };
     match tokio::time::timeout_at(deadline, exchanged).await {
@@ -346,30 +414,26 @@ async fn one_attempt(
         Ok(Ok((response, sender))) => Ok(Exchanged {
             response,
             peer,
-            connection: (
-                pool::Key {
-                    origin: outgoing.origin.clone(),
-                    peer,
-                },
-                sender,
-            ),
+            connection: (key, sender),
         }),
     }
 }
 
-/// TLS over a dialed stream, verified for the URL's host.
+/// TLS over a dialed stream, verified for the URL's host, offering `offer` by ALPN; the
+/// stream and the protocol the upstream chose.
 async fn secure(
     shared: &Shared,
     url: &NormalizedUrl,
     stream: Box<dyn Upstream>,
     peer: SocketAddr,
-) -> Result<Box<dyn Upstream>, Failure> {
+    offer: Offer,
+) -> Result<(Box<dyn Upstream>, Protocol), Failure> {
     let tls = shared
         .tls
         .as_ref()
         .map_err(|reason| Failure::Tls(peer, reason.clone()))?;
-    match tls.upstream().connect(&url.host, stream).await {
-        Ok(stream) => Ok(Box::new(stream)),
+    match tls.upstream().connect(&url.host, stream, offer).await {
+        Ok((stream, protocol)) => Ok((Box::new(stream), protocol)),
         Err(HandshakeError::Tls(reason)) => Err(Failure::Tls(peer, reason)),
         Err(HandshakeError::Io(error)) => Err(Failure::TlsReset(peer, error)),
     }

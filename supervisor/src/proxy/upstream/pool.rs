@@ -1,27 +1,39 @@
-//! Keep-alive upstream connections: an HTTP/1.1 connection whose response finished cleanly
-//! is kept for the next request to the same authority at the same decided address.
+//! Reused upstream connections, per authority and decided address: idle HTTP/1.1
+//! connections whose response finished cleanly, taken one request at a time, and one shared
+//! HTTP/2 connection that concurrent requests use together.
 //!
 //! Reuse never widens what may be dialed: a request takes a pooled connection only when
 //! its own decision lists that connection's address, and connections are never shared
-//! between host names.
+//! between host names. A connection dialed for a WebSocket handshake is never pooled.
+//!
+//! One HTTP/2 connection per key, as browsers keep: hyper queues streams beyond the peer's
+//! `SETTINGS_MAX_CONCURRENT_STREAMS` until one ends, so the peer's limit is never exceeded.
+//! It is put in the pool as soon as its handshake is done (so requests arriving meanwhile
+//! share it) and leaves it when closed (the upstream's `GOAWAY`, an error, a ping unanswered)
+//! or idle for [`IDLE_FOR_AT_MOST`].
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::client::conn::http1::SendRequest;
+use hyper::client::conn::{http1, http2};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Idle connections kept per authority and address.
+/// Idle HTTP/1.1 connections kept per authority and address.
 const MAX_IDLE_PER_KEY: usize = 64;
 /// An idle connection older than this is closed rather than reused (upstreams time idle
 /// keep-alive connections out too; nginx after 75 s).
 const IDLE_FOR_AT_MOST: Duration = Duration::from_secs(30);
-/// How long a pooled connection may take to report ready before a fresh one is dialed.
+/// How long a pooled HTTP/1.1 connection may take to report ready before a fresh one is
+/// dialed.
 const READY_WITHIN: Duration = Duration::from_millis(50);
 
-pub(crate) type Sender = SendRequest<Full<Bytes>>;
+/// A connection as the pool hands it out and takes it back.
+pub(crate) use super::exchange::Sender;
+
+type Http1 = http1::SendRequest<Full<Bytes>>;
+type Http2 = http2::SendRequest<Full<Bytes>>;
 
 /// Which connections a request may reuse.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -33,17 +45,29 @@ pub(crate) struct Key {
 }
 
 struct Idle {
-    sender: Sender,
+    sender: Http1,
     since: Instant,
+}
+
+struct Multiplexed {
+    sender: Http2,
+    last_used: Instant,
+}
+
+#[derive(Default)]
+struct Connections {
+    idle: Vec<Idle>,
+    shared: Option<Multiplexed>,
 }
 
 #[derive(Default)]
 pub(crate) struct Pool {
-    idle: Mutex<HashMap<Key, Vec<Idle>>>,
+    keys: Mutex<HashMap<Key, Connections>>,
 }
 
 impl Pool {
-    /// A ready connection to `origin` at one of `addresses`, in their order.
+    /// A connection to `origin` at one of `addresses`, in their order: the shared HTTP/2
+    /// connection if one is open, else a ready idle HTTP/1.1 one.
     pub async fn take(
         &self,
         origin: &str,
@@ -55,6 +79,9 @@ impl Pool {
                 origin: origin.to_owned(),
                 peer: SocketAddr::new(*address, port),
             };
+            if let Some(sender) = self.multiplexed(&key) {
+                return Some((key, Sender::Http2(sender)));
+            }
             while let Some(mut sender) = self.pop(&key) {
                 let ready = sender.is_ready()
                     || matches!(
@@ -62,16 +89,33 @@ impl Pool {
                         Ok(Ok(()))
                     );
                 if ready {
-                    return Some((key, sender));
+                    return Some((key, Sender::Http1(sender)));
                 }
             }
         }
         None
     }
 
-    fn pop(&self, key: &Key) -> Option<Sender> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.get_mut(key)?;
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Connections>> {
+        self.keys.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A clone of the key's open HTTP/2 connection; a closed or long idle one is dropped.
+    fn multiplexed(&self, key: &Key) -> Option<Http2> {
+        let mut keys = self.lock();
+        let connections = keys.get_mut(key)?;
+        let entry = connections.shared.as_mut()?;
+        if entry.sender.is_closed() || entry.last_used.elapsed() >= IDLE_FOR_AT_MOST {
+            connections.shared = None;
+            return None;
+        }
+        entry.last_used = Instant::now();
+        Some(entry.sender.clone())
+    }
+
+    fn pop(&self, key: &Key) -> Option<Http1> {
+        let mut keys = self.lock();
+        let list = &mut keys.get_mut(key)?.idle;
         while let Some(entry) = list.pop() {
             if !entry.sender.is_closed() && entry.since.elapsed() < IDLE_FOR_AT_MOST {
                 return Some(entry.sender);
@@ -80,13 +124,49 @@ impl Pool {
         None
     }
 
-    /// Keeps `sender` for reuse (its response has been read to the end).
+    /// Offers a freshly dialed HTTP/2 connection for concurrent use. An open one already
+    /// shared for the key is kept (the new one serves its own request and closes when that
+    /// is done), so the key keeps one.
+    pub fn share(&self, key: &Key, sender: &Sender) {
+        let Sender::Http2(sender) = sender else {
+            return;
+        };
+        let mut keys = self.lock();
+        let connections = keys.entry(key.clone()).or_default();
+        let open = connections
+            .shared
+            .as_ref()
+            .is_some_and(|entry| !entry.sender.is_closed());
+        if !open {
+            connections.shared = Some(Multiplexed {
+                sender: sender.clone(),
+                last_used: Instant::now(),
+            });
+        }
+    }
+
+    /// Stops sharing the key's HTTP/2 connection (it refused a stream or is going away):
+    /// requests already on it finish there, the next ones get a fresh connection.
+    pub fn evict(&self, key: &Key, sender: &Sender) {
+        if let Sender::Http2(_) = sender {
+            if let Some(connections) = self.lock().get_mut(key) {
+                connections.shared = None;
+            }
+        }
+    }
+
+    /// Takes a connection back after its response was read to the end: an HTTP/1.1 one is
+    /// kept for reuse; an HTTP/2 one is shared from its handshake on and needs nothing; one
+    /// dialed for a WebSocket handshake is closed.
     pub fn put(&self, key: Key, sender: Sender) {
+        let Sender::Http1(sender) = sender else {
+            return;
+        };
         if sender.is_closed() {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.entry(key).or_default();
+        let mut keys = self.lock();
+        let list = &mut keys.entry(key).or_default().idle;
         list.retain(|entry| !entry.sender.is_closed());
         if list.len() < MAX_IDLE_PER_KEY {
             list.push(Idle {
@@ -96,8 +176,8 @@ impl Pool {
         }
     }
 
-    /// Closes every idle connection.
+    /// Closes every pooled connection (an HTTP/2 one once its open streams end).
     pub fn clear(&self) {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.lock().clear();
     }
 }
