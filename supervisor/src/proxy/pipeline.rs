@@ -216,7 +216,7 @@ async fn steps(
     let sent = upstream::attempts(shared, &outgoing, record).await?;
     if let Some(requested) = websocket {
         if sent.response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            return websocket::switch(shared, &outgoing, sent, record.clone(), requested);
+            return websocket::switch(shared, &outgoing, sent, record.clone(), requested).await;
         }
     }
     response::relay(shared, &outgoing, sent, record.clone(), delivery).await
