@@ -1,7 +1,7 @@
 //! Why an HTTP/2 connection to the sandbox ended, in words for the tunnel's record.
 //!
-//! hyper reports the end as an error whose source is h2's: a connection error tollgate's
-//! side detected (`GOAWAY` with `ENHANCE_YOUR_CALM`, `PROTOCOL_ERROR`, …) means the client
+//! hyper reports the end as an error whose source is h2's (which of h2's guards tripped is
+//! read from the GOAWAY's debug data, `goaway`): a connection error tollgate's side detected (`GOAWAY` with `ENHANCE_YOUR_CALM`, `PROTOCOL_ERROR`, …) means the client
 //! broke the protocol or one of its limits, and the record says which; anything else (the
 //! client went away, or sent its own `GOAWAY`) is an ordinary close.
 
@@ -9,12 +9,13 @@ use h2::Reason;
 use std::error::Error as _;
 
 /// The sentence for a connection the client's misbehaviour ended; `None` for an ordinary
-/// close.
-pub(super) fn describe(error: &hyper::Error) -> Option<String> {
+/// close. `debug_data`: that of the GOAWAY tollgate sent, if it sent one (see `goaway`).
+pub(super) fn describe(error: &hyper::Error, debug_data: Option<&[u8]>) -> Option<String> {
     let mut source = error.source();
     while let Some(cause) = source {
         if let Some(h2) = cause.downcast_ref::<h2::Error>() {
-            return protocol_error(h2);
+            let debug = String::from_utf8_lossy(debug_data.unwrap_or_default());
+            return protocol_error(h2, &debug);
         }
         source = cause.source();
     }
@@ -22,7 +23,7 @@ pub(super) fn describe(error: &hyper::Error) -> Option<String> {
     None
 }
 
-fn protocol_error(error: &h2::Error) -> Option<String> {
+fn protocol_error(error: &h2::Error, said: &str) -> Option<String> {
     // Only a GOAWAY tollgate's side sent is the client's fault; one the client sent, and a
     // reset of a single stream, end nothing of the connection's.
     if !error.is_go_away() || error.is_remote() {
@@ -30,9 +31,7 @@ fn protocol_error(error: &h2::Error) -> Option<String> {
         return None;
     }
     let reason = error.reason()?;
-    // h2 names which of its guards tripped only in the GOAWAY's debug data, which its
-    // `Display` shows.
-    let said = error.to_string();
+    // h2 names which of its guards tripped only in the GOAWAY's debug data (`said`).
     let message = match reason {
         Reason::NO_ERROR => return None,
         Reason::ENHANCE_YOUR_CALM if said.contains("too_many_resets") => {
@@ -61,7 +60,15 @@ fn protocol_error(error: &h2::Error) -> Option<String> {
                 .to_owned()
         }
         Reason::ENHANCE_YOUR_CALM => {
-            format!("the client overloaded the connection ({said}); tollgate closed it")
+            format!(
+                "the client overloaded the connection ({error}{}); tollgate closed it with \
+                 GOAWAY ENHANCE_YOUR_CALM",
+                if said.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {said}")
+                }
+            )
         }
         Reason::FRAME_SIZE_ERROR => {
             "the client sent a frame larger than the connection allows; tollgate closed it \

@@ -160,9 +160,10 @@ mod tests {
     async fn the_preface_is_read_across_short_reads() {
         let (mut client, mut server) = tokio::io::duplex(64);
         client.write_all(&PREFACE[1..10]).await.unwrap();
-        let reading = tokio::spawn(async move {
-            read_preface(&mut server, b"P", Duration::from_secs(30)).await
-        });
+        let reading =
+            tokio::spawn(
+                async move { read_preface(&mut server, b"P", Duration::from_secs(30)).await },
+            );
         client.write_all(&PREFACE[10..]).await.unwrap();
         let (whole, read) = reading.await.unwrap();
         assert!(whole);

@@ -14,8 +14,9 @@
 //! tunnel's record: `protocol_error` with a sentence when the client broke the protocol or
 //! a limit. HTTP/2 in clear text (h2c) is never served ([`h2c`]).
 
-pub(crate) mod h2c;
 mod ending;
+mod goaway;
+pub(crate) mod h2c;
 mod streams;
 
 use super::body::ProxyBody;
@@ -97,10 +98,13 @@ where
     };
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     configure(&mut builder);
+    let (stream, sent) = goaway::Tapped::new(stream);
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
     let ended = tokio::select! {
-        result = connection.as_mut() => result.err().and_then(|e| ending::describe(&e)),
+        result = connection.as_mut() => {
+            result.err().and_then(|e| ending::describe(&e, sent.debug_data().as_deref()))
+        }
         watched = streams.watch(settings.header_read_timeout) => match watched {
             // No stream for as long as an HTTP/1.1 connection may idle between requests:
             // GOAWAY, as an h1 connection would close.

@@ -150,7 +150,11 @@ mod tests {
     async fn cancelling_far_more_than_answering_trips_the_guard() {
         let streams = Arc::new(Streams::default());
         for _ in 0..10 {
-            drop(streams.open().answered(Response::new(crate::proxy::body::empty())));
+            drop(
+                streams
+                    .open()
+                    .answered(Response::new(crate::proxy::body::empty())),
+            );
         }
         for _ in 0..(CANCELLED_FLOOR - 1) {
             drop(streams.open());
@@ -161,12 +165,18 @@ mod tests {
         assert!(message.contains("cancelled 100 streams"), "{message}");
         let fair = Arc::new(Streams::default());
         for _ in 0..50 {
-            drop(fair.open().answered(Response::new(crate::proxy::body::empty())));
+            drop(
+                fair.open()
+                    .answered(Response::new(crate::proxy::body::empty())),
+            );
         }
         for _ in 0..200 {
             drop(fair.open());
         }
-        assert!(fair.abusive().is_none(), "200 cancelled against 50 answered");
+        assert!(
+            fair.abusive().is_none(),
+            "200 cancelled against 50 answered"
+        );
     }
 
     #[tokio::test]
