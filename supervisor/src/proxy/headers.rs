@@ -20,6 +20,14 @@ pub const AUTH_HEADER: &str = "tollgate-auth";
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
 /// proxy's own credentials and `Expect`, which tollgate satisfies itself (it buffers the
 /// request body, so the upstream never needs to answer 100-continue).
+///
+/// Two of them are put back as tollgate's own, for trailers to pass: a request's
+/// `TE: trailers` (the sandbox's client reads trailers; gRPC servers refuse a request without
+/// it) goes upstream as `te: trailers` and never with another value (transfer codings are
+/// the connection's: [`sanitise_request`]); a response's `Trailer` announcement goes to the
+/// sandbox with the names of the trailers that will pass ([`sanitise_response`]), since an
+/// HTTP/1.1 server sends only the trailers it announced. Request trailers themselves are
+/// dropped: tollgate reads the request body whole before it is sent.
 const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -140,12 +148,83 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// The request headers as they leave for the upstream: hop-by-hop, `Expect`, `Host` and
-/// every `Tollgate-*` header removed (the caller sets `Host` from the decided URL).
+/// every `Tollgate-*` header removed (the caller sets `Host` from the decided URL), and
+/// `te: trailers` when the sandbox's `TE` listed `trailers`.
 pub fn sanitise_request(headers: &mut HeaderMap) {
+    let trailers = accepts_trailers(headers);
     remove_hop_by_hop(headers);
     headers.remove(header::EXPECT);
     headers.remove(header::HOST);
     remove_own(headers);
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Whether a `TE` header lists the `trailers` token (case-insensitive, RFC 9110 §10.1.4).
+fn accepts_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| {
+            let name = coding.split(';').next().unwrap_or_default();
+            name.trim().eq_ignore_ascii_case("trailers")
+        })
+}
+
+/// The response headers as they go to the sandbox: hop-by-hop and every `Tollgate-*`
+/// header removed, except the `Trailer` announcement, kept with the names of the trailers
+/// that pass [`sanitise_trailers`] (and left out when none does).
+pub fn sanitise_response(headers: &mut HeaderMap) {
+    let announced = headers
+        .get_all(header::TRAILER)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(passes_as_trailer)
+        .collect::<Vec<_>>();
+    remove_hop_by_hop(headers);
+    remove_own(headers);
+    announce_trailers(headers, announced.iter());
+}
+
+/// Sets `Trailer` to `names` (de-duplicated), or removes it when there are none.
+pub fn announce_trailers<'a>(headers: &mut HeaderMap, names: impl Iterator<Item = &'a HeaderName>) {
+    let mut list: Vec<&str> = Vec::new();
+    for name in names {
+        if !list.contains(&name.as_str()) {
+            list.push(name.as_str());
+        }
+    }
+    match HeaderValue::from_str(&list.join(", ")) {
+        Ok(value) if !list.is_empty() => {
+            headers.insert(header::TRAILER, value);
+        }
+        _ => {
+            headers.remove(header::TRAILER);
+        }
+    }
+}
+
+/// An upstream's trailers as they go to the sandbox: the same names removed as from the
+/// head (hop-by-hop, which HTTP/2 refuses in trailers outright, and `Tollgate-*`, which
+/// would pass for tollgate's own).
+pub fn sanitise_trailers(trailers: &mut HeaderMap) {
+    let refused: Vec<HeaderName> = trailers
+        .keys()
+        .filter(|name| !passes_as_trailer(name))
+        .cloned()
+        .collect();
+    for name in refused {
+        trailers.remove(name);
+    }
+}
+
+fn passes_as_trailer(name: &HeaderName) -> bool {
+    !HOP_BY_HOP.contains(name) && !name.as_str().starts_with("tollgate-")
 }
 
 /// Removes every `Tollgate-*` header: tollgate's own, which an upstream must not be able
@@ -205,6 +284,55 @@ mod tests {
         h.insert("x-kept", HeaderValue::from_static("1"));
         remove_hop_by_hop(&mut h);
         assert_eq!(names(&h), vec!["x-kept".to_owned()]);
+    }
+
+    #[test]
+    fn te_goes_upstream_only_as_trailers() {
+        for (sent, kept) in [
+            (vec!["trailers"], Some("trailers")),
+            (vec!["gzip, Trailers"], Some("trailers")),
+            (vec!["deflate;q=0.5", " trailers "], Some("trailers")),
+            (vec!["gzip"], None),
+            (vec!["trailersx, chunked"], None),
+        ] {
+            let mut h = HeaderMap::new();
+            for value in &sent {
+                h.append(header::TE, HeaderValue::from_str(value).unwrap());
+            }
+            // `Connection: TE`, as RFC 9110 asks of a client sending TE, removes nothing more.
+            h.insert(header::CONNECTION, HeaderValue::from_static("TE"));
+            sanitise_request(&mut h);
+            let te: Vec<_> = h.get_all(header::TE).iter().collect();
+            assert_eq!(te, kept.into_iter().collect::<Vec<_>>(), "{sent:?}");
+            assert!(h.get(header::CONNECTION).is_none());
+        }
+    }
+
+    #[test]
+    fn trailers_lose_hop_by_hop_and_own_names_in_the_head_and_at_the_end() {
+        let mut head = HeaderMap::new();
+        head.insert(
+            header::TRAILER,
+            HeaderValue::from_static("grpc-status, Tollgate-Error, transfer-encoding"),
+        );
+        head.append(
+            header::TRAILER,
+            HeaderValue::from_static("grpc-message, grpc-status"),
+        );
+        head.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        sanitise_response(&mut head);
+        assert_eq!(head[header::TRAILER], "grpc-status, grpc-message");
+        assert!(head.get(header::CONNECTION).is_none());
+        let mut only_own = HeaderMap::new();
+        only_own.insert(header::TRAILER, HeaderValue::from_static("tollgate-error"));
+        sanitise_response(&mut only_own);
+        assert!(only_own.is_empty());
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        trailers.insert("tollgate-error", HeaderValue::from_static("policy_denied"));
+        trailers.insert("keep-alive", HeaderValue::from_static("1"));
+        sanitise_trailers(&mut trailers);
+        assert_eq!(names(&trailers), vec!["grpc-status".to_owned()]);
     }
 
     #[test]

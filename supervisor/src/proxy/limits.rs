@@ -1,7 +1,7 @@
 //! Per-execution limits enforced on the request side: the `max_requests` budget (checked
 //! before every upstream attempt) and `max_request_bytes` (checked on `Content-Length`
 //! before any byte is read, then counted while the body streams in); and the response
-//! body read whole under `max_response_bytes`.
+//! body read whole under `max_response_bytes` (with its trailers).
 //!
 //! A refused request's body is read and thrown away before the refusal is sent (up to
 //! [`DRAIN_LIMIT`], within the request timeout), as nginx's lingering close does: a server
@@ -175,14 +175,17 @@ impl RequestBody {
     }
 }
 
-/// Reads a whole response body (to search it for echoed secrets), at most `limit` bytes.
+/// Reads a whole response body (to search it for echoed secrets), at most `limit` bytes,
+/// and its trailers, if it has any (not counted: hyper bounds a trailer block as it bounds a
+/// head).
 pub(crate) async fn read_response(
     body: Incoming,
     limit: u64,
     authority: &str,
-) -> Result<Bytes, ProxyError> {
+) -> Result<(Bytes, Option<HeaderMap>), ProxyError> {
     let mut body = body;
     let mut buffer = BytesMut::new();
+    let mut trailers: Option<HeaderMap> = None;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {
             ProxyError::new(
@@ -190,17 +193,24 @@ pub(crate) async fn read_response(
                 format!("the response body from {authority} broke off: {e}"),
             )
         })?;
-        if let Ok(data) = frame.into_data() {
-            if (buffer.len() as u64).saturating_add(data.len() as u64) > limit {
-                return Err(ProxyError::new(
-                    ErrorCode::ResponseTooLarge,
-                    format!(
-                        "the response from {authority} is larger than the {limit}-byte limit (limits.max_response_bytes)"
-                    ),
-                ));
+        let data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                if let Ok(more) = frame.into_trailers() {
+                    trailers.get_or_insert_with(HeaderMap::new).extend(more);
+                }
+                continue;
             }
-            buffer.extend_from_slice(&data);
+        };
+        if (buffer.len() as u64).saturating_add(data.len() as u64) > limit {
+            return Err(ProxyError::new(
+                ErrorCode::ResponseTooLarge,
+                format!(
+                    "the response from {authority} is larger than the {limit}-byte limit (limits.max_response_bytes)"
+                ),
+            ));
         }
+        buffer.extend_from_slice(&data);
     }
-    Ok(buffer.freeze())
+    Ok((buffer.freeze(), trailers))
 }

@@ -9,17 +9,25 @@
 //! (`pipeline` sees to that), so an abort is visible whatever framing the upstream used. The
 //! audit record and operator log line of the attempt are written when the body ends, is cut,
 //! or is dropped.
+//!
+//! The upstream's trailers follow the data, scrubbed as a head is (hop-by-hop and `Tollgate-*`
+//! names removed, echoed secrets redacted). A body from a credential scope goes through a
+//! streaming redactor ([`StreamRedactor`]) on its way: the limits count the upstream's bytes,
+//! the record's `bytes_down` what the sandbox got. On a cut, what the redactor still holds back
+//! (possibly the start of a secret) is not sent: the client sees the body fail.
 
 use super::body::BoxError;
+use super::credentials::redact::{self, stream::StreamRedactor};
 use super::errors::ErrorCode;
 use super::finish::finish;
 use super::http1::Delivery;
 use super::upstream::pool;
-use super::Shared;
-use crate::audit::{Outcome, QuotaRecord, Traffic};
+use super::{headers, Shared};
+use crate::audit::{Finding, Outcome, QuotaRecord, Traffic};
 use crate::quota::ByteMeter;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -68,7 +76,18 @@ impl Finish {
 pub(crate) struct RelayBody {
     inner: Incoming,
     limit: u64,
+    /// Bytes the upstream sent (what the limits count).
+    received: u64,
+    /// Bytes handed to the client (`bytes_down`): fewer or more once redacted.
     sent: u64,
+    /// The body is searched for echoed secrets as it streams (a credential scope's).
+    redactor: Option<StreamRedactor>,
+    /// A secret was redacted in the trailers.
+    echoed_in_trailers: bool,
+    /// Frames to hand on before reading more: the redactor's last bytes, the trailers.
+    queued: VecDeque<Frame<Bytes>>,
+    /// The upstream's body has ended (what is queued is the last of it).
+    upstream_done: bool,
     deadline: Pin<Box<Sleep>>,
     /// The client connection's flushes; `None` aborts a cut at once.
     delivery: Option<Arc<Delivery>>,
@@ -111,7 +130,12 @@ impl RelayBody {
         RelayBody {
             inner,
             limit,
+            received: 0,
             sent: 0,
+            redactor: None,
+            echoed_in_trailers: false,
+            queued: VecDeque::new(),
+            upstream_done: false,
             deadline,
             delivery,
             phase: Phase::Relaying,
@@ -124,6 +148,12 @@ impl RelayBody {
     /// them cuts the body (`team_budget_exhausted`).
     pub fn metered(mut self, meter: Option<ByteMeter>) -> Self {
         self.meter = meter;
+        self
+    }
+
+    /// Searches the body for echoed secrets as it streams (see [`StreamRedactor`]).
+    pub fn redacted(mut self, redactor: Option<StreamRedactor>) -> Self {
+        self.redactor = redactor;
         self
     }
 
@@ -149,8 +179,39 @@ impl RelayBody {
     }
 
     fn end(&mut self, outcome: Outcome) {
-        if let Some(finish) = self.finish.take() {
+        let echoed =
+            self.echoed_in_trailers || self.redactor.as_ref().is_some_and(|r| r.found() > 0);
+        if let Some(mut finish) = self.finish.take() {
+            if echoed {
+                finish.traffic.finding = Some(Finding::SecretEchoed);
+            }
             finish.write(outcome, self.sent);
+        }
+    }
+
+    /// Queues `data` (when there is any) for the client, counted as handed on.
+    fn queue_data(&mut self, data: Bytes) {
+        if !data.is_empty() {
+            self.queued.push_back(Frame::data(data));
+        }
+    }
+
+    /// The upstream's trailers, scrubbed and redacted, queued after the redactor's last
+    /// bytes: they end the body (hyper polls a body no further once it has its trailers).
+    fn queue_trailers(&mut self, mut trailers: http::HeaderMap) {
+        self.upstream_done = true;
+        if let Some(redactor) = self.redactor.as_mut() {
+            let tail = redactor.finish();
+            self.queue_data(tail);
+        }
+        headers::sanitise_trailers(&mut trailers);
+        if let Some(redactor) = &self.redactor {
+            if redact::headers(&mut trailers, redactor.needles()) > 0 {
+                self.echoed_in_trailers = true;
+            }
+        }
+        if !trailers.is_empty() {
+            self.queued.push_back(Frame::trailers(trailers));
         }
     }
 
@@ -195,6 +256,20 @@ impl Body for RelayBody {
                 }
                 Phase::Relaying => {}
             }
+            if let Some(frame) = this.queued.pop_front() {
+                if let Some(data) = frame.data_ref() {
+                    this.sent = this.sent.saturating_add(data.len() as u64);
+                    if let Some(delivery) = &this.delivery {
+                        delivery.handed();
+                    }
+                }
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            if this.upstream_done {
+                this.end(Outcome::Complete);
+                this.phase = Phase::Ended;
+                return Poll::Ready(None);
+            }
             if this.deadline.as_mut().poll(cx).is_ready() {
                 this.cut(
                     Outcome::Timeout,
@@ -206,19 +281,26 @@ impl Body for RelayBody {
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => {
-                    this.end(Outcome::Complete);
-                    this.phase = Phase::Ended;
-                    return Poll::Ready(None);
+                    this.upstream_done = true;
+                    if let Some(redactor) = this.redactor.as_mut() {
+                        let tail = redactor.finish();
+                        this.queue_data(tail);
+                    }
                 }
                 Poll::Ready(Some(Err(error))) => {
                     this.cut(Outcome::UpstreamError, None, Box::new(error));
                 }
                 Poll::Ready(Some(Ok(frame))) => {
-                    // Trailers are hop-by-hop here (`TE`/`Trailer` were removed): dropped.
-                    let Ok(data) = frame.into_data() else {
-                        continue;
+                    let data = match frame.into_data() {
+                        Ok(data) => data,
+                        Err(frame) => {
+                            if let Ok(trailers) = frame.into_trailers() {
+                                this.queue_trailers(trailers);
+                            }
+                            continue;
+                        }
                     };
-                    let total = this.sent.saturating_add(data.len() as u64);
+                    let total = this.received.saturating_add(data.len() as u64);
                     if total > this.limit {
                         let error = Box::new(Cut::TooLarge(this.limit));
                         let code = Some(ErrorCode::ResponseTooLarge);
@@ -228,11 +310,12 @@ impl Body for RelayBody {
                     if !this.within_budget(data.len() as u64) {
                         continue;
                     }
-                    this.sent = total;
-                    if let Some(delivery) = &this.delivery {
-                        delivery.handed();
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                    this.received = total;
+                    let data = match this.redactor.as_mut() {
+                        Some(redactor) => redactor.push(data),
+                        None => data,
+                    };
+                    this.queue_data(data);
                 }
             }
         }
@@ -240,20 +323,29 @@ impl Body for RelayBody {
 
     fn is_end_stream(&self) -> bool {
         match self.phase {
-            Phase::Relaying => self.inner.is_end_stream(),
+            Phase::Relaying => {
+                let holding = self.redactor.as_ref().is_some_and(|r| r.held() > 0);
+                self.queued.is_empty()
+                    && !holding
+                    && (self.upstream_done || self.inner.is_end_stream())
+            }
             Phase::Cutting { .. } => false,
             Phase::Ended => true,
         }
     }
 
+    /// The upstream's, unless redaction may change the length.
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.redactor {
+            Some(redactor) if !redactor.keeps_length() => SizeHint::default(),
+            _ => self.inner.size_hint(),
+        }
     }
 }
 
 impl Drop for RelayBody {
     fn drop(&mut self) {
-        let outcome = if self.inner.is_end_stream() {
+        let outcome = if self.upstream_done || self.inner.is_end_stream() {
             Outcome::Complete
         } else {
             Outcome::ClientClosed

@@ -77,8 +77,33 @@ impl Needles {
         Some(out)
     }
 
+    /// The most bytes a spelling of a secret can take: every character written as
+    /// `\u00XX`. Whether a secret is spelled at some place never depends on more bytes
+    /// than this from there (what a streaming search holds back, `redact_stream`).
+    pub fn longest_spelling(&self) -> usize {
+        self.secrets.first().map_or(0, |s| s.len() * LONGEST_ESCAPE)
+    }
+
+    /// Whether a spelling of some secret may begin at `data[at]` and go on past the end of
+    /// `data`: the text runs out inside it, so only the bytes after `data` can tell. When
+    /// this is false, [`Needles::match_at`] on `data` answers as it would on any longer text
+    /// `data` begins.
+    pub fn open_at(&self, data: &[u8], at: usize) -> bool {
+        let Some(&byte) = data.get(at) else {
+            return !self.is_empty();
+        };
+        if !self.may_start[usize::from(byte)] {
+            return false;
+        }
+        let escaped = matches!(byte, b'%' | b'\\' | b'+');
+        self.secrets
+            .iter()
+            .filter(|secret| escaped || secret[0] == byte)
+            .any(|secret| runs_out(data, at, secret))
+    }
+
     /// The length of the longest spelling of a secret starting at `data[at]`.
-    fn match_at(&self, data: &[u8], at: usize) -> Option<usize> {
+    pub fn match_at(&self, data: &[u8], at: usize) -> Option<usize> {
         let byte = data[at];
         if !self.may_start[usize::from(byte)] {
             return None;
@@ -130,6 +155,56 @@ fn spelled_from(data: &[u8], mut ends: Vec<usize>, rest: &[u8]) -> Option<usize>
     }
     ends.into_iter().max()
 }
+
+/// Whether some way of reading `secret` from `data[at]` reaches the end of `data` before
+/// the secret is spelled out (the ways are followed together, as in [`spelled_from`]).
+fn runs_out(data: &[u8], at: usize, secret: &[u8]) -> bool {
+    let mut ends = vec![at];
+    for &want in secret {
+        let mut next: Vec<usize> = Vec::with_capacity(ends.len() + 1);
+        for &end in &ends {
+            if truncated(data, end, want) {
+                return true;
+            }
+            for len in spellings(data, end, want).into_iter().flatten() {
+                if !next.contains(&(end + len)) {
+                    next.push(end + len);
+                }
+            }
+        }
+        if next.is_empty() {
+            return false;
+        }
+        ends = next;
+    }
+    false
+}
+
+/// Whether `data` ends inside what may still become a spelling of `want` at `data[at]`:
+/// nothing there yet, or the start of an escape (`%`, `%X`, `\`, `\u`, `\u00`, …) whose
+/// digits so far are those of `want`.
+fn truncated(data: &[u8], at: usize, want: u8) -> bool {
+    let rest = data.get(at..).unwrap_or_default();
+    let digits_so_far = |digits: &[u8], of: &str| {
+        digits.len() < of.len()
+            && digits
+                .iter()
+                .zip(of.bytes())
+                .all(|(d, w)| d.eq_ignore_ascii_case(&w))
+    };
+    match rest {
+        [] => true,
+        [b'%', digits @ ..] => digits_so_far(digits, &format!("{want:02X}")),
+        [b'\\'] => want.is_ascii() || json_short_escape(want).is_some(),
+        [b'\\', b'u', digits @ ..] => {
+            want.is_ascii() && digits_so_far(digits, &format!("{want:04X}"))
+        }
+        _ => false,
+    }
+}
+
+/// The longest escape of one byte: `\u00XX`.
+const LONGEST_ESCAPE: usize = 6;
 
 /// The lengths of the spellings of the byte `want` that begin at `data[at]`: the byte
 /// itself, and one escape (`%XX`, `\u00XX`, `\/`-style, `+` for a space).

@@ -5,10 +5,13 @@
 //! The needles ([`Needles`]) are every secret of the execution, every header value built from
 //! one (so `Basic dXNlcjpwYXNz` is caught as well as the password) and the bare base64 token
 //! of Basic credentials, each found in any JSON or URL spelling. Every header is searched,
-//! its name as well as its value (`Location`, `Set-Cookie` and the rest alike); the reason
-//! phrase never reaches the sandbox at all (tollgate sends the standard one). Bodies are
-//! buffered for this (under `max_response_bytes`, which already bounds them) and asked for
-//! without compression; see `pipeline`.
+//! its name as well as its value (`Location`, `Set-Cookie` and the rest alike), and so is
+//! every trailer; the reason phrase never reaches the sandbox at all (tollgate sends the
+//! standard one). Bodies are asked for without compression (see `pipeline`) and searched
+//! whole when they are buffered (under `max_response_bytes`, which already bounds them), or
+//! chunk by chunk as they stream ([`stream`]).
+
+pub(crate) mod stream;
 
 pub(crate) use super::needles::Needles;
 use http::{HeaderMap, HeaderValue};
