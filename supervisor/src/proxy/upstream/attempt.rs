@@ -5,6 +5,7 @@
 //! whether to retry (retryable status, refused or reset connection, connect timeout) and how
 //! long to wait.
 
+use super::pool::Turn;
 use super::transport::{DialError, DialTarget, Upstream};
 use super::{exchange, pool, retry};
 use crate::audit::{Outcome, Protocol, QuotaRecord, Traffic};
@@ -339,35 +340,29 @@ async fn one_attempt(
     let addresses = &outgoing.decision.addresses;
     let port = outgoing.url.port;
     // A WebSocket handshake gets a connection of its own, never a pooled one.
-    let pooled = match outgoing.upgrade {
-        true => None,
-        false => shared.pool.take(&outgoing.origin, port, addresses).await,
-    };
-    if let Some((key, mut sender)) = pooled {
-        let peer = key.peer;
-        let request = upstream_request(shared, outgoing, sender.protocol());
-        let sent = sender.send(request);
-        match tokio::time::timeout_at(deadline, sent).await {
-            Err(_) => return Err(Failure::HeadTimeout(peer)),
-            Ok(Ok(response)) => {
-                return Ok(Exchanged {
-                    response,
-                    peer,
-                    connection: (key, sender),
-                })
+    let mut turn = None;
+    if !outgoing.upgrade {
+        loop {
+            if let Some(done) = on_pooled(shared, outgoing, deadline).await {
+                return done;
             }
-            // The upstream had closed the idle connection before the request was written,
-            // or refused the stream unprocessed: nothing reached it, so a fresh connection
-            // is the same attempt. Any other failure may have reached the upstream and is an
-            // attempt of its own, counted, audited and retried by the caller like every
-            // other.
-            Ok(Err(error)) if unprocessed(&error) => {
-                shared.pool.evict(&key, &sender);
-                tracing::debug!(
-                    "pooled connection to {peer} did not take the request ({error}); dialing afresh"
-                );
+            match shared.pool.dial_turn(&outgoing.origin) {
+                Turn::Free => break,
+                Turn::Mine(mine) => {
+                    turn = Some(mine);
+                    break;
+                }
+                // Its connection may be HTTP/2, to share; past the deadline, the dial below
+                // reports the timeout.
+                Turn::Wait(dial) => {
+                    if tokio::time::timeout_at(deadline, dial.ended())
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
             }
-            Ok(Err(error)) => return Err(classify(peer, error)),
         }
     }
     let remaining = deadline.saturating_duration_since(Deadline::now());
@@ -401,8 +396,9 @@ async fn one_attempt(
     let exchanged = async {
         let mut sender = exchange::handshake(stream, protocol, outgoing.upgrade).await?;
         // An HTTP/2 connection is shared from now on: requests arriving while this one
-        // waits for its answer go on it too.
-        shared.pool.share(&key, &sender);
+        // waits for its answer go on it too, and those that waited for this dial wake.
+        shared.pool.connected(&key, &sender);
+        drop(turn);
         let response = sender
             .send(upstream_request(shared, outgoing, protocol))
             .await?;
@@ -416,6 +412,41 @@ async fn one_attempt(
             peer,
             connection: (key, sender),
         }),
+    }
+}
+
+/// The request on a pooled connection to a decided address, if there is one that takes
+/// it. `None`: nothing pooled, or the connection did not take the request.
+async fn on_pooled(
+    shared: &Shared,
+    outgoing: &Outgoing,
+    deadline: Deadline,
+) -> Option<Result<Exchanged, Failure>> {
+    let addresses = &outgoing.decision.addresses;
+    let port = outgoing.url.port;
+    let (key, mut sender) = shared.pool.take(&outgoing.origin, port, addresses).await?;
+    let peer = key.peer;
+    let request = upstream_request(shared, outgoing, sender.protocol());
+    let sent = sender.send(request);
+    match tokio::time::timeout_at(deadline, sent).await {
+        Err(_) => Some(Err(Failure::HeadTimeout(peer))),
+        Ok(Ok(response)) => Some(Ok(Exchanged {
+            response,
+            peer,
+            connection: (key, sender),
+        })),
+        // The upstream had closed the idle connection before the request was written, or
+        // refused the stream unprocessed: nothing reached it, so a fresh connection is the
+        // same attempt. Any other failure may have reached the upstream and is an attempt of
+        // its own, counted, audited and retried by the caller like every other.
+        Ok(Err(error)) if unprocessed(&error) => {
+            shared.pool.evict(&key, &sender);
+            tracing::debug!(
+                "pooled connection to {peer} did not take the request ({error}); dialing afresh"
+            );
+            None
+        }
+        Ok(Err(error)) => Some(Err(classify(peer, error))),
     }
 }
 

@@ -11,7 +11,14 @@
 //! It is put in the pool as soon as its handshake is done (so requests arriving meanwhile
 //! share it) and leaves it when closed (the upstream's `GOAWAY`, an error, a ping unanswered)
 //! or idle for [`IDLE_FOR_AT_MOST`].
+//!
+//! Which protocol an HTTPS origin speaks is known only once a handshake is done, so while
+//! one dial to an origin is under way, further requests to it wait for that dial
+//! ([`Pool::dial_turn`]) rather than each opening a connection: a burst of requests to an
+//! HTTP/2 upstream shares one connection from the start. Origins seen to speak HTTP/1.1,
+//! which cannot share, do not wait.
 
+use crate::audit::Protocol;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::client::conn::{http1, http2};
@@ -19,6 +26,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
 /// Idle HTTP/1.1 connections kept per authority and address.
 const MAX_IDLE_PER_KEY: usize = 64;
@@ -60,9 +68,55 @@ struct Connections {
     shared: Option<Multiplexed>,
 }
 
+/// What the pool knows of an origin, whatever address it was dialed at.
+#[derive(Default)]
+struct Origin {
+    /// What its last handshake chose.
+    speaks: Option<Protocol>,
+    /// A dial under way (its turn's sender is dropped when it ends).
+    dialing: Option<watch::Receiver<()>>,
+}
+
 #[derive(Default)]
 pub(crate) struct Pool {
     keys: Mutex<HashMap<Key, Connections>>,
+    origins: Mutex<HashMap<String, Origin>>,
+}
+
+/// Whether a request that found no pooled connection may dial now.
+pub(crate) enum Turn<'a> {
+    /// Dial: the origin speaks HTTP/1.1 (or plain `http`), nothing to share.
+    Free,
+    /// Dial, holding the turn until the handshake is done; requests to the origin wait.
+    Mine(DialTurn<'a>),
+    /// Another request is dialing the origin: wait for it, then look in the pool again.
+    Wait(DialUnderWay),
+}
+
+/// The one dial under way to an origin; its end (handshake done, failed or abandoned)
+/// wakes the requests waiting for it.
+pub(crate) struct DialTurn<'a> {
+    pool: &'a Pool,
+    origin: String,
+    _done: watch::Sender<()>,
+}
+
+impl Drop for DialTurn<'_> {
+    fn drop(&mut self) {
+        if let Some(origin) = self.pool.origins().get_mut(&self.origin) {
+            origin.dialing = None;
+        }
+    }
+}
+
+pub(crate) struct DialUnderWay(watch::Receiver<()>);
+
+impl DialUnderWay {
+    /// Until the dial has ended.
+    pub async fn ended(mut self) {
+        // The turn's sender never sends: `changed` returns when it is dropped.
+        let _ = self.0.changed().await;
+    }
 }
 
 impl Pool {
@@ -100,6 +154,33 @@ impl Pool {
         self.keys.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn origins(&self) -> std::sync::MutexGuard<'_, HashMap<String, Origin>> {
+        self.origins.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a request to `origin` that found nothing in the pool dials now or waits for
+    /// a dial under way (see the module's docs).
+    pub fn dial_turn(&self, origin: &str) -> Turn<'_> {
+        if !origin.starts_with("https://") {
+            return Turn::Free;
+        }
+        let mut origins = self.origins();
+        let entry = origins.entry(origin.to_owned()).or_default();
+        if entry.speaks == Some(Protocol::Http1) {
+            return Turn::Free;
+        }
+        if let Some(dialing) = &entry.dialing {
+            return Turn::Wait(DialUnderWay(dialing.clone()));
+        }
+        let (done, dialing) = watch::channel(());
+        entry.dialing = Some(dialing);
+        Turn::Mine(DialTurn {
+            pool: self,
+            origin: origin.to_owned(),
+            _done: done,
+        })
+    }
+
     /// A clone of the key's open HTTP/2 connection; a closed or long idle one is dropped.
     fn multiplexed(&self, key: &Key) -> Option<Http2> {
         let mut keys = self.lock();
@@ -124,10 +205,17 @@ impl Pool {
         None
     }
 
-    /// Offers a freshly dialed HTTP/2 connection for concurrent use. An open one already
-    /// shared for the key is kept (the new one serves its own request and closes when that
-    /// is done), so the key keeps one.
-    pub fn share(&self, key: &Key, sender: &Sender) {
+    /// Notes a fresh connection's protocol for its origin (not a WebSocket handshake's,
+    /// which offered `http/1.1` alone), and offers an HTTP/2 one for concurrent use. An open
+    /// one already shared for the key is kept (the new one serves its own request and closes
+    /// when that is done), so the key keeps one.
+    pub fn connected(&self, key: &Key, sender: &Sender) {
+        if let Sender::Upgrade(_) = sender {
+            return;
+        }
+        if let Some(origin) = self.origins().get_mut(&key.origin) {
+            origin.speaks = Some(sender.protocol());
+        }
         let Sender::Http2(sender) = sender else {
             return;
         };
@@ -179,5 +267,6 @@ impl Pool {
     /// Closes every pooled connection (an HTTP/2 one once its open streams end).
     pub fn clear(&self) {
         self.lock().clear();
+        self.origins().clear();
     }
 }
