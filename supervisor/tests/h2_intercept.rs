@@ -596,3 +596,35 @@ async fn h2c_inside_an_intercepted_tunnel_is_refused_with_goaway() {
     assert_eq!(tunnel[0]["status"], serde_json::Value::Null, "{tunnel:?}");
     assert_eq!(s.up.count(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http1_client_gone_before_its_response_is_recorded_cancelled() {
+    let (arrived, mut arrivals) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let up = proxy_support::upstream_async(move |_, _| {
+        let _ = arrived.send(());
+        async move {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            ok("late")
+        }
+    })
+    .await;
+    let proxy = proxy_support::start(Proxy::builder(proxy_support::roomy()).transport(up.remap()));
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"GET http://api.test/slow HTTP/1.1\r\nHost: api.test\r\n\r\n")
+        .await
+        .unwrap();
+    arrivals.recv().await.unwrap();
+    drop(stream);
+    let mut cancelled = Vec::new();
+    for _ in 0..1000 {
+        cancelled = proxy.records();
+        if !cancelled.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(cancelled.len(), 1, "{cancelled:?}");
+    assert_eq!(cancelled[0]["outcome"], "cancelled", "{cancelled:?}");
+    assert_eq!(cancelled[0]["protocol"], "http/1.1", "{cancelled:?}");
+    assert_eq!(cancelled[0]["path"], "/slow", "{cancelled:?}");
+}
