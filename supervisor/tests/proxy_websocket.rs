@@ -260,8 +260,7 @@ async fn without_the_opt_in_the_upgrade_is_refused_naming_the_option() {
     let harness = proxy(Proxy::builder(ws_policy("")).transport(server.remap()));
     let refused = open(harness.addr, "GET", "http://plain.test:8080/chat", "")
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_eq!(refused.status, 403, "{refused:?}");
     assert_eq!(
         header_of(&refused.head, "tollgate-error").as_deref(),
@@ -278,8 +277,7 @@ async fn without_the_opt_in_the_upgrade_is_refused_naming_the_option() {
 
     let refused = open(harness.addr, "POST", "http://api.test:8080/chat", "")
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_eq!(refused.status, 400, "{refused:?}");
     assert!(refused.body.contains("must be a GET"), "{refused:?}");
 }

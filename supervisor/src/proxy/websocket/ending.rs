@@ -64,8 +64,8 @@ pub(super) enum Limit {
 }
 
 impl End {
-    /// The Close frame tollgate sends to the leg(s) that did not end the session, `None`
-    /// when the ending side's own frame is passed on.
+    /// The Close frame tollgate sends to the leg(s) that did not end the session: the
+    /// ending side's own frame passed on, or tollgate's with its code and a short reason.
     pub fn frame(&self) -> CloseFrame {
         let (code, reason) = match self {
             End::Closed {

@@ -64,25 +64,26 @@ pub(crate) async fn switch(
     handshake::check_answer(sent.response.headers(), &host)?;
     let answer = handshake::answer(sent.response.headers());
     let upgrade = hyper::upgrade::on(&mut sent.response);
-    let upstream =
-        match tokio::time::timeout_at(sent.deadline, upgrade).await {
-            Ok(Ok(upgraded)) => upgraded,
-            Ok(Err(error)) => return Err(ProxyError::new(
+    let upstream = match tokio::time::timeout_at(sent.deadline, upgrade).await {
+        Ok(Ok(upgraded)) => upgraded,
+        Ok(Err(error)) => {
+            return Err(ProxyError::new(
                 ErrorCode::ConnectError,
                 format!(
                     "{host} answered 101 but its connection could not switch protocols: {error}"
                 ),
-            )),
-            Err(_) => {
-                return Err(ProxyError::new(
-                    ErrorCode::Timeout,
-                    format!(
-                        "{host} did not switch protocols within {:?}",
-                        outgoing.timeout
-                    ),
-                ))
-            }
-        };
+            ))
+        }
+        Err(_) => {
+            return Err(ProxyError::new(
+                ErrorCode::Timeout,
+                format!(
+                    "{host} did not switch protocols within {:?}",
+                    outgoing.timeout
+                ),
+            ))
+        }
+    };
     let session = session::Session {
         shared: shared.clone(),
         record,
