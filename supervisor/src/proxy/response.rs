@@ -86,6 +86,11 @@ pub(crate) async fn relay(
             .is_ok_and(|v| v.to_ascii_lowercase().contains("close"))
     });
     headers::sanitise_response(&mut parts.headers);
+    if parts.status == StatusCode::NO_CONTENT {
+        // RFC 9110 §8.6: never in a 204. HTTP/1.1 clients ignore one; an HTTP/2 client
+        // (nghttp2: curl) resets the stream as malformed.
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
     headers::add_via(&mut parts.headers);
     if outgoing.redact {
         let needles = shared.credentials.needles();
