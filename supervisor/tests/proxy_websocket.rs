@@ -8,6 +8,7 @@
 //! `RemapTransport`. No test sends a packet off the host.
 
 mod proxy_support;
+mod tls_support;
 
 use futures_util::{SinkExt, StreamExt};
 use proxy_support::{policy, start, Harness, PINNED};
@@ -64,46 +65,31 @@ struct EchoServer {
 
 impl EchoServer {
     async fn start() -> EchoServer {
+        EchoServer::start_with(None).await
+    }
+
+    /// The same behind TLS (`wss://`) with `config`.
+    async fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> EchoServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let handshakes: Arc<Mutex<Vec<http::HeaderMap>>> = Arc::default();
         let seen = handshakes.clone();
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let seen = seen.clone();
-                tokio::spawn(async move {
-                    let auth: Arc<Mutex<String>> = Arc::default();
-                    let keep = auth.clone();
-                    #[allow(clippy::result_large_err)]
-                    let callback = move |request: &tokio_tungstenite::tungstenite::handshake::server::Request,
-                                         response| {
-                        seen.lock().unwrap().push(request.headers().clone());
-                        if let Some(value) = request.headers().get("authorization") {
-                            *keep.lock().unwrap() = value.to_str().unwrap_or_default().to_owned();
-                        }
-                        Ok(response)
-                    };
-                    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await
-                    else {
-                        return;
-                    };
-                    while let Some(Ok(message)) = ws.next().await {
-                        let answer = match message {
-                            Message::Text(text) if text.as_str() == "say-auth" => {
-                                let auth = auth.lock().unwrap().clone();
-                                Message::text(format!("you sent: {auth}"))
-                            }
-                            Message::Text(text) if text.as_str() == "big" => {
-                                Message::binary(vec![7u8; 16 * 1024 * 1024 + 1])
-                            }
-                            Message::Text(_) | Message::Binary(_) => message,
-                            _ => continue,
-                        };
-                        if ws.send(answer).await.is_err() {
-                            return;
-                        }
+                match acceptor.clone() {
+                    None => {
+                        tokio::spawn(echo(stream, seen));
                     }
-                });
+                    Some(acceptor) => {
+                        tokio::spawn(async move {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                echo(stream, seen).await;
+                            }
+                        });
+                    }
+                }
             }
         });
         EchoServer { addr, handshakes }
@@ -112,6 +98,43 @@ impl EchoServer {
     fn remap(&self) -> RemapTransport {
         let pinned: IpAddr = PINNED.parse().unwrap();
         RemapTransport::new([(pinned, self.addr)])
+    }
+}
+
+/// One upstream session of [`EchoServer`].
+async fn echo<S>(stream: S, seen: Arc<Mutex<Vec<http::HeaderMap>>>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let auth: Arc<Mutex<String>> = Arc::default();
+    let keep = auth.clone();
+    #[allow(clippy::result_large_err)]
+    let callback = move |request: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                         response| {
+        seen.lock().unwrap().push(request.headers().clone());
+        if let Some(value) = request.headers().get("authorization") {
+            *keep.lock().unwrap() = value.to_str().unwrap_or_default().to_owned();
+        }
+        Ok(response)
+    };
+    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
+        return;
+    };
+    while let Some(Ok(message)) = ws.next().await {
+        let answer = match message {
+            Message::Text(text) if text.as_str() == "say-auth" => {
+                let auth = auth.lock().unwrap().clone();
+                Message::text(format!("you sent: {auth}"))
+            }
+            Message::Text(text) if text.as_str() == "big" => {
+                Message::binary(vec![7u8; 16 * 1024 * 1024 + 1])
+            }
+            Message::Text(_) | Message::Binary(_) => message,
+            _ => continue,
+        };
+        if ws.send(answer).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -433,4 +456,70 @@ async fn the_handshake_is_credentialed_and_an_echoed_secret_is_redacted() {
     assert_eq!(record["finding"], "secret_echoed", "{record}");
     assert!(!harness.audit.text().contains(SECRET));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wss_through_an_intercepted_tunnel_is_relayed() {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, ServerName};
+    let dir = tls_support::Dir::new("ws");
+    let ca = tls_support::TestCa::new("upstream test CA");
+    let ca_file = dir.file("upstream-ca.pem", ca.pem.as_bytes());
+    let server = EchoServer::start_with(Some(ca.server_config(&["api.test"]))).await;
+    let allow = tls_support::entry("api.test", "      websocket: true\n");
+    let policy = tls_support::tls_policy(&ca_file, &allow, "");
+    let proxy =
+        tls_support::start(Proxy::builder(policy).transport(tls_support::remap(server.addr, None)));
+
+    let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    tcp.write_all(b"CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(tcp.read(&mut byte).await.unwrap(), 1, "{head:?}");
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{head:?}");
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(&proxy.ca_file).unwrap();
+    roots
+        .add(CertificateDer::from_pem_slice(&pem).unwrap())
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    // What browsers and WebSocket libraries offer for wss://.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("api.test").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut ws, answer) = tokio_tungstenite::client_async("wss://api.test/chat", tls)
+        .await
+        .expect("switched");
+    assert_eq!(answer.status(), 101);
+    ws.send(Message::text("through the tunnel")).await.unwrap();
+    let echoed = loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) => break text,
+            Some(Ok(_)) => continue,
+            other => panic!("no echo: {other:?}"),
+        }
+    };
+    assert_eq!(echoed.as_str(), "through the tunnel");
+    ws.close(None).await.unwrap();
+    while let Some(Ok(_)) = ws.next().await {}
+
+    let record = session_record(&proxy.harness).await;
+    assert_eq!(record["scheme"], "https", "{record}");
+    assert_eq!(record["outcome"], "closed", "{record}");
+    assert_eq!(record["upstream_protocol"], "http/1.1", "{record}");
+    assert_eq!(record["websocket"]["messages_up"], 1, "{record}");
+    assert_eq!(record["websocket"]["messages_down"], 1, "{record}");
+    assert_eq!(record["websocket"]["closed_by"], "client", "{record}");
 }
