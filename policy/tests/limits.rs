@@ -164,6 +164,7 @@ fn the_schema_describes_the_tunnel_and_refusal_limits() {
         "allow_path_parameters",
         "allow_encoded_percent",
         "allow_trailing_dot",
+        "websocket",
     ] {
         assert_eq!(entry[opt_in]["type"], "boolean", "{opt_in}: {entry}");
         assert_eq!(entry[opt_in]["default"], false, "{opt_in}: {entry}");
