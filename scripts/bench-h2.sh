@@ -35,6 +35,7 @@
 #   bash scripts/bench-h2.sh                        # 3 rounds, 5 s per cell: about 6 minutes
 #   ROUNDS=5 DURATION=10s bash scripts/bench-h2.sh
 #   MIXED=0 ROUNDS=1 bash scripts/bench-h2.sh       # a quick look
+#   SHAPES="1x32" bash scripts/bench-h2.sh          # only that shape (CONNSxSTREAMS)
 #   TOLLGATE=/path/to/tollgate bash scripts/bench-h2.sh   # that build (default: the release
 #                                                         # build, brought up to date)
 #   PERF=1 ROUNDS=1 bash scripts/bench-h2.sh
@@ -50,6 +51,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 DURATION=${DURATION:-5s}
 ROUNDS=${ROUNDS:-3}
 MIXED=${MIXED:-1}
+SHAPES=${SHAPES:-1x1 1x32 8x1}
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "run as root: it builds a network namespace and runs tollgate" >&2
@@ -207,9 +209,10 @@ measure() {
   fi
   /usr/bin/python3 scripts/lib/bench_h2.py cell "$round" "$conns" "$streams" "$proto" tollgate \
     "$port" "$((after - before))" "$dir" "$PRIVATE/audit.jsonl" >>"$RESULTS"
-  # A failed cell keeps its h2load output for a look.
+  # A failed cell keeps its h2load output and audit log for a look.
   if tail -n 1 "$RESULTS" | grep -q '"error"'; then
     mkdir -p "$WORK-failed"; cp -r "$dir" "$WORK-failed/" 2>/dev/null || true
+    cp "$PRIVATE/audit.jsonl" "$WORK-failed/$CELL/" 2>/dev/null || true
   fi
   rm -f "$PRIVATE/audit.jsonl" "$PRIVATE/summary.json"
   rm -rf "$dir"
@@ -228,8 +231,8 @@ cells_of() { # STREAMS
 }
 
 for round in $(seq "$ROUNDS"); do
-  for shape in "1 1" "1 32" "8 1"; do
-    read -r conns streams <<<"$shape"
+  for shape in $SHAPES; do
+    conns=${shape%x*} streams=${shape#*x}
     mapfile -t cells < <(cells_of "$streams")
     [ $((round % 2)) = 1 ] || mapfile -t cells < <(printf '%s\n' "${cells[@]}" | tac)
     for c in "${cells[@]}"; do
