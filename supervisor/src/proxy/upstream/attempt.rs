@@ -99,8 +99,8 @@ impl Failure {
         match self {
             Failure::Dial(DialError::TimedOut) => "connect timeout".into(),
             Failure::Dial(DialError::Failed(e)) => format!("connect failed: {e}"),
-            Failure::Reset(_, e) => format!("connection closed before a response: {e}"),
-            Failure::Invalid(_, e) => format!("invalid response: {e}"),
+            Failure::Reset(_, e) => format!("connection closed before a response: {}", why(e)),
+            Failure::Invalid(_, e) => format!("invalid response: {}", why(e)),
             Failure::HeadTimeout(_) => "no response before the timeout".into(),
             Failure::Tls(_, reason) => format!("TLS failed: {reason}"),
             Failure::TlsReset(_, e) => format!("connection closed during the TLS handshake: {e}"),
@@ -120,11 +120,11 @@ impl Failure {
             ),
             Failure::Reset(_, e) => ProxyError::new(
                 ErrorCode::ConnectError,
-                format!("{host} closed the connection before responding: {e}"),
+                format!("{host} closed the connection before responding: {}", why(&e)),
             ),
             Failure::Invalid(_, e) => ProxyError::new(
                 ErrorCode::ConnectError,
-                format!("{host} sent an invalid HTTP response: {e}"),
+                format!("{host} sent an invalid HTTP response: {}", why(&e)),
             ),
             Failure::Tls(_, reason) => ProxyError::new(
                 ErrorCode::UpstreamTlsError,
@@ -307,6 +307,16 @@ fn classify(peer: SocketAddr, error: hyper::Error) -> Failure {
         Failure::Invalid(peer, error)
     } else {
         Failure::Reset(peer, error)
+    }
+}
+
+/// hyper's words for an exchange's error; for HTTP/2, h2's too (hyper says only "http2
+/// error"; h2 says which frame: "stream error received: refused stream before processing
+/// any application logic").
+fn why(error: &hyper::Error) -> String {
+    match h2_error(error) {
+        Some(cause) => format!("{error}: {cause}"),
+        None => error.to_string(),
     }
 }
 
