@@ -638,12 +638,8 @@ fn traffic_unmapped(record: &Record, traffic: &Traffic) -> Value {
         put(&mut unmapped, "transparent", true);
     }
     put(&mut unmapped, "quota", &traffic.quota);
-    put(&mut unmapped, "protocol", &traffic.protocol);
-    put(
-        &mut unmapped,
-        "upstream_protocol",
-        &traffic.upstream_protocol,
-    );
+    put(&mut unmapped, "protocol", traffic.protocol);
+    put(&mut unmapped, "upstream_protocol", traffic.upstream_protocol);
     put(&mut unmapped, "websocket", &traffic.websocket);
     Value::Object(unmapped)
 }
