@@ -4,9 +4,10 @@
 //! bodies that must stream (event streams, gRPC) stream even from a credential scope, their
 //! echoed secrets redacted on the way even when split across chunks.
 //!
-//! The client is hyper's own HTTP/1.1 client over a CONNECT tunnel, trusting only the
-//! execution's CA: it reads the body frame by frame, so the tests see what arrived when, and
-//! trailers as trailers. Streaming is proved by a barrier, never by timing: the upstream
+//! The client is hyper's own HTTP/1.1 (or HTTP/2) client over a CONNECT tunnel, trusting
+//! only the execution's CA: it reads the body frame by frame, so the tests see what arrived
+//! when, and trailers as trailers. gRPC's own path, HTTP/2 on both sides, has an upstream of
+//! hyper's HTTP/2 server. Streaming is proved by a barrier, never by timing: the upstream
 //! sends the rest of its body only once the client has read the first part.
 
 mod proxy_support;
@@ -16,7 +17,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper::body::Frame;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use proxy_support::Seen;
 use std::path::Path;
 use std::sync::Arc;
@@ -148,6 +149,27 @@ fn chunked_with_trailers(
 /// `CONNECT api.test:443` through the proxy, TLS trusting the execution's CA (ALPN
 /// `http/1.1`), and hyper's HTTP/1.1 client on top.
 async fn client(proxy: &Intercepting) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
+    let tls = tunnel(proxy, b"http/1.1").await;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
+/// The same tunnel with ALPN `h2`, and hyper's HTTP/2 client on top.
+async fn h2_client(proxy: &Intercepting) -> hyper::client::conn::http2::SendRequest<Empty<Bytes>> {
+    let tls = tunnel(proxy, b"h2").await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
+async fn tunnel(proxy: &Intercepting, alpn: &[u8]) -> tokio_rustls::client::TlsStream<TcpStream> {
     use rustls::pki_types::pem::PemObject;
     let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
     tcp.write_all(b"CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\n\r\n")
@@ -170,17 +192,12 @@ async fn client(proxy: &Intercepting) -> hyper::client::conn::http1::SendRequest
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     let name = rustls::pki_types::ServerName::try_from("api.test").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
         .await
-        .unwrap();
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    sender
+        .unwrap()
 }
 
 /// `GET https://api.test{path}` with `headers`.
@@ -548,4 +565,150 @@ async fn grpc_streams_without_credentials() {
             "{content_type}: {read:?}"
         );
     }
+}
+
+/// An HTTPS upstream for `api.test` speaking HTTP/2 only (hyper's server), answering every
+/// request with `handler`, recording what it received.
+async fn h2_upstream(
+    ca: &TestCa,
+    handler: impl Fn(&Seen) -> Response<ProxyBody> + Send + Sync + 'static,
+) -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<Seen>>>) {
+    let mut config = ca.server_config(&["api.test"]).as_ref().clone();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Arc<std::sync::Mutex<Vec<Seen>>> = Arc::default();
+    let record = seen.clone();
+    let handler = Arc::new(handler);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let record = record.clone();
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service =
+                    hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                        let record = record.clone();
+                        let handler = handler.clone();
+                        async move {
+                            let (parts, body) = request.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let seen = Seen {
+                                method: parts.method.to_string(),
+                                uri: parts.uri.to_string(),
+                                headers: parts.headers,
+                                body: body.to_vec(),
+                            };
+                            record.lock().unwrap().push(seen.clone());
+                            Ok::<_, std::convert::Infallible>(handler(&seen))
+                        }
+                    });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// gRPC's own path: HTTP/2 from the client, HTTP/2 to the upstream. The upstream's trailers
+/// (no `Trailer` announcement, as gRPC servers send none) reach the client with
+/// `grpc-status`, without the forged `tollgate-error`, the secret it echoed in a message and
+/// a trailer redacted, the message's length kept; `te: trailers` reached the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_over_http2_on_both_sides_gets_its_trailers() {
+    fn message(payload: &[u8]) -> Vec<u8> {
+        let mut framed = vec![0u8];
+        framed.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        framed.extend_from_slice(payload);
+        framed
+    }
+    let dir = Dir::new("trailers-h2");
+    let ca = TestCa::new("upstream test CA");
+    let ca_file = dir.file("upstream-ca.pem", ca.pem.as_bytes());
+    let (addr, seen) = h2_upstream(&ca, |seen| {
+        let echoed = seen
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none")
+            .to_owned();
+        let (feed, frames) = mpsc::unbounded_channel();
+        feed.send(Frame::data(Bytes::from(message(echoed.as_bytes()))))
+            .unwrap();
+        feed.send(Frame::trailers(trailers(&[
+            ("grpc-status", "0"),
+            ("x-echo", &echoed),
+            ("tollgate-error", "policy_denied"),
+        ])))
+        .unwrap();
+        let mut response = Response::new(fed_body(frames));
+        response
+            .headers_mut()
+            .insert("content-type", HeaderValue::from_static("application/grpc"));
+        response
+    })
+    .await;
+    let policy = trailers_policy(&dir, &ca_file, true, "1MiB");
+    let rules = SecretRules::new(dir.0.join("secrets"), []).unwrap();
+    let proxy = start(
+        Proxy::builder(policy.clone())
+            .credentials(Credentials::load(&policy, &rules).unwrap())
+            .transport(remap(addr, None)),
+    );
+    let mut sender = h2_client(&proxy).await;
+    let request = Request::post("https://api.test/pkg.Svc/Unary")
+        .header("te", "trailers")
+        .header("content-type", "application/grpc")
+        .header("tollgate-auth", "Bearer")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = tokio::time::timeout(GUARD, sender.send_request(request))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    let (head, mut body) = response.into_parts();
+    let mut read = Read {
+        head,
+        body: Vec::new(),
+        trailers: None,
+    };
+    while let Some(frame) = tokio::time::timeout(GUARD, body.frame())
+        .await
+        .expect("the body in time")
+    {
+        collect(&mut read, frame.unwrap());
+    }
+    assert_eq!(read.head.status, 200, "{read:?}");
+    let bearer = format!("Bearer {SECRET}");
+    assert_eq!(
+        read.body,
+        message("*".repeat(bearer.len()).as_bytes()),
+        "{read:?}"
+    );
+    assert_eq!(trailer(&read, "grpc-status"), Some("0"), "{read:?}");
+    assert_eq!(
+        trailer(&read, "x-echo"),
+        Some("[redacted by tollgate]"),
+        "{read:?}"
+    );
+    assert_eq!(trailer(&read, "tollgate-error"), None, "{read:?}");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(values(&seen[0], "te"), vec!["trailers"]);
+    assert_eq!(values(&seen[0], "authorization"), vec![bearer]);
+    let records = proxy.records();
+    let http: Vec<_> = records.iter().filter(|r| r["type"] == "http").collect();
+    assert_eq!(http[0]["protocol"], "h2", "{records:?}");
+    assert_eq!(http[0]["upstream_protocol"], "h2", "{records:?}");
+    assert_eq!(http[0]["finding"], "secret_echoed", "{records:?}");
+    assert_eq!(http[0]["outcome"], "complete", "{records:?}");
 }
