@@ -167,12 +167,22 @@ where
         let path = request.uri().path().to_owned();
         let together = together.clone();
         let answered = async move {
+            let mut answer = format!("path={path}");
+            let mut body = request.into_body();
+            let mut received = Vec::new();
+            while let Some(Ok(data)) = body.data().await {
+                let _ = body.flow_control().release_capacity(data.len());
+                received.extend_from_slice(&data);
+            }
+            if !received.is_empty() {
+                answer += &format!(" body={}", String::from_utf8_lossy(&received));
+            }
             if let Behaviour::AnswerTogether(_) = behaviour {
                 together.wait().await;
             }
             let response = Response::builder().status(200).body(()).unwrap();
             if let Ok(mut body) = respond.send_response(response, false) {
-                let _ = body.send_data(Bytes::from(format!("path={path}")), true);
+                let _ = body.send_data(Bytes::from(answer), true);
             }
         };
         if first_connection && n == 0 && behaviour == Behaviour::GoAwayAfterFirst {
@@ -254,10 +264,21 @@ async fn a_request_reaches_an_h2_upstream_over_h2_naming_the_decided_authority()
     // `:scheme` and `:authority` are the decided URL's.
     assert_eq!(received[0].uri, "https://api.test/one?q=1");
     assert_eq!(received[1].uri, "https://api.test/two");
-    // Two sequential requests, one upstream connection.
+    // A body goes as DATA; `TE: trailers` (gRPC needs it) is the one TE HTTP/2 allows.
+    let post = get(
+        &proxy,
+        &["https://api.test/post"],
+        &["-d", "hello", "-H", "TE: trailers"],
+    )
+    .await;
+    assert_eq!(post.stdout, "path=/post body=hello 200\n", "{post:?}");
+    let received = up.received();
+    assert_eq!(received[2].headers.get("te").unwrap(), "trailers");
+    assert_eq!(received[2].headers.get("content-length").unwrap(), "5");
+    // Three sequential requests, one upstream connection.
     assert_eq!(up.accepted(), 1);
     let records = http_records(&proxy);
-    assert_eq!(records.len(), 2, "{records:?}");
+    assert_eq!(records.len(), 3, "{records:?}");
     for record in &records {
         assert_eq!(record["upstream_protocol"], "h2", "{record}");
         assert_eq!(record["outcome"], "complete", "{record}");
