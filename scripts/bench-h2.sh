@@ -159,14 +159,25 @@ profile_start() {
 profile_stop() {
   kill -INT "$PERF_PID"; wait "$PERF_PID" || true
   {
-    echo; echo "== $1: self time by object and symbol (≥ 0.7 %)"
+    echo; echo "== $1: self time by crate (or kind of kernel and libc work)"
     perf report -i "$WORK/perf.data" --stdio --no-children --sort dso,symbol \
-      --percent-limit 0.7 -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -45
+      --percent-limit 0 -g none 2>/dev/null | /usr/bin/python3 scripts/lib/bench_h2.py profile
+    echo "-- self time by object and symbol (≥ 1 %)"
+    perf report -i "$WORK/perf.data" --stdio --no-children --sort dso,symbol \
+      --percent-limit 1 -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -25
     echo "-- system calls, with what they call (≥ 1 %)"
     perf report -i "$WORK/perf.data" --stdio --children --sort symbol --percent-limit 1 \
-      -g none 2>/dev/null | grep -E '(__x64_sys|__do_sys)' | head -20
+      -g none 2>/dev/null | grep -E '(__x64_sys|__do_sys)' | head -12
   } >>"$WORK/profiles.txt"
   rm -f "$WORK/perf.data"
+}
+
+# context_switches PID — the context switches (voluntary and not) of PID's threads so far
+# (a thread that has exited no longer counts: the blocking pool's idle threads leave after
+# 10 s, so this can undercount).
+context_switches() {
+  cat /proc/"$1"/task/*/status 2>/dev/null |
+    awk '/^(non)?voluntary_ctxt_switches/ {n += $2} END {print n + 0}'
 }
 
 RESULTS="$WORK/results.jsonl"
@@ -175,7 +186,7 @@ CELL=0
 # measure ROUND PATH CONNS STREAMS PROTO PORT — one cell: h2load with PROTO to upstream.test
 # at PORT through `tollgate run` (PATH tollgate), or to nginx's address (PATH direct).
 measure() {
-  local round=$1 path=$2 conns=$3 streams=$4 proto=$5 port=$6 dir supervisor before after
+  local round=$1 path=$2 conns=$3 streams=$4 proto=$5 port=$6 dir supervisor before after switches
   local threads=$(( conns > 1 ? 2 : 1 ))
   local settings=(PROTO="$proto" CONNS="$conns" STREAMS="$streams" THREADS="$threads"
     DURATION="$DURATION" H2LOAD="$H2LOAD")
@@ -196,9 +207,12 @@ measure() {
     --summary "$PRIVATE/summary.json" --share "$WORK" "${envs[@]}" \
     -- /bin/sh "$WORK/h2load.sh" >"$dir/stdout" 2>"$dir/stderr" &
   supervisor=$!
-  bench_wait_for "$dir/measuring" "$supervisor"; before=$(bench_ticks "$supervisor" 2>/dev/null || echo 0)
+  bench_wait_for "$dir/measuring" "$supervisor"
+  before=$(bench_ticks "$supervisor" 2>/dev/null || echo 0); switches=$(context_switches "$supervisor")
   [ -z "${PERF:-}" ] || profile_start "$supervisor"
-  bench_wait_for "$dir/measured" "$supervisor"; after=$(bench_ticks "$supervisor" 2>/dev/null || echo 0)
+  bench_wait_for "$dir/measured" "$supervisor"
+  after=$(bench_ticks "$supervisor" 2>/dev/null || echo 0)
+  switches=$(( $(context_switches "$supervisor") - switches ))
   [ -z "${PERF:-}" ] || profile_stop "$conns × $streams, $proto to tollgate, port $port"
   : >"$dir/read"
   if ! wait "$supervisor"; then
@@ -208,7 +222,7 @@ measure() {
     tail -n 5 "$dir/stdout" "$dir/stderr" >&2; exit 1
   fi
   /usr/bin/python3 scripts/lib/bench_h2.py cell "$round" "$conns" "$streams" "$proto" tollgate \
-    "$port" "$((after - before))" "$dir" "$PRIVATE/audit.jsonl" >>"$RESULTS"
+    "$port" "$((after - before))" "$dir" "$PRIVATE/audit.jsonl" "$switches" >>"$RESULTS"
   # A failed cell keeps its h2load output and audit log for a look.
   if tail -n 1 "$RESULTS" | grep -q '"error"'; then
     mkdir -p "$WORK-failed"; cp -r "$dir" "$WORK-failed/" 2>/dev/null || true

@@ -17,8 +17,12 @@ offers only HTTP/1.1 must not show `h2`).
 direct cell of the same client protocol and shape, and against the all-HTTP/1.1 tollgate
 cell of the same shape), then the median over the rounds is given with their range.
 
-    bench_h2.py cell ROUND CONNS STREAMS CLIENT PATH PORT TICKS DIR [AUDIT]
+`profile` sums a `perf report` (self time by object and symbol, on stdin) by crate, or by
+kind of kernel or libc work.
+
+    bench_h2.py cell ROUND CONNS STREAMS CLIENT PATH PORT TICKS DIR [AUDIT SWITCHES]
     bench_h2.py table RESULTS-JSONL ROUNDS
+    bench_h2.py profile <PERF-REPORT
 """
 
 import json
@@ -120,7 +124,7 @@ def audit_check(audit_file, client, in_flight):
     return name or "?", teardown, None
 
 
-def cell(round_, conns, streams, client, path, port, ticks, out, audit=None):
+def cell(round_, conns, streams, client, path, port, ticks, out, audit=None, switches=None):
     """Checks one cell and prints its JSON line."""
     line = {"round": int(round_), "conns": int(conns), "streams": int(streams),
             "client": client, "path": path, "port": port}
@@ -146,6 +150,8 @@ def cell(round_, conns, streams, client, path, port, ticks, out, audit=None):
         line.update(rps=figures["rps"], requests=figures["succeeded"], p50_us=p50, p99_us=p99)
         if ticks != "-":
             line["cpu_us"] = int(ticks) * 1e6 / TICK / figures["succeeded"]
+        if switches is not None:
+            line["switches"] = int(switches) / figures["succeeded"]
     print(json.dumps(line))
 
 
@@ -188,9 +194,9 @@ def table(results, rounds):
         return spread(values) if values else ""
 
     print("| conns × streams | sandbox ↔ tollgate | tollgate ↔ upstream | req/s | p50 | p99 "
-          "| proxy CPU/req | req/s vs direct | p50 vs direct "
+          "| proxy CPU/req | switches/req | req/s vs direct | p50 vs direct "
           "| req/s vs all-HTTP/1.1 | p50 vs all-HTTP/1.1 | CPU vs all-HTTP/1.1 |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for key in order:
         conns, streams, client, path, port = key
         runs = [line for line in cells[key].values() if "error" not in line]
@@ -206,10 +212,11 @@ def table(results, rounds):
         label = client if path == "direct" else f"{client} (tollgate)"
         if not runs:
             print(f"| {shape} | {label} | {upstream} | failed: {'; '.join(failed)} "
-                  "| | | | | | | | |")
+                  "| | | | | | | | | |")
             continue
         med = lambda field: statistics.median(line[field] for line in runs)
         cpu = f"{med('cpu_us'):.0f} µs" if path != "direct" else "–"
+        switches = f"{med('switches'):.1f}" if path != "direct" else "–"
         vs_direct = ["", ""]
         vs_h1 = ["", "", ""]
         if path != "direct":
@@ -221,7 +228,7 @@ def table(results, rounds):
                          ratios(key, h1, "cpu_us")]
         note = f" (failed in {len(failures)} rounds: {'; '.join(failed)})" if failed else ""
         print(f"| {shape} | {label} | {upstream} | {med('rps'):.0f}{note} | "
-              f"{shown(med('p50_us'))} | {shown(med('p99_us'))} | {cpu} | "
+              f"{shown(med('p50_us'))} | {shown(med('p99_us'))} | {cpu} | {switches} | "
               + " | ".join(vs_direct + vs_h1) + " |")
     teardown = [line for line in lines if line.get("teardown")]
     if teardown:
@@ -232,11 +239,56 @@ def table(results, rounds):
               "request is `cancelled`.")
 
 
+# `perf report --no-children --sort dso,symbol -g none --stdio` lines: percent, object, [k]
+# or [.], symbol.
+PERF_LINE = re.compile(r"^\s*([\d.]+)%\s+(\S+)\s+\[(.)\]\s+(.*?)\s*$")
+# Kernel symbols a timer-sampled profile (a VM without a PMU) charges to switching threads
+# in and out: the sample lands where interrupts are turned back on.
+SCHEDULING = ("finish_task_switch", "_raw_spin_unlock", "schedule", "__schedule", "futex")
+
+
+def component(dso, symbol):
+    """Which crate (or kind of kernel or libc work) a sampled symbol belongs to."""
+    if dso == "[kernel.kallsyms]":
+        if symbol.startswith(SCHEDULING):
+            return "kernel: switching threads (wake-ups, futex)"
+        if any(word in symbol for word in ("tcp", "skb", "ip_", "sock", "veth", "nf_", "net")):
+            return "kernel: network"
+        return "kernel: other"
+    if dso.startswith("libc"):
+        if any(word in symbol for word in ("malloc", "free", "alloc", "chunk", "consolidate")):
+            return "libc: malloc/free"
+        if symbol.startswith(("__mem", "memcpy", "memmove", "memset")):
+            return "libc: memcpy/memmove/memcmp"
+        return "libc: other"
+    # Rust symbols: `<regorus::value::Value as …>::cmp`, `h2::proto::…`, `tollgate::proxy::…`.
+    name = symbol.lstrip("<&*").removeprefix("mut ").removeprefix("dyn ")
+    crate = re.match(r"([a-z_][a-z0-9_]*)::", name)
+    if crate:
+        return "core/alloc/std" if crate.group(1) in ("core", "alloc", "std") else crate.group(1)
+    return f"{dso}: other"
+
+
+def profile(text):
+    """Self time by component from a perf report on stdin, heaviest first (≥ 0.5 %)."""
+    shares = Counter()
+    for line in text.splitlines():
+        match = PERF_LINE.match(line)
+        if match:
+            percent, dso, _, symbol = match.groups()
+            shares[component(dso, symbol)] += float(percent)
+    for name, percent in shares.most_common():
+        if percent >= 0.5:
+            print(f"  {percent:5.1f} %  {name}")
+
+
 if __name__ == "__main__":
     command, args = sys.argv[1], sys.argv[2:]
     if command == "cell":
         cell(*args)
     elif command == "table":
         table(args[0], int(args[1]))
+    elif command == "profile":
+        profile(sys.stdin.read())
     else:
-        sys.exit(f"bench_h2.py: unknown command {command} (cell or table)")
+        sys.exit(f"bench_h2.py: unknown command {command} (cell, table or profile)")
