@@ -189,7 +189,8 @@ impl RelayBody {
         }
     }
 
-    /// Queues `data` (when there is any) for the client, counted as handed on.
+    /// Queues `data` (when there is any) for the client; it is counted in `bytes_down` when
+    /// it is handed on.
     fn queue_data(&mut self, data: Bytes) {
         if !data.is_empty() {
             self.queued.push_back(Frame::data(data));

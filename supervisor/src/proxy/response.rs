@@ -337,3 +337,35 @@ async fn buffered(
     };
     Ok(Response::from_parts(parts, body))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn typed(content_type: &str) -> http::response::Parts {
+        let mut parts = Response::new(()).into_parts().0;
+        let value = HeaderValue::from_str(content_type).expect("a header value");
+        parts.headers.insert(header::CONTENT_TYPE, value);
+        parts
+    }
+
+    #[test]
+    fn grpc_and_event_streams_must_stream() {
+        for streams in [
+            "application/grpc",
+            "Application/GRPC+proto; charset=x",
+            "application/grpc-web",
+            "application/grpc-web+json",
+            "application/grpc-web-text+proto",
+            "text/event-stream",
+            "application/x-ndjson",
+        ] {
+            assert!(must_stream(&typed(streams)), "{streams}");
+        }
+        for buffered in ["application/grpcx", "application/json", "text/plain"] {
+            assert!(!must_stream(&typed(buffered)), "{buffered}");
+        }
+        assert!(is_grpc(&typed("application/grpc-web-text")));
+        assert!(!is_grpc(&typed("text/event-stream")));
+    }
+}
