@@ -84,6 +84,7 @@ async def session(url, messages, headers, subprotocols, until_closed):
         seen["ended_early"] = True
     except TimeoutError:
         seen["error"] = f"no end within {GUARD} s"
+        await connection.close()
     await connection.wait_closed()
     seen["close"] = close_of(connection)
     return seen
@@ -102,9 +103,13 @@ def ws(name, url, messages=(), headers=None, subprotocols=None, until_closed=Fal
 
 def node(name, spec):
     """The raw Node client with `spec` (see websocket_e2e_client.js)."""
-    p = subprocess.run(
-        ["/usr/bin/node", NODE_CLIENT, json.dumps(spec)], capture_output=True, timeout=2 * GUARD
-    )
+    try:
+        p = subprocess.run(
+            ["/usr/bin/node", NODE_CLIENT, json.dumps(spec)], capture_output=True, timeout=2 * GUARD
+        )
+    except subprocess.TimeoutExpired:
+        results[name] = {"error": f"node ran for more than {2 * GUARD} s"}
+        return results[name]
     save(name + ".out", p.stdout + p.stderr)
     lines = p.stdout.decode("utf-8", "replace").strip().splitlines()
     try:
