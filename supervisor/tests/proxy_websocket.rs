@@ -334,6 +334,37 @@ async fn max_tunnel_bytes_closes_the_session_with_1008() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_tunnel_duration_closes_a_busy_session_with_1008() {
+    let server = EchoServer::start().await;
+    let limits = "limits:\n  max_tunnel_duration: 1s\n";
+    let harness = proxy(Proxy::builder(ws_policy(limits)).transport(server.remap()));
+    let mut ws = open(harness.addr, "GET", "http://api.test:8080/chat", "")
+        .await
+        .expect("switched");
+    // Busy until it is ended: the idle timeout (60 s) plays no part. (The bound only turns
+    // a session that is never ended into a failure instead of a hang.)
+    let ticking = async {
+        loop {
+            ws.send(Message::text("tick")).await.unwrap();
+            match next(&mut ws).await {
+                Message::Text(_) => continue,
+                Message::Close(Some(frame)) => break frame,
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let frame = tokio::time::timeout(Duration::from_secs(30), ticking)
+        .await
+        .expect("the session was never ended");
+    assert_eq!(frame.code, CloseCode::Policy, "{frame:?}");
+    assert!(frame.reason.contains("max_tunnel_duration"), "{frame:?}");
+    let record = session_record(&harness).await;
+    assert_eq!(record["outcome"], "tunnel_duration_exceeded", "{record}");
+    assert_eq!(record["websocket"]["close_code"], 1008, "{record}");
+    assert_eq!(record["websocket"]["closed_by"], "tollgate", "{record}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_over_the_size_limit_closes_the_session_with_1009() {
     let server = EchoServer::start().await;
     let harness = proxy(Proxy::builder(ws_policy("")).transport(server.remap()));
