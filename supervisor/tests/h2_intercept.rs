@@ -628,3 +628,37 @@ async fn an_http1_client_gone_before_its_response_is_recorded_cancelled() {
     assert_eq!(cancelled[0]["protocol"], "http/1.1", "{cancelled:?}");
     assert_eq!(cancelled[0]["path"], "/slow", "{cancelled:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_without_open_streams_is_closed_after_the_header_read_timeout() {
+    let dir = Dir::new("idle");
+    let ca = TestCa::new("upstream test CA");
+    let ca_file = dir.file("upstream-ca.pem", ca.pem.as_bytes());
+    let up = tls_upstream(ca.server_config(&["api.test"]), echo).await;
+    let settings = tollgate::proxy::Settings {
+        header_read_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let proxy = start(
+        Proxy::builder(policy_for(&ca_file, ""))
+            .transport(remap(up.addr, None))
+            .settings(settings),
+    );
+    let tls = tunnel(&proxy, &[b"h2"]).await;
+    let (send, connection) = h2::client::handshake(tls).await.unwrap();
+    let (ended, mut closed) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let _ = ended.send(connection.await);
+    });
+    let (status, _) = get(&send, "https://api.test/once").await;
+    assert_eq!(status, StatusCode::OK);
+    // The client keeps its side open; tollgate ends the idle connection (GOAWAY, close).
+    let ended = tokio::time::timeout(Duration::from_secs(20), &mut closed).await;
+    assert!(ended.is_ok(), "the idle connection was not closed");
+    let tunnel = wait_for(&proxy, |r| r["type"] == "connect");
+    assert_eq!(tunnel[0]["outcome"], "closed", "{tunnel:?}");
+    assert!(
+        send.clone().ready().await.is_err(),
+        "no new stream after GOAWAY"
+    );
+}

@@ -98,6 +98,14 @@ impl<S> Tapped<S> {
         };
         (tapped, seen)
     }
+
+    /// Follows bytes the inner stream took.
+    fn observe(&mut self, bytes: &[u8]) {
+        let seen = &self.seen;
+        self.follow.feed(bytes, &mut |payload| {
+            *seen.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(payload);
+        });
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Tapped<S> {
@@ -119,12 +127,34 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tapped<S> {
         let this = &mut *self;
         let written = Pin::new(&mut this.inner).poll_write(cx, data);
         if let Poll::Ready(Ok(n)) = written {
-            let seen = &this.seen;
-            this.follow.feed(&data[..n], &mut |payload| {
-                *seen.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(payload);
-            });
+            this.observe(&data[..n]);
         }
         written
+    }
+
+    // h2 writes its frames vectored where the stream can (TLS can): kept so.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let written = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(mut n)) = written {
+            for buf in bufs {
+                if n == 0 {
+                    break;
+                }
+                let taken = n.min(buf.len());
+                this.observe(&buf[..taken]);
+                n -= taken;
+            }
+        }
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
