@@ -7,7 +7,8 @@
 //! `Tollgate-Auth`, URL credentials) → attempts (`attempt`: budget, connection, TLS,
 //! signature, exchange, retry) → relay the response (`response`: echoed secrets redacted)
 //! or, for an allowed WebSocket upgrade the upstream accepted, the session (`websocket`) →
-//! audit.
+//! audit. A request whose handling is dropped before it answered (the client reset its
+//! HTTP/2 stream or closed its connection) is recorded `cancelled`.
 
 use super::body::ProxyBody;
 use super::errors::{ErrorCode, ProxyError};

@@ -1,9 +1,10 @@
 //! The HTTP/1.1 server tollgate speaks to the sandbox, on its connections to the proxy and
-//! inside intercepted tunnels: hyper with the header read timeout (also the keep-alive idle
-//! timeout), the 16 KiB header limit and CONNECT upgrades, and the framing witness on the
-//! raw bytes, which tells each request whether its head was ambiguous. Each request carries
-//! its connection's [`Delivery`] (in its extensions), so that a relayed body cut short can
-//! first make sure the client has every byte before the cut.
+//! inside intercepted tunnels whose client did not pick `h2` (those get `http2`): hyper with
+//! the header read timeout (also the keep-alive idle timeout), the 16 KiB header limit and
+//! CONNECT upgrades, and the framing witness on the raw bytes, which tells each request
+//! whether its head was ambiguous. Each request carries its connection's [`Delivery`] (in
+//! its extensions), so that a relayed body cut short can first make sure the client has
+//! every byte before the cut.
 
 mod delivery;
 mod witness;
