@@ -662,3 +662,65 @@ async fn a_connection_without_open_streams_is_closed_after_the_header_read_timeo
         "no new stream after GOAWAY"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_cuts_a_stream_past_the_grace_and_records_it_cancelled() {
+    let dir = Dir::new("shutdown");
+    let ca = TestCa::new("upstream test CA");
+    let ca_file = dir.file("upstream-ca.pem", ca.pem.as_bytes());
+    let (arrived, mut arrivals) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(ca.server_config(&["api.test"]));
+    let up = proxy_support::serve(
+        listener,
+        move |stream| {
+            let accept = acceptor.accept(stream);
+            async move { accept.await.ok() }
+        },
+        move |_, _| {
+            let _ = arrived.send(());
+            async move {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                ok("late")
+            }
+        },
+    );
+    let settings = tollgate::proxy::Settings {
+        shutdown_grace: Duration::from_millis(200),
+        ..Default::default()
+    };
+    let proxy = start(
+        Proxy::builder(policy_for(&ca_file, ""))
+            .transport(remap(up.addr, None))
+            .settings(settings),
+    );
+    let send = h2_client(&proxy).await;
+    let mut ready = send.clone().ready().await.unwrap();
+    let (response, _) = ready
+        .send_request(
+            Request::get("https://api.test/long").body(()).unwrap(),
+            true,
+        )
+        .unwrap();
+    arrivals.recv().await.unwrap();
+    let Intercepting { harness, .. } = proxy;
+    harness.handle.shutdown().await;
+    // The stream did not finish within the grace: the client sees it fail.
+    assert!(response.await.is_err());
+    let mut records = Vec::new();
+    for _ in 0..1000 {
+        records = harness.audit.records();
+        if records.iter().any(|r| r["type"] == "http")
+            && records.iter().any(|r| r["type"] == "connect")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let inner: Vec<_> = records.iter().filter(|r| r["type"] == "http").collect();
+    assert_eq!(inner.len(), 1, "{records:?}");
+    assert_eq!(inner[0]["outcome"], "cancelled", "{records:?}");
+    let tunnel: Vec<_> = records.iter().filter(|r| r["type"] == "connect").collect();
+    assert_eq!(tunnel[0]["protocol"], "h2", "{records:?}");
+    let _ = up;
+}
