@@ -40,7 +40,7 @@ const MEMORY_BOUND_KIB: u64 = 200 * 1024;
 
 /// How many upstream requests an attack of thousands of cancelled streams may cause at most:
 /// a bound well below what was sent, whatever the exact thresholds.
-const UPSTREAM_BOUND: usize = 500;
+const UPSTREAM_BOUND: usize = 250;
 
 // HTTP/2 error codes (RFC 9113 §7).
 const PROTOCOL_ERROR: u64 = 0x1;
@@ -191,6 +191,12 @@ impl Session {
     /// The supervisor after an attack: its memory stayed bounded (printed, so a run's output
     /// records it) and a fresh, well-behaved HTTP/2 connection still gets a 200.
     fn assert_healthy(&mut self, after: &str) -> Memory {
+        let fresh = self.phase(json!({"phase": "fresh", "tag": after.replace(' ', "-")}));
+        if fresh["status"] != 200 || fresh["http_version"] != "HTTP/2" {
+            self.run.fail(&format!(
+                "after {after} a fresh HTTP/2 connection did not get its 200: {fresh}"
+            ));
+        }
         let memory = self.memory();
         eprintln!(
             "after {after}: supervisor VmRSS {} KiB, peak (VmHWM) {} KiB",
@@ -198,14 +204,9 @@ impl Session {
         );
         if memory.peak_kib >= MEMORY_BOUND_KIB {
             self.run.fail(&format!(
-                "after {after} the supervisor's peak resident memory was {} KiB (bound {MEMORY_BOUND_KIB} KiB)",
+                "after {after} the supervisor's peak resident memory was {} KiB (bound \
+                 {MEMORY_BOUND_KIB} KiB)",
                 memory.peak_kib
-            ));
-        }
-        let fresh = self.phase(json!({"phase": "fresh", "tag": after.replace(' ', "-")}));
-        if fresh["status"] != 200 || fresh["http_version"] != "HTTP/2" {
-            self.run.fail(&format!(
-                "after {after} a fresh HTTP/2 connection did not get its 200: {fresh}"
             ));
         }
         memory
@@ -289,10 +290,11 @@ fn rapid_reset_is_answered_with_goaway_and_recorded_as_a_protocol_error() {
     assert_goaway(&report, &[ENHANCE_YOUR_CALM], &outcome);
     protocol_error_record(&outcome, "rapid reset");
     let reached = bench.reached("/rr/");
-    eprintln!("rapid reset: {reached} of {streams} cancelled requests reached the upstream");
+    let sent = &report["sent"];
+    eprintln!("rapid reset: {reached} of {sent} cancelled requests reached the upstream");
     assert!(
         reached <= UPSTREAM_BOUND,
-        "{reached} of {streams} cancelled requests reached the upstream"
+        "{reached} of {sent} cancelled requests reached the upstream"
     );
     // A request that got as far as the upstream is in the audit, cancelled or answered.
     assert!(
@@ -307,7 +309,9 @@ fn rapid_reset_of_streams_already_accepted_is_stopped_by_tollgates_guard() {
     let _lock = SuiteLock::shared();
     let bench = Bench::new("h2-paced-reset");
     let mut session = bench.start();
-    let streams = 2000;
+    // Six times tollgate's floor (100 cancelled streams): enough to prove the guard, few
+    // enough that a server without it still answers within the hang limit.
+    let streams = 600;
     let report = session.attack(json!({"phase": "paced_reset", "streams": streams}));
     show("paced rapid reset", &report);
     session.assert_healthy("paced rapid reset");
@@ -371,8 +375,8 @@ fn continuation_floods_close_the_connection_with_a_protocol_error_record() {
         assert_eq!(record["protocol"], "h2", "{record}");
         let message = record["message"].as_str().unwrap_or_default();
         assert!(
-            message.contains("CONTINUATION") || message.contains("HPACK"),
-            "{record}"
+            message.contains("CONTINUATION"),
+            "the message names the flood: {record}"
         );
     }
     assert_eq!(bench.reached("/cont"), 0);
@@ -404,7 +408,7 @@ fn a_header_list_over_16_kib_is_refused_and_a_huge_one_ends_the_connection() {
         "the connection's next request: {over}"
     );
     assert_goaway(&huge, &[ENHANCE_YOUR_CALM, COMPRESSION_ERROR], &outcome);
-    protocol_error_record(&outcome, "header");
+    protocol_error_record(&outcome, "header block");
     assert_eq!(
         bench.reached("/big"),
         0,
@@ -420,7 +424,7 @@ fn streams_beyond_max_concurrent_streams_are_refused_and_the_rest_complete() {
     let mut session = bench.start();
     let excess = 50;
     let report = session.attack(json!({
-        "phase": "concurrency", "excess": excess, "without_limit": 2000
+        "phase": "concurrency", "excess": excess, "most": 1000
     }));
     show("too many concurrent streams", &report);
     session.assert_healthy("too many concurrent streams");

