@@ -7,9 +7,10 @@
 //! Each test runs one execution whose Python script prints what its clients saw as one JSON
 //! object; the test checks it against what the server logged (every handshake it saw, each
 //! message, each close), the `--audit` file and the `--summary`. What is checked: the opt-in
-//! (`websocket: true`) and the refusal without it, one counted request and one record per
-//! session, the session limits, credentials in the handshake (and an echoed secret redacted
-//! in a message), subprotocols passed and extensions not offered.
+//! (`websocket: true`) and the refusal without it, malformed upgrades refused before the
+//! upstream, one counted request (against `max_requests`) and one record per session, the
+//! session limits, credentials in the handshake (and an echoed secret redacted in a
+//! message), subprotocols passed and extensions not offered.
 //!
 //! Needs root (namespaces, veth pairs, `tollgate run`). No packet goes anywhere but loopback
 //! and the veth pairs `tollgate_tests::upstream` makes (10.201.0.0/16, /30 per upstream).
@@ -86,6 +87,8 @@ struct Extra<'a> {
     api: &'a str,
     /// Appended to the `other.example.com` entry (`network.allow[1]`).
     other: &'a str,
+    /// `limits.max_requests` (100 when `None`).
+    max_requests: Option<u32>,
     /// Appended to `limits`.
     limits: &'a str,
     /// Appended at the top level.
@@ -129,11 +132,12 @@ network:
       ports: [443]
       allowed_ips: [{subnet}]
 {other}limits:
-  max_requests: 100
+  max_requests: {max_requests}
 {limits}{top}",
             ca = self.material.ca.display(),
             api = extra.api,
             other = extra.other,
+            max_requests = extra.max_requests.unwrap_or(100),
             limits = extra.limits,
             top = extra.top,
         )
@@ -707,4 +711,97 @@ node("node", {"url": "wss://api.example.com/echo/sub-node", "messages": ["sub"],
     for path in ["/echo/sub-python", "/echo/sub-node"] {
         assert_session(run.record(path), "closed", websocket(1, 1, 1000, "client"));
     }
+}
+
+#[test]
+fn a_malformed_upgrade_is_an_invalid_request_that_never_reaches_the_server() {
+    let _lock = SuiteLock::shared();
+    let mut bench = Bench::new("ws-malformed");
+    let policy = bench.policy(Extra {
+        api: "      websocket: true\n",
+        ..Extra::default()
+    });
+    // The raw client breaks one rule of RFC 6455 §4.1 each time.
+    let run = bench.run(
+        &policy,
+        r#"
+node("post", {"url": "wss://api.example.com/echo/malformed-post", "method": "POST"})
+node("no key", {"url": "wss://api.example.com/echo/malformed-nokey", "omit_key": True})
+node("version", {"url": "wss://api.example.com/echo/malformed-version", "version": "8"})
+"#,
+    );
+    for (name, path, names) in [
+        ("post", "/echo/malformed-post", "GET"),
+        ("no key", "/echo/malformed-nokey", "Sec-WebSocket-Key"),
+        (
+            "version",
+            "/echo/malformed-version",
+            "Sec-WebSocket-Version",
+        ),
+    ] {
+        let result = node_result(&run, name);
+        assert_eq!(result["status"], 400, "{name}: {result}");
+        assert_eq!(
+            header(result, "headers", "tollgate-error"),
+            "invalid_request",
+            "{name}: {result}"
+        );
+        let refusal = body(result);
+        let message = refusal["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(names),
+            "{name}: says what is wrong: {message}"
+        );
+        let record = run.record(path);
+        assert_eq!(record["decision"], "deny", "{record}");
+        assert_eq!(record["error"], "invalid_request", "{record}");
+        assert!(record.get("websocket").is_none(), "{record}");
+    }
+    assert!(
+        bench.logged("handshake", "/echo/malformed").is_empty(),
+        "{:?}",
+        bench.host.requests()
+    );
+}
+
+#[test]
+fn each_session_counts_against_max_requests() {
+    let _lock = SuiteLock::shared();
+    let mut bench = Bench::new("ws-max-requests");
+    let policy = bench.policy(Extra {
+        api: "      websocket: true\n",
+        max_requests: Some(1),
+        ..Extra::default()
+    });
+    // Many messages in the first session; the second session is a second request.
+    let run = bench.run(
+        &policy,
+        r#"
+ws("first", "wss://api.example.com/echo/first", messages=["one", "two", "three"])
+ws("second", "wss://api.example.com/echo/second", messages=["never sent"])
+"#,
+    );
+    let first = run.outcome.result("first");
+    assert_eq!(first["status"], 101, "{first}");
+    assert_eq!(first["replies"], json!(["one", "two", "three"]), "{first}");
+    let second = run.outcome.result("second");
+    assert_eq!(second["status"], 429, "{second}");
+    assert_eq!(
+        header(second, "headers", "tollgate-error"),
+        "request_limit_exceeded",
+        "{second}"
+    );
+    assert_eq!(bench.handshake("/echo/first")["upgrade"], "websocket");
+    assert!(
+        bench.logged("handshake", "/echo/second").is_empty(),
+        "{:?}",
+        bench.host.requests()
+    );
+    assert_session(
+        run.record("/echo/first"),
+        "closed",
+        websocket(3, 3, 1000, "client"),
+    );
+    assert_eq!(run.record("/echo/second")["decision"], "deny");
+    assert_eq!(run.requests(), 1, "{}", run.outcome.summary_text);
 }

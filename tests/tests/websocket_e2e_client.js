@@ -5,6 +5,9 @@
 //   node websocket_e2e_client.js '{"url": "wss://host/path", "headers": {...},
 //                                  "messages": ["text", ...], "until_closed": false}'
 //
+// A malformed upgrade on purpose: `"method": "POST"`, `"omit_key": true` (no
+// Sec-WebSocket-Key), `"version": "8"` (another Sec-WebSocket-Version).
+//
 // CONNECT to the proxy named by HTTPS_PROXY, TLS inside the tunnel (servername, the CA bundle
 // from SSL_CERT_FILE, ALPN http/1.1 only), a hand-written upgrade request with a random
 // Sec-WebSocket-Key (plus `headers`), the Sec-WebSocket-Accept checked, then each message as
@@ -108,13 +111,13 @@ function parseHead(text) {
 function session(conn) {
   const key = crypto.randomBytes(16).toString('base64');
   const request = [
-    `GET ${target.pathname}${target.search} HTTP/1.1`,
+    `${spec.method || 'GET'} ${target.pathname}${target.search} HTTP/1.1`,
     `Host: ${target.host}`,
     'Upgrade: websocket',
     'Connection: Upgrade',
-    `Sec-WebSocket-Key: ${key}`,
-    'Sec-WebSocket-Version: 13',
   ];
+  if (!spec.omit_key) request.push(`Sec-WebSocket-Key: ${key}`);
+  request.push(`Sec-WebSocket-Version: ${spec.version || '13'}`);
   for (const [name, value] of Object.entries(spec.headers || {})) request.push(`${name}: ${value}`);
   conn.write(request.join('\r\n') + '\r\n\r\n');
 
