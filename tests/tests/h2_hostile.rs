@@ -93,7 +93,7 @@ network:
   upstream_ca: {{file: {ca}}}
   allow:
     - host: {HOST}
-      ports: [{PORT}]
+      ports: [{PORT}, 80]
       allowed_ips: [{subnet}]
 limits:
   max_requests: 100000
@@ -545,7 +545,8 @@ fn assert_h2c_refused(report: &Value) {
 }
 
 #[test]
-fn h2c_prior_knowledge_is_refused_with_http_1_1_required_on_the_proxy_port_and_in_a_tunnel() {
+fn h2c_prior_knowledge_is_refused_with_http_1_1_required_on_the_proxy_port_in_a_tunnel_and_transparently(
+) {
     let _lock = SuiteLock::shared();
     let bench = Bench::new("h2-h2c");
     let mut session = bench.start();
@@ -553,16 +554,19 @@ fn h2c_prior_knowledge_is_refused_with_http_1_1_required_on_the_proxy_port_and_i
     show("h2c to the proxy port", &proxy);
     let tunnel = session.phase(json!({"phase": "h2c", "where": "tunnel"}));
     show("h2c inside a CONNECT tunnel", &tunnel);
+    let transparent = session.phase(json!({"phase": "h2c", "where": "transparent"}));
+    show("h2c to port 80, ignoring the proxy", &transparent);
     session.assert_healthy("h2c prior knowledge");
     let outcome = session.finish();
     assert_h2c_refused(&proxy);
     assert_h2c_refused(&tunnel);
+    assert_h2c_refused(&transparent);
     let refusals: Vec<&Value> = outcome
         .audit
         .iter()
         .filter(|r| r["reason"] == "h2c_unsupported")
         .collect();
-    assert_eq!(refusals.len(), 2, "{}", outcome.describe());
+    assert_eq!(refusals.len(), 3, "{}", outcome.describe());
     for record in &refusals {
         assert_eq!(record["decision"], "deny", "{record}");
         assert_eq!(record["error"], "invalid_request", "{record}");
@@ -572,6 +576,10 @@ fn h2c_prior_knowledge_is_refused_with_http_1_1_required_on_the_proxy_port_and_i
             .iter()
             .any(|r| r["type"] == "connect" && r["host"] == HOST),
         "the tunnel's own record says h2c: {refusals:?}"
+    );
+    assert!(
+        refusals.iter().any(|r| r["transparent"] == true),
+        "the transparent connection's record says h2c: {refusals:?}"
     );
     assert_eq!(bench.reached("/h2c"), 0);
 }

@@ -69,8 +69,8 @@ class Wire:
     before is still in our receive queue, which a transport that closes on the first
     write error (asyncio's) would throw away."""
 
-    def __init__(self):
-        self.sock = socket.create_connection(proxy_address(), timeout=GUARD)
+    def __init__(self, address=None):
+        self.sock = socket.create_connection(address or proxy_address(), timeout=GUARD)
         self.sock.setblocking(False)
         self.tls = None
         self.incoming = self.outgoing = None
@@ -606,9 +606,15 @@ def parse_frames(data):
 
 def h2c(cmd):
     """HTTP/2 with prior knowledge in plain text: the preface, SETTINGS and a request,
-    `where` "proxy" (straight to the proxy port) or "tunnel" (the first bytes inside an
-    intercepted CONNECT tunnel)."""
-    wire = Wire() if cmd["where"] == "proxy" else tunnel()
+    `where` "proxy" (straight to the proxy port), "tunnel" (the first bytes inside an
+    intercepted CONNECT tunnel) or "transparent" (to HOST:80 itself, ignoring the proxy
+    settings: the sandbox's resolver hands out an address tollgate redirects)."""
+    if cmd["where"] == "proxy":
+        wire = Wire()
+    elif cmd["where"] == "tunnel":
+        wire = tunnel()
+    else:
+        wire = Wire((socket.gethostbyname(HOST), 80))
     block = hpack.Encoder().encode(
         [(":method", "GET"), (":scheme", "http"), (":authority", HOST), (":path", "/h2c")]
     )
