@@ -639,7 +639,11 @@ fn traffic_unmapped(record: &Record, traffic: &Traffic) -> Value {
     }
     put(&mut unmapped, "quota", &traffic.quota);
     put(&mut unmapped, "protocol", traffic.protocol);
-    put(&mut unmapped, "upstream_protocol", traffic.upstream_protocol);
+    put(
+        &mut unmapped,
+        "upstream_protocol",
+        traffic.upstream_protocol,
+    );
     put(&mut unmapped, "websocket", &traffic.websocket);
     Value::Object(unmapped)
 }
