@@ -62,6 +62,22 @@ impl Budget {
     }
 }
 
+/// The reason of a request whose client went away while its body was read: the pipeline
+/// records it `cancelled`, not refused (there is no one to answer).
+pub(crate) const CANCELLED: &str = "cancelled";
+
+/// Whether a request body broke because its client went away: it closed the connection
+/// mid-body (HTTP/1.1), or reset its stream or the connection (HTTP/2), rather than sending
+/// something malformed.
+fn client_went_away(error: &hyper::Error) -> bool {
+    use std::error::Error as _;
+    let h2 = error.source().and_then(|s| s.downcast_ref::<h2::Error>());
+    error.is_incomplete_message()
+        || error.is_canceled()
+        || error.is_closed()
+        || h2.is_some_and(|e| e.is_io() || (e.is_remote() && (e.is_reset() || e.is_go_away())))
+}
+
 fn too_large(limit: u64) -> ProxyError {
     ProxyError::new(
         ErrorCode::RequestTooLarge,
@@ -119,10 +135,15 @@ impl RequestBody {
         let read = async {
             while let Some(frame) = self.body.frame().await {
                 let frame = frame.map_err(|e| {
-                    ProxyError::new(
+                    let error = ProxyError::new(
                         ErrorCode::InvalidRequest,
                         format!("the request body could not be read: {e}"),
-                    )
+                    );
+                    if client_went_away(&e) {
+                        error.with_reason(CANCELLED)
+                    } else {
+                        error
+                    }
                 })?;
                 if let Ok(data) = frame.into_data() {
                     if (buffer.len() as u64).saturating_add(data.len() as u64) > limit {

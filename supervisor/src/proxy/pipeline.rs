@@ -69,6 +69,13 @@ pub(crate) async fn handle(
                 .unwrap_or(error))
         }
     };
+    if matches!(&result, Err(error) if error.reason == limits::CANCELLED) {
+        // The client went away while its body was read: `pending` records it cancelled,
+        // and the answer goes nowhere.
+        drop(pending);
+        return ProxyError::new(ErrorCode::InvalidRequest, "cancelled")
+            .to_response(&shared.execution);
+    }
     let record = pending.disarm();
     match result {
         Ok(response) => response,

@@ -346,7 +346,15 @@ impl Body for RelayBody {
 
 impl Drop for RelayBody {
     fn drop(&mut self) {
-        let outcome = if self.upstream_done || self.inner.is_end_stream() {
+        // A body whose every declared byte was handed on is whole even when the client went
+        // before the upstream's end-of-stream arrived: an HTTP/2 upstream may end the stream
+        // in an empty DATA frame after the last byte, and a client that has its
+        // `Content-Length` stops reading there.
+        let every_byte = self.inner.size_hint().exact() == Some(0)
+            && self.received > 0
+            && self.queued.is_empty()
+            && self.redactor.as_ref().is_none_or(|r| r.held() == 0);
+        let outcome = if self.upstream_done || self.inner.is_end_stream() || every_byte {
             Outcome::Complete
         } else {
             Outcome::ClientClosed

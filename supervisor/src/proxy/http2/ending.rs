@@ -5,6 +5,7 @@
 //! broke the protocol or one of its limits, and the record says which; anything else (the
 //! client went away, or sent its own `GOAWAY`) is an ordinary close.
 
+use crate::proxy::http1::MAX_HEADER_BYTES;
 use h2::Reason;
 use std::error::Error as _;
 
@@ -75,11 +76,14 @@ fn protocol_error(error: &h2::Error, said: &str) -> Option<String> {
              with GOAWAY FRAME_SIZE_ERROR"
                 .to_owned()
         }
-        Reason::COMPRESSION_ERROR => {
-            "the client's header compression (HPACK) could not be decoded; tollgate closed \
-             the connection with GOAWAY COMPRESSION_ERROR"
-                .to_owned()
-        }
+        // h2 raises COMPRESSION_ERROR in one place only: a header block that goes on far
+        // past the header list limit (HEADERS and CONTINUATION frames together), which it
+        // stops decoding rather than buffer (h2 0.4, codec/framed_read.rs).
+        Reason::COMPRESSION_ERROR => format!(
+            "the client's header block went on far past the {MAX_HEADER_BYTES}-byte header \
+             list limit (in HEADERS and CONTINUATION frames); tollgate closed the connection \
+             with GOAWAY COMPRESSION_ERROR"
+        ),
         Reason::FLOW_CONTROL_ERROR => {
             "the client sent more than its flow-control window allowed; tollgate closed the \
              connection with GOAWAY FLOW_CONTROL_ERROR"

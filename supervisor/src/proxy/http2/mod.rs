@@ -61,6 +61,9 @@ const MAX_SEND_BUFFER: usize = 128 * 1024;
 const STREAM_WINDOW: u32 = 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 1024 * 1024;
 
+/// How long a connection closed by the cancel guard has to write its GOAWAY.
+const GOODBYE_WITHIN: Duration = Duration::from_millis(200);
+
 /// Why a connection was closed by tollgate because of what the client did: the sentence for
 /// the tunnel's record (`outcome: protocol_error`).
 #[derive(Debug)]
@@ -113,8 +116,14 @@ where
                 let _ = tokio::time::timeout(settings.shutdown_grace, connection).await;
                 None
             }
-            // Dropping the connection closes it: its open streams have nothing to wait for.
-            Watch::Abusive(message) => Some(message),
+            // A GOAWAY first, so the client is told rather than cut off (hyper sends it
+            // with NO_ERROR: it has no way to send another code), then the connection is
+            // dropped: its open streams have nothing to wait for.
+            Watch::Abusive(message) => {
+                connection.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(GOODBYE_WITHIN, connection).await;
+                Some(message)
+            }
         },
         _ = crate::proxy::stopped(&mut stop) => {
             connection.as_mut().graceful_shutdown();
