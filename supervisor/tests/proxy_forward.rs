@@ -127,7 +127,7 @@ async fn hop_by_hop_headers_are_removed_both_ways_and_via_added() {
         proxy.addr,
         b"GET http://api.test/h HTTP/1.1\r\nHost: api.test\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\n\
 Keep-Alive: timeout=9\r\nProxy-Connection: keep-alive\r\nProxy-Authorization: Basic c2VjcmV0\r\n\
-TE: trailers\r\nUpgrade: h2c\r\nTollgate-Timeout: 5\r\nX-Kept: yes\r\n\r\n",
+TE: trailers\r\nUpgrade: websocket\r\nTollgate-Timeout: 5\r\nX-Kept: yes\r\n\r\n",
     )
     .await;
     assert_eq!(status_of(&answer), 200, "{answer}");

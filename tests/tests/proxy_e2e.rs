@@ -462,7 +462,6 @@ results["response-py"] = fetch(U + "/hop/response-py")
         "keep-alive",
         "proxy-connection",
         "proxy-authorization",
-        "te",
         "trailer",
         "upgrade",
         "tollgate-timeout",
@@ -472,6 +471,8 @@ results["response-py"] = fetch(U + "/hop/response-py")
             "the upstream received hop-by-hop header {gone}: {seen:#}"
         );
     }
+    // The one TE value that goes on: the client takes trailers, and tollgate relays them.
+    assert_eq!(headers(&seen, "te"), vec!["trailers"], "{seen:#}");
     assert_eq!(headers(&seen, "x-kept"), vec!["kept"]);
     assert_eq!(headers(&seen, "host"), vec!["up.test:8080"]);
     let via = headers(&seen, "via");
@@ -493,7 +494,6 @@ results["response-py"] = fetch(U + "/hop/response-py")
             "keep-alive",
             "proxy-authenticate",
             "proxy-connection",
-            "trailer",
             "upgrade",
         ] {
             assert!(
@@ -505,6 +505,14 @@ results["response-py"] = fetch(U + "/hop/response-py")
             headers(response, "connection")
                 .iter()
                 .all(|v| !v.to_ascii_lowercase().contains("x-resp-hop")),
+            "{name}: {response:#}"
+        );
+        // `Trailer` is end to end (RFC 9110 §6.6.2) and announces the trailers tollgate
+        // relays: it reaches the client naming only those that pass (#14).
+        assert!(
+            headers(response, "trailer")
+                .iter()
+                .all(|v| v.eq_ignore_ascii_case("x-checksum")),
             "{name}: {response:#}"
         );
         assert_eq!(headers(response, "x-resp-kept"), vec!["yes"], "{name}");

@@ -56,18 +56,18 @@ def save(name, data):
 
 
 def _final_head(raw):
-    """(status, reason, headers) of the last response head in a `curl -D` dump."""
+    """(status, reason, headers, version) of the last response head in a `curl -D` dump."""
     text = raw.decode("latin-1")
     blocks = [b for b in text.split("\r\n\r\n") if b.startswith("HTTP/")]
     if not blocks:
-        return None, None, {}
+        return None, None, {}, None
     lines = blocks[-1].split("\r\n")
     parts = lines[0].split(" ", 2)
     fields = {}
     for line in lines[1:]:
         name, _, value = line.partition(":")
         fields.setdefault(name.strip().lower(), value.strip())
-    return int(parts[1]), parts[2] if len(parts) > 2 else "", fields
+    return int(parts[1]), parts[2] if len(parts) > 2 else "", fields, parts[0]
 
 
 def curl(name, *args, expect=None, keep=False):
@@ -86,8 +86,8 @@ def curl(name, *args, expect=None, keep=False):
         code = 0
     data = open(body_path, "rb").read() if os.path.exists(body_path) else b""
     raw_head = open(head_path, "rb").read() if os.path.exists(head_path) else b""
-    status, reason, fields = _final_head(raw_head)
-    out.update(status=code, head_status=status, reason=reason, headers=fields)
+    status, reason, fields, version = _final_head(raw_head)
+    out.update(status=code, head_status=status, reason=reason, headers=fields, version=version)
     judge(out, data, expect)
     if keep:
         save(name.replace("/", "_") + ".stderr", done.stderr)

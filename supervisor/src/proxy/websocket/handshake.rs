@@ -21,11 +21,15 @@ use tollgate_policy::Decision;
 
 /// Whether this request asks to upgrade to WebSocket (`Upgrade` lists `websocket`); takes
 /// the client's `OnUpgrade` (and the [`ConnContext`]) from `parts.extensions`. An upgrade
-/// that is not a well-formed RFC 6455 handshake (another method, no `Connection: Upgrade`,
-/// a missing or malformed key, a version other than 13, HTTP/2) is `invalid_request`.
+/// (`Connection` names it) that is not a well-formed RFC 6455 handshake (another method, a
+/// missing or malformed key, a version other than 13, HTTP/2) is `invalid_request`.
 /// Other `Upgrade` values are not WebSocket: `sanitise_request` drops them as today.
 pub(crate) fn requested(parts: &mut Parts) -> Result<Option<Requested>, ProxyError> {
-    if !lists(&parts.headers, header::UPGRADE, "websocket") {
+    // An `Upgrade` that `Connection` does not name is no upgrade (RFC 9110 §7.8): it is
+    // dropped with the other hop-by-hop headers and the request answered as it is.
+    if !lists(&parts.headers, header::UPGRADE, "websocket")
+        || !lists(&parts.headers, header::CONNECTION, "upgrade")
+    {
         return Ok(None);
     }
     match parts.version {
@@ -46,11 +50,6 @@ pub(crate) fn requested(parts: &mut Parts) -> Result<Option<Requested>, ProxyErr
             "a WebSocket upgrade must be a GET request (RFC 6455 §4.1), not {}",
             parts.method
         )));
-    }
-    if !lists(&parts.headers, header::CONNECTION, "upgrade") {
-        return Err(invalid(
-            "`Upgrade: websocket` needs `Connection: Upgrade` beside it (RFC 6455 §4.1)",
-        ));
     }
     let key = parts
         .headers
