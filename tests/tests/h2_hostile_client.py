@@ -518,6 +518,9 @@ def concurrency(cmd):
         "refused": len(refused_early),
         "taken": len(taken),
         "taken_ok": sum(1 for s in taken if peer.status.get(s) == 200),
+        # What the others got, when any failed: a status, or the RST_STREAM code.
+        "taken_not_ok": sorted(str(peer.status.get(s, f"reset {peer.reset.get(s)}"))
+                               for s in taken if peer.status.get(s) != 200),
         **peer.observed(),
     }
     result.pop("status")

@@ -71,6 +71,9 @@ class Handler(BaseHTTPRequestHandler):
 
 class Server(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default backlog is 5: a burst of connections (h2_hostile opens 100 at
+    # once through tollgate) would wait out SYN retransmits instead of being served.
+    request_queue_size = 256
 
     def finish_request(self, request, client_address):
         # The handshake runs on the request's own thread, not in accept().
