@@ -112,17 +112,30 @@ fn an_unprivileged_caller_gets_its_output_its_status_and_its_proxied_requests() 
     // Gone when the caller's `tollgate run` returned, as for a local run.
     assert_execution_gone(request["execution"].as_str().expect("an execution id"));
 
-    // Every launch is in the service's own audit with the caller's identity.
-    let launches = service.launch_records();
-    let of_user: Vec<&Value> = launches
-        .iter()
-        .filter(|r| r["type"] == "launch" && r["caller"]["uid"] == user.uid)
-        .collect();
-    let statuses: Vec<i64> = of_user
-        .iter()
-        .filter(|r| r["event"] == "finished")
-        .filter_map(|r| r["status"].as_i64())
-        .collect();
+    // Every launch is in the service's own audit with the caller's identity. The service
+    // queues a launch's `finished` record before it answers the caller, and its writer
+    // thread writes it shortly after: read until the four are there (or 10 s have passed).
+    let finished_of_user = |launches: &[Value]| -> (Vec<Value>, Vec<i64>) {
+        let of_user: Vec<Value> = launches
+            .iter()
+            .filter(|r| r["type"] == "launch" && r["caller"]["uid"] == user.uid)
+            .cloned()
+            .collect();
+        let statuses = of_user
+            .iter()
+            .filter(|r| r["event"] == "finished")
+            .filter_map(|r| r["status"].as_i64())
+            .collect();
+        (of_user, statuses)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let (of_user, statuses) = loop {
+        let (of_user, statuses) = finished_of_user(&service.launch_records());
+        if statuses.len() >= 4 || std::time::Instant::now() > deadline {
+            break (of_user, statuses);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     assert_eq!(
         statuses,
         [0, 7, 127, 0],
