@@ -84,18 +84,7 @@ bench_on_exit cleanup
 # ---- the upstream: nginx on :443 (h2 and http/1.1) and :8443 (http/1.1), a leaf for
 # upstream.test from our own CA.
 bench_upstream_host tgh
-(
-  cd "$CA_DIR"
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key \
-    -out ca.pem -days 2 -subj "/CN=bench upstream CA" \
-    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign 2>/dev/null
-  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout leaf.key \
-    -out leaf.csr -subj /CN=upstream.test 2>/dev/null
-  printf 'subjectAltName=DNS:upstream.test\nextendedKeyUsage=serverAuth\n' >leaf.ext
-  openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out leaf.pem \
-    -days 2 -extfile leaf.ext 2>/dev/null
-  chmod 644 ca.pem; chmod 600 ca.key leaf.key
-)
+bench_upstream_ca "$CA_DIR" upstream.test
 bench_www small
 # nginx 1.22 (Debian 12) turns HTTP/2 on per listening socket (`listen … http2`); since
 # 1.19.7 keepalive_requests (set high by bench_nginx_conf) also bounds an HTTP/2

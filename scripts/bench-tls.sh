@@ -25,17 +25,7 @@ bench_work tollgate-bench-tls
 bench_on_exit bench_cleanup
 
 # The upstream's own CA and a leaf for bench.test.
-(
-  cd "$WORK"
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key \
-    -out ca.pem -days 2 -subj "/CN=bench upstream CA" \
-    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign 2>/dev/null
-  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout leaf.key \
-    -out leaf.csr -subj /CN=bench.test 2>/dev/null
-  printf 'subjectAltName=DNS:bench.test\nextendedKeyUsage=serverAuth\n' >leaf.ext
-  openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out leaf.pem \
-    -days 2 -extfile leaf.ext 2>/dev/null
-)
+bench_upstream_ca "$WORK" bench.test
 
 NGINX_PORT=$(free_port); TOLLGATE_PORT=$(free_port); MITM_PORT=$(free_port)
 bench_www small

@@ -90,6 +90,25 @@ wait_tcp() {
 
 # bench_www FILE… — the upstream's document root $WORK/www with the named files: `small`
 # (100 bytes) and `big` (1 MiB).
+# bench_upstream_ca DIR NAME: an upstream CA of our own (DIR/ca.pem, ca.key) and a server
+# leaf for NAME from it (DIR/leaf.pem, leaf.key), P-256, valid two days; the CA readable by
+# all (tollgate reads it as network.upstream_ca), the keys by root only.
+bench_upstream_ca() {
+  local dir=$1 name=$2
+  (
+    cd "$dir"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key \
+      -out ca.pem -days 2 -subj "/CN=bench upstream CA" \
+      -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout leaf.key \
+      -out leaf.csr -subj "/CN=$name" 2>/dev/null
+    printf 'subjectAltName=DNS:%s\nextendedKeyUsage=serverAuth\n' "$name" >leaf.ext
+    openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out leaf.pem \
+      -days 2 -extfile leaf.ext 2>/dev/null
+    chmod 644 ca.pem; chmod 600 ca.key leaf.key
+  )
+}
+
 bench_www() {
   local file
   mkdir -p "$WORK/www"
