@@ -595,18 +595,7 @@ async fn h2_upstream(
                         let record = record.clone();
                         let handler = handler.clone();
                         async move {
-                            let (parts, body) = request.into_parts();
-                            let body = body
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            let seen = Seen {
-                                method: parts.method.to_string(),
-                                uri: parts.uri.to_string(),
-                                headers: parts.headers,
-                                body: body.to_vec(),
-                            };
+                            let seen = Seen::read(request).await;
                             record.lock().unwrap().push(seen.clone());
                             Ok::<_, std::convert::Infallible>(handler(&seen))
                         }

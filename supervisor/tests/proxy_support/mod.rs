@@ -72,6 +72,24 @@ pub struct Seen {
     pub body: Vec<u8>,
 }
 
+impl Seen {
+    /// What an upstream's request was: its head, and its whole body (empty if it broke).
+    pub async fn read(request: Request<Incoming>) -> Seen {
+        let (parts, body) = request.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        Seen {
+            method: parts.method.to_string(),
+            uri: parts.uri.to_string(),
+            headers: parts.headers,
+            body: body.to_vec(),
+        }
+    }
+}
+
 /// A loopback HTTP/1.1 server.
 pub struct Upstream {
     pub addr: SocketAddr,
@@ -157,18 +175,7 @@ where
                     let record = record.clone();
                     let counter = counter.clone();
                     async move {
-                        let (parts, body) = request.into_parts();
-                        let body = body
-                            .collect()
-                            .await
-                            .map(|b| b.to_bytes())
-                            .unwrap_or_default();
-                        let seen = Seen {
-                            method: parts.method.to_string(),
-                            uri: parts.uri.to_string(),
-                            headers: parts.headers,
-                            body: body.to_vec(),
-                        };
+                        let seen = Seen::read(request).await;
                         record.lock().unwrap().push(seen.clone());
                         let n = counter.fetch_add(1, Ordering::SeqCst);
                         Ok::<_, std::convert::Infallible>(handler(seen, n).await)
