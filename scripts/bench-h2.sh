@@ -69,17 +69,7 @@ fi
 [ -x "$TOLLGATE" ] || { echo "bench-h2.sh: no binary at $TOLLGATE" >&2; exit 2; }
 
 bench_work tollgate-bench-h2
-# The upstream CA for network.upstream_ca: a root-owned directory no sandbox shares or can
-# write (tollgate refuses a CA file a sandbox could rewrite); the audit and the summary go
-# to a private one (tollgate refuses to write as root where the sandbox could plant a link).
-CA_DIR="$WORK-ca"; PRIVATE="$WORK-private"
-mkdir -m 755 "$CA_DIR"; mkdir -m 700 "$PRIVATE"
-cleanup() {
-  bench_stop_processes
-  bench_upstream_host_remove
-  rm -rf "$WORK" "$CA_DIR" "$PRIVATE"
-}
-bench_on_exit cleanup
+bench_upstream_ca_dirs
 
 # ---- the upstream: nginx on :443 (h2 and http/1.1) and :8443 (http/1.1), a leaf for
 # upstream.test from our own CA.

@@ -61,17 +61,7 @@ if [ -z "${TOLLGATE:-}" ]; then
 fi
 
 bench_work tollgate-bench-transparent
-# The upstream CA for network.upstream_ca: a root-owned directory no sandbox shares or can
-# write (tollgate refuses a CA file a sandbox could rewrite); the audit and the summary go
-# to a private one (tollgate refuses to write as root where the sandbox could plant a link).
-CA_DIR="$WORK-ca"; PRIVATE="$WORK-private"
-mkdir -m 755 "$CA_DIR"; mkdir -m 700 "$PRIVATE"
-cleanup() {
-  bench_stop_processes
-  bench_upstream_host_remove
-  rm -rf "$WORK" "$CA_DIR" "$PRIVATE"
-}
-bench_on_exit cleanup
+bench_upstream_ca_dirs
 
 # ---- the upstream: nginx on :80 and :443 (TLS, a leaf for upstream.test from our own CA).
 bench_upstream_host tgt

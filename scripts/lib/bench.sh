@@ -90,6 +90,23 @@ wait_tcp() {
 
 # bench_www FILE… — the upstream's document root $WORK/www with the named files: `small`
 # (100 bytes) and `big` (1 MiB).
+# bench_upstream_ca_dirs — for benchmarks that run `tollgate run` against a TLS upstream of
+# their own: CA_DIR, a root-owned directory no sandbox shares or can write, for the upstream
+# CA (tollgate refuses a network.upstream_ca file a sandbox could rewrite), and PRIVATE, for
+# the audit and the summary (tollgate refuses to write as root where the sandbox could plant
+# a link); both go, with WORK, the processes and the upstream host, when the script exits.
+bench_upstream_ca_dirs() {
+  CA_DIR="$WORK-ca"; PRIVATE="$WORK-private"
+  mkdir -m 755 "$CA_DIR"; mkdir -m 700 "$PRIVATE"
+  bench_on_exit bench_upstream_ca_cleanup
+}
+
+bench_upstream_ca_cleanup() {
+  bench_stop_processes
+  bench_upstream_host_remove
+  rm -rf "$WORK" "$CA_DIR" "$PRIVATE"
+}
+
 # bench_upstream_ca DIR NAME: an upstream CA of our own (DIR/ca.pem, ca.key) and a server
 # leaf for NAME from it (DIR/leaf.pem, leaf.key), P-256, valid two days; the CA readable by
 # all (tollgate reads it as network.upstream_ca), the keys by root only.
