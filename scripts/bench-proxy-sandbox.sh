@@ -12,6 +12,10 @@
 #
 #   bash scripts/bench-proxy-sandbox.sh             # 10 s per measurement
 #   DURATION=5s bash scripts/bench-proxy-sandbox.sh
+#   BASELINE=/path/to/older/tollgate bash scripts/bench-proxy-sandbox.sh  # adds "tollgate-before"
+#   COMPARE="one-thread=/tmp/wrapper other=/path" bash …  # more builds, each a "tollgate-LABEL" row
+#   PERF_DIR=/tmp/profiles bash scripts/bench-proxy-sandbox.sh  # perf record -g of each tollgate cell
+#   QUIET=0 bash scripts/bench-proxy-sandbox.sh      # without the tollgate-quiet rows
 #
 # Two tollgate rows: `tollgate` is `tollgate run` as shipped (operator log at INFO on stderr,
 # audit log on); `tollgate-quiet` is the same with TOLLGATE_LOG=warn (no per-request log
@@ -31,8 +35,12 @@ fi
 bench_need wrk:wrk nginx:nginx-light squid:squid tinyproxy:tinyproxy
 WRK=$(command -v wrk)
 
-bench_build -p tollgate
-TOLLGATE=${CARGO_TARGET_DIR:-$PWD/target}/release/tollgate
+[ -n "${TOLLGATE:-}" ] || bench_build -p tollgate
+TOLLGATE=${TOLLGATE:-${CARGO_TARGET_DIR:-$PWD/target}/release/tollgate}
+COMPARE="${BASELINE:+before=$BASELINE} ${COMPARE:-}"
+QUIET=${QUIET:-1}
+PERF_DIR=${PERF_DIR:-}
+[ -z "$PERF_DIR" ] || mkdir -p "$PERF_DIR"
 
 bench_work tollgate-bench-sandbox
 cleanup() {
@@ -62,7 +70,9 @@ wait_tcp 127.0.0.1 "$SQUID_PORT"
 wait_tcp 127.0.0.1 "$TINY_PORT"
 sleep 0.5
 
-SCENARIOS=("small 1 1" "small 32 2" "big 8 2")
+# SCENARIOS="small 32 2" (file, connections, wrk threads; `;` between several) picks cells.
+if [ -n "${SCENARIOS:-}" ]; then IFS=';' read -ra SCENARIOS <<<"$SCENARIOS"
+else SCENARIOS=("small 1 1" "small 32 2" "big 8 2"); fi
 bench_results
 
 # Absolute-form requests through a proxy (see bench_wrk_lua), as scripts/bench-proxy.sh does.
@@ -101,21 +111,26 @@ limits:
   max_connections: 1024
 YAML
 
-measure_sandbox() { # LABEL LOG-LEVEL CONNS THREADS FILE
-  local label=$1 level=$2 conns=$3 threads=$4 file=$5 dir="$WORK/out/$1-$5-$3"
-  local supervisor before after
+measure_sandbox() { # LABEL BINARY LOG-LEVEL CONNS THREADS FILE
+  local label=$1 binary=$2 level=$3 conns=$4 threads=$5 file=$6 dir="$WORK/out/$1-$6-$4"
+  local supervisor before after perf=
   mkdir -p "$dir"; chmod 777 "$dir"
   # The audit log and summary go outside the shared $WORK: tollgate refuses to write as root
   # where the sandbox could plant a link.
   mkdir -p "$WORK-private"; chmod 700 "$WORK-private"
-  TOLLGATE_LOG=$level "$TOLLGATE" run --policy "$WORK/policy.yaml" --audit "$WORK-private/audit.jsonl" \
+  TOLLGATE_LOG=$level "$binary" run --policy "$WORK/policy.yaml" --audit "$WORK-private/audit.jsonl" \
     --summary "$WORK-private/summary.json" --share "$WORK" \
     --env "WRK=$WRK" --env "WORK=$WORK" --env "OUT=$dir" --env "DURATION=$DURATION" \
     --env "FILE=$file" --env "CONNS=$conns" --env "THREADS=$threads" \
     -- /bin/sh "$WORK/inside.sh" 2>"$dir/stderr" &
   supervisor=$!
   bench_wait_for "$dir/measuring" "$supervisor"; before=$(bench_ticks "$supervisor" || echo 0)
+  if [ -n "$PERF_DIR" ]; then
+    perf record -q -F 1999 -g -p "$supervisor" -o "$PERF_DIR/$label-$file-$conns.data" 2>/dev/null &
+    perf=$!
+  fi
   bench_wait_for "$dir/measured" "$supervisor"; after=$(bench_ticks "$supervisor" || echo 0)
+  [ -z "$perf" ] || { kill -INT "$perf"; wait "$perf" || true; }
   : >"$dir/read"
   wait "$supervisor" || { echo "tollgate run failed:" >&2; tail -5 "$dir/stderr" >&2; exit 1; }
   rm -f "$WORK-private/audit.jsonl" "$dir/stderr"
@@ -126,8 +141,11 @@ measure_sandbox() { # LABEL LOG-LEVEL CONNS THREADS FILE
 for scenario in "${SCENARIOS[@]}"; do
   read -r file conns threads <<<"$scenario"
   measure_host direct - "$conns" "$threads" "$file"
-  measure_sandbox tollgate info "$conns" "$threads" "$file"
-  measure_sandbox tollgate-quiet warn "$conns" "$threads" "$file"
+  measure_sandbox tollgate "$TOLLGATE" info "$conns" "$threads" "$file"
+  for build in $COMPARE; do
+    measure_sandbox "tollgate-${build%%=*}" "${build#*=}" info "$conns" "$threads" "$file"
+  done
+  [ "$QUIET" = 0 ] || measure_sandbox tollgate-quiet "$TOLLGATE" warn "$conns" "$threads" "$file"
   measure_host squid "$SQUID_PID" "$conns" "$threads" "$file"
   measure_host tinyproxy "$TINY_PID" "$conns" "$threads" "$file"
 done

@@ -68,6 +68,8 @@ pub struct AuditLog {
 
 struct Inner {
     queue: Mutex<Option<mpsc::Sender<writer::Message>>>,
+    /// The writer, unparked by [`AuditLog::sync`] so a sync does not wait out its linger.
+    writer: std::thread::Thread,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -109,6 +111,7 @@ impl AuditLog {
             Ok(thread) => AuditLog {
                 inner: Some(Arc::new(Inner {
                     queue: Mutex::new(Some(queue)),
+                    writer: thread.thread().clone(),
                     thread: Mutex::new(Some(thread)),
                 })),
             },
@@ -148,6 +151,7 @@ impl AuditLog {
                 .is_some_and(|queue| queue.send(writer::Message::Sync(ack)).is_ok())
         };
         if sent {
+            inner.writer.unpark();
             let _ = done.recv();
         }
     }
@@ -157,6 +161,7 @@ impl AuditLog {
     pub fn close(&self) {
         let Some(inner) = &self.inner else { return };
         inner.queue.lock().unwrap_or_else(|p| p.into_inner()).take();
+        inner.writer.unpark();
         let thread = inner
             .thread
             .lock()
