@@ -1,8 +1,9 @@
 //! One decision: may this request leave, and to which addresses?
 //!
-//! The pipeline reads top to bottom: [`Policy::match_request`] finds the allow entry natively,
-//! [`facts`] turns the request, the match and the classified addresses into the Rego input,
-//! the built-in module decides, the team module may only add denials or header edits, and
+//! The pipeline reads top to bottom: [`Policy::match_request`] finds the allow entry, the
+//! addresses are classified, the native verdict (`verdict.rs`, specified by
+//! `rego/tollgate.rego`) decides, the team module (if the policy has one, and only on an allow)
+//! may add denials or header edits, on the input document [`facts`] builds for it, and
 //! [`explain`] writes the one sentence the sandboxed code sees.
 
 use crate::host_addresses::HostAddresses;
@@ -12,6 +13,7 @@ use crate::quotas::QuotaStanding;
 use crate::rego::TeamOutcome;
 use crate::request::check_method;
 use crate::url::{NormalizedUrl, PathHazards};
+use crate::verdict::{verdict, Grounds};
 use crate::Policy;
 use regorus::Value;
 use serde::Serialize;
@@ -49,8 +51,9 @@ pub enum Destination {
 /// Why a request was allowed or refused: the machine word of the audit record, of
 /// `policy eval`'s output and of the proxy's choice of error code.
 ///
-/// The built-in Rego module names the reason; [`Reason::parse`] reads its word, and a word
-/// this enum does not know is a [`Reason::PolicyError`], never an allow. Callers match on it
+/// The verdict names the reason; when the built-in Rego module is asked instead
+/// ([`Policy::decide_by_rego`]), [`Reason::parse`] reads its word, and a word this enum does
+/// not know is a [`Reason::PolicyError`], never an allow. Callers match on it
 /// exhaustively, so a new reason cannot slip past the code that maps reasons to answers.
 /// It serializes as its snake_case word ([`Reason::as_str`]). In the order docs/policy.md
 /// lists them (the order in which they decide).
@@ -178,7 +181,7 @@ impl Serialize for Reason {
 }
 
 /// The verdict, with everything an audit record or an error body needs.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Decision {
     pub allow: bool,
     /// Machine reason (docs/policy.md lists them).
@@ -272,6 +275,30 @@ impl Policy {
         destination: &Destination,
         node: &HostAddresses,
     ) -> Decision {
+        self.decide_by(Verdicts::Native, request, destination, node)
+    }
+
+    /// [`Policy::decide`] with the verdict of the built-in Rego module (`rego/tollgate.rego`)
+    /// instead of its native equal: the specification, run by the differential test and the
+    /// benchmarks, never by the proxy. Everything else (matching, team rules, messages) is
+    /// the same code.
+    #[doc(hidden)]
+    pub fn decide_by_rego(
+        &self,
+        request: &Request,
+        destination: &Destination,
+        node: &HostAddresses,
+    ) -> Decision {
+        self.decide_by(Verdicts::Rego, request, destination, node)
+    }
+
+    fn decide_by(
+        &self,
+        verdicts: Verdicts,
+        request: &Request,
+        destination: &Destination,
+        node: &HostAddresses,
+    ) -> Decision {
         // Before any matching: a method in another case must never be compared with the
         // rules' upper-case ones, where `delete` would miss a `DELETE` deny rule.
         if let Err(error) = check_method(request.method) {
@@ -307,51 +334,70 @@ impl Policy {
                     .is_some_and(|e| ip::covered_by(*a, &e.allowed_ips))
             })
             .collect();
-        let input = facts(
-            self,
-            request,
-            &matched,
+        let grounds = Grounds {
+            method: request.method,
+            connect: request.connect,
+            matched: &matched,
             destination,
-            &classes,
-            &covered,
-            &node_owned,
-        );
-        let mut decision = match self.rules.builtin(input.clone()) {
+            addresses: &addresses,
+            classes: &classes,
+            covered: &covered,
+            node_owned: &node_owned,
+        };
+        let mut decision = match verdicts {
+            Verdicts::Native => verdict(self, &grounds),
+            Verdicts::Rego => self.rego_verdict(request, &grounds),
+        };
+        // The team module runs only on an allow, and only then is its input built.
+        let team = (decision.allow && self.rules.has_team_rules())
+            .then(|| self.rules.team(facts(self, request, &grounds)));
+        decision.entry = matched.index;
+        decision.addresses = addresses;
+        decision.classes = classes;
+        match team {
+            Some(Ok(outcome)) if !outcome.denials.is_empty() => {
+                decision.allow = false;
+                decision.reason = Reason::TeamRule;
+                decision.rule = Some("rego".into());
+                decision.message = outcome.denials.join("; ");
+                return decision;
+            }
+            Some(Ok(outcome)) => decision.team = outcome,
+            Some(Err(error)) => {
+                decision.allow = false;
+                decision.reason = Reason::TeamRuleError;
+                decision.rule = Some("rego".into());
+                decision.message = format!(
+                    "team {}'s Rego rules failed to evaluate ({}), so the request is refused",
+                    self.team,
+                    short(&error)
+                );
+                return decision;
+            }
+            None => {}
+        }
+        decision.message = explain(self, request, &decision, &matched);
+        decision
+    }
+
+    /// The built-in Rego module's verdict on `grounds`.
+    fn rego_verdict(&self, request: &Request, grounds: &Grounds) -> Decision {
+        match self.rules.builtin(facts(self, request, grounds)) {
             Ok(output) => from_output(&output),
             Err(error) => refusal(
                 Reason::PolicyError,
                 format!("its built-in rules failed: {}", short(&error.to_string())),
             ),
-        };
-        decision.entry = matched.index;
-        decision.addresses = addresses;
-        decision.classes = classes;
-        if decision.allow && self.rules.has_team_rules() {
-            match self.rules.team(input) {
-                Ok(outcome) if !outcome.denials.is_empty() => {
-                    decision.allow = false;
-                    decision.reason = Reason::TeamRule;
-                    decision.rule = Some("rego".into());
-                    decision.message = outcome.denials.join("; ");
-                    return decision;
-                }
-                Ok(outcome) => decision.team = outcome,
-                Err(error) => {
-                    decision.allow = false;
-                    decision.reason = Reason::TeamRuleError;
-                    decision.rule = Some("rego".into());
-                    decision.message = format!(
-                        "team {}'s Rego rules failed to evaluate ({}), so the request is refused",
-                        self.team,
-                        short(&error)
-                    );
-                    return decision;
-                }
-            }
         }
-        decision.message = explain(self, request, &decision, &matched);
-        decision
     }
+}
+
+/// Which verdict a decision uses: the native one at runtime, the Rego specification in the
+/// differential test and the benchmarks.
+#[derive(Clone, Copy)]
+enum Verdicts {
+    Native,
+    Rego,
 }
 
 /// The first line of an evaluation error, at most 200 characters: enough to say what went
@@ -364,7 +410,7 @@ fn short(error: &str) -> String {
     }
 }
 
-fn refusal(reason: Reason, message: String) -> Decision {
+pub(crate) fn refusal(reason: Reason, message: String) -> Decision {
     Decision {
         allow: false,
         reason,
@@ -395,23 +441,18 @@ fn strings<'a>(items: impl IntoIterator<Item = &'a str>) -> Value {
     Value::from(items.into_iter().map(Value::from).collect::<Vec<_>>())
 }
 
-fn first_index(mut flags: impl Iterator<Item = bool>) -> Value {
-    flags
-        .position(|f| f)
-        .map(Value::from)
-        .unwrap_or(Value::Null)
+fn booleans(flags: &[bool]) -> Value {
+    Value::from(flags.iter().map(|f| Value::from(*f)).collect::<Vec<_>>())
 }
 
-/// The Rego input document (schema in docs/policy.md).
-fn facts(
-    policy: &Policy,
-    request: &Request,
-    matched: &Match,
-    destination: &Destination,
-    classes: &[AddressClass],
-    covered: &[bool],
-    node_owned: &[bool],
-) -> Value {
+fn optional_index(index: Option<usize>) -> Value {
+    index.map(Value::from).unwrap_or(Value::Null)
+}
+
+/// The Rego input document (schema in docs/policy.md): for the team module, and for the
+/// built-in module when it is asked ([`Policy::decide_by_rego`]).
+fn facts(policy: &Policy, request: &Request, grounds: &Grounds) -> Value {
+    let matched = grounds.matched;
     let url = request.url;
     let request_doc = object([
         ("method", Value::from(request.method)),
@@ -434,49 +475,29 @@ fn facts(
         ),
         ("connect", Value::from(request.connect)),
     ]);
-    let (resolved, addresses) = match destination {
-        Destination::Unresolved => (false, vec![]),
-        Destination::Resolved(list) => (
-            true,
-            list.iter().map(|a| Value::from(a.to_string())).collect(),
-        ),
-    };
+    let resolved = matches!(grounds.destination, Destination::Resolved(_));
+    let addresses: Vec<Value> = grounds
+        .addresses
+        .iter()
+        .map(|a| Value::from(a.to_string()))
+        .collect();
     let destination_doc = object([
         ("resolved", Value::from(resolved)),
         ("addresses", Value::from(addresses)),
-        ("classes", strings(classes.iter().map(|c| c.as_str()))),
         (
-            "covered",
-            Value::from(covered.iter().map(|c| Value::from(*c)).collect::<Vec<_>>()),
+            "classes",
+            strings(grounds.classes.iter().map(|c| c.as_str())),
         ),
-        (
-            "host_address",
-            Value::from(
-                node_owned
-                    .iter()
-                    .map(|own| Value::from(*own))
-                    .collect::<Vec<_>>(),
-            ),
-        ),
-        (
-            "first_blocked",
-            first_index(classes.iter().map(|c| *c == AddressClass::AlwaysBlocked)),
-        ),
+        ("covered", booleans(grounds.covered)),
+        ("host_address", booleans(grounds.node_owned)),
+        ("first_blocked", optional_index(grounds.first_blocked())),
         (
             "first_uncovered_internal",
-            first_index(
-                classes
-                    .iter()
-                    .zip(covered)
-                    .map(|(c, covered)| *c == AddressClass::Internal && !covered),
-            ),
+            optional_index(grounds.first_uncovered_internal()),
         ),
     ]);
     let match_doc = object([
-        (
-            "entry",
-            matched.index.map(Value::from).unwrap_or(Value::Null),
-        ),
+        ("entry", optional_index(matched.index)),
         ("rule", optional(matched.entry.map(|e| e.rule.clone()))),
         (
             "near_miss",

@@ -3,7 +3,8 @@
 //! Pure functions and types: no sockets, no threads. The supervisor's proxy asks this crate
 //! whether a request may leave, and at which addresses it may be dialed. Reading order:
 //! [`schema`] (the YAML) → [`validate`] → [`model`] → [`url`] and [`ip`] (the parsers and the
-//! address classes) → [`decision`] (the pipeline) → `rego/tollgate.rego` (the verdict).
+//! address classes) → [`decision`] (the pipeline) → `verdict.rs` (the verdict, specified by
+//! `rego/tollgate.rego`).
 
 pub mod decision;
 pub mod error;
@@ -23,6 +24,7 @@ pub mod secrets;
 pub mod units;
 pub mod url;
 pub mod validate;
+mod verdict;
 pub mod yaml_limits;
 
 pub use decision::{Decision, Destination, Reason, Request};

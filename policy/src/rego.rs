@@ -1,8 +1,9 @@
-//! The Rego half of a decision: the built-in module and the team's own module, compiled once
-//! per policy load with regorus and evaluated per request without reparsing.
+//! The Rego half of a decision: the team's own module, compiled once per policy load with
+//! regorus and evaluated per request without reparsing; and the built-in module, the
+//! specification of the native verdict ([`crate::verdict`]), compiled on first use only.
 //!
 //! The team module lives in package `tollgate.team` and is evaluated in its own engine, after
-//! the built-in decision allowed the request. Its only outputs are denials and header edits,
+//! the built-in verdict allowed the request. Its only outputs are denials and header edits,
 //! combined in Rust, so no team rule can turn a built-in refusal into an allow.
 //!
 //! Where the team module runs is the caller's choice ([`TeamRego`]). regorus bounds the
@@ -22,7 +23,7 @@ use regorus::{CompiledPolicy, Engine};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex, Once, OnceLock};
 use std::time::Duration;
 
 pub const BUILTIN_MODULE: &str = include_str!("../rego/tollgate.rego");
@@ -135,7 +136,12 @@ impl Compiled {
 
 #[derive(Clone)]
 pub(crate) struct CompiledRules {
-    builtin: Compiled,
+    /// The built-in module, compiled the first time it is asked ([`CompiledRules::builtin`]):
+    /// no decision at runtime needs it, so a policy load does not pay for it. Shared by
+    /// clones of the policy, so it is compiled at most once per load.
+    builtin: Arc<OnceLock<Result<Compiled, String>>>,
+    /// `data` for the built-in module.
+    data: Value,
     team: Option<TeamRules>,
 }
 
@@ -224,15 +230,6 @@ impl CompiledRules {
         where_team: TeamRego,
     ) -> Result<Self, RegoCompileError> {
         set_evaluation_limit();
-        let mut engine = Engine::new();
-        engine
-            .add_data(data.clone())
-            .and_then(|_| engine.add_policy("tollgate.rego".into(), BUILTIN_MODULE.into()))
-            .map_err(|e| internal(format!("built-in Rego failed to load: {e}")))?;
-        let builtin = engine
-            .compile_with_entrypoint(&BUILTIN_ENTRYPOINT.into())
-            .map_err(|e| internal(format!("built-in Rego failed to compile: {e}")))?;
-        let builtin = Compiled::new(builtin, BUILTIN_ENTRYPOINT, data.clone());
         let team = team_module
             .map(|text| {
                 let module = TeamModule {
@@ -250,11 +247,24 @@ impl CompiledRules {
                 }
             })
             .transpose()?;
-        Ok(CompiledRules { builtin, team })
+        Ok(CompiledRules {
+            builtin: Arc::default(),
+            data,
+            team,
+        })
     }
 
+    /// The built-in module's `decision` on `input`; compiling the module first if this is
+    /// the first time (an error then is this and every later evaluation's error).
     pub(crate) fn builtin(&self, input: Value) -> Result<Value, String> {
-        self.builtin.eval(input)
+        self.compiled_builtin()?.eval(input)
+    }
+
+    fn compiled_builtin(&self) -> Result<&Compiled, String> {
+        self.builtin
+            .get_or_init(|| compile_builtin(self.data.clone()))
+            .as_ref()
+            .map_err(String::clone)
     }
 
     pub(crate) fn has_team_rules(&self) -> bool {
@@ -268,6 +278,19 @@ impl CompiledRules {
             Some(TeamRules::Isolated(evaluator)) => evaluator.evaluate(&input),
         }
     }
+}
+
+fn compile_builtin(data: Value) -> Result<Compiled, String> {
+    set_evaluation_limit();
+    let mut engine = Engine::new();
+    engine
+        .add_data(data.clone())
+        .and_then(|_| engine.add_policy("tollgate.rego".into(), BUILTIN_MODULE.into()))
+        .map_err(|e| format!("built-in Rego failed to load: {e}"))?;
+    let builtin = engine
+        .compile_with_entrypoint(&BUILTIN_ENTRYPOINT.into())
+        .map_err(|e| format!("built-in Rego failed to compile: {e}"))?;
+    Ok(Compiled::new(builtin, BUILTIN_ENTRYPOINT, data))
 }
 
 fn internal(message: String) -> RegoCompileError {
@@ -492,7 +515,7 @@ mod tests {
     fn the_builtin_module_runs_on_the_bytecode_vm() {
         let rules = CompiledRules::compile(data(), None, TeamRego::InProcess).unwrap();
         assert!(
-            rules.builtin.program.is_some(),
+            rules.compiled_builtin().unwrap().program.is_some(),
             "the RVM must compile the built-in module"
         );
         assert!(allow_of(&rules.builtin(input(|_| {})).unwrap()));
@@ -571,7 +594,12 @@ mod tests {
         ];
         for case in cases {
             let vm = rules.builtin(case.clone()).unwrap();
-            let interpreted = rules.builtin.policy.eval_with_input(case.clone()).unwrap();
+            let interpreted = rules
+                .compiled_builtin()
+                .unwrap()
+                .policy
+                .eval_with_input(case.clone())
+                .unwrap();
             assert_eq!(vm, interpreted, "input: {case}");
         }
     }

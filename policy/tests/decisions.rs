@@ -1,5 +1,7 @@
 //! Decisions end to end through the public API: YAML in, verdict out.
 
+mod common;
+
 use std::net::IpAddr;
 use tollgate_policy::url::NormalizedUrl;
 use tollgate_policy::{Decision, Destination, HostAddresses, Policy, Reason, Request};
@@ -44,7 +46,7 @@ fn decide_on_node(
         credential,
         quotas: &[],
     };
-    let first = policy.decide(&request, &Destination::Unresolved, node);
+    let first = common::decide(policy, &request, &Destination::Unresolved, node);
     if !first.needs_resolution() {
         return first;
     }
@@ -56,7 +58,7 @@ fn decide_on_node(
     } else {
         addresses.iter().map(|a| a.parse().unwrap()).collect()
     };
-    policy.decide(&request, &Destination::Resolved(addresses), node)
+    common::decide(policy, &request, &Destination::Resolved(addresses), node)
 }
 
 fn decide(policy: &Policy, method: &str, url: &str, addresses: &[&str]) -> Decision {
@@ -405,7 +407,8 @@ fn unresolvable_names_are_refused() {
         quotas: &[],
     };
     assert_denied(
-        &p.decide(
+        &common::decide(
+            &p,
             &request,
             &Destination::Resolved(vec![]),
             &HostAddresses::none(),
@@ -414,7 +417,12 @@ fn unresolvable_names_are_refused() {
     );
     // A caller that forgets to resolve never gets an allow.
     assert_denied(
-        &p.decide(&request, &Destination::Unresolved, &HostAddresses::none()),
+        &common::decide(
+            &p,
+            &request,
+            &Destination::Unresolved,
+            &HostAddresses::none(),
+        ),
         "not_resolved",
     );
 }
@@ -571,7 +579,8 @@ fn connect_is_decided_on_host_and_port() {
         credential: None,
         quotas: &[],
     };
-    let d = p.decide(
+    let d = common::decide(
+        &p,
         &request,
         &Destination::Resolved(vec!["93.184.216.34".parse().unwrap()]),
         &HostAddresses::none(),
@@ -587,7 +596,12 @@ fn connect_is_decided_on_host_and_port() {
         quotas: &[],
     };
     assert_denied(
-        &p.decide(&request, &Destination::Unresolved, &HostAddresses::none()),
+        &common::decide(
+            &p,
+            &request,
+            &Destination::Unresolved,
+            &HostAddresses::none(),
+        ),
         "port_not_allowed",
     );
 }

@@ -7,6 +7,8 @@
 //! default, each path rule has its opt-in on the allow entry, and the opt-ins lift nothing
 //! else.
 
+mod common;
+
 use std::net::IpAddr;
 use tollgate_policy::url::NormalizedUrl;
 use tollgate_policy::{Decision, Destination, HostAddresses, Policy, Request};
@@ -59,12 +61,12 @@ fn decide(policy: &Policy, method: &str, url: &str) -> Decision {
         quotas: &[],
     };
     let node = HostAddresses::none();
-    let first = policy.decide(&request, &Destination::Unresolved, &node);
+    let first = common::decide(policy, &request, &Destination::Unresolved, &node);
     if !first.needs_resolution() {
         return first;
     }
     let addresses: Vec<IpAddr> = PUBLIC.iter().map(|a| a.parse().unwrap()).collect();
-    policy.decide(&request, &Destination::Resolved(addresses), &node)
+    common::decide(policy, &request, &Destination::Resolved(addresses), &node)
 }
 
 #[track_caller]

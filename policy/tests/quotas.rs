@@ -1,6 +1,8 @@
 //! The `quotas` section: what loads, every refusal with its line and column, which quotas an
 //! attempt takes from, and what team Rego rules see of them (`input.quotas`).
 
+mod common;
+
 use proptest::prelude::*;
 use std::net::IpAddr;
 use tollgate_policy::quotas::{
@@ -564,7 +566,8 @@ fn decide_with_quotas(policy: &Policy, standings: &[QuotaStanding]) -> Decision 
         quotas: standings,
     };
     let addresses: Vec<IpAddr> = vec!["140.82.112.5".parse().unwrap()];
-    policy.decide(
+    common::decide(
+        policy,
         &request,
         &Destination::Resolved(addresses),
         &HostAddresses::none(),
