@@ -15,6 +15,8 @@
 #   BASELINE=/path/to/older/tollgate bash scripts/bench-proxy-sandbox.sh  # adds "tollgate-before"
 #   COMPARE="one-thread=/tmp/wrapper other=/path" bash …  # more builds, each a "tollgate-LABEL" row
 #   PERF_DIR=/tmp/profiles bash scripts/bench-proxy-sandbox.sh  # perf record -g of each tollgate cell
+#   STAT_DIR=/tmp/counters bash scripts/bench-proxy-sandbox.sh  # perf stat (switches, instructions) per cell
+#   STRACE_DIR=/tmp/syscalls bash scripts/bench-proxy-sandbox.sh  # strace -c of each tollgate cell (slow!)
 #   QUIET=0 bash scripts/bench-proxy-sandbox.sh      # without the tollgate-quiet rows
 #
 # Two tollgate rows: `tollgate` is `tollgate run` as shipped (operator log at INFO on stderr,
@@ -41,6 +43,10 @@ COMPARE="${BASELINE:+before=$BASELINE} ${COMPARE:-}"
 QUIET=${QUIET:-1}
 PERF_DIR=${PERF_DIR:-}
 [ -z "$PERF_DIR" ] || mkdir -p "$PERF_DIR"
+STRACE_DIR=${STRACE_DIR:-}
+STAT_DIR=${STAT_DIR:-}
+[ -z "$STAT_DIR" ] || mkdir -p "$STAT_DIR"
+[ -z "$STRACE_DIR" ] || mkdir -p "$STRACE_DIR"
 
 bench_work tollgate-bench-sandbox
 cleanup() {
@@ -126,7 +132,14 @@ measure_sandbox() { # LABEL BINARY LOG-LEVEL CONNS THREADS FILE
   supervisor=$!
   bench_wait_for "$dir/measuring" "$supervisor"; before=$(bench_ticks "$supervisor" || echo 0)
   if [ -n "$PERF_DIR" ]; then
-    perf record -q -F 1999 -g -p "$supervisor" -o "$PERF_DIR/$label-$file-$conns.data" 2>/dev/null &
+    perf record -q -F ${PERF_FREQ:-1999} ${PERF_CALLGRAPH:--g} -p "$supervisor" -o "$PERF_DIR/$label-$file-$conns.data" 2>/dev/null &
+    perf=$!
+  elif [ -n "$STAT_DIR" ]; then
+    perf stat -e task-clock,context-switches,cpu-migrations,instructions,cycles -p "$supervisor" \
+      -o "$STAT_DIR/$label-$file-$conns.txt" &
+    perf=$!
+  elif [ -n "$STRACE_DIR" ]; then
+    strace -c -f -q -p "$supervisor" -o "$STRACE_DIR/$label-$file-$conns.txt" &
     perf=$!
   fi
   bench_wait_for "$dir/measured" "$supervisor"; after=$(bench_ticks "$supervisor" || echo 0)

@@ -7,6 +7,7 @@
 //! stops ([`LogRepeats::flush`]).
 
 use crate::audit::aggregate::{Key, Repeats, Windows};
+use crate::logging::REQUEST_LINES;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tracing::Level;
@@ -110,9 +111,10 @@ fn emit_repeats(repeats: &Repeats<Line>) {
 }
 
 fn emit(level: Level, text: &str) {
+    // Written in batches (see `logging`): these are the lines a busy proxy writes most.
     if level == Level::WARN {
-        tracing::warn!("{text}");
+        tracing::warn!(target: REQUEST_LINES, "{text}");
     } else {
-        tracing::info!("{text}");
+        tracing::info!(target: REQUEST_LINES, "{text}");
     }
 }

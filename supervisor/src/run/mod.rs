@@ -206,7 +206,12 @@ fn execute(
     let started = Instant::now();
     let mut prepared = prepare::prepare(options, link.as_deref_mut())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(
+            std::env::var("TOLLGATE_EXP_THREADS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(2),
+        )
         .enable_all()
         .thread_name("tollgate-proxy")
         .build()
@@ -298,6 +303,8 @@ fn execute(
         .resolver
         .map(|resolver| runtime.block_on(resolver.shutdown()));
     drop(network.runtime_dir);
+    // The proxy's last request lines go out before the report of how the run ended.
+    crate::logging::flush();
     let ending = ending?;
     let (status, summary) = report::report(report::Outcome {
         prepared: &prepared,
