@@ -227,13 +227,38 @@ pub struct Match<'p> {
 
 impl Policy {
     /// Finds the first allow entry admitting the request, matching in Rust (the parser every
-    /// decision shares), and the L7 rules of that entry that apply.
+    /// decision shares), and the L7 rules of that entry that apply. Only the entries whose
+    /// host can match are tried ([`crate::matcher`]), in list order.
     pub fn match_request(&self, request: &Request) -> Match<'_> {
+        match self.entry_index.candidates(&request.url.host) {
+            Some(candidates) => self.match_among(request, candidates),
+            None => self.match_request_linear(request),
+        }
+    }
+
+    /// [`Policy::match_request`] trying every entry: the reference the host index is
+    /// checked against (tests/common), and its fallback.
+    #[doc(hidden)]
+    pub fn match_request_linear(&self, request: &Request) -> Match<'_> {
+        let every = self.network.as_ref().map_or(0, |n| n.entries.len());
+        self.match_among(request, 0..every)
+    }
+
+    /// The first of `candidates` (ascending indices) admitting the request, the first near
+    /// miss among them, and the L7 rules of the entry found.
+    fn match_among(
+        &self,
+        request: &Request,
+        candidates: impl IntoIterator<Item = usize>,
+    ) -> Match<'_> {
         let mut found = Match::default();
         let Some(network) = &self.network else {
             return found;
         };
-        for (index, entry) in network.entries.iter().enumerate() {
+        for index in candidates {
+            let Some(entry) = network.entries.get(index) else {
+                continue;
+            };
             match entry.matches(request.url, request.connect) {
                 Ok(()) => {
                     found.index = Some(index);

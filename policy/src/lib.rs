@@ -13,6 +13,7 @@ pub mod host_addresses;
 pub mod ip;
 mod load;
 pub mod locate;
+mod matcher;
 pub mod model;
 pub mod path_readings;
 pub mod quotas;

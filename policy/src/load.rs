@@ -36,6 +36,8 @@ pub struct Policy {
     /// The team's `quotas` (empty: none).
     pub quotas: crate::quotas::Quotas,
     pub(crate) rules: CompiledRules,
+    /// `network.entries` by host, for matching ([`crate::matcher`]).
+    pub(crate) entry_index: crate::matcher::EntryIndex,
 }
 
 impl std::fmt::Debug for Policy {
@@ -128,7 +130,14 @@ impl Policy {
                 }],
             }
         })?;
+        let entry_index = crate::matcher::EntryIndex::build(
+            validated
+                .network
+                .as_ref()
+                .map_or(&[][..], |network| &network.entries),
+        );
         Ok(Policy {
+            entry_index,
             team: validated.team,
             network: validated.network,
             limits: validated.limits,

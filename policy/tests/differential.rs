@@ -17,7 +17,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use tollgate_policy::rego::BUILTIN_MODULE;
-use tollgate_policy::url::NormalizedUrl;
+use tollgate_policy::url::{NormalizedUrl, UrlHost};
 use tollgate_policy::{Destination, HostAddresses, Policy, Reason, Request};
 
 /// Names that overlap: exact names, and the names `*.` and `**.` patterns of the same
@@ -205,7 +205,9 @@ fn policy() -> impl Strategy<Value = String> {
     ]
 }
 
-/// A request as the proxy hands it over: method, scheme, host, port, path.
+/// A request as the proxy hands it over: method, scheme, host, port, path; and sometimes its
+/// host replaced by a spelling that is not in normal form (the fields are public, so a
+/// caller can build one), which matching must see through the same way.
 #[derive(Debug, Clone)]
 struct Asked {
     method: &'static str,
@@ -213,6 +215,22 @@ struct Asked {
     host: &'static str,
     port: Option<u16>,
     path: &'static str,
+    respelt: Option<UrlHost>,
+}
+
+/// Hosts in other spellings than the parser gives.
+fn respelt() -> impl Strategy<Value = Option<UrlHost>> {
+    let domain = |name: &str| UrlHost::Domain(name.to_owned());
+    proptest::option::weighted(
+        0.1,
+        pick(&[0, 1, 2, 3, 4]).prop_map(move |i| match i {
+            0 => domain("A.Example.COM."),
+            1 => domain("x.a.example.com."),
+            2 => domain("10.1.2.3"),
+            3 => domain("0x0a.1.2.3"),
+            _ => UrlHost::Ip("::ffff:10.1.2.3".parse().unwrap()),
+        }),
+    )
 }
 
 fn asked() -> impl Strategy<Value = Asked> {
@@ -230,13 +248,15 @@ fn asked() -> impl Strategy<Value = Asked> {
         ]),
         proptest::option::of(pick(&PORTS)),
         pick(&PATHS),
+        respelt(),
     )
-        .prop_map(|(method, scheme, host, port, path)| Asked {
+        .prop_map(|(method, scheme, host, port, path, respelt)| Asked {
             method,
             scheme,
             host,
             port,
             path,
+            respelt,
         })
 }
 
@@ -259,7 +279,10 @@ fn decide(policy: &Policy, asked: &Asked, destination: &Destination) -> Option<R
     };
     let scheme = if connect { "https" } else { asked.scheme };
     let path = if connect { "/" } else { asked.path };
-    let url = NormalizedUrl::from_parts(scheme, &authority, path).ok()?;
+    let mut url = NormalizedUrl::from_parts(scheme, &authority, path).ok()?;
+    if let Some(host) = &asked.respelt {
+        url.host = host.clone();
+    }
     let request = Request {
         method: asked.method,
         url: &url,
