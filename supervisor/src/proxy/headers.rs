@@ -6,7 +6,7 @@
 use super::errors::{ErrorCode, ProxyError};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::time::Duration;
-use tollgate_policy::url::NormalizedUrl;
+use tollgate_policy::url::{default_port, NormalizedUrl, UrlHost};
 
 /// The `Via` value tollgate adds in both directions.
 pub use super::errors::VIA;
@@ -57,11 +57,12 @@ pub fn refuse_smuggling(headers: &HeaderMap, url: &NormalizedUrl) -> Result<(), 
     if hosts.next().is_some() {
         return invalid("the request has two Host headers; send exactly one");
     }
-    let same = host
-        .to_str()
-        .ok()
-        .and_then(|h| NormalizedUrl::from_parts(&url.scheme, h, "/").ok())
-        .is_some_and(|h| h.host == url.host && h.port == url.port);
+    let same = names_exactly(host.as_bytes(), url)
+        || host
+            .to_str()
+            .ok()
+            .and_then(|h| NormalizedUrl::from_parts(&url.scheme, h, "/").ok())
+            .is_some_and(|h| h.host == url.host && h.port == url.port);
     if !same {
         return Err(ProxyError::new(
             ErrorCode::InvalidRequest,
@@ -72,6 +73,20 @@ pub fn refuse_smuggling(headers: &HeaderMap, url: &NormalizedUrl) -> Result<(), 
         ));
     }
     Ok(())
+}
+
+/// Whether `host` is the URL's domain and port spelled as tollgate spells them (lower case, the
+/// port only when it is not the scheme's default): what nearly every client sends, and then
+/// the Host header needs no parse of its own. Any other spelling is parsed and compared.
+fn names_exactly(host: &[u8], url: &NormalizedUrl) -> bool {
+    let UrlHost::Domain(domain) = &url.host else {
+        return false;
+    };
+    match host.strip_prefix(domain.as_bytes()) {
+        Some([]) => default_port(&url.scheme) == Some(url.port),
+        Some([b':', port @ ..]) => port == url.port.to_string().as_bytes(),
+        _ => false,
+    }
 }
 
 /// Refuses a method that is not an upper-case HTTP token with `400 invalid_request`, reason
@@ -344,6 +359,56 @@ mod tests {
         assert!(refuse_smuggling(&h, &url("http://example.com/x")).is_err());
         h.insert(header::HOST, HeaderValue::from_static("example.com:8080"));
         assert!(refuse_smuggling(&h, &url("http://example.com/x")).is_err());
+    }
+
+    #[test]
+    fn a_host_header_taken_without_parsing_is_one_the_parse_would_take() {
+        let parsed_same = |host: &str, target: &NormalizedUrl| {
+            NormalizedUrl::from_parts(&target.scheme, host, "/")
+                .is_ok_and(|h| h.host == target.host && h.port == target.port)
+        };
+        for target in [
+            "http://example.com/x",
+            "https://example.com:8443/",
+            "http://10.0.0.1/",
+        ] {
+            let target = url(target);
+            for host in [
+                "example.com",
+                "example.com:80",
+                "example.com:443",
+                "example.com:8443",
+                "example.com:08443",
+                "example.com:",
+                "example.com.",
+                "example.com.evil.test",
+                "example.com:80@evil.test",
+                "example.com:8443@evil.test",
+                "example.com:80 ",
+                "example.comx",
+                "EXAMPLE.com",
+                "10.0.0.1",
+                "10.0.0.1:80",
+                "",
+            ] {
+                let mut h = HeaderMap::new();
+                h.insert(header::HOST, HeaderValue::from_str(host).unwrap());
+                let taken = refuse_smuggling(&h, &target).is_ok();
+                assert_eq!(taken, parsed_same(host, &target), "{host} for {target:?}");
+                if names_exactly(host.as_bytes(), &target) {
+                    assert!(parsed_same(host, &target), "{host} taken unparsed");
+                }
+            }
+        }
+        assert!(names_exactly(b"example.com", &url("http://example.com/x")));
+        assert!(names_exactly(
+            b"example.com:8443",
+            &url("https://example.com:8443/")
+        ));
+        assert!(!names_exactly(
+            b"example.com:80@evil.test",
+            &url("http://example.com/x")
+        ));
     }
 
     #[test]
