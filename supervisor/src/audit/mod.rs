@@ -13,7 +13,10 @@ pub mod ocsf;
 mod record;
 #[cfg(test)]
 mod tests;
+mod wake;
 mod writer;
+
+pub use wake::{defer_on_this_thread, wake_deferred};
 
 pub use record::{
     now_rfc3339, Bypass, ClosedBy, Finding, Kind, Launch, LaunchEvent, Outcome, Protocol,
@@ -68,8 +71,8 @@ pub struct AuditLog {
 
 struct Inner {
     queue: Mutex<Option<mpsc::Sender<writer::Message>>>,
-    /// The writer, unparked by [`AuditLog::sync`] so a sync does not wait out its linger.
-    writer: std::thread::Thread,
+    /// When the writer wakes ([`wake`]).
+    wake: Arc<wake::Wake>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -104,14 +107,19 @@ impl AuditLog {
 
     fn start(sinks: writer::Sinks) -> Self {
         let (queue, records) = mpsc::channel();
+        let wake = Arc::new(wake::Wake::default());
+        let writer_wake = wake.clone();
         let thread = std::thread::Builder::new()
             .name("tollgate-audit".into())
-            .spawn(move || writer::run(sinks, records));
+            .spawn(move || writer::run(sinks, records, writer_wake));
         match thread {
             Ok(thread) => AuditLog {
                 inner: Some(Arc::new(Inner {
                     queue: Mutex::new(Some(queue)),
-                    writer: thread.thread().clone(),
+                    wake: {
+                        let _ = wake.writer.set(thread.thread().clone());
+                        wake
+                    },
                     thread: Mutex::new(Some(thread)),
                 })),
             },
@@ -135,7 +143,10 @@ impl AuditLog {
                 .send(writer::Message::Record(Box::new(record)))
                 .is_ok()
         });
-        if !sent {
+        drop(queue);
+        if sent {
+            inner.wake.queued();
+        } else {
             tracing::error!("audit record dropped: the audit log is closed");
         }
     }
@@ -151,7 +162,7 @@ impl AuditLog {
                 .is_some_and(|queue| queue.send(writer::Message::Sync(ack)).is_ok())
         };
         if sent {
-            inner.writer.unpark();
+            inner.wake.urgent();
             let _ = done.recv();
         }
     }
@@ -161,7 +172,7 @@ impl AuditLog {
     pub fn close(&self) {
         let Some(inner) = &self.inner else { return };
         inner.queue.lock().unwrap_or_else(|p| p.into_inner()).take();
-        inner.writer.unpark();
+        inner.wake.urgent();
         let thread = inner
             .thread
             .lock()
@@ -178,6 +189,7 @@ impl AuditLog {
 impl Drop for Inner {
     fn drop(&mut self) {
         self.queue.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.wake.urgent();
         if let Some(thread) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = thread.join();
         }

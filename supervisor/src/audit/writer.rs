@@ -2,12 +2,9 @@
 //! [`Format`]), and writes whatever has queued up in one go, then flushes.
 //!
 //! Encoding off the request path keeps the proxy's latency free of it. The writer does not
-//! wake for every record: once a record wakes it, it lingers ([`LINGER`]) before taking what
-//! has queued, so a busy proxy's records go out a batch at a time, a thousand wake-ups a
-//! second at most instead of one per request (each wake-up cost the sending worker a futex
-//! call and, on a small node, a context switch away from the proxy: docs/benchmarks.md). A
-//! record reaches the file within about a millisecond; a [`Message::Sync`] cuts the linger
-//! short (its sender unparks the thread). The file is open
+//! wake for every record ([`super::wake`]): a busy proxy's records go out a batch at a time,
+//! a record reaches the file within about a millisecond of its worker running out of work,
+//! and a [`Message::Sync`] is answered at once. The file is open
 //! `O_APPEND` (see `run::outputs`), so every batch lands whole at the end, whoever else
 //! writes the same file.
 //!
@@ -21,11 +18,12 @@
 
 use super::aggregate::Held;
 use super::record::Record;
+use super::wake::Wake;
 use super::{ocsf, Format, Tee};
 use serde::Serialize;
 use std::io::Write;
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::sync::mpsc::{self, TryRecvError};
+use std::sync::Arc;
 
 pub(super) enum Message {
     Record(Box<Record>),
@@ -35,9 +33,6 @@ pub(super) enum Message {
 
 /// A batch is written once it reaches this size, even if more records are queued.
 const BATCH_BYTES: usize = 1024 * 1024;
-
-/// How long the writer lets records gather after one woke it.
-const LINGER: Duration = Duration::from_millis(1);
 
 /// Where the records go: the file (in its format) and the tee, each optional.
 pub(super) struct Sinks {
@@ -105,35 +100,42 @@ impl Sinks {
 }
 
 /// Runs until every sender is gone, then writes what is left.
-pub(super) fn run(mut sinks: Sinks, queue: mpsc::Receiver<Message>) {
+pub(super) fn run(mut sinks: Sinks, queue: mpsc::Receiver<Message>, wake: Arc<Wake>) {
     let mut acks = Vec::new();
     // Identical refusals are summed (see `aggregate`): `held` decides what is written when.
     let mut held = Held::default();
     let mut ready = Vec::new();
     let mut open = true;
+    // A batch was cut at BATCH_BYTES: take the rest without waiting.
+    let mut more = false;
     while open {
-        let mut next = match receive(&queue, held.next_close()) {
-            Ok(message) => message,
-            Err(Closed) => {
-                open = false;
-                None
-            }
-        };
-        if matches!(next, Some(Message::Record(_))) {
-            // Senders do not wake a thread that is parked rather than waiting on the queue.
-            std::thread::park_timeout(LINGER);
+        if !more {
+            wake.wait(held.next_close());
         }
-        while let Some(message) = next.take() {
+        more = false;
+        loop {
+            let message = match queue.try_recv() {
+                Ok(message) => message,
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
+                }
+            };
             match message {
-                Message::Record(record) => held.offer(*record, &mut ready),
+                Message::Record(record) => {
+                    wake.took();
+                    held.offer(*record, &mut ready);
+                }
                 Message::Sync(ack) => {
                     held.drain(&mut ready);
                     acks.push(ack);
                 }
             }
             sinks.take(&mut ready);
-            if sinks.pending() < BATCH_BYTES {
-                next = queue.try_recv().ok();
+            if sinks.pending() >= BATCH_BYTES {
+                more = true;
+                break;
             }
         }
         if open {
@@ -149,25 +151,6 @@ pub(super) fn run(mut sinks: Sinks, queue: mpsc::Receiver<Message>) {
         for ack in acks.drain(..) {
             let _ = ack.send(());
         }
-    }
-}
-
-/// Every sender is gone: the log is closed.
-struct Closed;
-
-/// The next message, waiting until `deadline` at most (`Ok(None)` then), or forever without
-/// one.
-fn receive(
-    queue: &mpsc::Receiver<Message>,
-    deadline: Option<Instant>,
-) -> Result<Option<Message>, Closed> {
-    let Some(deadline) = deadline else {
-        return queue.recv().map(Some).map_err(|_| Closed);
-    };
-    match queue.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-        Ok(message) => Ok(Some(message)),
-        Err(mpsc::RecvTimeoutError::Timeout) => Ok(None),
-        Err(mpsc::RecvTimeoutError::Disconnected) => Err(Closed),
     }
 }
 

@@ -206,12 +206,16 @@ fn execute(
     let started = Instant::now();
     let mut prepared = prepare::prepare(options, link.as_deref_mut())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(
-            std::env::var("TOLLGATE_EXP_THREADS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(2),
-        )
+        .worker_threads(2)
+        // A worker's request lines are written, and the audit writer woken for its records,
+        // when the worker runs out of work: after its answers went out (`logging`,
+        // `audit::wake`).
+        .on_thread_start(crate::audit::defer_on_this_thread)
+        .on_thread_park(|| {
+            crate::logging::flush();
+            crate::audit::wake_deferred();
+        })
+        .on_thread_stop(crate::audit::wake_deferred)
         .enable_all()
         .thread_name("tollgate-proxy")
         .build()
