@@ -139,7 +139,7 @@ measure_sandbox() { # LABEL BINARY LOG-LEVEL CONNS THREADS FILE
       -o "$STAT_DIR/$label-$file-$conns.txt" &
     perf=$!
   elif [ -n "$STRACE_DIR" ]; then
-    strace -c -f -q -p "$supervisor" -o "$STRACE_DIR/$label-$file-$conns.txt" &
+    strace ${STRACE_ARGS:--c} -f -q -p "$supervisor" -o "$STRACE_DIR/$label-$file-$conns.txt" &
     perf=$!
   fi
   bench_wait_for "$dir/measured" "$supervisor"; after=$(bench_ticks "$supervisor" || echo 0)

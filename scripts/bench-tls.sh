@@ -10,6 +10,7 @@
 #   bash scripts/bench-tls.sh                 # 3000 keep-alive / 500 new-connection requests
 #   N_KEEPALIVE=1000 N_NEW=200 bash scripts/bench-tls.sh
 #   MITM=1 bash scripts/bench-tls.sh
+#   PERF_DIR=/tmp/profiles bash scripts/bench-tls.sh  # perf record -g of tollgate's keep-alive run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -35,6 +36,7 @@ bench_nginx_conf "127.0.0.1:$NGINX_PORT ssl" "" "    ssl_certificate $WORK/leaf.
     ssl_session_cache off;"
 bench_start_nginx
 bench_start "$BIN" proxy "127.0.0.1:$TOLLGATE_PORT" "127.0.0.1:$NGINX_PORT" "$WORK/ca.pem" "$WORK/execution-ca.pem" >"$WORK/proxy.out"
+PROXY_PID=$STARTED
 # BASELINE=/path/to/older/tls_bench: an older build's proxy measured in the same run.
 BASELINE_PORT=$(free_port)
 if [ -n "${BASELINE:-}" ]; then
@@ -49,7 +51,13 @@ for _ in $(seq 100); do [ -s "$WORK/execution-ca.pem" ] && break; sleep 0.05; do
 RESULTS="$WORK/results.jsonl"
 : >"$RESULTS"
 "$BIN" client direct "127.0.0.1:$NGINX_PORT" "$WORK/ca.pem" "$N_KEEPALIVE" keepalive >>"$RESULTS"
+if [ -n "${PERF_DIR:-}" ]; then
+  mkdir -p "$PERF_DIR"
+  perf record -q -F 1999 -g -p "$PROXY_PID" -o "$PERF_DIR/tls-keepalive.data" 2>/dev/null &
+  PERF_PID=$!
+fi
 "$BIN" client proxy "127.0.0.1:$TOLLGATE_PORT" "$WORK/execution-ca.pem" "$N_KEEPALIVE" keepalive >>"$RESULTS"
+[ -z "${PERF_DIR:-}" ] || { kill -INT "$PERF_PID"; wait "$PERF_PID" || true; }
 "$BIN" client direct "127.0.0.1:$NGINX_PORT" "$WORK/ca.pem" "$N_NEW" new >>"$RESULTS"
 "$BIN" client proxy "127.0.0.1:$TOLLGATE_PORT" "$WORK/execution-ca.pem" "$N_NEW" new >>"$RESULTS"
 if [ -n "${BASELINE:-}" ]; then

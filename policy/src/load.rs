@@ -50,6 +50,12 @@ impl std::fmt::Debug for Policy {
 }
 
 impl Policy {
+    /// Whether the policy has a team Rego module: only then does a decision read the
+    /// request's header names (`Request::header_names`), so callers can skip collecting them.
+    pub fn has_team_rules(&self) -> bool {
+        self.rules.has_team_rules()
+    }
+
     /// Reads and loads the policy file at `path`: a regular file of at most 1 MiB (read no
     /// further than that, so neither a huge file nor `/dev/zero` is read into memory).
     ///

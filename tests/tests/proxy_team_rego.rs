@@ -64,6 +64,11 @@ const HOSTILE_RULES: &str = r#"
   }
   # An ordinary rule, to show the module still works after all of that.
   deny contains "no deletes" if input.request.method == "DELETE"
+  # The request's header names reach the module (curl always sends User-Agent).
+  deny contains "no user agents here" if {
+    input.request.path == "/echo/agent"
+    "user-agent" in input.request.header_names
+  }
 "#;
 
 const HOSTILE_PATHS: [&str; 6] = [
@@ -123,6 +128,7 @@ fn hostile_team_rules_refuse_their_requests_and_the_execution_goes_on() {
     let mut requests: Vec<String> = HOSTILE_PATHS.iter().map(|p| format!("GET {p}")).collect();
     requests.push("GET /echo/ordinary".into());
     requests.push("DELETE /echo/ordinary".into());
+    requests.push("GET /echo/agent".into());
     let mut command = vec![
         "/bin/sh".to_owned(),
         "-c".into(),
@@ -149,6 +155,12 @@ fn hostile_team_rules_refuse_their_requests_and_the_execution_goes_on() {
         delete.starts_with("HTTP/1.1 403") && delete.contains("no deletes"),
         "{delete}"
     );
+    let agent = answer(&finished.stdout, "GET /echo/agent");
+    assert!(
+        agent.starts_with("HTTP/1.1 403") && agent.contains("no user agents here"),
+        "{agent}"
+    );
+    assert!(up.requests_to("/echo/agent").is_empty());
     let records = read_json_lines(&audit);
     for path in HOSTILE_PATHS {
         let reasons: Vec<&str> = records

@@ -245,7 +245,7 @@ async fn decide_and_hook(
     headers: &mut HeaderMap,
     record: &mut Traffic,
 ) -> Result<(NormalizedUrl, Decision), ProxyError> {
-    let names = headers::names(headers);
+    let names = team_header_names(shared, headers);
     let decision = gate::clear(shared, method.as_str(), &url, false, &names, credential).await?;
     set_decision(record, &decision);
     if shared.before.is_empty() {
@@ -268,10 +268,20 @@ async fn decide_and_hook(
     }
     let url = hooked.url;
     record.set_url(&url);
-    let names = headers::names(headers);
+    let names = team_header_names(shared, headers);
     let decision = gate::clear(shared, method.as_str(), &url, false, &names, credential).await?;
     set_decision(record, &decision);
     Ok((url, decision))
+}
+
+/// The header names a team module reads (`input.request.header_names`); none are collected
+/// for a policy without one, which never reads them.
+fn team_header_names(shared: &Shared, headers: &HeaderMap) -> Vec<String> {
+    if shared.policy.has_team_rules() {
+        headers::names(headers)
+    } else {
+        Vec::new()
+    }
 }
 
 /// Header edits from the team's Rego rules: removals, then sets.
