@@ -50,23 +50,27 @@ for _ in $(seq 100); do [ -s "$WORK/execution-ca.pem" ] && break; sleep 0.05; do
 
 RESULTS="$WORK/results.jsonl"
 : >"$RESULTS"
-"$BIN" client direct "127.0.0.1:$NGINX_PORT" "$WORK/ca.pem" "$N_KEEPALIVE" keepalive >>"$RESULTS"
-if [ -n "${PERF_DIR:-}" ]; then
-  mkdir -p "$PERF_DIR"
-  perf record -q -F 1999 -g -p "$PROXY_PID" -o "$PERF_DIR/tls-keepalive.data" 2>/dev/null &
-  PERF_PID=$!
-fi
-"$BIN" client proxy "127.0.0.1:$TOLLGATE_PORT" "$WORK/execution-ca.pem" "$N_KEEPALIVE" keepalive >>"$RESULTS"
-[ -z "${PERF_DIR:-}" ] || { kill -INT "$PERF_PID"; wait "$PERF_PID" || true; }
-"$BIN" client direct "127.0.0.1:$NGINX_PORT" "$WORK/ca.pem" "$N_NEW" new >>"$RESULTS"
-"$BIN" client proxy "127.0.0.1:$TOLLGATE_PORT" "$WORK/execution-ca.pem" "$N_NEW" new >>"$RESULTS"
-if [ -n "${BASELINE:-}" ]; then
+# ROUNDS=N repeats the measurements N times, every path of a mode one after another within a
+# round (this machine's speed drifts over minutes); ratios are to the same round's direct.
+ROUNDS=${ROUNDS:-1}
+for round in $(seq "$ROUNDS"); do
   for mode in keepalive new; do
     n=$([ "$mode" = keepalive ] && echo "$N_KEEPALIVE" || echo "$N_NEW")
-    "$BIN" client proxy "127.0.0.1:$BASELINE_PORT" "$WORK/before/execution-ca.pem" "$n" "$mode" \
-      | sed 's/"tollgate"/"tollgate-before"/' >>"$RESULTS"
+    if [ "$round" = 1 ] && [ "$mode" = keepalive ] && [ -n "${PERF_DIR:-}" ]; then
+      mkdir -p "$PERF_DIR"
+      perf record -q -F 1999 -g -p "$PROXY_PID" -o "$PERF_DIR/tls-keepalive.data" 2>/dev/null &
+      PERF_PID=$!
+    fi
+    tag="s/}\$/, \"round\": $round}/"
+    "$BIN" client direct "127.0.0.1:$NGINX_PORT" "$WORK/ca.pem" "$n" "$mode" | sed "$tag" >>"$RESULTS"
+    "$BIN" client proxy "127.0.0.1:$TOLLGATE_PORT" "$WORK/execution-ca.pem" "$n" "$mode" | sed "$tag" >>"$RESULTS"
+    if [ -n "${PERF_PID:-}" ]; then kill -INT "$PERF_PID"; wait "$PERF_PID" || true; PERF_PID=; fi
+    if [ -n "${BASELINE:-}" ]; then
+      "$BIN" client proxy "127.0.0.1:$BASELINE_PORT" "$WORK/before/execution-ca.pem" "$n" "$mode" \
+        | sed 's/"tollgate"/"tollgate-before"/' | sed "$tag" >>"$RESULTS"
+    fi
   done
-fi
+done
 
 if [ "${MITM:-0}" = 1 ]; then
   /usr/bin/python3 -m venv "$WORK/venv" >/dev/null
@@ -93,17 +97,17 @@ echo "HTTPS GET of 100 bytes, sequential, one client; nginx 1 worker; $(nproc) c
 /usr/bin/python3 - "$RESULTS" "$MINT" <<'PY'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
-direct = {r["mode"]: r for r in rows if r.get("path") == "direct"}
-print("| connection | path | mean | p50 | p99 | req/s | p50 vs direct |")
-print("|---|---|---|---|---|---|---|")
+direct = {(r["mode"], r.get("round")): r for r in rows if r.get("path") == "direct"}
+print("| round | connection | path | mean | p50 | p99 | req/s | p50 vs direct |")
+print("|---|---|---|---|---|---|---|---|")
 for r in rows:
     if "error" in r:
-        print(f"| {r['mode']} | {r['path']} | failed | | | | |")
+        print(f"| | {r['mode']} | {r['path']} | failed | | | | |")
         continue
-    base = direct.get(r["mode"])
+    base = direct.get((r["mode"], r.get("round"))) or direct.get((r["mode"], 1))
     ratio = f"{r['p50_us'] / base['p50_us']:.2f}x" if base else ""
-    print(f"| {r['mode']} | {r['path']} | {r['mean_us']:.0f} µs | {r['p50_us']:.0f} µs | "
-          f"{r['p99_us']:.0f} µs | {r['req_per_s']:.0f} | {ratio} |")
+    print(f"| {r.get('round', '')} | {r['mode']} | {r['path']} | {r['mean_us']:.0f} µs | "
+          f"{r['p50_us']:.0f} µs | {r['p99_us']:.0f} µs | {r['req_per_s']:.0f} | {ratio} |")
 mint = json.loads(sys.argv[2])
 print()
 print(f"execution CA generation: {mint['ca_generate_us']} µs; leaf certificate minted "
