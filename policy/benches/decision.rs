@@ -25,18 +25,23 @@ fn fifty_entries() -> String {
 
 const TEAM_MODULE: &str = "rego: |\n  package tollgate.team\n  import rego.v1\n  deny contains \"no deletes\" if input.request.method == \"DELETE\"\n  deny contains \"no debug\" if \"debug\" in input.request.query_keys\n  set_headers[\"X-Team\"] := input.team\n";
 
-type Decide = fn(&Policy, &Request, &Destination, &HostAddresses) -> Decision;
-
-fn decide_once(decide: Decide, policy: &Policy, url: &str, addresses: &[IpAddr]) -> bool {
-    let url = NormalizedUrl::parse(url).expect("valid URL");
-    let request = Request {
+/// A plain GET of `url`: no headers, credential or quotas.
+fn get(url: &NormalizedUrl) -> Request<'_> {
+    Request {
         method: "GET",
-        url: &url,
+        url,
         connect: false,
         header_names: &[],
         credential: None,
         quotas: &[],
-    };
+    }
+}
+
+type Decide = fn(&Policy, &Request, &Destination, &HostAddresses) -> Decision;
+
+fn decide_once(decide: Decide, policy: &Policy, url: &str, addresses: &[IpAddr]) -> bool {
+    let url = NormalizedUrl::parse(url).expect("valid URL");
+    let request = get(&url);
     decide(
         policy,
         &request,
@@ -81,14 +86,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| NormalizedUrl::parse(black_box(late_url)).is_ok())
     });
     let url = NormalizedUrl::parse(late_url).expect("valid URL");
-    let request = Request {
-        method: "GET",
-        url: &url,
-        connect: false,
-        header_names: &[],
-        credential: None,
-        quotas: &[],
-    };
+    let request = get(&url);
     group.bench_function("50 entries, matching only (last entry)", |b| {
         b.iter(|| plain.match_request(black_box(&request)).index)
     });
