@@ -8,7 +8,8 @@
 //! stops before that (a refusal) hands them to stderr instead, so nothing is lost.
 //!
 //! Why batches for the proxy's request lines: a busy proxy logs a line per request, and one
-//! `write` per line was a sixth of its CPU per request (docs/benchmarks.md). Lines of the
+//! `write` per line, with its formatting, was 6 % of its profile (docs/benchmarks.md, "Proxy
+//! hot path"). Lines of the
 //! [`REQUEST_LINES`] target are gathered and written a batch at a time: by the proxy's worker
 //! thread when it runs out of work (`run` installs [`flush`] as the runtime's park hook), or
 //! at once when the batch is [`BATCH_LIMIT`] bytes or [`BATCH_AGE`] old. No thread is woken
