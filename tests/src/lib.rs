@@ -110,6 +110,24 @@ impl Scratch {
         self.outputs.join(name)
     }
 
+    /// `--secrets-dir` for a run: root-only, among the outputs (outside what the sandbox
+    /// shares).
+    pub fn secrets_root(&self) -> PathBuf {
+        self.output("secrets")
+    }
+
+    /// A secret file as tollgate wants it (root's, 0600): `name` of `team` under
+    /// [`Scratch::secrets_root`], holding `value` and a newline; its absolute path.
+    pub fn secret(&self, team: &str, name: &str, value: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = self.secrets_root().join(team);
+        std::fs::create_dir_all(&dir).expect("create the team's secrets dir");
+        let path = dir.join(name);
+        std::fs::write(&path, format!("{value}\n")).expect("write a secret");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
+        path
+    }
+
     /// Writes `text` to `name` inside the scratch dir and returns its path.
     pub fn file(&self, name: &str, text: &str) -> PathBuf {
         let path = self.dir.join(name);

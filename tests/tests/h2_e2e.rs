@@ -17,7 +17,6 @@ use std::{
     fs,
     io::Write as _,
     os::unix::fs::PermissionsExt as _,
-    path::PathBuf,
     process::{Command, Stdio},
 };
 
@@ -110,21 +109,6 @@ limits:
         )
     }
 
-    /// `--secrets-dir`: root-only, outside the scratch directory the sandbox shares.
-    fn secrets_root(&self) -> PathBuf {
-        self.scratch.output("secrets")
-    }
-
-    /// A 0600 secret file of team acme's; its absolute path.
-    fn secret_file(&self, name: &str, value: &str) -> PathBuf {
-        let team = self.secrets_root().join("acme");
-        fs::create_dir_all(&team).unwrap();
-        let path = team.join(name);
-        fs::write(&path, format!("{value}\n")).unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
-        path
-    }
-
     /// Runs `script` (after `h2_e2e_client.py`) under the venv's python3 in a sandbox with
     /// `policy`; asserts the run itself went through.
     fn run(&mut self, policy: &str, script: &str) -> Outcome {
@@ -135,7 +119,7 @@ limits:
         let finished = run
             .sandbox(Sandbox::new())
             .arg("--secrets-dir")
-            .arg(self.secrets_root())
+            .arg(self.scratch.secrets_root())
             .timeout("40s")
             .run([VENV_PYTHON, run.script_arg(), out.to_str().unwrap()]);
         let outcome = run.outcome(finished);
@@ -407,7 +391,7 @@ const S_GRPC: &str = "e2e-grpc-bearer-4b1f07c3d9";
 fn grpc_unary_and_server_streaming_calls_carry_the_injected_credential_and_their_trailers() {
     let _lock = SuiteLock::shared();
     let mut bench = Bench::new("h2-grpc", GRPC_SERVER_PY);
-    let secret = bench.secret_file("grpc.secret", S_GRPC);
+    let secret = bench.scratch.secret("acme", "grpc.secret", S_GRPC);
     let top = format!(
         "auth_providers:
   - name: Grpc

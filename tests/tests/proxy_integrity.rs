@@ -89,23 +89,9 @@ impl Bench {
             scratch,
             runs: 0,
         };
-        bench.secret("bearer.secret", BEARER);
-        bench.secret("basic.secret", PASSWORD);
+        bench.scratch.secret("acme", "bearer.secret", BEARER);
+        bench.scratch.secret("acme", "basic.secret", PASSWORD);
         bench
-    }
-
-    /// `--secrets-dir`: root-only, outside the scratch directory the sandbox shares.
-    fn secrets_root(&self) -> PathBuf {
-        self.scratch.output("secrets")
-    }
-
-    fn secret(&self, name: &str, value: &str) -> PathBuf {
-        let team = self.secrets_root().join("acme");
-        fs::create_dir_all(&team).expect("create the team's secrets dir");
-        let path = team.join(name);
-        fs::write(&path, format!("{value}\n")).expect("write a secret");
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod 600");
-        path
     }
 
     /// The policy of every test: `api.example.com` on 443 (intercepted) and 8080 (plain),
@@ -161,7 +147,7 @@ auth_providers:
         let finished = run
             .sandbox(Sandbox::new())
             .arg("--secrets-dir")
-            .arg(self.secrets_root())
+            .arg(self.scratch.secrets_root())
             .timeout("55s")
             .run([PYTHON, run.script_arg(), out.to_str().expect("utf-8")]);
         assert!(

@@ -165,22 +165,6 @@ limits:
         )
     }
 
-    /// A secret file as tollgate wants it (root's, 0600).
-    /// `--secrets-dir`: root-only, outside the scratch directory the sandbox shares.
-    fn secrets_root(&self) -> PathBuf {
-        self.scratch.output("secrets")
-    }
-
-    /// A 0600 file of team acme's, under [`Bench::secrets_root`]; its absolute path.
-    fn secret_file(&self, name: &str, value: &str) -> PathBuf {
-        let team = self.secrets_root().join("acme");
-        fs::create_dir_all(&team).unwrap();
-        let path = team.join(name);
-        fs::write(&path, format!("{value}\n")).unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
-        path
-    }
-
     fn run(&mut self, sandbox: Sandbox, policy: &str, script: &str) -> Outcome {
         self.runs += 1;
         let n = self.runs;
@@ -189,7 +173,7 @@ limits:
         let finished = run
             .sandbox(sandbox)
             .arg("--secrets-dir")
-            .arg(self.secrets_root())
+            .arg(self.scratch.secrets_root())
             .timeout("60s")
             .run([PYTHON, run.script_arg(), out.to_str().unwrap()]);
         let last = finished
@@ -422,7 +406,13 @@ type Expected<'a> = (&'a str, &'a str, Vec<(&'a str, String)>);
 fn credentials_reach_upstreams_and_never_the_sandbox_or_the_logs() {
     let _lock = SuiteLock::shared();
     let mut bench = Bench::new("tls-credentials");
-    let file = |name: &str, value: &str| bench.secret_file(name, value).display().to_string();
+    let file = |name: &str, value: &str| {
+        bench
+            .scratch
+            .secret("acme", name, value)
+            .display()
+            .to_string()
+    };
     let (basic, key, cc, h1, h2) = (
         file("basic.secret", S_BASIC),
         file("key.secret", S_KEY),
@@ -714,7 +704,7 @@ fn bot_auth_signatures_verify_with_an_independent_verifier_and_tampering_fails()
     let mut bench = Bench::new("tls-botauth");
     // A fixed seed (base64url of 32 bytes), in a root-only file.
     let seed = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
-    let seed_file = bench.secret_file("bot.seed", seed);
+    let seed_file = bench.scratch.secret("acme", "bot.seed", seed);
     let top = format!(
         "bot_auth:\n  key: {{file: {}}}\n  signature_agent: https://bot.acme.example\n",
         seed_file.display()
@@ -731,7 +721,7 @@ fn bot_auth_signatures_verify_with_an_independent_verifier_and_tampering_fails()
         .args(["bot-auth", "jwks", "--policy"])
         .arg(&policy_file)
         .arg("--secrets-dir")
-        .arg(bench.secrets_root())
+        .arg(bench.scratch.secrets_root())
         .output()
         .unwrap();
     assert!(jwks.status.success(), "{jwks:?}");

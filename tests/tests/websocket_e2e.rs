@@ -143,21 +143,6 @@ network:
         )
     }
 
-    /// `--secrets-dir`: root-only, outside the scratch directory the sandbox shares.
-    fn secrets_root(&self) -> PathBuf {
-        self.scratch.output("secrets")
-    }
-
-    /// A 0600 secret file of team acme's; its absolute path.
-    fn secret_file(&self, name: &str, value: &str) -> PathBuf {
-        let team = self.secrets_root().join("acme");
-        fs::create_dir_all(&team).unwrap();
-        let path = team.join(name);
-        fs::write(&path, format!("{value}\n")).unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
-        path
-    }
-
     /// Runs `script` (after the client prelude) under the venv's Python in a sandbox.
     fn run(&mut self, policy: &str, script: &str) -> Run {
         self.runs += 1;
@@ -167,7 +152,7 @@ network:
         let finished = run
             .sandbox(Sandbox::new())
             .arg("--secrets-dir")
-            .arg(self.secrets_root())
+            .arg(self.scratch.secrets_root())
             .timeout("60s")
             .run([
                 VENV_PYTHON,
@@ -552,7 +537,7 @@ const SECRET: &str = "e2e-ws-bearer-4b1d9e37c05a";
 fn a_credential_reaches_the_server_in_the_handshake_and_an_echoed_secret_comes_back_redacted() {
     let _lock = SuiteLock::shared();
     let mut bench = Bench::new("ws-credentials");
-    let secret = bench.secret_file("bearer.secret", SECRET);
+    let secret = bench.scratch.secret("acme", "bearer.secret", SECRET);
     let top = format!(
         "auth_providers:
   - name: Bearer
